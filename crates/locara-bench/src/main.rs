@@ -1,0 +1,507 @@
+//! `locara-bench`: prefill and decode tokens per second of the Locara engine
+//! worker path against llama.cpp's own `llama-bench`, on the same model,
+//! threads and K/V cache type.
+//!
+//! # What it measures
+//!
+//! * **prefill**: prompt tokens per second of one prompt of `--prompt-tokens`
+//!   tokens (llama-bench's `pp512`);
+//! * **decode**: generated tokens per second over `--gen-tokens` tokens,
+//!   greedy on Locara's side (llama-bench's `tg128`).
+//!
+//! Locara's figures come from the path users run: this binary spawns itself
+//! as an engine worker (`locara-bench engine`, as `locara run` spawns
+//! `locara engine`), loads the model over the framed protocol and reads the
+//! worker's own generation stats. Tokenizing, the batch loop, sampling and
+//! sending every token to the parent are inside the measurement; llama-bench
+//! times bare `llama_decode` calls on random tokens. Both run with flash
+//! attention, mmap'd weights and one sequence. The ratio Locara / llama-bench
+//! is the cost of everything the worker adds to llama.cpp.
+//!
+//! # Why alternating runs and medians
+//!
+//! The machines this runs on are small and shared: a build in another
+//! terminal, frequency scaling or a thermal limit moves throughput by tens of
+//! percent within a minute. So each repetition runs both sides back to back,
+//! in alternating order (llama-bench first, then Locara first, ...), which
+//! exposes both to the same conditions and cancels a steady drift; the
+//! result is the median of each side, which one disturbed repetition cannot
+//! move. Min and max are printed so that a noisy run looks noisy. Both sides
+//! get a warm-up run that is not counted.
+//!
+//! # Example
+//!
+//! ```text
+//! cargo build --release -p locara-bench
+//! target/release/locara-bench --model smollm2.gguf --threads 2 --reps 5
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod engine;
+mod llama_bench;
+mod report;
+mod stats;
+
+use anyhow::{ensure, Context, Result};
+use clap::{Parser, Subcommand};
+use engine::{Engine, LoadParams};
+use llama_bench::{LlamaBench, RunParams, Source, LLAMA_CPP_PYTHON_VERSION};
+use locara_core::KvType;
+use report::{LlamaBenchInfo, LocaraInfo, Report};
+use stats::Comparison;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Prefill ratio (Locara / llama-bench) the engine must reach: the issue's
+/// "done when" for the benchmark.
+const PREFILL_TARGET: f64 = 0.95;
+/// Decode ratio the engine must reach (same source).
+const DECODE_TARGET: f64 = 0.97;
+
+/// Exit status when the run worked but a ratio is below its target.
+const EXIT_BELOW_TARGET: u8 = 2;
+
+/// The default model's place in the store, under the data directory.
+const DEFAULT_MODEL: &str = "models/smollm2+135m/model.gguf";
+
+/// Prefill and decode tokens/s of the Locara engine worker against llama.cpp's
+/// llama-bench on the same model, threads and K/V type.
+///
+/// Each repetition runs llama-bench once (one prefill test and one decode
+/// test) and Locara's worker once (a prefill of the same length, then a
+/// greedy generation of the same length), in alternating order; the table
+/// shows per-side medians and ranges and the ratios Locara / llama-bench.
+///
+/// llama-bench is built on first use from the llama.cpp tree vendored in
+/// llama-cpp-python's source distribution (fetched with pip; needs python3,
+/// cmake and a C++ compiler; takes minutes) and cached in
+/// $XDG_CACHE_HOME/locara/bench (default ~/.cache/locara/bench).
+///
+/// Exit status: 0 when both ratios meet their targets (prefill ≥ 0.95,
+/// decode ≥ 0.97), 2 when one does not, 1 on an error.
+#[derive(Parser, Debug)]
+#[command(name = "locara-bench", version, about, long_about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The engine worker (started by locara-bench itself).
+    #[command(hide = true)]
+    Engine,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// The GGUF model [default: the default model in the data directory,
+    /// $LOCARA_HOME/models/smollm2+135m/model.gguf]
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+
+    /// CPU threads, for both sides (prefill and decode).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: u32,
+
+    /// Element type of the K and V caches, for both sides: f16, q8_0 or q4_0.
+    #[arg(long, value_name = "TYPE", default_value = "q8_0")]
+    kv: KvType,
+
+    /// Measured repetitions per side, after one warm-up each.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    reps: u32,
+
+    /// Prompt length of the prefill test, tokens (llama-bench's -p).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    prompt_tokens: u32,
+
+    /// Generated tokens of the decode test (llama-bench's -n); at least 2,
+    /// because decode speed is measured after the first token.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(2..))]
+    gen_tokens: u32,
+
+    /// Context the Locara worker loads, tokens; must hold the prefill prompt
+    /// and the decode test. llama-bench sizes its own to the test.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    context: u32,
+
+    /// Use this llama-bench binary instead of building one.
+    #[arg(long, value_name = "PATH")]
+    llama_bench: Option<PathBuf>,
+
+    /// The llama-cpp-python release whose vendored llama.cpp llama-bench is
+    /// built from (the default is the release closest to the engine's own
+    /// llama.cpp).
+    #[arg(long, value_name = "VERSION", default_value = LLAMA_CPP_PYTHON_VERSION, conflicts_with = "llama_bench")]
+    llama_cpp_python: String,
+
+    /// Where built llama-bench binaries are cached [default:
+    /// $XDG_CACHE_HOME/locara/bench or ~/.cache/locara/bench]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Parallel jobs for building llama-bench [default: the number of CPUs]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    build_jobs: Option<u32>,
+
+    /// Locate or build llama-bench, print both llama.cpp versions, and exit
+    /// without measuring.
+    #[arg(long)]
+    prepare_only: bool,
+
+    /// Print the result as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    json: bool,
+
+    /// Pass llama.cpp's own log of the Locara worker through to stderr.
+    #[arg(long)]
+    engine_log: bool,
+}
+
+/// The checked settings of one benchmark run.
+#[derive(Debug)]
+struct Config {
+    model: PathBuf,
+    threads: u32,
+    kv_type: KvType,
+    reps: u32,
+    prompt_tokens: u32,
+    gen_tokens: u32,
+    context: u32,
+    source: Source,
+    prepare_only: bool,
+    json: bool,
+    engine_log: bool,
+}
+
+impl Config {
+    fn from_args(args: BenchArgs) -> Result<Config> {
+        let model = match args.model {
+            Some(path) => {
+                ensure!(path.is_file(), "--model {}: no such file", path.display());
+                path
+            }
+            None => {
+                let path = data_dir()?.join(DEFAULT_MODEL);
+                ensure!(
+                    path.is_file(),
+                    "no --model given and the default model is not at {}; run `locara pull smollm2:135m` first",
+                    path.display()
+                );
+                path
+            }
+        };
+        // Room for the prompt, the answer, and the worker's rule that a
+        // prompt must leave the answer room.
+        let needed = args.prompt_tokens.max(64) + args.gen_tokens;
+        ensure!(
+            args.context >= needed,
+            "--context {} cannot hold the tests: they need at least {needed} tokens (prompt {} + generated {})",
+            args.context,
+            args.prompt_tokens,
+            args.gen_tokens
+        );
+        let source = match args.llama_bench {
+            Some(path) => {
+                ensure!(path.is_file(), "--llama-bench {}: no such file", path.display());
+                Source::Binary(path)
+            }
+            None => Source::Sdist {
+                version: args.llama_cpp_python,
+                cache: match args.cache_dir {
+                    Some(dir) => dir,
+                    None => cache_dir()?,
+                },
+                jobs: args.build_jobs.map(|j| j as usize).unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(2, |n| n.get())
+                }),
+            },
+        };
+        Ok(Config {
+            model,
+            threads: args.threads,
+            kv_type: args.kv,
+            reps: args.reps,
+            prompt_tokens: args.prompt_tokens,
+            gen_tokens: args.gen_tokens,
+            context: args.context,
+            source,
+            prepare_only: args.prepare_only,
+            json: args.json,
+            engine_log: args.engine_log,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Engine) => engine_worker(),
+        None => Config::from_args(cli.bench).and_then(|config| run(&config)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("locara-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The hidden `engine` subcommand: the worker's main loop, as in `locara engine`.
+fn engine_worker() -> Result<ExitCode> {
+    locara_engine::worker::run()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(config: &Config) -> Result<ExitCode> {
+    let bench = LlamaBench::locate(&config.source)?;
+    let mut engine = Engine::start(&LoadParams {
+        model: &config.model,
+        threads: config.threads,
+        kv_type: config.kv_type,
+        context: config.context,
+        engine_log: config.engine_log,
+    })?;
+    progress(&format!("llama-bench: {} ({})", bench.describe(), bench.path.display()));
+    progress(&format!("Locara engine: {}", engine.version()));
+    if config.prepare_only {
+        engine.shutdown();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut notes = Vec::new();
+    if !engine.loaded.flash_attention {
+        notes.push("the Locara worker loaded without flash attention; llama-bench ran with it".to_string());
+    }
+    if engine.loaded.threads != config.threads {
+        notes.push(format!(
+            "the Locara worker runs {} threads, not {}",
+            engine.loaded.threads, config.threads
+        ));
+    }
+
+    let params = RunParams {
+        model: &config.model,
+        threads: config.threads,
+        kv_type: config.kv_type,
+        prompt_tokens: config.prompt_tokens,
+        gen_tokens: config.gen_tokens,
+    };
+    progress("warming up (not counted): llama-bench, then Locara");
+    bench.run(&params).context("warm-up run of llama-bench")?;
+    engine.calibrate_prefill(config.prompt_tokens)?;
+    if engine.prefill_tokens != config.prompt_tokens {
+        notes.push(format!(
+            "Locara's prefill prompt is {} tokens, llama-bench's {} (the tokenizer allowed no closer length)",
+            engine.prefill_tokens, config.prompt_tokens
+        ));
+    }
+    engine.decode(config.gen_tokens)?;
+
+    let mut samples = Samples::default();
+    let mut short_decodes = 0;
+    for rep in 0..config.reps {
+        // Alternate which side goes first, so a steady drift (a machine
+        // warming up, a build finishing) favours neither.
+        let llama_first = rep % 2 == 0;
+        if llama_first {
+            samples.push_llama(bench.run(&params)?);
+        }
+        samples.locara_prefill.push(engine.prefill()?);
+        let decode = engine.decode(config.gen_tokens)?;
+        if decode.generated < config.gen_tokens {
+            short_decodes += 1;
+        }
+        samples.locara_decode.push(decode.tps);
+        if !llama_first {
+            samples.push_llama(bench.run(&params)?);
+        }
+        progress(&format!(
+            "rep {}/{}: prefill llama-bench {:.1} Locara {:.1}; decode llama-bench {:.1} Locara {:.1} tokens/s",
+            rep + 1,
+            config.reps,
+            samples.llama_prefill.last().copied().unwrap_or_default(),
+            samples.locara_prefill.last().copied().unwrap_or_default(),
+            samples.llama_decode.last().copied().unwrap_or_default(),
+            samples.locara_decode.last().copied().unwrap_or_default(),
+        ));
+    }
+    if short_decodes > 0 {
+        notes.push(format!(
+            "{short_decodes} of {} Locara decodes ended before {} tokens (the model stopped on every prompt)",
+            config.reps, config.gen_tokens
+        ));
+    }
+
+    let prefill = Comparison::new(&samples.llama_prefill, &samples.locara_prefill, PREFILL_TARGET)
+        .context("no usable prefill samples")?;
+    let decode = Comparison::new(&samples.llama_decode, &samples.locara_decode, DECODE_TARGET)
+        .context("no usable decode samples")?;
+    let report = Report {
+        model: config.model.clone(),
+        threads: config.threads,
+        kv_type: config.kv_type.to_string(),
+        flash_attention: engine.loaded.flash_attention,
+        reps: config.reps,
+        prompt_tokens: config.prompt_tokens,
+        gen_tokens: config.gen_tokens,
+        llama_bench: LlamaBenchInfo {
+            path: bench.path.clone(),
+            version: bench.describe(),
+        },
+        locara: LocaraInfo {
+            engine: engine.version().to_string(),
+            prompt_tokens: engine.prefill_tokens,
+            context: engine.loaded.context,
+        },
+        pass: prefill.pass && decode.pass,
+        prefill,
+        decode,
+        notes,
+    };
+    engine.shutdown();
+    if config.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(if report.pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BELOW_TARGET)
+    })
+}
+
+/// Tokens per second of every measured repetition, per side and test.
+#[derive(Debug, Default)]
+struct Samples {
+    llama_prefill: Vec<f64>,
+    llama_decode: Vec<f64>,
+    locara_prefill: Vec<f64>,
+    locara_decode: Vec<f64>,
+}
+
+impl Samples {
+    fn push_llama(&mut self, m: llama_bench::Measurement) {
+        self.llama_prefill.push(m.prefill_tps);
+        self.llama_decode.push(m.decode_tps);
+    }
+}
+
+/// The data directory, as `locara` finds it: `LOCARA_HOME`, else
+/// `~/Library/Application Support/Locara` on macOS and
+/// `$XDG_DATA_HOME/locara` (default `~/.local/share/locara`) elsewhere.
+fn data_dir() -> Result<PathBuf> {
+    if let Some(home) = non_empty_env("LOCARA_HOME") {
+        return Ok(home);
+    }
+    let home = home_dir()?;
+    if cfg!(target_os = "macos") {
+        return Ok(home.join("Library/Application Support/Locara"));
+    }
+    Ok(non_empty_env("XDG_DATA_HOME")
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| home.join(".local/share"))
+        .join("locara"))
+}
+
+/// Where built llama-bench binaries are kept: `$XDG_CACHE_HOME/locara/bench`
+/// (default `~/.cache/locara/bench`).
+fn cache_dir() -> Result<PathBuf> {
+    let base = match non_empty_env("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
+        Some(dir) => dir,
+        None => home_dir()?.join(".cache"),
+    };
+    Ok(base.join("locara").join("bench"))
+}
+
+fn home_dir() -> Result<PathBuf> {
+    non_empty_env("HOME").context("HOME is not set; pass --model and --cache-dir")
+}
+
+fn non_empty_env(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn progress(message: &str) {
+    eprintln!("locara-bench: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let cli = Cli::try_parse_from(["locara-bench"]).unwrap();
+        assert!(cli.command.is_none());
+        let a = cli.bench;
+        assert_eq!((a.threads, a.kv, a.reps), (2, KvType::Q8_0, 5));
+        assert_eq!((a.prompt_tokens, a.gen_tokens), (512, 128));
+        assert_eq!(a.llama_cpp_python, LLAMA_CPP_PYTHON_VERSION);
+    }
+
+    #[test]
+    fn engine_subcommand_is_hidden_and_takes_no_flags() {
+        let cli = Cli::try_parse_from(["locara-bench", "engine"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Engine)));
+        assert!(Cli::try_parse_from(["locara-bench", "--json", "engine"]).is_err());
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("Commands:"), "{help}");
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        for args in [
+            &["locara-bench", "--kv", "q5_1"][..],
+            &["locara-bench", "--threads", "0"],
+            &["locara-bench", "--gen-tokens", "1"],
+            &["locara-bench", "--llama-bench", "x", "--llama-cpp-python", "0.3.30"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn context_must_hold_the_tests() {
+        let model = std::env::current_exe().unwrap();
+        let cli = Cli::try_parse_from([
+            "locara-bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--llama-bench",
+            model.to_str().unwrap(),
+            "--context",
+            "600",
+        ])
+        .unwrap();
+        let err = Config::from_args(cli.bench).unwrap_err();
+        assert!(err.to_string().contains("need at least 640 tokens"), "{err}");
+    }
+
+    #[test]
+    fn missing_model_names_the_flag() {
+        let cli = Cli::try_parse_from(["locara-bench", "--model", "/nonexistent/m.gguf"]).unwrap();
+        let err = Config::from_args(cli.bench).unwrap_err();
+        assert!(err.to_string().contains("--model /nonexistent/m.gguf"), "{err}");
+    }
+
+    #[test]
+    fn cache_dir_is_under_the_cache_home() {
+        // Only checks the shape; the environment is the test runner's.
+        let dir = cache_dir().unwrap();
+        assert!(dir.ends_with("locara/bench"), "{}", dir.display());
+    }
+}

@@ -1,0 +1,21 @@
+//! Pure policy for the Locara runtime.
+//!
+//! This crate holds the vocabulary and the decisions of the runtime and
+//! nothing that touches the outside world: no I/O, no threads, no clock reads
+//! (time arrives as a value). Everything here can be tested with values in
+//! and values out.
+//!
+//! ```
+//! use locara_core::{KvType, LoadDefaults};
+//!
+//! let d = LoadDefaults::default();
+//! assert_eq!(d.kv_type, KvType::Q8_0);
+//! // A model trained on 2048 tokens never gets the 8192 default.
+//! assert_eq!(d.context_for(None, 2048), 2048);
+//! ```
+
+pub mod bytes;
+pub mod load;
+
+pub use bytes::Bytes;
+pub use load::{KvType, LoadDefaults, ParseKvTypeError, DEFAULT_CONTEXT, MIN_CONTEXT};

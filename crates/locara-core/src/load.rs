@@ -1,0 +1,135 @@
+//! How a model is loaded: the K/V cache type and the defaults DESIGN.md fixes.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Context length (tokens) used when a request names none. Long enough for
+/// real chats, small enough that the K/V cache of a small model stays in the
+/// tens of MiB at `q8_0`.
+pub const DEFAULT_CONTEXT: u32 = 8192;
+
+/// Smallest context (tokens) the runtime will lower a load to when memory is
+/// short; below this most chat prompts no longer fit.
+pub const MIN_CONTEXT: u32 = 2048;
+
+/// Element type of the K and V caches.
+///
+/// `q8_0` is the default: it halves the cache against `f16` with no quality
+/// loss that chat users notice; `f16` is an opt-in for apps that ask for it;
+/// `q4_0` is for tight machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KvType {
+    F16,
+    #[default]
+    Q8_0,
+    Q4_0,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 3] = [KvType::F16, KvType::Q8_0, KvType::Q4_0];
+
+    /// The name used in flags, manifests and output (`f16`, `q8_0`, `q4_0`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+        }
+    }
+
+    /// ggml block geometry: (elements per block, bytes per block).
+    /// From ggml's type traits: f16 is 1 element in 2 bytes; q8_0 is 32
+    /// elements in 34 bytes (one f16 scale + 32 i8); q4_0 is 32 elements in 18
+    /// bytes (one f16 scale + 16 bytes of nibbles).
+    pub fn block(self) -> (u64, u64) {
+        match self {
+            KvType::F16 => (1, 2),
+            KvType::Q8_0 => (32, 34),
+            KvType::Q4_0 => (32, 18),
+        }
+    }
+}
+
+impl fmt::Display for KvType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A K/V type name that is not one of `f16`, `q8_0`, `q4_0`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown K/V cache type {0:?}: expected one of f16, q8_0, q4_0")]
+pub struct ParseKvTypeError(pub String);
+
+impl FromStr for KvType {
+    type Err = ParseKvTypeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(KvType::F16),
+            "q8_0" | "q8" => Ok(KvType::Q8_0),
+            "q4_0" | "q4" => Ok(KvType::Q4_0),
+            _ => Err(ParseKvTypeError(s.to_string())),
+        }
+    }
+}
+
+/// The load defaults of DESIGN.md, in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadDefaults {
+    /// Context length in tokens when none is asked for.
+    pub context: u32,
+    /// K/V cache element type when none is asked for.
+    pub kv_type: KvType,
+}
+
+impl Default for LoadDefaults {
+    fn default() -> Self {
+        Self {
+            context: DEFAULT_CONTEXT,
+            kv_type: KvType::Q8_0,
+        }
+    }
+}
+
+impl LoadDefaults {
+    /// The context (tokens) a load gets: the one asked for or the default,
+    /// never more than the model was trained on (`trained`, from its GGUF
+    /// metadata; 0 means unknown and leaves the value as it is).
+    pub fn context_for(&self, requested: Option<u32>, trained: u32) -> u32 {
+        let ctx = requested.unwrap_or(self.context).max(1);
+        if trained > 0 {
+            ctx.min(trained)
+        } else {
+            ctx
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_clamped_to_the_trained_context() {
+        let d = LoadDefaults::default();
+        assert_eq!(d.context_for(None, 32768), 8192);
+        assert_eq!(d.context_for(None, 2048), 2048);
+        assert_eq!(d.context_for(Some(65536), 32768), 32768);
+        assert_eq!(d.context_for(Some(512), 8192), 512);
+        assert_eq!(d.context_for(Some(0), 8192), 1);
+        assert_eq!(d.context_for(None, 0), 8192);
+    }
+
+    #[test]
+    fn kv_type_names_round_trip() {
+        for kv in KvType::ALL {
+            assert_eq!(kv.as_str().parse::<KvType>(), Ok(kv));
+        }
+        let err = "q5_1".parse::<KvType>().unwrap_err();
+        assert!(err.to_string().contains("q5_1"));
+        assert!(err.to_string().contains("q8_0"));
+    }
+}

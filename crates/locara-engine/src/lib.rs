@@ -1,0 +1,43 @@
+//! The Locara engine worker: llama.cpp in a process of its own.
+//!
+//! llama.cpp aborts its process on some bad inputs even in release builds,
+//! so it never runs inside the daemon. Each loaded model lives in one worker
+//! process (`locara engine`, spawned by the daemon or `locara run`); ending
+//! the worker gives every page back to the OS.
+//!
+//! * [`protocol`]: the versioned, length-prefixed messages between parent
+//!   and worker;
+//! * [`client`]: the parent's side ([`Worker`]);
+//! * `worker` (feature `llama`): the worker itself, over `llama-cpp-2`.
+//!
+//! ```no_run
+//! use locara_engine::client::{Worker, WorkerCommand};
+//! use locara_engine::protocol::*;
+//!
+//! let worker = Worker::spawn(&WorkerCommand::current_exe()?)?;
+//! let info = worker.load(LoadRequest {
+//!     path: "model.gguf".into(), context: None, kv_type: Default::default(),
+//!     parallel: 1, threads: 4, gpu_layers: None,
+//! })?;
+//! worker.send(&Request::Generate(GenerateRequest {
+//!     id: 1,
+//!     prompt: Prompt::Raw { text: "Once upon a time".into() },
+//!     sampling: Sampling::greedy(), max_tokens: Some(16), stop: vec![],
+//! }))?;
+//! loop {
+//!     match worker.recv()? {
+//!         Event::Token { text, .. } => print!("{text}"),
+//!         Event::Done { .. } => break,
+//!         other => eprintln!("{other:?}"),
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod client;
+pub mod protocol;
+pub mod stop;
+#[cfg(feature = "llama")]
+pub mod worker;
+
+pub use client::{EngineError, Worker, WorkerCommand};

@@ -1,0 +1,254 @@
+//! A reader that knows where the file ends and never reads past the header cap.
+//!
+//! Every read states how many bytes it needs before it reads them, and every
+//! length taken from the file is checked against the bytes left before any
+//! buffer of that length exists. The end of the file is a number the caller
+//! supplies (the slice length, or the file length from `fstat`), never
+//! something learnt by reading until EOF.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use crate::error::GgufError;
+use crate::MAX_HEADER_BYTES;
+
+pub(crate) struct Reader<'p, R> {
+    inner: R,
+    /// Absolute offset of the next byte to read.
+    pos: u64,
+    /// File length in bytes: reads must end at or before it.
+    end: u64,
+    /// For I/O error messages; `None` when reading from memory.
+    path: Option<&'p Path>,
+}
+
+impl<'p, R: Read> Reader<'p, R> {
+    pub(crate) fn new(inner: R, end: u64, path: Option<&'p Path>) -> Self {
+        Reader {
+            inner,
+            pos: 0,
+            end,
+            path,
+        }
+    }
+
+    /// Absolute offset of the next byte.
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Length of the file in bytes.
+    pub(crate) fn file_size(&self) -> u64 {
+        self.end
+    }
+
+    /// Bytes between the current position and the end of the file.
+    pub(crate) fn remaining(&self) -> u64 {
+        self.end - self.pos
+    }
+
+    /// Checks that `n` more bytes exist and stay within the header cap.
+    /// `what` names the field for the error message; it is only called on
+    /// failure, so the common path allocates nothing.
+    pub(crate) fn ensure(&self, n: u64, what: &dyn Fn() -> String) -> Result<(), GgufError> {
+        if n > self.remaining() {
+            return Err(GgufError::Truncated {
+                offset: self.pos,
+                what: what(),
+                needed: n,
+                file_size: self.end,
+            });
+        }
+        self.ensure_header_cap(n, what)
+    }
+
+    /// Checks that reading `n` more bytes keeps the header within its cap.
+    pub(crate) fn ensure_header_cap(
+        &self,
+        n: u64,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), GgufError> {
+        // `pos <= end`, and `n` was checked against `end - pos` or is small,
+        // so this cannot overflow; `saturating_add` keeps it obviously so.
+        if self.pos.saturating_add(n) > MAX_HEADER_BYTES {
+            return Err(GgufError::HeaderCap {
+                offset: self.pos,
+                what: what(),
+                cap: MAX_HEADER_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that `count` items of at least `min_size` bytes each can fit in
+    /// the bytes left. Call before allocating anything sized by `count`.
+    pub(crate) fn ensure_count_fits(
+        &self,
+        count: u64,
+        min_size: u64,
+        count_offset: u64,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), GgufError> {
+        let min_bytes = u128::from(count) * u128::from(min_size);
+        if min_bytes > u128::from(self.remaining()) {
+            return Err(GgufError::LengthPastEnd {
+                offset: count_offset,
+                what: what(),
+                count,
+                min_bytes,
+                available: self.remaining(),
+            });
+        }
+        // Fits in the file, hence in u64.
+        self.ensure_header_cap(min_bytes as u64, what)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), GgufError> {
+        match self.inner.read_exact(buf) {
+            Ok(()) => {
+                self.pos += buf.len() as u64;
+                Ok(())
+            }
+            Err(err) => Err(self.io_error(err, buf.len() as u64)),
+        }
+    }
+
+    /// A read that failed although the bytes should exist: the file shrank
+    /// under us (reported as truncation) or the device failed.
+    fn io_error(&self, err: io::Error, needed: u64) -> GgufError {
+        if err.kind() == io::ErrorKind::UnexpectedEof {
+            return GgufError::Truncated {
+                offset: self.pos,
+                what: "read (the file shrank while being read)".to_owned(),
+                needed,
+                file_size: self.end,
+            };
+        }
+        GgufError::Io {
+            path: self.path.map(Path::to_path_buf),
+            source: err,
+        }
+    }
+
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        what: &dyn Fn() -> String,
+    ) -> Result<[u8; N], GgufError> {
+        self.ensure(N as u64, what)?;
+        let mut buf = [0u8; N];
+        self.fill(&mut buf)?;
+        Ok(buf)
+    }
+
+    pub(crate) fn u8(&mut self, what: &dyn Fn() -> String) -> Result<u8, GgufError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    pub(crate) fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    pub(crate) fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// Reads `n` bytes. The caller has already checked `n` against a cap that
+    /// fits in memory; this checks it against the end of the file before
+    /// allocating.
+    pub(crate) fn bytes(
+        &mut self,
+        n: u64,
+        what: &dyn Fn() -> String,
+    ) -> Result<Vec<u8>, GgufError> {
+        self.ensure(n, what)?;
+        let len = usize::try_from(n).map_err(|_| GgufError::HeaderCap {
+            offset: self.pos,
+            what: what(),
+            cap: MAX_HEADER_BYTES,
+        })?;
+        let mut buf = vec![0u8; len];
+        self.fill(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+impl<'p, R: Read> Reader<'p, R> {
+    /// Reads `n` bytes onto the end of `buf`, checking the end of the file
+    /// first.
+    pub(crate) fn append(
+        &mut self,
+        n: u64,
+        buf: &mut Vec<u8>,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), GgufError> {
+        self.ensure(n, what)?;
+        // `n` is inside the file and the header cap, so it fits in memory.
+        let start = buf.len();
+        buf.resize(start + n as usize, 0);
+        self.fill(&mut buf[start..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn what() -> String {
+        "test field".to_owned()
+    }
+
+    #[test]
+    fn reads_little_endian_and_tracks_position() {
+        let bytes = [1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9];
+        let mut r = Reader::new(&bytes[..], bytes.len() as u64, None);
+        assert_eq!(r.u32(&what).unwrap(), 1);
+        assert_eq!(r.u64(&what).unwrap(), 2);
+        assert_eq!(r.pos(), 12);
+        assert_eq!(r.u8(&what).unwrap(), 9);
+        assert_eq!(r.remaining(), 0);
+    }
+
+    #[test]
+    fn short_read_is_truncated_with_offset() {
+        let bytes = [1, 2, 3];
+        let mut r = Reader::new(&bytes[..], 3, None);
+        let err = r.u32(&what).unwrap_err();
+        assert_eq!(err.kind(), "truncated");
+        assert_eq!(
+            err.to_string(),
+            "at offset 0x0: test field needs 4 bytes but the file ends at 0x3"
+        );
+    }
+
+    #[test]
+    fn huge_count_is_refused_before_allocating() {
+        let bytes = [0u8; 16];
+        let r = Reader::new(&bytes[..], 16, None);
+        let err = r.ensure_count_fits(u64::MAX, 8, 0, &what).unwrap_err();
+        assert_eq!(err.kind(), "length_past_end");
+        assert!(err.to_string().contains("18446744073709551615"), "{err}");
+    }
+
+    #[test]
+    fn a_failing_reader_is_an_io_error() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("device gone"))
+            }
+        }
+        let mut r = Reader::new(Failing, 100, None);
+        let err = r.u32(&what).unwrap_err();
+        assert_eq!(err.kind(), "io");
+        assert_eq!(err.to_string(), "cannot read the input: device gone");
+    }
+
+    #[test]
+    fn a_reader_shorter_than_the_declared_end_is_truncation_not_a_panic() {
+        // The file shrank between fstat and read.
+        let bytes = [0u8; 2];
+        let mut r = Reader::new(&bytes[..], 100, None);
+        let err = r.u64(&what).unwrap_err();
+        assert_eq!(err.kind(), "truncated");
+    }
+}

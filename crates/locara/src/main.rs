@@ -1,0 +1,104 @@
+//! `locara`: the command line. It parses flags into checked values and calls
+//! into the crates; the work happens there.
+
+mod config;
+mod inspect;
+mod models;
+mod progress;
+mod run;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Locara: a local LLM runtime that is a good memory citizen.
+///
+/// Models are memory-mapped, never locked; the K/V cache is q8_0 by default;
+/// every model runs in an engine worker process of its own. Data lives in
+/// LOCARA_HOME (default: ~/.local/share/locara, or ~/Library/Application
+/// Support/Locara on macOS).
+#[derive(Parser)]
+#[command(name = "locara", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chat with a model, or answer one prompt and exit.
+    ///
+    /// `locara run` alone opens a chat with the default model (pulled first
+    /// if absent). `locara run "Why is the sky blue?"` answers one prompt;
+    /// a prompt can also come on stdin. Ctrl-C stops a generation in a chat;
+    /// Ctrl-D or /bye leaves it.
+    Run(run::RunArgs),
+    /// Download a model from the catalog, verify its sha256, and store it.
+    Pull {
+        /// A catalog name, e.g. smollm2:135m or gemma3:270m.
+        name: String,
+    },
+    /// Copy a local GGUF file into the store (it is validated first).
+    Import {
+        /// The .gguf file.
+        file: PathBuf,
+        /// Name to store it under (default: from the file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List stored models.
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a stored model.
+    Rm { name: String },
+    /// Show a model's metadata and tensor summary (validating the file).
+    Inspect {
+        /// A stored model name or a path to a .gguf file.
+        model: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The engine worker (started by locara itself; not for direct use).
+    #[command(hide = true)]
+    Engine,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Engine => engine(),
+        Command::Run(args) => run::run(args),
+        Command::Pull { name } => models::pull(&name),
+        Command::Import { file, name } => models::import(&file, name.as_deref()),
+        Command::List { json } => models::list(json),
+        Command::Rm { name } => models::rm(&name),
+        Command::Inspect { model, json } => inspect::inspect(&model, json),
+    }
+}
+
+#[cfg(feature = "engine")]
+fn engine() -> Result<ExitCode> {
+    locara_engine::worker::run()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "engine"))]
+fn engine() -> Result<ExitCode> {
+    anyhow::bail!("this build of locara has no engine (built without the `engine` feature)")
+}

@@ -1,0 +1,406 @@
+//! `locara run`: one answer, or a chat.
+
+use crate::config::Config;
+use crate::models;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use locara_core::{Bytes, KvType};
+use locara_daemon::store::{ModelName, Store, StoreError};
+use locara_engine::protocol::{
+    ChatMessage, ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest,
+    Prompt, Request, Sampling,
+};
+use locara_engine::{EngineError, Worker};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  locara run\n  locara run \"Why is the sky blue?\"\n  locara run gemma3:270m \"Write a haiku\" --temperature 0\n  echo \"Summarise: ...\" | locara run"
+)]
+pub struct RunArgs {
+    /// A model name (default: the catalog's default, smollm2:135m), then the
+    /// prompt. If the first word is not a model name, every word is prompt.
+    /// No prompt and a terminal on stdin: an interactive chat.
+    #[arg(value_name = "[MODEL] [PROMPT]")]
+    words: Vec<String>,
+    /// Context in tokens (default 8192, never more than the model's trained context).
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    ctx: Option<u32>,
+    /// K/V cache type: q8_0 (default), f16 or q4_0.
+    #[arg(long, value_name = "TYPE", default_value = "q8_0")]
+    kv: KvType,
+    /// Sampling temperature, 0 to 2; 0 is greedy (deterministic).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Nucleus sampling, above 0 up to 1 (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    top_k: u32,
+    /// Drop tokens below this fraction of the top token's probability, 0 to 1.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalty for repeating recent tokens, above 0 up to 10 (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Sampling seed (default: random).
+    #[arg(long)]
+    seed: Option<u32>,
+    /// Most tokens to generate per answer (default: until the model stops).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tokens: Option<u32>,
+    /// Stop before this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    stop: Vec<String>,
+    /// A system message for the chat template.
+    #[arg(long)]
+    system: Option<String>,
+    /// Send the prompt as it is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// CPU threads (default: the performance cores).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+    /// Print load time, prefill and decode speed, and the worker's footprint.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Pass llama.cpp's own log through to stderr.
+    #[arg(long, hide = true)]
+    engine_log: bool,
+}
+
+impl RunArgs {
+    /// The sampling settings, range-checked (the error names the flag,
+    /// the value and the range).
+    fn sampling(&self) -> Result<Sampling> {
+        check("--temperature", self.temperature, 0.0, 2.0, true)?;
+        check("--top-p", self.top_p, 0.0, 1.0, false)?;
+        check("--min-p", self.min_p, 0.0, 1.0, true)?;
+        check("--repeat-penalty", self.repeat_penalty, 0.0, 10.0, false)?;
+        Ok(Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..Sampling::default()
+        })
+    }
+}
+
+/// `low..=high`, or `low<..=high` when `low_inclusive` is false.
+fn check(flag: &str, value: f32, low: f32, high: f32, low_inclusive: bool) -> Result<()> {
+    let above = if low_inclusive {
+        value >= low
+    } else {
+        value > low
+    };
+    if !value.is_finite() || !above || value > high {
+        let range = if low_inclusive {
+            format!("{low} to {high}")
+        } else {
+            format!("above {low} up to {high}")
+        };
+        bail!("{flag} {value} is out of range: it must be {range}");
+    }
+    Ok(())
+}
+
+/// What Ctrl-C does now.
+static MODE: AtomicU8 = AtomicU8::new(MODE_ONE_SHOT);
+const MODE_ONE_SHOT: u8 = 0;
+const MODE_PROMPT: u8 = 1;
+const MODE_GENERATING: u8 = 2;
+/// Set by Ctrl-C during a chat generation; the loop cancels it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let sampling = args.sampling()?;
+    let config = Config::load(args.engine_log)?;
+    let store = config.store()?;
+    let (name, words) = resolve(&config, &store, &args.words)?;
+    let entry = match store.get(&name)? {
+        Some(e) => e,
+        None => models::fetch(&config, &store, &name)?,
+    };
+
+    let prompt = if !words.is_empty() {
+        Some(words.join(" "))
+    } else if !io::stdin().is_terminal() {
+        let mut text = String::new();
+        io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the prompt from stdin")?;
+        if text.trim().is_empty() {
+            bail!("the prompt on stdin is empty");
+        }
+        Some(text)
+    } else {
+        None
+    };
+
+    ctrlc::set_handler(|| match MODE.load(Ordering::SeqCst) {
+        MODE_GENERATING => INTERRUPTED.store(true, Ordering::SeqCst),
+        MODE_PROMPT => {
+            print!("\n(Ctrl-D or /bye leaves the chat)\n>>> ");
+            let _ = io::stdout().flush();
+        }
+        // Closing our end of the pipe ends the worker too.
+        _ => std::process::exit(130),
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let threads = args
+        .threads
+        .unwrap_or_else(locara_platform::performance_cores);
+    let worker = Worker::spawn(&config.worker)?;
+    let loaded = worker.load(LoadRequest {
+        path: entry.path.clone(),
+        context: args.ctx,
+        kv_type: args.kv,
+        parallel: 1,
+        threads,
+        gpu_layers: None,
+    })?;
+    if args.verbose {
+        eprintln!(
+            "loaded {name} in {:.0} ms: context {} tokens (trained {}), K/V {}, flash attention {}, {} threads, {} GPU layers",
+            loaded.load_ms,
+            loaded.context,
+            loaded.trained_context,
+            loaded.kv_type,
+            if loaded.flash_attention { "on" } else { "off" },
+            loaded.threads,
+            loaded.gpu_layers
+        );
+        eprintln!("engine: {}", worker.engine());
+    }
+
+    let session = Session {
+        worker: &worker,
+        args: &args,
+        sampling,
+        next_id: 1,
+    };
+    match prompt {
+        Some(p) => session.one_shot(p),
+        None => session.chat(),
+    }
+}
+
+/// Splits the words into a model name and the prompt.
+fn resolve(config: &Config, store: &Store, words: &[String]) -> Result<(ModelName, Vec<String>)> {
+    if let Some(first) = words.first() {
+        if let Ok(name) = first.parse::<ModelName>() {
+            if config.catalog.find(&name).is_some() || store.get(&name)?.is_some() {
+                return Ok((name, words[1..].to_vec()));
+            }
+            // `name:tag` can only be meant as a model.
+            if first.contains(':') {
+                return Err(StoreError::NotInCatalog(name).into());
+            }
+        }
+    }
+    Ok((config.catalog.default.clone(), words.to_vec()))
+}
+
+struct Session<'a> {
+    worker: &'a Worker,
+    args: &'a RunArgs,
+    sampling: Sampling,
+    next_id: u64,
+}
+
+/// How one generation ended.
+struct Answer {
+    text: String,
+    finish: FinishReason,
+    stats: GenerationStats,
+}
+
+impl Session<'_> {
+    fn prompt_for(&self, messages: &[ChatMessage]) -> Prompt {
+        if self.args.raw {
+            Prompt::Raw {
+                text: messages
+                    .iter()
+                    .map(|m| m.content.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            }
+        } else {
+            Prompt::Chat {
+                messages: messages.to_vec(),
+            }
+        }
+    }
+
+    fn system(&self) -> Vec<ChatMessage> {
+        self.args
+            .system
+            .iter()
+            .map(|s| ChatMessage {
+                role: "system".into(),
+                content: s.clone(),
+            })
+            .collect()
+    }
+
+    fn one_shot(mut self, text: String) -> Result<ExitCode> {
+        let mut messages = self.system();
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: text,
+        });
+        let prompt = self.prompt_for(&messages);
+        let answer = self.generate(prompt)?;
+        println!();
+        self.report(&answer);
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn chat(mut self) -> Result<ExitCode> {
+        let mut history = self.system();
+        let stdin = io::stdin();
+        let mut line = String::new();
+        eprintln!("chatting with a local model; /bye or Ctrl-D leaves, /clear forgets, Ctrl-C stops an answer");
+        loop {
+            MODE.store(MODE_PROMPT, Ordering::SeqCst);
+            print!(">>> ");
+            io::stdout().flush()?;
+            line.clear();
+            if stdin.lock().read_line(&mut line)? == 0 {
+                println!();
+                return Ok(ExitCode::SUCCESS);
+            }
+            let input = line.trim();
+            match input {
+                "" => continue,
+                "/bye" | "/exit" | "/quit" => return Ok(ExitCode::SUCCESS),
+                "/clear" => {
+                    history = self.system();
+                    println!("(conversation cleared)");
+                    continue;
+                }
+                "/help" | "/?" => {
+                    println!(
+                        "/clear forgets the conversation; /bye leaves; Ctrl-C stops an answer"
+                    );
+                    continue;
+                }
+                _ => {}
+            }
+            history.push(ChatMessage {
+                role: "user".into(),
+                content: input.to_string(),
+            });
+            let prompt = self.prompt_for(&history);
+            match self.generate(prompt) {
+                Ok(answer) => {
+                    println!();
+                    if answer.finish == FinishReason::Cancelled {
+                        println!("(stopped)");
+                    }
+                    self.report(&answer);
+                    history.push(ChatMessage {
+                        role: "assistant".into(),
+                        content: answer.text,
+                    });
+                }
+                Err(err) => {
+                    history.pop();
+                    match err.downcast_ref::<EngineError>() {
+                        Some(EngineError::Worker {
+                            kind: ErrorKind::PromptTooLong,
+                            message,
+                        }) => {
+                            eprintln!("{message}; /clear starts a new conversation");
+                        }
+                        _ => return Err(err),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one generation, streaming its tokens to stdout.
+    fn generate(&mut self, prompt: Prompt) -> Result<Answer> {
+        let id = self.next_id;
+        self.next_id += 1;
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        if MODE.load(Ordering::SeqCst) != MODE_ONE_SHOT {
+            MODE.store(MODE_GENERATING, Ordering::SeqCst);
+        }
+        self.worker.send(&Request::Generate(GenerateRequest {
+            id,
+            prompt,
+            sampling: self.sampling.clone(),
+            max_tokens: self.args.max_tokens,
+            stop: self.args.stop.clone(),
+        }))?;
+        let mut out = io::stdout().lock();
+        let mut text = String::new();
+        let mut cancel_sent = false;
+        loop {
+            if !cancel_sent && INTERRUPTED.swap(false, Ordering::SeqCst) {
+                self.worker.send(&Request::Cancel { id })?;
+                cancel_sent = true;
+            }
+            match self.worker.recv_timeout(Duration::from_millis(50))? {
+                None => {}
+                Some(Event::Token { id: i, text: t }) if i == id => {
+                    out.write_all(t.as_bytes())?;
+                    out.flush()?;
+                    text.push_str(&t);
+                }
+                Some(Event::Done {
+                    id: i,
+                    finish,
+                    stats,
+                }) if i == id => {
+                    return Ok(Answer {
+                        text,
+                        finish,
+                        stats,
+                    })
+                }
+                Some(Event::Error { kind, message, .. }) => {
+                    return Err(EngineError::Worker { kind, message }.into())
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn report(&self, answer: &Answer) {
+        if !self.args.verbose {
+            return;
+        }
+        let s = &answer.stats;
+        eprintln!(
+            "prefill: {} tokens in {:.0} ms ({:.1} tokens/s); decode: {} tokens in {:.0} ms ({:.1} tokens/s); finish: {}",
+            s.prompt_tokens,
+            s.prefill_ms,
+            s.prefill_tps(),
+            s.generated_tokens,
+            s.decode_ms,
+            s.decode_tps(),
+            answer.finish.as_str()
+        );
+        match locara_platform::process_footprint(self.worker.pid()) {
+            Ok(fp) => eprintln!(
+                "worker {}: footprint {} (mapped weights {} resident, RSS {})",
+                self.worker.pid(),
+                Bytes(fp.footprint),
+                Bytes(fp.mapped_weights),
+                Bytes(fp.rss)
+            ),
+            Err(e) => eprintln!("worker footprint unavailable: {e}"),
+        }
+    }
+}
