@@ -14,9 +14,15 @@ fuzz_target!(|data: &[u8]| {
             assert!(file.alignment.is_power_of_two());
             let mut end_of_previous = file.data_offset;
             for tensor in &file.tensors {
-                assert!(tensor.offset >= end_of_previous, "tensors overlap or precede the data");
+                assert!(
+                    tensor.offset >= end_of_previous,
+                    "tensors overlap or precede the data"
+                );
                 assert_eq!(tensor.offset % file.alignment, 0, "tensor misaligned");
-                let end = tensor.offset.checked_add(tensor.n_bytes).expect("end overflows");
+                let end = tensor
+                    .offset
+                    .checked_add(tensor.n_bytes)
+                    .expect("end overflows");
                 assert!(end <= file.file_size, "tensor past end of file");
                 assert!(tensor.dims.len() <= locara_gguf::MAX_DIMS as usize);
                 assert!(tensor.dims.iter().all(|&d| d > 0));

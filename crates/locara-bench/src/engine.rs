@@ -27,8 +27,8 @@ const DECODE_PROMPTS: &[&str] = &[
 /// every tokenizer we ship models for, so the prompt length can be steered
 /// to the exact token count llama-bench uses.
 const FILLER: &[&str] = &[
-    "the", "cat", "sat", "on", "a", "warm", "mat", "and", "we", "saw", "it", "from", "our",
-    "old", "red", "house", "by", "the", "sea", "in", "May",
+    "the", "cat", "sat", "on", "a", "warm", "mat", "and", "we", "saw", "it", "from", "our", "old",
+    "red", "house", "by", "the", "sea", "in", "May",
 ];
 
 /// Most prefill probes spent steering the prompt to its token count.
@@ -117,7 +117,11 @@ impl Engine {
             // Tokens grow about linearly with words; step at least one word.
             let per_word = tokens as f64 / words.max(1) as f64;
             let step = ((target - tokens) as f64 / per_word).round() as i64;
-            let step = if step == 0 { (target - tokens).signum() } else { step };
+            let step = if step == 0 {
+                (target - tokens).signum()
+            } else {
+                step
+            };
             words = (words as i64 + step).max(1) as usize;
         }
         let (_, words, tokens) = best.expect("at least one probe ran");

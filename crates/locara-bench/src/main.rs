@@ -81,7 +81,13 @@ const DEFAULT_MODEL: &str = "models/smollm2+135m/model.gguf";
 /// Exit status: 0 when both ratios meet their targets (prefill ≥ 0.95,
 /// decode ≥ 0.97), 2 when one does not, 1 on an error.
 #[derive(Parser, Debug)]
-#[command(name = "locara-bench", version, about, long_about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "locara-bench",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -207,7 +213,11 @@ impl Config {
         );
         let source = match args.llama_bench {
             Some(path) => {
-                ensure!(path.is_file(), "--llama-bench {}: no such file", path.display());
+                ensure!(
+                    path.is_file(),
+                    "--llama-bench {}: no such file",
+                    path.display()
+                );
                 Source::Binary(path)
             }
             None => Source::Sdist {
@@ -216,9 +226,10 @@ impl Config {
                     Some(dir) => dir,
                     None => cache_dir()?,
                 },
-                jobs: args.build_jobs.map(|j| j as usize).unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(2, |n| n.get())
-                }),
+                jobs: args
+                    .build_jobs
+                    .map(|j| j as usize)
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             },
         };
         Ok(Config {
@@ -267,7 +278,11 @@ fn run(config: &Config) -> Result<ExitCode> {
         context: config.context,
         engine_log: config.engine_log,
     })?;
-    progress(&format!("llama-bench: {} ({})", bench.describe(), bench.path.display()));
+    progress(&format!(
+        "llama-bench: {} ({})",
+        bench.describe(),
+        bench.path.display()
+    ));
     progress(&format!("Locara engine: {}", engine.version()));
     if config.prepare_only {
         engine.shutdown();
@@ -275,7 +290,9 @@ fn run(config: &Config) -> Result<ExitCode> {
     }
     let mut notes = Vec::new();
     if !engine.loaded.flash_attention {
-        notes.push("the Locara worker loaded without flash attention; llama-bench ran with it".to_string());
+        notes.push(
+            "the Locara worker loaded without flash attention; llama-bench ran with it".to_string(),
+        );
     }
     if engine.loaded.threads != config.threads {
         notes.push(format!(
@@ -337,8 +354,12 @@ fn run(config: &Config) -> Result<ExitCode> {
         ));
     }
 
-    let prefill = Comparison::new(&samples.llama_prefill, &samples.locara_prefill, PREFILL_TARGET)
-        .context("no usable prefill samples")?;
+    let prefill = Comparison::new(
+        &samples.llama_prefill,
+        &samples.locara_prefill,
+        PREFILL_TARGET,
+    )
+    .context("no usable prefill samples")?;
     let decode = Comparison::new(&samples.llama_decode, &samples.locara_decode, DECODE_TARGET)
         .context("no usable decode samples")?;
     let report = Report {
@@ -468,7 +489,13 @@ mod tests {
             &["locara-bench", "--kv", "q5_1"][..],
             &["locara-bench", "--threads", "0"],
             &["locara-bench", "--gen-tokens", "1"],
-            &["locara-bench", "--llama-bench", "x", "--llama-cpp-python", "0.3.30"],
+            &[
+                "locara-bench",
+                "--llama-bench",
+                "x",
+                "--llama-cpp-python",
+                "0.3.30",
+            ],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
@@ -488,14 +515,20 @@ mod tests {
         ])
         .unwrap();
         let err = Config::from_args(cli.bench).unwrap_err();
-        assert!(err.to_string().contains("need at least 640 tokens"), "{err}");
+        assert!(
+            err.to_string().contains("need at least 640 tokens"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_model_names_the_flag() {
         let cli = Cli::try_parse_from(["locara-bench", "--model", "/nonexistent/m.gguf"]).unwrap();
         let err = Config::from_args(cli.bench).unwrap_err();
-        assert!(err.to_string().contains("--model /nonexistent/m.gguf"), "{err}");
+        assert!(
+            err.to_string().contains("--model /nonexistent/m.gguf"),
+            "{err}"
+        );
     }
 
     #[test]

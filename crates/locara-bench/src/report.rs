@@ -128,10 +128,8 @@ mod tests {
                 prompt_tokens: 512,
                 context: 4096,
             },
-            prefill: Comparison::new(&[800.0, 810.0, 790.0], &[780.0, 790.0, 770.0], 0.95)
-                .unwrap(),
-            decode: Comparison::new(&[150.0, 151.0, 149.0], &[140.0, 141.0, 139.0], 0.97)
-                .unwrap(),
+            prefill: Comparison::new(&[800.0, 810.0, 790.0], &[780.0, 790.0, 770.0], 0.95).unwrap(),
+            decode: Comparison::new(&[150.0, 151.0, 149.0], &[140.0, 141.0, 139.0], 0.97).unwrap(),
             pass: false,
             notes: vec!["something odd".into()],
         };

@@ -105,7 +105,10 @@ mod tests {
         assert!(c.pass);
         let c = Comparison::new(&[200.0], &[189.0], 0.95).unwrap();
         assert!(!c.pass, "0.945 is below 0.95");
-        assert!(Comparison::new(&[200.0], &[190.0], 0.95).unwrap().pass, "the target itself passes");
+        assert!(
+            Comparison::new(&[200.0], &[190.0], 0.95).unwrap().pass,
+            "the target itself passes"
+        );
     }
 
     #[test]

@@ -216,7 +216,11 @@ pub struct LoadedInfo {
     /// Bytes of tensor data in the file (the mapped weights).
     pub weights_bytes: u64,
     pub parameters: u64,
+    /// Whether the model ships a chat template.
     pub has_chat_template: bool,
+    /// The template chat prompts are rendered with: the model's own, or a
+    /// llama.cpp built-in when the model has none.
+    pub chat_template: String,
     /// Time from the Load request to a ready context, in milliseconds.
     pub load_ms: f64,
 }

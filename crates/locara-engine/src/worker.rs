@@ -18,7 +18,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use locara_core::{KvType, LoadDefaults};
@@ -255,6 +255,7 @@ fn serve_model(
         }
     };
     let has_chat_template = model.chat_template(None).is_ok();
+    let chat_template = ChatTemplate::choose(has_chat_template, &gguf.model.architecture);
     write_frame(
         out,
         &Event::Loaded(LoadedInfo {
@@ -272,12 +273,14 @@ fn serve_model(
             weights_bytes: gguf.model.tensor_data_bytes,
             parameters: model.n_params(),
             has_chat_template,
+            chat_template: chat_template.describe(),
             load_ms: started.elapsed().as_secs_f64() * 1000.0,
         }),
     )?;
 
     let mut engine = Engine {
         model: &model,
+        chat_template,
         context,
         parallel: load.parallel as usize,
         slots: Vec::new(),
@@ -310,8 +313,48 @@ struct Slot {
     first_token: Option<Instant>,
 }
 
+/// Which chat template renders chat prompts.
+#[derive(Debug, Clone)]
+enum ChatTemplate {
+    /// The model's own (`tokenizer.chat_template`).
+    Model,
+    /// One of llama.cpp's built-in templates, by name, for a model that
+    /// ships none: by its architecture where that is unambiguous, else ChatML
+    /// (what llama-server also falls back to).
+    Builtin {
+        name: &'static str,
+        why: &'static str,
+    },
+}
+
+impl ChatTemplate {
+    fn choose(model_has_one: bool, architecture: &str) -> ChatTemplate {
+        if model_has_one {
+            return ChatTemplate::Model;
+        }
+        match architecture {
+            "gemma" | "gemma2" | "gemma3" => ChatTemplate::Builtin {
+                name: "gemma",
+                why: "by architecture",
+            },
+            _ => ChatTemplate::Builtin {
+                name: "chatml",
+                why: "fallback",
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ChatTemplate::Model => "the model's own".to_string(),
+            ChatTemplate::Builtin { name, why } => format!("built-in {name} ({why})"),
+        }
+    }
+}
+
 struct Engine<'m> {
     model: &'m LlamaModel,
+    chat_template: ChatTemplate,
     /// Context per sequence, tokens.
     context: u32,
     parallel: usize,
@@ -432,12 +475,16 @@ impl<'m> Engine<'m> {
         let text = match &req.prompt {
             Prompt::Raw { text } => text.clone(),
             Prompt::Chat { messages } => {
-                let template = self.model.chat_template(None).map_err(|_| {
-                    (
-                        ErrorKind::ChatTemplate,
-                        "this model has no chat template; send a raw prompt instead".to_string(),
-                    )
-                })?;
+                let template = match &self.chat_template {
+                    ChatTemplate::Model => self.model.chat_template(None).map_err(|e| {
+                        (
+                            ErrorKind::ChatTemplate,
+                            format!("this model's chat template is unusable ({e}); send a raw prompt instead"),
+                        )
+                    })?,
+                    ChatTemplate::Builtin { name, .. } => LlamaChatTemplate::new(name)
+                        .expect("built-in template names have no NUL byte"),
+                };
                 let msgs = messages
                     .iter()
                     .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))

@@ -240,7 +240,7 @@ impl GgmlType {
     /// `n_elements` is not a whole number of blocks or the size overflows `u64`.
     pub fn n_bytes(self, n_elements: u64) -> Option<u64> {
         let block = u64::from(self.block_size());
-        if n_elements % block != 0 {
+        if !n_elements.is_multiple_of(block) {
             return None;
         }
         (n_elements / block).checked_mul(u64::from(self.type_size()))

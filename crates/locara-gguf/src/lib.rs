@@ -58,7 +58,7 @@ pub mod testing;
 mod value;
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 pub use error::GgufError;
@@ -276,13 +276,13 @@ pub fn validate_bytes(bytes: &[u8]) -> Result<GgufFile, GgufError> {
 
 /// Validates a GGUF file read from `reader`, which must be positioned at the
 /// start of the file; `file_size` is the file's length in bytes and is
-/// trusted as the end. Reads the header region only. Wrap unbuffered sources
-/// in a `BufReader`.
-pub fn validate_reader<R: Read>(reader: R, file_size: u64) -> Result<GgufFile, GgufError> {
+/// trusted as the end. Reads the header region only (plus what the reader
+/// buffers ahead). Wrap unbuffered sources in a `BufReader`.
+pub fn validate_reader<R: BufRead>(reader: R, file_size: u64) -> Result<GgufFile, GgufError> {
     validate_from(reader, file_size, None)
 }
 
-fn validate_from<R: Read>(
+fn validate_from<R: BufRead>(
     reader: R,
     file_size: u64,
     path: Option<&Path>,

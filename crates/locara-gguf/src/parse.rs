@@ -11,7 +11,7 @@
 //! ```
 
 use std::collections::HashSet;
-use std::io::Read;
+use std::io::BufRead;
 
 use crate::error::GgufError;
 use crate::ggml::{GgmlType, GgmlTypeIdError};
@@ -40,7 +40,7 @@ pub(crate) struct Parsed {
     pub tensors: Vec<TensorInfo>,
 }
 
-pub(crate) fn parse<R: Read>(r: &mut Reader<'_, R>) -> Result<Parsed, GgufError> {
+pub(crate) fn parse<R: BufRead>(r: &mut Reader<'_, R>) -> Result<Parsed, GgufError> {
     let magic = r.array::<4>(&|| "magic".to_owned())?;
     if &magic != MAGIC {
         return Err(GgufError::BadMagic { found: magic });
@@ -144,7 +144,7 @@ enum NameKind {
 }
 
 /// Reads a metadata key or tensor name: length-capped, non-empty, UTF-8.
-fn read_name<R: Read>(
+fn read_name<R: BufRead>(
     r: &mut Reader<'_, R>,
     kind: NameKind,
     index: u64,
@@ -193,7 +193,7 @@ fn read_name<R: Read>(
     })
 }
 
-fn read_metadata<R: Read>(
+fn read_metadata<R: BufRead>(
     r: &mut Reader<'_, R>,
     kv_count: u64,
 ) -> Result<Vec<(String, Value)>, GgufError> {
@@ -223,7 +223,7 @@ fn read_metadata<R: Read>(
     Ok(metadata)
 }
 
-fn read_value<R: Read>(
+fn read_value<R: BufRead>(
     r: &mut Reader<'_, R>,
     key: &str,
     value_type: ValueType,
@@ -263,7 +263,7 @@ fn to_bool(byte: u8, offset: u64, key: &str) -> Result<bool, GgufError> {
 
 /// Reads a string value. Bytes that are not UTF-8 become U+FFFD (see
 /// [`Value`] for why values are not refused for it).
-fn read_string_value<R: Read>(
+fn read_string_value<R: BufRead>(
     r: &mut Reader<'_, R>,
     what: &dyn Fn() -> String,
 ) -> Result<String, GgufError> {
@@ -288,7 +288,7 @@ fn read_string_value<R: Read>(
 /// Reads `len` strings into one buffer (see [`StringArray`] for why), each
 /// checked like a single string value. `len` has been checked against the
 /// bytes left.
-fn read_string_array<R: Read>(
+fn read_string_array<R: BufRead>(
     r: &mut Reader<'_, R>,
     len: u64,
     what: &dyn Fn() -> String,
@@ -296,6 +296,10 @@ fn read_string_array<R: Read>(
     let mut data = Vec::new();
     let mut ends = Vec::with_capacity(len as usize);
     for i in 0..len {
+        if r.try_buffered_string(&mut data, MAX_STRING_LEN).is_some() {
+            ends.push(data.len());
+            continue;
+        }
         let element = || format!("element {i} of {}", what());
         let offset = r.pos();
         let n = r.u64(&|| format!("string length of {}", element()))?;
@@ -313,13 +317,13 @@ fn read_string_array<R: Read>(
     }
     // The concatenation is valid UTF-8 with every end on a char boundary
     // exactly when each string is valid UTF-8: the common case, checked in
-    // one pass over the whole buffer.
-    match String::from_utf8(data) {
-        Ok(data) if ends.iter().all(|&end| data.is_char_boundary(end)) => {
-            Ok(StringArray::from_parts(data, ends))
+    // one pass over the whole buffer. Copying the validated text into a
+    // `String` costs far less than std's validator would.
+    match simdutf8::basic::from_utf8(&data) {
+        Ok(text) if ends.iter().all(|&end| text.is_char_boundary(end)) => {
+            Ok(StringArray::from_parts(text.to_owned(), ends))
         }
-        Ok(data) => Ok(lossy_strings(data.as_bytes(), &ends)),
-        Err(err) => Ok(lossy_strings(err.as_bytes(), &ends)),
+        _ => Ok(lossy_strings(&data, &ends)),
     }
 }
 
@@ -337,7 +341,11 @@ fn lossy_strings(data: &[u8], ends: &[usize]) -> StringArray {
 
 /// Reads an array whose type tag has been read; `depth` is 1 for an array
 /// directly under a key.
-fn read_array<R: Read>(r: &mut Reader<'_, R>, key: &str, depth: u32) -> Result<Array, GgufError> {
+fn read_array<R: BufRead>(
+    r: &mut Reader<'_, R>,
+    key: &str,
+    depth: u32,
+) -> Result<Array, GgufError> {
     let offset = r.pos();
     if depth > MAX_ARRAY_DEPTH {
         return Err(GgufError::NestingDepth {
@@ -371,20 +379,29 @@ fn read_array<R: Read>(r: &mut Reader<'_, R>, key: &str, depth: u32) -> Result<A
     // From here `len` is at most MAX_ARRAY_LEN and `len * element_size` bytes
     // exist in the file, so every allocation below is bounded by the file.
     let n = len as usize;
-    let fixed = |r: &mut Reader<'_, R>| r.bytes(len * element_size, &what);
+    fn numbers<R: BufRead, const N: usize, T>(
+        r: &mut Reader<'_, R>,
+        len: u64,
+        from_le: fn([u8; N]) -> T,
+        what: &dyn Fn() -> String,
+    ) -> Result<Vec<T>, GgufError> {
+        let mut out = Vec::with_capacity(len as usize);
+        r.decode_into(len, &mut out, from_le, what)?;
+        Ok(out)
+    }
     Ok(match element_type {
-        ValueType::U8 => Array::U8(fixed(r)?),
-        ValueType::I8 => Array::I8(decode::<1, _>(&fixed(r)?, i8::from_le_bytes)),
-        ValueType::U16 => Array::U16(decode::<2, _>(&fixed(r)?, u16::from_le_bytes)),
-        ValueType::I16 => Array::I16(decode::<2, _>(&fixed(r)?, i16::from_le_bytes)),
-        ValueType::U32 => Array::U32(decode::<4, _>(&fixed(r)?, u32::from_le_bytes)),
-        ValueType::I32 => Array::I32(decode::<4, _>(&fixed(r)?, i32::from_le_bytes)),
-        ValueType::F32 => Array::F32(decode::<4, _>(&fixed(r)?, f32::from_le_bytes)),
-        ValueType::U64 => Array::U64(decode::<8, _>(&fixed(r)?, u64::from_le_bytes)),
-        ValueType::I64 => Array::I64(decode::<8, _>(&fixed(r)?, i64::from_le_bytes)),
-        ValueType::F64 => Array::F64(decode::<8, _>(&fixed(r)?, f64::from_le_bytes)),
+        ValueType::U8 => Array::U8(r.bytes(len, &what)?),
+        ValueType::I8 => Array::I8(numbers(r, len, i8::from_le_bytes, &what)?),
+        ValueType::U16 => Array::U16(numbers(r, len, u16::from_le_bytes, &what)?),
+        ValueType::I16 => Array::I16(numbers(r, len, i16::from_le_bytes, &what)?),
+        ValueType::U32 => Array::U32(numbers(r, len, u32::from_le_bytes, &what)?),
+        ValueType::I32 => Array::I32(numbers(r, len, i32::from_le_bytes, &what)?),
+        ValueType::F32 => Array::F32(numbers(r, len, f32::from_le_bytes, &what)?),
+        ValueType::U64 => Array::U64(numbers(r, len, u64::from_le_bytes, &what)?),
+        ValueType::I64 => Array::I64(numbers(r, len, i64::from_le_bytes, &what)?),
+        ValueType::F64 => Array::F64(numbers(r, len, f64::from_le_bytes, &what)?),
         ValueType::Bool => {
-            let bytes = fixed(r)?;
+            let bytes = r.bytes(len, &what)?;
             let mut bools = Vec::with_capacity(n);
             for (i, &byte) in bytes.iter().enumerate() {
                 bools.push(to_bool(byte, len_offset + 8 + i as u64, key)?);
@@ -400,18 +417,6 @@ fn read_array<R: Read>(r: &mut Reader<'_, R>, key: &str, depth: u32) -> Result<A
             Array::Array(arrays)
         }
     })
-}
-
-/// Splits little-endian bytes into values of `N` bytes each.
-fn decode<const N: usize, T>(bytes: &[u8], from_le: fn([u8; N]) -> T) -> Vec<T> {
-    bytes
-        .chunks_exact(N)
-        .map(|chunk| {
-            let mut raw = [0u8; N];
-            raw.copy_from_slice(chunk);
-            from_le(raw)
-        })
-        .collect()
 }
 
 /// `general.alignment`: a u32 power of two (llama.cpp requires the u32 type),
@@ -438,7 +443,7 @@ fn alignment(metadata: &[(String, Value)]) -> Result<u64, GgufError> {
     Ok(alignment)
 }
 
-fn read_tensor_infos<R: Read>(
+fn read_tensor_infos<R: BufRead>(
     r: &mut Reader<'_, R>,
     tensor_count: u64,
 ) -> Result<Vec<TensorInfo>, GgufError> {
@@ -460,7 +465,10 @@ fn read_tensor_infos<R: Read>(
 }
 
 /// Reads the rest of one tensor info once its name is known.
-fn read_tensor_info<R: Read>(r: &mut Reader<'_, R>, name: String) -> Result<TensorInfo, GgufError> {
+fn read_tensor_info<R: BufRead>(
+    r: &mut Reader<'_, R>,
+    name: String,
+) -> Result<TensorInfo, GgufError> {
     let n_dims_offset = r.pos();
     let n_dims = r.u32(&|| format!("dimension count of tensor \"{name}\""))?;
     if n_dims > MAX_DIMS {
@@ -629,14 +637,6 @@ mod tests {
         assert_eq!(align_up(1, 32), Some(32));
         assert_eq!(align_up(64, 32), Some(64));
         assert_eq!(align_up(u64::MAX, 32), None);
-    }
-
-    #[test]
-    fn decode_reads_little_endian() {
-        assert_eq!(
-            decode::<2, _>(&[1, 0, 0, 1], u16::from_le_bytes),
-            vec![1, 256]
-        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! supplies (the slice length, or the file length from `fstat`), never
 //! something learnt by reading until EOF.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 use std::path::Path;
 
 use crate::error::GgufError;
@@ -22,7 +22,7 @@ pub(crate) struct Reader<'p, R> {
     path: Option<&'p Path>,
 }
 
-impl<'p, R: Read> Reader<'p, R> {
+impl<'p, R: BufRead> Reader<'p, R> {
     pub(crate) fn new(inner: R, end: u64, path: Option<&'p Path>) -> Self {
         Reader {
             inner,
@@ -130,6 +130,105 @@ impl<'p, R: Read> Reader<'p, R> {
         }
     }
 
+    /// Reads `n` bytes, handing them to `sink` in pieces as they sit in the
+    /// reader's buffer: no zero-filled staging buffer, no per-piece copy
+    /// beyond the one `sink` makes. Checks the end of the file first.
+    pub(crate) fn read_with(
+        &mut self,
+        n: u64,
+        what: &dyn Fn() -> String,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<(), GgufError> {
+        self.ensure(n, what)?;
+        let mut left = n;
+        while left > 0 {
+            let available = match self.inner.fill_buf() {
+                Ok(available) => available,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(self.io_error(err, left)),
+            };
+            if available.is_empty() {
+                let err = io::Error::from(io::ErrorKind::UnexpectedEof);
+                return Err(self.io_error(err, left));
+            }
+            // Bounded by `left`, so the cast back is lossless.
+            let take = (available.len() as u64).min(left) as usize;
+            sink(&available[..take]);
+            self.inner.consume(take);
+            self.pos += take as u64;
+            left -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// The fast path for one length-prefixed string, taken when the reader's
+    /// buffer already holds the 8-byte length and all of the string: if the
+    /// length is at most `max_len` and the string lies inside the file and the
+    /// header cap, appends the string to `out` and returns its length.
+    /// Otherwise consumes nothing and returns `None`; the caller then takes
+    /// the checked slow path, which reports whatever is wrong. A vocabulary
+    /// is hundreds of thousands of such strings, so this halves the time to
+    /// validate a model.
+    pub(crate) fn try_buffered_string(&mut self, out: &mut Vec<u8>, max_len: u64) -> Option<u64> {
+        let (remaining, pos) = (self.remaining(), self.pos);
+        let available = self.inner.fill_buf().ok()?;
+        let prefix: [u8; 8] = available.get(..8)?.try_into().ok()?;
+        let len = u64::from_le_bytes(prefix);
+        if len > max_len {
+            return None;
+        }
+        // `max_len` is far below u64::MAX, so this cannot overflow.
+        let total = 8 + len;
+        if total > remaining || pos + total > MAX_HEADER_BYTES {
+            return None;
+        }
+        // Within the buffer, so it fits in usize.
+        let string = available.get(8..total as usize)?;
+        out.extend_from_slice(string);
+        self.inner.consume(total as usize);
+        self.pos += total;
+        Some(len)
+    }
+
+    /// Reads `n` bytes onto the end of `buf`.
+    pub(crate) fn append(
+        &mut self,
+        n: u64,
+        buf: &mut Vec<u8>,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), GgufError> {
+        self.read_with(n, what, |piece| buf.extend_from_slice(piece))
+    }
+
+    /// Reads `count` little-endian values of `N` bytes each onto the end of
+    /// `out`, through a small stack buffer so that no second copy of the
+    /// array is ever held.
+    pub(crate) fn decode_into<const N: usize, T>(
+        &mut self,
+        count: u64,
+        out: &mut Vec<T>,
+        from_le: fn([u8; N]) -> T,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), GgufError> {
+        const CHUNK_BYTES: usize = 4096;
+        let mut chunk = [0u8; CHUNK_BYTES];
+        let per_chunk = (CHUNK_BYTES / N) as u64;
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(per_chunk) as usize;
+            let bytes = &mut chunk[..n * N];
+            self.ensure(bytes.len() as u64, what)?;
+            self.fill(bytes)?;
+            out.extend(bytes.chunks_exact(N).map(|raw| {
+                let mut value = [0u8; N];
+                value.copy_from_slice(raw);
+                from_le(value)
+            }));
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
     pub(crate) fn array<const N: usize>(
         &mut self,
         what: &dyn Fn() -> String,
@@ -161,31 +260,10 @@ impl<'p, R: Read> Reader<'p, R> {
         what: &dyn Fn() -> String,
     ) -> Result<Vec<u8>, GgufError> {
         self.ensure(n, what)?;
-        let len = usize::try_from(n).map_err(|_| GgufError::HeaderCap {
-            offset: self.pos,
-            what: what(),
-            cap: MAX_HEADER_BYTES,
-        })?;
-        let mut buf = vec![0u8; len];
-        self.fill(&mut buf)?;
+        // Inside the file and the header cap, so it fits in memory.
+        let mut buf = Vec::with_capacity(n as usize);
+        self.append(n, &mut buf, what)?;
         Ok(buf)
-    }
-}
-
-impl<'p, R: Read> Reader<'p, R> {
-    /// Reads `n` bytes onto the end of `buf`, checking the end of the file
-    /// first.
-    pub(crate) fn append(
-        &mut self,
-        n: u64,
-        buf: &mut Vec<u8>,
-        what: &dyn Fn() -> String,
-    ) -> Result<(), GgufError> {
-        self.ensure(n, what)?;
-        // `n` is inside the file and the header cap, so it fits in memory.
-        let start = buf.len();
-        buf.resize(start + n as usize, 0);
-        self.fill(&mut buf[start..])
     }
 }
 
@@ -206,6 +284,30 @@ mod tests {
         assert_eq!(r.pos(), 12);
         assert_eq!(r.u8(&what).unwrap(), 9);
         assert_eq!(r.remaining(), 0);
+    }
+
+    #[test]
+    fn decode_into_reads_little_endian_across_chunks() {
+        // 3000 u16 values: 6000 bytes, more than one 4096-byte chunk.
+        let bytes: Vec<u8> = (0..3000u16).flat_map(u16::to_le_bytes).collect();
+        let mut r = Reader::new(&bytes[..], bytes.len() as u64, None);
+        let mut out = Vec::new();
+        r.decode_into(3000, &mut out, u16::from_le_bytes, &what)
+            .unwrap();
+        assert_eq!(out, (0..3000u16).collect::<Vec<_>>());
+        assert_eq!(r.remaining(), 0);
+    }
+
+    #[test]
+    fn read_with_hands_over_every_byte_of_a_small_buffer() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        // A 7-byte buffer forces many pieces.
+        let mut r = Reader::new(io::BufReader::with_capacity(7, &bytes[..]), 256, None);
+        let mut seen = Vec::new();
+        r.read_with(256, &what, |piece| seen.extend_from_slice(piece))
+            .unwrap();
+        assert_eq!(seen, bytes);
+        assert_eq!(r.pos(), 256);
     }
 
     #[test]
@@ -232,12 +334,12 @@ mod tests {
     #[test]
     fn a_failing_reader_is_an_io_error() {
         struct Failing;
-        impl Read for Failing {
+        impl io::Read for Failing {
             fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
                 Err(io::Error::other("device gone"))
             }
         }
-        let mut r = Reader::new(Failing, 100, None);
+        let mut r = Reader::new(io::BufReader::new(Failing), 100, None);
         let err = r.u32(&what).unwrap_err();
         assert_eq!(err.kind(), "io");
         assert_eq!(err.to_string(), "cannot read the input: device gone");

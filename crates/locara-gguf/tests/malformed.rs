@@ -149,6 +149,41 @@ fn every_truncation_of_the_synthetic_model_is_rejected() {
     }
 }
 
+/// `validate_reader` through a `BufReader` of `capacity` bytes: small
+/// buffers split every field and string across refills, which takes the
+/// slow paths that in-memory input never does.
+fn via_small_buffer(bytes: &[u8], capacity: usize) -> Result<GgufFile, GgufError> {
+    let reader = std::io::BufReader::with_capacity(capacity, bytes);
+    match catch_unwind(AssertUnwindSafe(|| {
+        locara_gguf::validate_reader(reader, bytes.len() as u64)
+    })) {
+        Ok(result) => result,
+        Err(_) => panic!("validate_reader panicked with a {capacity}-byte buffer"),
+    }
+}
+
+#[test]
+fn buffering_does_not_change_the_verdict() {
+    let bytes = synthetic();
+    let expected = run("synthetic", &bytes).unwrap();
+    for capacity in [1, 3, 8, 13, 64, 1000] {
+        let file = via_small_buffer(&bytes, capacity).unwrap();
+        assert_eq!(file.metadata, expected.metadata, "capacity {capacity}");
+        assert_eq!(file.tensors, expected.tensors, "capacity {capacity}");
+        assert_eq!(file.model, expected.model, "capacity {capacity}");
+    }
+    // Truncated files: the same error, word for word, whatever the buffering.
+    for len in (0..bytes.len()).step_by(5) {
+        let want = run("truncated", &bytes[..len]).unwrap_err().to_string();
+        for capacity in [1, 8, 13, 64] {
+            let got = via_small_buffer(&bytes[..len], capacity)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(got, want, "truncated to {len}, capacity {capacity}");
+        }
+    }
+}
+
 #[test]
 fn random_bit_flips_never_panic() {
     let bytes = synthetic();
@@ -802,9 +837,15 @@ fn invalid_utf8_in_string_arrays_is_kept_per_element() {
         payload.extend_from_slice(&(element.len() as u64).to_le_bytes());
         payload.extend_from_slice(element);
     }
-    let bytes = GgufBuilder::synthetic().kv_raw(b"test.split", 9, payload).build();
+    let bytes = GgufBuilder::synthetic()
+        .kv_raw(b"test.split", 9, payload)
+        .build();
     let file = run("split UTF-8 in an array", &bytes).unwrap();
-    let strings = file.get("test.split").and_then(Value::as_array).and_then(Array::as_strings).unwrap();
+    let strings = file
+        .get("test.split")
+        .and_then(Value::as_array)
+        .and_then(Array::as_strings)
+        .unwrap();
     let strings: Vec<&str> = strings.iter().collect();
     assert_eq!(strings, ["ok", "\u{fffd}", "\u{fffd}"]);
 }
@@ -812,7 +853,11 @@ fn invalid_utf8_in_string_arrays_is_kept_per_element() {
 #[test]
 fn string_arrays_round_trip() {
     let file = run("synthetic", &synthetic()).unwrap();
-    let tokens = file.get("tokenizer.ggml.tokens").and_then(Value::as_array).and_then(Array::as_strings).unwrap();
+    let tokens = file
+        .get("tokenizer.ggml.tokens")
+        .and_then(Value::as_array)
+        .and_then(Array::as_strings)
+        .unwrap();
     assert_eq!(tokens.len(), 32);
     assert_eq!(tokens.get(2), Some("héllo"));
     assert_eq!(tokens.get(31), Some("tok31"));
@@ -846,7 +891,7 @@ fn larger_alignment_is_honoured() {
     assert!(file
         .tensors
         .iter()
-        .all(|t| (t.offset - file.data_offset) % 4096 == 0));
+        .all(|t| (t.offset - file.data_offset).is_multiple_of(4096)));
     // The same tensors at 32-byte spacing are misaligned for 4096.
     let b = GgufBuilder::synthetic().set("general.alignment", Value::U32(4096));
     assert_rejected(

@@ -169,14 +169,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     })?;
     if args.verbose {
         eprintln!(
-            "loaded {name} in {:.0} ms: context {} tokens (trained {}), K/V {}, flash attention {}, {} threads, {} GPU layers",
+            "loaded {name} in {:.0} ms: context {} tokens (trained {}), K/V {}, flash attention {}, {} threads, {} GPU layers, chat template: {}",
             loaded.load_ms,
             loaded.context,
             loaded.trained_context,
             loaded.kv_type,
             if loaded.flash_attention { "on" } else { "off" },
             loaded.threads,
-            loaded.gpu_layers
+            loaded.gpu_layers,
+            loaded.chat_template
         );
         eprintln!("engine: {}", worker.engine());
     }

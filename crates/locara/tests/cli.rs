@@ -34,6 +34,8 @@ fn run_streams_a_greedy_answer_and_repeats_it() {
             "0",
             "--max-tokens",
             "24",
+            "--threads",
+            "1",
         ]))
     };
     let first = answer();
@@ -53,6 +55,8 @@ fn run_takes_the_prompt_from_stdin_and_a_model_name_first() {
             "--max-tokens",
             "8",
             "--verbose",
+            "--threads",
+            "1",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -98,7 +102,7 @@ fn chat_mode_keeps_the_conversation_until_bye() {
         return;
     }
     let cmd = format!(
-        "{} run --temperature 0 --max-tokens 16",
+        "{} run --temperature 0 --max-tokens 16 --threads 1",
         env!("CARGO_BIN_EXE_locara")
     );
     let mut child = Command::new("script")
@@ -271,9 +275,12 @@ fn kill_9_of_locara_run_leaves_no_worker() {
     let mut child = locara()
         .args([
             "run",
-            "Tell me a very long story about the sea.",
+            "Count to five hundred: 1, 2, 3,",
+            "--raw",
             "--max-tokens",
             "4000",
+            "--threads",
+            "1",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

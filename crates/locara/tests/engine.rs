@@ -16,7 +16,7 @@ fn load(worker: &Worker, name: &str) -> LoadedInfo {
             context: Some(2048),
             kv_type: KvType::Q8_0,
             parallel: 1,
-            threads: 2,
+            threads: TEST_THREADS,
             gpu_layers: None,
         })
         .expect("loading the model")
@@ -72,7 +72,7 @@ fn load_reports_the_defaults_and_the_models_shape() {
             context: None,
             kv_type: KvType::default(),
             parallel: 1,
-            threads: 2,
+            threads: TEST_THREADS,
             gpu_layers: None,
         })
         .unwrap();
@@ -97,7 +97,7 @@ fn context_is_clamped_to_the_trained_context() {
             context: Some(1 << 20),
             kv_type: KvType::F16,
             parallel: 1,
-            threads: 2,
+            threads: TEST_THREADS,
             gpu_layers: None,
         })
         .unwrap();
@@ -160,6 +160,9 @@ fn gemma_chat_template_answers_too() {
     let worker = spawn_worker();
     let info = load(&worker, GEMMA3);
     assert_eq!(info.trained_context, 32768);
+    // This GGUF ships no template; gemma's built-in one is used.
+    assert!(!info.has_chat_template);
+    assert_eq!(info.chat_template, "built-in gemma (by architecture)");
     worker.send(&generate(1, chat("Say hello."), 16)).unwrap();
     let (text, _, _, _) = collect(&worker, 1);
     assert!(!text.trim().is_empty());
@@ -190,19 +193,16 @@ fn stop_strings_end_the_answer_before_them() {
 fn cancel_stops_within_one_token() {
     let worker = spawn_worker();
     load(&worker, SMOLLM2);
-    worker
-        .send(&generate(
-            9,
-            Prompt::Raw {
-                text: "Write a long story about a dragon.".into(),
-            },
-            2000,
-        ))
-        .unwrap();
+    // A prompt the model continues for a long time.
+    let prompt = Prompt::Raw {
+        text: "Count to five hundred: 1, 2, 3, 4,".into(),
+    };
+    worker.send(&generate(9, prompt, 2000)).unwrap();
     let mut before = 0;
     while before < 3 {
-        if let Event::Token { .. } = worker.recv().unwrap() {
-            before += 1;
+        match worker.recv().unwrap() {
+            Event::Token { .. } => before += 1,
+            other => panic!("the generation should still run, got {other:?}"),
         }
     }
     worker.send(&Request::Cancel { id: 9 }).unwrap();
@@ -302,7 +302,7 @@ fn concurrent_generations_share_one_worker() {
             context: Some(1024),
             kv_type: KvType::Q8_0,
             parallel: 2,
-            threads: 2,
+            threads: TEST_THREADS,
             gpu_layers: None,
         })
         .unwrap();

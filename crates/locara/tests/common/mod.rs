@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 pub const SMOLLM2: &str = "smollm2:135m";
 pub const GEMMA3: &str = "gemma3:270m";
 
+/// CPU threads per engine worker in tests. The test harness runs two tests
+/// at once on CI's two cores; two workers of two threads each would
+/// oversubscribe them, and llama.cpp's OpenMP barriers spin-wait: decode was
+/// measured falling from ~60 to 0.4 tokens/s that way.
+pub const TEST_THREADS: u32 = 1;
+
 /// The cache the test models live in (`LOCARA_TEST_HOME`, default
 /// `~/.cache/locara-test`): a Locara data directory of its own.
 pub fn test_home() -> PathBuf {
