@@ -31,6 +31,8 @@ locara_need_deps() {
       if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
         pkgs+=(libclang-dev clang)
       fi
+      # Downloads use the system's TLS stack (OpenSSL).
+      pkg-config --exists openssl 2>/dev/null || pkgs+=(libssl-dev pkg-config)
       command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
       python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
       if [ ${#pkgs[@]} -gt 0 ]; then

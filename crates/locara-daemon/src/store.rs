@@ -684,9 +684,12 @@ fn download(
         url: wheel.url.clone(),
         reason,
     };
-    // The system's trust store and proxy settings, as pip uses them: a
-    // corporate proxy's CA works for both or for neither.
+    // The system's TLS stack, trust store and proxy settings, as pip uses
+    // them: a corporate proxy's CA works for both or for neither.
+    let tls =
+        native_tls::TlsConnector::new().map_err(|e| fail(format!("TLS set-up failed: {e}")))?;
     let agent = ureq::AgentBuilder::new()
+        .tls_connector(std::sync::Arc::new(tls))
         .try_proxy_from_env(true)
         .timeout_connect(Duration::from_secs(30))
         .timeout_read(Duration::from_secs(60))

@@ -89,6 +89,28 @@ fn load_reports_the_defaults_and_the_models_shape() {
 }
 
 #[test]
+fn gguf_metadata_agrees_with_what_llama_cpp_reports() {
+    for name in [SMOLLM2, GEMMA3] {
+        let file = locara_gguf::validate_file(&model(name)).unwrap();
+        let m = &file.model;
+        let worker = spawn_worker();
+        let info = load(&worker, name);
+        assert_eq!(m.block_count, info.layers, "{name}: layers");
+        assert_eq!(m.embedding_length, info.embedding, "{name}: embedding");
+        assert_eq!(m.head_count, info.heads, "{name}: heads");
+        assert_eq!(m.head_count_kv[0], info.kv_heads, "{name}: KV heads");
+        assert_eq!(
+            m.context_length, info.trained_context,
+            "{name}: trained context"
+        );
+        assert_eq!(
+            m.tensor_data_bytes, info.weights_bytes,
+            "{name}: mapped weights"
+        );
+    }
+}
+
+#[test]
 fn context_is_clamped_to_the_trained_context() {
     let worker = spawn_worker();
     let info = worker
