@@ -96,6 +96,11 @@ impl Engine {
         self.worker.engine()
     }
 
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.worker.pid()
+    }
+
     /// Finds a prompt of `target` tokens (or as close as the tokenizer
     /// allows) by trying lengths; every probe is a full prefill, so this is
     /// also the prefill warm-up.

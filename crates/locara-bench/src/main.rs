@@ -40,6 +40,7 @@
 
 mod engine;
 mod llama_bench;
+mod noise;
 mod report;
 mod stats;
 
@@ -48,6 +49,7 @@ use clap::{Parser, Subcommand};
 use engine::{Engine, LoadParams};
 use llama_bench::{LlamaBench, RunParams, Source, LLAMA_CPP_PYTHON_VERSION};
 use locara_core::KvType;
+use noise::CpuSnapshot;
 use report::{LlamaBenchInfo, LocaraInfo, Report};
 use stats::Comparison;
 use std::path::PathBuf;
@@ -61,6 +63,10 @@ const DECODE_TARGET: f64 = 0.97;
 
 /// Exit status when the run worked but a ratio is below its target.
 const EXIT_BELOW_TARGET: u8 = 2;
+
+/// Share of the CPU that other processes may take during the measurement
+/// before the result carries a warning.
+const NOISY_SHARE: f64 = 0.05;
 
 /// The default model's place in the store, under the data directory.
 const DEFAULT_MODEL: &str = "models/smollm2+135m/model.gguf";
@@ -321,7 +327,9 @@ fn run(config: &Config) -> Result<ExitCode> {
 
     let mut samples = Samples::default();
     let mut short_decodes = 0;
+    let started = CpuSnapshot::take(engine.pid());
     for rep in 0..config.reps {
+        let rep_started = CpuSnapshot::take(engine.pid());
         // Alternate which side goes first, so a steady drift (a machine
         // warming up, a build finishing) favours neither.
         let llama_first = rep % 2 == 0;
@@ -337,14 +345,24 @@ fn run(config: &Config) -> Result<ExitCode> {
         if !llama_first {
             samples.push_llama(bench.run(&params)?);
         }
+        let others = others_share(rep_started, engine.pid())
+            .map(|share| format!(" (other processes: {:.0} % of the CPU)", share * 100.0))
+            .unwrap_or_default();
         progress(&format!(
-            "rep {}/{}: prefill llama-bench {:.1} Locara {:.1}; decode llama-bench {:.1} Locara {:.1} tokens/s",
+            "rep {}/{}: prefill llama-bench {:.1} Locara {:.1}; decode llama-bench {:.1} Locara {:.1} tokens/s{others}",
             rep + 1,
             config.reps,
             samples.llama_prefill.last().copied().unwrap_or_default(),
             samples.locara_prefill.last().copied().unwrap_or_default(),
             samples.llama_decode.last().copied().unwrap_or_default(),
             samples.locara_decode.last().copied().unwrap_or_default(),
+        ));
+    }
+    let others_cpu_share = others_share(started, engine.pid());
+    if let Some(share) = others_cpu_share.filter(|&s| s > NOISY_SHARE) {
+        notes.push(format!(
+            "other processes took {:.0} % of the CPU while this measured; with every core computing, that slows both sides unevenly: rerun on a quiet machine",
+            share * 100.0
         ));
     }
     if short_decodes > 0 {
@@ -379,6 +397,7 @@ fn run(config: &Config) -> Result<ExitCode> {
             prompt_tokens: engine.prefill_tokens,
             context: engine.loaded.context,
         },
+        others_cpu_share,
         pass: prefill.pass && decode.pass,
         prefill,
         decode,
@@ -395,6 +414,11 @@ fn run(config: &Config) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_BELOW_TARGET)
     })
+}
+
+/// Share of the CPU other processes took since `since` (Linux only).
+fn others_share(since: Option<CpuSnapshot>, worker_pid: u32) -> Option<f64> {
+    Some(since?.others_share(&CpuSnapshot::take(worker_pid)?))
 }
 
 /// Tokens per second of every measured repetition, per side and test.

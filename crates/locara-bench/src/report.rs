@@ -22,6 +22,9 @@ pub struct Report {
     pub locara: LocaraInfo,
     pub prefill: Comparison,
     pub decode: Comparison,
+    /// Share of the machine's CPU time (0 to 1) that processes other than
+    /// this benchmark's took during the measured reps; Linux only.
+    pub others_cpu_share: Option<f64>,
     /// Both ratios meet their targets.
     pub pass: bool,
     /// Anything that makes the figures less comparable than they should be.
@@ -130,6 +133,7 @@ mod tests {
             },
             prefill: Comparison::new(&[800.0, 810.0, 790.0], &[780.0, 790.0, 770.0], 0.95).unwrap(),
             decode: Comparison::new(&[150.0, 151.0, 149.0], &[140.0, 141.0, 139.0], 0.97).unwrap(),
+            others_cpu_share: Some(0.01),
             pass: false,
             notes: vec!["something odd".into()],
         };

@@ -15,7 +15,12 @@
 //! ```
 
 pub mod bytes;
+pub mod estimate;
 pub mod load;
 
 pub use bytes::Bytes;
+pub use estimate::{
+    estimate, estimate_filled, max_context_fitting, Backend, Estimate, EstimateCheck, EstimateError,
+    EstimateOptions, ModelShape,
+};
 pub use load::{KvType, LoadDefaults, ParseKvTypeError, DEFAULT_CONTEXT, MIN_CONTEXT};

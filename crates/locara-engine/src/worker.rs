@@ -138,10 +138,16 @@ fn engine_description() -> String {
             std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()),
         )
     };
+    // The vendored tree is built without git, so the commit is often "unknown".
+    let commit = commit.to_string_lossy();
+    let commit = if commit == "unknown" {
+        String::new()
+    } else {
+        format!(" {commit}")
+    };
     format!(
-        "llama.cpp (ggml {} {}) via llama-cpp-sys-2; {}",
+        "llama.cpp (ggml {}{commit}) via llama-cpp-sys-2; {}",
         version.to_string_lossy(),
-        commit.to_string_lossy(),
         system.to_string_lossy().trim()
     )
 }
@@ -458,13 +464,14 @@ impl<'m> Engine<'m> {
             let seq = (0..self.parallel as i32)
                 .find(|s| !self.slots.iter().any(|slot| slot.seq == *s))
                 .expect("a free sequence exists when fewer slots than sequences run");
-            match self.prepare(req.clone(), seq) {
+            let id = req.id;
+            match self.prepare(req, seq) {
                 Ok(slot) => {
                     // A sequence may hold cells of an earlier generation.
                     let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
                     self.slots.push(slot);
                 }
-                Err((kind, message)) => error(out, Some(req.id), kind, message)?,
+                Err((kind, message)) => error(out, Some(id), kind, message)?,
             }
         }
         Ok(())

@@ -1,15 +1,48 @@
 //! Platform probes for Locara: what the OS says about memory and the machine.
 //!
-//! One implementation per OS, each in its own file (`linux.rs`, `macos.rs`),
-//! behind the same functions; all `unsafe` FFI stays in those files.
+//! Everything the governor learns about the outside world comes through
+//! three traits, so that tests and `locara pressure simulate` can stand in
+//! for the OS:
+//!
+//! * [`MemoryProbe`]: a [`SystemSnapshot`] of the machine's memory, and the
+//!   [`ProcessFootprint`] of a pid (footprint, mapped weights, RSS);
+//! * [`PressureSource`]: a [`PressureWatch`], the stream of
+//!   [`PressureEvent`]s as the [`PressureLevel`] moves between normal, warn
+//!   and critical;
+//! * [`HardwareProbe`]: the [`HardwareProfile`] (chip, RAM, cores, GPU
+//!   working-set cap, [`Tier`], default budget) and the [`PowerState`].
+//!
+//! [`SystemProbe`] implements them for the OS it runs on, one file per OS
+//! (`linux.rs`, `macos.rs`; all `unsafe` FFI stays in those files).
+//! [`SimulatedProbe`] is a machine scripted by hand. [`ActivityGuard`] keeps
+//! a Mac from idle-sleeping while a model loads or generates, and
+//! [`check_supported`] refuses machines the runtime cannot serve (Intel Macs).
 //!
 //! ```no_run
-//! let fp = locara_platform::process_footprint(std::process::id())?;
+//! use locara_platform::{MemoryProbe, PressureSource, SystemProbe};
+//!
+//! locara_platform::check_supported()?;
+//! let probe = SystemProbe::default();
+//! let snap = probe.snapshot()?;
+//! println!("available {} of {} bytes, pressure {}", snap.available, snap.total, snap.pressure);
+//! let fp = probe.process_footprint(std::process::id())?;
 //! println!("footprint {} (RSS {})", fp.footprint, fp.rss);
+//! let watch = probe.watch()?;
+//! while let Some(event) = watch.recv() {
+//!     println!("pressure {} -> {}: {}", event.previous, event.level, event.reason);
+//! }
 //! # Ok::<(), locara_platform::PlatformError>(())
 //! ```
 
-use serde::Serialize;
+mod activity;
+mod hardware;
+mod level;
+mod macos_parse;
+pub mod simulated;
+mod snapshot;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+mod watch;
 
 #[cfg(target_os = "linux")]
 mod linux;
@@ -19,20 +52,27 @@ use linux as os;
 mod macos;
 #[cfg(target_os = "macos")]
 use macos as os;
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+#[path = "unsupported.rs"]
+mod os;
 
-/// What the OS charges one process, in bytes, in DESIGN.md's words.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ProcessFootprint {
-    /// Memory the OS charges the process: macOS `phys_footprint`; Linux
-    /// `Private_Dirty + Swap` from `/proc/<pid>/smaps_rollup`.
-    pub footprint: u64,
-    /// Resident file-backed pages (the mmap'd weights): reclaimable without
-    /// swap, never counted as used. 0 where the OS does not report it.
-    pub mapped_weights: u64,
-    /// Resident set size; shown only next to footprint, because it counts
-    /// mapped weights too and misleads for mmap'd models.
-    pub rss: u64,
-}
+pub use activity::ActivityGuard;
+pub use hardware::{
+    default_budget, BudgetBasis, GpuInfo, HardwareProfile, PowerState, ThermalState, Tier,
+    DEFAULT_BUDGET_PERCENT,
+};
+pub use level::{
+    assess, Assessment, LevelChange, LevelDeriver, PressureConfig, PressureSample, PsiTriggerSpec,
+    Thresholds,
+};
+pub use simulated::SimulatedProbe;
+pub use snapshot::{
+    CgroupEvents, CgroupMemory, ParsePressureLevelError, PressureLevel, ProcessFootprint, Psi,
+    PsiAverages, SystemSnapshot,
+};
+pub use watch::{PressureEvent, PressureWatch, WatchEnded};
+
+use std::path::Path;
 
 /// Errors of the probes.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +88,16 @@ pub enum PlatformError {
     Parse { what: String, detail: String },
     #[error("this platform has no probe for {0}")]
     Unsupported(&'static str),
+    /// The machine cannot run Locara (an Intel Mac, an x86_64 build under
+    /// Rosetta); the message says what to do.
+    #[error("{0}")]
+    UnsupportedMachine(String),
+    #[error("pressure setting {field} = {value} is out of range ({limit})")]
+    InvalidConfig {
+        field: &'static str,
+        value: String,
+        limit: &'static str,
+    },
 }
 
 impl PlatformError {
@@ -58,49 +108,126 @@ impl PlatformError {
             PlatformError::Io { .. } => "probe_io",
             PlatformError::Parse { .. } => "probe_parse",
             PlatformError::Unsupported(_) => "unsupported",
+            PlatformError::UnsupportedMachine(_) => "unsupported_machine",
+            PlatformError::InvalidConfig { .. } => "invalid_config",
         }
     }
 }
 
-/// The footprint of process `pid`.
-pub fn process_footprint(pid: u32) -> Result<ProcessFootprint, PlatformError> {
-    #[cfg(any(target_os = "linux", target_os = "macos"))]
-    {
-        os::process_footprint(pid)
+/// Memory figures: the machine's, and one process's.
+pub trait MemoryProbe: Send + Sync {
+    /// The machine's memory now.
+    fn snapshot(&self) -> Result<SystemSnapshot, PlatformError>;
+    /// What the OS charges process `pid`.
+    fn process_footprint(&self, pid: u32) -> Result<ProcessFootprint, PlatformError>;
+}
+
+/// Pressure level changes as they happen.
+pub trait PressureSource: Send + Sync {
+    /// Starts watching. The watch knows the level at its start and reports
+    /// each change after; dropping it stops the watching.
+    fn watch(&self) -> Result<PressureWatch, PlatformError>;
+}
+
+/// What the machine is, and how warm and powered it is now.
+pub trait HardwareProbe: Send + Sync {
+    /// Probes the hardware (cheap enough to call at start; the CLI persists
+    /// the result because it does not change).
+    fn hardware_profile(&self) -> Result<HardwareProfile, PlatformError>;
+    /// Thermal state, low-power mode and battery now.
+    fn power_state(&self) -> PowerState;
+}
+
+/// The probes of the OS this runs on.
+#[derive(Debug, Clone, Default)]
+pub struct SystemProbe {
+    config: PressureConfig,
+}
+
+impl SystemProbe {
+    /// Probes whose pressure watch uses `config` (checked first).
+    pub fn new(config: PressureConfig) -> Result<Self, PlatformError> {
+        config.validate()?;
+        Ok(SystemProbe { config })
     }
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-    {
-        let _ = pid;
-        Err(PlatformError::Unsupported("process footprint"))
+
+    pub fn config(&self) -> &PressureConfig {
+        &self.config
     }
 }
 
+impl MemoryProbe for SystemProbe {
+    fn snapshot(&self) -> Result<SystemSnapshot, PlatformError> {
+        os::snapshot(&self.config.thresholds)
+    }
+
+    fn process_footprint(&self, pid: u32) -> Result<ProcessFootprint, PlatformError> {
+        os::process_footprint(pid)
+    }
+}
+
+impl PressureSource for SystemProbe {
+    fn watch(&self) -> Result<PressureWatch, PlatformError> {
+        os::watch(&self.config)
+    }
+}
+
+impl HardwareProbe for SystemProbe {
+    fn hardware_profile(&self) -> Result<HardwareProfile, PlatformError> {
+        os::hardware_profile()
+    }
+
+    fn power_state(&self) -> PowerState {
+        os::power_state()
+    }
+}
+
+/// Refuses machines the runtime cannot serve, with a message that says what
+/// to do: an Intel Mac, or an x86_64 build running under Rosetta on Apple
+/// Silicon. Linux machines pass. The binary calls this when it starts.
+pub fn check_supported() -> Result<(), PlatformError> {
+    os::check_supported()
+}
+
+/// The footprint of process `pid` (see [`MemoryProbe::process_footprint`]).
+pub fn process_footprint(pid: u32) -> Result<ProcessFootprint, PlatformError> {
+    os::process_footprint(pid)
+}
+
 /// CPU threads an engine should use: the performance cores (macOS
-/// `hw.perflevel0.physicalcpu`) or physical cores (Linux), never "all"
-/// logical CPUs, and never more than this process may run on.
+/// `hw.perflevel0.physicalcpu`) or physical cores (Linux, less the
+/// efficiency cores of a hybrid CPU), never "all" logical CPUs, and never
+/// more than this process may run on.
 pub fn performance_cores() -> u32 {
     let logical = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
-    #[cfg(any(target_os = "linux", target_os = "macos"))]
-    {
-        os::performance_cores().unwrap_or(logical).clamp(1, logical)
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-    {
-        logical
-    }
+    os::performance_cores().unwrap_or(logical).clamp(1, logical)
 }
 
 /// Physical memory of the machine in bytes (or of the memory-limited cgroup
 /// the process runs in, on Linux, when that is smaller).
 pub fn physical_memory() -> Result<u64, PlatformError> {
-    #[cfg(any(target_os = "linux", target_os = "macos"))]
-    {
-        os::physical_memory()
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-    {
-        Err(PlatformError::Unsupported("physical memory"))
-    }
+    os::physical_memory()
+}
+
+/// A running process of a given program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramProcess {
+    pub pid: u32,
+    /// Its arguments, the program name first.
+    pub args: Vec<String>,
+}
+
+/// The processes running the executable `exe` (this user's, or all where we
+/// may read them), e.g. the `locara` binary's engine workers.
+pub fn processes_of(exe: &Path) -> Result<Vec<ProgramProcess>, PlatformError> {
+    os::processes_of(exe)
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub(crate) fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

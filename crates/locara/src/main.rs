@@ -3,7 +3,10 @@
 
 mod config;
 mod inspect;
+mod mem;
 mod models;
+mod plan;
+mod profile;
 mod progress;
 mod run;
 
@@ -64,6 +67,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show this machine's profile, memory tier and default budget.
+    ///
+    /// Chip, RAM, cores, page size and GPU working-set cap. Probed on first
+    /// use and stored in the data directory (RAM does not change); later runs
+    /// read the stored profile.
+    Profile {
+        /// Probe the machine again and store the new profile.
+        #[arg(long)]
+        refresh: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the machine's memory, the pressure level, and Locara's processes.
+    ///
+    /// Each figure comes with a line that says what it means; each process
+    /// shows its footprint, its mapped weights and its RSS.
+    Mem {
+        /// Print JSON (one object per line with --watch).
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Estimate a model's memory before loading it, and whether it fits.
+    ///
+    /// Prints the estimate (mapped weights plus footprint: K/V cache, compute
+    /// buffers, output buffer, repacked weights, overhead), this machine's
+    /// budget, whether the load fits, and the largest context that fits with
+    /// each K/V type.
+    Plan(plan::PlanArgs),
     /// The engine worker (started by locara itself; not for direct use).
     #[command(hide = true)]
     Engine,
@@ -89,6 +124,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::List { json } => models::list(json),
         Command::Rm { name } => models::rm(&name),
         Command::Inspect { model, json } => inspect::inspect(&model, json),
+        Command::Plan(args) => plan::plan(args),
+        Command::Profile { refresh, json } => profile::profile(refresh, json),
+        Command::Mem { json, watch } => mem::mem(json, watch),
     }
 }
 

@@ -1,0 +1,972 @@
+//! The memory estimate: what a model will cost at a context, K/V type and
+//! number of parallel sequences, before it is loaded.
+//!
+//! Every admission, eviction and refusal rests on this number, so each part
+//! of it follows how the pinned llama.cpp (`llama-cpp-sys-2` 0.1.161) sizes
+//! the buffer in question, with the file and function named where it is
+//! derived, and the parts that llama.cpp does not fix (scratch memory the
+//! graph touches, the worker's own heap) are calibrated against the measured
+//! footprint of real engine workers (`crates/locara/examples/estimate_accuracy.rs`).
+//!
+//! The estimate has the breakdown of DESIGN.md's memory accounting:
+//!
+//! * **mapped weights**: the tensor data, memory-mapped from the GGUF file:
+//!   file-backed and clean, so reported apart from the footprint;
+//! * the parts the OS charges the worker as its **footprint** (dirty,
+//!   anonymous memory): weights the CPU backend copies into a repacked
+//!   layout, the **K/V cache**, the logits **output buffer**, the **compute
+//!   buffers** (scratch of the graph), and the **overhead** of the process.
+//!
+//! ```
+//! use locara_core::estimate::{estimate, Backend, EstimateOptions, ModelShape};
+//! use locara_core::KvType;
+//!
+//! // A llama-style model: 30 layers, 3 K/V heads of 64 dims.
+//! let shape = ModelShape::dense("llama", 30, 576, 1536, 9, 3, 64, 8192, 49152, 96_000_000);
+//! let options = EstimateOptions {
+//!     context: 8192,
+//!     kv_type: KvType::Q8_0,
+//!     parallel: 1,
+//!     backend: Backend::Gpu,
+//! };
+//! let e = estimate(&shape, &options).unwrap();
+//! // 30 layers × (K + V) × 192 elements × 8192 cells × 34/32 bytes.
+//! assert_eq!(e.kv_cache, 30 * 2 * 192 * 8192 * 34 / 32);
+//! assert!(e.total() > e.mapped_weights + e.kv_cache);
+//! ```
+
+use crate::load::{KvType, LoadDefaults};
+use serde::Serialize;
+
+/// Tokens llama.cpp processes in one micro-batch (`n_ubatch`): its default,
+/// which the engine worker keeps. The compute buffers scale with it.
+pub const UBATCH_TOKENS: u32 = 512;
+
+/// llama.cpp rounds the context up to a multiple of this many cells
+/// (`GGML_PAD(n_ctx, 256)` in `llama_context::llama_context`,
+/// `src/llama-context.cpp`), and pads the sliding-window cache the same way
+/// (`llama_kv_cache_iswa::llama_kv_cache_iswa`, `src/llama-kv-cache-iswa.cpp`).
+pub const CELL_PAD: u32 = 256;
+
+/// Architectures llama.cpp runs with a recurrent state instead of (or beside)
+/// a K/V cache: `llm_arch_is_recurrent` and `llm_arch_is_hybrid` in
+/// `src/llama-arch.cpp`. Their state is sized by other rules
+/// (`llama_memory_recurrent`); the estimate refuses them rather than guess.
+const RECURRENT: &[&str] = &["mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"];
+const HYBRID: &[&str] = &[
+    "jamba",
+    "falcon-h1",
+    "plamo2",
+    "granitehybrid",
+    "lfm2",
+    "lfm2moe",
+    "nemotron_h",
+    "nemotron_h_moe",
+    "qwen3next",
+    "kimi-linear",
+    "bailingmoe3",
+    "kimi-k3",
+    "glm5-next",
+    "qwen35",
+    "qwen35moe",
+    "qwen4exp",
+    "deepseek4",
+    "minimax-01",
+];
+
+/// Architectures whose cache `llama_model::create_memory`
+/// (`src/llama-model.cpp`) builds by rules of their own (latent attention,
+/// indexer caches, layers that reuse another layer's cache, or no cache at
+/// all), with the reason shown to the user.
+const SPECIAL_CACHE: &[(&str, &str)] = &[
+    ("deepseek2", "multi-head latent attention caches a compressed latent, not K/V heads"),
+    ("deepseek32", "its sparse-attention indexer keeps a cache of its own"),
+    ("glm-dsa", "its sparse-attention indexer keeps a cache of its own"),
+    ("minimax-m3", "its sparse-attention indexer keeps a cache of its own"),
+    ("hy_v4", "its sparse-attention indexer keeps a cache of its own"),
+    ("dots3note", "its sparse-attention indexer keeps a cache of its own"),
+    ("gemma3n", "later layers reuse the K/V cache of earlier ones"),
+    ("gemma4", "later layers reuse the K/V cache of earlier ones"),
+    ("gemma4-assistant", "it shares the K/V cache of another model"),
+    ("eagle3", "a draft head that runs beside another model"),
+    ("dflash", "a draft head that runs beside another model"),
+    ("bert", "an encoder (embedding model) has no K/V cache"),
+    ("nomic-bert", "an encoder (embedding model) has no K/V cache"),
+    ("nomic-bert-moe", "an encoder (embedding model) has no K/V cache"),
+    ("jina-bert-v2", "an encoder (embedding model) has no K/V cache"),
+    ("jina-bert-v3", "an encoder (embedding model) has no K/V cache"),
+    ("neo-bert", "an encoder (embedding model) has no K/V cache"),
+    ("eurobert", "an encoder (embedding model) has no K/V cache"),
+    ("modern-bert", "an encoder (embedding model) has no K/V cache"),
+    ("gemma-embedding", "an encoder (embedding model) has no K/V cache"),
+    ("t5", "an encoder-decoder model keeps a cross-attention cache as well"),
+    ("t5encoder", "an encoder (embedding model) has no K/V cache"),
+];
+
+/// What the estimate needs to know about a model: the facts of its GGUF
+/// metadata and tensor table (see `locara_gguf::ModelMetadata`). Lengths are
+/// in elements, sizes in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelShape {
+    /// `general.architecture`, e.g. `"llama"`, `"gemma3"`.
+    pub architecture: String,
+    /// Transformer layers.
+    pub block_count: u32,
+    /// Width of the hidden state.
+    pub embedding_length: u32,
+    /// Width of the feed-forward layer (the largest over layers); 0 when the
+    /// file does not say, which the compute estimate then takes as 4 × the
+    /// embedding width.
+    pub feed_forward_length: u32,
+    /// Query heads.
+    pub head_count: u32,
+    /// K/V heads of each layer (`block_count` entries); 0 for a layer with
+    /// no attention.
+    pub head_count_kv: Vec<u32>,
+    /// Elements per key head.
+    pub key_length: u32,
+    /// Elements per value head.
+    pub value_length: u32,
+    /// The context the model was trained for, in tokens; a load never gets
+    /// more (0: unknown, no clamp).
+    pub context_length: u32,
+    /// The sliding window in tokens, for models with sliding-window layers.
+    pub sliding_window: Option<u32>,
+    /// One flag per layer, `true` where the layer attends over the window
+    /// only. Empty when every layer is global (or the layout is unknown,
+    /// which can only over-estimate).
+    pub sliding_window_layers: Vec<bool>,
+    /// Tokens in the vocabulary: the logits are this wide.
+    pub vocab_size: u32,
+    /// Bytes of all tensor data: the mapped weights.
+    pub weights_bytes: u64,
+    /// The weight matrices that a CPU backend may copy into a repacked
+    /// layout (see [`Backend::Cpu`]): every 2-D or 3-D tensor a matrix
+    /// multiplication reads, which is all but the token embeddings (read by
+    /// row lookup) and the 1-D norms and biases.
+    pub matmul_weights: Vec<MatmulWeight>,
+}
+
+/// One weight matrix, for the repacking rules of the CPU backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MatmulWeight {
+    /// ggml's name of the storage type (`"q4_K"`, `"q4_0"`, `"f16"`, ...).
+    pub ggml_type: String,
+    /// Rows (`ne[1]`): the repacked layouts interleave 4 or 8 rows and apply
+    /// only when the row count is a multiple of that.
+    pub rows: u64,
+    /// Bytes of tensor data.
+    pub bytes: u64,
+}
+
+impl ModelShape {
+    /// A model with every layer alike and no sliding window, for tests and
+    /// examples. The token embeddings are counted in `weights_bytes` but not
+    /// as a matrix multiplication weight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dense(
+        architecture: &str,
+        block_count: u32,
+        embedding_length: u32,
+        feed_forward_length: u32,
+        head_count: u32,
+        head_count_kv: u32,
+        head_dim: u32,
+        context_length: u32,
+        vocab_size: u32,
+        weights_bytes: u64,
+    ) -> Self {
+        Self {
+            architecture: architecture.to_owned(),
+            block_count,
+            embedding_length,
+            feed_forward_length,
+            head_count,
+            head_count_kv: vec![head_count_kv; block_count as usize],
+            key_length: head_dim,
+            value_length: head_dim,
+            context_length,
+            sliding_window: None,
+            sliding_window_layers: Vec::new(),
+            vocab_size,
+            weights_bytes,
+            matmul_weights: Vec::new(),
+        }
+    }
+
+    fn is_window_layer(&self, layer: usize) -> bool {
+        self.sliding_window.is_some() && self.sliding_window_layers.get(layer) == Some(&true)
+    }
+
+    fn has_window_layers(&self) -> bool {
+        (0..self.block_count as usize).any(|il| self.is_window_layer(il))
+    }
+}
+
+/// Where the model's layers run, as far as memory is concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Backend {
+    /// llama.cpp's CPU backend. Weight matrices whose type the CPU has a
+    /// faster interleaved layout for are copied out of the mapping into
+    /// anonymous memory at load (ggml's `CPU_REPACK` buffer type,
+    /// `ggml_repack_get_optimal_repack_type` in
+    /// `ggml/src/ggml-cpu/repack.cpp`): those bytes count in the footprint.
+    Cpu {
+        /// The types this CPU repacks, with the row multiple each needs.
+        repack: Vec<RepackRule>,
+    },
+    /// Every layer offloaded to a GPU that shares memory with the CPU
+    /// (Apple Silicon with Metal): weights stay in the mapping, nothing is
+    /// repacked.
+    Gpu,
+}
+
+/// One repacking rule of the CPU backend: matrices of `ggml_type` whose row
+/// count is a multiple of `row_multiple` are copied into the repacked layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RepackRule {
+    pub ggml_type: String,
+    pub row_multiple: u64,
+}
+
+impl RepackRule {
+    fn new(ggml_type: &str, row_multiple: u64) -> Self {
+        Self {
+            ggml_type: ggml_type.to_owned(),
+            row_multiple,
+        }
+    }
+}
+
+impl Backend {
+    /// The CPU backend of an x86-64 CPU with AVX2 (and without AVX-512):
+    /// `q4_0`, `q4_K`, `iq4_nl` and `mxfp4` in 8-row groups.
+    pub fn cpu_x86_avx2() -> Self {
+        Backend::Cpu {
+            repack: ["q4_0", "q4_K", "iq4_nl", "mxfp4"]
+                .iter()
+                .map(|t| RepackRule::new(t, 8))
+                .collect(),
+        }
+    }
+
+    /// An x86-64 CPU with AVX-512: as AVX2, plus `q2_K`.
+    pub fn cpu_x86_avx512() -> Self {
+        let Backend::Cpu { mut repack } = Self::cpu_x86_avx2() else {
+            unreachable!("cpu_x86_avx2 is a CPU backend")
+        };
+        repack.push(RepackRule::new("q2_K", 8));
+        Backend::Cpu { repack }
+    }
+
+    /// An Arm CPU with the dot-product extension (and int8 matrix multiply
+    /// or not: the groups differ, the copied bytes do not).
+    pub fn cpu_arm_dotprod() -> Self {
+        Backend::Cpu {
+            repack: vec![
+                RepackRule::new("q4_0", 4),
+                RepackRule::new("q4_K", 8),
+                RepackRule::new("q5_K", 8),
+                RepackRule::new("q6_K", 8),
+                RepackRule::new("iq4_nl", 4),
+                RepackRule::new("mxfp4", 4),
+                RepackRule::new("q8_0", 4),
+                RepackRule::new("q1_0", 4),
+            ],
+        }
+    }
+
+    /// A CPU with none of the repacked layouts.
+    pub fn cpu_plain() -> Self {
+        Backend::Cpu { repack: Vec::new() }
+    }
+
+    /// Bytes of weights this backend copies into anonymous memory.
+    fn repacked_bytes(&self, shape: &ModelShape) -> u64 {
+        let Backend::Cpu { repack } = self else {
+            return 0;
+        };
+        shape
+            .matmul_weights
+            .iter()
+            .filter(|w| {
+                repack.iter().any(|r| {
+                    r.ggml_type.eq_ignore_ascii_case(&w.ggml_type)
+                        && r.row_multiple > 0
+                        && w.rows % r.row_multiple == 0
+                })
+            })
+            .map(|w| w.bytes)
+            .sum()
+    }
+}
+
+/// How the model is to be loaded: what the engine worker's `Load` request
+/// says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EstimateOptions {
+    /// Context per sequence asked for, in tokens; clamped to the trained
+    /// context as the worker clamps it.
+    pub context: u32,
+    /// Element type of the K and V caches.
+    pub kv_type: KvType,
+    /// Sequences that can generate at once (llama.cpp's `n_seq_max`); each
+    /// gets the whole context.
+    pub parallel: u32,
+    /// Where the layers run.
+    pub backend: Backend,
+}
+
+/// The predicted memory of an engine worker holding a model, in bytes, when
+/// its contexts are full (the steady-state maximum).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Estimate {
+    /// Context per sequence after clamping, in tokens.
+    pub context: u32,
+    /// K/V cells per sequence of the global layers (the context rounded up
+    /// to [`CELL_PAD`]).
+    pub cells: u32,
+    /// K/V cells per sequence of the sliding-window layers, when the model
+    /// has them.
+    pub window_cells: Option<u32>,
+    pub parallel: u32,
+    pub kv_type: KvType,
+    /// Tensor data mapped from the file: file-backed, clean, reclaimable.
+    pub mapped_weights: u64,
+    /// Weights the CPU backend copies out of the mapping into its repacked
+    /// layout: anonymous, part of the footprint.
+    pub repacked_weights: u64,
+    /// The K and V caches of all layers and sequences.
+    pub kv_cache: u64,
+    /// llama.cpp's output buffer: the logits of one token per sequence.
+    pub output_buffer: u64,
+    /// Scratch memory of the graph that prefill touches: activations of one
+    /// micro-batch, the attention masks over the full context, the logits
+    /// tensor, the CPU backend's work buffer.
+    pub compute_buffers: u64,
+    /// The worker process itself with the model loaded: its heap (the
+    /// vocabulary, llama.cpp's model and context objects, the validated
+    /// GGUF metadata) and thread stacks.
+    pub overhead: u64,
+}
+
+impl Estimate {
+    /// The predicted footprint: everything the OS charges the worker as
+    /// dirty memory, which is every part but the mapped weights.
+    pub fn footprint(&self) -> u64 {
+        self.repacked_weights
+            .saturating_add(self.kv_cache)
+            .saturating_add(self.output_buffer)
+            .saturating_add(self.compute_buffers)
+            .saturating_add(self.overhead)
+    }
+
+    /// Mapped weights plus footprint: what admission compares with the
+    /// budget. The weights count because a model whose weights do not stay
+    /// resident reads them from disk for every token (and on Apple Silicon
+    /// the GPU wires them).
+    pub fn total(&self) -> u64 {
+        self.mapped_weights.saturating_add(self.footprint())
+    }
+}
+
+/// An estimate next to what the worker was measured to hold: the numbers
+/// the daemon records for each load and exports as the estimate's error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EstimateCheck {
+    /// [`Estimate::footprint`], bytes.
+    pub estimated_footprint: u64,
+    /// The worker's footprint as the OS reports it, bytes.
+    pub measured_footprint: u64,
+    /// [`Estimate::mapped_weights`], bytes.
+    pub estimated_mapped_weights: u64,
+    /// Resident bytes of the worker's mapping of the model file.
+    pub measured_mapped_weights: u64,
+}
+
+impl EstimateCheck {
+    pub fn new(estimate: &Estimate, measured_footprint: u64, measured_mapped_weights: u64) -> Self {
+        Self {
+            estimated_footprint: estimate.footprint(),
+            measured_footprint,
+            estimated_mapped_weights: estimate.mapped_weights,
+            measured_mapped_weights,
+        }
+    }
+
+    /// (estimate − measured) / measured: positive when the estimate is
+    /// above the measurement; 0 when nothing was measured.
+    pub fn footprint_error(&self) -> f64 {
+        relative_error(self.estimated_footprint, self.measured_footprint)
+    }
+
+    /// The same for the mapped weights.
+    pub fn mapped_weights_error(&self) -> f64 {
+        relative_error(self.estimated_mapped_weights, self.measured_mapped_weights)
+    }
+}
+
+fn relative_error(estimated: u64, measured: u64) -> f64 {
+    if measured == 0 {
+        return 0.0;
+    }
+    (estimated as f64 - measured as f64) / measured as f64
+}
+
+/// Why a model cannot be estimated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EstimateError {
+    #[error("{architecture} is a recurrent architecture; its state is not a K/V cache and the estimate does not model it")]
+    Recurrent { architecture: String },
+    #[error("{architecture} is a hybrid (recurrent + attention) architecture; the estimate does not model its recurrent state")]
+    Hybrid { architecture: String },
+    #[error("the estimate does not model {architecture}: {why}")]
+    UnsupportedCache {
+        architecture: String,
+        why: &'static str,
+    },
+    #[error("the model has no attention layers (every layer has 0 K/V heads)")]
+    NoAttention,
+    #[error("head_count_kv has {found} entries for {block_count} layers")]
+    LayerCount { found: usize, block_count: u32 },
+    #[error("a {kv_type} K/V cache needs head dims that are multiples of {block}; this model's are {key_length} (K) and {value_length} (V)")]
+    HeadDim {
+        kv_type: KvType,
+        block: u64,
+        key_length: u32,
+        value_length: u32,
+    },
+    #[error("{field} must be at least 1")]
+    Zero { field: &'static str },
+}
+
+impl EstimateError {
+    /// Stable machine name of this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EstimateError::Recurrent { .. } => "recurrent_architecture",
+            EstimateError::Hybrid { .. } => "hybrid_architecture",
+            EstimateError::UnsupportedCache { .. } => "unsupported_cache",
+            EstimateError::NoAttention => "no_attention",
+            EstimateError::LayerCount { .. } => "layer_count",
+            EstimateError::HeadDim { .. } => "head_dim",
+            EstimateError::Zero { .. } => "zero",
+        }
+    }
+}
+
+/// Checks that the estimate models this architecture and these options.
+fn check(shape: &ModelShape, options: &EstimateOptions) -> Result<(), EstimateError> {
+    let arch = shape.architecture.as_str();
+    if RECURRENT.contains(&arch) {
+        return Err(EstimateError::Recurrent {
+            architecture: arch.to_owned(),
+        });
+    }
+    if HYBRID.contains(&arch) {
+        return Err(EstimateError::Hybrid {
+            architecture: arch.to_owned(),
+        });
+    }
+    if let Some((_, why)) = SPECIAL_CACHE.iter().find(|(a, _)| *a == arch) {
+        return Err(EstimateError::UnsupportedCache {
+            architecture: arch.to_owned(),
+            why,
+        });
+    }
+    if shape.head_count_kv.len() != shape.block_count as usize {
+        return Err(EstimateError::LayerCount {
+            found: shape.head_count_kv.len(),
+            block_count: shape.block_count,
+        });
+    }
+    if shape.head_count_kv.iter().all(|&h| h == 0) {
+        return Err(EstimateError::NoAttention);
+    }
+    if options.parallel == 0 {
+        return Err(EstimateError::Zero { field: "parallel" });
+    }
+    if options.context == 0 {
+        return Err(EstimateError::Zero { field: "context" });
+    }
+    // `llama_init_from_model` (src/llama-context.cpp) refuses a quantised
+    // cache whose block does not divide the head dims.
+    let (block, _) = options.kv_type.block();
+    if shape.key_length as u64 % block != 0 || shape.value_length as u64 % block != 0 {
+        return Err(EstimateError::HeadDim {
+            kv_type: options.kv_type,
+            block,
+            key_length: shape.key_length,
+            value_length: shape.value_length,
+        });
+    }
+    Ok(())
+}
+
+fn pad(n: u64, to: u64) -> u64 {
+    n.div_ceil(to).saturating_mul(to)
+}
+
+/// K/V cells per sequence, as `llama_context::llama_context`
+/// (`src/llama-context.cpp`) sizes them for a non-unified cache (the
+/// worker's: every sequence has a stream of its own): `n_ctx` is the context
+/// times the sequences, rounded up to 256; each stream gets `n_ctx / n_seq`,
+/// rounded up to 256 again.
+fn cells_per_sequence(context: u32, parallel: u32) -> u64 {
+    let n_ctx = pad(u64::from(context) * u64::from(parallel), CELL_PAD.into());
+    pad(n_ctx / u64::from(parallel), CELL_PAD.into())
+}
+
+/// Cells per sequence of the sliding-window cache, as
+/// `llama_kv_cache_iswa::llama_kv_cache_iswa` (`src/llama-kv-cache-iswa.cpp`)
+/// sizes it for a non-unified cache: the window plus one micro-batch (the
+/// tokens of a batch being written while the oldest still must be kept),
+/// rounded up to 256, never more than the global layers' cells.
+fn window_cells(window: u32, cells: u64) -> u64 {
+    pad(u64::from(window) + u64::from(UBATCH_TOKENS), CELL_PAD.into()).min(cells)
+}
+
+/// Bytes of `elements` values of the K/V type: `ggml_row_size`.
+fn kv_row_bytes(kv: KvType, elements: u64) -> u64 {
+    let (block, bytes) = kv.block();
+    elements / block * bytes
+}
+
+/// The estimate: what the worker will hold with this model and these
+/// options once its contexts are full (the steady-state maximum, which
+/// admission uses).
+pub fn estimate(shape: &ModelShape, options: &EstimateOptions) -> Result<Estimate, EstimateError> {
+    estimate_filled(shape, options, u32::MAX)
+}
+
+/// The estimate for a worker whose longest sequence has held `filled` tokens
+/// (prompt and answer). Everything but the compute buffers is allocated and
+/// cleared at load; the compute buffers grow with the filled cells, because
+/// the attention mask of a micro-batch spans them. `filled` at or above the
+/// context gives [`estimate`].
+pub fn estimate_filled(
+    shape: &ModelShape,
+    options: &EstimateOptions,
+    filled: u32,
+) -> Result<Estimate, EstimateError> {
+    check(shape, options)?;
+    let context = LoadDefaults::default().context_for(Some(options.context), shape.context_length);
+    let parallel = u64::from(options.parallel);
+    let cells = cells_per_sequence(context, options.parallel);
+    let window = shape
+        .sliding_window
+        .filter(|_| shape.has_window_layers())
+        .map(|w| window_cells(w, cells));
+
+    // The K/V cache (`llama_kv_cache::llama_kv_cache`, src/llama-kv-cache.cpp):
+    // per layer with K/V heads, one K tensor of `n_embd_k_gqa × kv_size ×
+    // n_stream` and one V tensor of `n_embd_v_gqa × kv_size × n_stream`
+    // elements of the cache type (V is not transposed: flash attention is
+    // on). The buffer is cleared at creation (`ggml_backend_buffer_clear`),
+    // so every byte is dirty from the load on.
+    let mut kv_cache = 0u64;
+    for (il, &kv_heads) in shape.head_count_kv.iter().enumerate() {
+        if kv_heads == 0 {
+            continue;
+        }
+        let layer_cells = match window {
+            Some(w) if shape.is_window_layer(il) => w,
+            _ => cells,
+        };
+        let k = kv_row_bytes(options.kv_type, u64::from(kv_heads) * u64::from(shape.key_length));
+        let v = kv_row_bytes(options.kv_type, u64::from(kv_heads) * u64::from(shape.value_length));
+        kv_cache = kv_cache.saturating_add((k + v).saturating_mul(layer_cells * parallel));
+    }
+
+    // The output buffer (`llama_context::output_reserve`): f32 logits for
+    // max(outputs of a batch, n_seq_max) tokens. The worker asks for one
+    // output per sequence per batch, so it stays at n_seq_max rows; it is
+    // cleared at allocation.
+    let output_buffer = u64::from(shape.vocab_size) * 4 * parallel;
+
+    // `llama_kv_cache::get_n_kv` (src/llama-kv-cache.cpp): the cells a
+    // graph attends over are the used ones rounded up to 256, at most the
+    // cache.
+    let used = pad(u64::from(filled.max(1)), CELL_PAD.into());
+    let n_kv = used.min(cells);
+    let n_kv_window = window.map(|w| used.min(w));
+    let compute_buffers = compute_buffers(shape, n_kv, n_kv_window, options.parallel);
+
+    Ok(Estimate {
+        context,
+        cells: u32::try_from(cells).unwrap_or(u32::MAX),
+        window_cells: window.map(|w| u32::try_from(w).unwrap_or(u32::MAX)),
+        parallel: options.parallel,
+        kv_type: options.kv_type,
+        mapped_weights: shape.weights_bytes,
+        repacked_weights: options.backend.repacked_bytes(shape),
+        kv_cache,
+        output_buffer,
+        compute_buffers,
+        overhead: overhead(shape),
+    })
+}
+
+/// Compute buffers touched by prefill when the graph attends over `n_kv`
+/// cells of the global layers and `n_kv_window` of the window layers.
+fn compute_buffers(shape: &ModelShape, n_kv: u64, n_kv_window: Option<u64>, parallel: u32) -> u64 {
+    let ub = u64::from(UBATCH_TOKENS);
+    // Attention masks: one f16 `n_kv × n_tokens` mask per cache
+    // (`build_attn_inp_kq_mask`, src/llama-graph.cpp), n_kv being the
+    // filled cells (the whole cache when the context is full).
+    let mut masks = n_kv * ub * 2;
+    if let Some(w) = n_kv_window {
+        masks += w * ub * 2;
+    }
+    let n_ff = if shape.feed_forward_length > 0 {
+        u64::from(shape.feed_forward_length)
+    } else {
+        4 * u64::from(shape.embedding_length)
+    };
+    let activations = ub * 4 * (3 * n_ff + 3 * u64::from(shape.embedding_length));
+    let logits = u64::from(shape.vocab_size) * 4 * u64::from(parallel);
+    masks + activations + logits
+}
+
+/// The worker process with a model loaded, less the buffers above.
+fn overhead(shape: &ModelShape) -> u64 {
+    20 * (1 << 20) + u64::from(shape.vocab_size) * 64
+}
+
+/// The largest context (tokens per sequence, a multiple of [`CELL_PAD`] or
+/// the trained context) whose estimate, weights included, is within
+/// `budget` bytes with this K/V type and number of sequences; `None` when
+/// not even 256 tokens fit.
+pub fn max_context_fitting(
+    shape: &ModelShape,
+    kv_type: KvType,
+    parallel: u32,
+    backend: &Backend,
+    budget: u64,
+) -> Result<Option<u32>, EstimateError> {
+    let fits = |context: u32| -> Result<bool, EstimateError> {
+        let options = EstimateOptions {
+            context,
+            kv_type,
+            parallel,
+            backend: backend.clone(),
+        };
+        Ok(estimate(shape, &options)?.total() <= budget)
+    };
+    let trained = if shape.context_length > 0 {
+        shape.context_length
+    } else {
+        // Unknown trained context: search up to 1M tokens.
+        1 << 20
+    };
+    if fits(trained)? {
+        return Ok(Some(trained));
+    }
+    // Costs change only at multiples of CELL_PAD; the estimate grows with
+    // the context, so bisect over those.
+    // Invariant: lo × PAD fits; hi × PAD does not (it costs what the trained
+    // context costs, since the estimate clamps to it).
+    let (mut lo, mut hi) = (1u32, trained.div_ceil(CELL_PAD));
+    if hi <= 1 || !fits(CELL_PAD)? {
+        return Ok(None);
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid * CELL_PAD)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Some(lo * CELL_PAD))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// SmolLM2-135M's shape (llama architecture).
+    fn smollm2() -> ModelShape {
+        ModelShape::dense("llama", 30, 576, 1536, 9, 3, 64, 8192, 49152, 96_572_160)
+    }
+
+    /// Gemma 3 270M's shape: 1 K/V head of 256, a 512-token window on five
+    /// of every six layers.
+    fn gemma3() -> ModelShape {
+        let mut s = ModelShape::dense("gemma3", 18, 640, 2048, 4, 1, 256, 32768, 262144, 253_000_000);
+        s.sliding_window = Some(512);
+        s.sliding_window_layers = (0..18).map(|il| il % 6 < 5).collect();
+        s
+    }
+
+    fn options(context: u32, kv_type: KvType, parallel: u32) -> EstimateOptions {
+        EstimateOptions {
+            context,
+            kv_type,
+            parallel,
+            backend: Backend::Gpu,
+        }
+    }
+
+    #[test]
+    fn kv_cache_matches_llama_cpp_for_a_dense_model() {
+        // llama.cpp's log for SmolLM2 at 8192 cells, q8_0: "K (q8_0): 47.81
+        // MiB, V (q8_0): 47.81 MiB".
+        let e = estimate(&smollm2(), &options(8192, KvType::Q8_0, 1)).unwrap();
+        assert_eq!(e.kv_cache, 2 * 30 * 192 / 32 * 34 * 8192);
+        assert_eq!(format!("{:.2}", e.kv_cache as f64 / MIB as f64), "95.62");
+        let f16 = estimate(&smollm2(), &options(8192, KvType::F16, 1)).unwrap();
+        assert_eq!(f16.kv_cache, 2 * 30 * 192 * 2 * 8192);
+        let q4 = estimate(&smollm2(), &options(8192, KvType::Q4_0, 1)).unwrap();
+        assert_eq!(q4.kv_cache, 2 * 30 * 192 / 32 * 18 * 8192);
+    }
+
+    #[test]
+    fn window_layers_hold_the_window_plus_a_micro_batch() {
+        let e = estimate(&gemma3(), &options(32768, KvType::F16, 1)).unwrap();
+        assert_eq!(e.cells, 32768);
+        // 512 + 512, padded to 256.
+        assert_eq!(e.window_cells, Some(1024));
+        let per_cell = 2 * 256 * 2; // K and V, 256 f16 each
+        assert_eq!(e.kv_cache, per_cell * (3 * 32768 + 15 * 1024));
+        // A context shorter than the window caps the window cache.
+        let short = estimate(&gemma3(), &options(512, KvType::F16, 1)).unwrap();
+        assert_eq!(short.window_cells, Some(512));
+        assert_eq!(short.kv_cache, per_cell * 18 * 512);
+    }
+
+    #[test]
+    fn window_flags_without_a_window_count_every_layer_as_global() {
+        let mut s = gemma3();
+        s.sliding_window = None;
+        let e = estimate(&s, &options(4096, KvType::F16, 1)).unwrap();
+        assert_eq!(e.window_cells, None);
+        assert_eq!(e.kv_cache, 2 * 256 * 2 * 18 * 4096);
+    }
+
+    #[test]
+    fn every_sequence_gets_the_whole_context() {
+        let one = estimate(&smollm2(), &options(2048, KvType::Q8_0, 1)).unwrap();
+        let four = estimate(&smollm2(), &options(2048, KvType::Q8_0, 4)).unwrap();
+        assert_eq!(four.kv_cache, 4 * one.kv_cache);
+        assert_eq!(four.output_buffer, 4 * one.output_buffer);
+    }
+
+    #[test]
+    fn cells_are_padded_like_llama_cpp() {
+        assert_eq!(cells_per_sequence(8192, 1), 8192);
+        assert_eq!(cells_per_sequence(8192, 4), 8192);
+        assert_eq!(cells_per_sequence(1000, 1), 1024);
+        // n_ctx = pad(3000) = 3072; 3072 / 3 = 1024.
+        assert_eq!(cells_per_sequence(1000, 3), 1024);
+        // n_ctx = pad(300 × 3 = 900) = 1024; 1024 / 3 = 341 → 512.
+        assert_eq!(cells_per_sequence(300, 3), 512);
+        assert_eq!(cells_per_sequence(1, 1), 256);
+    }
+
+    #[test]
+    fn the_context_is_clamped_to_the_trained_one() {
+        let e = estimate(&smollm2(), &options(65536, KvType::Q8_0, 1)).unwrap();
+        assert_eq!(e.context, 8192);
+        assert_eq!(e.cells, 8192);
+    }
+
+    #[test]
+    fn the_cpu_backend_counts_the_weights_it_repacks() {
+        let mut s = smollm2();
+        s.matmul_weights = vec![
+            MatmulWeight {
+                ggml_type: "Q4_K".into(),
+                rows: 640,
+                bytes: 1000,
+            },
+            // Rows not a multiple of 8: left in place.
+            MatmulWeight {
+                ggml_type: "Q4_K".into(),
+                rows: 650,
+                bytes: 20,
+            },
+            MatmulWeight {
+                ggml_type: "Q6_K".into(),
+                rows: 640,
+                bytes: 300,
+            },
+        ];
+        let mut o = options(2048, KvType::Q8_0, 1);
+        o.backend = Backend::cpu_x86_avx2();
+        assert_eq!(estimate(&s, &o).unwrap().repacked_weights, 1000);
+        o.backend = Backend::cpu_arm_dotprod();
+        assert_eq!(estimate(&s, &o).unwrap().repacked_weights, 1300);
+        o.backend = Backend::Gpu;
+        assert_eq!(estimate(&s, &o).unwrap().repacked_weights, 0);
+        o.backend = Backend::cpu_plain();
+        assert_eq!(estimate(&s, &o).unwrap().repacked_weights, 0);
+    }
+
+    #[test]
+    fn recurrent_and_hybrid_models_are_refused_by_name() {
+        let mut s = smollm2();
+        s.architecture = "mamba2".into();
+        let err = estimate(&s, &options(2048, KvType::Q8_0, 1)).unwrap_err();
+        assert_eq!(err.kind(), "recurrent_architecture");
+        assert!(err.to_string().starts_with("mamba2 is a recurrent"), "{err}");
+        s.architecture = "jamba".into();
+        let err = estimate(&s, &options(2048, KvType::Q8_0, 1)).unwrap_err();
+        assert_eq!(err.kind(), "hybrid_architecture");
+        assert!(err.to_string().contains("jamba"), "{err}");
+        s.architecture = "deepseek2".into();
+        let err = estimate(&s, &options(2048, KvType::Q8_0, 1)).unwrap_err();
+        assert_eq!(err.kind(), "unsupported_cache");
+        assert!(err.to_string().contains("latent"), "{err}");
+    }
+
+    #[test]
+    fn bad_inputs_name_the_field_and_the_limit() {
+        let mut s = smollm2();
+        s.key_length = 80;
+        s.value_length = 80;
+        let err = estimate(&s, &options(2048, KvType::Q8_0, 1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a q8_0 K/V cache needs head dims that are multiples of 32; this model's are 80 (K) and 80 (V)"
+        );
+        // f16 has no blocks: any head dim works.
+        assert!(estimate(&s, &options(2048, KvType::F16, 1)).is_ok());
+        let err = estimate(&smollm2(), &options(2048, KvType::Q8_0, 0)).unwrap_err();
+        assert_eq!(err.to_string(), "parallel must be at least 1");
+        let mut s = smollm2();
+        s.head_count_kv = vec![0; 30];
+        assert_eq!(
+            estimate(&s, &options(2048, KvType::Q8_0, 1)).unwrap_err(),
+            EstimateError::NoAttention
+        );
+        s.head_count_kv = vec![3; 29];
+        assert_eq!(
+            estimate(&s, &options(2048, KvType::Q8_0, 1)).unwrap_err().kind(),
+            "layer_count"
+        );
+    }
+
+    #[test]
+    fn the_largest_fitting_context_fits_and_the_next_step_does_not() {
+        let s = gemma3();
+        let at = |ctx| {
+            estimate(&s, &options(ctx, KvType::Q8_0, 2))
+                .unwrap()
+                .total()
+        };
+        let budget = at(12_000) + 1;
+        let n = max_context_fitting(&s, KvType::Q8_0, 2, &Backend::Gpu, budget)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n % CELL_PAD, 0);
+        assert!(at(n) <= budget);
+        assert!(at(n + CELL_PAD) > budget);
+        // Everything fits: the trained context.
+        assert_eq!(
+            max_context_fitting(&s, KvType::Q8_0, 2, &Backend::Gpu, u64::MAX).unwrap(),
+            Some(32768)
+        );
+        // Not even the weights fit.
+        assert_eq!(
+            max_context_fitting(&s, KvType::Q8_0, 2, &Backend::Gpu, 1 << 20).unwrap(),
+            None
+        );
+    }
+
+    fn kv_rank(kv: KvType) -> u8 {
+        match kv {
+            KvType::Q4_0 => 0,
+            KvType::Q8_0 => 1,
+            KvType::F16 => 2,
+        }
+    }
+
+    fn any_kv() -> impl Strategy<Value = KvType> {
+        prop_oneof![Just(KvType::F16), Just(KvType::Q8_0), Just(KvType::Q4_0)]
+    }
+
+    fn any_shape() -> impl Strategy<Value = ModelShape> {
+        (
+            1u32..64,
+            prop_oneof![Just(64u32), Just(128), Just(256)],
+            1u32..8,
+            1u32..16,
+            1u32..200_000,
+            prop::option::of(prop_oneof![Just(128u32), Just(512), Just(4096)]),
+            1u32..8,
+        )
+            .prop_map(|(layers, head_dim, kv_heads, groups, vocab, window, period)| {
+                let heads = kv_heads * groups;
+                let mut s = ModelShape::dense(
+                    "llama",
+                    layers,
+                    heads * head_dim,
+                    4 * heads * head_dim,
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    131_072,
+                    vocab,
+                    1 << 28,
+                );
+                s.sliding_window = window;
+                if window.is_some() {
+                    s.sliding_window_layers = (0..layers).map(|il| il % period != 0).collect();
+                }
+                s
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_estimate_grows_with_the_context(
+            shape in any_shape(), kv in any_kv(), parallel in 1u32..8,
+            a in 1u32..140_000, b in 1u32..140_000,
+        ) {
+            let (lo, hi) = (a.min(b), a.max(b));
+            let small = estimate(&shape, &options(lo, kv, parallel)).unwrap();
+            let large = estimate(&shape, &options(hi, kv, parallel)).unwrap();
+            prop_assert!(small.kv_cache <= large.kv_cache);
+            prop_assert!(small.compute_buffers <= large.compute_buffers);
+            prop_assert!(small.footprint() <= large.footprint());
+        }
+
+        #[test]
+        fn the_estimate_grows_with_the_kv_bytes(
+            shape in any_shape(), a in any_kv(), b in any_kv(),
+            context in 1u32..140_000, parallel in 1u32..8,
+        ) {
+            let (lo, hi) = if kv_rank(a) <= kv_rank(b) { (a, b) } else { (b, a) };
+            let small = estimate(&shape, &options(context, lo, parallel)).unwrap();
+            let large = estimate(&shape, &options(context, hi, parallel)).unwrap();
+            prop_assert!(small.kv_cache <= large.kv_cache);
+            prop_assert!(small.footprint() <= large.footprint());
+        }
+
+        #[test]
+        fn the_estimate_grows_with_the_sequences(
+            shape in any_shape(), kv in any_kv(), context in 1u32..140_000,
+            a in 1u32..64, b in 1u32..64,
+        ) {
+            let (lo, hi) = (a.min(b), a.max(b));
+            let small = estimate(&shape, &options(context, kv, lo)).unwrap();
+            let large = estimate(&shape, &options(context, kv, hi)).unwrap();
+            prop_assert!(small.kv_cache <= large.kv_cache);
+            prop_assert!(small.footprint() <= large.footprint());
+        }
+
+        #[test]
+        fn the_parts_add_up(shape in any_shape(), kv in any_kv(), context in 1u32..140_000) {
+            let e = estimate(&shape, &options(context, kv, 1)).unwrap();
+            prop_assert_eq!(e.total(), e.mapped_weights + e.repacked_weights + e.kv_cache
+                + e.output_buffer + e.compute_buffers + e.overhead);
+            prop_assert!(e.context <= 131_072);
+            prop_assert!(u64::from(e.cells) >= u64::from(e.context));
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! `locara plan`: what a model will cost before it is loaded, and whether it
+//! fits this machine's budget.
+
+use crate::config::Config;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use locara_core::estimate::{self, MatmulWeight};
+use locara_core::{Backend, Bytes, Estimate, EstimateOptions, KvType, LoadDefaults, ModelShape};
+use locara_daemon::store::ModelName;
+use locara_gguf::GgufFile;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Share of physical memory the runtime may hold until the machine profile
+/// gives the budget (DESIGN.md: min(GPU working-set cap, 70 % of RAM)).
+const BUDGET_PERCENT: u64 = 70;
+
+#[derive(Args)]
+#[command(
+    after_help = "The estimate is what an engine worker will hold once its contexts are full: \
+the mapped weights (file-backed, clean) plus its footprint (K/V cache, compute buffers, \
+output buffer, repacked weights, process overhead). Exit status 1 when it does not fit.\n\n\
+Examples:\n  locara plan gemma3:270m\n  locara plan smollm2:135m --ctx 8192 --kv f16 --parallel 4\n  \
+locara plan ./model.gguf --budget 4GiB --json"
+)]
+pub struct PlanArgs {
+    /// A stored model name or a path to a .gguf file.
+    model: String,
+    /// Context per sequence in tokens (default 8192, never more than the
+    /// model's trained context).
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    ctx: Option<u32>,
+    /// K/V cache type: q8_0 (default), f16 or q4_0.
+    #[arg(long, value_name = "TYPE", default_value = "q8_0")]
+    kv: KvType,
+    /// Sequences that generate at once; each gets the whole context.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    parallel: u32,
+    /// Plan against this budget instead of this machine's, e.g. 4GiB,
+    /// 512MiB, 6G or a byte count.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    budget: Option<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn plan(args: PlanArgs) -> Result<ExitCode> {
+    let path = locate(&args.model)?;
+    let file = locara_gguf::validate_file(&path)
+        .with_context(|| format!("{} is not a valid GGUF model", path.display()))?;
+    let shape = shape_of(&file);
+    let backend = backend_here();
+    let asked = args.ctx.unwrap_or(LoadDefaults::default().context);
+    let options = EstimateOptions {
+        context: asked,
+        kv_type: args.kv,
+        parallel: args.parallel,
+        backend: backend.clone(),
+    };
+    let est = estimate::estimate(&shape, &options)
+        .with_context(|| format!("cannot estimate {}", args.model))?;
+    let budget = match args.budget {
+        Some(bytes) => Budget {
+            bytes,
+            basis: "given with --budget".to_string(),
+        },
+        None => machine_budget()?,
+    };
+    let fits = est.total() <= budget.bytes;
+    let mut largest = Vec::new();
+    for kv in KvType::ALL {
+        let n = estimate::max_context_fitting(&shape, kv, args.parallel, &backend, budget.bytes)?;
+        largest.push((kv, n));
+    }
+
+    if args.json {
+        let out = serde_json::json!({
+            "model": args.model,
+            "path": path,
+            "architecture": shape.architecture,
+            "trained_context": shape.context_length,
+            "backend": backend,
+            "estimate": est,
+            "footprint": est.footprint(),
+            "total": est.total(),
+            "budget": budget.bytes,
+            "budget_basis": budget.basis,
+            "fits": fits,
+            "largest_context": largest
+                .iter()
+                .map(|(kv, n)| (kv.as_str().to_string(), serde_json::json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_plan(&args, &path, &shape, &est, &budget, fits, &largest);
+    }
+    Ok(if fits {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+struct Budget {
+    bytes: u64,
+    basis: String,
+}
+
+/// The machine's budget: 70 % of physical memory. The platform profile's
+/// default budget (which also honours a GPU working-set cap) replaces this
+/// once the CLI persists the profile.
+fn machine_budget() -> Result<Budget> {
+    let physical = locara_platform::physical_memory().context("reading the physical memory")?;
+    Ok(Budget {
+        bytes: (u128::from(physical) * u128::from(BUDGET_PERCENT) / 100) as u64,
+        basis: format!("{BUDGET_PERCENT} % of {} physical memory", Bytes(physical)),
+    })
+}
+
+fn print_plan(
+    args: &PlanArgs,
+    path: &Path,
+    shape: &ModelShape,
+    est: &Estimate,
+    budget: &Budget,
+    fits: bool,
+    largest: &[(KvType, Option<u32>)],
+) {
+    let b = |n: u64| format!("{:>10}", Bytes(n).to_string());
+    println!("model             {} ({})", args.model, path.display());
+    println!(
+        "architecture      {}, {} layers, trained context {}",
+        shape.architecture, shape.block_count, shape.context_length
+    );
+    let clamped = match args.ctx {
+        Some(asked) if asked > est.context => format!(" (asked {asked}; the trained maximum)"),
+        _ => String::new(),
+    };
+    println!(
+        "load              context {}{clamped} × {} sequence{}, K/V cache {}",
+        est.context,
+        est.parallel,
+        if est.parallel == 1 { "" } else { "s" },
+        est.kv_type
+    );
+    println!("estimate          {}", b(est.total()));
+    println!(
+        "  mapped weights  {}  file-backed, clean: the OS can drop and re-read it",
+        b(est.mapped_weights)
+    );
+    println!(
+        "  footprint       {}  what the OS will charge the engine worker",
+        b(est.footprint())
+    );
+    let cells = match est.window_cells {
+        Some(w) => format!("{} cells, window layers {w}", est.cells),
+        None => format!("{} cells", est.cells),
+    };
+    println!(
+        "    K/V cache     {}  {cells} per sequence",
+        b(est.kv_cache)
+    );
+    println!(
+        "    compute       {}  scratch of prefill over a full context",
+        b(est.compute_buffers)
+    );
+    println!(
+        "    output        {}  logits of one token per sequence",
+        b(est.output_buffer)
+    );
+    if est.repacked_weights > 0 {
+        println!(
+            "    repacked      {}  weights the CPU backend copies into its own layout",
+            b(est.repacked_weights)
+        );
+    }
+    println!(
+        "    overhead      {}  the worker process itself",
+        b(est.overhead)
+    );
+    println!("budget            {}  {}", b(budget.bytes), budget.basis);
+    if fits {
+        println!(
+            "fits              yes, {} to spare",
+            Bytes(budget.bytes - est.total())
+        );
+    } else {
+        println!("fits              no: {}", not_fitting(est, budget.bytes, largest));
+    }
+    println!(
+        "largest context that fits ({} sequence{}):",
+        est.parallel,
+        if est.parallel == 1 { "" } else { "s" }
+    );
+    for (kv, n) in largest {
+        let text = match n {
+            Some(n) if *n == shape.context_length => format!("{n} (the trained maximum)"),
+            Some(n) => n.to_string(),
+            None => "none".to_string(),
+        };
+        println!("  {:<6} {text}", kv.as_str());
+    }
+}
+
+/// "needs 6.1 GiB, budget 4.3 GiB; the largest context that fits is 16384
+/// with q8_0".
+fn not_fitting(est: &Estimate, budget: u64, largest: &[(KvType, Option<u32>)]) -> String {
+    let needs = format!("needs {}, budget {}", Bytes(est.total()), Bytes(budget));
+    let same = largest.iter().find(|(kv, _)| *kv == est.kv_type);
+    if let Some((kv, Some(n))) = same {
+        return format!("{needs}; the largest context that fits is {n} with {kv}");
+    }
+    // Nothing fits with this K/V type: name the best of the others.
+    let best = largest
+        .iter()
+        .filter_map(|(kv, n)| n.map(|n| (n, *kv)))
+        .max_by_key(|(n, _)| *n);
+    match best {
+        Some((n, kv)) => format!(
+            "{needs}; nothing fits with {}, the largest context that fits is {n} with {kv}",
+            est.kv_type
+        ),
+        None => format!(
+            "{needs}; no context fits (the mapped weights alone are {})",
+            Bytes(est.mapped_weights)
+        ),
+    }
+}
+
+/// The memory layout llama.cpp's backend will use on this machine: Apple
+/// Silicon runs every layer on the GPU (Metal); elsewhere the CPU backend
+/// repacks the weight types this CPU has interleaved kernels for.
+fn backend_here() -> Backend {
+    if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+        return Backend::Gpu;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Backend::cpu_x86_avx512();
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Backend::cpu_x86_avx2();
+        }
+    }
+    #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+    {
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return Backend::cpu_arm_dotprod();
+        }
+    }
+    Backend::cpu_plain()
+}
+
+/// The estimate's view of a validated GGUF file.
+// Belongs in locara-gguf as `GgufFile::shape()` (gguf depends on core);
+// kept here until it moves.
+pub fn shape_of(file: &GgufFile) -> ModelShape {
+    let m = &file.model;
+    let ff_key = format!("{}.feed_forward_length", m.architecture);
+    let feed_forward_length = match file.get(&ff_key) {
+        Some(v) => match v.as_array() {
+            Some(a) => (0..a.len())
+                .filter_map(|i| a.integer_at(i))
+                .max()
+                .unwrap_or(0),
+            None => v.as_integer().unwrap_or(0),
+        },
+        None => 0,
+    };
+    let feed_forward_length = u32::try_from(feed_forward_length.max(0)).unwrap_or(u32::MAX);
+    let matmul_weights = file
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.dims.len(), 2 | 3) && !is_row_lookup(&t.name))
+        .map(|t| MatmulWeight {
+            ggml_type: t.ggml_type.name().to_string(),
+            rows: t.dims[1],
+            bytes: t.n_bytes,
+        })
+        .collect();
+    ModelShape {
+        architecture: m.architecture.clone(),
+        block_count: m.block_count,
+        embedding_length: m.embedding_length,
+        feed_forward_length,
+        head_count: m.head_count,
+        head_count_kv: m.head_count_kv.clone(),
+        key_length: m.key_length,
+        value_length: m.value_length,
+        context_length: m.context_length,
+        sliding_window: m.sliding_window,
+        sliding_window_layers: m.sliding_window_layers.clone(),
+        vocab_size: m.vocab_size,
+        weights_bytes: m.tensor_data_bytes,
+        matmul_weights,
+    }
+}
+
+/// Tensors llama.cpp reads by row (`GGML_OP_GET_ROWS`), never by matrix
+/// multiplication, so the CPU backend never repacks them.
+fn is_row_lookup(name: &str) -> bool {
+    ["token_embd.", "pos_embd.", "token_types.", "per_layer_token_embd."]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+/// A stored model's name, or a path to a file (as `locara inspect` finds it).
+fn locate(model: &str) -> Result<PathBuf> {
+    let as_path = PathBuf::from(model);
+    if as_path.exists() {
+        return Ok(as_path);
+    }
+    let name: ModelName = model
+        .parse()
+        .with_context(|| format!("{model} is neither a file nor a model name"))?;
+    let config = Config::load(false)?;
+    let entry = config
+        .store()?
+        .get(&name)?
+        .ok_or(locara_daemon::store::StoreError::NotFound(name))?;
+    Ok(entry.path)
+}
+
+/// "4GiB", "512MiB", "6G", "6GB", "1.5 GiB" or a byte count. Binary units
+/// either way: memory is sold in them.
+fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a size such as 4GiB or 512MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => bail!("unknown size unit {other:?} in {text:?}: use KiB, MiB, GiB or TiB"),
+    };
+    let bytes = number * (1u64 << shift) as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        bail!("{text:?} is not a usable budget");
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("4G").unwrap(), 4 << 30);
+        assert_eq!(parse_size("512 MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5GB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn a_load_that_does_not_fit_names_the_numbers_and_the_way_out() {
+        let est = Estimate {
+            context: 32768,
+            cells: 32768,
+            window_cells: None,
+            parallel: 1,
+            kv_type: KvType::Q8_0,
+            mapped_weights: 4 << 30,
+            repacked_weights: 0,
+            kv_cache: 2 << 30,
+            output_buffer: 0,
+            compute_buffers: 0,
+            overhead: 0,
+        };
+        let largest = [
+            (KvType::F16, Some(8192)),
+            (KvType::Q8_0, Some(16384)),
+            (KvType::Q4_0, Some(24576)),
+        ];
+        assert_eq!(
+            not_fitting(&est, 5 << 30, &largest),
+            "needs 6.0 GiB, budget 5.0 GiB; the largest context that fits is 16384 with q8_0"
+        );
+        let none = [(KvType::F16, None), (KvType::Q8_0, None), (KvType::Q4_0, None)];
+        assert!(not_fitting(&est, 1 << 30, &none).contains("mapped weights alone are 4.0 GiB"));
+    }
+}
