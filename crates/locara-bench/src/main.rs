@@ -64,9 +64,9 @@ const DECODE_TARGET: f64 = 0.97;
 /// Exit status when the run worked but a ratio is below its target.
 const EXIT_BELOW_TARGET: u8 = 2;
 
-/// Share of the CPU that other processes may take during the measurement
-/// before the result carries a warning.
-const NOISY_SHARE: f64 = 0.05;
+/// How many attempts the measurement may take per rep asked for, counting
+/// the reps discarded because other processes disturbed them.
+const ATTEMPTS_PER_REP: u32 = 3;
 
 /// The default model's place in the store, under the data directory.
 const DEFAULT_MODEL: &str = "models/smollm2+135m/model.gguf";
@@ -83,6 +83,10 @@ const DEFAULT_MODEL: &str = "models/smollm2+135m/model.gguf";
 /// llama-cpp-python's source distribution (fetched with pip; needs python3,
 /// cmake and a C++ compiler; takes minutes) and cached in
 /// $XDG_CACHE_HOME/locara/bench (default ~/.cache/locara/bench).
+///
+/// Run it on a quiet machine: with a compute thread on every core, any other
+/// busy process slows both sides, and unevenly; the result says how much CPU
+/// other processes took while it measured (on Linux).
 ///
 /// Exit status: 0 when both ratios meet their targets (prefill ≥ 0.95,
 /// decode ≥ 0.97), 2 when one does not, 1 on an error.
@@ -160,6 +164,12 @@ struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     build_jobs: Option<u32>,
 
+    /// Discard and repeat a rep during which other processes took more than
+    /// this share of the machine's CPU, in percent (Linux only; 100 keeps
+    /// every rep). At most 3 attempts per rep are made.
+    #[arg(long, value_name = "PERCENT", default_value_t = 5.0, value_parser = parse_percent)]
+    max_others: f64,
+
     /// Locate or build llama-bench, print both llama.cpp versions, and exit
     /// without measuring.
     #[arg(long)]
@@ -185,6 +195,9 @@ struct Config {
     gen_tokens: u32,
     context: u32,
     source: Source,
+    /// Share of the CPU (0 to 1) other processes may take during a rep
+    /// before it is discarded.
+    max_others: f64,
     prepare_only: bool,
     json: bool,
     engine_log: bool,
@@ -207,9 +220,7 @@ impl Config {
                 path
             }
         };
-        // Room for the prompt, the answer, and the worker's rule that a
-        // prompt must leave the answer room.
-        let needed = args.prompt_tokens.max(64) + args.gen_tokens;
+        let needed = tokens_needed(args.prompt_tokens, args.gen_tokens);
         ensure!(
             args.context >= needed,
             "--context {} cannot hold the tests: they need at least {needed} tokens (prompt {} + generated {})",
@@ -247,6 +258,7 @@ impl Config {
             gen_tokens: args.gen_tokens,
             context: args.context,
             source,
+            max_others: args.max_others / 100.0,
             prepare_only: args.prepare_only,
             json: args.json,
             engine_log: args.engine_log,
@@ -294,6 +306,14 @@ fn run(config: &Config) -> Result<ExitCode> {
         engine.shutdown();
         return Ok(ExitCode::SUCCESS);
     }
+    let needed = tokens_needed(config.prompt_tokens, config.gen_tokens);
+    ensure!(
+        engine.loaded.context >= needed,
+        "the worker loaded a context of {} tokens (the model was trained on {}); the tests need {needed}",
+        engine.loaded.context,
+        engine.loaded.trained_context,
+    );
+
     let mut notes = Vec::new();
     if !engine.loaded.flash_attention {
         notes.push(
@@ -306,7 +326,6 @@ fn run(config: &Config) -> Result<ExitCode> {
             engine.loaded.threads, config.threads
         ));
     }
-
     let params = RunParams {
         model: &config.model,
         threads: config.threads,
@@ -314,63 +333,8 @@ fn run(config: &Config) -> Result<ExitCode> {
         prompt_tokens: config.prompt_tokens,
         gen_tokens: config.gen_tokens,
     };
-    progress("warming up (not counted): llama-bench, then Locara");
-    bench.run(&params).context("warm-up run of llama-bench")?;
-    engine.calibrate_prefill(config.prompt_tokens)?;
-    if engine.prefill_tokens != config.prompt_tokens {
-        notes.push(format!(
-            "Locara's prefill prompt is {} tokens, llama-bench's {} (the tokenizer allowed no closer length)",
-            engine.prefill_tokens, config.prompt_tokens
-        ));
-    }
-    engine.decode(config.gen_tokens)?;
-
-    let mut samples = Samples::default();
-    let mut short_decodes = 0;
-    let started = CpuSnapshot::take(engine.pid());
-    for rep in 0..config.reps {
-        let rep_started = CpuSnapshot::take(engine.pid());
-        // Alternate which side goes first, so a steady drift (a machine
-        // warming up, a build finishing) favours neither.
-        let llama_first = rep % 2 == 0;
-        if llama_first {
-            samples.push_llama(bench.run(&params)?);
-        }
-        samples.locara_prefill.push(engine.prefill()?);
-        let decode = engine.decode(config.gen_tokens)?;
-        if decode.generated < config.gen_tokens {
-            short_decodes += 1;
-        }
-        samples.locara_decode.push(decode.tps);
-        if !llama_first {
-            samples.push_llama(bench.run(&params)?);
-        }
-        let others = others_share(rep_started, engine.pid())
-            .map(|share| format!(" (other processes: {:.0} % of the CPU)", share * 100.0))
-            .unwrap_or_default();
-        progress(&format!(
-            "rep {}/{}: prefill llama-bench {:.1} Locara {:.1}; decode llama-bench {:.1} Locara {:.1} tokens/s{others}",
-            rep + 1,
-            config.reps,
-            samples.llama_prefill.last().copied().unwrap_or_default(),
-            samples.locara_prefill.last().copied().unwrap_or_default(),
-            samples.llama_decode.last().copied().unwrap_or_default(),
-            samples.locara_decode.last().copied().unwrap_or_default(),
-        ));
-    }
-    let others_cpu_share = others_share(started, engine.pid());
-    if let Some(share) = others_cpu_share.filter(|&s| s > NOISY_SHARE) {
-        notes.push(format!(
-            "other processes took {:.0} % of the CPU while this measured; with every core computing, that slows both sides unevenly: rerun on a quiet machine",
-            share * 100.0
-        ));
-    }
-    if short_decodes > 0 {
-        notes.push(format!(
-            "{short_decodes} of {} Locara decodes ended before {} tokens (the model stopped on every prompt)",
-            config.reps, config.gen_tokens
-        ));
-    }
+    warm_up(config, &bench, &params, &mut engine, &mut notes)?;
+    let (samples, others_cpu_share) = measure(config, &bench, &params, &mut engine, &mut notes)?;
 
     let prefill = Comparison::new(
         &samples.llama_prefill,
@@ -416,6 +380,123 @@ fn run(config: &Config) -> Result<ExitCode> {
     })
 }
 
+/// One uncounted run of each side: page cache, CPU caches and clocks settle
+/// first. Locara's warm-up also steers its prefill prompt to the length
+/// llama-bench uses.
+fn warm_up(
+    config: &Config,
+    bench: &LlamaBench,
+    params: &RunParams,
+    engine: &mut Engine,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    progress("warming up (not counted): llama-bench, then Locara");
+    bench.run(params).context("warm-up run of llama-bench")?;
+    engine.calibrate_prefill(config.prompt_tokens)?;
+    if engine.prefill_tokens != config.prompt_tokens {
+        notes.push(format!(
+            "Locara's prefill prompt is {} tokens, llama-bench's {} (the tokenizer allowed no closer length)",
+            engine.prefill_tokens, config.prompt_tokens
+        ));
+    }
+    engine.decode(config.gen_tokens)?;
+    Ok(())
+}
+
+/// The measured reps, alternating which side goes first. A rep that other
+/// processes disturbed is discarded and run again (within
+/// [`ATTEMPTS_PER_REP`]); returns the samples and the share of the CPU other
+/// processes took over the whole measurement (Linux only).
+fn measure(
+    config: &Config,
+    bench: &LlamaBench,
+    params: &RunParams,
+    engine: &mut Engine,
+    notes: &mut Vec<String>,
+) -> Result<(Samples, Option<f64>)> {
+    let mut samples = Samples::default();
+    let mut short_decodes = 0;
+    let mut discarded = 0;
+    let mut attempt = 0;
+    let started = CpuSnapshot::take(engine.pid());
+    while samples.len() < config.reps as usize && attempt < config.reps * ATTEMPTS_PER_REP {
+        attempt += 1;
+        let rep_started = CpuSnapshot::take(engine.pid());
+        // Alternate which side goes first, so a steady drift (a machine
+        // warming up, a build finishing) favours neither.
+        let llama_first = attempt % 2 == 1;
+        let mut llama = None;
+        if llama_first {
+            llama = Some(bench.run(params)?);
+        }
+        let prefill = engine.prefill()?;
+        let decode = engine.decode(config.gen_tokens)?;
+        if !llama_first {
+            llama = Some(bench.run(params)?);
+        }
+        let llama = llama.expect("llama-bench ran before or after Locara");
+
+        let others = others_share(rep_started, engine.pid());
+        let disturbed = others.is_some_and(|share| share > config.max_others);
+        progress(&format!(
+            "{} {}/{}: prefill llama-bench {:.1} Locara {:.1}; decode llama-bench {:.1} Locara {:.1} tokens/s{}{}",
+            if disturbed { "discarded" } else { "rep" },
+            samples.len() + usize::from(!disturbed),
+            config.reps,
+            llama.prefill_tps,
+            prefill,
+            llama.decode_tps,
+            decode.tps,
+            others
+                .map(|share| format!("; other processes took {:.0} % of the CPU", share * 100.0))
+                .unwrap_or_default(),
+            if disturbed { ", more than --max-others" } else { "" },
+        ));
+        if disturbed {
+            discarded += 1;
+            continue;
+        }
+        if decode.generated < config.gen_tokens {
+            short_decodes += 1;
+        }
+        samples.llama_prefill.push(llama.prefill_tps);
+        samples.llama_decode.push(llama.decode_tps);
+        samples.locara_prefill.push(prefill);
+        samples.locara_decode.push(decode.tps);
+    }
+    ensure!(
+        samples.len() > 0,
+        "other processes took more than --max-others {} % of the CPU in every one of {attempt} reps; rerun on a quiet machine",
+        config.max_others * 100.0
+    );
+    if samples.len() < config.reps as usize {
+        notes.push(format!(
+            "only {} of {} reps ran undisturbed by other processes",
+            samples.len(),
+            config.reps
+        ));
+    }
+    if discarded > 0 {
+        notes.push(format!(
+            "{discarded} reps were discarded and repeated because other processes took more than {} % of the CPU",
+            config.max_others * 100.0
+        ));
+    }
+    if short_decodes > 0 {
+        notes.push(format!(
+            "{short_decodes} Locara decodes ended before {} tokens (the model stopped on every prompt)",
+            config.gen_tokens
+        ));
+    }
+    Ok((samples, others_share(started, engine.pid())))
+}
+
+/// Context (tokens) the tests need: the prefill prompt, or the decode
+/// prompt (under 64 tokens) and the tokens generated after it.
+fn tokens_needed(prompt_tokens: u32, gen_tokens: u32) -> u32 {
+    prompt_tokens.max(64).saturating_add(gen_tokens)
+}
+
 /// Share of the CPU other processes took since `since` (Linux only).
 fn others_share(since: Option<CpuSnapshot>, worker_pid: u32) -> Option<f64> {
     Some(since?.others_share(&CpuSnapshot::take(worker_pid)?))
@@ -431,9 +512,16 @@ struct Samples {
 }
 
 impl Samples {
-    fn push_llama(&mut self, m: llama_bench::Measurement) {
-        self.llama_prefill.push(m.prefill_tps);
-        self.llama_decode.push(m.decode_tps);
+    /// Reps measured.
+    fn len(&self) -> usize {
+        self.locara_decode.len()
+    }
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
     }
 }
 
@@ -520,6 +608,8 @@ mod tests {
                 "--llama-cpp-python",
                 "0.3.30",
             ],
+            &["locara-bench", "--max-others", "101"],
+            &["locara-bench", "--max-others", "-1"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

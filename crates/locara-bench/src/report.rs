@@ -63,6 +63,13 @@ impl Report {
         );
         let _ = writeln!(s, "llama-bench  {}", self.llama_bench.version);
         let _ = writeln!(s, "Locara       {}", self.locara.engine);
+        if let Some(share) = self.others_cpu_share {
+            let _ = writeln!(
+                s,
+                "machine      other processes took {:.1} % of the CPU while this measured",
+                share * 100.0
+            );
+        }
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -142,6 +149,7 @@ mod tests {
         assert!(table.contains("800.0 (790.0–810.0)"), "{table}");
         assert!(table.contains("0.975"), "{table}");
         assert!(table.contains("note: something odd"), "{table}");
+        assert!(table.contains("took 1.0 % of the CPU"), "{table}");
         assert!(table.contains("FAIL: prefill ratio 0.975 pass"), "{table}");
         assert!(table.contains("decode ratio 0.933 FAIL"), "{table}");
     }

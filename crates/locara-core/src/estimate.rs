@@ -28,6 +28,7 @@
 //!     kv_type: KvType::Q8_0,
 //!     parallel: 1,
 //!     backend: Backend::Gpu,
+//!     full_window_cache: false,
 //! };
 //! let e = estimate(&shape, &options).unwrap();
 //! // 30 layers × (K + V) × 192 elements × 8192 cells × 34/32 bytes.
@@ -79,29 +80,44 @@ const HYBRID: &[&str] = &[
 /// indexer caches, layers that reuse another layer's cache, or no cache at
 /// all), with the reason shown to the user.
 const SPECIAL_CACHE: &[(&str, &str)] = &[
-    ("deepseek2", "multi-head latent attention caches a compressed latent, not K/V heads"),
-    ("deepseek32", "its sparse-attention indexer keeps a cache of its own"),
-    ("glm-dsa", "its sparse-attention indexer keeps a cache of its own"),
-    ("minimax-m3", "its sparse-attention indexer keeps a cache of its own"),
-    ("hy_v4", "its sparse-attention indexer keeps a cache of its own"),
-    ("dots3note", "its sparse-attention indexer keeps a cache of its own"),
-    ("gemma3n", "later layers reuse the K/V cache of earlier ones"),
-    ("gemma4", "later layers reuse the K/V cache of earlier ones"),
-    ("gemma4-assistant", "it shares the K/V cache of another model"),
-    ("eagle3", "a draft head that runs beside another model"),
-    ("dflash", "a draft head that runs beside another model"),
-    ("bert", "an encoder (embedding model) has no K/V cache"),
-    ("nomic-bert", "an encoder (embedding model) has no K/V cache"),
-    ("nomic-bert-moe", "an encoder (embedding model) has no K/V cache"),
-    ("jina-bert-v2", "an encoder (embedding model) has no K/V cache"),
-    ("jina-bert-v3", "an encoder (embedding model) has no K/V cache"),
-    ("neo-bert", "an encoder (embedding model) has no K/V cache"),
-    ("eurobert", "an encoder (embedding model) has no K/V cache"),
-    ("modern-bert", "an encoder (embedding model) has no K/V cache"),
-    ("gemma-embedding", "an encoder (embedding model) has no K/V cache"),
-    ("t5", "an encoder-decoder model keeps a cross-attention cache as well"),
-    ("t5encoder", "an encoder (embedding model) has no K/V cache"),
+    ("deepseek2", LATENT),
+    ("deepseek32", INDEXER),
+    ("glm-dsa", INDEXER),
+    ("minimax-m3", INDEXER),
+    ("hy_v4", INDEXER),
+    ("dots3note", INDEXER),
+    ("gemma3n", REUSE),
+    ("gemma4", REUSE),
+    ("gemma4-assistant", DRAFT),
+    ("eagle3", DRAFT),
+    ("dflash", DRAFT),
+    ("bert", ENCODER),
+    ("nomic-bert", ENCODER),
+    ("nomic-bert-moe", ENCODER),
+    ("jina-bert-v2", ENCODER),
+    ("jina-bert-v3", ENCODER),
+    ("neo-bert", ENCODER),
+    ("eurobert", ENCODER),
+    ("modern-bert", ENCODER),
+    ("gemma-embedding", ENCODER),
+    ("t5encoder", ENCODER),
+    ("dream", NO_CACHE),
+    ("llada", NO_CACHE),
+    ("llada-moe", NO_CACHE),
+    ("rnd1", NO_CACHE),
+    ("clef", NO_CACHE),
+    ("wavtokenizer-dec", NO_CACHE),
+    (
+        "t5",
+        "an encoder-decoder model keeps a cross-attention cache as well",
+    ),
 ];
+const LATENT: &str = "multi-head latent attention caches a compressed latent, not K/V heads";
+const INDEXER: &str = "its sparse-attention indexer keeps a cache of its own";
+const REUSE: &str = "later layers reuse the K/V cache of earlier ones";
+const DRAFT: &str = "a draft head shares the cache of the model it runs beside";
+const ENCODER: &str = "an encoder (embedding model) has no K/V cache";
+const NO_CACHE: &str = "llama.cpp runs it without a K/V cache (a diffusion or audio model)";
 
 /// What the estimate needs to know about a model: the facts of its GGUF
 /// metadata and tensor table (see `locara_gguf::ModelMetadata`). Lengths are
@@ -114,9 +130,10 @@ pub struct ModelShape {
     pub block_count: u32,
     /// Width of the hidden state.
     pub embedding_length: u32,
-    /// Width of the feed-forward layer (the largest over layers); 0 when the
-    /// file does not say, which the compute estimate then takes as 4 × the
-    /// embedding width.
+    /// Width of the feed-forward layer (the largest over layers; for a
+    /// mixture of experts, the experts a token selects together); 0 when
+    /// the file does not say, which the compute estimate then takes as 4 ×
+    /// the embedding width.
     pub feed_forward_length: u32,
     /// Query heads.
     pub head_count: u32,
@@ -138,6 +155,9 @@ pub struct ModelShape {
     pub sliding_window_layers: Vec<bool>,
     /// Tokens in the vocabulary: the logits are this wide.
     pub vocab_size: u32,
+    /// BPE merges of the tokenizer (`tokenizer.ggml.merges`); 0 for other
+    /// tokenizers.
+    pub vocab_merges: u32,
     /// Bytes of all tensor data: the mapped weights.
     pub weights_bytes: u64,
     /// The weight matrices that a CPU backend may copy into a repacked
@@ -189,6 +209,7 @@ impl ModelShape {
             sliding_window: None,
             sliding_window_layers: Vec::new(),
             vocab_size,
+            vocab_merges: 0,
             weights_bytes,
             matmul_weights: Vec::new(),
         }
@@ -293,8 +314,7 @@ impl Backend {
             .filter(|w| {
                 repack.iter().any(|r| {
                     r.ggml_type.eq_ignore_ascii_case(&w.ggml_type)
-                        && r.row_multiple > 0
-                        && w.rows % r.row_multiple == 0
+                        && w.rows.is_multiple_of(r.row_multiple)
                 })
             })
             .map(|w| w.bytes)
@@ -316,7 +336,20 @@ pub struct EstimateOptions {
     pub parallel: u32,
     /// Where the layers run.
     pub backend: Backend,
+    /// Whether the sliding-window layers keep a cache as long as the
+    /// context (llama.cpp's `swa_full`) instead of the window plus one
+    /// micro-batch. See [`ENGINE_FULL_WINDOW_CACHE`].
+    pub full_window_cache: bool,
 }
+
+/// What the engine worker runs llama.cpp with: it leaves `swa_full` at
+/// llama.cpp's default (`llama_context_default_params`, src/llama-context.cpp:
+/// `true`), so the sliding-window layers hold a cache as long as the
+/// context, like the global ones. Keep in step with
+/// `crates/locara-engine/src/worker.rs`; turning it off there (the worker
+/// never reuses a cached prefix, the one thing the full cache is for) cuts
+/// the K/V cache of Gemma 3 at 32768 tokens by about four fifths.
+pub const ENGINE_FULL_WINDOW_CACHE: bool = true;
 
 /// The predicted memory of an engine worker holding a model, in bytes, when
 /// its contexts are full (the steady-state maximum).
@@ -328,7 +361,8 @@ pub struct Estimate {
     /// to [`CELL_PAD`]).
     pub cells: u32,
     /// K/V cells per sequence of the sliding-window layers, when the model
-    /// has them.
+    /// has them: the window plus a micro-batch, or `cells` with a full
+    /// window cache.
     pub window_cells: Option<u32>,
     pub parallel: u32,
     pub kv_type: KvType,
@@ -342,12 +376,13 @@ pub struct Estimate {
     /// llama.cpp's output buffer: the logits of one token per sequence.
     pub output_buffer: u64,
     /// Scratch memory of the graph that prefill touches: activations of one
-    /// micro-batch, the attention masks over the full context, the logits
-    /// tensor, the CPU backend's work buffer.
+    /// micro-batch, the attention masks over the filled cells, the logits of
+    /// the outputs.
     pub compute_buffers: u64,
-    /// The worker process itself with the model loaded: its heap (the
-    /// vocabulary, llama.cpp's model and context objects, the validated
-    /// GGUF metadata) and thread stacks.
+    /// The worker process itself with the model loaded and generating: its
+    /// heap (the vocabulary, llama.cpp's model, context, cell bookkeeping and
+    /// graph objects, the validated GGUF metadata, the sampler's and the CPU
+    /// backend's working arrays) and thread stacks.
     pub overhead: u64,
 }
 
@@ -493,7 +528,9 @@ fn check(shape: &ModelShape, options: &EstimateOptions) -> Result<(), EstimateEr
     // `llama_init_from_model` (src/llama-context.cpp) refuses a quantised
     // cache whose block does not divide the head dims.
     let (block, _) = options.kv_type.block();
-    if shape.key_length as u64 % block != 0 || shape.value_length as u64 % block != 0 {
+    if !u64::from(shape.key_length).is_multiple_of(block)
+        || !u64::from(shape.value_length).is_multiple_of(block)
+    {
         return Err(EstimateError::HeadDim {
             kv_type: options.kv_type,
             block,
@@ -518,13 +555,20 @@ fn cells_per_sequence(context: u32, parallel: u32) -> u64 {
     pad(n_ctx / u64::from(parallel), CELL_PAD.into())
 }
 
-/// Cells per sequence of the sliding-window cache, as
+/// Cells per sequence of the sliding-window cache without `swa_full`, as
 /// `llama_kv_cache_iswa::llama_kv_cache_iswa` (`src/llama-kv-cache-iswa.cpp`)
 /// sizes it for a non-unified cache: the window plus one micro-batch (the
 /// tokens of a batch being written while the oldest still must be kept),
-/// rounded up to 256, never more than the global layers' cells.
+/// rounded up to 256 ("always padded to 256 for performance", llama.cpp
+/// issue 17037), never more than the global layers' cells. Cells that fall
+/// out of the window are reused (`llama_kv_cache::find_slot`), so the cache
+/// never grows past this.
 fn window_cells(window: u32, cells: u64) -> u64 {
-    pad(u64::from(window) + u64::from(UBATCH_TOKENS), CELL_PAD.into()).min(cells)
+    pad(
+        u64::from(window) + u64::from(UBATCH_TOKENS),
+        CELL_PAD.into(),
+    )
+    .min(cells)
 }
 
 /// Bytes of `elements` values of the K/V type: `ggml_row_size`.
@@ -540,11 +584,12 @@ pub fn estimate(shape: &ModelShape, options: &EstimateOptions) -> Result<Estimat
     estimate_filled(shape, options, u32::MAX)
 }
 
-/// The estimate for a worker whose longest sequence has held `filled` tokens
-/// (prompt and answer). Everything but the compute buffers is allocated and
-/// cleared at load; the compute buffers grow with the filled cells, because
-/// the attention mask of a micro-batch spans them. `filled` at or above the
-/// context gives [`estimate`].
+/// The estimate for a worker whose sequences have held up to `filled` tokens
+/// (prompt and answer). The caches and the output buffer are allocated and
+/// cleared at load; what grows as the context fills is the attention masks
+/// of the compute buffers, which span the filled cells, and llama.cpp's
+/// bookkeeping of used cells (counted here for every sequence). `filled` at
+/// or above the context gives [`estimate`].
 pub fn estimate_filled(
     shape: &ModelShape,
     options: &EstimateOptions,
@@ -557,7 +602,13 @@ pub fn estimate_filled(
     let window = shape
         .sliding_window
         .filter(|_| shape.has_window_layers())
-        .map(|w| window_cells(w, cells));
+        .map(|w| {
+            if options.full_window_cache {
+                cells
+            } else {
+                window_cells(w, cells)
+            }
+        });
 
     // The K/V cache (`llama_kv_cache::llama_kv_cache`, src/llama-kv-cache.cpp):
     // per layer with K/V heads, one K tensor of `n_embd_k_gqa × kv_size ×
@@ -574,8 +625,14 @@ pub fn estimate_filled(
             Some(w) if shape.is_window_layer(il) => w,
             _ => cells,
         };
-        let k = kv_row_bytes(options.kv_type, u64::from(kv_heads) * u64::from(shape.key_length));
-        let v = kv_row_bytes(options.kv_type, u64::from(kv_heads) * u64::from(shape.value_length));
+        let k = kv_row_bytes(
+            options.kv_type,
+            u64::from(kv_heads) * u64::from(shape.key_length),
+        );
+        let v = kv_row_bytes(
+            options.kv_type,
+            u64::from(kv_heads) * u64::from(shape.value_length),
+        );
         kv_cache = kv_cache.saturating_add((k + v).saturating_mul(layer_cells * parallel));
     }
 
@@ -587,11 +644,15 @@ pub fn estimate_filled(
 
     // `llama_kv_cache::get_n_kv` (src/llama-kv-cache.cpp): the cells a
     // graph attends over are the used ones rounded up to 256, at most the
-    // cache.
+    // cache. Every sequence is taken to hold `filled` tokens.
     let used = pad(u64::from(filled.max(1)), CELL_PAD.into());
-    let n_kv = used.min(cells);
-    let n_kv_window = window.map(|w| used.min(w));
-    let compute_buffers = compute_buffers(shape, n_kv, n_kv_window, options.parallel);
+    let caches = Caches {
+        cells,
+        used: used.min(cells),
+        window: window.map(|w| (w, used.min(w))),
+    };
+    let compute_buffers = compute_buffers(shape, &caches, options.parallel);
+    let overhead = overhead(shape, &caches, options.parallel);
 
     Ok(Estimate {
         context,
@@ -604,70 +665,155 @@ pub fn estimate_filled(
         kv_cache,
         output_buffer,
         compute_buffers,
-        overhead: overhead(shape),
+        overhead,
     })
 }
 
-/// Compute buffers touched by prefill when the graph attends over `n_kv`
-/// cells of the global layers and `n_kv_window` of the window layers.
-fn compute_buffers(shape: &ModelShape, n_kv: u64, n_kv_window: Option<u64>, parallel: u32) -> u64 {
+/// The K/V caches of one sequence: cells, and cells the graph attends over
+/// (`n_kv`), of the global cache and of the window cache when there is one.
+struct Caches {
+    cells: u64,
+    used: u64,
+    window: Option<(u64, u64)>,
+}
+
+/// Bytes of one f16 attention mask over `n_kv` cells for a micro-batch
+/// (`build_attn_inp_kq_mask`, src/llama-graph.cpp: `n_kv × n_tokens`, f16
+/// because flash attention wants it so).
+fn mask_bytes(n_kv: u64) -> u64 {
+    n_kv * u64::from(UBATCH_TOKENS) * 2
+}
+
+/// The compute buffers that prefill touches.
+///
+/// llama.cpp reserves one CPU compute buffer at load for its worst-case
+/// graph (`llama_context::sched_reserve` → `graph_reserve`,
+/// src/llama-context.cpp: 512 tokens, the whole cache, and 512 outputs),
+/// planned by ggml's allocator (`ggml_gallocr_reserve_n`,
+/// ggml/src/ggml-alloc.c), which places the graph inputs first and lets
+/// later tensors reuse the space of ones no longer needed. Nothing in it is
+/// touched until a batch runs, and only what a batch writes becomes
+/// footprint: the reserved size itself is far larger (it holds f32 logits
+/// for 512 outputs, `n_vocab × 512 × 4` bytes: 512 MiB for a 262k
+/// vocabulary) and says little. What prefill writes, measured page by page
+/// (`/proc/<pid>/pagemap`) on both test models:
+///
+/// * the attention masks, one per cache, `n_kv × 512` f16, `n_kv` growing
+///   with the filled cells to the whole cache;
+/// * the activations of one micro-batch at their peak, in the feed-forward
+///   block: the residual stream, its norm and the token embeddings (3 ×
+///   `n_embd`) and gate, up and their product (3 × `n_ff`), f32 × 512
+///   tokens: 12.4 MiB for SmolLM2-135M (12.3 measured), 15.8 MiB for Gemma 3
+///   270M (15.8 measured);
+/// * the logits of the outputs, one row of `n_vocab` f32 per sequence.
+///
+/// With a window cache, the mask freed first (the window mask when the last
+/// layer is global, as in Gemma 3) leaves its slot to the last layers'
+/// activations: up to a feed-forward block's worth of pages that a context
+/// filled only in part adds on top (a full context has written the whole
+/// mask anyway).
+fn compute_buffers(shape: &ModelShape, caches: &Caches, parallel: u32) -> u64 {
     let ub = u64::from(UBATCH_TOKENS);
-    // Attention masks: one f16 `n_kv × n_tokens` mask per cache
-    // (`build_attn_inp_kq_mask`, src/llama-graph.cpp), n_kv being the
-    // filled cells (the whole cache when the context is full).
-    let mut masks = n_kv * ub * 2;
-    if let Some(w) = n_kv_window {
-        masks += w * ub * 2;
-    }
+    let n_embd = u64::from(shape.embedding_length);
     let n_ff = if shape.feed_forward_length > 0 {
         u64::from(shape.feed_forward_length)
     } else {
-        4 * u64::from(shape.embedding_length)
+        4 * n_embd
     };
-    let activations = ub * 4 * (3 * n_ff + 3 * u64::from(shape.embedding_length));
+    let activations = ub * 4 * (3 * n_ff + 3 * n_embd);
+    let mut masks = mask_bytes(caches.used);
+    let mut reused = 0;
+    if let Some((window, used)) = caches.window {
+        masks += mask_bytes(used);
+        let last = shape.block_count.saturating_sub(1) as usize;
+        let unused = if shape.is_window_layer(last) {
+            mask_bytes(caches.cells) - mask_bytes(caches.used)
+        } else {
+            mask_bytes(window) - mask_bytes(used)
+        };
+        reused = unused.min(ub * 4 * 3 * n_ff);
+    }
     let logits = u64::from(shape.vocab_size) * 4 * u64::from(parallel);
-    masks + activations + logits
+    activations + masks + reused + logits
 }
+
+/// Heap of a worker with a model loaded that does not depend on the
+/// vocabulary or the caches: the Rust runtime, llama.cpp's model, context
+/// and graph objects, thread stacks, ggml's tensor metadata. Calibrated:
+/// the rest of the measured footprint after load of both test models once
+/// the terms below are taken off (6.7 MiB).
+const BASE_OVERHEAD: u64 = 6_950_000;
+
+/// Heap per vocabulary token after load: llama.cpp's `llama_vocab` keeps
+/// each token as `token_data` (40 bytes), as a key of the `token_to_id`
+/// hash map (a 64-byte node and an 8-byte bucket), in the
+/// `cache_token_to_piece` strings (32 bytes), plus the heap copies of
+/// tokens longer than the small-string buffer; the validated GGUF metadata
+/// the worker keeps (text and offsets); `token_ids_full_vocab` (4 bytes).
+/// About 165 bytes from the structures, 175 calibrated.
+const OVERHEAD_PER_TOKEN: u64 = 175;
+
+/// Heap per BPE merge: llama.cpp's `bpe_ranks`, a `std::map` of string
+/// pairs (a 112-byte node), and the merge text with its offset in the GGUF
+/// metadata the worker keeps.
+const OVERHEAD_PER_MERGE: u64 = 130;
+
+/// Heap that generation adds and keeps (glibc does not hand freed heap
+/// back): the sampler's candidate array (12 bytes per vocabulary token) and
+/// token ids, the batch and tokenizer buffers, the CPU backend's work
+/// buffer. Calibrated on both test models after a fill of 2048 tokens:
+/// 3.65 MiB plus 18 bytes per vocabulary token.
+const RUNTIME_HEAP: u64 = 3_830_000;
+const RUNTIME_HEAP_PER_TOKEN: u64 = 18;
+
+/// Per K/V cell of each cache and sequence, `llama_kv_cells`
+/// (src/llama-kv-cells.h) keeps position, shift, extension and a 256-bit
+/// sequence set (52 bytes, allocated at load), and for each used cell a
+/// node in the `used` set and one in the sequence's position set (48 bytes
+/// each).
+const CELL_BYTES: u64 = 52;
+const USED_CELL_BYTES: u64 = 96;
 
 /// The worker process with a model loaded, less the buffers above.
-fn overhead(shape: &ModelShape) -> u64 {
-    20 * (1 << 20) + u64::from(shape.vocab_size) * 64
+fn overhead(shape: &ModelShape, caches: &Caches, parallel: u32) -> u64 {
+    let parallel = u64::from(parallel);
+    let vocab = u64::from(shape.vocab_size);
+    let (cells, used) = match caches.window {
+        Some((w, u)) => (caches.cells + w, caches.used + u),
+        None => (caches.cells, caches.used),
+    };
+    BASE_OVERHEAD
+        + vocab * (OVERHEAD_PER_TOKEN + RUNTIME_HEAP_PER_TOKEN)
+        + u64::from(shape.vocab_merges) * OVERHEAD_PER_MERGE
+        + RUNTIME_HEAP
+        + (cells * CELL_BYTES + used * USED_CELL_BYTES) * parallel
 }
 
-/// The largest context (tokens per sequence, a multiple of [`CELL_PAD`] or
-/// the trained context) whose estimate, weights included, is within
-/// `budget` bytes with this K/V type and number of sequences; `None` when
-/// not even 256 tokens fit.
+/// The largest context (tokens per sequence) up to `options.context` whose
+/// estimate, weights included, is within `budget` bytes with the other
+/// options as given: `options.context` itself (clamped to the trained
+/// context) when that fits, else a multiple of [`CELL_PAD`] (costs change
+/// only there); `None` when not even 256 tokens fit.
 pub fn max_context_fitting(
     shape: &ModelShape,
-    kv_type: KvType,
-    parallel: u32,
-    backend: &Backend,
+    options: &EstimateOptions,
     budget: u64,
 ) -> Result<Option<u32>, EstimateError> {
     let fits = |context: u32| -> Result<bool, EstimateError> {
         let options = EstimateOptions {
             context,
-            kv_type,
-            parallel,
-            backend: backend.clone(),
+            ..options.clone()
         };
         Ok(estimate(shape, &options)?.total() <= budget)
     };
-    let trained = if shape.context_length > 0 {
-        shape.context_length
-    } else {
-        // Unknown trained context: search up to 1M tokens.
-        1 << 20
-    };
-    if fits(trained)? {
-        return Ok(Some(trained));
+    let top = LoadDefaults::default().context_for(Some(options.context), shape.context_length);
+    if fits(top)? {
+        return Ok(Some(top));
     }
-    // Costs change only at multiples of CELL_PAD; the estimate grows with
-    // the context, so bisect over those.
-    // Invariant: lo × PAD fits; hi × PAD does not (it costs what the trained
-    // context costs, since the estimate clamps to it).
-    let (mut lo, mut hi) = (1u32, trained.div_ceil(CELL_PAD));
+    // The estimate grows with the context: bisect over multiples of the pad.
+    // Invariant: lo × PAD fits; hi × PAD does not (it costs at least what
+    // `top` costs).
+    let (mut lo, mut hi) = (1u32, top.div_ceil(CELL_PAD));
     if hi <= 1 || !fits(CELL_PAD)? {
         return Ok(None);
     }
@@ -697,7 +843,18 @@ mod tests {
     /// Gemma 3 270M's shape: 1 K/V head of 256, a 512-token window on five
     /// of every six layers.
     fn gemma3() -> ModelShape {
-        let mut s = ModelShape::dense("gemma3", 18, 640, 2048, 4, 1, 256, 32768, 262144, 253_000_000);
+        let mut s = ModelShape::dense(
+            "gemma3",
+            18,
+            640,
+            2048,
+            4,
+            1,
+            256,
+            32768,
+            262144,
+            253_000_000,
+        );
         s.sliding_window = Some(512);
         s.sliding_window_layers = (0..18).map(|il| il % 6 < 5).collect();
         s
@@ -709,6 +866,7 @@ mod tests {
             kv_type,
             parallel,
             backend: Backend::Gpu,
+            full_window_cache: false,
         }
     }
 
@@ -737,6 +895,35 @@ mod tests {
         let short = estimate(&gemma3(), &options(512, KvType::F16, 1)).unwrap();
         assert_eq!(short.window_cells, Some(512));
         assert_eq!(short.kv_cache, per_cell * 18 * 512);
+    }
+
+    #[test]
+    fn a_full_window_cache_is_as_long_as_the_context() {
+        // What the worker runs today (llama.cpp's default `swa_full`).
+        let mut o = options(32768, KvType::F16, 1);
+        o.full_window_cache = true;
+        let e = estimate(&gemma3(), &o).unwrap();
+        assert_eq!(e.window_cells, Some(32768));
+        assert_eq!(e.kv_cache, 2 * 256 * 2 * 18 * 32768);
+        // llama.cpp's log for Gemma 3 at 8192 cells, q8_0: "non-SWA ... 12.75
+        // MiB", "SWA ... 63.75 MiB".
+        let mut o = options(8192, KvType::Q8_0, 1);
+        o.full_window_cache = true;
+        let e = estimate(&gemma3(), &o).unwrap();
+        assert_eq!(e.kv_cache, (12.75 + 63.75) as u64 * MIB + MIB / 2);
+    }
+
+    #[test]
+    fn only_the_masks_grow_as_the_context_fills() {
+        let o = options(8192, KvType::Q8_0, 1);
+        let half = estimate_filled(&smollm2(), &o, 4096).unwrap();
+        let full = estimate(&smollm2(), &o).unwrap();
+        assert_eq!(half.kv_cache, full.kv_cache);
+        // One f16 mask of 512 rows over 4096 more cells, and 4096 more used
+        // cells of bookkeeping.
+        assert_eq!(full.compute_buffers - half.compute_buffers, 4096 * 512 * 2);
+        assert_eq!(full.overhead - half.overhead, 4096 * USED_CELL_BYTES);
+        assert_eq!(estimate_filled(&smollm2(), &o, u32::MAX).unwrap(), full);
     }
 
     #[test]
@@ -813,7 +1000,10 @@ mod tests {
         s.architecture = "mamba2".into();
         let err = estimate(&s, &options(2048, KvType::Q8_0, 1)).unwrap_err();
         assert_eq!(err.kind(), "recurrent_architecture");
-        assert!(err.to_string().starts_with("mamba2 is a recurrent"), "{err}");
+        assert!(
+            err.to_string().starts_with("mamba2 is a recurrent"),
+            "{err}"
+        );
         s.architecture = "jamba".into();
         let err = estimate(&s, &options(2048, KvType::Q8_0, 1)).unwrap_err();
         assert_eq!(err.kind(), "hybrid_architecture");
@@ -846,7 +1036,9 @@ mod tests {
         );
         s.head_count_kv = vec![3; 29];
         assert_eq!(
-            estimate(&s, &options(2048, KvType::Q8_0, 1)).unwrap_err().kind(),
+            estimate(&s, &options(2048, KvType::Q8_0, 1))
+                .unwrap_err()
+                .kind(),
             "layer_count"
         );
     }
@@ -860,20 +1052,25 @@ mod tests {
                 .total()
         };
         let budget = at(12_000) + 1;
-        let n = max_context_fitting(&s, KvType::Q8_0, 2, &Backend::Gpu, budget)
+        let up_to = |context| options(context, KvType::Q8_0, 2);
+        let n = max_context_fitting(&s, &up_to(u32::MAX), budget)
             .unwrap()
             .unwrap();
         assert_eq!(n % CELL_PAD, 0);
         assert!(at(n) <= budget);
         assert!(at(n + CELL_PAD) > budget);
-        // Everything fits: the trained context.
+        // Everything fits: the trained context, or the one asked for.
         assert_eq!(
-            max_context_fitting(&s, KvType::Q8_0, 2, &Backend::Gpu, u64::MAX).unwrap(),
+            max_context_fitting(&s, &up_to(u32::MAX), u64::MAX).unwrap(),
             Some(32768)
+        );
+        assert_eq!(
+            max_context_fitting(&s, &up_to(5000), u64::MAX).unwrap(),
+            Some(5000)
         );
         // Not even the weights fit.
         assert_eq!(
-            max_context_fitting(&s, KvType::Q8_0, 2, &Backend::Gpu, 1 << 20).unwrap(),
+            max_context_fitting(&s, &up_to(u32::MAX), 1 << 20).unwrap(),
             None
         );
     }
@@ -900,26 +1097,28 @@ mod tests {
             prop::option::of(prop_oneof![Just(128u32), Just(512), Just(4096)]),
             1u32..8,
         )
-            .prop_map(|(layers, head_dim, kv_heads, groups, vocab, window, period)| {
-                let heads = kv_heads * groups;
-                let mut s = ModelShape::dense(
-                    "llama",
-                    layers,
-                    heads * head_dim,
-                    4 * heads * head_dim,
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    131_072,
-                    vocab,
-                    1 << 28,
-                );
-                s.sliding_window = window;
-                if window.is_some() {
-                    s.sliding_window_layers = (0..layers).map(|il| il % period != 0).collect();
-                }
-                s
-            })
+            .prop_map(
+                |(layers, head_dim, kv_heads, groups, vocab, window, period)| {
+                    let heads = kv_heads * groups;
+                    let mut s = ModelShape::dense(
+                        "llama",
+                        layers,
+                        heads * head_dim,
+                        4 * heads * head_dim,
+                        heads,
+                        kv_heads,
+                        head_dim,
+                        131_072,
+                        vocab,
+                        1 << 28,
+                    );
+                    s.sliding_window = window;
+                    if window.is_some() {
+                        s.sliding_window_layers = (0..layers).map(|il| il % period != 0).collect();
+                    }
+                    s
+                },
+            )
     }
 
     proptest! {

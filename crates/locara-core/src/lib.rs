@@ -20,7 +20,7 @@ pub mod load;
 
 pub use bytes::Bytes;
 pub use estimate::{
-    estimate, estimate_filled, max_context_fitting, Backend, Estimate, EstimateCheck, EstimateError,
-    EstimateOptions, ModelShape,
+    estimate, estimate_filled, max_context_fitting, Backend, Estimate, EstimateCheck,
+    EstimateError, EstimateOptions, ModelShape,
 };
 pub use load::{KvType, LoadDefaults, ParseKvTypeError, DEFAULT_CONTEXT, MIN_CONTEXT};

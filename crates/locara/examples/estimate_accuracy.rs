@@ -150,7 +150,11 @@ fn worker_program() -> Result<PathBuf> {
             .file_name()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let flag = if profile == "release" { " --release" } else { "" };
+        let flag = if profile == "release" {
+            " --release"
+        } else {
+            ""
+        };
         bail!(
             "{} is missing: build it first with `cargo build{flag} -p locara`",
             program.display()
@@ -170,10 +174,10 @@ fn main() -> Result<()> {
         let file = locara_gguf::validate_file(path)
             .with_context(|| format!("{} is not a valid GGUF model", path.display()))?;
         let shape = shape_of(&file);
-        let name = path
-            .parent()
-            .and_then(Path::file_name)
-            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = path.parent().and_then(Path::file_name).map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let contexts = args.contexts.clone().unwrap_or_else(|| {
             let mut c = vec![2048, 8192, shape.context_length.min(32768)];
             c.dedup();
@@ -191,6 +195,7 @@ fn main() -> Result<()> {
                             kv_type,
                             parallel,
                             backend: backend.clone(),
+                            full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
                         },
                     };
                     if let Some(fills) = &args.fills {
@@ -334,10 +339,18 @@ fn tokenizer_line(worker: &Worker) -> Result<(f64, f64)> {
 /// Fills the longest sequence with about `tokens` tokens (prompt plus one
 /// generated) while the other sequences each run a short generation beside
 /// it; returns the tokens the longest sequence held.
-fn fill(worker: &Worker, line: (f64, f64), tokens: u32, parallel: u32, first_id: u64) -> Result<u32> {
+fn fill(
+    worker: &Worker,
+    line: (f64, f64),
+    tokens: u32,
+    parallel: u32,
+    first_id: u64,
+) -> Result<u32> {
     let (a, b) = line;
     // The prompt leaves room for the one generated token.
-    let words = ((f64::from(tokens.saturating_sub(1)) - b) / a).floor().max(1.0) as u32;
+    let words = ((f64::from(tokens.saturating_sub(1)) - b) / a)
+        .floor()
+        .max(1.0) as u32;
     let mut requests = vec![raw(first_id, words, 1)];
     for i in 1..parallel {
         // Short prompts that decode while the long one fills, so that
@@ -412,7 +425,13 @@ fn fill_series(
     for (i, &tokens) in fills.iter().enumerate() {
         let started = Instant::now();
         let target = tokens.min(info.context.saturating_sub(1));
-        let filled = fill(&worker, line, target, point.options.parallel, 100 + 10 * i as u64)?;
+        let filled = fill(
+            &worker,
+            line,
+            target,
+            point.options.parallel,
+            100 + 10 * i as u64,
+        )?;
         let (measured, _) = footprint(&worker, point.path)?;
         let est = estimate::estimate_filled(point.shape, &point.options, filled)?;
         println!(
@@ -441,7 +460,11 @@ fn dirty_mappings(pid: u32) {
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or_default();
         if first.contains('-') && !first.ends_with(':') {
-            name = line.split_whitespace().nth(5).unwrap_or("[anon]").to_string();
+            name = line
+                .split_whitespace()
+                .nth(5)
+                .unwrap_or("[anon]")
+                .to_string();
         } else if first == "Size:" {
             size = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
         } else if first == "Private_Dirty:" {
@@ -552,23 +575,18 @@ fn backend_here() -> Backend {
 /// `locara_gguf::GgufFile::shape()`).
 fn shape_of(file: &GgufFile) -> ModelShape {
     let m = &file.model;
-    let ff_key = format!("{}.feed_forward_length", m.architecture);
-    let feed_forward_length = match file.get(&ff_key) {
-        Some(v) => match v.as_array() {
-            Some(a) => (0..a.len())
-                .filter_map(|i| a.integer_at(i))
-                .max()
-                .unwrap_or(0),
-            None => v.as_integer().unwrap_or(0),
-        },
-        None => 0,
-    };
-    let row_lookup = ["token_embd.", "pos_embd.", "token_types.", "per_layer_token_embd."];
+    let feed_forward_length = feed_forward_width(file);
+    let row_lookup = [
+        "token_embd.",
+        "pos_embd.",
+        "token_types.",
+        "per_layer_token_embd.",
+    ];
     ModelShape {
         architecture: m.architecture.clone(),
         block_count: m.block_count,
         embedding_length: m.embedding_length,
-        feed_forward_length: u32::try_from(feed_forward_length.max(0)).unwrap_or(u32::MAX),
+        feed_forward_length,
         head_count: m.head_count,
         head_count_kv: m.head_count_kv.clone(),
         key_length: m.key_length,
@@ -577,6 +595,10 @@ fn shape_of(file: &GgufFile) -> ModelShape {
         sliding_window: m.sliding_window,
         sliding_window_layers: m.sliding_window_layers.clone(),
         vocab_size: m.vocab_size,
+        vocab_merges: file
+            .get("tokenizer.ggml.merges")
+            .and_then(|v| v.as_array())
+            .map_or(0, |a| u32::try_from(a.len()).unwrap_or(u32::MAX)),
         weights_bytes: m.tensor_data_bytes,
         matmul_weights: file
             .tensors
@@ -591,4 +613,26 @@ fn shape_of(file: &GgufFile) -> ModelShape {
             })
             .collect(),
     }
+}
+
+/// The feed-forward width a micro-batch's activations have: the largest
+/// `{arch}.feed_forward_length` over layers, or for a mixture of experts the
+/// selected experts together (`expert_feed_forward_length ×
+/// expert_used_count`) when that is wider; 0 when the file says neither.
+fn feed_forward_width(file: &GgufFile) -> u32 {
+    let arch = &file.model.architecture;
+    let largest = |key: &str| -> u64 {
+        match file.get(&format!("{arch}.{key}")) {
+            Some(v) => match v.as_array() {
+                Some(a) => (0..a.len()).filter_map(|i| a.integer_at(i)).max(),
+                None => v.as_integer(),
+            }
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0)),
+            None => 0,
+        }
+    };
+    let dense = largest("feed_forward_length");
+    let experts =
+        largest("expert_feed_forward_length").saturating_mul(largest("expert_used_count"));
+    u32::try_from(dense.max(experts)).unwrap_or(u32::MAX)
 }

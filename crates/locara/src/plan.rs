@@ -8,12 +8,9 @@ use locara_core::estimate::{self, MatmulWeight};
 use locara_core::{Backend, Bytes, Estimate, EstimateOptions, KvType, LoadDefaults, ModelShape};
 use locara_daemon::store::ModelName;
 use locara_gguf::GgufFile;
+use locara_platform::SystemProbe;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-/// Share of physical memory the runtime may hold until the machine profile
-/// gives the budget (DESIGN.md: min(GPU working-set cap, 70 % of RAM)).
-const BUDGET_PERCENT: u64 = 70;
 
 #[derive(Args)]
 #[command(
@@ -57,6 +54,7 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
         kv_type: args.kv,
         parallel: args.parallel,
         backend: backend.clone(),
+        full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
     };
     let est = estimate::estimate(&shape, &options)
         .with_context(|| format!("cannot estimate {}", args.model))?;
@@ -69,9 +67,14 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     };
     let fits = est.total() <= budget.bytes;
     let mut largest = Vec::new();
-    for kv in KvType::ALL {
-        let n = estimate::max_context_fitting(&shape, kv, args.parallel, &backend, budget.bytes)?;
-        largest.push((kv, n));
+    for kv_type in KvType::ALL {
+        let up_to_trained = EstimateOptions {
+            context: u32::MAX,
+            kv_type,
+            ..options.clone()
+        };
+        let n = estimate::max_context_fitting(&shape, &up_to_trained, budget.bytes)?;
+        largest.push((kv_type, n));
     }
 
     if args.json {
@@ -108,14 +111,29 @@ struct Budget {
     basis: String,
 }
 
-/// The machine's budget: 70 % of physical memory. The platform profile's
-/// default budget (which also honours a GPU working-set cap) replaces this
-/// once the CLI persists the profile.
+/// The machine's default budget, from the machine profile `locara profile`
+/// shows (DESIGN.md: min(GPU working-set cap, 70 % of memory)); where the
+/// profile cannot be had, 70 % of physical memory.
 fn machine_budget() -> Result<Budget> {
+    let profile = Config::load(false).and_then(|config| {
+        crate::profile::load_or_probe(&SystemProbe::default(), &config.home, false)
+    });
+    if let Ok((profile, _)) = profile {
+        let hw = &profile.hardware;
+        return Ok(Budget {
+            bytes: hw.default_budget,
+            basis: format!(
+                "{} ({} usable), from the machine profile",
+                hw.budget_basis,
+                Bytes(hw.usable_memory())
+            ),
+        });
+    }
     let physical = locara_platform::physical_memory().context("reading the physical memory")?;
+    let (bytes, basis) = locara_platform::default_budget(physical, None);
     Ok(Budget {
-        bytes: (u128::from(physical) * u128::from(BUDGET_PERCENT) / 100) as u64,
-        basis: format!("{BUDGET_PERCENT} % of {} physical memory", Bytes(physical)),
+        bytes,
+        basis: format!("{basis} ({} physical)", Bytes(physical)),
     })
 }
 
@@ -129,7 +147,11 @@ fn print_plan(
     largest: &[(KvType, Option<u32>)],
 ) {
     let b = |n: u64| format!("{:>10}", Bytes(n).to_string());
-    println!("model             {} ({})", args.model, path.display());
+    if Path::new(&args.model) == path {
+        println!("model             {}", path.display());
+    } else {
+        println!("model             {} ({})", args.model, path.display());
+    }
     println!(
         "architecture      {}, {} layers, trained context {}",
         shape.architecture, shape.block_count, shape.context_length
@@ -155,13 +177,14 @@ fn print_plan(
         b(est.footprint())
     );
     let cells = match est.window_cells {
-        Some(w) => format!("{} cells, window layers {w}", est.cells),
-        None => format!("{} cells", est.cells),
+        Some(w) if w == est.cells => format!(
+            "{} cells per sequence, window layers too (llama.cpp's full window cache)",
+            est.cells
+        ),
+        Some(w) => format!("{} cells per sequence, window layers {w}", est.cells),
+        None => format!("{} cells per sequence", est.cells),
     };
-    println!(
-        "    K/V cache     {}  {cells} per sequence",
-        b(est.kv_cache)
-    );
+    println!("    K/V cache     {}  {cells}", b(est.kv_cache));
     println!(
         "    compute       {}  scratch of prefill over a full context",
         b(est.compute_buffers)
@@ -187,7 +210,10 @@ fn print_plan(
             Bytes(budget.bytes - est.total())
         );
     } else {
-        println!("fits              no: {}", not_fitting(est, budget.bytes, largest));
+        println!(
+            "fits              no: {}",
+            not_fitting(est, budget.bytes, largest)
+        );
     }
     println!(
         "largest context that fits ({} sequence{}):",
@@ -259,18 +285,7 @@ fn backend_here() -> Backend {
 // kept here until it moves.
 pub fn shape_of(file: &GgufFile) -> ModelShape {
     let m = &file.model;
-    let ff_key = format!("{}.feed_forward_length", m.architecture);
-    let feed_forward_length = match file.get(&ff_key) {
-        Some(v) => match v.as_array() {
-            Some(a) => (0..a.len())
-                .filter_map(|i| a.integer_at(i))
-                .max()
-                .unwrap_or(0),
-            None => v.as_integer().unwrap_or(0),
-        },
-        None => 0,
-    };
-    let feed_forward_length = u32::try_from(feed_forward_length.max(0)).unwrap_or(u32::MAX);
+    let feed_forward_length = feed_forward_width(file);
     let matmul_weights = file
         .tensors
         .iter()
@@ -294,17 +309,48 @@ pub fn shape_of(file: &GgufFile) -> ModelShape {
         sliding_window: m.sliding_window,
         sliding_window_layers: m.sliding_window_layers.clone(),
         vocab_size: m.vocab_size,
+        vocab_merges: file
+            .get("tokenizer.ggml.merges")
+            .and_then(|v| v.as_array())
+            .map_or(0, |a| u32::try_from(a.len()).unwrap_or(u32::MAX)),
         weights_bytes: m.tensor_data_bytes,
         matmul_weights,
     }
 }
 
+/// The feed-forward width a micro-batch's activations have: the largest
+/// `{arch}.feed_forward_length` over layers, or for a mixture of experts the
+/// selected experts together (`expert_feed_forward_length ×
+/// expert_used_count`) when that is wider; 0 when the file says neither.
+fn feed_forward_width(file: &GgufFile) -> u32 {
+    let arch = &file.model.architecture;
+    let largest = |key: &str| -> u64 {
+        match file.get(&format!("{arch}.{key}")) {
+            Some(v) => match v.as_array() {
+                Some(a) => (0..a.len()).filter_map(|i| a.integer_at(i)).max(),
+                None => v.as_integer(),
+            }
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0)),
+            None => 0,
+        }
+    };
+    let dense = largest("feed_forward_length");
+    let experts =
+        largest("expert_feed_forward_length").saturating_mul(largest("expert_used_count"));
+    u32::try_from(dense.max(experts)).unwrap_or(u32::MAX)
+}
+
 /// Tensors llama.cpp reads by row (`GGML_OP_GET_ROWS`), never by matrix
 /// multiplication, so the CPU backend never repacks them.
 fn is_row_lookup(name: &str) -> bool {
-    ["token_embd.", "pos_embd.", "token_types.", "per_layer_token_embd."]
-        .iter()
-        .any(|p| name.starts_with(p))
+    [
+        "token_embd.",
+        "pos_embd.",
+        "token_types.",
+        "per_layer_token_embd.",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
 }
 
 /// A stored model's name, or a path to a file (as `locara inspect` finds it).
@@ -390,7 +436,11 @@ mod tests {
             not_fitting(&est, 5 << 30, &largest),
             "needs 6.0 GiB, budget 5.0 GiB; the largest context that fits is 16384 with q8_0"
         );
-        let none = [(KvType::F16, None), (KvType::Q8_0, None), (KvType::Q4_0, None)];
+        let none = [
+            (KvType::F16, None),
+            (KvType::Q8_0, None),
+            (KvType::Q4_0, None),
+        ];
         assert!(not_fitting(&est, 1 << 30, &none).contains("mapped weights alone are 4.0 GiB"));
     }
 }
