@@ -18,19 +18,30 @@
 //!
 //! llama.cpp clears the K/V cache and the output buffer when it allocates
 //! them, so both are dirty from the load on. The compute buffer is reserved
-//! for the worst case at load but untouched until a batch runs; prefill then
-//! touches one micro-batch of activations and an attention mask of
-//! `n_kv × 512` f16 values, where `n_kv` is the number of filled cells
-//! (rounded up to 256). So the footprint grows with the fill until the last
-//! micro-batch of a full context, and is at its maximum from then on. Filling
-//! one sequence is enough: the mask of a micro-batch is `n_kv × 512` however
-//! many sequences it holds; the other sequences run short generations beside
-//! it so that batches carry one output per sequence.
+//! at load for the worst case but untouched until a batch runs; prefill then
+//! writes one micro-batch of activations (the same at every fill) and an
+//! attention mask of `n_kv × 512` f16 values per cache, `n_kv` being the
+//! filled cells rounded up to 256; llama.cpp also keeps two set nodes per
+//! used cell. So the footprint grows with the fill until the last
+//! micro-batch of a full context, and stays there. Measured on SmolLM2 at
+//! 8192 tokens, q8_0: after load 116.9 MiB; filled 510, 2046, 4094, 8190
+//! tokens: 132.5, 136.1, 138.1, 142.5 MiB (the mask adds 2.0 and 4.0 MiB
+//! for the last two steps, the cell sets 0.2 and 0.4).
 //!
-//! A full fill of 32768 tokens takes CPU prefill tens of minutes per grid
-//! point (attention is quadratic), so `--fill N` caps the fill and the
-//! estimate is then taken at the same fill (`estimate_filled`): the table
-//! shows the fill of every row. `--fill full` fills every context.
+//! Filling one sequence is enough: a micro-batch's mask is `n_kv × 512`
+//! however many sequences it holds. The other sequences run short
+//! generations beside it so that batches carry an output for every
+//! sequence.
+//!
+//! A full context costs CPU prefill time that grows with its square
+//! (Gemma 3 at 32768 tokens, f16: 19 minutes on two busy cores; SmolLM2 at
+//! 8192, q8_0: 28 minutes), too long for every grid point. So by default
+//! the longest sequence is filled with 2048 tokens (all of a 2048 context),
+//! and each row's estimate is [`estimate_filled`] at the fill the row
+//! measured; the "estimate at full ctx" column is what admission uses.
+//! `--fill full` fills every context.
+//!
+//! [`estimate_filled`]: locara_core::estimate::estimate_filled
 
 use anyhow::{bail, Context, Result};
 use locara_core::estimate::{self, EstimateCheck, MatmulWeight};
