@@ -72,7 +72,7 @@ pub fn inspect(model: &str, json: bool) -> Result<ExitCode> {
 }
 
 /// A stored model's name, or a path to a file.
-fn locate(model: &str) -> Result<PathBuf> {
+pub fn locate(model: &str) -> Result<PathBuf> {
     let as_path = PathBuf::from(model);
     if as_path.exists() {
         return Ok(as_path);

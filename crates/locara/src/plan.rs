@@ -6,10 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use locara_core::estimate::{self, MatmulWeight};
 use locara_core::{Backend, Bytes, Estimate, EstimateOptions, KvType, LoadDefaults, ModelShape};
-use locara_daemon::store::ModelName;
 use locara_gguf::GgufFile;
 use locara_platform::SystemProbe;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -43,7 +42,7 @@ pub struct PlanArgs {
 }
 
 pub fn plan(args: PlanArgs) -> Result<ExitCode> {
-    let path = locate(&args.model)?;
+    let path = crate::inspect::locate(&args.model)?;
     let file = locara_gguf::validate_file(&path)
         .with_context(|| format!("{} is not a valid GGUF model", path.display()))?;
     let shape = shape_of(&file);
@@ -234,15 +233,24 @@ fn print_plan(
 /// with q8_0".
 fn not_fitting(est: &Estimate, budget: u64, largest: &[(KvType, Option<u32>)]) -> String {
     let needs = format!("needs {}, budget {}", Bytes(est.total()), Bytes(budget));
-    let same = largest.iter().find(|(kv, _)| *kv == est.kv_type);
-    if let Some((kv, Some(n))) = same {
-        return format!("{needs}; the largest context that fits is {n} with {kv}");
-    }
-    // Nothing fits with this K/V type: name the best of the others.
+    // The K/V type that fits the longest context (the first of equals, in
+    // quality order).
     let best = largest
         .iter()
         .filter_map(|(kv, n)| n.map(|n| (n, *kv)))
-        .max_by_key(|(n, _)| *n);
+        .fold(None, |acc: Option<(u32, KvType)>, (n, kv)| match acc {
+            Some((m, _)) if m >= n => acc,
+            _ => Some((n, kv)),
+        });
+    let same = largest.iter().find(|(kv, _)| *kv == est.kv_type);
+    if let Some((kv, Some(n))) = same {
+        let mut text = format!("{needs}; the largest context that fits is {n} with {kv}");
+        if let Some((m, other)) = best.filter(|(m, _)| m > n) {
+            text.push_str(&format!(" ({m} with {other})"));
+        }
+        return text;
+    }
+    // Nothing fits with this K/V type: name the best of the others.
     match best {
         Some((n, kv)) => format!(
             "{needs}; nothing fits with {}, the largest context that fits is {n} with {kv}",
@@ -353,23 +361,6 @@ fn is_row_lookup(name: &str) -> bool {
     .any(|p| name.starts_with(p))
 }
 
-/// A stored model's name, or a path to a file (as `locara inspect` finds it).
-fn locate(model: &str) -> Result<PathBuf> {
-    let as_path = PathBuf::from(model);
-    if as_path.exists() {
-        return Ok(as_path);
-    }
-    let name: ModelName = model
-        .parse()
-        .with_context(|| format!("{model} is neither a file nor a model name"))?;
-    let config = Config::load(false)?;
-    let entry = config
-        .store()?
-        .get(&name)?
-        .ok_or(locara_daemon::store::StoreError::NotFound(name))?;
-    Ok(entry.path)
-}
-
 /// "4GiB", "512MiB", "6G", "6GB", "1.5 GiB" or a byte count. Binary units
 /// either way: memory is sold in them.
 fn parse_size(text: &str) -> Result<u64> {
@@ -434,7 +425,18 @@ mod tests {
         ];
         assert_eq!(
             not_fitting(&est, 5 << 30, &largest),
-            "needs 6.0 GiB, budget 5.0 GiB; the largest context that fits is 16384 with q8_0"
+            "needs 6.0 GiB, budget 5.0 GiB; the largest context that fits is 16384 with q8_0 \
+             (24576 with q4_0)"
+        );
+        let only_q4 = [
+            (KvType::F16, None),
+            (KvType::Q8_0, None),
+            (KvType::Q4_0, Some(4096)),
+        ];
+        assert_eq!(
+            not_fitting(&est, 5 << 30, &only_q4),
+            "needs 6.0 GiB, budget 5.0 GiB; nothing fits with q8_0, the largest context that fits \
+             is 4096 with q4_0"
         );
         let none = [
             (KvType::F16, None),
