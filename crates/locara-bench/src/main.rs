@@ -38,20 +38,17 @@
 
 #![forbid(unsafe_code)]
 
-mod engine;
-mod llama_bench;
-mod noise;
-mod report;
-mod stats;
-
 use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
-use engine::{Engine, LoadParams};
-use llama_bench::{LlamaBench, RunParams, Source, LLAMA_CPP_PYTHON_VERSION};
+use locara_bench::dirs::{cache_dir, data_dir, DEFAULT_MODEL};
+use locara_bench::engine::{Engine, LoadParams};
+use locara_bench::llama_bench::{LlamaBench, RunParams};
+use locara_bench::noise::CpuSnapshot;
+use locara_bench::report::{LlamaBenchInfo, LocaraInfo, Report};
+use locara_bench::sdist::{Source, LLAMA_CPP_PYTHON_VERSION};
+use locara_bench::stats::Comparison;
+use locara_bench::{parse_percent, progress};
 use locara_core::KvType;
-use noise::CpuSnapshot;
-use report::{LlamaBenchInfo, LocaraInfo, Report};
-use stats::Comparison;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,9 +64,6 @@ const EXIT_BELOW_TARGET: u8 = 2;
 /// How many attempts the measurement may take per rep asked for, counting
 /// the reps discarded because other processes disturbed them.
 const ATTEMPTS_PER_REP: u32 = 3;
-
-/// The default model's place in the store, under the data directory.
-const DEFAULT_MODEL: &str = "models/smollm2+135m/model.gguf";
 
 /// Prefill and decode tokens/s of the Locara engine worker against llama.cpp's
 /// llama-bench on the same model, threads and K/V type.
@@ -518,54 +512,6 @@ impl Samples {
     }
 }
 
-fn parse_percent(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
-        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
-    }
-}
-
-/// The data directory, as `locara` finds it: `LOCARA_HOME`, else
-/// `~/Library/Application Support/Locara` on macOS and
-/// `$XDG_DATA_HOME/locara` (default `~/.local/share/locara`) elsewhere.
-fn data_dir() -> Result<PathBuf> {
-    if let Some(home) = non_empty_env("LOCARA_HOME") {
-        return Ok(home);
-    }
-    let home = home_dir()?;
-    if cfg!(target_os = "macos") {
-        return Ok(home.join("Library/Application Support/Locara"));
-    }
-    Ok(non_empty_env("XDG_DATA_HOME")
-        .filter(|d| d.is_absolute())
-        .unwrap_or_else(|| home.join(".local/share"))
-        .join("locara"))
-}
-
-/// Where built llama-bench binaries are kept: `$XDG_CACHE_HOME/locara/bench`
-/// (default `~/.cache/locara/bench`).
-fn cache_dir() -> Result<PathBuf> {
-    let base = match non_empty_env("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
-        Some(dir) => dir,
-        None => home_dir()?.join(".cache"),
-    };
-    Ok(base.join("locara").join("bench"))
-}
-
-fn home_dir() -> Result<PathBuf> {
-    non_empty_env("HOME").context("HOME is not set; pass --model and --cache-dir")
-}
-
-fn non_empty_env(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-}
-
-fn progress(message: &str) {
-    eprintln!("locara-bench: {message}");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,12 +589,5 @@ mod tests {
             err.to_string().contains("--model /nonexistent/m.gguf"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn cache_dir_is_under_the_cache_home() {
-        // Only checks the shape; the environment is the test runner's.
-        let dir = cache_dir().unwrap();
-        assert!(dir.ends_with("locara/bench"), "{}", dir.display());
     }
 }

@@ -7,7 +7,8 @@
 //! (on a 2-core machine a parallel build cut decode to a tenth). Linux
 //! only: it reads `/proc/stat` for the whole machine and `/proc/<pid>/stat`
 //! for this process, its reaped children (the llama-bench runs) and the
-//! engine worker. Elsewhere nothing is reported.
+//! processes it measures (the engine worker; llama-server, and the Locara
+//! daemon with its workers). Elsewhere nothing is reported.
 
 use std::fs;
 
@@ -18,7 +19,8 @@ pub struct CpuSnapshot {
     busy: u64,
     /// Ticks every CPU spent in total (busy, idle and waiting for I/O).
     total: u64,
-    /// Ticks of this process, its reaped children, and the worker.
+    /// Ticks of this process, its reaped children, and the processes
+    /// measured.
     ours: u64,
 }
 
@@ -26,17 +28,21 @@ impl CpuSnapshot {
     /// Now, counting the worker `worker_pid` as ours. `None` where `/proc`
     /// is not Linux's.
     pub fn take(worker_pid: u32) -> Option<CpuSnapshot> {
+        CpuSnapshot::take_of(&[worker_pid])
+    }
+
+    /// Now, counting the processes `pids` as ours. `None` where `/proc` is
+    /// not Linux's or one of them is gone.
+    pub fn take_of(pids: &[u32]) -> Option<CpuSnapshot> {
         let (busy, total) = machine_ticks(&fs::read_to_string("/proc/stat").ok()?)?;
-        let own = process_ticks(&fs::read_to_string("/proc/self/stat").ok()?, true)?;
-        let worker = process_ticks(
-            &fs::read_to_string(format!("/proc/{worker_pid}/stat")).ok()?,
-            false,
-        )?;
-        Some(CpuSnapshot {
-            busy,
-            total,
-            ours: own + worker,
-        })
+        let mut ours = process_ticks(&fs::read_to_string("/proc/self/stat").ok()?, true)?;
+        for pid in pids {
+            ours += process_ticks(
+                &fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
+                false,
+            )?;
+        }
+        Some(CpuSnapshot { busy, total, ours })
     }
 
     /// Share of all CPU time between `self` and `later` that went to
@@ -50,6 +56,48 @@ impl CpuSnapshot {
         let ours = later.ours.saturating_sub(self.ours);
         (busy.saturating_sub(ours) as f64 / total as f64).clamp(0.0, 1.0)
     }
+}
+
+/// `root` and every process below it (a daemon's workers), by the parent
+/// ids in `/proc/<pid>/stat`; just `root` where `/proc` is not Linux's.
+pub fn with_descendants(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            if let Some(ppid) = parent_pid(&stat) {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    descendants_in(root, &parents)
+}
+
+/// `root` and its descendants in a list of (pid, parent pid).
+fn descendants_in(root: u32, parents: &[(u32, u32)]) -> Vec<u32> {
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|&&(pid, ppid)| ppid == parent && !found.contains(&pid))
+                .map(|&(pid, _)| pid)
+                .collect::<Vec<_>>(),
+        );
+        i += 1;
+    }
+    found
+}
+
+/// Field 4 of `/proc/<pid>/stat`, the parent's pid.
+fn parent_pid(stat: &str) -> Option<u32> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Busy and total ticks from the `cpu` line of `/proc/stat`: user, nice,
@@ -102,6 +150,28 @@ mod tests {
         assert_eq!(process_ticks(stat, false), Some(730));
         assert_eq!(process_ticks(stat, true), Some(740));
         assert_eq!(process_ticks("42 (x) R 1", false), None);
+    }
+
+    #[test]
+    fn descendants_follow_parent_ids() {
+        let parents = [(10, 1), (11, 10), (12, 11), (20, 1), (13, 10)];
+        assert_eq!(descendants_in(10, &parents), vec![10, 11, 13, 12]);
+        assert_eq!(descendants_in(20, &parents), vec![20]);
+        assert_eq!(
+            parent_pid("42 (a b) c) S 7 42 42 0 -1 4194304"),
+            Some(7),
+            "the name may hold spaces and parentheses"
+        );
+    }
+
+    #[test]
+    fn this_process_is_found_below_its_parent_on_linux() {
+        if cfg!(target_os = "linux") {
+            let me = std::process::id();
+            let parent = parent_pid(&fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+            assert!(with_descendants(parent).contains(&me));
+            assert!(CpuSnapshot::take_of(&[me, parent]).is_some());
+        }
     }
 
     #[test]

@@ -342,14 +342,14 @@ pub struct EstimateOptions {
     pub full_window_cache: bool,
 }
 
-/// What the engine worker runs llama.cpp with: it leaves `swa_full` at
-/// llama.cpp's default (`llama_context_default_params`, src/llama-context.cpp:
-/// `true`), so the sliding-window layers hold a cache as long as the
-/// context, like the global ones. Keep in step with
-/// `crates/locara-engine/src/worker.rs`; turning it off there (the worker
-/// never reuses a cached prefix, the one thing the full cache is for) cuts
-/// the K/V cache of Gemma 3 at 32768 tokens by about four fifths.
-pub const ENGINE_FULL_WINDOW_CACHE: bool = true;
+/// What the engine worker runs llama.cpp with: `swa_full` off (llama.cpp's
+/// default, `llama_context_default_params`, is on), so each sliding-window
+/// layer holds its window plus one micro-batch rather than the whole
+/// context. The full-length cache only serves reusing a cached prompt
+/// prefix, which the worker never does; turning it off cuts the K/V cache of
+/// Gemma 3 at 32768 tokens by about four fifths. Keep in step with
+/// `crates/locara-engine/src/worker.rs`.
+pub const ENGINE_FULL_WINDOW_CACHE: bool = false;
 
 /// The predicted memory of an engine worker holding a model, in bytes, when
 /// its contexts are full (the steady-state maximum).
@@ -906,7 +906,7 @@ mod tests {
 
     #[test]
     fn a_full_window_cache_is_as_long_as_the_context() {
-        // What the worker runs today (llama.cpp's default `swa_full`).
+        // llama.cpp's default `swa_full`, which the worker turns off.
         let mut o = options(32768, KvType::F16, 1);
         o.full_window_cache = true;
         let e = estimate(&gemma3(), &o).unwrap();

@@ -16,7 +16,10 @@
 
 pub mod bytes;
 pub mod estimate;
+pub mod governor;
+pub mod ladder;
 pub mod load;
+pub mod manifest;
 
 pub use bytes::Bytes;
 pub use estimate::{

@@ -13,4 +13,11 @@
 //! # Ok::<(), locara_daemon::store::StoreError>(())
 //! ```
 
+pub mod config;
+pub mod host;
+pub mod manifest;
+pub mod metrics;
+pub mod openai;
+pub mod runtime;
+pub mod server;
 pub mod store;

@@ -89,7 +89,9 @@ pub struct Worker {
     child: Arc<Mutex<Child>>,
     pid: u32,
     stdin: Mutex<Option<BufWriter<ChildStdin>>>,
-    events: Receiver<WorkerMessage>,
+    /// Behind a lock so that a `Worker` can be shared between a thread that
+    /// reads its events and others that send it requests.
+    events: Mutex<Receiver<WorkerMessage>>,
     engine: String,
 }
 
@@ -158,7 +160,7 @@ impl Worker {
             child,
             pid,
             stdin: Mutex::new(stdin),
-            events,
+            events: Mutex::new(events),
             engine: String::new(),
         };
         match worker.recv_timeout(READY_TIMEOUT)? {
@@ -201,7 +203,7 @@ impl Worker {
 
     /// Waits for the next event. The worker's end is an error.
     pub fn recv(&self) -> Result<Event, EngineError> {
-        match self.events.recv() {
+        match self.events.lock().unwrap_or_else(|p| p.into_inner()).recv() {
             Ok(WorkerMessage::Event(ev)) => Ok(ev),
             Ok(WorkerMessage::Exited(status)) => Err(EngineError::WorkerDied {
                 pid: self.pid,
@@ -213,7 +215,12 @@ impl Worker {
 
     /// Like [`Worker::recv`], but gives up after `timeout` with `Ok(None)`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Event>, EngineError> {
-        match self.events.recv_timeout(timeout) {
+        match self
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recv_timeout(timeout)
+        {
             Ok(WorkerMessage::Event(ev)) => Ok(Some(ev)),
             Ok(WorkerMessage::Exited(status)) => Err(EngineError::WorkerDied {
                 pid: self.pid,
@@ -236,6 +243,13 @@ impl Worker {
 
     /// Asks the worker to exit and waits up to `grace` for it, then kills it.
     pub fn shutdown(self, grace: Duration) {
+        self.stop(grace);
+    }
+
+    /// Like [`Worker::shutdown`], for a worker shared between threads: asks
+    /// it to exit, waits up to `grace`, then kills it. Requests sent after
+    /// this fail with [`EngineError::WorkerDied`].
+    pub fn stop(&self, grace: Duration) {
         let _ = self.send(&Request::Exit);
         self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
         let deadline = Instant::now() + grace;

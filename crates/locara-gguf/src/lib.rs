@@ -53,6 +53,7 @@ mod ggml;
 mod model;
 mod parse;
 mod reader;
+mod shape;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod value;

@@ -5,6 +5,7 @@
 //! the rest of the memory math; they live here, as pure functions, until that
 //! crate has a place for them.
 
+use locara_core::Backend;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -223,6 +224,31 @@ pub struct PowerState {
     pub low_power_mode: Option<bool>,
     /// Running from a battery rather than mains power.
     pub on_battery: Option<bool>,
+}
+
+/// The memory layout llama.cpp's backend will use on this machine: Apple
+/// Silicon runs every layer on the GPU (Metal); elsewhere the CPU backend
+/// repacks the weight types this CPU has interleaved kernels for.
+pub fn estimate_backend() -> Backend {
+    if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+        return Backend::Gpu;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Backend::cpu_x86_avx512();
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Backend::cpu_x86_avx2();
+        }
+    }
+    #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+    {
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return Backend::cpu_arm_dotprod();
+        }
+    }
+    Backend::cpu_plain()
 }
 
 #[cfg(test)]

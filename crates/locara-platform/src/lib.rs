@@ -58,8 +58,8 @@ mod os;
 
 pub use activity::ActivityGuard;
 pub use hardware::{
-    default_budget, BudgetBasis, GpuInfo, HardwareProfile, PowerState, ThermalState, Tier,
-    DEFAULT_BUDGET_PERCENT,
+    default_budget, estimate_backend, BudgetBasis, GpuInfo, HardwareProfile, PowerState,
+    ThermalState, Tier, DEFAULT_BUDGET_PERCENT,
 };
 pub use level::{
     assess, Assessment, LevelChange, LevelDeriver, PressureConfig, PressureSample, PsiTriggerSpec,

@@ -44,13 +44,12 @@
 //! [`estimate_filled`]: locara_core::estimate::estimate_filled
 
 use anyhow::{bail, Context, Result};
-use locara_core::estimate::{self, EstimateCheck, MatmulWeight};
-use locara_core::{Backend, Bytes, EstimateOptions, KvType, ModelShape};
+use locara_core::estimate::{self, EstimateCheck};
+use locara_core::{Bytes, EstimateOptions, KvType, ModelShape};
 use locara_engine::client::{Worker, WorkerCommand};
 use locara_engine::protocol::{
     Event, GenerateRequest, LoadRequest, LoadedInfo, Prompt, Request, Sampling,
 };
-use locara_gguf::GgufFile;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -177,14 +176,14 @@ fn worker_program() -> Result<PathBuf> {
 fn main() -> Result<()> {
     let args = parse_args()?;
     let program = worker_program()?;
-    let backend = backend_here();
+    let backend = locara_platform::estimate_backend();
     println!("worker: {}", program.display());
     println!("backend: {}", serde_json::to_string(&backend)?);
     let mut rows = Vec::new();
     for path in &args.models {
         let file = locara_gguf::validate_file(path)
             .with_context(|| format!("{} is not a valid GGUF model", path.display()))?;
-        let shape = shape_of(&file);
+        let shape = file.shape();
         let name = path.parent().and_then(Path::file_name).map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
@@ -555,95 +554,4 @@ fn print_table(rows: &[Row]) {
         .map(|r| r.check.mapped_weights_error().abs())
         .fold(0.0, f64::max);
     println!("worst mapped weights error: {:.3} %", worst_mapped * 100.0);
-}
-
-/// The layout llama.cpp's backend uses on this machine (as `locara plan`
-/// decides it).
-fn backend_here() -> Backend {
-    if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
-        return Backend::Gpu;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Backend::cpu_x86_avx512();
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Backend::cpu_x86_avx2();
-        }
-    }
-    #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
-    {
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            return Backend::cpu_arm_dotprod();
-        }
-    }
-    Backend::cpu_plain()
-}
-
-/// The estimate's view of a GGUF file, as `locara plan` builds it (an
-/// example cannot use the binary's modules; this moves to
-/// `locara_gguf::GgufFile::shape()`).
-fn shape_of(file: &GgufFile) -> ModelShape {
-    let m = &file.model;
-    let feed_forward_length = feed_forward_width(file);
-    let row_lookup = [
-        "token_embd.",
-        "pos_embd.",
-        "token_types.",
-        "per_layer_token_embd.",
-    ];
-    ModelShape {
-        architecture: m.architecture.clone(),
-        block_count: m.block_count,
-        embedding_length: m.embedding_length,
-        feed_forward_length,
-        head_count: m.head_count,
-        head_count_kv: m.head_count_kv.clone(),
-        key_length: m.key_length,
-        value_length: m.value_length,
-        context_length: m.context_length,
-        sliding_window: m.sliding_window,
-        sliding_window_layers: m.sliding_window_layers.clone(),
-        vocab_size: m.vocab_size,
-        vocab_merges: file
-            .get("tokenizer.ggml.merges")
-            .and_then(|v| v.as_array())
-            .map_or(0, |a| u32::try_from(a.len()).unwrap_or(u32::MAX)),
-        weights_bytes: m.tensor_data_bytes,
-        matmul_weights: file
-            .tensors
-            .iter()
-            .filter(|t| {
-                matches!(t.dims.len(), 2 | 3) && !row_lookup.iter().any(|p| t.name.starts_with(p))
-            })
-            .map(|t| MatmulWeight {
-                ggml_type: t.ggml_type.name().to_string(),
-                rows: t.dims[1],
-                bytes: t.n_bytes,
-            })
-            .collect(),
-    }
-}
-
-/// The feed-forward width a micro-batch's activations have: the largest
-/// `{arch}.feed_forward_length` over layers, or for a mixture of experts the
-/// selected experts together (`expert_feed_forward_length ×
-/// expert_used_count`) when that is wider; 0 when the file says neither.
-fn feed_forward_width(file: &GgufFile) -> u32 {
-    let arch = &file.model.architecture;
-    let largest = |key: &str| -> u64 {
-        match file.get(&format!("{arch}.{key}")) {
-            Some(v) => match v.as_array() {
-                Some(a) => (0..a.len()).filter_map(|i| a.integer_at(i)).max(),
-                None => v.as_integer(),
-            }
-            .map_or(0, |n| u64::try_from(n).unwrap_or(0)),
-            None => 0,
-        }
-    };
-    let dense = largest("feed_forward_length");
-    let experts =
-        largest("expert_feed_forward_length").saturating_mul(largest("expert_used_count"));
-    u32::try_from(dense.max(experts)).unwrap_or(u32::MAX)
 }

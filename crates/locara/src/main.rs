@@ -9,6 +9,7 @@ mod plan;
 mod profile;
 mod progress;
 mod run;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -99,6 +100,34 @@ enum Command {
     /// budget, whether the load fits, and the largest context that fits with
     /// each K/V type.
     Plan(plan::PlanArgs),
+    /// Run the daemon: one process that serves every app over an
+    /// OpenAI-compatible API and decides which models stay loaded.
+    ///
+    /// Models load on the first request that names them, within the memory
+    /// budget: idle models are evicted least recently used first when a new
+    /// one needs room, and unload after keep_alive (3 minutes) idle.
+    Serve(serve::ServeArgs),
+    /// Show the models a running daemon holds: state, footprint (measured),
+    /// mapped weights, estimate, context, K/V type, idle time, unload time.
+    Ps {
+        /// Print JSON (the daemon's whole status).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a model in the running daemon and keep it loaded while idle
+    /// (until keep_alive); also lifts a `stop --hold`.
+    Load {
+        /// A stored model name, e.g. smollm2:135m.
+        model: String,
+    },
+    /// Unload a model from the running daemon.
+    Stop {
+        /// A stored model name, e.g. smollm2:135m.
+        model: String,
+        /// Keep it unloaded: requests for it fail until `locara load`.
+        #[arg(long)]
+        hold: bool,
+    },
     /// The engine worker (started by locara itself; not for direct use).
     #[command(hide = true)]
     Engine,
@@ -127,6 +156,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => plan::plan(args),
         Command::Profile { refresh, json } => profile::profile(refresh, json),
         Command::Mem { json, watch } => mem::mem(json, watch),
+        Command::Serve(args) => serve::serve(args),
+        Command::Ps { json } => serve::ps(json),
+        Command::Load { model } => serve::load(&model),
+        Command::Stop { model, hold } => serve::stop(&model, hold),
     }
 }
 

@@ -2,11 +2,10 @@
 //! fits this machine's budget.
 
 use crate::config::Config;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use locara_core::estimate::{self, MatmulWeight};
-use locara_core::{Backend, Bytes, Estimate, EstimateOptions, KvType, LoadDefaults, ModelShape};
-use locara_gguf::GgufFile;
+use locara_core::estimate;
+use locara_core::{Bytes, Estimate, EstimateOptions, KvType, LoadDefaults, ModelShape};
 use locara_platform::SystemProbe;
 use std::path::Path;
 use std::process::ExitCode;
@@ -45,8 +44,8 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     let path = crate::inspect::locate(&args.model)?;
     let file = locara_gguf::validate_file(&path)
         .with_context(|| format!("{} is not a valid GGUF model", path.display()))?;
-    let shape = shape_of(&file);
-    let backend = backend_here();
+    let shape = file.shape();
+    let backend = locara_platform::estimate_backend();
     let asked = args.ctx.unwrap_or(LoadDefaults::default().context);
     let options = EstimateOptions {
         context: asked,
@@ -105,15 +104,15 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     })
 }
 
-struct Budget {
-    bytes: u64,
-    basis: String,
+pub(crate) struct Budget {
+    pub bytes: u64,
+    pub basis: String,
 }
 
 /// The machine's default budget, from the machine profile `locara profile`
 /// shows (DESIGN.md: min(GPU working-set cap, 70 % of memory)); where the
 /// profile cannot be had, 70 % of physical memory.
-fn machine_budget() -> Result<Budget> {
+pub(crate) fn machine_budget() -> Result<Budget> {
     let profile = Config::load(false).and_then(|config| {
         crate::profile::load_or_probe(&SystemProbe::default(), &config.home, false)
     });
@@ -263,145 +262,14 @@ fn not_fitting(est: &Estimate, budget: u64, largest: &[(KvType, Option<u32>)]) -
     }
 }
 
-/// The memory layout llama.cpp's backend will use on this machine: Apple
-/// Silicon runs every layer on the GPU (Metal); elsewhere the CPU backend
-/// repacks the weight types this CPU has interleaved kernels for.
-fn backend_here() -> Backend {
-    if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
-        return Backend::Gpu;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Backend::cpu_x86_avx512();
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Backend::cpu_x86_avx2();
-        }
-    }
-    #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
-    {
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            return Backend::cpu_arm_dotprod();
-        }
-    }
-    Backend::cpu_plain()
-}
-
-/// The estimate's view of a validated GGUF file.
-// Belongs in locara-gguf as `GgufFile::shape()` (gguf depends on core);
-// kept here until it moves.
-pub fn shape_of(file: &GgufFile) -> ModelShape {
-    let m = &file.model;
-    let feed_forward_length = feed_forward_width(file);
-    let matmul_weights = file
-        .tensors
-        .iter()
-        .filter(|t| matches!(t.dims.len(), 2 | 3) && !is_row_lookup(&t.name))
-        .map(|t| MatmulWeight {
-            ggml_type: t.ggml_type.name().to_string(),
-            rows: t.dims[1],
-            bytes: t.n_bytes,
-        })
-        .collect();
-    ModelShape {
-        architecture: m.architecture.clone(),
-        block_count: m.block_count,
-        embedding_length: m.embedding_length,
-        feed_forward_length,
-        head_count: m.head_count,
-        head_count_kv: m.head_count_kv.clone(),
-        key_length: m.key_length,
-        value_length: m.value_length,
-        context_length: m.context_length,
-        sliding_window: m.sliding_window,
-        sliding_window_layers: m.sliding_window_layers.clone(),
-        vocab_size: m.vocab_size,
-        vocab_merges: file
-            .get("tokenizer.ggml.merges")
-            .and_then(|v| v.as_array())
-            .map_or(0, |a| u32::try_from(a.len()).unwrap_or(u32::MAX)),
-        weights_bytes: m.tensor_data_bytes,
-        matmul_weights,
-    }
-}
-
-/// The feed-forward width a micro-batch's activations have: the largest
-/// `{arch}.feed_forward_length` over layers, or for a mixture of experts the
-/// selected experts together (`expert_feed_forward_length ×
-/// expert_used_count`) when that is wider; 0 when the file says neither.
-fn feed_forward_width(file: &GgufFile) -> u32 {
-    let arch = &file.model.architecture;
-    let largest = |key: &str| -> u64 {
-        match file.get(&format!("{arch}.{key}")) {
-            Some(v) => match v.as_array() {
-                Some(a) => (0..a.len()).filter_map(|i| a.integer_at(i)).max(),
-                None => v.as_integer(),
-            }
-            .map_or(0, |n| u64::try_from(n).unwrap_or(0)),
-            None => 0,
-        }
-    };
-    let dense = largest("feed_forward_length");
-    let experts =
-        largest("expert_feed_forward_length").saturating_mul(largest("expert_used_count"));
-    u32::try_from(dense.max(experts)).unwrap_or(u32::MAX)
-}
-
-/// Tensors llama.cpp reads by row (`GGML_OP_GET_ROWS`), never by matrix
-/// multiplication, so the CPU backend never repacks them.
-fn is_row_lookup(name: &str) -> bool {
-    [
-        "token_embd.",
-        "pos_embd.",
-        "token_types.",
-        "per_layer_token_embd.",
-    ]
-    .iter()
-    .any(|p| name.starts_with(p))
-}
-
-/// "4GiB", "512MiB", "6G", "6GB", "1.5 GiB" or a byte count. Binary units
-/// either way: memory is sold in them.
-fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .with_context(|| format!("{text:?} is not a size such as 4GiB or 512MiB"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => bail!("unknown size unit {other:?} in {text:?}: use KiB, MiB, GiB or TiB"),
-    };
-    let bytes = number * (1u64 << shift) as f64;
-    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
-        bail!("{text:?} is not a usable budget");
-    }
-    Ok(bytes as u64)
+/// `--budget`'s parser: `locara_core::bytes::parse_size`.
+fn parse_size(text: &str) -> Result<u64, locara_core::bytes::SizeError> {
+    locara_core::bytes::parse_size(text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_in_binary_units() {
-        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
-        assert_eq!(parse_size("4G").unwrap(), 4 << 30);
-        assert_eq!(parse_size("512 MiB").unwrap(), 512 << 20);
-        assert_eq!(parse_size("1.5GB").unwrap(), 3 << 29);
-        assert_eq!(parse_size("1000").unwrap(), 1000);
-        assert!(parse_size("4 parsecs").is_err());
-        assert!(parse_size("GiB").is_err());
-        assert!(parse_size("0").is_err());
-    }
 
     #[test]
     fn a_load_that_does_not_fit_names_the_numbers_and_the_way_out() {

@@ -1,0 +1,845 @@
+//! `locara-serve-bench`: Locara's OpenAI-compatible HTTP API against
+//! llama.cpp's `llama-server`, built from the same llama.cpp tree as
+//! `locara-bench`'s llama-bench, on the same model, threads, K/V cache type,
+//! parallel slots and context per sequence.
+//!
+//! # What it measures
+//!
+//! Streamed, greedy `POST /v1/chat/completions` requests of one user message
+//! that a small model answers at length, `max_tokens` each, timed by the
+//! client as the server-sent events arrive:
+//!
+//! * **time to first token**: request written → first event with text
+//!   (`choices[0].delta.content`);
+//! * **decode tokens/s**: (chunks with text − 1) / (last one − first one).
+//!   Both servers send one chunk per token; the `usage` each sends at the
+//!   end of the stream (`stream_options.include_usage`) checks that, and the
+//!   counts are reported.
+//!
+//! in two scenarios: **1 stream** (one request at a time), and **N concurrent
+//! streams** (`--parallel`, default 4, opened first and sent together): all
+//! their tokens over the time from the first first token to the last last
+//! token, and the median of their times to first token.
+//!
+//! # How
+//!
+//! Both servers run at once, each on an ephemeral loopback port, and stay
+//! up for the whole run; an idle server takes no CPU, so each measures
+//! while the other waits. Each repetition runs both scenarios on both sides
+//! back to back, alternating which side goes first, after one warm-up per
+//! side and scenario (Locara loads its model on its first request: the
+//! warm-up covers that). Medians, ranges, and the ratios Locara /
+//! llama-server; see `locara-bench` for why.
+//!
+//! # Example
+//!
+//! ```text
+//! cargo build --release -p locara-bench -p locara
+//! target/release/locara-serve-bench --threads 2 --reps 5
+//! ```
+
+#![forbid(unsafe_code)]
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use locara_bench::dirs::{cache_dir, data_dir, DEFAULT_MODEL};
+use locara_bench::http::{BaseUrl, StreamResult};
+use locara_bench::llama_server::{LlamaServer, ServeParams};
+use locara_bench::locara_server::{self, Locara};
+use locara_bench::noise::{self, CpuSnapshot};
+use locara_bench::scenario::{self, Concurrent, PROMPT};
+use locara_bench::sdist::{Source, LLAMA_CPP_PYTHON_VERSION};
+use locara_bench::serve_report::{ServeReport, SideInfo, Target, TokenCounts, Versus};
+use locara_bench::server::ServerProcess;
+use locara_bench::{parse_percent, progress};
+use locara_core::KvType;
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Single-stream decode ratio (Locara / llama-server) Locara must reach:
+/// the issue's "done when" for this benchmark.
+const SINGLE_DECODE_TARGET: f64 = 0.95;
+/// Aggregate decode ratio of the concurrent streams (same source).
+const MULTI_DECODE_TARGET: f64 = 1.0;
+/// Largest time-to-first-token ratio, for both scenarios (same source).
+const TTFT_TARGET: f64 = 1.1;
+
+/// Exit status when the run worked but a ratio misses its target.
+const EXIT_BELOW_TARGET: u8 = 2;
+
+/// How many attempts the measurement may take per rep asked for, counting
+/// the reps discarded because other processes disturbed them.
+const ATTEMPTS_PER_REP: u32 = 3;
+
+/// How long a server gets to start and say it is ready (llama-server loads
+/// its model in that time; Locara loads on the first request).
+const START_DEADLINE: Duration = Duration::from_secs(180);
+
+/// How long any one read of a response may wait: a cold model load on the
+/// warm-up request included.
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A side's generated tokens are called far fewer when under this share of
+/// the other side's.
+const FEWER_TOKENS_SHARE: f64 = 0.9;
+
+/// Decode speed and time to first token of Locara's HTTP API against
+/// llama-server, one stream and several concurrent streams.
+///
+/// Starts llama-server and `locara serve` on ephemeral loopback ports with
+/// the same model, threads, K/V type (with flash attention), parallel slots
+/// and context per sequence, and sends both the same streamed, greedy chat
+/// completion requests (one user message that a small model answers at
+/// length; `max_tokens` each). Time to first token is from writing the
+/// request to the first event with text; decode tokens/s is (chunks with
+/// text − 1) over the time between the first and the last of them, and for
+/// concurrent streams all their tokens over the time from the first first
+/// token to the last last token. Each repetition runs both scenarios on
+/// both sides, alternating which side goes first, after one warm-up each;
+/// the table shows per-side medians and ranges and the ratios Locara /
+/// llama-server.
+///
+/// llama-server is built on first use from the llama.cpp tree vendored in
+/// llama-cpp-python's source distribution, the same tree as locara-bench's
+/// llama-bench (fetched with pip; needs python3, cmake and a C++ compiler;
+/// takes minutes), with the same CMake options plus the server (its web UI
+/// neither built nor downloaded), and cached in $XDG_CACHE_HOME/locara/bench
+/// (default ~/.cache/locara/bench). It runs with --no-jinja (the same
+/// template path as Locara), one K/V cache per slot, -c = context × slots
+/// (it divides its context among its slots; Locara's context is per
+/// sequence), and no prompt cache (--cache-ram 0, and `cache_prompt: false`
+/// in every request), as Locara's engine never reuses a prompt.
+///
+/// Locara runs from a temporary data directory into which the model is
+/// imported (`locara import`), with a configuration file setting parallel,
+/// threads, context, kv_type and keep_alive = "-1". The locara binary is
+/// found next to this one (cargo build --release -p locara) unless
+/// --locara names it; --locara-url measures an OpenAI-compatible server
+/// that is already running instead (its settings are then its own).
+///
+/// Both llama.cpp versions are printed. Run it on a quiet machine: the
+/// result says how much CPU other processes took while it measured (on
+/// Linux), and a rep during which they took more than --max-others is
+/// measured again.
+///
+/// Exit status: 0 when every ratio meets its target (1-stream decode ≥
+/// 0.95, concurrent decode ≥ 1.0, time to first token ≤ 1.1 in both
+/// scenarios), 2 when one does not, 1 on an error.
+#[derive(Parser, Debug)]
+#[command(name = "locara-serve-bench", version, about, long_about)]
+struct Cli {
+    /// The GGUF model, for both servers [default: the default model in the
+    /// data directory, $LOCARA_HOME/models/smollm2+135m/model.gguf]
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+
+    /// CPU threads of each server.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: u32,
+
+    /// Element type of the K and V caches, for both servers: f16, q8_0 or q4_0.
+    #[arg(long, value_name = "TYPE", default_value = "q8_0")]
+    kv: KvType,
+
+    /// Parallel slots of each server (sequences decoded at once), and the
+    /// streams of the concurrent scenario.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    parallel: u32,
+
+    /// Context of each sequence, tokens (llama-server gets -c context × parallel).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(256..))]
+    context: u32,
+
+    /// max_tokens of every request; at least 2, because decode speed is
+    /// measured after the first token.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(2..))]
+    max_tokens: u32,
+
+    /// Measured repetitions per side and scenario, after one warm-up each.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    reps: u32,
+
+    /// Use this llama-server binary instead of building one.
+    #[arg(long, value_name = "PATH")]
+    llama_server: Option<PathBuf>,
+
+    /// The llama-cpp-python release whose vendored llama.cpp llama-server is
+    /// built from (the default is locara-bench's: the release closest to the
+    /// engine's own llama.cpp).
+    #[arg(long, value_name = "VERSION", default_value = LLAMA_CPP_PYTHON_VERSION, conflicts_with = "llama_server")]
+    llama_cpp_python: String,
+
+    /// Where built llama.cpp tools are cached [default:
+    /// $XDG_CACHE_HOME/locara/bench or ~/.cache/locara/bench]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Parallel jobs for building llama-server [default: the number of CPUs]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    build_jobs: Option<u32>,
+
+    /// The locara binary to serve with [default: `locara` in this program's
+    /// directory]
+    #[arg(long, value_name = "PATH")]
+    locara: Option<PathBuf>,
+
+    /// Measure the OpenAI-compatible server already running at this URL
+    /// (http://HOST:PORT) as Locara's side instead of starting `locara serve`.
+    #[arg(long, value_name = "URL", conflicts_with = "locara")]
+    locara_url: Option<String>,
+
+    /// The model name Locara's side is asked for (and the model is imported
+    /// under).
+    #[arg(long, value_name = "NAME", default_value = "smollm2:135m")]
+    locara_model: String,
+
+    /// Discard and repeat a rep during which other processes took more than
+    /// this share of the machine's CPU, in percent (Linux only; 100 keeps
+    /// every rep). At most 3 attempts per rep are made.
+    #[arg(long, value_name = "PERCENT", default_value_t = 5.0, value_parser = parse_percent)]
+    max_others: f64,
+
+    /// Locate or build llama-server and locara, print both llama.cpp
+    /// versions, and exit without measuring.
+    #[arg(long)]
+    prepare_only: bool,
+
+    /// Print the result as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    json: bool,
+
+    /// Keep the working directory (server logs, Locara's data directory)
+    /// and print where it is; it is kept anyway after an error.
+    #[arg(long)]
+    keep_work_dir: bool,
+}
+
+/// Where Locara's side comes from.
+#[derive(Debug)]
+enum LocaraSide {
+    /// `locara serve`, from this binary (`None`: the default place).
+    Binary(Option<PathBuf>),
+    /// A server that is already running.
+    Url(BaseUrl),
+}
+
+/// The checked settings of one benchmark run.
+#[derive(Debug)]
+struct Config {
+    model: PathBuf,
+    threads: u32,
+    kv_type: KvType,
+    parallel: u32,
+    context: u32,
+    max_tokens: u32,
+    reps: u32,
+    llama_server: Source,
+    locara: LocaraSide,
+    locara_model: String,
+    /// Share of the CPU (0 to 1) other processes may take during a rep
+    /// before it is discarded.
+    max_others: f64,
+    prepare_only: bool,
+    json: bool,
+    keep_work_dir: bool,
+}
+
+impl Config {
+    fn from_args(args: Cli) -> Result<Config> {
+        let model = match args.model {
+            Some(path) => {
+                ensure!(path.is_file(), "--model {}: no such file", path.display());
+                path
+            }
+            None => {
+                let path = data_dir()?.join(DEFAULT_MODEL);
+                ensure!(
+                    path.is_file(),
+                    "no --model given and the default model is not at {}; run `locara pull smollm2:135m` first",
+                    path.display()
+                );
+                path
+            }
+        };
+        // The prompt and its template take well under 128 tokens.
+        let needed = args.max_tokens.saturating_add(128);
+        ensure!(
+            args.context >= needed,
+            "--context {} cannot hold a request: it needs about {needed} tokens (max_tokens {} and the prompt)",
+            args.context,
+            args.max_tokens
+        );
+        let llama_server = match args.llama_server {
+            Some(path) => {
+                ensure!(
+                    path.is_file(),
+                    "--llama-server {}: no such file",
+                    path.display()
+                );
+                Source::Binary(path)
+            }
+            None => Source::Sdist {
+                version: args.llama_cpp_python,
+                cache: match args.cache_dir {
+                    Some(dir) => dir,
+                    None => cache_dir()?,
+                },
+                jobs: args
+                    .build_jobs
+                    .map(|j| j as usize)
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            },
+        };
+        let locara = match args.locara_url {
+            Some(url) => LocaraSide::Url(url.parse().context("--locara-url")?),
+            None => LocaraSide::Binary(args.locara),
+        };
+        Ok(Config {
+            model,
+            threads: args.threads,
+            kv_type: args.kv,
+            parallel: args.parallel,
+            context: args.context,
+            max_tokens: args.max_tokens,
+            reps: args.reps,
+            llama_server,
+            locara,
+            locara_model: args.locara_model,
+            max_others: args.max_others / 100.0,
+            prepare_only: args.prepare_only,
+            json: args.json,
+            keep_work_dir: args.keep_work_dir,
+        })
+    }
+
+    fn serve_params(&self) -> ServeParams<'_> {
+        ServeParams {
+            model: &self.model,
+            threads: self.threads,
+            kv_type: self.kv_type,
+            parallel: self.parallel,
+            context: self.context,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let result = Config::from_args(Cli::parse()).and_then(|config| run(&config));
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("locara-serve-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One side of the comparison, up and ready for requests.
+struct Side {
+    name: &'static str,
+    base: BaseUrl,
+    /// The request every stream sends.
+    body: Vec<u8>,
+    /// Its process, if this program started it (ended on drop).
+    process: Option<ServerProcess>,
+    info: SideInfo,
+}
+
+impl Side {
+    /// Processes whose CPU time is this side's: the server and its
+    /// children (Locara's engine workers). `None` for a server this
+    /// program did not start.
+    fn pids(&self) -> Option<Vec<u32>> {
+        Some(noise::with_descendants(self.process.as_ref()?.pid()))
+    }
+
+    fn one(&self) -> Result<StreamResult> {
+        scenario::one_stream(&self.base, &self.body, READ_TIMEOUT)
+            .with_context(|| format!("{}: one stream", self.name))
+    }
+
+    fn concurrent(&self, n: u32) -> Result<Concurrent> {
+        scenario::concurrent(&self.base, &self.body, n, READ_TIMEOUT)
+            .with_context(|| format!("{}: {n} concurrent streams", self.name))
+    }
+}
+
+/// A working directory of this run: server logs and Locara's data
+/// directory. Removed when dropped unless kept.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    fn create(keep: bool) -> Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!("locara-serve-bench-{}", std::process::id()));
+        if path.exists() {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(WorkDir { path, keep })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.keep {
+            progress(&format!(
+                "the working directory (server logs) is kept in {}",
+                self.path.display()
+            ));
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn run(config: &Config) -> Result<ExitCode> {
+    let llama = LlamaServer::locate(&config.llama_server)?;
+    progress(&format!(
+        "llama-server: {} ({})",
+        llama.describe(),
+        llama.path.display()
+    ));
+    let locara = match &config.locara {
+        LocaraSide::Binary(path) => {
+            let locara = Locara::locate(path.clone())?;
+            progress(&format!(
+                "Locara: {} ({})",
+                locara.describe(),
+                locara.path.display()
+            ));
+            Some(locara)
+        }
+        LocaraSide::Url(url) => {
+            progress(&format!("Locara: the server at {url}"));
+            None
+        }
+    };
+    if config.prepare_only {
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // Declared first, dropped last: the servers end before their logs go.
+    let mut work = WorkDir::create(config.keep_work_dir)?;
+    let result = start_and_measure(config, &llama, locara.as_ref(), &work.path);
+    if result.is_err() {
+        work.keep = true;
+    }
+    let report = result?;
+    if config.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(if report.pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BELOW_TARGET)
+    })
+}
+
+fn start_and_measure(
+    config: &Config,
+    llama: &LlamaServer,
+    locara: Option<&Locara>,
+    work: &Path,
+) -> Result<ServeReport> {
+    let params = config.serve_params();
+    let mut notes = Vec::new();
+
+    progress("starting llama-server");
+    let llama_process = llama.start(&params, &work.join("llama-server.log"), START_DEADLINE)?;
+    let llama_side = Side {
+        name: "llama-server",
+        base: llama_process.base.clone(),
+        // The model field is not checked by llama-server.
+        body: scenario::chat_body(
+            &config.locara_model,
+            PROMPT,
+            config.max_tokens,
+            &[("cache_prompt", Value::Bool(false))],
+        ),
+        process: Some(llama_process),
+        info: SideInfo {
+            location: llama.path.display().to_string(),
+            version: llama.describe(),
+            tokens: TokenCounts::default(),
+        },
+    };
+
+    let locara_side = match (locara, &config.locara) {
+        (Some(locara), _) => {
+            progress(&format!(
+                "importing {} into a temporary data directory as {}",
+                config.model.display(),
+                config.locara_model
+            ));
+            let home = locara.prepare_home(work, &config.model, &config.locara_model)?;
+            progress("starting locara serve");
+            let process = locara.serve(&home, work, &params, START_DEADLINE)?;
+            Side {
+                name: "Locara",
+                base: process.base.clone(),
+                body: scenario::chat_body(&config.locara_model, PROMPT, config.max_tokens, &[]),
+                process: Some(process),
+                info: SideInfo {
+                    location: locara.path.display().to_string(),
+                    version: locara.describe(),
+                    tokens: TokenCounts::default(),
+                },
+            }
+        }
+        (None, LocaraSide::Url(url)) => {
+            notes.push(format!(
+                "Locara's side is the server at {url}, which this program did not start: its model, threads, K/V type, slots and context are its own, and the CPU it takes counts as other processes' (so no rep is discarded for it)"
+            ));
+            Side {
+                name: "Locara",
+                base: url.clone(),
+                body: scenario::chat_body(&config.locara_model, PROMPT, config.max_tokens, &[]),
+                process: None,
+                info: SideInfo {
+                    location: url.to_string(),
+                    version: locara_server::engine_from_status(url)
+                        .unwrap_or_else(|| "unknown (a server this program did not start)".into()),
+                    tokens: TokenCounts::default(),
+                },
+            }
+        }
+        (None, LocaraSide::Binary(_)) => bail!("Locara's binary was not located"),
+    };
+    let mut sides = [llama_side, locara_side];
+
+    warm_up(config, &mut sides)?;
+    let samples = measure(config, &mut sides, &mut notes)?;
+    if locara.is_some_and(|l| l.engine.is_none()) {
+        if let Some(engine) = locara_server::engine_from_status(&sides[1].base) {
+            sides[1].info.version = format!("{}; engine: {engine}", sides[1].info.version);
+        }
+    }
+    token_notes(config, &sides, &mut notes);
+
+    let versus = |l: &[f64], r: &[f64], target, what: &str| {
+        Versus::new(l, r, target).with_context(|| format!("no usable samples of {what}"))
+    };
+    let single_decode = versus(
+        &samples.single_decode[0],
+        &samples.single_decode[1],
+        Target::AtLeast(SINGLE_DECODE_TARGET),
+        "1-stream decode",
+    )?;
+    let single_ttft_ms = versus(
+        &samples.single_ttft_ms[0],
+        &samples.single_ttft_ms[1],
+        Target::AtMost(TTFT_TARGET),
+        "1-stream time to first token",
+    )?;
+    let multi_decode = versus(
+        &samples.multi_decode[0],
+        &samples.multi_decode[1],
+        Target::AtLeast(MULTI_DECODE_TARGET),
+        "concurrent decode",
+    )?;
+    let multi_ttft_ms = versus(
+        &samples.multi_ttft_ms[0],
+        &samples.multi_ttft_ms[1],
+        Target::AtMost(TTFT_TARGET),
+        "concurrent time to first token",
+    )?;
+    let pass = single_decode.pass && single_ttft_ms.pass && multi_decode.pass && multi_ttft_ms.pass;
+    let [llama_side, locara_side] = sides;
+    // Stop both before reporting, so no stray process outlives a report.
+    drop(llama_side.process);
+    drop(locara_side.process);
+    Ok(ServeReport {
+        model: config.model.clone(),
+        threads: config.threads,
+        kv_type: config.kv_type.to_string(),
+        parallel: config.parallel,
+        context: config.context,
+        max_tokens: config.max_tokens,
+        reps: config.reps,
+        prompt: PROMPT.to_string(),
+        llama_server: llama_side.info,
+        locara: locara_side.info,
+        single_decode,
+        single_ttft_ms,
+        multi_decode,
+        multi_ttft_ms,
+        others_cpu_share: samples.others_cpu_share,
+        pass,
+        notes,
+    })
+}
+
+/// One uncounted run of each scenario on each side: Locara loads its model
+/// on the first request, and page cache, CPU caches and clocks settle.
+fn warm_up(config: &Config, sides: &mut [Side; 2]) -> Result<()> {
+    progress("warming up (not counted): llama-server, then Locara");
+    for side in sides.iter_mut() {
+        let one = side.one()?;
+        side.info.tokens.add(&one);
+        let many = side.concurrent(config.parallel)?;
+        for s in &many.streams {
+            side.info.tokens.add(s);
+        }
+    }
+    Ok(())
+}
+
+/// Samples of the measured reps; index 0 is llama-server, 1 Locara.
+#[derive(Debug, Default)]
+struct Samples {
+    single_decode: [Vec<f64>; 2],
+    single_ttft_ms: [Vec<f64>; 2],
+    multi_decode: [Vec<f64>; 2],
+    multi_ttft_ms: [Vec<f64>; 2],
+    others_cpu_share: Option<f64>,
+}
+
+/// One rep's figures of one side.
+#[derive(Debug, Clone, Copy)]
+struct RepFigures {
+    single_decode: f64,
+    single_ttft_ms: f64,
+    multi_decode: f64,
+    multi_ttft_ms: f64,
+}
+
+/// The measured reps, alternating which side goes first. A rep that other
+/// processes disturbed is discarded and run again (within
+/// [`ATTEMPTS_PER_REP`]).
+fn measure(config: &Config, sides: &mut [Side; 2], notes: &mut Vec<String>) -> Result<Samples> {
+    let mut samples = Samples::default();
+    let mut measured = 0u32;
+    let mut discarded = 0;
+    let mut attempt = 0;
+    let mut serialised = [false; 2];
+    let pids = |sides: &[Side; 2]| -> Option<Vec<u32>> {
+        let mut pids = sides[0].pids()?;
+        pids.extend(sides[1].pids()?);
+        Some(pids)
+    };
+    let started = pids(sides).and_then(|p| CpuSnapshot::take_of(&p));
+    while measured < config.reps && attempt < config.reps * ATTEMPTS_PER_REP {
+        attempt += 1;
+        let rep_pids = pids(sides);
+        let rep_started = rep_pids.as_deref().and_then(CpuSnapshot::take_of);
+        // Alternate which side goes first, so a steady drift (a machine
+        // warming up, a build finishing) favours neither.
+        let order = if attempt % 2 == 1 { [0, 1] } else { [1, 0] };
+        let mut singles: [Option<StreamResult>; 2] = [None, None];
+        let mut multis: [Option<Concurrent>; 2] = [None, None];
+        for &i in &order {
+            singles[i] = Some(sides[i].one()?);
+        }
+        for &i in &order {
+            multis[i] = Some(sides[i].concurrent(config.parallel)?);
+        }
+        let mut figures = Vec::with_capacity(2);
+        for i in 0..2 {
+            let single = singles[i].take().expect("both sides ran");
+            let multi = multis[i].take().expect("both sides ran");
+            let side = &mut sides[i];
+            side.info.tokens.add(&single);
+            for s in &multi.streams {
+                side.info.tokens.add(s);
+            }
+            serialised[i] |= !multi.overlapped();
+            figures.push(RepFigures {
+                single_decode: single
+                    .decode_tps()
+                    .with_context(|| format!("{}'s stream had fewer than 2 tokens", side.name))?,
+                single_ttft_ms: single.ttft() * 1000.0,
+                multi_decode: multi
+                    .aggregate_tps()
+                    .with_context(|| format!("{}'s concurrent streams took no time", side.name))?,
+                multi_ttft_ms: multi.median_ttft().expect("at least 2 streams") * 1000.0,
+            });
+        }
+
+        let others = match (rep_started, rep_pids) {
+            (Some(before), Some(pids)) => {
+                CpuSnapshot::take_of(&pids).map(|after| before.others_share(&after))
+            }
+            _ => None,
+        };
+        let disturbed = others.is_some_and(|share| share > config.max_others);
+        let (l, r) = (figures[0], figures[1]);
+        progress(&format!(
+            "{} {}/{}: 1 stream {:.1} / {:.1} tokens/s, first token {:.1} / {:.1} ms; {} streams {:.1} / {:.1} tokens/s, first token {:.1} / {:.1} ms (llama-server / Locara){}{}",
+            if disturbed { "discarded" } else { "rep" },
+            measured + u32::from(!disturbed),
+            config.reps,
+            l.single_decode,
+            r.single_decode,
+            l.single_ttft_ms,
+            r.single_ttft_ms,
+            config.parallel,
+            l.multi_decode,
+            r.multi_decode,
+            l.multi_ttft_ms,
+            r.multi_ttft_ms,
+            others
+                .map(|share| format!("; other processes took {:.0} % of the CPU", share * 100.0))
+                .unwrap_or_default(),
+            if disturbed { ", more than --max-others" } else { "" },
+        ));
+        if disturbed {
+            discarded += 1;
+            continue;
+        }
+        measured += 1;
+        for (i, f) in figures.iter().enumerate() {
+            samples.single_decode[i].push(f.single_decode);
+            samples.single_ttft_ms[i].push(f.single_ttft_ms);
+            samples.multi_decode[i].push(f.multi_decode);
+            samples.multi_ttft_ms[i].push(f.multi_ttft_ms);
+        }
+    }
+    ensure!(
+        measured > 0,
+        "other processes took more than --max-others {} % of the CPU in every one of {attempt} reps; rerun on a quiet machine",
+        config.max_others * 100.0
+    );
+    if measured < config.reps {
+        notes.push(format!(
+            "only {measured} of {} reps ran undisturbed by other processes",
+            config.reps
+        ));
+    }
+    if discarded > 0 {
+        notes.push(format!(
+            "{discarded} reps were discarded and repeated because other processes took more than {} % of the CPU",
+            config.max_others * 100.0
+        ));
+    }
+    for (i, side) in sides.iter().enumerate() {
+        if serialised[i] {
+            notes.push(format!(
+                "{} did not decode all {} concurrent streams at once in some reps (one stream ended before another began)",
+                side.name, config.parallel
+            ));
+        }
+    }
+    samples.others_cpu_share = match (started, pids(sides)) {
+        (Some(before), Some(pids)) => {
+            CpuSnapshot::take_of(&pids).map(|after| before.others_share(&after))
+        }
+        _ => None,
+    };
+    Ok(samples)
+}
+
+/// Notes on token counts that make the sides less comparable.
+fn token_notes(config: &Config, sides: &[Side; 2], notes: &mut Vec<String>) {
+    for side in sides {
+        let t = &side.info.tokens;
+        if t.stopped_early > 0 {
+            notes.push(format!(
+                "{} of {} {} streams ended before max_tokens {} (the model stopped)",
+                t.stopped_early, t.streams, side.name, config.max_tokens
+            ));
+        }
+        if t.usage_mismatches > 0 {
+            notes.push(format!(
+                "{}: in {} of {} streams the chunks with text were not one per token (see tokens); its decode speed counts chunks",
+                side.name, t.usage_mismatches, t.streams
+            ));
+        }
+    }
+    let (l, r) = (&sides[0].info.tokens, &sides[1].info.tokens);
+    let fewer = |a: u32, b: u32| f64::from(a) < FEWER_TOKENS_SHARE * f64::from(b);
+    if fewer(l.min, r.min) || fewer(r.min, l.min) {
+        notes.push(format!(
+            "one side stops much earlier: fewest tokens in a stream llama-server {}, Locara {}",
+            l.min, r.min
+        ));
+    }
+    if let (Some(a), Some(b)) = (l.prompt_tokens, r.prompt_tokens) {
+        if a != b {
+            notes.push(format!(
+                "the prompt is {a} tokens on llama-server and {b} on Locara: their chat templates differ"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let a = Cli::try_parse_from(["locara-serve-bench"]).unwrap();
+        assert_eq!((a.threads, a.kv, a.reps), (2, KvType::Q8_0, 5));
+        assert_eq!((a.parallel, a.context, a.max_tokens), (4, 4096, 128));
+        assert_eq!(a.llama_cpp_python, LLAMA_CPP_PYTHON_VERSION);
+        assert_eq!(a.locara_model, "smollm2:135m");
+        assert_eq!(a.max_others, 5.0);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        for args in [
+            &["locara-serve-bench", "--kv", "q5_1"][..],
+            &["locara-serve-bench", "--threads", "0"],
+            &["locara-serve-bench", "--parallel", "1"],
+            &["locara-serve-bench", "--max-tokens", "1"],
+            &[
+                "locara-serve-bench",
+                "--locara",
+                "x",
+                "--locara-url",
+                "http://h:1",
+            ],
+            &[
+                "locara-serve-bench",
+                "--llama-server",
+                "x",
+                "--llama-cpp-python",
+                "0.3.30",
+            ],
+            &["locara-serve-bench", "--max-others", "101"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn config_checks_files_urls_and_context() {
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.to_str().unwrap();
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["locara-serve-bench", "--model", exe, "--llama-server", exe];
+            args.extend(extra);
+            Config::from_args(Cli::try_parse_from(args).unwrap())
+        };
+        assert!(parse(&[]).is_ok());
+        let err = parse(&["--context", "256", "--max-tokens", "200"]).unwrap_err();
+        assert!(err.to_string().contains("--context 256"), "{err}");
+        let err = parse(&["--locara-url", "https://h:1"]).unwrap_err();
+        assert!(format!("{err:#}").contains("--locara-url"), "{err:#}");
+        let config = parse(&["--locara-url", "http://127.0.0.1:8080"]).unwrap();
+        assert!(matches!(config.locara, LocaraSide::Url(_)));
+        let err = Config::from_args(
+            Cli::try_parse_from(["locara-serve-bench", "--model", "/nonexistent/m.gguf"]).unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("--model /nonexistent/m.gguf"),
+            "{err}"
+        );
+    }
+}

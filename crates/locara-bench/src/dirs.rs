@@ -1,0 +1,57 @@
+//! Where things are: the data directory (models) and the cache directory
+//! (built llama.cpp tools).
+
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+/// The default model's place in the store, under the data directory.
+pub const DEFAULT_MODEL: &str = "models/smollm2+135m/model.gguf";
+
+/// The data directory, as `locara` finds it: `LOCARA_HOME`, else
+/// `~/Library/Application Support/Locara` on macOS and
+/// `$XDG_DATA_HOME/locara` (default `~/.local/share/locara`) elsewhere.
+pub fn data_dir() -> Result<PathBuf> {
+    if let Some(home) = non_empty_env("LOCARA_HOME") {
+        return Ok(home);
+    }
+    let home = home_dir()?;
+    if cfg!(target_os = "macos") {
+        return Ok(home.join("Library/Application Support/Locara"));
+    }
+    Ok(non_empty_env("XDG_DATA_HOME")
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| home.join(".local/share"))
+        .join("locara"))
+}
+
+/// Where built llama.cpp tools are kept: `$XDG_CACHE_HOME/locara/bench`
+/// (default `~/.cache/locara/bench`).
+pub fn cache_dir() -> Result<PathBuf> {
+    let base = match non_empty_env("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
+        Some(dir) => dir,
+        None => home_dir()?.join(".cache"),
+    };
+    Ok(base.join("locara").join("bench"))
+}
+
+fn home_dir() -> Result<PathBuf> {
+    non_empty_env("HOME").context("HOME is not set; pass --model and --cache-dir")
+}
+
+fn non_empty_env(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_dir_is_under_the_cache_home() {
+        // Only checks the shape; the environment is the test runner's.
+        let dir = cache_dir().unwrap();
+        assert!(dir.ends_with("locara/bench"), "{}", dir.display());
+    }
+}

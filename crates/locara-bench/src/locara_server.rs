@@ -1,0 +1,230 @@
+//! Locara's side of the serve benchmark: the `locara` binary, a data
+//! directory of its own with the model imported, and `locara serve`.
+//!
+//! ```text
+//! <work>/home/                   LOCARA_HOME of the daemon under test
+//!     models/<name>/model.gguf   imported with `locara import FILE --name NAME`
+//! <work>/locara.toml             its configuration (see [`config_toml`])
+//! ```
+
+use crate::http::{self, BaseUrl};
+use crate::llama_server::ServeParams;
+use crate::server::ServerProcess;
+use crate::tail;
+use anyhow::{bail, ensure, Context, Result};
+use locara_engine::{Worker, WorkerCommand};
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// How long the engine worker gets to end when asked for its version.
+const WORKER_SHUTDOWN: Duration = Duration::from_secs(2);
+/// How long a status request may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `locara` binary under test.
+#[derive(Debug, Clone)]
+pub struct Locara {
+    pub path: PathBuf,
+    /// What `locara --version` says.
+    pub version: String,
+    /// The llama.cpp build its engine worker reports (`locara engine`'s
+    /// ready message), when it could be asked.
+    pub engine: Option<String>,
+}
+
+impl Locara {
+    /// The binary at `path`, or by default `locara` next to this program
+    /// (both are built into the same `target/<profile>/`).
+    pub fn locate(path: Option<PathBuf>) -> Result<Locara> {
+        let path = match path {
+            Some(p) => {
+                ensure!(p.is_file(), "--locara {}: no such file", p.display());
+                p
+            }
+            None => {
+                let exe = std::env::current_exe().context("locating this executable")?;
+                let p = exe
+                    .parent()
+                    .context("this executable has no directory")?
+                    .join("locara");
+                ensure!(
+                    p.is_file(),
+                    "no locara binary at {}: build it with `cargo build --release -p locara` \
+                     (into the same target directory as this benchmark), or pass --locara PATH \
+                     or --locara-url URL",
+                    p.display()
+                );
+                p
+            }
+        };
+        let out = Command::new(&path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} --version", path.display()))?;
+        ensure!(
+            out.status.success(),
+            "{} --version failed ({}); is it locara?",
+            path.display(),
+            out.status
+        );
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // The worker says which llama.cpp it runs as soon as it starts; a
+        // build without the engine cannot say it (and cannot serve).
+        let engine = Worker::spawn(&WorkerCommand {
+            program: path.clone(),
+            args: vec!["engine".into()],
+            engine_log: false,
+        })
+        .ok()
+        .map(|worker| {
+            let engine = worker.engine().to_string();
+            worker.shutdown(WORKER_SHUTDOWN);
+            engine
+        });
+        Ok(Locara {
+            path,
+            version,
+            engine,
+        })
+    }
+
+    /// One line naming this Locara and its llama.cpp.
+    pub fn describe(&self) -> String {
+        match &self.engine {
+            Some(engine) => format!("{}; engine: {engine}", self.version),
+            None => format!(
+                "{} (its engine did not say which llama.cpp it runs)",
+                self.version
+            ),
+        }
+    }
+
+    /// Makes `work/home` a data directory holding `model` under `name`.
+    pub fn prepare_home(&self, work: &Path, model: &Path, name: &str) -> Result<PathBuf> {
+        let home = work.join("home");
+        fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+        let out = Command::new(&self.path)
+            .arg("import")
+            .arg(model)
+            .args(["--name", name])
+            .env("LOCARA_HOME", &home)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} import", self.path.display()))?;
+        if !out.status.success() {
+            bail!(
+                "`locara import {} --name {name}` failed ({}):\n{}",
+                model.display(),
+                out.status,
+                tail(&String::from_utf8_lossy(&out.stderr), 20)
+            );
+        }
+        Ok(home)
+    }
+
+    /// Starts `locara serve` on an ephemeral port with the settings of `p`,
+    /// and waits until `GET /v1/models` answers (at most `deadline`). The
+    /// model itself loads on the first request.
+    pub fn serve(
+        &self,
+        home: &Path,
+        work: &Path,
+        p: &ServeParams,
+        deadline: Duration,
+    ) -> Result<ServerProcess> {
+        let config = work.join("locara.toml");
+        fs::write(&config, config_toml(p))
+            .with_context(|| format!("writing {}", config.display()))?;
+        let mut cmd = Command::new(&self.path);
+        cmd.args(["serve", "--port", "0", "--config"])
+            .arg(&config)
+            .env("LOCARA_HOME", home);
+        let mut server =
+            ServerProcess::start("locara serve", cmd, &work.join("locara.log"), deadline)?;
+        server.wait_ready("/v1/models", deadline)?;
+        Ok(server)
+    }
+}
+
+/// The daemon's configuration file: the same slots, threads, context per
+/// sequence and K/V type as llama-server's, and the model kept loaded
+/// between requests (llama-server never unloads it).
+pub fn config_toml(p: &ServeParams) -> String {
+    format!(
+        "# Written by locara-serve-bench.\n\
+         parallel = {}\n\
+         threads = {}\n\
+         context = {}\n\
+         kv_type = \"{}\"\n\
+         keep_alive = \"-1\"\n",
+        p.parallel,
+        p.threads,
+        p.context,
+        p.kv_type.as_str()
+    )
+}
+
+/// What a running Locara says of its llama.cpp: a string field `engine`
+/// anywhere in `GET /locara/v1/status`, if it has one.
+pub fn engine_from_status(base: &BaseUrl) -> Option<String> {
+    let (status, body) = http::get(base, "/locara/v1/status", STATUS_TIMEOUT).ok()?;
+    if status != 200 {
+        return None;
+    }
+    find_engine(&serde_json::from_str(&body).ok()?)
+}
+
+fn find_engine(value: &Value) -> Option<String> {
+    match value {
+        Value::Object(map) => map
+            .get("engine")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| map.values().find_map(find_engine)),
+        Value::Array(items) => items.iter().find_map(find_engine),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use locara_core::KvType;
+
+    #[test]
+    fn config_has_the_keys_of_the_daemon_contract() {
+        let text = config_toml(&ServeParams {
+            model: Path::new("/m.gguf"),
+            threads: 2,
+            kv_type: KvType::Q8_0,
+            parallel: 4,
+            context: 4096,
+        });
+        assert_eq!(
+            text,
+            "# Written by locara-serve-bench.\n\
+             parallel = 4\n\
+             threads = 2\n\
+             context = 4096\n\
+             kv_type = \"q8_0\"\n\
+             keep_alive = \"-1\"\n"
+        );
+    }
+
+    #[test]
+    fn engine_is_found_anywhere_in_the_status() {
+        let status: Value = serde_json::from_str(
+            r#"{"version":"0.1.0","models":[{"name":"m","engine":"llama.cpp (ggml 0.26.0)"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            find_engine(&status).as_deref(),
+            Some("llama.cpp (ggml 0.26.0)")
+        );
+        assert_eq!(find_engine(&serde_json::json!({"engine": 3})), None);
+    }
+}

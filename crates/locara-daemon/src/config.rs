@@ -1,0 +1,343 @@
+//! The daemon's one configuration: file, environment and flags, checked once.
+//!
+//! [`ServeConfig::build`] takes the three sources, later ones overriding
+//! earlier ones (file < environment < flags), and returns a validated
+//! config or an error that names the setting, its value and the limit.
+//!
+//! ```
+//! use locara_daemon::config::{RawServeConfig, ServeConfig};
+//!
+//! let file: RawServeConfig = toml::from_str("parallel = 2\nkeep_alive = \"5m\"").unwrap();
+//! let flags = RawServeConfig { port: Some(0), ..Default::default() };
+//! let config = ServeConfig::build(&[file, flags]).unwrap();
+//! assert_eq!(config.parallel, 2);
+//! assert!(config.listen.ip().is_loopback());
+//! ```
+
+use locara_core::governor::{KeepAlive, DEFAULT_KEEP_ALIVE};
+use locara_core::{KvType, DEFAULT_CONTEXT};
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+/// The port the daemon listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 11480;
+
+/// The largest request body, bytes: a long chat history fits many times.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
+
+/// Settings as written in a file, the environment or flags: every field
+/// optional, unknown keys refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServeConfig {
+    /// Address to listen on (default 127.0.0.1).
+    pub host: Option<String>,
+    /// Port (default 11480; 0 picks a free one).
+    pub port: Option<u16>,
+    /// Listening on an address other than loopback must be asked for.
+    pub allow_non_loopback: Option<bool>,
+    /// Bytes the runtime may hold, e.g. "6GiB" (default: the machine's
+    /// budget).
+    pub budget: Option<String>,
+    /// How long an idle model stays loaded ("3m", "0", "-1").
+    pub keep_alive: Option<String>,
+    /// Sequences per model that generate at once.
+    pub parallel: Option<u32>,
+    /// Requests per model that may wait beyond those.
+    pub queue: Option<u32>,
+    /// Context per sequence, tokens, unless a request names one.
+    pub context: Option<u32>,
+    /// K/V cache type: q8_0, f16 or q4_0.
+    pub kv_type: Option<String>,
+    /// CPU threads per worker (default: the performance cores).
+    pub threads: Option<u32>,
+    /// How long in-flight responses may run on after SIGTERM ("10s").
+    pub shutdown_grace: Option<String>,
+    /// Largest request body, bytes.
+    pub max_body_bytes: Option<u64>,
+}
+
+impl RawServeConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<RawServeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Settings from `LOCARA_HOST`, `LOCARA_PORT`, `LOCARA_BUDGET`,
+    /// `LOCARA_KEEP_ALIVE`, `LOCARA_PARALLEL`, `LOCARA_CONTEXT`,
+    /// `LOCARA_KV_TYPE`, given as a lookup so tests need no process
+    /// environment.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<RawServeConfig, ConfigError> {
+        let number = |key: &'static str| -> Result<Option<u64>, ConfigError> {
+            get(key)
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| ConfigError::Invalid {
+                        field: key,
+                        value: v.clone(),
+                        limit: "a whole number".into(),
+                    })
+                })
+                .transpose()
+        };
+        let narrow =
+            |key: &'static str, n: Option<u64>, max: u64| -> Result<Option<u64>, ConfigError> {
+                match n {
+                    Some(n) if n > max => Err(ConfigError::Invalid {
+                        field: key,
+                        value: n.to_string(),
+                        limit: format!("at most {max}"),
+                    }),
+                    other => Ok(other),
+                }
+            };
+        let text = |key: &str| get(key).filter(|v| !v.is_empty());
+        Ok(RawServeConfig {
+            host: text("LOCARA_HOST"),
+            port: narrow("LOCARA_PORT", number("LOCARA_PORT")?, 65535)?.map(|n| n as u16),
+            budget: text("LOCARA_BUDGET"),
+            keep_alive: text("LOCARA_KEEP_ALIVE"),
+            parallel: narrow("LOCARA_PARALLEL", number("LOCARA_PARALLEL")?, 256)?.map(|n| n as u32),
+            context: narrow("LOCARA_CONTEXT", number("LOCARA_CONTEXT")?, u32::MAX.into())?
+                .map(|n| n as u32),
+            kv_type: text("LOCARA_KV_TYPE"),
+            ..Default::default()
+        })
+    }
+
+    /// `other`'s settings where it has them, else ours.
+    fn overlay(self, other: &RawServeConfig) -> RawServeConfig {
+        let o = other.clone();
+        RawServeConfig {
+            host: o.host.or(self.host),
+            port: o.port.or(self.port),
+            allow_non_loopback: o.allow_non_loopback.or(self.allow_non_loopback),
+            budget: o.budget.or(self.budget),
+            keep_alive: o.keep_alive.or(self.keep_alive),
+            parallel: o.parallel.or(self.parallel),
+            queue: o.queue.or(self.queue),
+            context: o.context.or(self.context),
+            kv_type: o.kv_type.or(self.kv_type),
+            threads: o.threads.or(self.threads),
+            shutdown_grace: o.shutdown_grace.or(self.shutdown_grace),
+            max_body_bytes: o.max_body_bytes.or(self.max_body_bytes),
+        }
+    }
+}
+
+/// The checked configuration of `locara serve`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    /// Bytes the runtime may hold; `None`: the machine's budget, which the
+    /// caller resolves.
+    pub budget: Option<u64>,
+    pub keep_alive: KeepAlive,
+    /// Sequences per model that generate at once.
+    pub parallel: u32,
+    /// Requests per model that may wait beyond `parallel`.
+    pub queue: u32,
+    /// Context per sequence, tokens, unless a request names one.
+    pub context: u32,
+    pub kv_type: KvType,
+    /// CPU threads per worker; `None`: the performance cores.
+    pub threads: Option<u32>,
+    pub shutdown_grace: Duration,
+    /// Largest request body, bytes.
+    pub max_body_bytes: u64,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the config file {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{field} = {value:?} is not allowed: {limit}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        limit: String,
+    },
+}
+
+impl ConfigError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "config_read",
+            ConfigError::Parse { .. } => "config_parse",
+            ConfigError::Invalid { .. } => "config_invalid",
+        }
+    }
+}
+
+fn invalid(field: &'static str, value: impl ToString, limit: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        limit: limit.into(),
+    }
+}
+
+impl ServeConfig {
+    /// Merges the sources (each overriding the ones before it) and checks
+    /// every setting.
+    pub fn build(sources: &[RawServeConfig]) -> Result<ServeConfig, ConfigError> {
+        let raw = sources
+            .iter()
+            .fold(RawServeConfig::default(), |acc, s| acc.overlay(s));
+        let ip: IpAddr = match &raw.host {
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(h) if h == "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(h) => h
+                .parse()
+                .map_err(|_| invalid("host", h, "an IP address such as 127.0.0.1 or ::1"))?,
+        };
+        if !ip.is_loopback() && raw.allow_non_loopback != Some(true) {
+            return Err(invalid(
+                "host",
+                ip,
+                "a loopback address unless allow_non_loopback (--allow-non-loopback) is set: \
+                 the API would be open to the network",
+            ));
+        }
+        let listen = SocketAddr::new(ip, raw.port.unwrap_or(DEFAULT_PORT));
+        let budget = raw
+            .budget
+            .as_deref()
+            .map(|b| {
+                locara_core::bytes::parse_size(b).map_err(|e| invalid("budget", b, e.to_string()))
+            })
+            .transpose()?;
+        let keep_alive = match raw.keep_alive.as_deref() {
+            None => DEFAULT_KEEP_ALIVE,
+            Some(k) => KeepAlive::parse(k).map_err(|e| invalid("keep_alive", k, e.to_string()))?,
+        };
+        let parallel = raw.parallel.unwrap_or(4);
+        if !(1..=64).contains(&parallel) {
+            return Err(invalid("parallel", parallel, "1 to 64"));
+        }
+        let queue = raw.queue.unwrap_or(16);
+        if queue > 4096 {
+            return Err(invalid("queue", queue, "at most 4096"));
+        }
+        let context = raw.context.unwrap_or(DEFAULT_CONTEXT);
+        if !(256..=1 << 20).contains(&context) {
+            return Err(invalid("context", context, "256 to 1048576 tokens"));
+        }
+        let kv_type = match raw.kv_type.as_deref() {
+            None => KvType::Q8_0,
+            Some(k) => k
+                .parse()
+                .map_err(|_| invalid("kv_type", k, "q8_0, f16 or q4_0"))?,
+        };
+        if let Some(t) = raw.threads {
+            if !(1..=512).contains(&t) {
+                return Err(invalid("threads", t, "1 to 512"));
+            }
+        }
+        let shutdown_grace = match raw.shutdown_grace.as_deref() {
+            None => Duration::from_secs(10),
+            Some(g) => match KeepAlive::parse(g) {
+                Ok(KeepAlive::For(d)) if d <= Duration::from_secs(600) => d,
+                Ok(KeepAlive::UnloadWhenDone) => Duration::ZERO,
+                _ => {
+                    return Err(invalid(
+                        "shutdown_grace",
+                        g,
+                        "a duration up to 10m, e.g. 10s",
+                    ))
+                }
+            },
+        };
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if !(1024..=256 << 20).contains(&max_body_bytes) {
+            return Err(invalid(
+                "max_body_bytes",
+                max_body_bytes,
+                "1 KiB to 256 MiB",
+            ));
+        }
+        Ok(ServeConfig {
+            listen,
+            budget,
+            keep_alive,
+            parallel,
+            queue,
+            context,
+            kv_type,
+            threads: raw.threads,
+            shutdown_grace,
+            max_body_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(toml_text: &str) -> Result<ServeConfig, ConfigError> {
+        ServeConfig::build(&[toml::from_str(toml_text).unwrap()])
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_the_design_defaults() {
+        let c = build("").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:11480".parse().unwrap());
+        assert_eq!(c.keep_alive, DEFAULT_KEEP_ALIVE);
+        assert_eq!((c.parallel, c.context, c.kv_type), (4, 8192, KvType::Q8_0));
+    }
+
+    #[test]
+    fn later_sources_override_earlier_ones() {
+        let file: RawServeConfig = toml::from_str("port = 1\nparallel = 2").unwrap();
+        let env = RawServeConfig::from_env(|k| (k == "LOCARA_PORT").then(|| "2".into())).unwrap();
+        let flags = RawServeConfig {
+            parallel: Some(3),
+            ..Default::default()
+        };
+        let c = ServeConfig::build(&[file, env, flags]).unwrap();
+        assert_eq!((c.listen.port(), c.parallel), (2, 3));
+    }
+
+    #[test]
+    fn bad_settings_name_the_field_value_and_limit() {
+        let e = build("parallel = 0").unwrap_err().to_string();
+        assert_eq!(e, "parallel = \"0\" is not allowed: 1 to 64");
+        let e = build("host = \"0.0.0.0\"").unwrap_err().to_string();
+        assert!(
+            e.contains("host = \"0.0.0.0\"") && e.contains("loopback"),
+            "{e}"
+        );
+        assert!(build("host = \"0.0.0.0\"\nallow_non_loopback = true").is_ok());
+        let e = build("kv_type = \"q5\"").unwrap_err().to_string();
+        assert!(e.contains("q8_0, f16 or q4_0"), "{e}");
+        let e = build("budget = \"lots\"").unwrap_err().to_string();
+        assert!(e.starts_with("budget = \"lots\""), "{e}");
+        let e = build("keep_alive = \"soon\"").unwrap_err().to_string();
+        assert!(e.starts_with("keep_alive = \"soon\""), "{e}");
+        let e = RawServeConfig::from_env(|k| (k == "LOCARA_PORT").then(|| "70000".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("LOCARA_PORT") && e.contains("65535"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused_by_name() {
+        let e = toml::from_str::<RawServeConfig>("paralel = 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("paralel"), "{e}");
+    }
+}

@@ -1,0 +1,245 @@
+//! One loaded model: an engine worker and the generations streaming from it.
+//!
+//! A [`WorkerHost`] owns a [`Worker`] (the child process) and one thread
+//! that reads the worker's events and routes each token to the stream of the
+//! generation it belongs to. Generations are [`Generation`]s: an async
+//! receiver of [`StreamEvent`]s that cancels its generation in the worker
+//! when it is dropped before the end (a client that went away), so the
+//! sequence is free before the next token.
+//!
+//! When the worker dies, every open stream gets an error event at once and
+//! the host reports the exit through the callback it was started with.
+
+use locara_engine::protocol::{
+    Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest, LoadedInfo, Prompt,
+    Request, Sampling,
+};
+use locara_engine::{EngineError, Worker, WorkerCommand};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What a generation's stream carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// Text of one or more tokens.
+    Token(String),
+    /// The end, with the worker's figures.
+    Done {
+        finish: FinishReason,
+        stats: GenerationStats,
+    },
+    /// The end, failed. `kind` is a stable machine string.
+    Error { kind: String, message: String },
+}
+
+type Streams = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<StreamEvent>>>>;
+
+/// How a worker ended, as the host's exit callback hears it.
+#[derive(Debug, Clone)]
+pub struct WorkerExit {
+    /// The daemon asked for it (unload, eviction, shutdown).
+    pub expected: bool,
+    /// The exit status in words.
+    pub status: String,
+}
+
+/// A loaded model's worker.
+pub struct WorkerHost {
+    worker: Arc<Worker>,
+    /// What the worker loaded.
+    pub info: LoadedInfo,
+    streams: Streams,
+    next_id: AtomicU64,
+    stopping: Arc<AtomicBool>,
+}
+
+impl WorkerHost {
+    /// Spawns a worker, loads the model (blocking: call from a blocking
+    /// task) and starts routing its events. `on_exit` runs once, on the
+    /// routing thread, when the worker's channel closes.
+    pub fn start(
+        command: &WorkerCommand,
+        load: LoadRequest,
+        on_exit: impl FnOnce(WorkerExit) + Send + 'static,
+    ) -> Result<Arc<WorkerHost>, EngineError> {
+        let worker = Worker::spawn(command)?;
+        let info = worker.load(load)?;
+        let worker = Arc::new(worker);
+        let streams: Streams = Arc::default();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let host = Arc::new(WorkerHost {
+            worker: Arc::clone(&worker),
+            info,
+            streams: Arc::clone(&streams),
+            next_id: AtomicU64::new(1),
+            stopping: Arc::clone(&stopping),
+        });
+        let pid = worker.pid();
+        thread::Builder::new()
+            .name(format!("worker-{pid}-events"))
+            .spawn(move || route(&worker, &streams, &stopping, on_exit))
+            .map_err(|source| EngineError::Spawn {
+                program: command.program.clone(),
+                source,
+            })?;
+        Ok(host)
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.worker.pid()
+    }
+
+    /// The llama.cpp build the worker runs.
+    pub fn engine(&self) -> &str {
+        self.worker.engine()
+    }
+
+    /// Starts a generation. Its events arrive on the returned stream.
+    pub fn generate(
+        self: &Arc<Self>,
+        prompt: Prompt,
+        sampling: Sampling,
+        max_tokens: Option<u32>,
+        stop: Vec<String>,
+    ) -> Result<Generation, EngineError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.streams).insert(id, tx);
+        let request = Request::Generate(GenerateRequest {
+            id,
+            prompt,
+            sampling,
+            max_tokens,
+            stop,
+        });
+        if let Err(e) = self.worker.send(&request) {
+            lock(&self.streams).remove(&id);
+            return Err(e);
+        }
+        Ok(Generation {
+            id,
+            events: rx,
+            host: Arc::clone(self),
+            finished: false,
+        })
+    }
+
+    /// Cancels a generation: it ends before its next token.
+    pub fn cancel(&self, id: u64) {
+        let _ = self.worker.send(&Request::Cancel { id });
+    }
+
+    /// Stops the worker (blocking up to `grace`, then it is killed). Open
+    /// streams end with an error saying the model was unloaded.
+    pub fn stop(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.worker.stop(grace);
+    }
+
+    /// Generations streaming now.
+    pub fn open_streams(&self) -> usize {
+        lock(&self.streams).len()
+    }
+}
+
+impl Drop for WorkerHost {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The routing thread: worker events to generation streams.
+fn route(
+    worker: &Worker,
+    streams: &Streams,
+    stopping: &AtomicBool,
+    on_exit: impl FnOnce(WorkerExit),
+) {
+    let status = loop {
+        match worker.recv() {
+            Ok(Event::Token { id, text }) => {
+                if let Some(tx) = lock(streams).get(&id) {
+                    let _ = tx.send(StreamEvent::Token(text));
+                }
+            }
+            Ok(Event::Done { id, finish, stats }) => {
+                if let Some(tx) = lock(streams).remove(&id) {
+                    let _ = tx.send(StreamEvent::Done { finish, stats });
+                }
+            }
+            Ok(Event::Error {
+                id: Some(id),
+                kind,
+                message,
+            }) => {
+                if let Some(tx) = lock(streams).remove(&id) {
+                    let _ = tx.send(StreamEvent::Error {
+                        kind: kind.as_str().to_string(),
+                        message,
+                    });
+                }
+            }
+            // Errors of no generation and stats answers are not asked for
+            // once loaded; nothing waits on them.
+            Ok(_) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    let expected = stopping.load(Ordering::SeqCst);
+    let (kind, message) = if expected {
+        (
+            "model_unloaded",
+            "the model was unloaded while this request was running".to_string(),
+        )
+    } else {
+        ("worker_died", status.clone())
+    };
+    for (_, tx) in lock(streams).drain() {
+        let _ = tx.send(StreamEvent::Error {
+            kind: kind.to_string(),
+            message: message.clone(),
+        });
+    }
+    on_exit(WorkerExit { expected, status });
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One generation's events. Dropping it before its end cancels it.
+pub struct Generation {
+    pub id: u64,
+    events: mpsc::UnboundedReceiver<StreamEvent>,
+    host: Arc<WorkerHost>,
+    finished: bool,
+}
+
+impl Generation {
+    /// The next event; `None` after the last.
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        if self.finished {
+            return None;
+        }
+        let ev = self.events.recv().await;
+        match &ev {
+            Some(StreamEvent::Token(_)) => {}
+            Some(_) | None => self.finished = true,
+        }
+        ev
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if !self.finished {
+            lock(&self.host.streams).remove(&self.id);
+            self.host.cancel(self.id);
+        }
+    }
+}

@@ -1,0 +1,2369 @@
+//! The OpenAI-compatible request and response layer: lenient request types
+//! of our own, OpenAI-shaped responses and stream chunks, and the one place
+//! where an error becomes an HTTP status and an OpenAI-shaped error body.
+//!
+//! The HTTP handlers (elsewhere) read the body as bytes, call
+//! [`parse_chat`] or [`parse_completion`], and send the results of the
+//! builders here. Nothing in this module does I/O.
+//!
+//! # Requests
+//!
+//! Unknown fields are ignored, as OpenAI's own clients send fields a local
+//! runtime has no use for (`user`, `store`, `metadata`, ...). A field set to
+//! `null` counts as absent (many clients send `"stop": null`). Every known
+//! field is type- and range-checked; the error names the field (as `param`),
+//! the value and the limit: `temperature 3.5 is out of range: 0 to 2`.
+//! Features Locara does not have (`tools`, `logprobs`, JSON mode, `n > 1`,
+//! ...) are refused by name rather than silently ignored, so a client never
+//! gets an answer that looks like what it asked for and is not.
+//!
+//! Defaults for omitted sampling fields are [`Sampling::default`], that is
+//! llama.cpp's own (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05), not
+//! OpenAI's temperature 1.0: the same model gives the same kind of answer
+//! through `locara run`, this API, `llama-server` and Ollama (which all use
+//! 0.8), and the other defaults (top_k, min_p) are llama.cpp's anyway.
+//!
+//! # Errors
+//!
+//! [`ApiError`] carries a stable [`ErrorType`]; its `IntoResponse` gives the
+//! status, `{"error":{"message","type","param","code"}}` and `Retry-After`.
+//! In a stream that has already sent its 200, [`ApiError::sse_data`] is the
+//! `data:` line (OpenAI's clients raise on a chunk with an `error` key).
+//!
+//! # Example
+//!
+//! ```
+//! use locara_daemon::openai::{chat_chunk, parse_chat, Delta, ErrorType};
+//!
+//! let req = parse_chat(br#"{
+//!     "model": "smollm2:135m",
+//!     "messages": [{"role": "user", "content": "Hi"}],
+//!     "temperature": 0, "stream": true, "keep_alive": "5m"
+//! }"#)?;
+//! assert_eq!(req.params.sampling.temperature, 0.0);
+//! assert_eq!(req.messages[0].content, "Hi");
+//!
+//! let first = chat_chunk("chatcmpl-1", 1_700_000_000, &req.model, Delta::Role, None);
+//! assert!(first.contains(r#""object":"chat.completion.chunk""#));
+//!
+//! let err = parse_chat(br#"{"model": "m", "messages": [{"role": "user", "content": "Hi"}],
+//!                          "temperature": 3.5}"#).unwrap_err();
+//! assert_eq!(err.kind, ErrorType::InvalidRequest);
+//! assert_eq!(err.status, 400);
+//! assert_eq!(err.param.as_deref(), Some("temperature"));
+//! assert_eq!(err.message, "temperature 3.5 is out of range: 0 to 2");
+//! # Ok::<(), locara_daemon::openai::ApiError>(())
+//! ```
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use locara_engine::protocol::{ChatMessage, ErrorKind, FinishReason, GenerationStats, Sampling};
+use serde_json::{json, Map, Value};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Most stop strings a request may give (OpenAI's limit).
+pub const MAX_STOP: usize = 4;
+
+/// Smallest `context` a request may ask for, in tokens: below this a chat
+/// template and a short answer no longer fit.
+pub const MIN_CONTEXT: u32 = 256;
+
+/// Largest `context` a request may ask for, in tokens (the bound of
+/// `locara run --ctx`; the loader clamps to the model's trained context).
+pub const MAX_CONTEXT: u32 = 1_048_576;
+
+/// Longest `keep_alive`: 30 days. Longer wishes are "forever" (`-1`).
+pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What a stream sends after its last chunk, as the `data:` of its last event.
+pub const STREAM_DONE: &str = "[DONE]";
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Stable kinds of API error. [`ErrorType::as_str`] is the `type` of the
+/// error body; clients may branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    /// 400: the request is malformed, out of range or asks for a feature
+    /// Locara does not have.
+    InvalidRequest,
+    /// 404: the named model is not installed (code `model_not_found`).
+    NotFound,
+    /// 503: the model does not fit in the memory budget now. 503 rather than
+    /// 507 (a WebDAV status about disk that clients do not retry): memory
+    /// comes back as other models unload or pressure eases, and DESIGN.md
+    /// refuses loads under critical pressure with 503 + Retry-After.
+    InsufficientMemory,
+    /// 429: too many requests queued; `Retry-After` says when to try again.
+    RateLimit,
+    /// 503: the model exists but cannot be served now (held unloaded,
+    /// loading failed, its file failed validation).
+    ModelUnavailable,
+    /// 500: a fault of the daemon itself.
+    ServerError,
+    /// 502: the model's engine worker exited during the request. 502 (Bad
+    /// Gateway) because the daemon fronts the worker process and it is the
+    /// worker that failed; OpenAI's clients retry 502, and a retry gets a
+    /// fresh worker.
+    WorkerDied,
+    /// 401: no token, or one that is not valid.
+    Unauthorized,
+    /// 403: a valid token that may not do this.
+    Forbidden,
+    /// 503: the daemon is shutting down and takes no new work.
+    ShuttingDown,
+}
+
+impl ErrorType {
+    /// Every kind, for tests and docs.
+    pub const ALL: [ErrorType; 10] = [
+        ErrorType::InvalidRequest,
+        ErrorType::NotFound,
+        ErrorType::InsufficientMemory,
+        ErrorType::RateLimit,
+        ErrorType::ModelUnavailable,
+        ErrorType::ServerError,
+        ErrorType::WorkerDied,
+        ErrorType::Unauthorized,
+        ErrorType::Forbidden,
+        ErrorType::ShuttingDown,
+    ];
+
+    /// The stable machine string: the `type` of the error body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::InvalidRequest => "invalid_request_error",
+            ErrorType::NotFound => "not_found_error",
+            ErrorType::InsufficientMemory => "insufficient_memory",
+            ErrorType::RateLimit => "rate_limit_error",
+            ErrorType::ModelUnavailable => "model_unavailable",
+            ErrorType::ServerError => "server_error",
+            ErrorType::WorkerDied => "worker_died",
+            ErrorType::Unauthorized => "unauthorized",
+            ErrorType::Forbidden => "forbidden",
+            ErrorType::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The HTTP status this kind is answered with (see each variant for why).
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorType::InvalidRequest => 400,
+            ErrorType::NotFound => 404,
+            ErrorType::InsufficientMemory => 503,
+            ErrorType::RateLimit => 429,
+            ErrorType::ModelUnavailable => 503,
+            ErrorType::ServerError => 500,
+            ErrorType::WorkerDied => 502,
+            ErrorType::Unauthorized => 401,
+            ErrorType::Forbidden => 403,
+            ErrorType::ShuttingDown => 503,
+        }
+    }
+}
+
+impl fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error answered to an API client, in OpenAI's shape.
+///
+/// Build it with the constructors ([`ApiError::invalid`],
+/// [`ApiError::not_found_model`], ...), which keep `status` and `kind` in
+/// agreement; [`ApiError::with_status`] exists for the rare status a kind
+/// does not imply (413 for an oversized body, say).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status code.
+    pub status: u16,
+    pub kind: ErrorType,
+    /// For people: names the field, the value and the limit where there is one.
+    pub message: String,
+    /// The request field at fault (`temperature`, `messages[1].content`).
+    pub param: Option<String>,
+    /// A finer stable machine string (`model_not_found`,
+    /// `context_length_exceeded`).
+    pub code: Option<String>,
+    /// Seconds after which a retry may succeed; sent as `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error of `kind` with its usual status and no param or code.
+    pub fn new(kind: ErrorType, message: impl Into<String>) -> Self {
+        Self {
+            status: kind.status(),
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400 about one request field; `message` should name the field, the
+    /// value and the limit.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ErrorType::InvalidRequest, message).with_param(param)
+    }
+
+    /// 400 about the request as a whole (not JSON, not an object).
+    pub fn invalid_body(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::InvalidRequest, message)
+    }
+
+    /// 400 with param `param`: a feature Locara does not have.
+    pub fn unsupported(param: &str, why: &str) -> Self {
+        Self::invalid(param, format!("{param} is not supported: {why}"))
+            .with_code("unsupported_parameter")
+    }
+
+    /// 404 `model_not_found` for the model a request named.
+    pub fn not_found_model(name: &str) -> Self {
+        Self::new(
+            ErrorType::NotFound,
+            format!(
+                "model {name:?} is not installed; GET /v1/models lists the installed models, \
+                 `locara pull {name}` fetches one from the catalog"
+            ),
+        )
+        .with_param("model")
+        .with_code("model_not_found")
+    }
+
+    /// 503 `insufficient_memory`; `message` should give the numbers (needs,
+    /// free, budget). `retry_after` (seconds) when waiting may help, as under
+    /// memory pressure.
+    pub fn insufficient_memory(message: impl Into<String>, retry_after: Option<u64>) -> Self {
+        Self::new(ErrorType::InsufficientMemory, message).with_retry(retry_after)
+    }
+
+    /// 429 `rate_limit_error`; `retry_after` in seconds.
+    pub fn rate_limited(message: impl Into<String>, retry_after: Option<u64>) -> Self {
+        Self::new(ErrorType::RateLimit, message).with_retry(retry_after)
+    }
+
+    /// 503 `model_unavailable`.
+    pub fn model_unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::ModelUnavailable, message)
+    }
+
+    /// 500 `server_error`.
+    pub fn server_error(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::ServerError, message)
+    }
+
+    /// 502 `worker_died`.
+    pub fn worker_died(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::WorkerDied, message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::Unauthorized, message)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::Forbidden, message)
+    }
+
+    /// 503 `shutting_down`.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            ErrorType::ShuttingDown,
+            "the Locara daemon is shutting down and takes no new requests",
+        )
+    }
+
+    /// 413 `invalid_request_error`: the body is larger than `limit` bytes.
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::invalid_body(format!(
+            "request body is larger than the limit of {limit} bytes"
+        ))
+        .with_status(413)
+    }
+
+    /// The error for an `Error` event of an engine worker.
+    ///
+    /// | worker kind | type | status |
+    /// |---|---|---|
+    /// | `prompt_too_long` | `invalid_request_error`, code `context_length_exceeded` (OpenAI's) | 400 |
+    /// | `chat_template` | `invalid_request_error` (use /v1/completions) | 400 |
+    /// | `invalid_model`, `load_failed` | `model_unavailable` | 503 |
+    /// | `bad_request`, `decode_failed` | `server_error` | 500 |
+    ///
+    /// Except for `prompt_too_long`, `code` is the worker's own kind.
+    pub fn from_worker(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let code = match kind {
+            ErrorKind::PromptTooLong => "context_length_exceeded",
+            other => other.as_str(),
+        };
+        let err = match kind {
+            ErrorKind::PromptTooLong => Self::new(ErrorType::InvalidRequest, message),
+            ErrorKind::ChatTemplate => Self::new(
+                ErrorType::InvalidRequest,
+                format!("{message}; /v1/completions takes a prompt without a chat template"),
+            )
+            .with_param("messages"),
+            ErrorKind::InvalidModel | ErrorKind::LoadFailed => {
+                Self::new(ErrorType::ModelUnavailable, message)
+            }
+            ErrorKind::BadRequest | ErrorKind::DecodeFailed => {
+                Self::new(ErrorType::ServerError, message)
+            }
+        };
+        err.with_code(code)
+    }
+
+    /// Sets `param`.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// Sets `code`.
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// Sets `Retry-After`, in seconds.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Sets the HTTP status, keeping the kind.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    fn with_retry(mut self, seconds: Option<u64>) -> Self {
+        self.retry_after = seconds;
+        self
+    }
+
+    /// The status as `http`'s type; a status outside 100..=999 becomes 500.
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// OpenAI's error body:
+    /// `{"error":{"message":..,"type":..,"param":..,"code":..}}`, with
+    /// `param` and `code` null when absent.
+    pub fn body(&self) -> Value {
+        json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind.as_str(),
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+
+    /// The body as the `data:` of a server-sent event, for an error in a
+    /// stream whose 200 status has already been sent.
+    pub fn sse_data(&self) -> String {
+        self.body().to_string()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+// ---------------------------------------------------------------------------
+// keep_alive
+// ---------------------------------------------------------------------------
+
+/// How long a model stays loaded after a request, Ollama-style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Never unload for idleness (`-1`, or any negative value). Memory
+    /// pressure still unloads it.
+    Forever,
+    /// Unload as soon as the model is idle (`0`).
+    UnloadWhenDone,
+    /// Unload after this long idle; more than zero, at most
+    /// [`MAX_KEEP_ALIVE`], millisecond resolution.
+    For(Duration),
+}
+
+/// A `keep_alive` value that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeepAliveError {
+    #[error(
+        "{input:?} is not a duration: use seconds (300), a duration (\"90s\", \"5m\", \"1h30m\", \"2d\"), \
+         0 to unload when done or -1 to keep loaded"
+    )]
+    Malformed { input: String },
+    #[error("{input} is out of range: at most 30 days (-1 keeps the model loaded)")]
+    TooLong { input: String },
+}
+
+/// Longest `keep_alive` string we read; anything longer is not a duration.
+const MAX_KEEP_ALIVE_LEN: usize = 64;
+
+impl KeepAlive {
+    /// Reads a config-file or request string: whole or fractional seconds
+    /// (`"300"`, `"0"`, `"-1"`), or number-unit pairs with units `ms`, `s`,
+    /// `m`, `h`, `d` (`"90s"`, `"3m"`, `"1h30m"`, `"1.5h"`). Zero means
+    /// [`KeepAlive::UnloadWhenDone`], a negative value
+    /// [`KeepAlive::Forever`].
+    pub fn parse_str(input: &str) -> Result<Self, KeepAliveError> {
+        let malformed = || KeepAliveError::Malformed {
+            input: truncate(input, MAX_KEEP_ALIVE_LEN),
+        };
+        let s = input.trim();
+        if s.is_empty() || s.len() > MAX_KEEP_ALIVE_LEN {
+            return Err(malformed());
+        }
+        let (negative, body) = match s.as_bytes()[0] {
+            b'-' => (true, &s[1..]),
+            b'+' => (false, &s[1..]),
+            _ => (false, s),
+        };
+        let seconds = if is_decimal(body) {
+            body.parse::<f64>().map_err(|_| malformed())?
+        } else {
+            parse_unit_pairs(body).ok_or_else(malformed)?
+        };
+        if negative && seconds > 0.0 {
+            return Ok(KeepAlive::Forever);
+        }
+        Self::from_seconds_checked(seconds, || s.to_owned())
+    }
+
+    /// From a number of seconds: negative is [`KeepAlive::Forever`], zero
+    /// [`KeepAlive::UnloadWhenDone`].
+    pub fn from_seconds(seconds: f64) -> Result<Self, KeepAliveError> {
+        if seconds.is_nan() {
+            return Err(KeepAliveError::Malformed {
+                input: seconds.to_string(),
+            });
+        }
+        if seconds < 0.0 {
+            return Ok(KeepAlive::Forever);
+        }
+        Self::from_seconds_checked(seconds, || seconds.to_string())
+    }
+
+    fn from_seconds_checked(
+        seconds: f64,
+        input: impl FnOnce() -> String,
+    ) -> Result<Self, KeepAliveError> {
+        if seconds.is_nan() || seconds > MAX_KEEP_ALIVE.as_secs_f64() {
+            return Err(KeepAliveError::TooLong { input: input() });
+        }
+        // In range 0..=30 days, so the cast cannot saturate.
+        let millis = (seconds * 1000.0).round() as u64;
+        Ok(if millis == 0 {
+            KeepAlive::UnloadWhenDone
+        } else {
+            KeepAlive::For(Duration::from_millis(millis))
+        })
+    }
+
+    /// How long the model stays loaded once idle; `None` = forever.
+    pub fn idle_limit(self) -> Option<Duration> {
+        match self {
+            KeepAlive::Forever => None,
+            KeepAlive::UnloadWhenDone => Some(Duration::ZERO),
+            KeepAlive::For(d) => Some(d),
+        }
+    }
+}
+
+impl FromStr for KeepAlive {
+    type Err = KeepAliveError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse_str(s)
+    }
+}
+
+impl fmt::Display for KeepAlive {
+    /// A string [`KeepAlive::parse_str`] reads back: `-1`, `0`, `1h30m`, `90ms`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = match self {
+            KeepAlive::Forever => return f.write_str("-1"),
+            KeepAlive::UnloadWhenDone => return f.write_str("0"),
+            KeepAlive::For(d) => *d,
+        };
+        let secs = d.as_secs();
+        let parts = [
+            (secs / 86_400, "d"),
+            (secs / 3600 % 24, "h"),
+            (secs / 60 % 60, "m"),
+            (secs % 60, "s"),
+            (u64::from(d.subsec_millis()), "ms"),
+        ];
+        let mut wrote = false;
+        for (n, unit) in parts {
+            if n > 0 {
+                write!(f, "{n}{unit}")?;
+                wrote = true;
+            }
+        }
+        if !wrote {
+            f.write_str("0")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `keep_alive` from a request: a number of seconds or a string as
+/// [`KeepAlive::parse_str`] takes.
+pub fn parse_keep_alive(v: &Value) -> Result<KeepAlive, ApiError> {
+    let parsed = match v {
+        Value::Number(n) => {
+            KeepAlive::from_seconds(n.as_f64().unwrap_or(f64::NAN)).map_err(|e| match e {
+                KeepAliveError::TooLong { .. } => KeepAliveError::TooLong {
+                    input: n.to_string(),
+                },
+                other => other,
+            })
+        }
+        Value::String(s) => KeepAlive::parse_str(s),
+        other => {
+            return Err(ApiError::invalid(
+                "keep_alive",
+                format!(
+                    "keep_alive must be a number of seconds or a duration string such as \"5m\", got {}",
+                    describe(other)
+                ),
+            ))
+        }
+    };
+    parsed.map_err(|e| ApiError::invalid("keep_alive", format!("keep_alive {e}")))
+}
+
+/// Digits with at most one `.`, and at least one digit.
+fn is_decimal(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && s.bytes().filter(|&b| b == b'.').count() <= 1
+}
+
+/// `1h30m`, `90s`, `1.5h` → seconds; `None` if it is not such a string.
+fn parse_unit_pairs(s: &str) -> Option<f64> {
+    let mut rest = s;
+    let mut total = 0.0_f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
+        let (number, after) = rest.split_at(number_len);
+        if !is_decimal(number) {
+            return None;
+        }
+        let value: f64 = number.parse().ok()?;
+        let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, after) = after.split_at(unit_len);
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = after;
+    }
+    Some(total)
+}
+
+// ---------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------
+
+/// What both endpoints share: how much to generate, how to sample, how to
+/// load the model and how to answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    /// Most tokens to generate; `None` = until the model stops or the
+    /// context is full. `max_completion_tokens` wins over `max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// [`Sampling::default`] for every field the request omits (module docs
+    /// say why the temperature default is 0.8, not OpenAI's 1.0).
+    /// `frequency_penalty` and `presence_penalty` are range-checked and then
+    /// ignored: the worker has llama.cpp's `repeat_penalty` instead.
+    pub sampling: Sampling,
+    /// Generation ends before any of these; at most [`MAX_STOP`], none empty.
+    pub stop: Vec<String>,
+    /// `None` = the daemon's configured default.
+    pub keep_alive: Option<KeepAlive>,
+    /// Context to load the model with, in tokens; `None` = the default.
+    pub context: Option<u32>,
+    /// Answer as server-sent events.
+    pub stream: bool,
+    /// `stream_options.include_usage`: send a usage chunk before `[DONE]`.
+    /// Only meaningful with `stream`.
+    pub include_usage: bool,
+}
+
+/// A checked `POST /v1/chat/completions` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub model: String,
+    /// Roles `system`, `user`, `assistant`, `tool` (`developer` becomes
+    /// `system`, which is what chat templates know).
+    pub messages: Vec<ChatMessage>,
+    pub params: GenerationParams,
+}
+
+/// A checked `POST /v1/completions` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    pub model: String,
+    /// Given to the model as it is, without a chat template.
+    pub prompt: String,
+    pub params: GenerationParams,
+}
+
+/// Parses and checks a chat completion request body.
+pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    ChatRequest::from_json(&parse_body(body)?)
+}
+
+/// Parses and checks a text completion request body.
+pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
+    CompletionRequest::from_json(&parse_body(body)?)
+}
+
+/// The body as JSON; the JSON error (with line and column) otherwise.
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_body(
+            "request body is empty; expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))
+}
+
+fn as_object(v: &Value) -> Result<&Map<String, Value>, ApiError> {
+    v.as_object().ok_or_else(|| {
+        ApiError::invalid_body(format!(
+            "request body must be a JSON object, got {}",
+            describe(v)
+        ))
+    })
+}
+
+impl ChatRequest {
+    /// Checks an already-parsed body.
+    pub fn from_json(v: &Value) -> Result<Self, ApiError> {
+        let obj = as_object(v)?;
+        let model = parse_model(obj)?;
+        refuse_if_set(obj, "tools", "Locara generates plain text (no tool calls)")?;
+        refuse_if_set(
+            obj,
+            "functions",
+            "Locara generates plain text (no function calls)",
+        )?;
+        refuse_if_set(obj, "logprobs", "Locara does not return log probabilities")?;
+        check_response_format(obj)?;
+        let messages = parse_messages(obj)?;
+        let params = parse_params(obj)?;
+        Ok(Self {
+            model,
+            messages,
+            params,
+        })
+    }
+}
+
+impl CompletionRequest {
+    /// Checks an already-parsed body.
+    pub fn from_json(v: &Value) -> Result<Self, ApiError> {
+        let obj = as_object(v)?;
+        let model = parse_model(obj)?;
+        refuse_if_set(obj, "logprobs", "Locara does not return log probabilities")?;
+        if let Some(v) = field(obj, "echo") {
+            if as_bool("echo", v)? {
+                return Err(ApiError::unsupported(
+                    "echo",
+                    "Locara does not repeat the prompt in the answer",
+                ));
+            }
+        }
+        if let Some(v) = field(obj, "suffix") {
+            if !as_str("suffix", v)?.is_empty() {
+                return Err(ApiError::unsupported(
+                    "suffix",
+                    "Locara does not fill in the middle",
+                ));
+            }
+        }
+        if let Some(v) = field(obj, "best_of") {
+            let n = as_integer("best_of", v)?;
+            if n != 1 {
+                return Err(ApiError::invalid(
+                    "best_of",
+                    format!(
+                        "best_of {n} is not supported: Locara generates one choice per request"
+                    ),
+                )
+                .with_code("unsupported_parameter"));
+            }
+        }
+        let prompt = parse_prompt(obj)?;
+        let params = parse_params(obj)?;
+        Ok(Self {
+            model,
+            prompt,
+            params,
+        })
+    }
+}
+
+/// A field, with `null` counted as absent.
+fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).filter(|v| !v.is_null())
+}
+
+fn parse_model(obj: &Map<String, Value>) -> Result<String, ApiError> {
+    let v = field(obj, "model")
+        .ok_or_else(|| ApiError::invalid("model", "model is required: the name of a model"))?;
+    let name = as_str("model", v)?.trim();
+    if name.is_empty() {
+        return Err(ApiError::invalid("model", "model must not be empty"));
+    }
+    Ok(name.to_owned())
+}
+
+/// Refuses `name` when it is set to anything but a neutral value (null,
+/// false, an empty array or object).
+fn refuse_if_set(obj: &Map<String, Value>, name: &str, why: &str) -> Result<(), ApiError> {
+    let neutral = match field(obj, name) {
+        None => true,
+        Some(Value::Bool(b)) => !b,
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Object(o)) => o.is_empty(),
+        Some(_) => false,
+    };
+    if neutral {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported(name, why))
+    }
+}
+
+fn check_response_format(obj: &Map<String, Value>) -> Result<(), ApiError> {
+    let Some(v) = field(obj, "response_format") else {
+        return Ok(());
+    };
+    let kind = v.get("type").and_then(Value::as_str);
+    if kind == Some("text") {
+        return Ok(());
+    }
+    let shown = match kind {
+        Some(k) => format!("type {k:?}"),
+        None => describe(v),
+    };
+    Err(ApiError::invalid(
+        "response_format",
+        format!("response_format {shown} is not supported: Locara generates plain text"),
+    )
+    .with_code("unsupported_parameter"))
+}
+
+const ROLES: &str = "system, user, assistant, tool or developer";
+
+fn parse_messages(obj: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
+    let v = field(obj, "messages").ok_or_else(|| {
+        ApiError::invalid(
+            "messages",
+            "messages is required: an array of chat messages",
+        )
+    })?;
+    let Value::Array(items) = v else {
+        return Err(ApiError::invalid(
+            "messages",
+            format!("messages must be an array, got {}", describe(v)),
+        ));
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "messages must not be empty: give at least one message",
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| parse_message(i, m))
+        .collect()
+}
+
+fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
+    let at = format!("messages[{i}]");
+    let Value::Object(m) = m else {
+        return Err(ApiError::invalid(
+            &at,
+            format!(
+                "{at} must be an object with role and content, got {}",
+                describe(m)
+            ),
+        ));
+    };
+    let role_param = format!("{at}.role");
+    let role = field(m, "role")
+        .ok_or_else(|| ApiError::invalid(&role_param, format!("{role_param} is required")))?;
+    let role = match as_str(&role_param, role)? {
+        r @ ("system" | "user" | "assistant" | "tool") => r,
+        // OpenAI's newer name for system; chat templates know only system.
+        "developer" => "system",
+        other => {
+            return Err(ApiError::invalid(
+                &role_param,
+                format!("{role_param} {other:?} is not a role: use {ROLES}"),
+            ))
+        }
+    };
+    let content_param = format!("{at}.content");
+    let content = match field(m, "content") {
+        // An assistant turn that only called tools has no content.
+        None if role == "assistant" => String::new(),
+        None => {
+            return Err(ApiError::invalid(
+                &content_param,
+                format!("{content_param} is required"),
+            ))
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parse_content_parts(&content_param, parts)?,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                &content_param,
+                format!(
+                    "{content_param} must be a string or an array of text parts, got {}",
+                    describe(other)
+                ),
+            ))
+        }
+    };
+    Ok(ChatMessage {
+        role: role.to_owned(),
+        content,
+    })
+}
+
+/// Joins the text of `[{"type":"text","text":..}, ..]` with newlines (parts
+/// are separate blocks to the client; vLLM joins them the same way).
+fn parse_content_parts(param: &str, parts: &[Value]) -> Result<String, ApiError> {
+    let mut texts = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        let at = format!("{param}[{j}]");
+        let Value::Object(part) = part else {
+            return Err(ApiError::invalid(
+                &at,
+                format!("{at} must be a content part object, got {}", describe(part)),
+            ));
+        };
+        let type_param = format!("{at}.type");
+        let kind = field(part, "type")
+            .ok_or_else(|| ApiError::invalid(&type_param, format!("{type_param} is required")))?;
+        match as_str(&type_param, kind)? {
+            "text" => {
+                let text_param = format!("{at}.text");
+                let text = field(part, "text").ok_or_else(|| {
+                    ApiError::invalid(&text_param, format!("{text_param} is required"))
+                })?;
+                texts.push(as_str(&text_param, text)?);
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    &type_param,
+                    format!(
+                    "{type_param} {other:?} is not supported: Locara models take text parts only"
+                ),
+                )
+                .with_code("unsupported_parameter"))
+            }
+        }
+    }
+    Ok(texts.join("\n"))
+}
+
+fn parse_prompt(obj: &Map<String, Value>) -> Result<String, ApiError> {
+    let v = field(obj, "prompt")
+        .ok_or_else(|| ApiError::invalid("prompt", "prompt is required: the text to continue"))?;
+    let prompt = match v {
+        Value::String(s) => s.as_str(),
+        Value::Array(items) => match items.as_slice() {
+            [Value::String(s)] => s.as_str(),
+            [] => {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    "prompt must not be an empty array",
+                ))
+            }
+            [first, ..] if first.is_number() => {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    "prompt as token ids is not supported: send the text",
+                )
+                .with_code("unsupported_parameter"))
+            }
+            [_] => {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    format!("prompt[0] must be a string, got {}", describe(&items[0])),
+                ))
+            }
+            many => {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    format!(
+                        "prompt holds {} entries: Locara generates for one prompt per request",
+                        many.len()
+                    ),
+                )
+                .with_code("unsupported_parameter"))
+            }
+        },
+        other => {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("prompt must be a string, got {}", describe(other)),
+            ))
+        }
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::invalid("prompt", "prompt must not be empty"));
+    }
+    Ok(prompt.to_owned())
+}
+
+fn parse_params(obj: &Map<String, Value>) -> Result<GenerationParams, ApiError> {
+    let get_f32 = |name: &str, bounds: Bounds| -> Result<Option<f32>, ApiError> {
+        field(obj, name)
+            .map(|v| as_number(name, v, bounds).map(|x| x as f32))
+            .transpose()
+    };
+    let get_u32 = |name: &str, low: u32| -> Result<Option<u32>, ApiError> {
+        field(obj, name)
+            .map(|v| as_u32_in(name, v, low, u32::MAX, ""))
+            .transpose()
+    };
+
+    if let Some(v) = field(obj, "n") {
+        let n = as_integer("n", v)?;
+        if n != 1 {
+            return Err(ApiError::invalid(
+                "n",
+                format!("n {n} is not supported: Locara generates one choice per request"),
+            )
+            .with_code("unsupported_parameter"));
+        }
+    }
+    refuse_if_set(obj, "logit_bias", "Locara does not bias tokens by id")?;
+
+    let mut sampling = Sampling::default();
+    if let Some(t) = get_f32("temperature", Bounds::closed(0.0, 2.0))? {
+        sampling.temperature = t;
+    }
+    if let Some(p) = get_f32("top_p", Bounds::open_low(0.0, 1.0))? {
+        sampling.top_p = p;
+    }
+    if let Some(k) = get_u32("top_k", 0)? {
+        sampling.top_k = k;
+    }
+    if let Some(p) = get_f32("min_p", Bounds::closed(0.0, 1.0))? {
+        sampling.min_p = p;
+    }
+    if let Some(p) = get_f32("repeat_penalty", Bounds::open_low(0.0, 10.0))? {
+        sampling.repeat_penalty = p;
+    }
+    // Checked so a client learns of a typo'd value, then ignored: see
+    // `GenerationParams::sampling`.
+    get_f32("frequency_penalty", Bounds::closed(-2.0, 2.0))?;
+    get_f32("presence_penalty", Bounds::closed(-2.0, 2.0))?;
+    if let Some(v) = field(obj, "seed") {
+        sampling.seed = parse_seed(v)?;
+    }
+
+    let max_tokens = get_u32("max_tokens", 1)?;
+    let max_completion_tokens = get_u32("max_completion_tokens", 1)?;
+
+    let stream = field(obj, "stream")
+        .map(|v| as_bool("stream", v))
+        .transpose()?
+        .unwrap_or(false);
+    let include_usage = match field(obj, "stream_options") {
+        None => false,
+        Some(Value::Object(o)) => field(o, "include_usage")
+            .map(|v| as_bool("stream_options.include_usage", v))
+            .transpose()?
+            .unwrap_or(false),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                format!("stream_options must be an object, got {}", describe(other)),
+            ))
+        }
+    };
+
+    Ok(GenerationParams {
+        max_tokens: max_completion_tokens.or(max_tokens),
+        sampling,
+        stop: field(obj, "stop")
+            .map(parse_stop)
+            .transpose()?
+            .unwrap_or_default(),
+        keep_alive: field(obj, "keep_alive").map(parse_keep_alive).transpose()?,
+        context: field(obj, "context")
+            .map(|v| as_u32_in("context", v, MIN_CONTEXT, MAX_CONTEXT, ""))
+            .transpose()?,
+        stream,
+        include_usage,
+    })
+}
+
+/// `-1` is llama.cpp's "random seed"; anything else must fit a u32.
+fn parse_seed(v: &Value) -> Result<Option<u32>, ApiError> {
+    if as_integer("seed", v)? == -1 {
+        return Ok(None);
+    }
+    as_u32_in("seed", v, 0, u32::MAX, " (or -1 for a random seed)").map(Some)
+}
+
+fn parse_stop(v: &Value) -> Result<Vec<String>, ApiError> {
+    match v {
+        Value::String(s) if s.is_empty() => Err(ApiError::invalid(
+            "stop",
+            "stop must not be an empty string",
+        )),
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(items) => {
+            if items.len() > MAX_STOP {
+                return Err(ApiError::invalid(
+                    "stop",
+                    format!(
+                        "stop has {} strings, more than the limit of {MAX_STOP}",
+                        items.len()
+                    ),
+                ));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let at = format!("stop[{i}]");
+                    let s = as_str(&at, item)?;
+                    if s.is_empty() {
+                        return Err(ApiError::invalid(&at, format!("{at} must not be empty")));
+                    }
+                    Ok(s.to_owned())
+                })
+                .collect()
+        }
+        other => Err(ApiError::invalid(
+            "stop",
+            format!(
+                "stop must be a string or an array of strings, got {}",
+                describe(other)
+            ),
+        )),
+    }
+}
+
+/// A closed or half-open range of numbers, for range checks and messages.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    low: f64,
+    low_inclusive: bool,
+    high: f64,
+}
+
+impl Bounds {
+    /// `low..=high`.
+    fn closed(low: f64, high: f64) -> Self {
+        Self {
+            low,
+            low_inclusive: true,
+            high,
+        }
+    }
+
+    /// Above `low`, up to `high` inclusive.
+    fn open_low(low: f64, high: f64) -> Self {
+        Self {
+            low,
+            low_inclusive: false,
+            high,
+        }
+    }
+
+    fn contains(self, x: f64) -> bool {
+        let above = if self.low_inclusive {
+            x >= self.low
+        } else {
+            x > self.low
+        };
+        above && x <= self.high
+    }
+}
+
+impl fmt::Display for Bounds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.low_inclusive {
+            write!(f, "{} to {}", self.low, self.high)
+        } else {
+            write!(f, "above {}, up to {}", self.low, self.high)
+        }
+    }
+}
+
+fn as_bool(param: &str, v: &Value) -> Result<bool, ApiError> {
+    v.as_bool().ok_or_else(|| {
+        ApiError::invalid(
+            param,
+            format!("{param} must be true or false, got {}", describe(v)),
+        )
+    })
+}
+
+fn as_str<'a>(param: &str, v: &'a Value) -> Result<&'a str, ApiError> {
+    v.as_str().ok_or_else(|| {
+        ApiError::invalid(
+            param,
+            format!("{param} must be a string, got {}", describe(v)),
+        )
+    })
+}
+
+fn as_number(param: &str, v: &Value, bounds: Bounds) -> Result<f64, ApiError> {
+    let Value::Number(n) = v else {
+        return Err(ApiError::invalid(
+            param,
+            format!("{param} must be a number, got {}", describe(v)),
+        ));
+    };
+    match n.as_f64() {
+        Some(x) if bounds.contains(x) => Ok(x),
+        _ => Err(ApiError::invalid(
+            param,
+            format!("{param} {n} is out of range: {bounds}"),
+        )),
+    }
+}
+
+/// An integer, as i128 so every JSON integer fits. `2.0` counts (Python's
+/// `json` writes floats that way); `2.5` does not.
+fn as_integer(param: &str, v: &Value) -> Result<i128, ApiError> {
+    let not_integer = || {
+        ApiError::invalid(
+            param,
+            format!("{param} must be an integer, got {}", describe(v)),
+        )
+    };
+    let Value::Number(n) = v else {
+        return Err(not_integer());
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(i128::from(i));
+    }
+    if let Some(u) = n.as_u64() {
+        return Ok(i128::from(u));
+    }
+    match n.as_f64() {
+        // 2^53: beyond it a float no longer names one integer.
+        Some(x) if x.fract() == 0.0 && x.abs() <= 9_007_199_254_740_992.0 => Ok(x as i128),
+        _ => Err(not_integer()),
+    }
+}
+
+/// An integer in `low..=high`; `note` is appended to the range message.
+fn as_u32_in(param: &str, v: &Value, low: u32, high: u32, note: &str) -> Result<u32, ApiError> {
+    let i = as_integer(param, v)?;
+    u32::try_from(i)
+        .ok()
+        .filter(|x| (low..=high).contains(x))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                param,
+                format!("{param} {i} is out of range: {low} to {high}{note}"),
+            )
+        })
+}
+
+/// A JSON value as an error message shows it.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("the string {:?}", truncate(s, 40)),
+        Value::Array(_) => "an array".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary, with `…` if cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+// ---------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------
+
+/// Token counts of one generation, as OpenAI's `usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens of the prompt (after the chat template).
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+}
+
+impl Usage {
+    pub fn from_stats(stats: &GenerationStats) -> Self {
+        Self {
+            prompt_tokens: stats.prompt_tokens,
+            completion_tokens: stats.generated_tokens,
+        }
+    }
+
+    /// Prompt plus completion tokens.
+    pub fn total_tokens(self) -> u64 {
+        u64::from(self.prompt_tokens) + u64::from(self.completion_tokens)
+    }
+
+    /// `{"prompt_tokens","completion_tokens","total_tokens"}`.
+    pub fn to_json(self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens(),
+        })
+    }
+}
+
+impl From<&GenerationStats> for Usage {
+    fn from(stats: &GenerationStats) -> Self {
+        Self::from_stats(stats)
+    }
+}
+
+/// The `delta` of one chat stream chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delta<'a> {
+    /// The first chunk: `{"role":"assistant","content":""}`.
+    Role,
+    /// Generated text: `{"content":"..."}`.
+    Content(&'a str),
+    /// The last chunk, which carries the finish reason: `{}`.
+    Empty,
+}
+
+impl Delta<'_> {
+    fn to_json(self) -> Value {
+        match self {
+            Delta::Role => json!({"role": "assistant", "content": ""}),
+            Delta::Content(text) => json!({ "content": text }),
+            Delta::Empty => json!({}),
+        }
+    }
+}
+
+/// OpenAI's name for why a generation ended. A cancelled generation (the
+/// daemon stopped it) reads as `length`: the answer was cut short, which is
+/// what `length` tells a client, whereas `stop` would claim the model
+/// finished; OpenAI's clients (some deserialize into a closed enum) know no
+/// other name.
+pub fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::Cancelled => "length",
+    }
+}
+
+/// The JSON of one `chat.completion.chunk`, for one SSE `data:` line.
+/// `created` is in Unix seconds. Send [`Delta::Role`] first, then
+/// [`Delta::Content`]s, then [`Delta::Empty`] with the finish reason.
+pub fn chat_chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: Delta<'_>,
+    finish_reason: Option<&str>,
+) -> String {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "delta": delta.to_json(),
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }],
+    })
+    .to_string()
+}
+
+/// The chunk after the last when `stream_options.include_usage` is set:
+/// no choices, and the usage.
+pub fn chat_usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> String {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage.to_json(),
+    })
+    .to_string()
+}
+
+/// A whole (non-streamed) `chat.completion`. `created` in Unix seconds.
+pub fn chat_completion(
+    id: &str,
+    created: u64,
+    model: &str,
+    content: &str,
+    finish_reason: &str,
+    usage: Usage,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }],
+        "usage": usage.to_json(),
+    })
+}
+
+/// The JSON of one streamed `text_completion` chunk, for one SSE `data:`
+/// line; the last carries the finish reason (and may have empty text).
+pub fn text_chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    text: &str,
+    finish_reason: Option<&str>,
+) -> String {
+    json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "text": text,
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }],
+    })
+    .to_string()
+}
+
+/// The usage chunk of a text completion stream (`choices: []`).
+pub fn text_usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> String {
+    json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage.to_json(),
+    })
+    .to_string()
+}
+
+/// A whole (non-streamed) `text_completion`. `created` in Unix seconds.
+pub fn text_completion(
+    id: &str,
+    created: u64,
+    model: &str,
+    text: &str,
+    finish_reason: &str,
+    usage: Usage,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "text": text,
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }],
+        "usage": usage.to_json(),
+    })
+}
+
+/// `GET /v1/models`: one entry per `(id, created in Unix seconds, owned_by)`.
+pub fn models_list(models: &[(String, u64, &str)]) -> Value {
+    let data: Vec<Value> = models
+        .iter()
+        .map(|(id, created, owned_by)| {
+            json!({
+                "id": id,
+                "object": "model",
+                "created": created,
+                "owned_by": owned_by,
+            })
+        })
+        .collect();
+    json!({ "object": "list", "data": data })
+}
+
+/// Now, in Unix seconds (the `created` of responses); 0 if the clock is
+/// before 1970.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A response id: `prefix`, `-`, then 24 hex digits (`chatcmpl-…`,
+/// `cmpl-…`; a trailing `-` on `prefix` is not doubled). Unique within the
+/// process (a counter through a bijective mix) and unlikely to repeat
+/// across runs (the mix is keyed by start time, pid and an address). Not
+/// a secret: never use it for authentication.
+pub fn completion_id(prefix: &str) -> String {
+    static KEY: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let key = *KEY.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let local = 0u8;
+        let addr = std::ptr::addr_of!(local) as usize as u64;
+        splitmix64(nanos ^ (u64::from(std::process::id()) << 32) ^ addr.rotate_left(17))
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // splitmix64 is a bijection and the golden-ratio step is odd, so
+    // distinct counters give distinct `high` values.
+    let x = key.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let high = splitmix64(x);
+    let low = splitmix64(x ^ 0xD1B5_4A32_D192_ED03) >> 32;
+    format!("{}-{high:016x}{low:08x}", prefix.trim_end_matches('-'))
+}
+
+/// Sebastiano Vigna's splitmix64 finalizer.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal valid chat body with `extra` fields merged in.
+    fn chat_with(extra: Value) -> Result<ChatRequest, ApiError> {
+        let mut body = json!({
+            "model": "smollm2:135m",
+            "messages": [{"role": "user", "content": "Hi"}],
+        });
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        ChatRequest::from_json(&body)
+    }
+
+    fn completion_with(extra: Value) -> Result<CompletionRequest, ApiError> {
+        let mut body = json!({"model": "smollm2:135m", "prompt": "Once upon"});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        CompletionRequest::from_json(&body)
+    }
+
+    #[track_caller]
+    fn assert_invalid(result: Result<impl fmt::Debug, ApiError>, param: &str, message: &str) {
+        let err = result.expect_err("request should be refused");
+        assert_eq!(err.kind, ErrorType::InvalidRequest, "{err:?}");
+        assert_eq!(err.status, 400);
+        assert_eq!(err.param.as_deref(), Some(param), "{err:?}");
+        assert_eq!(err.message, message);
+    }
+
+    #[test]
+    fn minimal_chat_gets_sampling_defaults() {
+        let req = chat_with(json!({})).unwrap();
+        assert_eq!(req.model, "smollm2:135m");
+        assert_eq!(
+            req.messages,
+            vec![ChatMessage {
+                role: "user".into(),
+                content: "Hi".into()
+            }]
+        );
+        let p = &req.params;
+        assert_eq!(p.sampling, Sampling::default());
+        assert_eq!(p.sampling.temperature, 0.8);
+        assert_eq!(p.max_tokens, None);
+        assert!(p.stop.is_empty());
+        assert_eq!(p.keep_alive, None);
+        assert_eq!(p.context, None);
+        assert!(!p.stream);
+        assert!(!p.include_usage);
+    }
+
+    #[test]
+    fn every_known_field_is_read() {
+        let req = chat_with(json!({
+            "temperature": 0, "top_p": 0.5, "top_k": 7, "min_p": 0.1,
+            "repeat_penalty": 1.1, "seed": 42, "max_tokens": 16,
+            "stop": ["\n\n", "END"], "keep_alive": "1h30m", "context": 4096,
+            "stream": true, "stream_options": {"include_usage": true},
+            "frequency_penalty": 0.5, "presence_penalty": -0.5, "n": 1,
+            "user": "someone", "response_format": {"type": "text"},
+            "logit_bias": {}, "logprobs": false, "tools": [],
+        }))
+        .unwrap();
+        let p = req.params;
+        assert_eq!(
+            p.sampling,
+            Sampling {
+                temperature: 0.0,
+                top_p: 0.5,
+                top_k: 7,
+                min_p: 0.1,
+                repeat_penalty: 1.1,
+                seed: Some(42),
+                ..Sampling::default()
+            }
+        );
+        assert_eq!(p.max_tokens, Some(16));
+        assert_eq!(p.stop, ["\n\n", "END"]);
+        assert_eq!(
+            p.keep_alive,
+            Some(KeepAlive::For(Duration::from_secs(5400)))
+        );
+        assert_eq!(p.context, Some(4096));
+        assert!(p.stream);
+        assert!(p.include_usage);
+    }
+
+    #[test]
+    fn range_checks_name_field_value_and_limit() {
+        let cases = [
+            (
+                "temperature",
+                json!(3.5),
+                "temperature 3.5 is out of range: 0 to 2",
+            ),
+            (
+                "temperature",
+                json!(-0.1),
+                "temperature -0.1 is out of range: 0 to 2",
+            ),
+            (
+                "top_p",
+                json!(0),
+                "top_p 0 is out of range: above 0, up to 1",
+            ),
+            (
+                "top_p",
+                json!(1.5),
+                "top_p 1.5 is out of range: above 0, up to 1",
+            ),
+            ("min_p", json!(2), "min_p 2 is out of range: 0 to 1"),
+            (
+                "repeat_penalty",
+                json!(0),
+                "repeat_penalty 0 is out of range: above 0, up to 10",
+            ),
+            (
+                "repeat_penalty",
+                json!(11),
+                "repeat_penalty 11 is out of range: above 0, up to 10",
+            ),
+            (
+                "frequency_penalty",
+                json!(2.5),
+                "frequency_penalty 2.5 is out of range: -2 to 2",
+            ),
+            (
+                "presence_penalty",
+                json!(-3),
+                "presence_penalty -3 is out of range: -2 to 2",
+            ),
+            (
+                "top_k",
+                json!(-1),
+                "top_k -1 is out of range: 0 to 4294967295",
+            ),
+            (
+                "max_tokens",
+                json!(0),
+                "max_tokens 0 is out of range: 1 to 4294967295",
+            ),
+            (
+                "max_completion_tokens",
+                json!(0),
+                "max_completion_tokens 0 is out of range: 1 to 4294967295",
+            ),
+            (
+                "max_tokens",
+                json!(5_000_000_000u64),
+                "max_tokens 5000000000 is out of range: 1 to 4294967295",
+            ),
+            (
+                "context",
+                json!(100),
+                "context 100 is out of range: 256 to 1048576",
+            ),
+            (
+                "context",
+                json!(2_000_000),
+                "context 2000000 is out of range: 256 to 1048576",
+            ),
+            (
+                "seed",
+                json!(4_294_967_296u64),
+                "seed 4294967296 is out of range: 0 to 4294967295 (or -1 for a random seed)",
+            ),
+            (
+                "seed",
+                json!(-2),
+                "seed -2 is out of range: 0 to 4294967295 (or -1 for a random seed)",
+            ),
+        ];
+        for (name, value, message) in cases {
+            assert_invalid(chat_with(json!({ name: value.clone() })), name, message);
+            // The completion endpoint shares the checks.
+            assert_invalid(completion_with(json!({ name: value })), name, message);
+        }
+    }
+
+    #[test]
+    fn range_edges_are_accepted() {
+        let req = chat_with(json!({
+            "temperature": 2, "top_p": 1, "min_p": 0, "repeat_penalty": 10,
+            "frequency_penalty": -2, "presence_penalty": 2, "context": 256,
+            "max_tokens": 1, "seed": 4_294_967_295u64, "top_k": 0,
+        }))
+        .unwrap();
+        assert_eq!(req.params.sampling.temperature, 2.0);
+        assert_eq!(req.params.sampling.seed, Some(u32::MAX));
+        assert_eq!(req.params.context, Some(256));
+        assert_eq!(req.params.max_tokens, Some(1));
+    }
+
+    #[test]
+    fn type_errors_name_the_field_and_what_came() {
+        assert_invalid(
+            chat_with(json!({"temperature": "hot"})),
+            "temperature",
+            "temperature must be a number, got the string \"hot\"",
+        );
+        assert_invalid(
+            chat_with(json!({"stream": "yes"})),
+            "stream",
+            "stream must be true or false, got the string \"yes\"",
+        );
+        assert_invalid(
+            chat_with(json!({"max_tokens": 1.5})),
+            "max_tokens",
+            "max_tokens must be an integer, got 1.5",
+        );
+        assert_invalid(
+            chat_with(json!({"stream_options": {"include_usage": 1}})),
+            "stream_options.include_usage",
+            "stream_options.include_usage must be true or false, got 1",
+        );
+        assert_invalid(
+            chat_with(json!({"model": 7})),
+            "model",
+            "model must be a string, got 7",
+        );
+    }
+
+    #[test]
+    fn integral_floats_count_as_integers() {
+        // Python's json module writes 100.0 for a float 100.
+        let req = chat_with(json!({"max_tokens": 100.0, "seed": 3.0})).unwrap();
+        assert_eq!(req.params.max_tokens, Some(100));
+        assert_eq!(req.params.sampling.seed, Some(3));
+    }
+
+    #[test]
+    fn unknown_fields_and_nulls_are_ignored() {
+        let req = chat_with(json!({
+            "store": true, "metadata": {"a": 1}, "service_tier": "auto",
+            "parallel_tool_calls": false, "tool_choice": "none",
+            "some_future_field": [1, 2, 3],
+            "temperature": null, "stop": null, "max_tokens": null, "seed": null,
+            "tools": null, "logprobs": null, "response_format": null, "n": null,
+        }))
+        .unwrap();
+        assert_eq!(req.params, chat_with(json!({})).unwrap().params);
+    }
+
+    #[test]
+    fn seed_minus_one_is_random() {
+        let req = chat_with(json!({"seed": -1})).unwrap();
+        assert_eq!(req.params.sampling.seed, None);
+    }
+
+    #[test]
+    fn n_other_than_one_is_refused_by_name() {
+        assert_invalid(
+            chat_with(json!({"n": 2})),
+            "n",
+            "n 2 is not supported: Locara generates one choice per request",
+        );
+        assert_invalid(
+            completion_with(json!({"n": 0})),
+            "n",
+            "n 0 is not supported: Locara generates one choice per request",
+        );
+        assert!(chat_with(json!({"n": 1})).is_ok());
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_over_max_tokens() {
+        let both = chat_with(json!({"max_tokens": 10, "max_completion_tokens": 20})).unwrap();
+        assert_eq!(both.params.max_tokens, Some(20));
+        let old = chat_with(json!({"max_tokens": 10})).unwrap();
+        assert_eq!(old.params.max_tokens, Some(10));
+        let new = chat_with(json!({"max_completion_tokens": 30})).unwrap();
+        assert_eq!(new.params.max_tokens, Some(30));
+        // A bad max_tokens is refused even when max_completion_tokens is fine.
+        assert_invalid(
+            chat_with(json!({"max_tokens": 0, "max_completion_tokens": 5})),
+            "max_tokens",
+            "max_tokens 0 is out of range: 1 to 4294967295",
+        );
+    }
+
+    #[test]
+    fn stop_as_string_and_array() {
+        let one = chat_with(json!({"stop": "\n"})).unwrap();
+        assert_eq!(one.params.stop, ["\n"]);
+        let four = chat_with(json!({"stop": ["a", "b", "c", "d"]})).unwrap();
+        assert_eq!(four.params.stop, ["a", "b", "c", "d"]);
+        let none = chat_with(json!({"stop": []})).unwrap();
+        assert!(none.params.stop.is_empty());
+        assert_invalid(
+            chat_with(json!({"stop": ["a", "b", "c", "d", "e"]})),
+            "stop",
+            "stop has 5 strings, more than the limit of 4",
+        );
+        assert_invalid(
+            chat_with(json!({"stop": ["a", ""]})),
+            "stop[1]",
+            "stop[1] must not be empty",
+        );
+        assert_invalid(
+            chat_with(json!({"stop": ""})),
+            "stop",
+            "stop must not be an empty string",
+        );
+        assert_invalid(
+            chat_with(json!({"stop": ["a", 3]})),
+            "stop[1]",
+            "stop[1] must be a string, got 3",
+        );
+        assert_invalid(
+            chat_with(json!({"stop": 3})),
+            "stop",
+            "stop must be a string or an array of strings, got 3",
+        );
+    }
+
+    #[test]
+    fn content_parts_of_text_are_joined() {
+        let req = chat_with(json!({"messages": [{
+            "role": "user",
+            "content": [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}],
+        }]}))
+        .unwrap();
+        assert_eq!(req.messages[0].content, "first\nsecond");
+    }
+
+    #[test]
+    fn content_parts_other_than_text_are_refused_by_name() {
+        let result = chat_with(json!({"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]},
+        ]}));
+        assert_invalid(
+            result,
+            "messages[1].content[1].type",
+            "messages[1].content[1].type \"image_url\" is not supported: Locara models take text parts only",
+        );
+        assert_invalid(
+            chat_with(json!({"messages": [{"role": "user", "content": [{"type": "text"}]}]})),
+            "messages[0].content[0].text",
+            "messages[0].content[0].text is required",
+        );
+        assert_invalid(
+            chat_with(json!({"messages": [{"role": "user", "content": 5}]})),
+            "messages[0].content",
+            "messages[0].content must be a string or an array of text parts, got 5",
+        );
+    }
+
+    #[test]
+    fn roles_are_checked_and_developer_becomes_system() {
+        let req = chat_with(json!({"messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": null},
+            {"role": "tool", "content": "42"},
+        ]}))
+        .unwrap();
+        let roles: Vec<&str> = req.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "tool"]);
+        assert_eq!(req.messages[2].content, "");
+        assert_invalid(
+            chat_with(json!({"messages": [{"role": "function", "content": "x"}]})),
+            "messages[0].role",
+            "messages[0].role \"function\" is not a role: use system, user, assistant, tool or developer",
+        );
+        assert_invalid(
+            chat_with(json!({"messages": [{"role": "user"}]})),
+            "messages[0].content",
+            "messages[0].content is required",
+        );
+    }
+
+    #[test]
+    fn messages_and_model_are_required() {
+        assert_invalid(
+            chat_with(json!({"messages": []})),
+            "messages",
+            "messages must not be empty: give at least one message",
+        );
+        assert_invalid(
+            ChatRequest::from_json(&json!({"model": "m"})),
+            "messages",
+            "messages is required: an array of chat messages",
+        );
+        assert_invalid(
+            ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "Hi"}]})),
+            "model",
+            "model is required: the name of a model",
+        );
+        assert_invalid(
+            chat_with(json!({"model": " "})),
+            "model",
+            "model must not be empty",
+        );
+    }
+
+    #[test]
+    fn unsupported_features_are_refused_by_name() {
+        for (name, value) in [
+            (
+                "tools",
+                json!([{"type": "function", "function": {"name": "f"}}]),
+            ),
+            ("functions", json!([{"name": "f"}])),
+            ("logprobs", json!(true)),
+            ("logit_bias", json!({"50256": -100})),
+        ] {
+            let err = chat_with(json!({ name: value })).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(name), "{err:?}");
+            assert!(
+                err.message
+                    .starts_with(&format!("{name} is not supported: ")),
+                "{err:?}"
+            );
+            assert_eq!(err.code.as_deref(), Some("unsupported_parameter"));
+        }
+        assert_invalid(
+            chat_with(json!({"response_format": {"type": "json_object"}})),
+            "response_format",
+            "response_format type \"json_object\" is not supported: Locara generates plain text",
+        );
+        assert!(chat_with(json!({"response_format": {"type": "text"}})).is_ok());
+    }
+
+    #[test]
+    fn body_that_is_not_an_object_is_refused() {
+        let err = parse_chat(b"[1, 2]").unwrap_err();
+        assert_eq!(err.kind, ErrorType::InvalidRequest);
+        assert_eq!(err.param, None);
+        assert_eq!(
+            err.message,
+            "request body must be a JSON object, got an array"
+        );
+        let err = parse_completion(b"\"text\"").unwrap_err();
+        assert_eq!(
+            err.message,
+            "request body must be a JSON object, got the string \"text\""
+        );
+        let err = parse_chat(b"{\"model\": ").unwrap_err();
+        assert!(
+            err.message.starts_with("request body is not valid JSON: "),
+            "{err:?}"
+        );
+        let err = parse_chat(b"  \n").unwrap_err();
+        assert_eq!(err.message, "request body is empty; expected a JSON object");
+    }
+
+    #[test]
+    fn parse_chat_reads_bytes() {
+        let req = parse_chat(
+            br#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"max_tokens":5}"#,
+        )
+        .unwrap();
+        assert_eq!(req.model, "m");
+        assert_eq!(req.params.max_tokens, Some(5));
+    }
+
+    #[test]
+    fn completion_prompt_forms() {
+        assert_eq!(completion_with(json!({})).unwrap().prompt, "Once upon");
+        let one = completion_with(json!({"prompt": ["a time"]})).unwrap();
+        assert_eq!(one.prompt, "a time");
+        assert_invalid(
+            completion_with(json!({"prompt": ["a", "b"]})),
+            "prompt",
+            "prompt holds 2 entries: Locara generates for one prompt per request",
+        );
+        assert_invalid(
+            completion_with(json!({"prompt": [1, 2, 3]})),
+            "prompt",
+            "prompt as token ids is not supported: send the text",
+        );
+        assert_invalid(
+            completion_with(json!({"prompt": []})),
+            "prompt",
+            "prompt must not be an empty array",
+        );
+        assert_invalid(
+            completion_with(json!({"prompt": ""})),
+            "prompt",
+            "prompt must not be empty",
+        );
+        assert_invalid(
+            completion_with(json!({"prompt": {"text": "x"}})),
+            "prompt",
+            "prompt must be a string, got an object",
+        );
+    }
+
+    #[test]
+    fn completion_refuses_echo_suffix_best_of_by_name() {
+        assert_invalid(
+            completion_with(json!({"echo": true})),
+            "echo",
+            "echo is not supported: Locara does not repeat the prompt in the answer",
+        );
+        assert_invalid(
+            completion_with(json!({"suffix": "}"})),
+            "suffix",
+            "suffix is not supported: Locara does not fill in the middle",
+        );
+        assert_invalid(
+            completion_with(json!({"best_of": 3})),
+            "best_of",
+            "best_of 3 is not supported: Locara generates one choice per request",
+        );
+        assert_invalid(
+            completion_with(json!({"logprobs": 2})),
+            "logprobs",
+            "logprobs is not supported: Locara does not return log probabilities",
+        );
+        let neutral =
+            completion_with(json!({"echo": false, "suffix": "", "best_of": 1, "logprobs": null}))
+                .unwrap();
+        assert_eq!(neutral.params, completion_with(json!({})).unwrap().params);
+    }
+
+    #[test]
+    fn keep_alive_forms() {
+        let secs = |s| KeepAlive::For(Duration::from_secs(s));
+        let cases = [
+            (json!(0), KeepAlive::UnloadWhenDone),
+            (json!(-1), KeepAlive::Forever),
+            (json!(-300), KeepAlive::Forever),
+            (json!(300), secs(300)),
+            (json!(1.5), KeepAlive::For(Duration::from_millis(1500))),
+            (json!("0"), KeepAlive::UnloadWhenDone),
+            (json!("0s"), KeepAlive::UnloadWhenDone),
+            (json!("-1"), KeepAlive::Forever),
+            (json!("-5m"), KeepAlive::Forever),
+            (json!("300"), secs(300)),
+            (json!("30s"), secs(30)),
+            (json!("90s"), secs(90)),
+            (json!("3m"), secs(180)),
+            (json!("5m"), secs(300)),
+            (json!("1h"), secs(3600)),
+            (json!("1h30m"), secs(5400)),
+            (json!("1.5h"), secs(5400)),
+            (json!(" 2d "), secs(2 * 86_400)),
+            (json!("250ms"), KeepAlive::For(Duration::from_millis(250))),
+            (json!("30d"), KeepAlive::For(MAX_KEEP_ALIVE)),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_keep_alive(&value), Ok(expected), "{value}");
+        }
+        for bad in ["", "5x", "m", "1h30", "1..5s", "--1", "five minutes", "5 m"] {
+            let err = parse_keep_alive(&json!(bad)).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some("keep_alive"));
+            assert!(
+                err.message
+                    .starts_with(&format!("keep_alive {bad:?} is not a duration")),
+                "{bad}: {err:?}"
+            );
+        }
+        assert_invalid(
+            chat_with(json!({"keep_alive": "31d"})),
+            "keep_alive",
+            "keep_alive 31d is out of range: at most 30 days (-1 keeps the model loaded)",
+        );
+        assert_invalid(
+            chat_with(json!({"keep_alive": 2_592_001})),
+            "keep_alive",
+            "keep_alive 2592001 is out of range: at most 30 days (-1 keeps the model loaded)",
+        );
+        assert_invalid(
+            chat_with(json!({"keep_alive": true})),
+            "keep_alive",
+            "keep_alive must be a number of seconds or a duration string such as \"5m\", got true",
+        );
+    }
+
+    #[test]
+    fn keep_alive_config_strings_round_trip() {
+        for s in ["3m", "0", "-1", "90s", "1h30m", "2d", "250ms", "1h1m1s"] {
+            let k: KeepAlive = s.parse().unwrap();
+            let shown = k.to_string();
+            assert_eq!(KeepAlive::parse_str(&shown), Ok(k), "{s} -> {shown}");
+        }
+        assert_eq!(KeepAlive::parse_str("90s").unwrap().to_string(), "1m30s");
+        assert_eq!(
+            KeepAlive::parse_str("3m").unwrap().idle_limit(),
+            Some(Duration::from_secs(180))
+        );
+        assert_eq!(KeepAlive::Forever.idle_limit(), None);
+        // Huge numbers are out of range, not an overflow.
+        assert!(matches!(
+            KeepAlive::parse_str("99999999999999999999999h"),
+            Err(KeepAliveError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn error_body_has_openai_shape_exactly() {
+        let err = ApiError::invalid("temperature", "temperature 3.5 is out of range: 0 to 2");
+        assert_eq!(
+            err.body(),
+            json!({"error": {
+                "message": "temperature 3.5 is out of range: 0 to 2",
+                "type": "invalid_request_error",
+                "param": "temperature",
+                "code": null,
+            }})
+        );
+        let err = ApiError::server_error("boom");
+        assert_eq!(
+            err.body().to_string(),
+            r#"{"error":{"code":null,"message":"boom","param":null,"type":"server_error"}}"#
+        );
+        let err = ApiError::not_found_model("qwen:7b");
+        assert_eq!(err.status, 404);
+        assert_eq!(err.body()["error"]["type"], "not_found_error");
+        assert_eq!(err.body()["error"]["code"], "model_not_found");
+        assert_eq!(err.body()["error"]["param"], "model");
+        assert!(err.message.contains("\"qwen:7b\""), "{err:?}");
+    }
+
+    #[test]
+    fn error_kinds_have_their_statuses_and_stable_names() {
+        let expected = [
+            (ErrorType::InvalidRequest, 400, "invalid_request_error"),
+            (ErrorType::NotFound, 404, "not_found_error"),
+            (ErrorType::InsufficientMemory, 503, "insufficient_memory"),
+            (ErrorType::RateLimit, 429, "rate_limit_error"),
+            (ErrorType::ModelUnavailable, 503, "model_unavailable"),
+            (ErrorType::ServerError, 500, "server_error"),
+            (ErrorType::WorkerDied, 502, "worker_died"),
+            (ErrorType::Unauthorized, 401, "unauthorized"),
+            (ErrorType::Forbidden, 403, "forbidden"),
+            (ErrorType::ShuttingDown, 503, "shutting_down"),
+        ];
+        assert_eq!(expected.len(), ErrorType::ALL.len());
+        for (kind, status, name) in expected {
+            assert_eq!(kind.status(), status, "{kind}");
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(ApiError::new(kind, "x").status, status);
+        }
+        assert_eq!(ApiError::insufficient_memory("x", Some(5)).status, 503);
+        assert_eq!(ApiError::worker_died("x").status, 502);
+        assert_eq!(ApiError::shutting_down().kind, ErrorType::ShuttingDown);
+        assert_eq!(ApiError::unauthorized("x").status, 401);
+        assert_eq!(ApiError::forbidden("x").status, 403);
+        assert_eq!(ApiError::model_unavailable("x").status, 503);
+        let big = ApiError::body_too_large(1 << 20);
+        assert_eq!((big.status, big.kind), (413, ErrorType::InvalidRequest));
+    }
+
+    #[test]
+    fn worker_errors_map_to_api_errors() {
+        let cases = [
+            (ErrorKind::PromptTooLong, 400, "context_length_exceeded"),
+            (ErrorKind::ChatTemplate, 400, "chat_template"),
+            (ErrorKind::InvalidModel, 503, "invalid_model"),
+            (ErrorKind::LoadFailed, 503, "load_failed"),
+            (ErrorKind::BadRequest, 500, "bad_request"),
+            (ErrorKind::DecodeFailed, 500, "decode_failed"),
+        ];
+        for (kind, status, code) in cases {
+            let err = ApiError::from_worker(kind, "m");
+            assert_eq!((err.status, err.code.as_deref()), (status, Some(code)));
+        }
+    }
+
+    #[tokio::test]
+    async fn into_response_sets_status_body_and_retry_after() {
+        let response =
+            ApiError::rate_limited("12 requests are queued for smollm2", Some(7)).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"7"[..])
+        );
+        assert_eq!(
+            response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {
+                "message": "12 requests are queued for smollm2",
+                "type": "rate_limit_error",
+                "param": null,
+                "code": null,
+            }})
+        );
+
+        let response = ApiError::worker_died("the worker exited").into_response();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    /// Reads a chunk the way the `openai` Python client does: it needs
+    /// `id`, `object`, `created`, `model`, and per choice `index`, `delta`,
+    /// `finish_reason`.
+    fn read_chunk(text: &str) -> Value {
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+        assert_eq!(v["id"], "chatcmpl-abc");
+        assert_eq!(v["created"], 1_700_000_000u64);
+        assert_eq!(v["model"], "smollm2:135m");
+        v
+    }
+
+    #[test]
+    fn chat_stream_chunks_read_back_as_openai_clients_expect() {
+        let (id, t, m) = ("chatcmpl-abc", 1_700_000_000, "smollm2:135m");
+        let stream = [
+            chat_chunk(id, t, m, Delta::Role, None),
+            chat_chunk(id, t, m, Delta::Content("Hel"), None),
+            chat_chunk(id, t, m, Delta::Content("lo \"✓\"\n"), None),
+            chat_chunk(
+                id,
+                t,
+                m,
+                Delta::Empty,
+                Some(finish_reason(FinishReason::Stop)),
+            ),
+        ];
+        let chunks: Vec<Value> = stream.iter().map(|c| read_chunk(c)).collect();
+        for c in &chunks {
+            assert_eq!(c["choices"].as_array().map(Vec::len), Some(1));
+            assert_eq!(c["choices"][0]["index"], 0);
+            assert!(c["choices"][0]["delta"].is_object());
+            assert!(c["choices"][0].get("finish_reason").is_some());
+        }
+        assert!(
+            !stream.iter().any(|s| s.contains('\n')),
+            "SSE data must be one line"
+        );
+        assert_eq!(
+            chunks[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        assert_eq!(chunks[0]["choices"][0]["finish_reason"], Value::Null);
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "Hello \"✓\"\n");
+        assert_eq!(chunks[3]["choices"][0]["delta"], json!({}));
+        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
+
+        let usage = Usage {
+            prompt_tokens: 9,
+            completion_tokens: 3,
+        };
+        let last = read_chunk(&chat_usage_chunk(id, t, m, usage));
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(
+            last["usage"],
+            json!({"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12})
+        );
+    }
+
+    #[test]
+    fn chat_completion_shape() {
+        let stats = GenerationStats {
+            prompt_tokens: 20,
+            generated_tokens: 5,
+            ..GenerationStats::default()
+        };
+        let v = chat_completion(
+            "chatcmpl-1",
+            17,
+            "m",
+            "Hello",
+            finish_reason(FinishReason::Length),
+            Usage::from(&stats),
+        );
+        assert_eq!(
+            v,
+            json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 17, "model": "m",
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello"},
+                    "logprobs": null,
+                    "finish_reason": "length",
+                }],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+            })
+        );
+    }
+
+    #[test]
+    fn text_completion_shapes() {
+        let usage = Usage {
+            prompt_tokens: 2,
+            completion_tokens: 1,
+        };
+        let full = text_completion("cmpl-1", 5, "m", " a time", "stop", usage);
+        assert_eq!(full["object"], "text_completion");
+        assert_eq!(full["choices"][0]["text"], " a time");
+        assert_eq!(full["choices"][0]["index"], 0);
+        assert_eq!(full["choices"][0]["logprobs"], Value::Null);
+        assert_eq!(full["choices"][0]["finish_reason"], "stop");
+        assert_eq!(full["usage"]["total_tokens"], 3);
+
+        let chunk: Value = serde_json::from_str(&text_chunk("cmpl-1", 5, "m", " a", None)).unwrap();
+        assert_eq!(chunk["object"], "text_completion");
+        assert_eq!(chunk["choices"][0]["text"], " a");
+        assert_eq!(chunk["choices"][0]["finish_reason"], Value::Null);
+        let usage: Value =
+            serde_json::from_str(&text_usage_chunk("cmpl-1", 5, "m", usage)).unwrap();
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["prompt_tokens"], 2);
+    }
+
+    #[test]
+    fn models_list_shape() {
+        let v = models_list(&[
+            ("smollm2:135m".to_owned(), 1_700_000_000, "locara"),
+            ("gemma3:270m".to_owned(), 1_700_000_001, "locara"),
+        ]);
+        assert_eq!(
+            v,
+            json!({"object": "list", "data": [
+                {"id": "smollm2:135m", "object": "model", "created": 1_700_000_000u64, "owned_by": "locara"},
+                {"id": "gemma3:270m", "object": "model", "created": 1_700_000_001u64, "owned_by": "locara"},
+            ]})
+        );
+        assert_eq!(models_list(&[]), json!({"object": "list", "data": []}));
+    }
+
+    #[test]
+    fn finish_reasons_stay_in_openais_set() {
+        assert_eq!(finish_reason(FinishReason::Stop), "stop");
+        assert_eq!(finish_reason(FinishReason::Length), "length");
+        assert_eq!(finish_reason(FinishReason::Cancelled), "length");
+    }
+
+    #[test]
+    fn completion_ids_are_prefixed_hex_and_distinct() {
+        let ids: Vec<String> = (0..1000).map(|_| completion_id("chatcmpl")).collect();
+        for id in &ids {
+            let hex = id.strip_prefix("chatcmpl-").expect("prefix");
+            assert_eq!(hex.len(), 24, "{id}");
+            assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert!(completion_id("cmpl-").starts_with("cmpl-"));
+        assert!(!completion_id("cmpl-").starts_with("cmpl--"));
+    }
+
+    #[test]
+    fn stream_error_is_one_data_line() {
+        let err = ApiError::worker_died("the engine worker for smollm2 exited (signal 9)");
+        let line = err.sse_data();
+        assert!(!line.contains('\n'));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["error"]["type"], "worker_died");
+    }
+}

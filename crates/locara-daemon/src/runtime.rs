@@ -1,0 +1,729 @@
+//! The governor task: one task owns the [`Governor`] state and carries out
+//! its decisions with real engine workers.
+//!
+//! [`Runtime`] is the handle: it sends commands over a channel to the task
+//! and awaits the answers. The task never blocks: loads, unloads and
+//! footprint reads run on blocking threads and report back as commands.
+//! The policy itself (admission, eviction, idle expiry) lives in
+//! `locara_core::governor` and is tested there with values alone.
+//!
+//! A request that gets its model holds a [`Lease`]; dropping the lease tells
+//! the governor the request ended (which starts the idle clock).
+
+use crate::config::ServeConfig;
+use crate::host::{WorkerExit, WorkerHost};
+use crate::metrics::Metrics;
+use crate::store::{ModelName, Store, StoreError};
+use locara_core::estimate::{self, ENGINE_FULL_WINDOW_CACHE};
+use locara_core::governor::{
+    downshift_contexts, Acquire, Governor, KeepAlive, Measured, Phase, Policy, Refusal, Unload,
+    UnloadReason, Wish,
+};
+use locara_core::{Backend, EstimateOptions, KvType, ModelShape};
+use locara_engine::protocol::LoadRequest;
+use locara_engine::WorkerCommand;
+use locara_platform::{MemoryProbe, SystemSnapshot};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a worker may take to exit when asked before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// What the task needs from the outside, fixed at start.
+pub struct Settings {
+    pub config: ServeConfig,
+    /// The budget in bytes (the config's, or the machine's).
+    pub budget: u64,
+    pub store: Store,
+    pub worker: WorkerCommand,
+    /// CPU threads per worker.
+    pub threads: u32,
+    /// The memory layout llama.cpp will use here, for estimates.
+    pub backend: Backend,
+    pub probe: Arc<dyn MemoryProbe>,
+}
+
+/// Why a request cannot have its model.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("model {model:?} not found: {reason}")]
+    NotFound { model: String, reason: String },
+    #[error("model {model} cannot be used: {message}")]
+    InvalidModel { model: String, message: String },
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("loading {model} failed: {message}")]
+    LoadFailed { model: String, message: String },
+    #[error("{model} was unloaded before its load finished")]
+    UnloadedWhileLoading { model: String },
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("the governor task has stopped")]
+    Stopped,
+}
+
+/// What a request asks of its model.
+#[derive(Debug, Clone, Default)]
+pub struct ModelWish {
+    pub model: String,
+    /// An exact context per sequence, tokens; `None`: the configured
+    /// default, which may be lowered when memory is short.
+    pub context: Option<u32>,
+    pub keep_alive: Option<KeepAlive>,
+}
+
+/// A request's hold on a loaded model. Dropping it ends the hold.
+pub struct Lease {
+    pub host: Arc<WorkerHost>,
+    pub model: String,
+    pub instance: u64,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Release {
+            model: std::mem::take(&mut self.model),
+            instance: self.instance,
+        });
+    }
+}
+
+/// One model in [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelStatus {
+    pub name: String,
+    /// `loading` or `loaded`.
+    pub state: Phase,
+    /// The estimate at this context, mapped weights included, bytes.
+    pub estimate: u64,
+    /// The estimate's footprint part (what the OS will charge the worker),
+    /// bytes.
+    pub estimated_footprint: u64,
+    /// Measured by the OS just now, bytes; `None` while loading.
+    pub footprint: Option<u64>,
+    /// Resident bytes of the mapped model file, measured, bytes.
+    pub mapped_weights: Option<u64>,
+    /// Context per sequence, tokens.
+    pub context: u32,
+    pub kv_type: KvType,
+    /// Sequences that generate at once.
+    pub parallel: u32,
+    pub sequences_busy: u32,
+    pub queued: u32,
+    /// Milliseconds since the Unix epoch.
+    pub last_used_unix_ms: u64,
+    pub pinned: bool,
+    /// The keep-alive in words: `forever`, `0` or seconds (`180s`).
+    pub keep_alive: String,
+    /// When it unloads if it stays idle, milliseconds since the Unix epoch;
+    /// `None` while busy, loading or pinned.
+    pub unload_at_unix_ms: Option<u64>,
+    pub pid: Option<u32>,
+    /// The llama.cpp build its worker runs.
+    pub engine: Option<String>,
+}
+
+/// The runtime's state for `/locara/v1/status`, `locara ps` and metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Bytes the runtime may hold.
+    pub budget: u64,
+    /// The budget as pressure leaves it, bytes.
+    pub effective_budget: u64,
+    /// Bytes held by loaded and loading models, bytes.
+    pub held: u64,
+    pub models: Vec<ModelStatus>,
+    /// Models unloaded with `hold`: requests for them fail until loaded.
+    pub held_unloaded: Vec<String>,
+    /// The machine's memory now; `None` where it cannot be read.
+    pub system: Option<SystemSnapshot>,
+    pub shutting_down: bool,
+}
+
+enum Command {
+    Acquire {
+        wish: ModelWish,
+        reply: oneshot::Sender<Result<Lease, RuntimeError>>,
+    },
+    Release {
+        model: String,
+        instance: u64,
+    },
+    LoadDone {
+        model: String,
+        instance: u64,
+        result: Result<(Arc<WorkerHost>, Option<Measured>), String>,
+        seconds: f64,
+    },
+    WorkerExited {
+        model: String,
+        instance: u64,
+        exit: WorkerExit,
+    },
+    Unload {
+        model: String,
+        hold: bool,
+        reply: oneshot::Sender<bool>,
+    },
+    Unhold {
+        model: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The handle to the governor task.
+#[derive(Clone)]
+pub struct Runtime {
+    tx: mpsc::UnboundedSender<Command>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    /// Starts the governor task on the current tokio runtime.
+    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Runtime {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let policy = Policy {
+            keep_alive: settings.config.keep_alive,
+            queue_depth: settings.config.queue,
+            ..Policy::default()
+        };
+        let task = Task {
+            governor: Governor::new(settings.budget, policy),
+            hosts: HashMap::new(),
+            waiters: HashMap::new(),
+            loads: HashMap::new(),
+            shapes: HashMap::new(),
+            settings: Arc::new(settings),
+            metrics: Arc::clone(&metrics),
+            tx: tx.clone(),
+            shutting_down: false,
+            stopping: Vec::new(),
+        };
+        tokio::spawn(task.run(rx));
+        Runtime { tx, metrics }
+    }
+
+    /// Waits until the model is loaded (loading it if needed) and a place
+    /// in it is held.
+    pub async fn acquire(&self, wish: ModelWish) -> Result<Lease, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Acquire { wish, reply })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Unloads a model; `hold` keeps it unloaded. True when it was loaded.
+    pub async fn unload(&self, model: &str, hold: bool) -> Result<bool, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Unload {
+                model: model.to_string(),
+                hold,
+                reply,
+            })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Loads a model (lifting a hold) and leaves it loaded, idle.
+    pub async fn load(&self, wish: ModelWish) -> Result<(), RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Unhold {
+                model: wish.model.clone(),
+                reply,
+            })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?;
+        drop(self.acquire(wish).await?);
+        Ok(())
+    }
+
+    pub async fn status(&self) -> Result<Status, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Status { reply })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Refuses new requests, stops every worker and waits for them to exit.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// What the task remembers of a load beyond the governor's state.
+struct LoadMeta {
+    kv_type: KvType,
+    estimated_footprint: u64,
+}
+
+struct Task {
+    governor: Governor,
+    /// Loaded models' workers, by name, with their instance.
+    hosts: HashMap<String, (u64, Arc<WorkerHost>)>,
+    /// Requests waiting for a load, by instance.
+    waiters: HashMap<u64, Vec<oneshot::Sender<Result<Lease, RuntimeError>>>>,
+    loads: HashMap<u64, LoadMeta>,
+    /// Validated model files: path and estimate shape, by name.
+    shapes: HashMap<String, (PathBuf, ModelShape)>,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::UnboundedSender<Command>,
+    shutting_down: bool,
+    /// Blocking stops in flight (joined at shutdown).
+    stopping: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let deadline = self.governor.next_deadline();
+            let command = match deadline {
+                Some(at) => {
+                    tokio::select! {
+                        c = rx.recv() => c,
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
+                            self.expire();
+                            continue;
+                        }
+                    }
+                }
+                None => rx.recv().await,
+            };
+            let Some(command) = command else { return };
+            match command {
+                Command::Acquire { wish, reply } => self.acquire(wish, reply),
+                Command::Release { model, instance } => {
+                    if let Some(u) = self.governor.release(&model, instance, Instant::now()) {
+                        self.unload(u);
+                    }
+                }
+                Command::LoadDone {
+                    model,
+                    instance,
+                    result,
+                    seconds,
+                } => self.load_done(&model, instance, result, seconds),
+                Command::WorkerExited {
+                    model,
+                    instance,
+                    exit,
+                } => self.worker_exited(&model, instance, exit),
+                Command::Unload { model, hold, reply } => {
+                    let u = self.governor.unload(&model, hold);
+                    let was = u.is_some();
+                    if let Some(u) = u {
+                        self.unload(u);
+                    }
+                    let _ = reply.send(was);
+                }
+                Command::Unhold { model, reply } => {
+                    let _ = reply.send(self.governor.unhold(&model));
+                }
+                Command::Status { reply } => {
+                    let _ = reply.send(self.status());
+                }
+                Command::Shutdown { reply } => {
+                    self.shutting_down = true;
+                    for u in self.governor.unload_all(UnloadReason::Shutdown) {
+                        self.unload(u);
+                    }
+                    let stops = std::mem::take(&mut self.stopping);
+                    tokio::spawn(async move {
+                        for s in stops {
+                            let _ = s.await;
+                        }
+                        let _ = reply.send(());
+                    });
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        for u in self.governor.expire(Instant::now()) {
+            self.unload(u);
+        }
+    }
+
+    /// The path and estimate shape of a stored model.
+    fn shape(&mut self, model: &str) -> Result<(PathBuf, ModelShape), RuntimeError> {
+        if let Some(s) = self.shapes.get(model) {
+            return Ok(s.clone());
+        }
+        let name: ModelName = model
+            .parse()
+            .map_err(|e: StoreError| RuntimeError::NotFound {
+                model: model.to_string(),
+                reason: e.to_string(),
+            })?;
+        let entry = self
+            .settings
+            .store
+            .get(&name)
+            .map_err(|e| RuntimeError::InvalidModel {
+                model: model.to_string(),
+                message: e.to_string(),
+            })?
+            .ok_or_else(|| RuntimeError::NotFound {
+                model: model.to_string(),
+                reason: format!(
+                    "it is not in the store; run `locara pull {model}` or `locara import`"
+                ),
+            })?;
+        let file =
+            locara_gguf::validate_file(&entry.path).map_err(|e| RuntimeError::InvalidModel {
+                model: model.to_string(),
+                message: e.to_string(),
+            })?;
+        let found = (entry.path, file.shape());
+        self.shapes.insert(model.to_string(), found.clone());
+        Ok(found)
+    }
+
+    fn acquire(&mut self, wish: ModelWish, reply: oneshot::Sender<Result<Lease, RuntimeError>>) {
+        if self.shutting_down {
+            let _ = reply.send(Err(RuntimeError::ShuttingDown));
+            return;
+        }
+        let (path, shape) = match self.shape(&wish.model) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let config = &self.settings.config;
+        let contexts = match wish.context {
+            Some(c) => vec![c],
+            None => downshift_contexts(
+                config.context.min(shape.context_length.max(1)),
+                self.governor.policy.min_context,
+            ),
+        };
+        let mut candidates = Vec::new();
+        let mut footprints = Vec::new();
+        for context in contexts {
+            let options = EstimateOptions {
+                context,
+                kv_type: config.kv_type,
+                parallel: config.parallel,
+                backend: self.settings.backend.clone(),
+                full_window_cache: ENGINE_FULL_WINDOW_CACHE,
+            };
+            match estimate::estimate(&shape, &options) {
+                Ok(e) => {
+                    if !candidates.iter().any(|&(c, _)| c == e.context) {
+                        candidates.push((e.context, e.total()));
+                        footprints.push(e.footprint());
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(RuntimeError::InvalidModel {
+                        model: wish.model.clone(),
+                        message: e.to_string(),
+                    }));
+                    return;
+                }
+            }
+        }
+        let gwish = Wish {
+            model: wish.model.clone(),
+            candidates: candidates.clone(),
+            parallel: config.parallel,
+            keep_alive: wish.keep_alive,
+        };
+        match self.governor.acquire(&gwish, Instant::now()) {
+            Acquire::Ready => {
+                let lease = self.lease(&wish.model);
+                let _ = reply.send(lease);
+            }
+            Acquire::Wait => {
+                let instance = self.governor.model(&wish.model).map_or(0, |m| m.instance);
+                self.waiters.entry(instance).or_default().push(reply);
+            }
+            Acquire::Load(load) => {
+                let footprint = candidates
+                    .iter()
+                    .position(|&(c, _)| c == load.context)
+                    .map_or(0, |i| footprints[i]);
+                self.loads.insert(
+                    load.instance,
+                    LoadMeta {
+                        kv_type: config.kv_type,
+                        estimated_footprint: footprint,
+                    },
+                );
+                self.waiters.insert(load.instance, vec![reply]);
+                let mut evicted = Vec::new();
+                for u in &load.evict {
+                    self.metrics.evicted(&u.model);
+                    self.metrics.unloaded(&u.model, u.reason.as_str());
+                    eprintln!(
+                        "locara: evicting {} ({} held) to make room for {}",
+                        u.model,
+                        locara_core::Bytes(u.held),
+                        load.model
+                    );
+                    if let Some((_, host)) = self.hosts.remove(&u.model) {
+                        evicted.push(host);
+                    }
+                }
+                let request = LoadRequest {
+                    path,
+                    context: Some(load.context),
+                    kv_type: config.kv_type,
+                    parallel: load.parallel,
+                    threads: self.settings.threads,
+                    gpu_layers: None,
+                };
+                self.spawn_load(load.model, load.instance, request, evicted);
+            }
+            Acquire::Refused(refusal) => {
+                let kind = match &refusal {
+                    Refusal::Held { .. } => "held",
+                    Refusal::QueueFull { .. } => "queue_full",
+                    Refusal::InsufficientMemory(_) => "insufficient_memory",
+                };
+                self.metrics.refused(&wish.model, kind);
+                let _ = reply.send(Err(RuntimeError::Refused(refusal)));
+            }
+        }
+    }
+
+    fn lease(&self, model: &str) -> Result<Lease, RuntimeError> {
+        match self.hosts.get(model) {
+            Some((instance, host)) => Ok(Lease {
+                host: Arc::clone(host),
+                model: model.to_string(),
+                instance: *instance,
+                tx: self.tx.clone(),
+            }),
+            None => Err(RuntimeError::UnloadedWhileLoading {
+                model: model.to_string(),
+            }),
+        }
+    }
+
+    /// Stops the evicted workers (waiting for them, so their memory is back
+    /// before the new one grows), then starts the new one, off the task.
+    fn spawn_load(
+        &mut self,
+        model: String,
+        instance: u64,
+        request: LoadRequest,
+        evicted: Vec<Arc<WorkerHost>>,
+    ) {
+        let settings = Arc::clone(&self.settings);
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            for host in evicted {
+                host.stop(STOP_GRACE);
+            }
+            let started = Instant::now();
+            let exit_tx = tx.clone();
+            let exit_model = model.clone();
+            let result = WorkerHost::start(&settings.worker, request, move |exit| {
+                let _ = exit_tx.send(Command::WorkerExited {
+                    model: exit_model,
+                    instance,
+                    exit,
+                });
+            })
+            .map(|host| {
+                let measured =
+                    settings
+                        .probe
+                        .process_footprint(host.pid())
+                        .ok()
+                        .map(|f| Measured {
+                            footprint: f.footprint,
+                            mapped_weights: f.mapped_weights,
+                        });
+                (host, measured)
+            })
+            .map_err(|e| e.to_string());
+            let _ = tx.send(Command::LoadDone {
+                model,
+                instance,
+                result,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        });
+    }
+
+    fn load_done(
+        &mut self,
+        model: &str,
+        instance: u64,
+        result: Result<(Arc<WorkerHost>, Option<Measured>), String>,
+        seconds: f64,
+    ) {
+        let waiters = self.waiters.remove(&instance).unwrap_or_default();
+        match result {
+            Ok((host, measured)) => {
+                self.metrics.load_finished(model, seconds, true);
+                if !self.governor.loaded(instance, measured, Instant::now()) {
+                    // Unloaded while it loaded: its waiters were told then.
+                    self.stop_host(host);
+                    return;
+                }
+                if let (Some(m), Some(meta)) = (measured, self.loads.get(&instance)) {
+                    self.metrics
+                        .estimate_checked(model, meta.estimated_footprint, m.footprint);
+                }
+                self.hosts
+                    .insert(model.to_string(), (instance, Arc::clone(&host)));
+                for w in waiters {
+                    // A waiter that went away drops its lease, which
+                    // releases its place.
+                    let _ = w.send(self.lease(model));
+                }
+            }
+            Err(message) => {
+                self.metrics.load_finished(model, seconds, false);
+                self.governor.load_failed(instance);
+                self.loads.remove(&instance);
+                eprintln!("locara: loading {model} failed: {message}");
+                for w in waiters {
+                    let _ = w.send(Err(RuntimeError::LoadFailed {
+                        model: model.to_string(),
+                        message: message.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn worker_exited(&mut self, model: &str, instance: u64, exit: WorkerExit) {
+        if exit.expected {
+            self.governor.worker_exited(instance);
+        } else if let Some(u) = self.governor.worker_died(instance) {
+            eprintln!("locara: the worker of {model} died ({})", exit.status);
+            self.metrics.unloaded(model, u.reason.as_str());
+        }
+        self.loads.remove(&instance);
+        if self.hosts.get(model).is_some_and(|(i, _)| *i == instance) {
+            self.hosts.remove(model);
+        }
+    }
+
+    fn unload(&mut self, u: Unload) {
+        self.metrics.unloaded(&u.model, u.reason.as_str());
+        eprintln!(
+            "locara: unloading {} ({}, {} held)",
+            u.model,
+            u.reason.as_str(),
+            locara_core::Bytes(u.held)
+        );
+        for w in self.waiters.remove(&u.instance).unwrap_or_default() {
+            let _ = w.send(Err(RuntimeError::UnloadedWhileLoading {
+                model: u.model.clone(),
+            }));
+        }
+        match self.hosts.get(&u.model) {
+            Some((i, _)) if *i == u.instance => {
+                if let Some((_, host)) = self.hosts.remove(&u.model) {
+                    self.stop_host(host);
+                }
+            }
+            // Still loading: `load_done` stops it when it arrives.
+            _ => {}
+        }
+    }
+
+    fn stop_host(&mut self, host: Arc<WorkerHost>) {
+        self.stopping.retain(|h| !h.is_finished());
+        self.stopping
+            .push(tokio::task::spawn_blocking(move || host.stop(STOP_GRACE)));
+    }
+
+    fn status(&mut self) -> Status {
+        let now = Instant::now();
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let to_unix = |t: Instant| -> u64 {
+            if t >= now {
+                unix_now.saturating_add((t - now).as_millis() as u64)
+            } else {
+                unix_now.saturating_sub((now - t).as_millis() as u64)
+            }
+        };
+        // Measure every worker now: the OS's figure, not a remembered one.
+        let fresh: Vec<(u64, Measured)> = self
+            .hosts
+            .values()
+            .filter_map(|(instance, host)| {
+                let f = self.settings.probe.process_footprint(host.pid()).ok()?;
+                Some((
+                    *instance,
+                    Measured {
+                        footprint: f.footprint,
+                        mapped_weights: f.mapped_weights,
+                    },
+                ))
+            })
+            .collect();
+        for (instance, m) in fresh {
+            self.governor.measured(instance, m);
+        }
+        let models = self
+            .governor
+            .models()
+            .map(|(name, m)| {
+                let host = self
+                    .hosts
+                    .get(name)
+                    .filter(|(i, _)| *i == m.instance)
+                    .map(|(_, h)| h);
+                let meta = self.loads.get(&m.instance);
+                ModelStatus {
+                    name: name.to_string(),
+                    state: m.phase,
+                    estimate: m.estimate,
+                    estimated_footprint: meta.map_or(0, |l| l.estimated_footprint),
+                    footprint: m.measured.map(|x| x.footprint),
+                    mapped_weights: m.measured.map(|x| x.mapped_weights),
+                    context: m.context,
+                    kv_type: meta.map_or(self.settings.config.kv_type, |l| l.kv_type),
+                    parallel: m.parallel,
+                    sequences_busy: m.busy(),
+                    queued: m.queued(),
+                    last_used_unix_ms: to_unix(m.last_used),
+                    pinned: m.pinned(),
+                    keep_alive: m.keep_alive.to_string(),
+                    unload_at_unix_ms: m.unload_at().map(to_unix),
+                    pid: host.map(|h| h.pid()),
+                    engine: host.map(|h| h.engine().to_string()),
+                }
+            })
+            .collect();
+        Status {
+            budget: self.governor.budget,
+            effective_budget: self.governor.effective_budget,
+            held: self.governor.held_bytes(),
+            models,
+            held_unloaded: self.governor.held_models().map(str::to_string).collect(),
+            system: self.settings.probe.snapshot().ok(),
+            shutting_down: self.shutting_down,
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! The HTTP API: OpenAI-compatible endpoints and Locara's own.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/chat/completions` | chat through the model's template; SSE with `stream: true` |
+//! | `POST /v1/completions` | raw text completion |
+//! | `GET /v1/models` | the models in the store |
+//! | `GET /locara/v1/status` | budget, models (state, estimate, footprint, ...), system memory |
+//! | `POST /locara/v1/models/{name}/load` | load and keep loaded (idle) |
+//! | `POST /locara/v1/models/{name}/unload[?hold=true]` | unload (and keep unloaded) |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Tokens are streamed as the worker decodes them, one SSE event each,
+//! never buffered. A client that goes away drops its stream, which cancels
+//! the generation in the worker and frees its sequence.
+
+use crate::host::{Generation, StreamEvent};
+use crate::metrics::{Gauges, ModelGauges, CONTENT_TYPE};
+use crate::openai::{self, ApiError, Delta, GenerationParams, Usage};
+use crate::runtime::{Lease, ModelWish, Runtime, RuntimeError, Status};
+use crate::store::Store;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use locara_core::governor::{KeepAlive, Refusal};
+use locara_engine::protocol::{FinishReason, GenerationStats, Prompt};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every handler shares.
+pub struct AppState {
+    pub runtime: Runtime,
+    pub store: Store,
+    /// Set at SIGTERM: new requests get 503 while in-flight ones finish.
+    pub draining: AtomicBool,
+    /// Generation requests in flight (streams included).
+    pub in_flight: AtomicUsize,
+}
+
+impl AppState {
+    pub fn new(runtime: Runtime, store: Store) -> Arc<AppState> {
+        Arc::new(AppState {
+            runtime,
+            store,
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// The routes, with the body size cap.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/locara/v1/status", get(status))
+        .route("/locara/v1/models/{name}/load", post(load))
+        .route("/locara/v1/models/{name}/unload", post(unload))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(openai::ErrorType::NotFound, "no such route").with_status(404)
+}
+
+/// Counts a generation request in flight for as long as it lives.
+struct InFlight(Arc<AppState>);
+
+impl InFlight {
+    fn enter(state: &Arc<AppState>) -> Result<InFlight, ApiError> {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(Arc::clone(state));
+        if state.draining.load(Ordering::SeqCst) {
+            return Err(ApiError::shutting_down());
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The one mapping of runtime errors to OpenAI-shaped HTTP errors.
+pub fn runtime_error(e: RuntimeError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        RuntimeError::NotFound { model, reason } => {
+            let mut err = ApiError::not_found_model(&model);
+            err.message = format!("model {model:?} not found: {reason}");
+            err
+        }
+        RuntimeError::Refused(Refusal::QueueFull { .. }) => {
+            ApiError::rate_limited(message, Some(1))
+        }
+        RuntimeError::Refused(Refusal::InsufficientMemory(_)) => {
+            ApiError::insufficient_memory(message, None)
+        }
+        RuntimeError::Refused(Refusal::Held { .. }) => {
+            ApiError::model_unavailable(message).with_code("model_held")
+        }
+        RuntimeError::InvalidModel { .. }
+        | RuntimeError::LoadFailed { .. }
+        | RuntimeError::UnloadedWhileLoading { .. } => ApiError::model_unavailable(message),
+        RuntimeError::ShuttingDown => ApiError::shutting_down(),
+        RuntimeError::Stopped => ApiError::server_error(message),
+    }
+}
+
+fn keep_alive(k: openai::KeepAlive) -> KeepAlive {
+    match k {
+        openai::KeepAlive::Forever => KeepAlive::Forever,
+        openai::KeepAlive::UnloadWhenDone => KeepAlive::UnloadWhenDone,
+        openai::KeepAlive::For(d) => KeepAlive::For(d),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completion,
+}
+
+impl Endpoint {
+    fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completion => "completions",
+        }
+    }
+}
+
+async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let request = match openai::parse_chat(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let prompt = Prompt::Chat {
+        messages: request.messages,
+    };
+    generate(state, request.model, prompt, request.params, Endpoint::Chat)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let request = match openai::parse_completion(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let prompt = Prompt::Raw {
+        text: request.prompt,
+    };
+    generate(
+        state,
+        request.model,
+        prompt,
+        request.params,
+        Endpoint::Completion,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// One generation, from acquiring the model to the last byte.
+struct Run {
+    endpoint: Endpoint,
+    id: String,
+    created: u64,
+    model: String,
+    started: Instant,
+    include_usage: bool,
+    generation: Generation,
+    runtime: Runtime,
+    // Dropped with the stream: the lease releases the model's place, the
+    // guard the in-flight count.
+    _lease: Lease,
+    _in_flight: InFlight,
+}
+
+impl Run {
+    fn finished(&self, finish: Option<FinishReason>, stats: Option<&GenerationStats>) {
+        let m = &self.runtime.metrics;
+        let outcome = finish.map_or("error", FinishReason::as_str);
+        m.request_finished(&self.model, self.endpoint.as_str(), outcome);
+        if let Some(s) = stats {
+            m.prompt_tokens(&self.model, s.prompt_tokens.into());
+            m.tokens_generated(&self.model, s.generated_tokens.into());
+            if s.generated_tokens > 1 {
+                m.observe_decode(
+                    &self.model,
+                    u64::from(s.generated_tokens - 1),
+                    s.decode_ms / 1000.0,
+                );
+            }
+        }
+    }
+
+    fn chunk(&self, text: &str, finish: Option<&str>) -> String {
+        match self.endpoint {
+            Endpoint::Chat => {
+                let delta = if finish.is_some() {
+                    Delta::Empty
+                } else {
+                    Delta::Content(text)
+                };
+                openai::chat_chunk(&self.id, self.created, &self.model, delta, finish)
+            }
+            Endpoint::Completion => {
+                openai::text_chunk(&self.id, self.created, &self.model, text, finish)
+            }
+        }
+    }
+
+    fn usage_chunk(&self, usage: Usage) -> String {
+        match self.endpoint {
+            Endpoint::Chat => openai::chat_usage_chunk(&self.id, self.created, &self.model, usage),
+            Endpoint::Completion => {
+                openai::text_usage_chunk(&self.id, self.created, &self.model, usage)
+            }
+        }
+    }
+}
+
+async fn generate(
+    state: Arc<AppState>,
+    model: String,
+    prompt: Prompt,
+    params: GenerationParams,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    let in_flight = InFlight::enter(&state)?;
+    let started = Instant::now();
+    let lease = state
+        .runtime
+        .acquire(ModelWish {
+            model: model.clone(),
+            context: params.context,
+            keep_alive: params.keep_alive.map(keep_alive),
+        })
+        .await
+        .map_err(runtime_error)?;
+    let context = lease.host.info.context;
+    if let Some(max) = params.max_tokens {
+        if max > context {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!("max_tokens {max} is more than the model's context of {context} tokens"),
+            ));
+        }
+    }
+    let mut generation = lease
+        .host
+        .generate(prompt, params.sampling, params.max_tokens, params.stop)
+        .map_err(|e| ApiError::worker_died(e.to_string()))?;
+    // The first event decides between a stream and an error answer: a
+    // prompt too long for the context is a 400, not a broken stream.
+    let first = generation.next().await;
+    let first = match first {
+        Some(StreamEvent::Error { kind, message }) => {
+            state
+                .runtime
+                .metrics
+                .request_finished(&model, endpoint.as_str(), "error");
+            return Err(worker_error(&kind, message));
+        }
+        None => return Err(ApiError::worker_died("the worker ended the stream")),
+        Some(ev) => ev,
+    };
+    if matches!(first, StreamEvent::Token(_)) {
+        state
+            .runtime
+            .metrics
+            .observe_time_to_first_token(&model, started.elapsed().as_secs_f64());
+    }
+    let run = Run {
+        endpoint,
+        id: openai::completion_id(match endpoint {
+            Endpoint::Chat => "chatcmpl",
+            Endpoint::Completion => "cmpl",
+        }),
+        created: openai::unix_now(),
+        model,
+        started,
+        include_usage: params.include_usage,
+        generation,
+        runtime: state.runtime.clone(),
+        _lease: lease,
+        _in_flight: in_flight,
+    };
+    if params.stream {
+        Ok(stream_response(run, first).into_response())
+    } else {
+        collect_response(run, first).await
+    }
+}
+
+fn worker_error(kind: &str, message: String) -> ApiError {
+    use locara_engine::protocol::ErrorKind;
+    let known = [
+        ErrorKind::InvalidModel,
+        ErrorKind::LoadFailed,
+        ErrorKind::BadRequest,
+        ErrorKind::ChatTemplate,
+        ErrorKind::PromptTooLong,
+        ErrorKind::DecodeFailed,
+    ];
+    match known.into_iter().find(|k| k.as_str() == kind) {
+        Some(k) => ApiError::from_worker(k, message),
+        None if kind == "model_unloaded" => ApiError::model_unavailable(message),
+        None => ApiError::worker_died(message),
+    }
+}
+
+async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    let mut next = Some(first);
+    loop {
+        match next {
+            Some(StreamEvent::Token(t)) => text.push_str(&t),
+            Some(StreamEvent::Done { finish, stats }) => {
+                run.finished(Some(finish), Some(&stats));
+                let usage = Usage::from_stats(&stats);
+                let reason = openai::finish_reason(finish);
+                let body = match run.endpoint {
+                    Endpoint::Chat => openai::chat_completion(
+                        &run.id,
+                        run.created,
+                        &run.model,
+                        &text,
+                        reason,
+                        usage,
+                    ),
+                    Endpoint::Completion => openai::text_completion(
+                        &run.id,
+                        run.created,
+                        &run.model,
+                        &text,
+                        reason,
+                        usage,
+                    ),
+                };
+                return Ok(Json(body).into_response());
+            }
+            Some(StreamEvent::Error { kind, message }) => {
+                run.finished(None, None);
+                return Err(worker_error(&kind, message));
+            }
+            None => {
+                run.finished(None, None);
+                return Err(ApiError::worker_died("the worker ended the stream"));
+            }
+        }
+        next = run.generation.next().await;
+    }
+}
+
+enum Phase {
+    Start(StreamEvent),
+    Next,
+    Done,
+}
+
+fn stream_response(
+    run: Run,
+    first: StreamEvent,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let events = stream::unfold((run, Phase::Start(first)), |(mut run, phase)| async move {
+        let (event, out): (Option<StreamEvent>, Vec<String>) = match phase {
+            Phase::Done => return None,
+            Phase::Start(first) => {
+                let mut out = Vec::new();
+                if run.endpoint == Endpoint::Chat {
+                    out.push(openai::chat_chunk(
+                        &run.id,
+                        run.created,
+                        &run.model,
+                        Delta::Role,
+                        None,
+                    ));
+                }
+                (Some(first), out)
+            }
+            Phase::Next => (run.generation.next().await, Vec::new()),
+        };
+        let mut out = out;
+        let next_phase = match event {
+            Some(StreamEvent::Token(t)) => {
+                out.push(run.chunk(&t, None));
+                Phase::Next
+            }
+            Some(StreamEvent::Done { finish, stats }) => {
+                run.finished(Some(finish), Some(&stats));
+                out.push(run.chunk("", Some(openai::finish_reason(finish))));
+                if run.include_usage {
+                    out.push(run.usage_chunk(Usage::from_stats(&stats)));
+                }
+                out.push(openai::STREAM_DONE.to_string());
+                Phase::Done
+            }
+            Some(StreamEvent::Error { kind, message }) => {
+                run.finished(None, None);
+                out.push(worker_error(&kind, message).sse_data());
+                Phase::Done
+            }
+            None => {
+                run.finished(None, None);
+                out.push(ApiError::worker_died("the worker ended the stream").sse_data());
+                Phase::Done
+            }
+        };
+        let _ = run.started;
+        Some((out, (run, next_phase)))
+    });
+    let flat = futures_util::StreamExt::flat_map(events, |datas| {
+        stream::iter(
+            datas
+                .into_iter()
+                .map(|d| Ok::<_, Infallible>(SseEvent::default().data(d))),
+        )
+    });
+    Sse::new(flat)
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = state
+        .store
+        .list()
+        .map_err(|e| ApiError::server_error(format!("reading the model store: {e}")))?;
+    let entries: Vec<(String, u64, &str)> = list
+        .iter()
+        .map(|m| (m.name.as_str().to_string(), m.added, "locara"))
+        .collect();
+    Ok(Json(openai::models_list(&entries)))
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiError> {
+    state
+        .runtime
+        .status()
+        .await
+        .map(Json)
+        .map_err(runtime_error)
+}
+
+#[derive(Deserialize)]
+struct UnloadQuery {
+    #[serde(default)]
+    hold: bool,
+}
+
+async fn load(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state
+        .runtime
+        .load(ModelWish {
+            model: name.clone(),
+            ..ModelWish::default()
+        })
+        .await
+        .map_err(runtime_error)?;
+    Ok(Json(serde_json::json!({ "model": name, "loaded": true })))
+}
+
+async fn unload(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<UnloadQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let was_loaded = state
+        .runtime
+        .unload(&name, q.hold)
+        .await
+        .map_err(runtime_error)?;
+    Ok(Json(serde_json::json!({
+        "model": name,
+        "was_loaded": was_loaded,
+        "held": q.hold,
+    })))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let s = state.runtime.status().await.map_err(runtime_error)?;
+    let gauges = Gauges {
+        budget_bytes: s.budget,
+        effective_budget_bytes: s.effective_budget,
+        models: s
+            .models
+            .iter()
+            .map(|m| ModelGauges {
+                model: m.name.clone(),
+                state: match m.state {
+                    locara_core::governor::Phase::Loading => "loading".into(),
+                    locara_core::governor::Phase::Loaded => "loaded".into(),
+                },
+                footprint_bytes: m.footprint,
+                mapped_weights_bytes: m.mapped_weights,
+                estimate_bytes: m.estimate,
+                sequences_busy: m.sequences_busy,
+                queue_depth: m.queued,
+            })
+            .collect(),
+    };
+    let text = state.runtime.metrics.render(&gauges);
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+}
+
+/// A status code for tests and the CLI: the status an error maps to.
+pub fn status_of(e: &ApiError) -> StatusCode {
+    e.status_code()
+}
+
+/// Where a running daemon says how to reach it: `daemon.json` in the data
+/// directory, written at start and removed at exit.
+pub const DAEMON_FILE: &str = "daemon.json";
+
+/// What `daemon.json` holds.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct DaemonInfo {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    pub pid: u32,
+}
+
+/// Serves until SIGTERM or SIGINT: then new requests get 503, in-flight
+/// ones may finish within `grace`, the workers are stopped and the server
+/// exits. `on_listening` hears the bound address first (the port may have
+/// been 0).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    max_body_bytes: usize,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let app = router(Arc::clone(&state), max_body_bytes);
+    let drain_state = Arc::clone(&state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            eprintln!("locara: stopping: new requests are refused, in-flight ones finish");
+            drain_state.draining.store(true, Ordering::SeqCst);
+            let deadline = tokio::time::Instant::now() + grace;
+            while drain_state.in_flight.load(Ordering::SeqCst) > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            // Stops every worker: streams still open end with an error.
+            drain_state.runtime.shutdown().await;
+        })
+        .await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,325 @@
+//! `locara serve` and the commands that talk to a running daemon:
+//! `locara ps`, `locara load`, `locara stop`.
+
+use crate::config::Config;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use locara_core::Bytes;
+use locara_daemon::config::{RawServeConfig, ServeConfig};
+use locara_daemon::metrics::Metrics;
+use locara_daemon::runtime::{Runtime, Settings, Status};
+use locara_daemon::server::{self, AppState, DaemonInfo, DAEMON_FILE};
+use locara_platform::SystemProbe;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Args)]
+#[command(
+    after_help = "Settings come from the config file, then the environment (LOCARA_HOST, \
+LOCARA_PORT, LOCARA_BUDGET, LOCARA_KEEP_ALIVE, LOCARA_PARALLEL, LOCARA_CONTEXT, LOCARA_KV_TYPE), \
+then these flags; later ones win. Config file keys: host, port, allow_non_loopback, budget, \
+keep_alive, parallel, queue, context, kv_type, threads, shutdown_grace, max_body_bytes.\n\n\
+The first line on stdout is `listening on http://ADDRESS`; the address is also written to \
+daemon.json in the data directory, where `locara ps`, `load` and `stop` find it.\n\n\
+Examples:\n  locara serve\n  locara serve --port 0 --budget 4GiB\n  locara serve --config ~/.config/locara/serve.toml"
+)]
+pub struct ServeArgs {
+    /// Port to listen on (default 11480; 0 picks a free one).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to listen on (default 127.0.0.1).
+    #[arg(long)]
+    host: Option<String>,
+    /// Allow listening on an address other than loopback: anyone who can
+    /// reach it can use the API.
+    #[arg(long)]
+    allow_non_loopback: bool,
+    /// A TOML config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Bytes the runtime may hold, e.g. 6GiB (default: the machine's budget,
+    /// see `locara profile`).
+    #[arg(long, value_name = "SIZE")]
+    budget: Option<String>,
+    /// How long an idle model stays loaded: 3m (default), 0 (unload when
+    /// done), -1 (keep loaded).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    keep_alive: Option<String>,
+    /// Sequences per model that generate at once (default 4).
+    #[arg(long, value_name = "N")]
+    parallel: Option<u32>,
+    /// Requests per model that may wait beyond those (default 16); more get 429.
+    #[arg(long, value_name = "N")]
+    queue: Option<u32>,
+    /// Context per sequence in tokens, unless a request names one (default 8192).
+    #[arg(long, value_name = "TOKENS")]
+    context: Option<u32>,
+    /// K/V cache type: q8_0 (default), f16 or q4_0.
+    #[arg(long, value_name = "TYPE")]
+    kv: Option<String>,
+    /// CPU threads per worker (default: the performance cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<u32>,
+    /// Pass llama.cpp's own log through to stderr.
+    #[arg(long)]
+    engine_log: bool,
+}
+
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let base = Config::load(args.engine_log)?;
+    let mut sources = Vec::new();
+    if let Some(path) = &args.config {
+        sources.push(RawServeConfig::from_file(path)?);
+    }
+    sources.push(RawServeConfig::from_env(|k| std::env::var(k).ok())?);
+    sources.push(RawServeConfig {
+        host: args.host,
+        port: args.port,
+        allow_non_loopback: args.allow_non_loopback.then_some(true),
+        budget: args.budget,
+        keep_alive: args.keep_alive,
+        parallel: args.parallel,
+        queue: args.queue,
+        context: args.context,
+        kv_type: args.kv,
+        threads: args.threads,
+        ..Default::default()
+    });
+    let config = ServeConfig::build(&sources)?;
+    let (budget, basis) = match config.budget {
+        Some(b) => (b, "configured".to_string()),
+        None => {
+            let b = crate::plan::machine_budget()?;
+            (b.bytes, b.basis)
+        }
+    };
+    let store = base.store()?;
+    let settings = Settings {
+        config: config.clone(),
+        budget,
+        store: base.store()?,
+        worker: base.worker.clone(),
+        threads: config
+            .threads
+            .unwrap_or_else(locara_platform::performance_cores),
+        backend: locara_platform::estimate_backend(),
+        probe: Arc::new(SystemProbe::default()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("locara-serve")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "locara: WARNING: listening on {addr}, which is not loopback: anyone who can \
+                 reach this address can use the API"
+            );
+        }
+        let info_path = base.home.join(DAEMON_FILE);
+        write_daemon_info(&info_path, &url)?;
+        println!("listening on {url}");
+        let _ = std::io::stdout().flush();
+        eprintln!(
+            "locara: budget {} ({basis}); {} sequences per model, context {}, K/V {}, keep_alive {}",
+            Bytes(budget),
+            config.parallel,
+            config.context,
+            config.kv_type.as_str(),
+            config.keep_alive
+        );
+        let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
+        let state = AppState::new(runtime, store);
+        let served = server::serve(
+            listener,
+            state,
+            usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+            config.shutdown_grace,
+        )
+        .await;
+        let _ = std::fs::remove_file(&info_path);
+        served.context("serving")?;
+        eprintln!("locara: stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_daemon_info(path: &Path, url: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let info = DaemonInfo {
+        url: url.to_string(),
+        pid: std::process::id(),
+    };
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&info)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The running daemon's address: `LOCARA_URL`, else `daemon.json` in the
+/// data directory when its process is alive.
+pub fn daemon_url(home: &Path) -> Option<String> {
+    if let Ok(url) = std::env::var("LOCARA_URL") {
+        if !url.is_empty() {
+            return Some(url.trim_end_matches('/').to_string());
+        }
+    }
+    let text = std::fs::read(home.join(DAEMON_FILE)).ok()?;
+    let info: DaemonInfo = serde_json::from_slice(&text).ok()?;
+    alive(info.pid).then_some(info.url)
+}
+
+fn alive(pid: u32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        Path::new(&format!("/proc/{pid}")).exists()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+fn require_daemon() -> Result<String> {
+    let config = Config::load(false)?;
+    daemon_url(&config.home).context(
+        "no Locara daemon is running (start one with `locara serve`; LOCARA_URL names another)",
+    )
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(2))
+        .build()
+}
+
+/// Reads an error answer's message (OpenAI's shape).
+fn api_error(e: ureq::Error) -> anyhow::Error {
+    match e {
+        ureq::Error::Status(code, response) => {
+            let body: serde_json::Value = response.into_json().unwrap_or_default();
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap_or("no message")
+                .to_string();
+            anyhow::anyhow!("the daemon answered {code}: {message}")
+        }
+        other => anyhow::anyhow!("talking to the daemon: {other}"),
+    }
+}
+
+pub fn ps(json: bool) -> Result<ExitCode> {
+    let url = require_daemon()?;
+    let status: Status = agent()
+        .get(&format!("{url}/locara/v1/status"))
+        .call()
+        .map_err(api_error)?
+        .into_json()
+        .context("reading the daemon's status")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    println!(
+        "{:<20} {:<8} {:>10} {:>10} {:>10} {:>6} {:<5} {:>8} {:>10}",
+        "NAME", "STATE", "FOOTPRINT", "MAPPED", "ESTIMATE", "CTX", "KV", "IDLE", "UNTIL"
+    );
+    for m in &status.models {
+        let state = match m.state {
+            locara_core::governor::Phase::Loading => "loading",
+            locara_core::governor::Phase::Loaded if m.sequences_busy > 0 => "busy",
+            locara_core::governor::Phase::Loaded => "idle",
+        };
+        let opt = |b: Option<u64>| b.map_or("-".to_string(), |b| Bytes(b).to_string());
+        let idle = if m.sequences_busy > 0 {
+            "-".to_string()
+        } else {
+            seconds(now.saturating_sub(m.last_used_unix_ms) / 1000)
+        };
+        let until = match (m.pinned, m.unload_at_unix_ms) {
+            (true, _) => "pinned".to_string(),
+            (false, Some(t)) => format!("in {}", seconds(t.saturating_sub(now) / 1000)),
+            (false, None) => "-".to_string(),
+        };
+        println!(
+            "{:<20} {:<8} {:>10} {:>10} {:>10} {:>6} {:<5} {:>8} {:>10}",
+            m.name,
+            state,
+            opt(m.footprint),
+            opt(m.mapped_weights),
+            Bytes(m.estimate).to_string(),
+            m.context,
+            m.kv_type.as_str(),
+            idle,
+            until
+        );
+    }
+    println!(
+        "budget {} (effective {}), held {}",
+        Bytes(status.budget),
+        Bytes(status.effective_budget),
+        Bytes(status.held)
+    );
+    for h in &status.held_unloaded {
+        println!("{h}: held unloaded (locara load {h} to use it again)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn seconds(s: u64) -> String {
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+pub fn load(model: &str) -> Result<ExitCode> {
+    let url = require_daemon()?;
+    agent()
+        .post(&format!("{url}/locara/v1/models/{model}/load"))
+        .call()
+        .map_err(api_error)?;
+    println!("{model} is loaded");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn stop(model: &str, hold: bool) -> Result<ExitCode> {
+    let url = require_daemon()?;
+    let answer: serde_json::Value = agent()
+        .post(&format!("{url}/locara/v1/models/{model}/unload"))
+        .query("hold", if hold { "true" } else { "false" })
+        .call()
+        .map_err(api_error)?
+        .into_json()
+        .context("reading the daemon's answer")?;
+    if answer["was_loaded"].as_bool() == Some(true) {
+        println!("{model} unloaded");
+    } else {
+        println!("{model} was not loaded");
+    }
+    if hold {
+        println!("{model} stays unloaded until `locara load {model}`");
+    }
+    if answer.is_null() {
+        bail!("the daemon gave no answer");
+    }
+    Ok(ExitCode::SUCCESS)
+}
