@@ -35,6 +35,8 @@ locara_need_deps() {
       pkg-config --exists openssl 2>/dev/null || pkgs+=(libssl-dev pkg-config)
       command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
       python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
+      # The test suite makes a virtualenv for the openai client.
+      python3 -c "import venv, ensurepip" >/dev/null 2>&1 || pkgs+=(python3-venv)
       if [ ${#pkgs[@]} -gt 0 ]; then
         if command -v apt-get >/dev/null 2>&1; then
           local sudo=""

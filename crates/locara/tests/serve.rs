@@ -1,0 +1,594 @@
+//! `locara serve` with the real default model on an ephemeral port: the
+//! OpenAI endpoints, concurrency, disconnects, worker deaths, the budget
+//! (eviction and refusal), idle unload, the queue limit and shutdown.
+
+mod common;
+
+use common::{alive, children, eventually, locara, model, test_home, GEMMA3, SMOLLM2};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A daemon on a port of its own, with a data directory whose models are
+/// the test cache's.
+struct Daemon {
+    child: Child,
+    url: String,
+    _home: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Daemon {
+        // Both models, linked from the test cache (pulled once).
+        model(SMOLLM2);
+        model(GEMMA3);
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(home.path().join("models")).unwrap();
+        for dir in ["smollm2+135m", "gemma3+270m"] {
+            std::os::unix::fs::symlink(
+                test_home().join("models").join(dir),
+                home.path().join("models").join(dir),
+            )
+            .unwrap();
+        }
+        // The profile is the machine's; copy it so the budget need not be probed.
+        let _ = std::fs::copy(
+            test_home().join("profile.json"),
+            home.path().join("profile.json"),
+        );
+        let mut child = locara()
+            .env("LOCARA_HOME", home.path())
+            .args(["serve", "--port", "0", "--threads", "1"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting locara serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Daemon {
+            child,
+            url,
+            _home: home,
+        }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<ureq::Response, ureq::Error> {
+        ureq::post(&format!("{}{path}", self.url))
+            .timeout(Duration::from_secs(300))
+            .send_json(body.clone())
+    }
+
+    fn chat(&self, body: Value) -> Value {
+        self.post("/v1/chat/completions", &body)
+            .unwrap_or_else(|e| panic!("chat failed: {}", describe(e)))
+            .into_json()
+            .unwrap()
+    }
+
+    fn status(&self) -> Value {
+        ureq::get(&format!("{}/locara/v1/status", self.url))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    }
+
+    fn model_status(&self, name: &str) -> Option<Value> {
+        self.status()["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+    }
+
+    fn metrics(&self) -> String {
+        ureq::get(&format!("{}/metrics", self.url))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn describe(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Status(code, r) => format!("{code}: {}", r.into_string().unwrap_or_default()),
+        other => other.to_string(),
+    }
+}
+
+/// A greedy chat request.
+fn chat_body(model: &str, prompt: &str, max_tokens: u32, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+    })
+}
+
+/// Reads an SSE response: each `data:` payload.
+struct Sse(BufReader<Box<dyn Read + Send + Sync>>);
+
+impl Sse {
+    fn new(r: ureq::Response) -> Sse {
+        assert_eq!(r.content_type(), "text/event-stream");
+        Sse(BufReader::new(r.into_reader()))
+    }
+
+    fn next_data(&mut self) -> Option<String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.0.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if let Some(d) = line.trim_end().strip_prefix("data: ") {
+                return Some(d.to_string());
+            }
+        }
+    }
+
+    /// Every payload to the end: the text, the finish reason, the usage and
+    /// whether `[DONE]` came.
+    fn collect(mut self) -> (String, Option<String>, Option<Value>, bool) {
+        let (mut text, mut finish, mut usage, mut done) = (String::new(), None, None, false);
+        while let Some(d) = self.next_data() {
+            if d == "[DONE]" {
+                done = true;
+                break;
+            }
+            let v: Value = serde_json::from_str(&d).unwrap();
+            assert!(v.get("error").is_none(), "error event: {v}");
+            assert_eq!(v["object"], "chat.completion.chunk");
+            if let Some(c) = v["choices"].get(0) {
+                text.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+                if let Some(f) = c["finish_reason"].as_str() {
+                    finish = Some(f.to_string());
+                }
+            }
+            if !v["usage"].is_null() {
+                usage = Some(v["usage"].clone());
+            }
+        }
+        (text, finish, usage, done)
+    }
+}
+
+#[test]
+fn chat_streams_and_answers_whole() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let whole = d.chat(chat_body(
+        SMOLLM2,
+        "What is the capital of France?",
+        24,
+        false,
+    ));
+    assert_eq!(whole["object"], "chat.completion");
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!content.trim().is_empty(), "{whole}");
+    assert!(whole["usage"]["prompt_tokens"].as_u64().unwrap() > 5);
+    let generated = whole["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((1..=24).contains(&generated), "{whole}");
+    assert!(
+        ["stop", "length"].contains(&whole["choices"][0]["finish_reason"].as_str().unwrap()),
+        "{whole}"
+    );
+
+    let r = d
+        .post(
+            "/v1/chat/completions",
+            &chat_body(SMOLLM2, "What is the capital of France?", 24, true),
+        )
+        .unwrap();
+    let (text, finish, usage, done) = Sse::new(r).collect();
+    assert!(done, "no [DONE]");
+    // Greedy: the stream is the same answer.
+    assert_eq!(text, content);
+    assert_eq!(
+        finish.as_deref(),
+        whole["choices"][0]["finish_reason"].as_str()
+    );
+    assert_eq!(usage.unwrap()["completion_tokens"], generated);
+
+    // The raw completion endpoint and the model list.
+    let c: Value = d
+        .post(
+            "/v1/completions",
+            &json!({"model": SMOLLM2, "prompt": "1, 2, 3, 4,", "max_tokens": 5, "temperature": 0}),
+        )
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(c["object"], "text_completion");
+    assert!(
+        c["choices"][0]["text"].as_str().unwrap().contains('5'),
+        "{c}"
+    );
+    let models: Value = ureq::get(&format!("{}/v1/models", d.url))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert!(models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == SMOLLM2));
+
+    // Bad input names the field; an unknown model is a 404.
+    let e = d
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": SMOLLM2, "messages": [], "n": 2}),
+        )
+        .unwrap_err();
+    let ureq::Error::Status(400, r) = e else {
+        panic!("expected 400")
+    };
+    let body: Value = r.into_json().unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let e = d
+        .post(
+            "/v1/chat/completions",
+            &chat_body("nope:1b", "hi", 4, false),
+        )
+        .unwrap_err();
+    assert!(matches!(e, ureq::Error::Status(404, _)));
+
+    // Metrics count what happened.
+    let m = d.metrics();
+    assert!(
+        m.contains(&format!(
+            "locara_tokens_generated_total{{model=\"{SMOLLM2}\"}}"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains("locara_time_to_first_token_seconds_count"),
+        "{m}"
+    );
+}
+
+#[test]
+fn four_concurrent_streams_each_get_their_full_answer() {
+    let d = Daemon::start(&["--context", "1024", "--parallel", "4"]);
+    let url = d.url.clone();
+    let prompts = [
+        "Count from 1 to 20.",
+        "Name some colours.",
+        "List the days of the week.",
+        "Write about the sea.",
+    ];
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let url = url.clone();
+            let body = chat_body(SMOLLM2, p, 20, true);
+            std::thread::spawn(move || {
+                let r = ureq::post(&format!("{url}/v1/chat/completions"))
+                    .send_json(body)
+                    .unwrap();
+                Sse::new(r).collect()
+            })
+        })
+        .collect();
+    for (h, p) in handles.into_iter().zip(prompts) {
+        let (text, finish, usage, done) = h.join().unwrap();
+        assert!(done, "{p}: no [DONE]");
+        assert!(!text.is_empty(), "{p}: empty answer");
+        let usage = usage.unwrap();
+        match finish.as_deref() {
+            Some("length") => assert_eq!(usage["completion_tokens"], 20, "{p}"),
+            Some("stop") => assert!(usage["completion_tokens"].as_u64().unwrap() < 20),
+            other => panic!("{p}: finish {other:?}"),
+        }
+    }
+    // One worker served all four.
+    let m = d.model_status(SMOLLM2).unwrap();
+    assert_eq!(m["parallel"], 4);
+    assert_eq!(children(d.pid()).len(), 1);
+}
+
+#[test]
+fn a_disconnect_mid_stream_frees_the_sequence_within_a_second() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let r = d
+        .post(
+            "/v1/chat/completions",
+            &chat_body(SMOLLM2, "Count from 1 to 1000.", 1500, true),
+        )
+        .unwrap();
+    let mut sse = Sse::new(r);
+    for _ in 0..3 {
+        sse.next_data().unwrap();
+    }
+    assert_eq!(d.model_status(SMOLLM2).unwrap()["sequences_busy"], 1);
+    drop(sse);
+    let dropped = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), || d
+            .model_status(SMOLLM2)
+            .is_some_and(|m| m["sequences_busy"] == 0)),
+        "the sequence is still busy 1 s after the client left"
+    );
+    eprintln!("sequence free {:?} after the disconnect", dropped.elapsed());
+    // And the model still answers.
+    let whole = d.chat(chat_body(SMOLLM2, "Hi", 4, false));
+    assert!(whole["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn a_worker_killed_mid_stream_ends_it_with_an_error_and_the_next_request_reloads() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let r = d
+        .post(
+            "/v1/chat/completions",
+            &chat_body(SMOLLM2, "Count from 1 to 1000.", 1500, true),
+        )
+        .unwrap();
+    let mut sse = Sse::new(r);
+    sse.next_data().unwrap();
+    let pid = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let killed = Instant::now();
+    let error = loop {
+        let data = sse
+            .next_data()
+            .expect("the stream ended without an error event");
+        let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+        if v.get("error").is_some() {
+            break v;
+        }
+        assert_ne!(data, "[DONE]", "the stream finished as if nothing happened");
+    };
+    assert!(
+        killed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_eq!(error["error"]["type"], "worker_died", "{error}");
+    assert!(
+        sse.next_data().is_none(),
+        "the stream goes on after the error"
+    );
+    // The daemon is up and the next request gets a new worker.
+    let whole = d.chat(chat_body(SMOLLM2, "Hi", 4, false));
+    assert!(whole["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    let new_pid = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
+    assert_ne!(new_pid, pid);
+    assert!(!alive(pid));
+}
+
+/// The estimate `locara plan` gives for a model at context 2048, one
+/// sequence: what the daemon admits against.
+fn planned(name: &str) -> u64 {
+    let out = locara()
+        .args(["plan", name, "--ctx", "2048", "--parallel", "1", "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["total"].as_u64().unwrap()
+}
+
+/// A budget that holds either test model but not both.
+fn budget_for_one() -> u64 {
+    let (a, b) = (planned(SMOLLM2), planned(GEMMA3));
+    let budget = a.max(b) + a.min(b) / 4;
+    assert!(budget < a + b);
+    budget
+}
+
+#[test]
+fn a_second_model_evicts_the_first_when_it_is_idle() {
+    let budget = budget_for_one().to_string();
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1", "--budget", &budget]);
+    d.chat(chat_body(SMOLLM2, "Hi", 2, false));
+    let first_pid = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
+    d.chat(chat_body(GEMMA3, "Hi", 2, false));
+    assert!(d.model_status(SMOLLM2).is_none(), "{}", d.status());
+    assert!(d.model_status(GEMMA3).is_some());
+    assert!(!alive(first_pid), "the evicted worker is still running");
+    let m = d.metrics();
+    assert!(
+        m.contains(&format!("locara_evictions_total{{model=\"{SMOLLM2}\"}} 1")),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_pinned_first_model_is_not_evicted_and_the_refusal_names_the_numbers() {
+    let budget = budget_for_one().to_string();
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1", "--budget", &budget]);
+    let mut pin = chat_body(SMOLLM2, "Hi", 2, false);
+    pin["keep_alive"] = json!(-1);
+    d.chat(pin);
+    assert_eq!(d.model_status(SMOLLM2).unwrap()["pinned"], true);
+    let e = d
+        .post("/v1/chat/completions", &chat_body(GEMMA3, "Hi", 2, false))
+        .unwrap_err();
+    let ureq::Error::Status(code, r) = e else {
+        panic!("expected an error status")
+    };
+    assert_eq!(code, 503);
+    let body: Value = r.into_json().unwrap();
+    assert_eq!(body["error"]["type"], "insufficient_memory", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("needs") && message.contains("budget"),
+        "{message}"
+    );
+    assert!(
+        message.contains(SMOLLM2) && message.contains("pinned"),
+        "{message}"
+    );
+    assert!(d.model_status(SMOLLM2).is_some());
+}
+
+#[test]
+fn an_idle_model_unloads_after_its_keep_alive() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let mut body = chat_body(SMOLLM2, "Hi", 2, false);
+    body["keep_alive"] = json!("1s");
+    d.chat(body);
+    let pid = d
+        .model_status(SMOLLM2)
+        .map(|m| m["pid"].as_u64().unwrap() as u32);
+    assert!(pid.is_some(), "{}", d.status());
+    assert!(
+        eventually(Duration::from_secs(10), || d
+            .model_status(SMOLLM2)
+            .is_none()),
+        "still loaded: {}",
+        d.status()
+    );
+    assert!(eventually(Duration::from_secs(3), || !alive(pid.unwrap())));
+    assert!(d.metrics().contains("reason=\"idle\""));
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1", "--queue", "0"]);
+    let r = d
+        .post(
+            "/v1/chat/completions",
+            &chat_body(SMOLLM2, "Count from 1 to 1000.", 1500, true),
+        )
+        .unwrap();
+    let mut sse = Sse::new(r);
+    sse.next_data().unwrap();
+    let e = d
+        .post("/v1/chat/completions", &chat_body(SMOLLM2, "Hi", 2, false))
+        .unwrap_err();
+    let ureq::Error::Status(429, r) = e else {
+        panic!("expected 429, got {}", describe(e))
+    };
+    assert!(r.header("retry-after").is_some());
+    let body: Value = r.into_json().unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+}
+
+#[test]
+fn load_unload_and_hold_through_the_api_and_the_cli() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let cli = |args: &[&str]| {
+        let out = locara()
+            .env("LOCARA_URL", &d.url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    cli(&["load", SMOLLM2]);
+    let ps = cli(&["ps"]);
+    assert!(ps.contains("FOOTPRINT") && ps.contains(SMOLLM2), "{ps}");
+    cli(&["stop", SMOLLM2, "--hold"]);
+    assert!(d.model_status(SMOLLM2).is_none());
+    let e = d
+        .post("/v1/chat/completions", &chat_body(SMOLLM2, "Hi", 2, false))
+        .unwrap_err();
+    let ureq::Error::Status(503, r) = e else {
+        panic!("expected 503, got {}", describe(e))
+    };
+    let body: Value = r.into_json().unwrap();
+    assert_eq!(body["error"]["code"], "model_held", "{body}");
+    cli(&["load", SMOLLM2]);
+    d.chat(chat_body(SMOLLM2, "Hi", 2, false));
+}
+
+#[test]
+fn sigterm_lets_a_stream_finish_then_stops_the_workers() {
+    let mut d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let r = d
+        .post(
+            "/v1/chat/completions",
+            &chat_body(SMOLLM2, "Count from 1 to 100.", 40, true),
+        )
+        .unwrap();
+    let mut sse = Sse::new(r);
+    sse.next_data().unwrap();
+    let worker = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
+    unsafe {
+        libc::kill(d.pid() as i32, libc::SIGTERM);
+    }
+    let (_, finish, _, done) = sse.collect();
+    assert!(done, "the in-flight stream was cut");
+    assert!(finish.is_some());
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(eventually(Duration::from_secs(3), || !alive(worker)));
+}
+
+#[test]
+fn kill_9_of_the_daemon_leaves_no_worker() {
+    let mut d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    d.chat(chat_body(SMOLLM2, "Hi", 2, false));
+    let workers = children(d.pid());
+    assert_eq!(workers.len(), 1);
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(workers[0])),
+        "worker {} outlived the daemon",
+        workers[0]
+    );
+}
+
+/// The official `openai` Python client, from a virtualenv the test command
+/// makes (`LOCARA_TEST_PYTHON`, set by scripts/test.sh).
+#[test]
+fn the_openai_python_client_streams_and_gets_a_whole_answer() {
+    let python = std::env::var("LOCARA_TEST_PYTHON").expect(
+        "LOCARA_TEST_PYTHON is not set: run the suite with scripts/test.sh, which makes a \
+         virtualenv with the openai client",
+    );
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(format!("{}/v1", d.url))
+        .arg(SMOLLM2)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("stream ok") && stdout.contains("whole ok"),
+        "{stdout}"
+    );
+}
