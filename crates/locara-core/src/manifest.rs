@@ -780,225 +780,105 @@ impl ManifestDraft {
     /// manifest or all the problems found.
     pub fn validate(self) -> Result<Manifest, Vec<ManifestError>> {
         let mut errors = Vec::new();
+        let e = &mut errors;
 
-        let id = match self.id {
-            Field::Given(s) => match AppId::try_from(s) {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    errors.push(e);
-                    None
-                }
-            },
-            Field::Absent => {
-                errors.push(missing("id"));
-                None
+        let id = required(self.id, "id", e, AppId::try_from);
+        let name = required(self.name, "name", e, |value| {
+            match app_name_problem(&value) {
+                None => Ok(value),
+                Some(reason) => Err(ManifestError::InvalidAppName { value, reason }),
             }
-            Field::Invalid => None,
-        };
-        let name =
-            required(self.name, "name", &mut errors).and_then(|value| {
-                match app_name_problem(&value) {
-                    None => Some(value),
-                    Some(reason) => {
-                        errors.push(ManifestError::InvalidAppName { value, reason });
-                        None
-                    }
-                }
-            });
-        let version =
-            required(self.version, "version", &mut errors).and_then(|value| match version_problem(
-                &value,
-            ) {
-                None => Some(value),
-                Some(reason) => {
-                    errors.push(ManifestError::InvalidVersion { value, reason });
-                    None
-                }
-            });
+        });
+        let version = required(self.version, "version", e, |value| {
+            match version_problem(&value) {
+                None => Ok(value),
+                Some(reason) => Err(ManifestError::InvalidVersion { value, reason }),
+            }
+        });
 
-        // Each model, checked alone. `None` where it had a problem; the
-        // cross rules below see only what is known.
         let drafts = match self.models {
             Field::Given(models) => {
                 if models.is_empty() {
-                    errors.push(ManifestError::NoModels);
+                    e.push(ManifestError::NoModels);
                 }
                 models
             }
             Field::Absent => {
-                errors.push(ManifestError::NoModels);
+                e.push(ManifestError::NoModels);
                 Vec::new()
             }
             Field::Invalid => Vec::new(),
         };
+        // Each model alone: `None` where it had a problem.
+        let models: Vec<Option<ModelDecl>> = drafts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| check_model(i, m, e))
+            .collect();
+        // The cross rules see each model whose ref and role are known.
+        let mut known: Vec<(usize, &str, Role)> = Vec::new();
+        for (i, m) in drafts.iter().enumerate() {
+            let Some(r) = m.reference.given() else {
+                continue;
+            };
+            let Some(role) = role_of(&m.role) else {
+                continue;
+            };
+            match known
+                .iter()
+                .find(|(_, kr, krole)| *kr == r && *krole == role)
+            {
+                Some((first, _, _)) => e.push(ManifestError::DuplicateModel {
+                    field: index_path("models", i),
+                    reference: r.clone(),
+                    role,
+                    first: index_path("models", *first),
+                }),
+                None => known.push((i, r, role)),
+            }
+        }
         let refs_all_known = drafts
             .iter()
             .all(|m| !matches!(m.reference, Field::Invalid));
-        let mut models: Vec<Option<ModelDecl>> = Vec::with_capacity(drafts.len());
-        // (index, reference, role) of each model whose ref and role are known.
-        let mut known: Vec<(usize, &str, Role)> = Vec::new();
-        for (i, m) in drafts.iter().enumerate() {
-            let at = |key: &str| key_path(&index_path("models", i), key);
-            let reference = match &m.reference {
-                Field::Given(r) => Some(r.clone()),
-                Field::Absent => {
-                    errors.push(missing(&at("ref")));
-                    None
-                }
-                Field::Invalid => None,
-            };
-            let role = match &m.role {
-                Field::Given(r) => match Role::ALL.into_iter().find(|role| role.as_str() == r) {
-                    Some(role) => Some(role),
-                    None => {
-                        errors.push(ManifestError::InvalidRole {
-                            field: at("role"),
-                            value: r.clone(),
-                        });
-                        None
-                    }
-                },
-                Field::Absent => Some(Role::default()),
-                Field::Invalid => None,
-            };
-            let context = match m.context {
-                Field::Given(c) => match u32::try_from(c) {
-                    Ok(c) if (MIN_MANIFEST_CONTEXT..=MAX_MANIFEST_CONTEXT).contains(&c) => {
-                        Some(Some(c))
-                    }
-                    _ => {
-                        errors.push(ManifestError::ContextOutOfRange {
-                            field: at("context"),
-                            value: c,
-                        });
-                        None
-                    }
-                },
-                Field::Absent => Some(None),
-                Field::Invalid => None,
-            };
-            let kv_type = match &m.kv_quality {
-                Field::Given(q) => match kv_type_for_quality(q) {
-                    Some(kv) => Some(kv),
-                    None => {
-                        errors.push(ManifestError::InvalidKvQuality {
-                            field: at("kv_quality"),
-                            value: q.clone(),
-                        });
-                        None
-                    }
-                },
-                Field::Absent => Some(KvType::Q8_0),
-                Field::Invalid => None,
-            };
-            let keep_loaded = match m.keep_loaded {
-                Field::Given(b) => Some(b),
-                Field::Absent => Some(false),
-                Field::Invalid => None,
-            };
-            if let (Some(r), Some(role)) = (m.reference.given(), role) {
-                if let Some((first, _, _)) = known
-                    .iter()
-                    .find(|(_, kr, krole)| *kr == r && *krole == role)
-                {
-                    errors.push(ManifestError::DuplicateModel {
-                        field: index_path("models", i),
-                        reference: r.clone(),
-                        role,
-                        first: index_path("models", *first),
-                    });
-                } else {
-                    known.push((i, r, role));
-                }
-            }
-            models.push(match (reference, role, context, kv_type, keep_loaded) {
-                (Some(reference), Some(role), Some(context), Some(kv_type), Some(keep_loaded)) => {
-                    Some(ModelDecl {
-                        reference,
-                        role,
-                        context,
-                        kv_type,
-                        keep_loaded,
-                    })
-                }
-                _ => None,
-            });
-        }
 
         let speculative = match &self.speculative {
-            Field::Given(s) => check_speculative(s, &known, refs_all_known, &mut errors),
-            Field::Absent | Field::Invalid => None,
-        };
-        // A draft that nothing pairs is memory spent for nothing. The models
-        // named in [speculative] are left out: if one is there with the wrong
-        // role, the speculative check says so. When the pair's draft is
-        // missing or unreadable, its own error says enough.
-        let named: Option<Vec<&str>> = match &self.speculative {
-            Field::Absent => Some(Vec::new()),
-            Field::Given(s) => match &s.draft {
-                Field::Given(d) => Some(
-                    std::iter::once(d.as_str())
-                        .chain(s.target.given().map(String::as_str))
-                        .collect(),
-                ),
-                Field::Absent | Field::Invalid => None,
-            },
+            Field::Given(s) => check_speculative(s, &known, refs_all_known, e).map(Some),
+            Field::Absent => Some(None),
             Field::Invalid => None,
         };
-        if let Some(named) = named {
-            for (i, r, role) in &known {
-                if *role == Role::Draft && !named.contains(r) {
-                    errors.push(ManifestError::UnpairedDraft {
-                        field: key_path(&index_path("models", *i), "role"),
-                        reference: r.to_string(),
-                    });
-                }
-            }
-        }
+        check_unpaired_drafts(&self.speculative, &known, e);
 
-        let requires = match self.requires {
-            Field::Given(r) => match r.memory_gb {
+        let requires = optional(self.requires, Requires::default(), e, |r| {
+            let memory_gb = match r.memory_gb {
+                Field::Given(gb) if gb > 0.0 && gb <= MAX_REQUIRED_MEMORY_GB => Some(gb),
                 Field::Given(gb) => {
-                    if gb > 0.0 && gb <= MAX_REQUIRED_MEMORY_GB {
-                        Some(Requires {
-                            memory_gb: Some(gb),
-                        })
-                    } else {
-                        errors.push(ManifestError::MemoryOutOfRange { value: gb });
-                        None
-                    }
+                    return Err(Some(ManifestError::MemoryOutOfRange { value: gb }))
                 }
-                Field::Absent => Some(Requires::default()),
-                Field::Invalid => None,
-            },
-            Field::Absent => Some(Requires::default()),
-            Field::Invalid => None,
-        };
+                Field::Absent => None,
+                Field::Invalid => return Err(None),
+            };
+            Ok(Requires { memory_gb })
+        });
+        let max_concurrency =
+            optional(
+                self.max_concurrency,
+                DEFAULT_MAX_CONCURRENCY,
+                e,
+                |n| match u32::try_from(n) {
+                    Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => Ok(n),
+                    _ => Err(Some(ManifestError::ConcurrencyOutOfRange { value: n })),
+                },
+            );
 
-        let max_concurrency = match self.max_concurrency {
-            Field::Given(n) => match u32::try_from(n) {
-                Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => Some(n),
-                _ => {
-                    errors.push(ManifestError::ConcurrencyOutOfRange { value: n });
-                    None
-                }
-            },
-            Field::Absent => Some(DEFAULT_MAX_CONCURRENCY),
-            Field::Invalid => None,
-        };
-
-        let speculative_ok = match self.speculative {
-            Field::Given(_) => speculative.is_some(),
-            Field::Absent => true,
-            Field::Invalid => false,
-        };
-        match (id, name, version, requires, max_concurrency) {
-            (Some(id), Some(name), Some(version), Some(requires), Some(max_concurrency))
-                if errors.is_empty()
-                    && speculative_ok
-                    && !drafts.is_empty()
-                    && models.iter().all(Option::is_some) =>
-            {
+        match (id, name, version, speculative, requires, max_concurrency) {
+            (
+                Some(id),
+                Some(name),
+                Some(version),
+                Some(speculative),
+                Some(requires),
+                Some(max_concurrency),
+            ) if errors.is_empty() && !models.is_empty() && models.iter().all(Option::is_some) => {
                 Ok(Manifest {
                     id,
                     name,
@@ -1009,10 +889,43 @@ impl ManifestDraft {
                     max_concurrency,
                 })
             }
-            // A field was `Invalid` with no error of ours: the reader holds
-            // its error, and gets an empty list to add to.
+            // Where no error of ours explains the refusal, a field was
+            // `Invalid`: the reader holds its error.
             _ => Err(errors),
         }
+    }
+}
+
+/// A required field, checked: `None` when it is missing (reported here),
+/// invalid (reported by the reader) or fails `check` (reported here).
+fn required<T, U>(
+    field: Field<T>,
+    path: &str,
+    errors: &mut Vec<ManifestError>,
+    check: impl FnOnce(T) -> Result<U, ManifestError>,
+) -> Option<U> {
+    match field {
+        Field::Given(v) => check(v).map_err(|e| errors.push(e)).ok(),
+        Field::Absent => {
+            errors.push(missing(path));
+            None
+        }
+        Field::Invalid => None,
+    }
+}
+
+/// An optional field, checked: `default` when it is absent, `None` when it
+/// is invalid or fails `check` (whose error, if any, is reported here).
+fn optional<T, U>(
+    field: Field<T>,
+    default: U,
+    errors: &mut Vec<ManifestError>,
+    check: impl FnOnce(T) -> Result<U, Option<ManifestError>>,
+) -> Option<U> {
+    match field {
+        Field::Given(v) => check(v).map_err(|e| errors.extend(e)).ok(),
+        Field::Absent => Some(default),
+        Field::Invalid => None,
     }
 }
 
@@ -1022,14 +935,80 @@ fn missing(field: &str) -> ManifestError {
     }
 }
 
-fn required<T>(field: Field<T>, path: &str, errors: &mut Vec<ManifestError>) -> Option<T> {
-    match field {
-        Field::Given(v) => Some(v),
-        Field::Absent => {
-            errors.push(missing(path));
-            None
-        }
+/// The role of a model if it is known: given and valid, or absent (chat).
+fn role_of(role: &Field<String>) -> Option<Role> {
+    match role {
+        Field::Given(r) => Role::ALL.into_iter().find(|role| role.as_str() == r),
+        Field::Absent => Some(Role::default()),
         Field::Invalid => None,
+    }
+}
+
+/// The value rules of `models[i]`, alone.
+fn check_model(i: usize, m: &ModelDraft, errors: &mut Vec<ManifestError>) -> Option<ModelDecl> {
+    let at = |key: &str| key_path(&index_path("models", i), key);
+    let reference = required(m.reference.clone(), &at("ref"), errors, Ok);
+    let role = optional(m.role.clone(), Role::default(), errors, |value| {
+        let role = Role::ALL.into_iter().find(|role| role.as_str() == value);
+        role.ok_or(Some(ManifestError::InvalidRole {
+            field: at("role"),
+            value,
+        }))
+    });
+    let context = optional(
+        m.context.clone(),
+        None,
+        errors,
+        |value| match u32::try_from(value) {
+            Ok(c) if (MIN_MANIFEST_CONTEXT..=MAX_MANIFEST_CONTEXT).contains(&c) => Ok(Some(c)),
+            _ => Err(Some(ManifestError::ContextOutOfRange {
+                field: at("context"),
+                value,
+            })),
+        },
+    );
+    let kv_type = optional(m.kv_quality.clone(), KvType::Q8_0, errors, |value| {
+        kv_type_for_quality(&value).ok_or(Some(ManifestError::InvalidKvQuality {
+            field: at("kv_quality"),
+            value,
+        }))
+    });
+    let keep_loaded = optional(m.keep_loaded.clone(), false, errors, Ok);
+    Some(ModelDecl {
+        reference: reference?,
+        role: role?,
+        context: context?,
+        kv_type: kv_type?,
+        keep_loaded: keep_loaded?,
+    })
+}
+
+/// A draft that nothing pairs is memory spent for nothing. The models named
+/// in [speculative] are left out: if one is there with the wrong role, the
+/// speculative check says so. When the pair's draft is missing or
+/// unreadable, its own error says enough.
+fn check_unpaired_drafts(
+    speculative: &Field<SpeculativeDraft>,
+    known: &[(usize, &str, Role)],
+    errors: &mut Vec<ManifestError>,
+) {
+    let named: Vec<&str> = match speculative {
+        Field::Absent => Vec::new(),
+        Field::Given(s) => match &s.draft {
+            Field::Given(d) => std::iter::once(d.as_str())
+                .chain(s.target.given().map(String::as_str))
+                .collect(),
+            Field::Absent | Field::Invalid => return,
+        },
+        Field::Invalid => return,
+    };
+    for (i, r, role) in known {
+        if *role == Role::Draft && !named.contains(r) {
+            errors.push(ManifestError::UnpairedDraft {
+                field: key_path(&index_path("models", *i), "role"),
+                reference: r.to_string(),
+            });
+        }
     }
 }
 

@@ -62,6 +62,8 @@ impl Daemon {
         }
     }
 
+    // ureq's own error type, as tests match on its status.
+    #[allow(clippy::result_large_err)]
     fn post(&self, path: &str, body: &Value) -> Result<ureq::Response, ureq::Error> {
         ureq::post(&format!("{}{path}", self.url))
             .timeout(Duration::from_secs(300))
