@@ -155,6 +155,25 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     })
     .context("installing the Ctrl-C handler")?;
 
+    if let Some(url) = crate::serve::daemon_url(&config.home) {
+        if args.verbose {
+            eprintln!("using the Locara daemon at {url} (its context and K/V settings apply)");
+        }
+        let session = Session {
+            backend: Backend::Daemon {
+                url,
+                model: name.to_string(),
+            },
+            args: &args,
+            sampling,
+            next_id: 1,
+        };
+        return match prompt {
+            Some(p) => session.one_shot(p),
+            None => session.chat(),
+        };
+    }
+
     let threads = args
         .threads
         .unwrap_or_else(locara_platform::performance_cores);
@@ -183,7 +202,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
 
     let session = Session {
-        worker: &worker,
+        backend: Backend::Worker(&worker),
         args: &args,
         sampling,
         next_id: 1,
@@ -210,8 +229,14 @@ fn resolve(config: &Config, store: &Store, words: &[String]) -> Result<(ModelNam
     Ok((config.catalog.default.clone(), words.to_vec()))
 }
 
+/// Where generations run: a worker of our own, or a running daemon.
+enum Backend<'a> {
+    Worker(&'a Worker),
+    Daemon { url: String, model: String },
+}
+
 struct Session<'a> {
-    worker: &'a Worker,
+    backend: Backend<'a>,
     args: &'a RunArgs,
     sampling: Sampling,
     next_id: u64,
@@ -337,7 +362,13 @@ impl Session<'_> {
         if MODE.load(Ordering::SeqCst) != MODE_ONE_SHOT {
             MODE.store(MODE_GENERATING, Ordering::SeqCst);
         }
-        self.worker.send(&Request::Generate(GenerateRequest {
+        let worker = match &self.backend {
+            Backend::Worker(w) => *w,
+            Backend::Daemon { url, model } => {
+                return daemon_generate(url, model, prompt, &self.sampling, self.args)
+            }
+        };
+        worker.send(&Request::Generate(GenerateRequest {
             id,
             prompt,
             sampling: self.sampling.clone(),
@@ -349,10 +380,10 @@ impl Session<'_> {
         let mut cancel_sent = false;
         loop {
             if !cancel_sent && INTERRUPTED.swap(false, Ordering::SeqCst) {
-                self.worker.send(&Request::Cancel { id })?;
+                worker.send(&Request::Cancel { id })?;
                 cancel_sent = true;
             }
-            match self.worker.recv_timeout(Duration::from_millis(50))? {
+            match worker.recv_timeout(Duration::from_millis(50))? {
                 None => {}
                 Some(Event::Token { id: i, text: t }) if i == id => {
                     out.write_all(t.as_bytes())?;
@@ -393,10 +424,13 @@ impl Session<'_> {
             s.decode_tps(),
             answer.finish.as_str()
         );
-        match locara_platform::process_footprint(self.worker.pid()) {
+        let Backend::Worker(worker) = &self.backend else {
+            return;
+        };
+        match locara_platform::process_footprint(worker.pid()) {
             Ok(fp) => eprintln!(
                 "worker {}: footprint {} (mapped weights {} resident, RSS {})",
-                self.worker.pid(),
+                worker.pid(),
                 Bytes(fp.footprint),
                 Bytes(fp.mapped_weights),
                 Bytes(fp.rss)
@@ -404,4 +438,126 @@ impl Session<'_> {
             Err(e) => eprintln!("worker footprint unavailable: {e}"),
         }
     }
+}
+
+/// One generation through a running daemon's chat (or, raw, completion)
+/// endpoint, streamed. Ctrl-C closes the connection, which cancels the
+/// generation in the daemon before its next token.
+fn daemon_generate(
+    url: &str,
+    model: &str,
+    prompt: Prompt,
+    sampling: &Sampling,
+    args: &RunArgs,
+) -> Result<Answer> {
+    let mut body = serde_json::json!({
+        "model": model,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "min_p": sampling.min_p,
+        "repeat_penalty": sampling.repeat_penalty,
+    });
+    let path = match prompt {
+        Prompt::Chat { messages } => {
+            body["messages"] = serde_json::to_value(messages)?;
+            "/v1/chat/completions"
+        }
+        Prompt::Raw { text } => {
+            body["prompt"] = text.into();
+            "/v1/completions"
+        }
+    };
+    if let Some(seed) = sampling.seed {
+        body["seed"] = seed.into();
+    }
+    if let Some(m) = args.max_tokens {
+        body["max_tokens"] = m.into();
+    }
+    if !args.stop.is_empty() {
+        body["stop"] = serde_json::to_value(&args.stop)?;
+    }
+    if let Some(c) = args.ctx {
+        body["context"] = c.into();
+    }
+    let started = std::time::Instant::now();
+    let response = match ureq::post(&format!("{url}{path}")).send_json(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            let v: serde_json::Value = r.into_json().unwrap_or_default();
+            let message = v["error"]["message"].as_str().unwrap_or("no message");
+            if v["error"]["code"] == "context_length_exceeded" {
+                return Err(EngineError::Worker {
+                    kind: ErrorKind::PromptTooLong,
+                    message: message.to_string(),
+                }
+                .into());
+            }
+            bail!("the daemon answered {code}: {message}");
+        }
+        Err(e) => bail!("talking to the daemon at {url}: {e}"),
+    };
+    let mut reader = io::BufReader::new(response.into_reader());
+    let mut out = io::stdout().lock();
+    let mut text = String::new();
+    let mut line = String::new();
+    let (mut first_at, mut last_at) = (None, None);
+    let mut finish = FinishReason::Stop;
+    let mut stats = GenerationStats::default();
+    loop {
+        if INTERRUPTED.swap(false, Ordering::SeqCst) {
+            // Dropping the reader closes the connection: the daemon cancels.
+            finish = FinishReason::Cancelled;
+            break;
+        }
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let Some(data) = line.trim_end().strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(data).context("reading the daemon's stream")?;
+        if let Some(message) = v["error"]["message"].as_str() {
+            bail!("{message}");
+        }
+        if let Some(choice) = v["choices"].get(0) {
+            let piece = choice["delta"]["content"]
+                .as_str()
+                .or_else(|| choice["text"].as_str())
+                .unwrap_or("");
+            if !piece.is_empty() {
+                let now = std::time::Instant::now();
+                first_at.get_or_insert(now);
+                last_at = Some(now);
+                out.write_all(piece.as_bytes())?;
+                out.flush()?;
+                text.push_str(piece);
+            }
+            if choice["finish_reason"] == "length" {
+                finish = FinishReason::Length;
+            }
+        }
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            stats.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as u32;
+            stats.generated_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as u32;
+        }
+    }
+    // Times seen from here: prefill is the wait for the first text (which
+    // includes a load), decode the rest.
+    if let (Some(first), Some(last)) = (first_at, last_at) {
+        stats.prefill_ms = (first - started).as_secs_f64() * 1000.0;
+        stats.decode_ms = (last - first).as_secs_f64() * 1000.0;
+    }
+    Ok(Answer {
+        text,
+        finish,
+        stats,
+    })
 }

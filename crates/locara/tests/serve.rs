@@ -594,3 +594,42 @@ fn the_openai_python_client_streams_and_gets_a_whole_answer() {
         "{stdout}"
     );
 }
+
+#[test]
+fn locara_run_uses_a_running_daemon() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let out = locara()
+        .env("LOCARA_URL", &d.url)
+        .args([
+            "run",
+            SMOLLM2,
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = String::from_utf8(out.stdout).unwrap();
+    // The daemon generated it: its model is loaded and counted the tokens.
+    assert!(d.model_status(SMOLLM2).is_some(), "{}", d.status());
+    let whole = d.chat(chat_body(
+        SMOLLM2,
+        "What is the capital of France?",
+        12,
+        false,
+    ));
+    assert_eq!(
+        answer.trim(),
+        whole["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .trim()
+    );
+}
