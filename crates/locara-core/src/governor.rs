@@ -291,6 +291,10 @@ pub enum UnloadReason {
     WorkerDied,
     /// The daemon is stopping.
     Shutdown,
+    /// The pressure ladder at warn (idle past the grace).
+    PressureWarn,
+    /// The pressure ladder at critical.
+    PressureCritical,
 }
 
 impl UnloadReason {
@@ -301,6 +305,8 @@ impl UnloadReason {
             UnloadReason::Requested => "requested",
             UnloadReason::WorkerDied => "worker_died",
             UnloadReason::Shutdown => "shutdown",
+            UnloadReason::PressureWarn => "pressure_warn",
+            UnloadReason::PressureCritical => "pressure_critical",
         }
     }
 }
@@ -679,6 +685,20 @@ impl Governor {
             self.held.insert(model.to_string());
         }
         self.remove(model, UnloadReason::Requested)
+    }
+
+    /// Unloads `instance` of `model` (news of an older instance is ignored)
+    /// for `reason`, even when busy: the caller ends its requests.
+    pub fn unload_instance(
+        &mut self,
+        model: &str,
+        instance: u64,
+        reason: UnloadReason,
+    ) -> Option<Unload> {
+        if self.models.get(model)?.instance != instance {
+            return None;
+        }
+        self.remove(model, reason)
     }
 
     /// Lets requests load a held model again.

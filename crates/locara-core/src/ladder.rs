@@ -90,8 +90,7 @@ use std::time::{Duration, Instant};
 /// How hard the OS is pressed for memory, in the three steps of the ladder.
 /// Ordered: `Normal < Warn < Critical`.
 ///
-/// The same type as `locara_platform::PressureLevel` (same names, order,
-/// serde form and parsing), which waits to become a re-export of this one.
+/// Re-exported as `locara_platform::PressureLevel`, which the probes report.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]

@@ -15,6 +15,7 @@
 //! ```
 
 use locara_core::governor::{KeepAlive, DEFAULT_KEEP_ALIVE};
+use locara_core::ladder::LadderConfig;
 use locara_core::{KvType, DEFAULT_CONTEXT};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -57,6 +58,14 @@ pub struct RawServeConfig {
     pub shutdown_grace: Option<String>,
     /// Largest request body, bytes.
     pub max_body_bytes: Option<u64>,
+    /// Pressure at warn unloads models idle longer than this ("30s").
+    pub pressure_idle_grace: Option<String>,
+    /// Pressure restrictions lift after reports stay lower this long ("30s").
+    pub pressure_quiet_period: Option<String>,
+    /// `max_tokens` cap of requests that start under pressure.
+    pub pressure_max_tokens: Option<u32>,
+    /// Tokens in-flight responses may still generate at critical.
+    pub pressure_remaining_tokens: Option<u32>,
 }
 
 impl RawServeConfig {
@@ -130,6 +139,12 @@ impl RawServeConfig {
             threads: o.threads.or(self.threads),
             shutdown_grace: o.shutdown_grace.or(self.shutdown_grace),
             max_body_bytes: o.max_body_bytes.or(self.max_body_bytes),
+            pressure_idle_grace: o.pressure_idle_grace.or(self.pressure_idle_grace),
+            pressure_quiet_period: o.pressure_quiet_period.or(self.pressure_quiet_period),
+            pressure_max_tokens: o.pressure_max_tokens.or(self.pressure_max_tokens),
+            pressure_remaining_tokens: o
+                .pressure_remaining_tokens
+                .or(self.pressure_remaining_tokens),
         }
     }
 }
@@ -154,6 +169,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Largest request body, bytes.
     pub max_body_bytes: u64,
+    /// The pressure ladder's settings.
+    pub ladder: LadderConfig,
 }
 
 /// A setting that cannot be used.
@@ -268,6 +285,39 @@ impl ServeConfig {
                 "1 KiB to 256 MiB",
             ));
         }
+        let duration = |field: &'static str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(text) => match KeepAlive::parse(text) {
+                Ok(KeepAlive::For(d)) => Ok(d),
+                Ok(KeepAlive::UnloadWhenDone) => Ok(Duration::ZERO),
+                _ => Err(invalid(field, text, "a duration such as 30s")),
+            },
+        };
+        let defaults = LadderConfig::default();
+        let ladder = LadderConfig {
+            idle_grace: duration(
+                "pressure_idle_grace",
+                &raw.pressure_idle_grace,
+                defaults.idle_grace,
+            )?,
+            quiet_period: duration(
+                "pressure_quiet_period",
+                &raw.pressure_quiet_period,
+                defaults.quiet_period,
+            )?,
+            queued_max_tokens_cap: raw
+                .pressure_max_tokens
+                .unwrap_or(defaults.queued_max_tokens_cap),
+            critical_remaining_tokens_cap: raw
+                .pressure_remaining_tokens
+                .unwrap_or(defaults.critical_remaining_tokens_cap),
+            ..defaults
+        };
+        ladder.validate().map_err(|e| ConfigError::Invalid {
+            field: e.field,
+            value: e.value.clone(),
+            limit: e.limit.to_string(),
+        })?;
         Ok(ServeConfig {
             listen,
             budget,
@@ -279,6 +329,7 @@ impl ServeConfig {
             threads: raw.threads,
             shutdown_grace,
             max_body_bytes,
+            ladder,
         })
     }
 }

@@ -221,6 +221,15 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Cancels the generation in the worker; its stream ends.
+    pub fn cancel(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            lock(&self.host.streams).remove(&self.id);
+            self.host.cancel(self.id);
+        }
+    }
+
     /// The next event; `None` after the last.
     pub async fn next(&mut self) -> Option<StreamEvent> {
         if self.finished {

@@ -13,6 +13,7 @@
 //! # Ok::<(), locara_daemon::store::StoreError>(())
 //! ```
 
+pub mod apps;
 pub mod config;
 pub mod host;
 pub mod manifest;

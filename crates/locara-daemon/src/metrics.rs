@@ -126,6 +126,17 @@ pub struct Metrics {
     /// Per-model counters, by model name. One mutex: an update is a map
     /// lookup and an add, and a scrape (rare) formats under it.
     models: Mutex<BTreeMap<String, ModelCounters>>,
+    /// What the pressure ladder did: actions by (action, level), bytes the
+    /// OS gave back by level, and the level in force (0 normal, 1 warn, 2
+    /// critical).
+    pressure: Mutex<PressureCounters>,
+}
+
+#[derive(Debug, Default)]
+struct PressureCounters {
+    actions: BTreeMap<(String, String), u64>,
+    bytes_freed: BTreeMap<String, u64>,
+    level: u64,
 }
 
 /// Everything counted for one model since the daemon started.
@@ -252,6 +263,32 @@ impl Metrics {
                 models.insert(model.to_owned(), counters);
             }
         }
+    }
+
+    /// Counts one action of the pressure ladder
+    /// (`locara_pressure_actions_total{action,level}`).
+    pub fn pressure_action(&self, action: &str, level: &str) {
+        let mut p = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
+        *p.actions
+            .entry((action.to_owned(), level.to_owned()))
+            .or_insert(0) += 1;
+    }
+
+    /// Adds bytes the OS gave back after a pressure unload
+    /// (`locara_pressure_bytes_freed_total{level}`).
+    pub fn pressure_freed(&self, level: &str, bytes: u64) {
+        let mut p = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = p.bytes_freed.entry(level.to_owned()).or_insert(0);
+        *e = e.saturating_add(bytes);
+    }
+
+    /// The pressure level in force: 0 normal, 1 warn, 2 critical
+    /// (`locara_pressure_level`).
+    pub fn pressure_level(&self, level: u64) {
+        self.pressure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .level = level;
     }
 
     /// Counts `n` generated tokens (`locara_tokens_generated_total{model}`).
@@ -406,6 +443,34 @@ impl Metrics {
             "Models whose engine worker is loaded and serving.",
         )
         .sample("", &[], loaded as u64);
+        {
+            let p = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
+            Family::new(
+                &mut out,
+                "locara_pressure_level",
+                Kind::Gauge,
+                "Memory pressure level in force: 0 normal, 1 warn, 2 critical.",
+            )
+            .sample("", &[], p.level);
+            let mut f = Family::new(
+                &mut out,
+                "locara_pressure_actions_total",
+                Kind::Counter,
+                "Actions the pressure ladder took, by action and level.",
+            );
+            for ((action, level), n) in &p.actions {
+                f.sample("", &[("action", action), ("level", level)], *n);
+            }
+            let mut f = Family::new(
+                &mut out,
+                "locara_pressure_bytes_freed_total",
+                Kind::Counter,
+                "Bytes the OS gave back after pressure unloads (the workers' measured footprints), by level.",
+            );
+            for (level, n) in &p.bytes_freed {
+                f.sample("", &[("level", level)], *n);
+            }
+        }
 
         let mut f = Family::new(
             &mut out,
@@ -1102,6 +1167,7 @@ mod tests {
             ("locara_time_to_first_token_seconds", "histogram"),
             ("locara_decode_tokens_per_second", "histogram"),
             ("locara_model_load_seconds", "histogram"),
+            ("locara_pressure_level", "gauge"),
         ];
         for (name, kind) in expected {
             assert_eq!(
@@ -1404,6 +1470,32 @@ mod tests {
     }
 
     #[test]
+    fn pressure_actions_and_freed_bytes_are_counted() {
+        let m = Metrics::new();
+        m.pressure_level(2);
+        m.pressure_action("unload", "critical");
+        m.pressure_action("unload", "critical");
+        m.pressure_freed("critical", 1000);
+        m.pressure_freed("critical", 24);
+        let exp = parse(&m.render(&gauges(vec![])));
+        assert_eq!(exp.value("locara_pressure_level", &[]), Some(2.0));
+        assert_eq!(
+            exp.value(
+                "locara_pressure_actions_total",
+                &[("action", "unload"), ("level", "critical")]
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            exp.value(
+                "locara_pressure_bytes_freed_total",
+                &[("level", "critical")]
+            ),
+            Some(1024.0)
+        );
+    }
+
+    #[test]
     fn empty_daemon_renders_budget_gauges_and_no_model_lines() {
         let text = Metrics::new().render(&gauges(vec![]));
         let exp = parse(&text);
@@ -1416,7 +1508,8 @@ mod tests {
             Some((8u64 << 30) as f64)
         );
         assert_eq!(exp.value("locara_models_loaded", &[]), Some(0.0));
-        assert_eq!(exp.samples.len(), 3, "{text}");
+        assert_eq!(exp.value("locara_pressure_level", &[]), Some(0.0));
+        assert_eq!(exp.samples.len(), 4, "{text}");
         assert!(!text.contains("model="), "{text}");
         assert!(text.starts_with("# HELP locara_budget_bytes "), "{text}");
         assert!(

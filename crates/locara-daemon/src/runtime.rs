@@ -19,16 +19,19 @@ use locara_core::governor::{
     downshift_contexts, Acquire, Governor, KeepAlive, Measured, Phase, Policy, Refusal, Unload,
     UnloadReason, Wish,
 };
-use locara_core::{Backend, EstimateOptions, KvType, ModelShape};
+use locara_core::ladder::{
+    self, Ladder, LadderConfig, LadderState, ModelView, PressureLevel, Role, RuntimeView, TokenCaps,
+};
+use locara_core::{Backend, Bytes, EstimateOptions, KvType, ModelShape};
 use locara_engine::protocol::LoadRequest;
 use locara_engine::WorkerCommand;
 use locara_platform::{MemoryProbe, SystemSnapshot};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// How long a worker may take to exit when asked before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -45,6 +48,8 @@ pub struct Settings {
     /// The memory layout llama.cpp will use here, for estimates.
     pub backend: Backend,
     pub probe: Arc<dyn MemoryProbe>,
+    /// The pressure ladder's settings.
+    pub ladder: LadderConfig,
 }
 
 /// Why a request cannot have its model.
@@ -60,6 +65,12 @@ pub enum RuntimeError {
     LoadFailed { model: String, message: String },
     #[error("{model} was unloaded before its load finished")]
     UnloadedWhileLoading { model: String },
+    #[error("memory pressure is {level}: {detail}; retry in {} s", retry_after.as_secs())]
+    Pressure {
+        level: PressureLevel,
+        retry_after: Duration,
+        detail: String,
+    },
     #[error("the daemon is shutting down")]
     ShuttingDown,
     #[error("the governor task has stopped")]
@@ -142,7 +153,27 @@ pub struct Status {
     pub held_unloaded: Vec<String>,
     /// The machine's memory now; `None` where it cannot be read.
     pub system: Option<SystemSnapshot>,
+    pub pressure: PressureStatus,
     pub shutting_down: bool,
+}
+
+/// The pressure ladder in [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PressureStatus {
+    /// The level whose restrictions are in force.
+    pub level: PressureLevel,
+    /// The level last reported (by the OS or a simulation).
+    pub reported: PressureLevel,
+    /// `normal`, `warn`, `critical` or `recovering`.
+    pub state: String,
+    /// The OS's level, when a simulation overrides it.
+    pub os_level: PressureLevel,
+    /// A simulated level in force, and until when (milliseconds since the
+    /// Unix epoch; `None`: until changed).
+    pub simulated: Option<PressureLevel>,
+    pub simulated_until_unix_ms: Option<u64>,
+    /// New loads are refused (critical).
+    pub refusing_loads: bool,
 }
 
 enum Command {
@@ -180,19 +211,44 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// The OS's pressure level changed.
+    OsPressure {
+        level: PressureLevel,
+        reason: String,
+    },
+    /// A simulated level (like `memory_pressure -S`), for `duration` or until
+    /// changed; `normal` ends a simulation.
+    Simulate {
+        level: PressureLevel,
+        duration: Option<Duration>,
+        reply: oneshot::Sender<()>,
+    },
 }
+
+/// A message on `GET /locara/v1/events`: one JSON object per event, with a
+/// `version` field (see [`EVENTS_VERSION`]).
+pub type AppEvent = serde_json::Value;
+
+/// The version of the event payloads.
+pub const EVENTS_VERSION: u32 = 1;
 
 /// The handle to the governor task.
 #[derive(Clone)]
 pub struct Runtime {
     tx: mpsc::UnboundedSender<Command>,
     pub metrics: Arc<Metrics>,
+    /// Token caps the pressure ladder sets, read by every generation.
+    caps: watch::Receiver<TokenCaps>,
+    events: broadcast::Sender<AppEvent>,
 }
 
 impl Runtime {
     /// Starts the governor task on the current tokio runtime.
     pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Runtime {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (caps_tx, caps) = watch::channel(TokenCaps::NONE);
+        let (events, _) = broadcast::channel(256);
+        let ladder = Ladder::new(settings.ladder.clone()).unwrap_or_default();
         let policy = Policy {
             keep_alive: settings.config.keep_alive,
             queue_depth: settings.config.queue,
@@ -209,9 +265,55 @@ impl Runtime {
             tx: tx.clone(),
             shutting_down: false,
             stopping: Vec::new(),
+            ladder,
+            os_level: PressureLevel::Normal,
+            simulated: None,
+            refusing: None,
+            draining: HashSet::new(),
+            caps: caps_tx,
+            events: events.clone(),
+            pressure_unloads: HashMap::new(),
         };
         tokio::spawn(task.run(rx));
-        Runtime { tx, metrics }
+        Runtime {
+            tx,
+            metrics,
+            caps,
+            events,
+        }
+    }
+
+    /// The token caps in force now (pressure).
+    pub fn caps(&self) -> TokenCaps {
+        *self.caps.borrow()
+    }
+
+    /// Events for apps: level changes, actions, bytes freed.
+    pub fn subscribe(&self) -> broadcast::Receiver<AppEvent> {
+        self.events.subscribe()
+    }
+
+    /// The OS reports a pressure level (from the platform's watch thread).
+    pub fn report_pressure(&self, level: PressureLevel, reason: String) {
+        let _ = self.tx.send(Command::OsPressure { level, reason });
+    }
+
+    /// Simulates a pressure level, driving exactly the handler that OS
+    /// reports drive.
+    pub async fn simulate_pressure(
+        &self,
+        level: PressureLevel,
+        duration: Option<Duration>,
+    ) -> Result<(), RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Simulate {
+                level,
+                duration,
+                reply,
+            })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
     }
 
     /// Waits until the model is loaded (loading it if needed) and a place
@@ -289,18 +391,39 @@ struct Task {
     shutting_down: bool,
     /// Blocking stops in flight (joined at shutdown).
     stopping: Vec<tokio::task::JoinHandle<()>>,
+    ladder: Ladder,
+    /// The level the OS reports.
+    os_level: PressureLevel,
+    /// A simulated level overriding it, until when.
+    simulated: Option<(PressureLevel, Option<Instant>)>,
+    /// New loads are refused (critical), with this Retry-After.
+    refusing: Option<Duration>,
+    /// Instances draining at critical: no new requests.
+    draining: HashSet<u64>,
+    caps: watch::Sender<TokenCaps>,
+    events: broadcast::Sender<AppEvent>,
+    /// Pressure unloads waiting for their worker to exit: when the event
+    /// came, the level, and the worker's footprint just before.
+    pressure_unloads: HashMap<u64, (Instant, PressureLevel, u64)>,
 }
 
 impl Task {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         loop {
-            let deadline = self.governor.next_deadline();
+            let deadline = [
+                self.governor.next_deadline(),
+                self.ladder.next_deadline(&self.view()),
+                self.simulated.and_then(|(_, until)| until),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let command = match deadline {
                 Some(at) => {
                     tokio::select! {
                         c = rx.recv() => c,
                         _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
-                            self.expire();
+                            self.tick();
                             continue;
                         }
                     }
@@ -313,6 +436,9 @@ impl Task {
                 Command::Release { model, instance } => {
                     if let Some(u) = self.governor.release(&model, instance, Instant::now()) {
                         self.unload(u);
+                    }
+                    if self.ladder.level() != PressureLevel::Normal {
+                        self.pressure_step(ladder::Event::GenerationFinished { model });
                     }
                 }
                 Command::LoadDone {
@@ -353,6 +479,174 @@ impl Task {
                         let _ = reply.send(());
                     });
                 }
+                Command::OsPressure { level, reason } => {
+                    eprintln!("locara: the OS reports memory pressure {level} ({reason})");
+                    self.os_level = level;
+                    if self.simulated.is_none() {
+                        self.pressure_step(ladder::Event::Level(level));
+                    }
+                }
+                Command::Simulate {
+                    level,
+                    duration,
+                    reply,
+                } => {
+                    let now = Instant::now();
+                    eprintln!(
+                        "locara: simulating memory pressure {level}{}",
+                        duration.map_or(String::new(), |d| format!(" for {} s", d.as_secs()))
+                    );
+                    self.simulated = if level == PressureLevel::Normal {
+                        None
+                    } else {
+                        Some((level, duration.map(|d| now + d)))
+                    };
+                    let reported = if level == PressureLevel::Normal {
+                        self.os_level
+                    } else {
+                        level
+                    };
+                    self.pressure_step(ladder::Event::Level(reported));
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    /// Time passed: idle expiry, the end of a simulation, the ladder's
+    /// grace and quiet periods.
+    fn tick(&mut self) {
+        self.expire();
+        let now = Instant::now();
+        if let Some((_, Some(until))) = self.simulated {
+            if until <= now {
+                eprintln!("locara: the simulated pressure has ended");
+                self.simulated = None;
+                self.pressure_step(ladder::Event::Level(self.os_level));
+                return;
+            }
+        }
+        self.pressure_step(ladder::Event::Tick);
+    }
+
+    /// What the ladder decides over: every model, with what it holds.
+    fn view(&self) -> RuntimeView {
+        let models = self
+            .governor
+            .models()
+            .map(|(name, m)| {
+                let mut v = ModelView::new(name, m.instance, Role::Chat);
+                v.pinned = m.pinned();
+                v.generating = if m.phase == Phase::Loaded {
+                    m.active
+                } else {
+                    1
+                };
+                v.idle_since = (m.phase == Phase::Loaded && m.active == 0).then_some(m.last_used);
+                match m.measured {
+                    Some(x) => {
+                        v.footprint = x.footprint;
+                        v.mapped_weights = x.mapped_weights;
+                    }
+                    None => v.footprint = m.estimate,
+                }
+                v
+            })
+            .collect();
+        RuntimeView {
+            models,
+            held_bytes: self.governor.held_bytes(),
+            budget: self.governor.budget,
+        }
+    }
+
+    /// One step of the pressure ladder, its actions carried out in order.
+    fn pressure_step(&mut self, event: ladder::Event) {
+        let now = Instant::now();
+        let view = self.view();
+        let before = self.ladder.level();
+        let actions = self.ladder.on_event(&event, &view, now);
+        let level = self.ladder.level();
+        if level != before {
+            eprintln!("locara: memory pressure level in force: {before} -> {level}");
+            self.metrics.pressure_level(match level {
+                PressureLevel::Normal => 0,
+                PressureLevel::Warn => 1,
+                PressureLevel::Critical => 2,
+            });
+        }
+        for action in actions {
+            self.apply(action, level, now);
+        }
+    }
+
+    fn publish(&self, event: AppEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn apply(&mut self, action: ladder::Action, level: PressureLevel, at: Instant) {
+        use ladder::Action;
+        eprintln!("locara: pressure {level}: {action}");
+        self.metrics.pressure_action(action.kind(), level.as_str());
+        self.publish(serde_json::json!({
+            "version": EVENTS_VERSION,
+            "type": "action",
+            "level": level,
+            "action": action.kind(),
+            "detail": action.to_string(),
+        }));
+        match action {
+            Action::RefuseLoads { retry_after } => self.refusing = Some(retry_after),
+            Action::AcceptLoads => self.refusing = None,
+            // Nothing preloads models yet: loads happen on request only.
+            Action::StopPreload | Action::ResumePreload => {}
+            Action::SetEffectiveBudget { bytes } => {
+                self.governor.effective_budget = bytes.min(self.governor.budget);
+            }
+            Action::RestoreBudget => self.governor.effective_budget = self.governor.budget,
+            Action::SetTokenCaps(caps) => {
+                self.caps.send_replace(caps);
+            }
+            Action::Drain { instance, .. } => {
+                self.draining.insert(instance);
+            }
+            // The worker clears a sequence's cells when its generation
+            // ends, so idle sequences hold none; llama.cpp keeps the K/V
+            // buffer itself until the worker exits.
+            Action::DropIdleKv { .. } => {}
+            Action::Unload {
+                model,
+                instance,
+                level,
+            } => {
+                let reason = if level == PressureLevel::Critical {
+                    UnloadReason::PressureCritical
+                } else {
+                    UnloadReason::PressureWarn
+                };
+                if let Some(u) = self.governor.unload_instance(&model, instance, reason) {
+                    let footprint = self
+                        .hosts
+                        .get(&model)
+                        .filter(|(i, _)| *i == instance)
+                        .and_then(|(_, h)| self.settings.probe.process_footprint(h.pid()).ok())
+                        .map_or(0, |f| f.footprint);
+                    self.pressure_unloads
+                        .insert(instance, (at, level, footprint));
+                    self.unload(u);
+                }
+            }
+            Action::Notify {
+                level,
+                effective_budget,
+            } => {
+                self.publish(serde_json::json!({
+                    "version": EVENTS_VERSION,
+                    "type": "level",
+                    "level": level,
+                    "budget": self.governor.budget,
+                    "effective_budget": effective_budget,
+                }));
             }
         }
     }
@@ -402,6 +696,32 @@ impl Task {
         if self.shutting_down {
             let _ = reply.send(Err(RuntimeError::ShuttingDown));
             return;
+        }
+        let level = self.ladder.level();
+        let retry_after = self.ladder.config().retry_after;
+        match self.governor.model(&wish.model) {
+            Some(m) if self.draining.contains(&m.instance) => {
+                self.metrics.refused(&wish.model, "pressure");
+                let _ = reply.send(Err(RuntimeError::Pressure {
+                    level,
+                    retry_after,
+                    detail: format!(
+                        "{} is finishing its last responses before it unloads",
+                        wish.model
+                    ),
+                }));
+                return;
+            }
+            None if self.refusing.is_some() => {
+                self.metrics.refused(&wish.model, "pressure");
+                let _ = reply.send(Err(RuntimeError::Pressure {
+                    level,
+                    retry_after: self.refusing.unwrap_or(retry_after),
+                    detail: format!("new loads are refused, so {} cannot load", wish.model),
+                }));
+                return;
+            }
+            _ => {}
         }
         let (path, shape) = match self.shape(&wish.model) {
             Ok(s) => s,
@@ -503,7 +823,21 @@ impl Task {
                     Refusal::InsufficientMemory(_) => "insufficient_memory",
                 };
                 self.metrics.refused(&wish.model, kind);
-                let _ = reply.send(Err(RuntimeError::Refused(refusal)));
+                let err = match refusal {
+                    Refusal::InsufficientMemory(_) if level != PressureLevel::Normal => {
+                        RuntimeError::Pressure {
+                            level,
+                            retry_after,
+                            detail: format!(
+                                "the effective budget is lowered to {} of {}; {refusal}",
+                                Bytes(self.governor.effective_budget),
+                                Bytes(self.governor.budget)
+                            ),
+                        }
+                    }
+                    other => RuntimeError::Refused(other),
+                };
+                let _ = reply.send(Err(err));
             }
         }
     }
@@ -613,6 +947,23 @@ impl Task {
     }
 
     fn worker_exited(&mut self, model: &str, instance: u64, exit: WorkerExit) {
+        self.draining.remove(&instance);
+        if let Some((at, level, footprint)) = self.pressure_unloads.remove(&instance) {
+            let ms = at.elapsed().as_millis();
+            eprintln!(
+                "locara: pressure {level}: {model} unloaded, {} back to the OS {ms} ms after the event",
+                Bytes(footprint)
+            );
+            self.metrics.pressure_freed(level.as_str(), footprint);
+            self.publish(serde_json::json!({
+                "version": EVENTS_VERSION,
+                "type": "freed",
+                "level": level,
+                "model": model,
+                "bytes": footprint,
+                "ms": ms as u64,
+            }));
+        }
         if exit.expected {
             self.governor.worker_exited(instance);
         } else if let Some(u) = self.governor.worker_died(instance) {
@@ -723,6 +1074,21 @@ impl Task {
             models,
             held_unloaded: self.governor.held_models().map(str::to_string).collect(),
             system: self.settings.probe.snapshot().ok(),
+            pressure: PressureStatus {
+                level: self.ladder.level(),
+                reported: self.ladder.reported(),
+                state: match self.ladder.state() {
+                    LadderState::Normal => "normal",
+                    LadderState::Warn { .. } => "warn",
+                    LadderState::Critical { .. } => "critical",
+                    LadderState::Recovering { .. } => "recovering",
+                }
+                .to_string(),
+                os_level: self.os_level,
+                simulated: self.simulated.map(|(l, _)| l),
+                simulated_until_unix_ms: self.simulated.and_then(|(_, u)| u).map(to_unix),
+                refusing_loads: self.refusing.is_some(),
+            },
             shutting_down: self.shutting_down,
         }
     }

@@ -8,6 +8,8 @@
 //! | `GET /locara/v1/status` | budget, models (state, estimate, footprint, ...), system memory |
 //! | `POST /locara/v1/models/{name}/load` | load and keep loaded (idle) |
 //! | `POST /locara/v1/models/{name}/unload[?hold=true]` | unload (and keep unloaded) |
+//! | `GET /locara/v1/events` | SSE: pressure level changes, actions, bytes freed |
+//! | `POST /locara/v1/pressure/simulate` | `{"level": "warn", "for": "60s"}`: drive the pressure handler |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Tokens are streamed as the worker decodes them, one SSE event each,
@@ -65,6 +67,8 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/locara/v1/status", get(status))
         .route("/locara/v1/models/{name}/load", post(load))
         .route("/locara/v1/models/{name}/unload", post(unload))
+        .route("/locara/v1/events", get(events))
+        .route("/locara/v1/pressure/simulate", post(simulate))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -116,6 +120,9 @@ pub fn runtime_error(e: RuntimeError) -> ApiError {
         RuntimeError::InvalidModel { .. }
         | RuntimeError::LoadFailed { .. }
         | RuntimeError::UnloadedWhileLoading { .. } => ApiError::model_unavailable(message),
+        RuntimeError::Pressure { retry_after, .. } => ApiError::model_unavailable(message)
+            .with_code("memory_pressure")
+            .with_retry_after(retry_after.as_secs().max(1)),
         RuntimeError::ShuttingDown => ApiError::shutting_down(),
         RuntimeError::Stopped => ApiError::server_error(message),
     }
@@ -184,6 +191,10 @@ struct Run {
     model: String,
     started: Instant,
     include_usage: bool,
+    /// Tokens streamed so far, and the most allowed once the pressure
+    /// ladder caps the remaining tokens of in-flight responses.
+    tokens: u32,
+    token_limit: Option<u32>,
     generation: Generation,
     runtime: Runtime,
     // Dropped with the stream: the lease releases the model's place, the
@@ -193,6 +204,32 @@ struct Run {
 }
 
 impl Run {
+    /// The next event, ending the generation early (as `length`) once the
+    /// pressure ladder's cap on remaining tokens is used up.
+    async fn next(&mut self) -> Option<StreamEvent> {
+        if let Some(cap) = self.runtime.caps().remaining_tokens {
+            let limit = *self
+                .token_limit
+                .get_or_insert(self.tokens.saturating_add(cap));
+            if self.tokens >= limit {
+                // Dropping the generation would cancel it too; say so now.
+                self.generation.cancel();
+                return Some(StreamEvent::Done {
+                    finish: FinishReason::Length,
+                    stats: GenerationStats {
+                        generated_tokens: self.tokens,
+                        ..GenerationStats::default()
+                    },
+                });
+            }
+        }
+        let ev = self.generation.next().await;
+        if matches!(ev, Some(StreamEvent::Token(_))) {
+            self.tokens += 1;
+        }
+        ev
+    }
+
     fn finished(&self, finish: Option<FinishReason>, stats: Option<&GenerationStats>) {
         let m = &self.runtime.metrics;
         let outcome = finish.map_or("error", FinishReason::as_str);
@@ -255,6 +292,12 @@ async fn generate(
         .await
         .map_err(runtime_error)?;
     let context = lease.host.info.context;
+    let mut params = params;
+    // Under pressure, requests that start now are capped (the ladder's
+    // queued-request cap).
+    if let Some(cap) = state.runtime.caps().queued_max_tokens {
+        params.max_tokens = Some(params.max_tokens.map_or(cap, |m| m.min(cap)));
+    }
     if let Some(max) = params.max_tokens {
         if max > context {
             return Err(ApiError::invalid(
@@ -297,6 +340,8 @@ async fn generate(
         model,
         started,
         include_usage: params.include_usage,
+        tokens: 0,
+        token_limit: None,
         generation,
         runtime: state.runtime.clone(),
         _lease: lease,
@@ -365,7 +410,7 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
                 return Err(ApiError::worker_died("the worker ended the stream"));
             }
         }
-        next = run.generation.next().await;
+        next = run.next().await;
     }
 }
 
@@ -395,7 +440,7 @@ fn stream_response(
                 }
                 (Some(first), out)
             }
-            Phase::Next => (run.generation.next().await, Vec::new()),
+            Phase::Next => (run.next().await, Vec::new()),
         };
         let mut out = out;
         let next_phase = match event {
@@ -588,4 +633,77 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `GET /locara/v1/events`: server-sent events for apps, one JSON object
+/// each with a `version`: `level` (the level in force and the effective
+/// budget), `action` (each action of the pressure ladder), `freed` (bytes
+/// the OS got back after an unload, and how long it took).
+async fn events(
+    State(state): State<Arc<AppState>>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = state.runtime.subscribe();
+    let stream = stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    return Some((Ok(SseEvent::default().data(ev.to_string())), rx));
+                }
+                // A slow reader misses events rather than holding memory.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
+}
+
+#[derive(Deserialize)]
+struct SimulateBody {
+    level: String,
+    #[serde(default, rename = "for")]
+    duration: Option<String>,
+}
+
+/// `POST /locara/v1/pressure/simulate`: drives the pressure handler as an
+/// OS report would.
+async fn simulate(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: SimulateBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_body(format!(
+            "expected {{\"level\": \"warn\"|\"critical\"|\"normal\", \"for\": \"60s\"}}: {e}"
+        ))
+    })?;
+    let level: locara_core::ladder::PressureLevel = body.level.parse().map_err(|_| {
+        ApiError::invalid(
+            "level",
+            format!(
+                "level {:?} is not one of normal, warn, critical",
+                body.level
+            ),
+        )
+    })?;
+    let duration = match body.duration.as_deref() {
+        None => None,
+        Some(d) => match KeepAlive::parse(d) {
+            Ok(KeepAlive::For(d)) if d <= std::time::Duration::from_secs(24 * 3600) => Some(d),
+            _ => {
+                return Err(ApiError::invalid(
+                    "for",
+                    format!("for {d:?} is not a duration from 1s to 24h, e.g. 60s"),
+                ))
+            }
+        },
+    };
+    state
+        .runtime
+        .simulate_pressure(level, duration)
+        .await
+        .map_err(runtime_error)?;
+    Ok(Json(serde_json::json!({
+        "level": level,
+        "for_seconds": duration.map(|d| d.as_secs()),
+    })))
 }

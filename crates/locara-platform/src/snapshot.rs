@@ -2,70 +2,10 @@
 //! footprint of one process, and the pressure level.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
-/// How hard the OS is pressed for memory, in the three steps of the pressure
-/// ladder (DESIGN.md). Ordered: `Normal < Warn < Critical`.
-///
-/// It lives here until the ladder lands in `locara-core` (the policy crate),
-/// where it belongs; it should then move there and be re-exported from here.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum PressureLevel {
-    /// Memory to spare; earlier restrictions are lifted after a quiet period.
-    #[default]
-    Normal,
-    /// The OS is reclaiming hard or is short: shed caches and idle models.
-    Warn,
-    /// The OS is about to kill processes or swap heavily: unload everything
-    /// that is not generating.
-    Critical,
-}
-
-impl PressureLevel {
-    /// All levels, lowest first.
-    pub const ALL: [PressureLevel; 3] = [
-        PressureLevel::Normal,
-        PressureLevel::Warn,
-        PressureLevel::Critical,
-    ];
-
-    /// The stable machine name: `normal`, `warn` or `critical`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PressureLevel::Normal => "normal",
-            PressureLevel::Warn => "warn",
-            PressureLevel::Critical => "critical",
-        }
-    }
-}
-
-impl fmt::Display for PressureLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-/// A pressure level name that is not one of `normal`, `warn`, `critical`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown pressure level `{0}` (expected normal, warn or critical)")]
-pub struct ParsePressureLevelError(pub String);
-
-impl FromStr for PressureLevel {
-    type Err = ParsePressureLevelError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "normal" => Ok(PressureLevel::Normal),
-            "warn" | "warning" => Ok(PressureLevel::Warn),
-            "critical" => Ok(PressureLevel::Critical),
-            _ => Err(ParsePressureLevelError(s.to_string())),
-        }
-    }
-}
+/// How hard the OS is pressed for memory: the pressure ladder's levels,
+/// defined with the ladder in `locara-core`.
+pub use locara_core::ladder::{ParsePressureLevelError, PressureLevel};
 
 /// What the OS charges one process, in bytes, in DESIGN.md's words.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! `locara`: the command line. It parses flags into checked values and calls
 //! into the crates; the work happens there.
 
+mod apps;
 mod config;
 mod inspect;
 mod mem;
@@ -128,9 +129,44 @@ enum Command {
         #[arg(long)]
         hold: bool,
     },
+    /// Memory pressure in the running daemon.
+    #[command(subcommand)]
+    Pressure(PressureCommand),
+    /// Install, list and remove apps, and issue their tokens.
+    ///
+    /// An app is installed from a TOML manifest that declares the models it
+    /// uses; installing checks that this machine can hold them and prints the
+    /// app's token, which its requests carry (`Authorization: Bearer TOKEN`).
+    /// An app may use only the models its manifest declares.
+    App {
+        #[command(subcommand)]
+        command: apps::AppCommand,
+    },
+    /// Check app manifests.
+    Manifest {
+        #[command(subcommand)]
+        command: apps::ManifestCommand,
+    },
     /// The engine worker (started by locara itself; not for direct use).
     #[command(hide = true)]
     Engine,
+}
+
+#[derive(Subcommand)]
+enum PressureCommand {
+    /// Drive the daemon's pressure handler as an OS report would (like
+    /// macOS `memory_pressure -S`): warn unloads idle models and caps
+    /// requests; critical unloads everything not generating and refuses
+    /// loads; normal ends the simulation (restrictions lift after the quiet
+    /// period).
+    Simulate {
+        /// normal, warn or critical.
+        #[arg(value_parser = ["normal", "warn", "critical"])]
+        level: String,
+        /// How long, e.g. 60s or 5m (default: until `simulate normal`).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -157,9 +193,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Profile { refresh, json } => profile::profile(refresh, json),
         Command::Mem { json, watch } => mem::mem(json, watch),
         Command::Serve(args) => serve::serve(args),
+        Command::Pressure(PressureCommand::Simulate { level, duration }) => {
+            serve::simulate(&level, duration.as_deref())
+        }
         Command::Ps { json } => serve::ps(json),
         Command::Load { model } => serve::load(&model),
         Command::Stop { model, hold } => serve::stop(&model, hold),
+        Command::App { command } => apps::app(command),
+        Command::Manifest { command } => apps::manifest(command),
     }
 }
 

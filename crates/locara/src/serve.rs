@@ -107,6 +107,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             .unwrap_or_else(locara_platform::performance_cores),
         backend: locara_platform::estimate_backend(),
         probe: Arc::new(SystemProbe::default()),
+        ladder: config.ladder.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -138,6 +139,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             config.keep_alive
         );
         let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
+        watch_pressure(runtime.clone());
         let state = AppState::new(runtime, store);
         let served = server::serve(
             listener,
@@ -152,6 +154,32 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Feeds the OS's pressure reports to the governor from a thread of their
+/// own (the platform's watch is a blocking channel).
+fn watch_pressure(runtime: Runtime) {
+    let watch = match locara_platform::PressureSource::watch(&SystemProbe::default()) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!(
+                "locara: no OS pressure reports ({e}); `locara pressure simulate` still works"
+            );
+            return;
+        }
+    };
+    eprintln!("locara: watching memory pressure: {}", watch.method());
+    let initial = watch.initial_level();
+    let _ = std::thread::Builder::new()
+        .name("locara-pressure".into())
+        .spawn(move || {
+            if initial != locara_platform::PressureLevel::Normal {
+                runtime.report_pressure(initial, "level at start".into());
+            }
+            while let Some(ev) = watch.recv() {
+                runtime.report_pressure(ev.level, ev.reason);
+            }
+        });
 }
 
 fn write_daemon_info(path: &Path, url: &str) -> Result<()> {
@@ -320,6 +348,26 @@ pub fn stop(model: &str, hold: bool) -> Result<ExitCode> {
     }
     if answer.is_null() {
         bail!("the daemon gave no answer");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn simulate(level: &str, duration: Option<&str>) -> Result<ExitCode> {
+    let url = require_daemon()?;
+    let mut body = serde_json::json!({ "level": level });
+    if let Some(d) = duration {
+        body["for"] = d.into();
+    }
+    agent()
+        .post(&format!("{url}/locara/v1/pressure/simulate"))
+        .send_json(body)
+        .map_err(api_error)?;
+    match duration {
+        Some(d) => println!("simulating memory pressure {level} for {d}"),
+        None if level == "normal" => println!("simulation ended; the OS's level applies"),
+        None => {
+            println!("simulating memory pressure {level} until `locara pressure simulate normal`")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -633,3 +633,152 @@ fn locara_run_uses_a_running_daemon() {
             .trim()
     );
 }
+
+/// A daemon whose pressure ladder acts within a second or two.
+fn pressure_daemon() -> (Daemon, tempfile::NamedTempFile) {
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(
+        &mut config,
+        b"pressure_idle_grace = \"1s\"\npressure_quiet_period = \"1s\"\npressure_remaining_tokens = 5\n",
+    )
+    .unwrap();
+    let path = config.path().to_str().unwrap().to_string();
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1", "--config", &path]);
+    (d, config)
+}
+
+fn simulate(d: &Daemon, level: &str) {
+    let out = locara()
+        .env("LOCARA_URL", &d.url)
+        .args(["pressure", "simulate", level])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads `GET /locara/v1/events` on a thread; the events so far.
+fn event_log(d: &Daemon) -> std::sync::Arc<std::sync::Mutex<Vec<Value>>> {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r = ureq::get(&format!("{}/locara/v1/events", d.url))
+        .call()
+        .unwrap();
+    let mut sse = Sse::new(r);
+    let sink = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        while let Some(d) = sse.next_data() {
+            sink.lock().unwrap().push(serde_json::from_str(&d).unwrap());
+        }
+    });
+    log
+}
+
+#[test]
+fn simulated_warn_unloads_an_idle_model_tells_apps_and_lifts_after_normal() {
+    let (d, _config) = pressure_daemon();
+    let events = event_log(&d);
+    d.chat(chat_body(SMOLLM2, "Hi", 2, false));
+    let pid = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
+    simulate(&d, "warn");
+    assert!(
+        eventually(Duration::from_secs(5), || d.model_status(SMOLLM2).is_none()),
+        "the idle model is still loaded at warn: {}",
+        d.status()
+    );
+    assert!(eventually(Duration::from_secs(3), || !alive(pid)));
+    assert_eq!(d.status()["pressure"]["level"], "warn");
+    // Apps were told: the level, the unload, and the bytes the OS got back.
+    assert!(eventually(Duration::from_secs(3), || {
+        let log = events.lock().unwrap();
+        log.iter()
+            .any(|e| e["type"] == "level" && e["level"] == "warn")
+            && log
+                .iter()
+                .any(|e| e["type"] == "action" && e["action"] == "unload")
+            && log
+                .iter()
+                .any(|e| e["type"] == "freed" && e["bytes"].as_u64().unwrap() > 1 << 20)
+    }));
+    assert!(events.lock().unwrap().iter().all(|e| e["version"] == 1));
+    // Nothing new grows while it lasts.
+    let e = d
+        .post("/v1/chat/completions", &chat_body(SMOLLM2, "Hi", 2, false))
+        .unwrap_err();
+    let ureq::Error::Status(503, r) = e else {
+        panic!("expected 503, got {}", describe(e))
+    };
+    assert!(r.header("retry-after").is_some());
+    let body: Value = r.into_json().unwrap();
+    assert_eq!(body["error"]["code"], "memory_pressure", "{body}");
+    let m = d.metrics();
+    assert!(
+        m.contains("locara_pressure_actions_total{action=\"unload\",level=\"warn\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("reason=\"pressure_warn\""), "{m}");
+    // Normal again: after the quiet period the model reloads on request.
+    simulate(&d, "normal");
+    assert!(eventually(Duration::from_secs(5), || d.status()
+        ["pressure"]["level"]
+        == "normal"));
+    d.chat(chat_body(SMOLLM2, "Hi", 2, false));
+}
+
+#[test]
+fn simulated_critical_caps_a_stream_in_flight_then_unloads_and_refuses_loads() {
+    let (d, _config) = pressure_daemon();
+    // A raw prompt a small model continues for as long as it may.
+    let r = d
+        .post(
+            "/v1/completions",
+            &json!({
+                "model": SMOLLM2,
+                "prompt": "Numbers from 1 to 1000, separated by commas: 1, 2, 3, 4, 5, 6,",
+                "max_tokens": 1500,
+                "temperature": 0,
+                "stream": true,
+            }),
+        )
+        .unwrap();
+    let mut sse = Sse(BufReader::new(r.into_reader()));
+    sse.next_data().unwrap();
+    sse.next_data().unwrap();
+    simulate(&d, "critical");
+    // The stream ends soon (at most the remaining-tokens cap, 5, plus what
+    // was in the pipe), as `length`, not cut with an error.
+    let mut tokens = 0;
+    let mut finish = None;
+    while let Some(data) = sse.next_data() {
+        if data == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(&data).unwrap();
+        assert!(v.get("error").is_none(), "{v}");
+        if let Some(c) = v["choices"].get(0) {
+            if c["text"].as_str().is_some_and(|t| !t.is_empty()) {
+                tokens += 1;
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+            }
+        }
+    }
+    assert_eq!(finish.as_deref(), Some("length"));
+    assert!(tokens <= 40, "{tokens} tokens after critical");
+    assert!(
+        eventually(Duration::from_secs(5), || d.model_status(SMOLLM2).is_none()),
+        "{}",
+        d.status()
+    );
+    let e = d
+        .post("/v1/chat/completions", &chat_body(SMOLLM2, "Hi", 2, false))
+        .unwrap_err();
+    let ureq::Error::Status(503, r) = e else {
+        panic!("expected 503, got {}", describe(e))
+    };
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(d.status()["pressure"]["refusing_loads"], true);
+}

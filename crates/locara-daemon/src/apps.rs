@@ -1,0 +1,1 @@
+//! The app registry (in progress).
