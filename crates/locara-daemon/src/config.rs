@@ -58,6 +58,9 @@ pub struct RawServeConfig {
     pub shutdown_grace: Option<String>,
     /// Largest request body, bytes.
     pub max_body_bytes: Option<u64>,
+    /// Web origins (`scheme://host[:port]`) whose pages may call the API;
+    /// requests with any other `Origin` header are refused.
+    pub allowed_origins: Option<Vec<String>>,
     /// Pressure at warn unloads models idle longer than this ("30s").
     pub pressure_idle_grace: Option<String>,
     /// Pressure restrictions lift after reports stay lower this long ("30s").
@@ -139,6 +142,7 @@ impl RawServeConfig {
             threads: o.threads.or(self.threads),
             shutdown_grace: o.shutdown_grace.or(self.shutdown_grace),
             max_body_bytes: o.max_body_bytes.or(self.max_body_bytes),
+            allowed_origins: o.allowed_origins.or(self.allowed_origins),
             pressure_idle_grace: o.pressure_idle_grace.or(self.pressure_idle_grace),
             pressure_quiet_period: o.pressure_quiet_period.or(self.pressure_quiet_period),
             pressure_max_tokens: o.pressure_max_tokens.or(self.pressure_max_tokens),
@@ -171,6 +175,8 @@ pub struct ServeConfig {
     pub max_body_bytes: u64,
     /// The pressure ladder's settings.
     pub ladder: LadderConfig,
+    /// Web origins allowed to call the API (none by default).
+    pub allowed_origins: Vec<String>,
 }
 
 /// A setting that cannot be used.
@@ -293,6 +299,19 @@ impl ServeConfig {
                 _ => Err(invalid(field, text, "a duration such as 30s")),
             },
         };
+        let allowed_origins = raw.allowed_origins.clone().unwrap_or_default();
+        for o in &allowed_origins {
+            let ok = (o.starts_with("http://") || o.starts_with("https://"))
+                && !o.ends_with('/')
+                && !o["https://".len().min(o.len())..].contains('/');
+            if !ok {
+                return Err(invalid(
+                    "allowed_origins",
+                    o,
+                    "an origin such as http://localhost:3000 (scheme, host, optional port; no path)",
+                ));
+            }
+        }
         let defaults = LadderConfig::default();
         let ladder = LadderConfig {
             idle_grace: duration(
@@ -330,6 +349,7 @@ impl ServeConfig {
             shutdown_grace,
             max_body_bytes,
             ladder,
+            allowed_origins,
         })
     }
 }

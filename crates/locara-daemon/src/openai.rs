@@ -659,11 +659,49 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
 }
 
 /// The body as JSON; the JSON error (with line and column) otherwise.
+/// The deepest JSON nesting a request body may have: a chat request needs
+/// four levels (body, messages, message, content parts); the cap keeps a
+/// hostile body from costing stack or time.
+pub const MAX_JSON_DEPTH: usize = 16;
+
+/// The nesting depth of a JSON text, counted without parsing it (brackets
+/// inside strings do not count).
+pub fn json_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid_body(
             "request body is empty; expected a JSON object",
         ));
+    }
+    let depth = json_depth(body);
+    if depth > MAX_JSON_DEPTH {
+        return Err(ApiError::invalid_body(format!(
+            "request body nests JSON {depth} levels deep; the limit is {MAX_JSON_DEPTH}"
+        )));
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))
@@ -1499,6 +1537,20 @@ fn splitmix64(mut z: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn deeply_nested_bodies_are_refused_with_the_limit() {
+        assert_eq!(json_depth(br#"{"a":[{"b":"[[[[{{"}]}"#), 3);
+        let deep = format!("{}{}", "[".repeat(17), "]".repeat(17));
+        let body = format!(r#"{{"model":"m","messages":{deep}}}"#);
+        let e = parse_chat(body.as_bytes()).unwrap_err();
+        assert!(
+            e.message.contains("18 levels deep") && e.message.contains("16"),
+            "{}",
+            e.message
+        );
+    }
+
     use super::*;
 
     /// A minimal valid chat body with `extra` fields merged in.

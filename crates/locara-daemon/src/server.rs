@@ -41,6 +41,10 @@ use std::time::Instant;
 pub struct AppState {
     pub runtime: Runtime,
     pub store: Store,
+    /// The address the daemon listens on (for the `Host` check).
+    pub listen: std::net::SocketAddr,
+    /// Web origins allowed to call the API.
+    pub allowed_origins: Vec<String>,
     /// Set at SIGTERM: new requests get 503 while in-flight ones finish.
     pub draining: AtomicBool,
     /// Generation requests in flight (streams included).
@@ -48,10 +52,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(runtime: Runtime, store: Store) -> Arc<AppState> {
+    pub fn new(
+        runtime: Runtime,
+        store: Store,
+        listen: std::net::SocketAddr,
+        allowed_origins: Vec<String>,
+    ) -> Arc<AppState> {
         Arc::new(AppState {
             runtime,
             store,
+            listen,
+            allowed_origins,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         })
@@ -72,7 +83,63 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            web_guard,
+        ))
         .with_state(state)
+}
+
+/// Defences against web pages: the `Host` header must name this daemon by
+/// a loopback name or address and its port (a DNS-rebinding page sends its
+/// own host name), and an `Origin` header, which browsers send on
+/// cross-site requests, must be on the configured allow-list.
+async fn web_guard(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !host_allowed(host, state.listen) {
+        return ApiError::forbidden(format!(
+            "Host {:?} is not this daemon's address: use localhost:{port}, 127.0.0.1:{port} or [::1]:{port}",
+            host.unwrap_or(""),
+            port = state.listen.port()
+        ))
+        .with_code("host_not_allowed")
+        .into_response();
+    }
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !state.allowed_origins.iter().any(|o| o == origin) {
+            return ApiError::forbidden(format!(
+                "Origin {origin:?} may not call this daemon; add it to allowed_origins in the serve config to let its pages in"
+            ))
+            .with_code("origin_not_allowed")
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header names the daemon: a loopback name or address
+/// with its port, or the address it listens on when that is not loopback.
+pub fn host_allowed(host: Option<&str>, listen: std::net::SocketAddr) -> bool {
+    let Some(host) = host else { return false };
+    let Some((name, port)) = host.rsplit_once(':') else {
+        return false;
+    };
+    if port.parse::<u16>().ok() != Some(listen.port()) {
+        return false;
+    }
+    let ip = name.trim_start_matches('[').trim_end_matches(']');
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(addr) => addr.is_loopback() || addr == listen.ip(),
+        Err(_) => name.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -706,4 +773,37 @@ async fn simulate(
         "level": level,
         "for_seconds": duration.map(|d| d.as_secs()),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_loopback_names_with_our_port_pass_the_host_check() {
+        let listen = "127.0.0.1:11480".parse().unwrap();
+        for ok in [
+            "localhost:11480",
+            "127.0.0.1:11480",
+            "[::1]:11480",
+            "LOCALHOST:11480",
+        ] {
+            assert!(host_allowed(Some(ok), listen), "{ok}");
+        }
+        for bad in [
+            "evil.example:11480",
+            "localhost:80",
+            "localhost",
+            "127.0.0.1.nip.io:11480",
+            "10.0.0.5:11480",
+            "",
+        ] {
+            assert!(!host_allowed(Some(bad), listen), "{bad}");
+        }
+        assert!(!host_allowed(None, listen));
+        // Bound to a LAN address on purpose: that address passes too.
+        let lan = "192.168.1.5:11480".parse().unwrap();
+        assert!(host_allowed(Some("192.168.1.5:11480"), lan));
+        assert!(!host_allowed(Some("192.168.1.6:11480"), lan));
+    }
 }

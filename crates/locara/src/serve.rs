@@ -140,7 +140,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         );
         let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
         watch_pressure(runtime.clone());
-        let state = AppState::new(runtime, store);
+        let state = AppState::new(runtime, store, addr, config.allowed_origins.clone());
         let served = server::serve(
             listener,
             state,

@@ -782,3 +782,59 @@ fn simulated_critical_caps_a_stream_in_flight_then_unloads_and_refuses_loads() {
     assert!(r.header("retry-after").is_some());
     assert_eq!(d.status()["pressure"]["refusing_loads"], true);
 }
+
+/// A raw HTTP/1.1 request with the headers given; the status code.
+fn raw_status(d: &Daemon, request: &str) -> u16 {
+    use std::io::Write;
+    let addr = d.url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.replace("ADDR", addr).as_bytes())
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn web_pages_cannot_reach_the_api() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let get = |headers: &str| {
+        raw_status(
+            &d,
+            &format!("GET /v1/models HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(get("Host: ADDR\r\n"), 200);
+    let port = d.url.rsplit(':').next().unwrap().to_string();
+    assert_eq!(get(&format!("Host: localhost:{port}\r\n")), 200);
+    // DNS rebinding: a page on evil.example resolved to 127.0.0.1.
+    assert_eq!(get(&format!("Host: evil.example:{port}\r\n")), 403);
+    assert_eq!(get("Host: ADDR\r\nOrigin: http://evil.example\r\n"), 403);
+    // Bodies are capped in size and in nesting.
+    let big = "x".repeat(5 << 20);
+    let status = raw_status(
+        &d,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: ADDR\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+            big.len()
+        ),
+    );
+    assert_eq!(status, 413);
+    let deep = format!(
+        "{{\"model\":\"m\",\"messages\":{}{}}}",
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    let e = d
+        .post(
+            "/v1/chat/completions",
+            &serde_json::from_str::<Value>(&deep).unwrap(),
+        )
+        .unwrap_err();
+    let ureq::Error::Status(400, r) = e else {
+        panic!("expected 400")
+    };
+    let body: Value = r.into_json().unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("41 levels deep"), "{message}");
+}
