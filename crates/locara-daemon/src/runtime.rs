@@ -376,6 +376,38 @@ struct LoadMeta {
     estimated_footprint: u64,
 }
 
+/// The pressure ladder's view of the governor's state: every model with
+/// its instance, pin, generating sequences (a loading model counts as busy),
+/// idle time and what it holds (measured where it was, else its estimate).
+pub fn ladder_view(governor: &Governor) -> RuntimeView {
+    let models = governor
+        .models()
+        .map(|(name, m)| {
+            let mut v = ModelView::new(name, m.instance, Role::Chat);
+            v.pinned = m.pinned();
+            v.generating = if m.phase == Phase::Loaded {
+                m.active
+            } else {
+                1
+            };
+            v.idle_since = (m.phase == Phase::Loaded && m.active == 0).then_some(m.last_used);
+            match m.measured {
+                Some(x) => {
+                    v.footprint = x.footprint;
+                    v.mapped_weights = x.mapped_weights;
+                }
+                None => v.footprint = m.estimate,
+            }
+            v
+        })
+        .collect();
+    RuntimeView {
+        models,
+        held_bytes: governor.held_bytes(),
+        budget: governor.budget,
+    }
+}
+
 struct Task {
     governor: Governor,
     /// Loaded models' workers, by name, with their instance.
@@ -531,33 +563,7 @@ impl Task {
 
     /// What the ladder decides over: every model, with what it holds.
     fn view(&self) -> RuntimeView {
-        let models = self
-            .governor
-            .models()
-            .map(|(name, m)| {
-                let mut v = ModelView::new(name, m.instance, Role::Chat);
-                v.pinned = m.pinned();
-                v.generating = if m.phase == Phase::Loaded {
-                    m.active
-                } else {
-                    1
-                };
-                v.idle_since = (m.phase == Phase::Loaded && m.active == 0).then_some(m.last_used);
-                match m.measured {
-                    Some(x) => {
-                        v.footprint = x.footprint;
-                        v.mapped_weights = x.mapped_weights;
-                    }
-                    None => v.footprint = m.estimate,
-                }
-                v
-            })
-            .collect();
-        RuntimeView {
-            models,
-            held_bytes: self.governor.held_bytes(),
-            budget: self.governor.budget,
-        }
+        ladder_view(&self.governor)
     }
 
     /// One step of the pressure ladder, its actions carried out in order.
