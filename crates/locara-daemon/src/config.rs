@@ -58,6 +58,8 @@ pub struct RawServeConfig {
     pub shutdown_grace: Option<String>,
     /// Largest request body, bytes.
     pub max_body_bytes: Option<u64>,
+    /// Single-user set-up: requests need no token (default false).
+    pub tokenless: Option<bool>,
     /// Web origins (`scheme://host[:port]`) whose pages may call the API;
     /// requests with any other `Origin` header are refused.
     pub allowed_origins: Option<Vec<String>>,
@@ -142,6 +144,7 @@ impl RawServeConfig {
             threads: o.threads.or(self.threads),
             shutdown_grace: o.shutdown_grace.or(self.shutdown_grace),
             max_body_bytes: o.max_body_bytes.or(self.max_body_bytes),
+            tokenless: o.tokenless.or(self.tokenless),
             allowed_origins: o.allowed_origins.or(self.allowed_origins),
             pressure_idle_grace: o.pressure_idle_grace.or(self.pressure_idle_grace),
             pressure_quiet_period: o.pressure_quiet_period.or(self.pressure_quiet_period),
@@ -177,6 +180,8 @@ pub struct ServeConfig {
     pub ladder: LadderConfig,
     /// Web origins allowed to call the API (none by default).
     pub allowed_origins: Vec<String>,
+    /// Requests need no token (single-user set-up; off by default).
+    pub tokenless: bool,
 }
 
 /// A setting that cannot be used.
@@ -350,6 +355,7 @@ impl ServeConfig {
             max_body_bytes,
             ladder,
             allowed_origins,
+            tokenless: raw.tokenless.unwrap_or(false),
         })
     }
 }

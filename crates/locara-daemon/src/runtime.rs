@@ -248,7 +248,7 @@ impl Runtime {
         let (tx, rx) = mpsc::unbounded_channel();
         let (caps_tx, caps) = watch::channel(TokenCaps::NONE);
         let (events, _) = broadcast::channel(256);
-        let ladder = Ladder::new(settings.ladder.clone()).unwrap_or_default();
+        let ladder = Ladder::new(settings.ladder).unwrap_or_default();
         let policy = Policy {
             keep_alive: settings.config.keep_alive,
             queue_depth: settings.config.queue,

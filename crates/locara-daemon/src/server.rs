@@ -45,6 +45,8 @@ pub struct AppState {
     pub listen: std::net::SocketAddr,
     /// Web origins allowed to call the API.
     pub allowed_origins: Vec<String>,
+    /// Who may call: app tokens from the registry and the admin token.
+    pub auth: Auth,
     /// Set at SIGTERM: new requests get 503 while in-flight ones finish.
     pub draining: AtomicBool,
     /// Generation requests in flight (streams included).
@@ -57,30 +59,86 @@ impl AppState {
         store: Store,
         listen: std::net::SocketAddr,
         allowed_origins: Vec<String>,
+        auth: Auth,
     ) -> Arc<AppState> {
         Arc::new(AppState {
             runtime,
             store,
             listen,
             allowed_origins,
+            auth,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         })
     }
 }
 
+/// Who may call the API.
+pub struct Auth {
+    /// Installed apps and their token hashes.
+    pub apps: crate::apps::AppRegistry,
+    /// The admin token (management routes; the CLI reads it from the data
+    /// directory).
+    pub admin: crate::apps::Token,
+    /// Single-user set-up: requests need no token (off by default).
+    pub tokenless: bool,
+}
+
+/// Who is calling, as the auth layer found out.
+#[derive(Clone)]
+pub enum Caller {
+    /// The admin token, or tokenless mode: every route, every model.
+    Admin,
+    /// An installed app: app routes, and only the models its manifest
+    /// declares.
+    App(Arc<locara_core::manifest::Manifest>),
+}
+
+impl Caller {
+    /// An app may use only the models its manifest declares.
+    fn may_use(&self, model: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::App(m) if m.declares(model) => Ok(()),
+            Caller::App(m) => Err(ApiError::forbidden(format!(
+                "app {} may not use model {model}: its manifest declares {}",
+                m.id,
+                m.models
+                    .iter()
+                    .map(|d| d.reference.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .with_param("model")
+            .with_code("model_not_declared")),
+        }
+    }
+}
+
 /// The routes, with the body size cap.
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
-    Router::new()
+    let management = Router::new()
+        .route("/locara/v1/models/{name}/load", post(load))
+        .route("/locara/v1/models/{name}/unload", post(unload))
+        .route("/locara/v1/pressure/simulate", post(simulate))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            admin_only,
+        ));
+    let apps = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/locara/v1/status", get(status))
-        .route("/locara/v1/models/{name}/load", post(load))
-        .route("/locara/v1/models/{name}/unload", post(unload))
         .route("/locara/v1/events", get(events))
-        .route("/locara/v1/pressure/simulate", post(simulate))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            app_or_admin,
+        ));
+    Router::new()
+        .merge(management)
+        .merge(apps)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -123,6 +181,70 @@ async fn web_guard(
         }
     }
     next.run(request).await
+}
+
+/// The caller a request's `Authorization: Bearer` token names.
+fn caller(state: &AppState, request: &axum::extract::Request) -> Result<Caller, ApiError> {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        if state.auth.tokenless {
+            return Ok(Caller::Admin);
+        }
+        return Err(ApiError::unauthorized(
+            "this route needs Authorization: Bearer <token> (an app's token from `locara app install`, or the admin token in the data directory)",
+        ));
+    };
+    if state.auth.admin.matches(token) {
+        return Ok(Caller::Admin);
+    }
+    match state.auth.apps.authenticate(token) {
+        Ok(Some(manifest)) => Ok(Caller::App(manifest)),
+        Ok(None) if state.auth.tokenless => Ok(Caller::Admin),
+        Ok(None) => Err(ApiError::unauthorized("the bearer token is not valid")),
+        Err(e) => Err(ApiError::server_error(format!(
+            "reading the app registry: {e}"
+        ))),
+    }
+}
+
+/// App routes: an app token or the admin token.
+async fn app_or_admin(
+    State(state): State<Arc<AppState>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match caller(&state, &request) {
+        Ok(c) => {
+            request.extensions_mut().insert(c);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Management routes: the admin token only.
+async fn admin_only(
+    State(state): State<Arc<AppState>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match caller(&state, &request) {
+        Ok(Caller::Admin) => {
+            request.extensions_mut().insert(Caller::Admin);
+            next.run(request).await
+        }
+        Ok(Caller::App(m)) => ApiError::forbidden(format!(
+            "app {} may not manage the daemon: this route needs the admin token",
+            m.id
+        ))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Whether a `Host` header names the daemon: a loopback name or address
@@ -218,11 +340,18 @@ impl Endpoint {
     }
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Bytes,
+) -> Response {
     let request = match openai::parse_chat(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = caller.may_use(&request.model) {
+        return e.into_response();
+    }
     let prompt = Prompt::Chat {
         messages: request.messages,
     };
@@ -231,11 +360,18 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Bytes,
+) -> Response {
     let request = match openai::parse_completion(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = caller.may_use(&request.model) {
+        return e.into_response();
+    }
     let prompt = Prompt::Raw {
         text: request.prompt,
     };
@@ -548,13 +684,18 @@ fn stream_response(
     Sse::new(flat)
 }
 
-async fn models(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn models(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let list = state
         .store
         .list()
         .map_err(|e| ApiError::server_error(format!("reading the model store: {e}")))?;
+    // An app sees the models it may use.
     let entries: Vec<(String, u64, &str)> = list
         .iter()
+        .filter(|m| caller.may_use(m.name.as_str()).is_ok())
         .map(|m| (m.name.as_str().to_string(), m.added, "locara"))
         .collect();
     Ok(Json(openai::models_list(&entries)))

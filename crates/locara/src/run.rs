@@ -163,6 +163,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             backend: Backend::Daemon {
                 url,
                 model: name.to_string(),
+                auth: crate::serve::admin_header(&config.home)?,
             },
             args: &args,
             sampling,
@@ -232,7 +233,12 @@ fn resolve(config: &Config, store: &Store, words: &[String]) -> Result<(ModelNam
 /// Where generations run: a worker of our own, or a running daemon.
 enum Backend<'a> {
     Worker(&'a Worker),
-    Daemon { url: String, model: String },
+    Daemon {
+        url: String,
+        model: String,
+        /// `Bearer <admin token>`: the user's own tool, like the CLI.
+        auth: String,
+    },
 }
 
 struct Session<'a> {
@@ -364,8 +370,8 @@ impl Session<'_> {
         }
         let worker = match &self.backend {
             Backend::Worker(w) => *w,
-            Backend::Daemon { url, model } => {
-                return daemon_generate(url, model, prompt, &self.sampling, self.args)
+            Backend::Daemon { url, model, auth } => {
+                return daemon_generate(url, model, auth, prompt, &self.sampling, self.args)
             }
         };
         worker.send(&Request::Generate(GenerateRequest {
@@ -446,6 +452,7 @@ impl Session<'_> {
 fn daemon_generate(
     url: &str,
     model: &str,
+    auth: &str,
     prompt: Prompt,
     sampling: &Sampling,
     args: &RunArgs,
@@ -483,7 +490,10 @@ fn daemon_generate(
         body["context"] = c.into();
     }
     let started = std::time::Instant::now();
-    let response = match ureq::post(&format!("{url}{path}")).send_json(body) {
+    let response = match ureq::post(&format!("{url}{path}"))
+        .set("Authorization", auth)
+        .send_json(body)
+    {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => {
             let v: serde_json::Value = r.into_json().unwrap_or_default();

@@ -5,10 +5,11 @@ use crate::config::Config;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use locara_core::Bytes;
+use locara_daemon::apps::{admin_token, AppRegistry};
 use locara_daemon::config::{RawServeConfig, ServeConfig};
 use locara_daemon::metrics::Metrics;
 use locara_daemon::runtime::{Runtime, Settings, Status};
-use locara_daemon::server::{self, AppState, DaemonInfo, DAEMON_FILE};
+use locara_daemon::server::{self, AppState, Auth, DaemonInfo, DAEMON_FILE};
 use locara_platform::SystemProbe;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -107,7 +108,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             .unwrap_or_else(locara_platform::performance_cores),
         backend: locara_platform::estimate_backend(),
         probe: Arc::new(SystemProbe::default()),
-        ladder: config.ladder.clone(),
+        ladder: config.ladder,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -126,6 +127,15 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
                  reach this address can use the API"
             );
         }
+        // The admin token exists before anyone is told where to connect.
+        let auth = Auth {
+            apps: AppRegistry::open(&base.home)?,
+            admin: admin_token(&base.home)?,
+            tokenless: config.tokenless,
+        };
+        if config.tokenless {
+            eprintln!("locara: tokenless: requests need no token (single-user set-up)");
+        }
         let info_path = base.home.join(DAEMON_FILE);
         write_daemon_info(&info_path, &url)?;
         println!("listening on {url}");
@@ -140,7 +150,13 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         );
         let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
         watch_pressure(runtime.clone());
-        let state = AppState::new(runtime, store, addr, config.allowed_origins.clone());
+        let state = AppState::new(
+            runtime,
+            store,
+            addr,
+            config.allowed_origins.clone(),
+            auth,
+        );
         let served = server::serve(
             listener,
             state,
@@ -222,11 +238,25 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-fn require_daemon() -> Result<String> {
+/// The running daemon's address and the admin token's header value.
+fn require_daemon() -> Result<(String, String)> {
     let config = Config::load(false)?;
-    daemon_url(&config.home).context(
+    let url = daemon_url(&config.home).context(
         "no Locara daemon is running (start one with `locara serve`; LOCARA_URL names another)",
-    )
+    )?;
+    Ok((url, admin_header(&config.home)?))
+}
+
+/// `Bearer <admin token>`: `LOCARA_TOKEN` when set, else the admin token in
+/// the data directory.
+pub fn admin_header(home: &Path) -> Result<String> {
+    if let Ok(t) = std::env::var("LOCARA_TOKEN") {
+        if !t.is_empty() {
+            return Ok(format!("Bearer {t}"));
+        }
+    }
+    let token = admin_token(home).context("reading the admin token")?;
+    Ok(format!("Bearer {}", token.as_str()))
 }
 
 fn agent() -> ureq::Agent {
@@ -251,9 +281,10 @@ fn api_error(e: ureq::Error) -> anyhow::Error {
 }
 
 pub fn ps(json: bool) -> Result<ExitCode> {
-    let url = require_daemon()?;
+    let (url, auth) = require_daemon()?;
     let status: Status = agent()
         .get(&format!("{url}/locara/v1/status"))
+        .set("Authorization", &auth)
         .call()
         .map_err(api_error)?
         .into_json()
@@ -320,9 +351,10 @@ fn seconds(s: u64) -> String {
 }
 
 pub fn load(model: &str) -> Result<ExitCode> {
-    let url = require_daemon()?;
+    let (url, auth) = require_daemon()?;
     agent()
         .post(&format!("{url}/locara/v1/models/{model}/load"))
+        .set("Authorization", &auth)
         .call()
         .map_err(api_error)?;
     println!("{model} is loaded");
@@ -330,9 +362,10 @@ pub fn load(model: &str) -> Result<ExitCode> {
 }
 
 pub fn stop(model: &str, hold: bool) -> Result<ExitCode> {
-    let url = require_daemon()?;
+    let (url, auth) = require_daemon()?;
     let answer: serde_json::Value = agent()
         .post(&format!("{url}/locara/v1/models/{model}/unload"))
+        .set("Authorization", &auth)
         .query("hold", if hold { "true" } else { "false" })
         .call()
         .map_err(api_error)?
@@ -353,13 +386,14 @@ pub fn stop(model: &str, hold: bool) -> Result<ExitCode> {
 }
 
 pub fn simulate(level: &str, duration: Option<&str>) -> Result<ExitCode> {
-    let url = require_daemon()?;
+    let (url, auth) = require_daemon()?;
     let mut body = serde_json::json!({ "level": level });
     if let Some(d) = duration {
         body["for"] = d.into();
     }
     agent()
         .post(&format!("{url}/locara/v1/pressure/simulate"))
+        .set("Authorization", &auth)
         .send_json(body)
         .map_err(api_error)?;
     match duration {

@@ -1,13 +1,14 @@
 """The official openai client against a Locara daemon: one streamed chat and
-one whole one. Usage: openai_client.py BASE_URL MODEL. Prints "stream ok"
-and "whole ok", or fails with the reason."""
+one whole one. Usage: openai_client.py BASE_URL MODEL TOKEN. Prints "stream ok"
+and "whole ok", or fails with the reason. A third argument is the bearer
+token (the daemon's admin token or an app's)."""
 
 import sys
 
 from openai import OpenAI
 
-base_url, model = sys.argv[1], sys.argv[2]
-client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
+base_url, model, token = sys.argv[1], sys.argv[2], sys.argv[3]
+client = OpenAI(base_url=base_url, api_key=token, max_retries=0, timeout=300)
 messages = [{"role": "user", "content": "What is the capital of France?"}]
 
 pieces = []

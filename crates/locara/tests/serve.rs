@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 struct Daemon {
     child: Child,
     url: String,
-    _home: tempfile::TempDir,
+    /// The admin token the daemon made in its data directory.
+    token: String,
+    home: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -43,7 +45,12 @@ impl Daemon {
             .args(["serve", "--port", "0", "--threads", "1"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // The daemon's log, with LOCARA_TEST_DAEMON_LOG set.
+            .stderr(if std::env::var_os("LOCARA_TEST_DAEMON_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("starting locara serve");
         let mut line = String::new();
@@ -55,17 +62,42 @@ impl Daemon {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
+        let token = std::fs::read_to_string(home.path().join("admin.token"))
+            .expect("the daemon made no admin token")
+            .trim()
+            .to_string();
         Daemon {
             child,
             url,
-            _home: home,
+            token,
+            home,
         }
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    fn get(&self, path: &str) -> ureq::Response {
+        ureq::get(&format!("{}{path}", self.url))
+            .set("Authorization", &self.bearer())
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {}", describe(e)))
+    }
+
+    /// `locara` with this daemon's address and admin token.
+    fn cli(&self) -> std::process::Command {
+        let mut cmd = locara();
+        cmd.env("LOCARA_URL", &self.url)
+            .env("LOCARA_TOKEN", &self.token);
+        cmd
     }
 
     // ureq's own error type, as tests match on its status.
     #[allow(clippy::result_large_err)]
     fn post(&self, path: &str, body: &Value) -> Result<ureq::Response, ureq::Error> {
         ureq::post(&format!("{}{path}", self.url))
+            .set("Authorization", &self.bearer())
             .timeout(Duration::from_secs(300))
             .send_json(body.clone())
     }
@@ -78,11 +110,7 @@ impl Daemon {
     }
 
     fn status(&self) -> Value {
-        ureq::get(&format!("{}/locara/v1/status", self.url))
-            .call()
-            .unwrap()
-            .into_json()
-            .unwrap()
+        self.get("/locara/v1/status").into_json().unwrap()
     }
 
     fn model_status(&self, name: &str) -> Option<Value> {
@@ -95,11 +123,7 @@ impl Daemon {
     }
 
     fn metrics(&self) -> String {
-        ureq::get(&format!("{}/metrics", self.url))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap()
+        self.get("/metrics").into_string().unwrap()
     }
 
     fn pid(&self) -> u32 {
@@ -231,11 +255,7 @@ fn chat_streams_and_answers_whole() {
         c["choices"][0]["text"].as_str().unwrap().contains('5'),
         "{c}"
     );
-    let models: Value = ureq::get(&format!("{}/v1/models", d.url))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let models: Value = d.get("/v1/models").into_json().unwrap();
     assert!(models["data"]
         .as_array()
         .unwrap()
@@ -280,6 +300,7 @@ fn chat_streams_and_answers_whole() {
 fn four_concurrent_streams_each_get_their_full_answer() {
     let d = Daemon::start(&["--context", "1024", "--parallel", "4"]);
     let url = d.url.clone();
+    let bearer = d.bearer();
     let prompts = [
         "Count from 1 to 20.",
         "Name some colours.",
@@ -290,9 +311,11 @@ fn four_concurrent_streams_each_get_their_full_answer() {
         .iter()
         .map(|p| {
             let url = url.clone();
+            let bearer = bearer.clone();
             let body = chat_body(SMOLLM2, p, 20, true);
             std::thread::spawn(move || {
                 let r = ureq::post(&format!("{url}/v1/chat/completions"))
+                    .set("Authorization", &bearer)
                     .send_json(body)
                     .unwrap();
                 Sse::new(r).collect()
@@ -500,11 +523,7 @@ fn a_full_queue_answers_429_with_retry_after() {
 fn load_unload_and_hold_through_the_api_and_the_cli() {
     let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
     let cli = |args: &[&str]| {
-        let out = locara()
-            .env("LOCARA_URL", &d.url)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = d.cli().args(args).output().unwrap();
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -581,6 +600,7 @@ fn the_openai_python_client_streams_and_gets_a_whole_answer() {
         .arg(script)
         .arg(format!("{}/v1", d.url))
         .arg(SMOLLM2)
+        .arg(&d.token)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -598,8 +618,8 @@ fn the_openai_python_client_streams_and_gets_a_whole_answer() {
 #[test]
 fn locara_run_uses_a_running_daemon() {
     let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
-    let out = locara()
-        .env("LOCARA_URL", &d.url)
+    let out = d
+        .cli()
         .args([
             "run",
             SMOLLM2,
@@ -648,8 +668,8 @@ fn pressure_daemon() -> (Daemon, tempfile::NamedTempFile) {
 }
 
 fn simulate(d: &Daemon, level: &str) {
-    let out = locara()
-        .env("LOCARA_URL", &d.url)
+    let out = d
+        .cli()
         .args(["pressure", "simulate", level])
         .output()
         .unwrap();
@@ -663,9 +683,7 @@ fn simulate(d: &Daemon, level: &str) {
 /// Reads `GET /locara/v1/events` on a thread; the events so far.
 fn event_log(d: &Daemon) -> std::sync::Arc<std::sync::Mutex<Vec<Value>>> {
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let r = ureq::get(&format!("{}/locara/v1/events", d.url))
-        .call()
-        .unwrap();
+    let r = d.get("/locara/v1/events");
     let mut sse = Sse::new(r);
     let sink = std::sync::Arc::clone(&log);
     std::thread::spawn(move || {
@@ -804,9 +822,13 @@ fn web_pages_cannot_reach_the_api() {
             &format!("GET /v1/models HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"),
         )
     };
-    assert_eq!(get("Host: ADDR\r\n"), 200);
+    let auth = format!("Authorization: {}\r\n", d.bearer());
+    assert_eq!(get(&format!("Host: ADDR\r\n{auth}")), 200);
     let port = d.url.rsplit(':').next().unwrap().to_string();
-    assert_eq!(get(&format!("Host: localhost:{port}\r\n")), 200);
+    assert_eq!(get(&format!("Host: localhost:{port}\r\n{auth}")), 200);
+    // No token, or a wrong one: 401.
+    assert_eq!(get("Host: ADDR\r\n"), 401);
+    assert_eq!(get("Host: ADDR\r\nAuthorization: Bearer lca_00\r\n"), 401);
     // DNS rebinding: a page on evil.example resolved to 127.0.0.1.
     assert_eq!(get(&format!("Host: evil.example:{port}\r\n")), 403);
     assert_eq!(get("Host: ADDR\r\nOrigin: http://evil.example\r\n"), 403);
@@ -815,7 +837,7 @@ fn web_pages_cannot_reach_the_api() {
     let status = raw_status(
         &d,
         &format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: ADDR\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: ADDR\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
             big.len()
         ),
     );
@@ -837,4 +859,77 @@ fn web_pages_cannot_reach_the_api() {
     let body: Value = r.into_json().unwrap();
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("41 levels deep"), "{message}");
+}
+
+#[test]
+fn an_app_token_reaches_only_its_models_and_no_management_route() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let manifest = d.home.path().join("notes.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "id = \"com.example.notes\"\nname = \"Notes\"\nversion = \"1.0.0\"\n\n[[models]]\nref = \"{SMOLLM2}\"\ncontext = 2048\n"
+        ),
+    )
+    .unwrap();
+    let out = locara()
+        .env("LOCARA_HOME", d.home.path())
+        .args(["app", "install"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("lca_") && !w.starts_with("lca_admin_"))
+        .unwrap_or_else(|| panic!("no token in {stdout:?}"))
+        .to_string();
+    let as_app = |path: &str, body: &Value| {
+        ureq::post(&format!("{}{path}", d.url))
+            .set("Authorization", &format!("Bearer {token}"))
+            .send_json(body.clone())
+            .map_err(Box::new)
+    };
+    // Its own model: fine.
+    let r: Value = as_app("/v1/chat/completions", &chat_body(SMOLLM2, "Hi", 2, false))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert!(r["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    // Another model: 403 naming it.
+    let e = as_app("/v1/chat/completions", &chat_body(GEMMA3, "Hi", 2, false)).unwrap_err();
+    let ureq::Error::Status(403, r) = *e else {
+        panic!("expected 403, got {}", describe(*e))
+    };
+    let body: Value = r.into_json().unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains(GEMMA3),
+        "{body}"
+    );
+    // Management routes need the admin token.
+    let e = as_app(&format!("/locara/v1/models/{SMOLLM2}/unload"), &json!({})).unwrap_err();
+    assert!(
+        matches!(*e, ureq::Error::Status(403, _)),
+        "{}",
+        describe(*e)
+    );
+    // Its model list holds only its models.
+    let models: Value = ureq::get(&format!("{}/v1/models", d.url))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [SMOLLM2]);
 }
