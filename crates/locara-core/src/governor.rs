@@ -749,6 +749,26 @@ impl Governor {
     }
 }
 
+/// Each app's share of what is loaded, bytes: every loaded model's bytes
+/// split evenly among the apps that declare it (a model no app declares
+/// counts for none). `apps` is (app, the models it declares); `loaded` is
+/// (model, bytes it holds, K/V cache included).
+pub fn app_shares(apps: &[(String, Vec<String>)], loaded: &[(String, u64)]) -> Vec<(String, u64)> {
+    apps.iter()
+        .map(|(app, models)| {
+            let share = loaded
+                .iter()
+                .filter(|(m, _)| models.contains(m))
+                .map(|(m, bytes)| {
+                    let users = apps.iter().filter(|(_, ms)| ms.contains(m)).count() as u64;
+                    bytes / users.max(1)
+                })
+                .fold(0u64, u64::saturating_add);
+            (app.clone(), share)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1011,6 +1031,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("\"5x\""));
+    }
+
+    #[test]
+    fn shared_models_are_split_among_the_apps_that_declare_them() {
+        let apps = vec![
+            (
+                "a".to_string(),
+                vec!["chat".to_string(), "embed".to_string()],
+            ),
+            ("b".to_string(), vec!["chat".to_string()]),
+            ("c".to_string(), vec!["other".to_string()]),
+        ];
+        let loaded = vec![("chat".to_string(), 1000), ("embed".to_string(), 300)];
+        assert_eq!(
+            app_shares(&apps, &loaded),
+            [("a".into(), 800), ("b".into(), 500), ("c".into(), 0)]
+        );
     }
 
     #[test]

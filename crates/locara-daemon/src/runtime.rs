@@ -211,6 +211,12 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// The estimate (mapped weights included) of loading a model with the
+    /// configured context, bytes.
+    Estimate {
+        model: String,
+        reply: oneshot::Sender<Result<u64, RuntimeError>>,
+    },
     /// The OS's pressure level changed.
     OsPressure {
         level: PressureLevel,
@@ -286,6 +292,23 @@ impl Runtime {
     /// The token caps in force now (pressure).
     pub fn caps(&self) -> TokenCaps {
         *self.caps.borrow()
+    }
+
+    /// What loading `model` at the configured context would cost, bytes.
+    pub async fn estimate(&self, model: &str) -> Result<u64, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Estimate {
+                model: model.to_string(),
+                reply,
+            })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Sends an event to every `GET /locara/v1/events` reader.
+    pub fn publish(&self, event: AppEvent) {
+        let _ = self.events.send(event);
     }
 
     /// Events for apps: level changes, actions, bytes freed.
@@ -511,6 +534,9 @@ impl Task {
                         let _ = reply.send(());
                     });
                 }
+                Command::Estimate { model, reply } => {
+                    let _ = reply.send(self.estimate_of(&model));
+                }
                 Command::OsPressure { level, reason } => {
                     eprintln!("locara: the OS reports memory pressure {level} ({reason})");
                     self.os_level = level;
@@ -696,6 +722,24 @@ impl Task {
         let found = (entry.path, file.shape());
         self.shapes.insert(model.to_string(), found.clone());
         Ok(found)
+    }
+
+    fn estimate_of(&mut self, model: &str) -> Result<u64, RuntimeError> {
+        let (_, shape) = self.shape(model)?;
+        let config = &self.settings.config;
+        let options = EstimateOptions {
+            context: config.context,
+            kv_type: config.kv_type,
+            parallel: config.parallel,
+            backend: self.settings.backend.clone(),
+            full_window_cache: ENGINE_FULL_WINDOW_CACHE,
+        };
+        estimate::estimate(&shape, &options)
+            .map(|e| e.total())
+            .map_err(|e| RuntimeError::InvalidModel {
+                model: model.to_string(),
+                message: e.to_string(),
+            })
     }
 
     fn acquire(&mut self, wish: ModelWish, reply: oneshot::Sender<Result<Lease, RuntimeError>>) {

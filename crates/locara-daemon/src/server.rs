@@ -47,6 +47,8 @@ pub struct AppState {
     pub allowed_origins: Vec<String>,
     /// Who may call: app tokens from the registry and the admin token.
     pub auth: Auth,
+    /// Apps over their budget now (each is told once per crossing).
+    pub over_budget: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Set at SIGTERM: new requests get 503 while in-flight ones finish.
     pub draining: AtomicBool,
     /// Generation requests in flight (streams included).
@@ -67,6 +69,7 @@ impl AppState {
             listen,
             allowed_origins,
             auth,
+            over_budget: Default::default(),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         })
@@ -247,6 +250,87 @@ async fn admin_only(
     }
 }
 
+/// Holds an app to its budget (`requires.memory_gb` of its manifest; an app
+/// without one has only the daemon's budget). Its share is what its models
+/// hold, each shared model split among the apps that declare it. Over the
+/// budget it gets a `budget.exceeded` event and a warning in the log; a
+/// load that would take it over is refused with the numbers.
+async fn app_budget(state: &AppState, caller: &Caller, model: &str) -> Result<(), ApiError> {
+    let Caller::App(manifest) = caller else {
+        return Ok(());
+    };
+    let Some(budget) = manifest.requires.memory_bytes().map(|b| b.0) else {
+        return Ok(());
+    };
+    let status = state.runtime.status().await.map_err(runtime_error)?;
+    let installed = state
+        .auth
+        .apps
+        .list()
+        .map_err(|e| ApiError::server_error(format!("reading the app registry: {e}")))?;
+    let uses: Vec<(String, Vec<String>)> = installed
+        .iter()
+        .map(|a| (a.id.to_string(), a.models.clone()))
+        .collect();
+    let loaded: Vec<(String, u64)> = status
+        .models
+        .iter()
+        .map(|m| {
+            let measured = m.footprint.unwrap_or(0) + m.mapped_weights.unwrap_or(0);
+            (m.name.clone(), m.estimate.max(measured))
+        })
+        .collect();
+    let id = manifest.id.to_string();
+    let share = locara_core::governor::app_shares(&uses, &loaded)
+        .into_iter()
+        .find(|(a, _)| *a == id)
+        .map_or(0, |(_, s)| s);
+    {
+        let mut over = state.over_budget.lock().unwrap_or_else(|p| p.into_inner());
+        if share > budget {
+            if over.insert(id.clone()) {
+                eprintln!(
+                    "locara: WARNING: app {id} holds {}, over its budget of {}",
+                    locara_core::Bytes(share),
+                    locara_core::Bytes(budget)
+                );
+                state.runtime.publish(serde_json::json!({
+                    "version": crate::runtime::EVENTS_VERSION,
+                    "type": "budget.exceeded",
+                    "app": id,
+                    "share": share,
+                    "budget": budget,
+                }));
+            }
+        } else {
+            over.remove(&id);
+        }
+    }
+    if loaded.iter().any(|(m, _)| m == model) {
+        return Ok(());
+    }
+    let estimate = state.runtime.estimate(model).await.map_err(runtime_error)?;
+    let users = uses
+        .iter()
+        .filter(|(_, ms)| ms.iter().any(|m| m == model))
+        .count() as u64;
+    let added = estimate / users.max(1);
+    if share.saturating_add(added) > budget {
+        return Err(ApiError::insufficient_memory(
+            format!(
+                "app {id} may hold {} (requires.memory_gb of its manifest); it holds {} and loading {model} would add {} ({} shared by {users} app(s))",
+                locara_core::Bytes(budget),
+                locara_core::Bytes(share),
+                locara_core::Bytes(added),
+                locara_core::Bytes(estimate)
+            ),
+            None,
+        )
+        .with_code("app_budget_exceeded"));
+    }
+    Ok(())
+}
+
 /// Whether a `Host` header names the daemon: a loopback name or address
 /// with its port, or the address it listens on when that is not loopback.
 pub fn host_allowed(host: Option<&str>, listen: std::net::SocketAddr) -> bool {
@@ -352,6 +436,9 @@ async fn chat_completions(
     if let Err(e) = caller.may_use(&request.model) {
         return e.into_response();
     }
+    if let Err(e) = app_budget(&state, &caller, &request.model).await {
+        return e.into_response();
+    }
     let prompt = Prompt::Chat {
         messages: request.messages,
     };
@@ -370,6 +457,9 @@ async fn completions(
         Err(e) => return e.into_response(),
     };
     if let Err(e) = caller.may_use(&request.model) {
+        return e.into_response();
+    }
+    if let Err(e) = app_budget(&state, &caller, &request.model).await {
         return e.into_response();
     }
     let prompt = Prompt::Raw {

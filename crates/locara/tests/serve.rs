@@ -933,3 +933,64 @@ fn an_app_token_reaches_only_its_models_and_no_management_route() {
         .collect();
     assert_eq!(ids, [SMOLLM2]);
 }
+
+#[test]
+fn an_app_is_held_to_its_budget() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    // 0.25 GiB: SmolLM2 (about 156 MiB here) fits, Gemma 3 (about 337 MiB)
+    // does not.
+    let manifest = d.home.path().join("small.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "id = \"com.example.small\"\nname = \"Small\"\nversion = \"1.0.0\"\n\n[requires]\nmemory_gb = 0.25\n\n[[models]]\nref = \"{SMOLLM2}\"\ncontext = 2048\n\n[[models]]\nref = \"{GEMMA3}\"\ncontext = 2048\n"
+        ),
+    )
+    .unwrap();
+    let out = locara()
+        .env("LOCARA_HOME", d.home.path())
+        .args(["app", "install"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let events = event_log(&d);
+    let as_app = |model: &str| {
+        ureq::post(&format!("{}/v1/chat/completions", d.url))
+            .set("Authorization", &format!("Bearer {token}"))
+            .send_json(chat_body(model, "Hi", 2, false))
+            .map_err(Box::new)
+    };
+    as_app(SMOLLM2).unwrap();
+    // Loading Gemma beside it would take the app over: refused, with numbers.
+    let e = as_app(GEMMA3).unwrap_err();
+    let ureq::Error::Status(503, r) = *e else {
+        panic!("expected 503, got {}", describe(*e))
+    };
+    let body: Value = r.into_json().unwrap();
+    assert_eq!(body["error"]["code"], "app_budget_exceeded", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("256.0 MiB") && message.contains(GEMMA3),
+        "{message}"
+    );
+    // Loaded by the admin, Gemma counts against the app, which is told.
+    d.cli().args(["load", GEMMA3]).output().unwrap();
+    as_app(SMOLLM2).unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(
+                |e| e["type"] == "budget.exceeded" && e["app"] == "com.example.small"
+            )),
+        "{:?}",
+        events.lock().unwrap()
+    );
+}
