@@ -333,10 +333,18 @@ fn four_concurrent_streams_each_get_their_full_answer() {
             other => panic!("{p}: finish {other:?}"),
         }
     }
-    // One worker served all four.
+    // The four arrived with the model unloaded: it was loaded once, and
+    // one worker served all four.
     let m = d.model_status(SMOLLM2).unwrap();
     assert_eq!(m["parallel"], 4);
     assert_eq!(children(d.pid()).len(), 1);
+    let metrics = d.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "locara_model_loads_total{{model=\"{SMOLLM2}\",result=\"ok\"}} 1"
+        )),
+        "{metrics}"
+    );
 }
 
 #[test]
