@@ -53,6 +53,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Generation requests in flight (streams included).
     pub in_flight: AtomicUsize,
+    /// Becomes true when the daemon stops: endless streams (events) end.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
             over_budget: Default::default(),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            closing: tokio::sync::watch::Sender::new(false),
         })
     }
 }
@@ -906,6 +909,7 @@ pub async fn serve(
             }
             // Stops every worker: streams still open end with an error.
             drain_state.runtime.shutdown().await;
+            drain_state.closing.send_replace(true);
         })
         .await
 }
@@ -941,15 +945,24 @@ async fn events(
     State(state): State<Arc<AppState>>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = state.runtime.subscribe();
-    let stream = stream::unfold(rx, |mut rx| async move {
+    let closing = state.closing.subscribe();
+    let stream = stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
         loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    return Some((Ok(SseEvent::default().data(ev.to_string())), rx));
-                }
-                // A slow reader misses events rather than holding memory.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            if *closing.borrow() {
+                return None;
+            }
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Ok(ev) => {
+                        let event = SseEvent::default().data(ev.to_string());
+                        return Some((Ok(event), (rx, closing)));
+                    }
+                    // A slow reader misses events rather than holding memory.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                },
+                // The daemon stops: the stream ends so the connection closes.
+                _ = closing.changed() => return None,
             }
         }
     });

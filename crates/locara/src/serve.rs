@@ -214,7 +214,8 @@ fn write_daemon_info(path: &Path, url: &str) -> Result<()> {
 }
 
 /// The running daemon's address: `LOCARA_URL`, else `daemon.json` in the
-/// data directory when its process is alive.
+/// data directory when its process is alive and takes connections (a file
+/// left by a daemon that was killed is ignored).
 pub fn daemon_url(home: &Path) -> Option<String> {
     if let Ok(url) = std::env::var("LOCARA_URL") {
         if !url.is_empty() {
@@ -223,7 +224,9 @@ pub fn daemon_url(home: &Path) -> Option<String> {
     }
     let text = std::fs::read(home.join(DAEMON_FILE)).ok()?;
     let info: DaemonInfo = serde_json::from_slice(&text).ok()?;
-    alive(info.pid).then_some(info.url)
+    let addr = info.url.strip_prefix("http://")?.parse().ok()?;
+    let listening = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok();
+    (alive(info.pid) && listening).then_some(info.url)
 }
 
 fn alive(pid: u32) -> bool {

@@ -559,6 +559,8 @@ fn load_unload_and_hold_through_the_api_and_the_cli() {
 #[test]
 fn sigterm_lets_a_stream_finish_then_stops_the_workers() {
     let mut d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    // An app listening for events must not hold the daemon up.
+    let _events = event_log(&d);
     let r = d
         .post(
             "/v1/chat/completions",
@@ -574,9 +576,21 @@ fn sigterm_lets_a_stream_finish_then_stops_the_workers() {
     let (_, finish, _, done) = sse.collect();
     assert!(done, "the in-flight stream was cut");
     assert!(finish.is_some());
+    assert!(
+        eventually(Duration::from_secs(15), || d
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the daemon is still running after SIGTERM"
+    );
     let status = d.child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(eventually(Duration::from_secs(3), || !alive(worker)));
+    assert!(
+        !d.home.path().join("daemon.json").exists(),
+        "daemon.json outlived the daemon"
+    );
 }
 
 #[test]
