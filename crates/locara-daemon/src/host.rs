@@ -47,9 +47,53 @@ pub struct WorkerExit {
     pub status: String,
 }
 
+/// One engine worker as a host drives it: requests in, events out.
+pub trait WorkerLink: Send + Sync {
+    fn send(&self, request: &Request) -> Result<(), EngineError>;
+    /// The next event; an error once the worker has ended.
+    fn recv(&self) -> Result<Event, EngineError>;
+    /// Asks the worker to exit, waits up to `grace`, then kills it.
+    fn stop(&self, grace: Duration);
+    fn pid(&self) -> u32;
+    /// The llama.cpp build it runs.
+    fn engine(&self) -> &str;
+}
+
+impl WorkerLink for Worker {
+    fn send(&self, request: &Request) -> Result<(), EngineError> {
+        Worker::send(self, request)
+    }
+    fn recv(&self) -> Result<Event, EngineError> {
+        Worker::recv(self)
+    }
+    fn stop(&self, grace: Duration) {
+        Worker::stop(self, grace)
+    }
+    fn pid(&self) -> u32 {
+        Worker::pid(self)
+    }
+    fn engine(&self) -> &str {
+        Worker::engine(self)
+    }
+}
+
+/// Starts engine workers: the governor task's way to the engine.
+pub trait Engine: Send + Sync {
+    fn spawn(&self) -> Result<Arc<dyn WorkerLink>, EngineError>;
+}
+
+/// The real engine: a `locara engine` child process per worker.
+pub struct ProcessEngine(pub WorkerCommand);
+
+impl Engine for ProcessEngine {
+    fn spawn(&self) -> Result<Arc<dyn WorkerLink>, EngineError> {
+        Ok(Arc::new(Worker::spawn(&self.0)?))
+    }
+}
+
 /// A loaded model's worker.
 pub struct WorkerHost {
-    worker: Arc<Worker>,
+    worker: Arc<dyn WorkerLink>,
     /// What the worker loaded.
     pub info: LoadedInfo,
     streams: Streams,
@@ -62,13 +106,19 @@ impl WorkerHost {
     /// task) and starts routing its events. `on_exit` runs once, on the
     /// routing thread, when the worker's channel closes.
     pub fn start(
-        command: &WorkerCommand,
+        engine: &dyn Engine,
         load: LoadRequest,
         on_exit: impl FnOnce(WorkerExit) + Send + 'static,
     ) -> Result<Arc<WorkerHost>, EngineError> {
-        let worker = Worker::spawn(command)?;
-        let info = worker.load(load)?;
-        let worker = Arc::new(worker);
+        let worker = engine.spawn()?;
+        worker.send(&Request::Load(load))?;
+        let info = match worker.recv()? {
+            Event::Loaded(info) => info,
+            Event::Error { kind, message, .. } => {
+                return Err(EngineError::Worker { kind, message })
+            }
+            other => return Err(EngineError::Unexpected(format!("{other:?}"))),
+        };
         let streams: Streams = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
         let host = Arc::new(WorkerHost {
@@ -81,9 +131,9 @@ impl WorkerHost {
         let pid = worker.pid();
         thread::Builder::new()
             .name(format!("worker-{pid}-events"))
-            .spawn(move || route(&worker, &streams, &stopping, on_exit))
+            .spawn(move || route(&*worker, &streams, &stopping, on_exit))
             .map_err(|source| EngineError::Spawn {
-                program: command.program.clone(),
+                program: format!("the event thread of worker {pid}").into(),
                 source,
             })?;
         Ok(host)
@@ -155,7 +205,7 @@ impl Drop for WorkerHost {
 
 /// The routing thread: worker events to generation streams.
 fn route(
-    worker: &Worker,
+    worker: &dyn WorkerLink,
     streams: &Streams,
     stopping: &AtomicBool,
     on_exit: impl FnOnce(WorkerExit),

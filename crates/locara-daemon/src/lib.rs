@@ -22,3 +22,5 @@ pub mod openai;
 pub mod runtime;
 pub mod server;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -11,7 +11,7 @@
 //! the governor the request ended (which starts the idle clock).
 
 use crate::config::ServeConfig;
-use crate::host::{WorkerExit, WorkerHost};
+use crate::host::{Engine, WorkerExit, WorkerHost};
 use crate::metrics::Metrics;
 use crate::store::{ModelName, Store, StoreError};
 use locara_core::estimate::{self, ENGINE_FULL_WINDOW_CACHE};
@@ -24,7 +24,6 @@ use locara_core::ladder::{
 };
 use locara_core::{Backend, Bytes, EstimateOptions, KvType, ModelShape};
 use locara_engine::protocol::LoadRequest;
-use locara_engine::WorkerCommand;
 use locara_platform::{MemoryProbe, SystemSnapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -42,7 +41,10 @@ pub struct Settings {
     /// The budget in bytes (the config's, or the machine's).
     pub budget: u64,
     pub store: Store,
-    pub worker: WorkerCommand,
+    /// Starts engine workers.
+    pub engine: Arc<dyn Engine>,
+    /// The time, for every decision.
+    pub clock: Arc<dyn Clock>,
     /// CPU threads per worker.
     pub threads: u32,
     /// The memory layout llama.cpp will use here, for estimates.
@@ -50,6 +52,22 @@ pub struct Settings {
     pub probe: Arc<dyn MemoryProbe>,
     /// The pressure ladder's settings.
     pub ladder: LadderConfig,
+}
+
+/// Where the governor task gets the time: all its decisions take `now`
+/// from here, never from a clock read of their own.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+}
+
+/// tokio's clock: the system's monotonic clock, which tests can pause and
+/// advance (`tokio::time::pause`), so timers and decisions agree.
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
 }
 
 /// Why a request cannot have its model.
@@ -463,6 +481,10 @@ struct Task {
 }
 
 impl Task {
+    fn now(&self) -> Instant {
+        self.settings.clock.now()
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         loop {
             let deadline = [
@@ -489,7 +511,7 @@ impl Task {
             match command {
                 Command::Acquire { wish, reply } => self.acquire(wish, reply),
                 Command::Release { model, instance } => {
-                    if let Some(u) = self.governor.release(&model, instance, Instant::now()) {
+                    if let Some(u) = self.governor.release(&model, instance, self.now()) {
                         self.unload(u);
                     }
                     if self.ladder.level() != PressureLevel::Normal {
@@ -549,7 +571,7 @@ impl Task {
                     duration,
                     reply,
                 } => {
-                    let now = Instant::now();
+                    let now = self.now();
                     eprintln!(
                         "locara: simulating memory pressure {level}{}",
                         duration.map_or(String::new(), |d| format!(" for {} s", d.as_secs()))
@@ -575,7 +597,7 @@ impl Task {
     /// grace and quiet periods.
     fn tick(&mut self) {
         self.expire();
-        let now = Instant::now();
+        let now = self.now();
         if let Some((_, Some(until))) = self.simulated {
             if until <= now {
                 eprintln!("locara: the simulated pressure has ended");
@@ -594,7 +616,7 @@ impl Task {
 
     /// One step of the pressure ladder, its actions carried out in order.
     fn pressure_step(&mut self, event: ladder::Event) {
-        let now = Instant::now();
+        let now = self.now();
         let view = self.view();
         let before = self.ladder.level();
         let actions = self.ladder.on_event(&event, &view, now);
@@ -684,7 +706,7 @@ impl Task {
     }
 
     fn expire(&mut self) {
-        for u in self.governor.expire(Instant::now()) {
+        for u in self.governor.expire(self.now()) {
             self.unload(u);
         }
     }
@@ -820,7 +842,7 @@ impl Task {
             parallel: config.parallel,
             keep_alive: wish.keep_alive,
         };
-        match self.governor.acquire(&gwish, Instant::now()) {
+        match self.governor.acquire(&gwish, self.now()) {
             Acquire::Ready => {
                 let lease = self.lease(&wish.model);
                 let _ = reply.send(lease);
@@ -924,7 +946,7 @@ impl Task {
             let started = Instant::now();
             let exit_tx = tx.clone();
             let exit_model = model.clone();
-            let result = WorkerHost::start(&settings.worker, request, move |exit| {
+            let result = WorkerHost::start(&*settings.engine, request, move |exit| {
                 let _ = exit_tx.send(Command::WorkerExited {
                     model: exit_model,
                     instance,
@@ -964,7 +986,7 @@ impl Task {
         match result {
             Ok((host, measured)) => {
                 self.metrics.load_finished(model, seconds, true);
-                if !self.governor.loaded(instance, measured, Instant::now()) {
+                if !self.governor.loaded(instance, measured, self.now()) {
                     // Unloaded while it loaded: its waiters were told then.
                     self.stop_host(host);
                     return;
@@ -1057,7 +1079,7 @@ impl Task {
     }
 
     fn status(&mut self) -> Status {
-        let now = Instant::now();
+        let now = self.now();
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -1141,5 +1163,170 @@ impl Task {
             },
             shutting_down: self.shutting_down,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The governor task with fake workers and tokio's paused clock: no
+    //! model, no process, no sleeps (a `sleep` here advances paused time).
+    use super::*;
+    use crate::config::{RawServeConfig, ServeConfig};
+    use crate::store::NoProgress;
+    use crate::testing::FakeEngine;
+    use locara_gguf::testing::GgufBuilder;
+    use locara_platform::SimulatedProbe;
+
+    struct Setup {
+        runtime: Runtime,
+        engine: Arc<FakeEngine>,
+        _home: tempfile::TempDir,
+    }
+
+    /// A runtime over a store holding synthetic models `names`, with this
+    /// budget (`None`: plenty).
+    fn setup(names: &[&str], budget: Option<u64>) -> Setup {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        let file = home.path().join("synthetic.gguf");
+        std::fs::write(&file, GgufBuilder::synthetic().build()).unwrap();
+        for n in names {
+            store
+                .import(&file, &n.parse().unwrap(), &mut NoProgress)
+                .unwrap();
+        }
+        let config = ServeConfig::build(&[RawServeConfig {
+            parallel: Some(1),
+            queue: Some(1),
+            context: Some(2048),
+            // The synthetic model's heads (16) are too narrow for q8_0.
+            kv_type: Some("f16".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        let engine = FakeEngine::new(3);
+        let settings = Settings {
+            config,
+            budget: budget.unwrap_or(1 << 40),
+            store,
+            engine: Arc::clone(&engine) as Arc<dyn Engine>,
+            clock: Arc::new(TokioClock),
+            threads: 1,
+            backend: Backend::cpu_plain(),
+            probe: Arc::new(SimulatedProbe::new(
+                locara_platform::simulated::linux_profile(16),
+            )),
+            ladder: LadderConfig::default(),
+        };
+        let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
+        Setup {
+            runtime,
+            engine,
+            _home: home,
+        }
+    }
+
+    fn wish(model: &str) -> ModelWish {
+        ModelWish {
+            model: model.into(),
+            ..ModelWish::default()
+        }
+    }
+
+    async fn loaded(rt: &Runtime) -> Vec<String> {
+        rt.status()
+            .await
+            .unwrap()
+            .models
+            .into_iter()
+            .map(|m| m.name)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_requests_for_an_unloaded_model_load_it_once() {
+        let s = setup(&["a:1"], None);
+        let (x, y) = tokio::join!(
+            s.runtime.acquire(wish("a:1")),
+            s.runtime.acquire(wish("a:1"))
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(x.instance, y.instance);
+        assert_eq!(s.engine.spawned(), 1);
+        // A third waits beyond the one sequence and the queue of one.
+        let e = s.runtime.acquire(wish("a:1")).await.err().unwrap();
+        assert!(
+            matches!(e, RuntimeError::Refused(Refusal::QueueFull { .. })),
+            "{e}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_model_unloads_after_keep_alive() {
+        let s = setup(&["a:1"], None);
+        let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
+        // Busy: never unloaded, however long.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(loaded(&s.runtime).await, ["a:1"]);
+        drop(lease);
+        tokio::time::sleep(Duration::from_secs(179)).await;
+        assert_eq!(loaded(&s.runtime).await, ["a:1"]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(loaded(&s.runtime).await.is_empty());
+        let m = s.runtime.metrics.render(&crate::metrics::Gauges::default());
+        assert!(m.contains("reason=\"idle\""), "{m}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_model_evicts_the_idle_first_within_the_budget() {
+        let s = setup(&["a:1", "b:1"], None);
+        let one = s.runtime.estimate("a:1").await.unwrap();
+        let s = {
+            drop(s);
+            setup(&["a:1", "b:1"], Some(one + one / 2))
+        };
+        drop(s.runtime.acquire(wish("a:1")).await.unwrap());
+        let b = s.runtime.acquire(wish("b:1")).await.unwrap();
+        assert_eq!(loaded(&s.runtime).await, ["b:1"]);
+        assert_eq!(s.engine.spawned(), 2);
+        // With b busy, a cannot come back: refused with the numbers.
+        let e = s.runtime.acquire(wish("a:1")).await.err().unwrap();
+        let text = e.to_string();
+        assert!(text.contains("b:1") && text.contains("busy"), "{text}");
+        drop(b);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_dies_ends_its_streams_and_the_next_request_reloads() {
+        let s = setup(&["a:1"], None);
+        let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
+        let mut generation = lease
+            .host
+            .generate(
+                locara_engine::protocol::Prompt::Raw { text: "x".into() },
+                locara_engine::protocol::Sampling::greedy(),
+                Some(2),
+                Vec::new(),
+            )
+            .unwrap();
+        let mut texts = Vec::new();
+        while let Some(ev) = generation.next().await {
+            texts.push(ev);
+        }
+        assert_eq!(texts.len(), 3, "{texts:?}");
+        drop(lease);
+        s.engine.kill_all();
+        // The death reaches the task from the worker's event thread (a real
+        // thread: poll with a real deadline); the model is gone, and comes
+        // back on the next request.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !loaded(&s.runtime).await.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(loaded(&s.runtime).await.is_empty());
+        let m = s.runtime.metrics.render(&crate::metrics::Gauges::default());
+        assert!(m.contains("reason=\"worker_died\""), "{m}");
+        drop(s.runtime.acquire(wish("a:1")).await.unwrap());
+        assert_eq!(s.engine.spawned(), 2);
     }
 }

@@ -7,8 +7,9 @@ use clap::Args;
 use locara_core::Bytes;
 use locara_daemon::apps::{admin_token, AppRegistry};
 use locara_daemon::config::{RawServeConfig, ServeConfig};
+use locara_daemon::host::ProcessEngine;
 use locara_daemon::metrics::Metrics;
-use locara_daemon::runtime::{Runtime, Settings, Status};
+use locara_daemon::runtime::{Runtime, Settings, Status, TokioClock};
 use locara_daemon::server::{self, AppState, Auth, DaemonInfo, DAEMON_FILE};
 use locara_platform::SystemProbe;
 use std::io::Write;
@@ -102,7 +103,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         config: config.clone(),
         budget,
         store: base.store()?,
-        worker: base.worker.clone(),
+        engine: Arc::new(ProcessEngine(base.worker.clone())),
+        clock: Arc::new(TokioClock),
         threads: config
             .threads
             .unwrap_or_else(locara_platform::performance_cores),

@@ -1,0 +1,159 @@
+//! Fakes for tests of the governor task: an engine whose workers answer at
+//! once, with no model and no process.
+
+use crate::host::{Engine, WorkerLink};
+use locara_engine::protocol::{Event, FinishReason, GenerationStats, LoadedInfo, Request};
+use locara_engine::EngineError;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// An engine of fake workers. Each generation yields `tokens` tokens
+/// (`"t0 "`, `"t1 "`, ...) then ends as `length`.
+pub struct FakeEngine {
+    pub tokens: u32,
+    spawned: AtomicUsize,
+    next_pid: AtomicU32,
+    links: Mutex<Vec<Arc<FakeLink>>>,
+}
+
+impl FakeEngine {
+    pub fn new(tokens: u32) -> Arc<FakeEngine> {
+        Arc::new(FakeEngine {
+            tokens,
+            spawned: AtomicUsize::new(0),
+            next_pid: AtomicU32::new(1_000_000),
+            links: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Workers started so far.
+    pub fn spawned(&self) -> usize {
+        self.spawned.load(Ordering::SeqCst)
+    }
+
+    /// Workers that have not ended.
+    pub fn live(&self) -> usize {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|l| l.tx.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+            .count()
+    }
+
+    /// Ends every worker as if it had crashed.
+    pub fn kill_all(&self) {
+        for l in self.links.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            l.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
+    }
+}
+
+impl Engine for FakeEngine {
+    fn spawn(&self) -> Result<Arc<dyn WorkerLink>, EngineError> {
+        self.spawned.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel();
+        let link = Arc::new(FakeLink {
+            tx: Mutex::new(Some(tx)),
+            rx: Mutex::new(rx),
+            pid: self.next_pid.fetch_add(1, Ordering::SeqCst),
+            tokens: self.tokens,
+        });
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&link));
+        Ok(link)
+    }
+}
+
+struct FakeLink {
+    tx: Mutex<Option<Sender<Event>>>,
+    rx: Mutex<Receiver<Event>>,
+    pid: u32,
+    tokens: u32,
+}
+
+impl FakeLink {
+    fn died(&self) -> EngineError {
+        EngineError::WorkerDied {
+            pid: self.pid,
+            status: "fake worker ended".into(),
+        }
+    }
+}
+
+impl WorkerLink for FakeLink {
+    fn send(&self, request: &Request) -> Result<(), EngineError> {
+        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = guard.as_ref() else {
+            return Err(self.died());
+        };
+        let emit = |ev| {
+            let _ = tx.send(ev);
+        };
+        match request {
+            Request::Load(load) => emit(Event::Loaded(LoadedInfo {
+                context: load.context.unwrap_or(2048),
+                trained_context: 2048,
+                parallel: load.parallel,
+                kv_type: load.kv_type,
+                flash_attention: true,
+                threads: load.threads,
+                gpu_layers: 0,
+                layers: 1,
+                embedding: 64,
+                heads: 4,
+                kv_heads: 2,
+                weights_bytes: 0,
+                parameters: 0,
+                has_chat_template: true,
+                chat_template: "fake".into(),
+                load_ms: 0.0,
+            })),
+            Request::Generate(g) => {
+                let n = g.max_tokens.unwrap_or(self.tokens).min(self.tokens);
+                for i in 0..n {
+                    emit(Event::Token {
+                        id: g.id,
+                        text: format!("t{i} "),
+                    });
+                }
+                emit(Event::Done {
+                    id: g.id,
+                    finish: FinishReason::Length,
+                    stats: GenerationStats {
+                        prompt_tokens: 1,
+                        generated_tokens: n,
+                        prefill_ms: 1.0,
+                        decode_ms: 1.0,
+                    },
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn recv(&self) -> Result<Event, EngineError> {
+        self.rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recv()
+            .map_err(|_| self.died())
+    }
+
+    fn stop(&self, _grace: Duration) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn engine(&self) -> &str {
+        "fake engine"
+    }
+}
