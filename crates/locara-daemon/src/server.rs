@@ -432,22 +432,16 @@ async fn chat_completions(
     axum::Extension(caller): axum::Extension<Caller>,
     body: Bytes,
 ) -> Response {
-    let request = match openai::parse_chat(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
+    let answer = match openai::parse_chat(&body) {
+        Ok(r) => {
+            let prompt = Prompt::Chat {
+                messages: r.messages,
+            };
+            serve_generation(state, &caller, r.model, prompt, r.params, Endpoint::Chat).await
+        }
+        Err(e) => Err(e),
     };
-    if let Err(e) = caller.may_use(&request.model) {
-        return e.into_response();
-    }
-    if let Err(e) = app_budget(&state, &caller, &request.model).await {
-        return e.into_response();
-    }
-    let prompt = Prompt::Chat {
-        messages: request.messages,
-    };
-    generate(state, request.model, prompt, request.params, Endpoint::Chat)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    answer.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn completions(
@@ -455,28 +449,38 @@ async fn completions(
     axum::Extension(caller): axum::Extension<Caller>,
     body: Bytes,
 ) -> Response {
-    let request = match openai::parse_completion(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
+    let answer = match openai::parse_completion(&body) {
+        Ok(r) => {
+            let prompt = Prompt::Raw { text: r.prompt };
+            serve_generation(
+                state,
+                &caller,
+                r.model,
+                prompt,
+                r.params,
+                Endpoint::Completion,
+            )
+            .await
+        }
+        Err(e) => Err(e),
     };
-    if let Err(e) = caller.may_use(&request.model) {
-        return e.into_response();
-    }
-    if let Err(e) = app_budget(&state, &caller, &request.model).await {
-        return e.into_response();
-    }
-    let prompt = Prompt::Raw {
-        text: request.prompt,
-    };
-    generate(
-        state,
-        request.model,
-        prompt,
-        request.params,
-        Endpoint::Completion,
-    )
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+    answer.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What both generation endpoints do once the body is read: check that the
+/// caller may use the model and that its app budget allows it, then
+/// generate.
+async fn serve_generation(
+    state: Arc<AppState>,
+    caller: &Caller,
+    model: String,
+    prompt: Prompt,
+    params: GenerationParams,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    caller.may_use(&model)?;
+    app_budget(&state, caller, &model).await?;
+    generate(state, model, prompt, params, endpoint).await
 }
 
 /// One generation, from acquiring the model to the last byte.

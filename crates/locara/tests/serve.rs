@@ -883,21 +883,15 @@ fn web_pages_cannot_reach_the_api() {
     assert!(message.contains("41 levels deep"), "{message}");
 }
 
-#[test]
-fn an_app_token_reaches_only_its_models_and_no_management_route() {
-    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
-    let manifest = d.home.path().join("notes.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "id = \"com.example.notes\"\nname = \"Notes\"\nversion = \"1.0.0\"\n\n[[models]]\nref = \"{SMOLLM2}\"\ncontext = 2048\n"
-        ),
-    )
-    .unwrap();
+/// Installs an app from manifest text in the daemon's data directory; its
+/// token (printed once, alone on stdout).
+fn install_app(d: &Daemon, manifest: &str) -> String {
+    let path = d.home.path().join("app.toml");
+    std::fs::write(&path, manifest).unwrap();
     let out = locara()
         .env("LOCARA_HOME", d.home.path())
         .args(["app", "install"])
-        .arg(&manifest)
+        .arg(&path)
         .output()
         .unwrap();
     assert!(
@@ -905,12 +899,23 @@ fn an_app_token_reaches_only_its_models_and_no_management_route() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let token = stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("lca_") && !w.starts_with("lca_admin_"))
-        .unwrap_or_else(|| panic!("no token in {stdout:?}"))
-        .to_string();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        token.starts_with("lca_") && !token.starts_with("lca_admin_"),
+        "{token:?}"
+    );
+    token
+}
+
+#[test]
+fn an_app_token_reaches_only_its_models_and_no_management_route() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let token = install_app(
+        &d,
+        &format!(
+            "id = \"com.example.notes\"\nname = \"Notes\"\nversion = \"1.0.0\"\n\n[[models]]\nref = \"{SMOLLM2}\"\ncontext = 2048\n"
+        ),
+    );
     let as_app = |path: &str, body: &Value| {
         ureq::post(&format!("{}{path}", d.url))
             .set("Authorization", &format!("Bearer {token}"))
@@ -961,26 +966,12 @@ fn an_app_is_held_to_its_budget() {
     let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
     // 0.25 GiB: SmolLM2 (about 156 MiB here) fits, Gemma 3 (about 337 MiB)
     // does not.
-    let manifest = d.home.path().join("small.toml");
-    std::fs::write(
-        &manifest,
-        format!(
+    let token = install_app(
+        &d,
+        &format!(
             "id = \"com.example.small\"\nname = \"Small\"\nversion = \"1.0.0\"\n\n[requires]\nmemory_gb = 0.25\n\n[[models]]\nref = \"{SMOLLM2}\"\ncontext = 2048\n\n[[models]]\nref = \"{GEMMA3}\"\ncontext = 2048\n"
         ),
-    )
-    .unwrap();
-    let out = locara()
-        .env("LOCARA_HOME", d.home.path())
-        .args(["app", "install"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let events = event_log(&d);
     let as_app = |model: &str| {
         ureq::post(&format!("{}/v1/chat/completions", d.url))
