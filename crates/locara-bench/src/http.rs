@@ -22,11 +22,13 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most bytes of an error body quoted in a message.
 const MAX_QUOTED_BYTES: usize = 600;
 
-/// Where a server listens: `http://HOST:PORT`, no path, no TLS.
+/// Where a server listens: `http://HOST:PORT`, no path, no TLS; and the
+/// bearer token its requests carry, if it wants one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseUrl {
     host: String,
     port: u16,
+    token: Option<String>,
 }
 
 impl FromStr for BaseUrl {
@@ -51,6 +53,7 @@ impl FromStr for BaseUrl {
         Ok(BaseUrl {
             host: host.to_string(),
             port,
+            token: None,
         })
     }
 }
@@ -62,6 +65,13 @@ impl fmt::Display for BaseUrl {
 }
 
 impl BaseUrl {
+    /// The same server, with `Authorization: Bearer <token>` on every
+    /// request.
+    pub fn with_token(mut self, token: impl Into<String>) -> BaseUrl {
+        self.token = Some(token.into());
+        self
+    }
+
     fn connect(&self, timeout: Duration) -> Result<TcpStream> {
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
         let mut last = None;
@@ -90,6 +100,9 @@ impl BaseUrl {
             "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nUser-Agent: locara-serve-bench\r\n",
             self.host, self.port
         );
+        if let Some(token) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
         if let Some((content_type, len)) = body {
             head.push_str(&format!(
                 "Content-Type: {content_type}\r\nContent-Length: {len}\r\n"
@@ -475,6 +488,16 @@ mod tests {
     fn base_urls_are_host_and_port_only() {
         let url: BaseUrl = "http://127.0.0.1:8080/".parse().unwrap();
         assert_eq!(url.to_string(), "http://127.0.0.1:8080");
+        let with_token = url.clone().with_token("lca_admin_x");
+        assert_eq!(
+            with_token.to_string(),
+            url.to_string(),
+            "tokens are not shown"
+        );
+        assert!(with_token
+            .head("GET", "/v1/models", None)
+            .contains("\r\nAuthorization: Bearer lca_admin_x\r\n"));
+        assert!(!url.head("GET", "/", None).contains("Authorization"));
         assert_eq!(
             "http://[::1]:9".parse::<BaseUrl>().unwrap().to_string(),
             "http://[::1]:9"

@@ -4,6 +4,7 @@
 //! ```text
 //! <work>/home/                   LOCARA_HOME of the daemon under test
 //!     models/<name>/model.gguf   imported with `locara import FILE --name NAME`
+//!     admin.token                created by the daemon; sent as the bearer token
 //! <work>/locara.toml             its configuration (see [`config_toml`])
 //! ```
 
@@ -23,6 +24,12 @@ use std::time::Duration;
 const WORKER_SHUTDOWN: Duration = Duration::from_secs(2);
 /// How long a status request may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The admin token's file in the data directory
+/// (`locara_daemon::apps::ADMIN_TOKEN_FILE`). The daemon creates it before
+/// it says where it listens; every request of the benchmark carries it, as
+/// an app's requests carry the app's token.
+const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// The `locara` binary under test.
 #[derive(Debug, Clone)]
@@ -145,6 +152,14 @@ impl Locara {
             .env("LOCARA_HOME", home);
         let mut server =
             ServerProcess::start("locara serve", cmd, &work.join("locara.log"), deadline)?;
+        let token_file = home.join(ADMIN_TOKEN_FILE);
+        let token = fs::read_to_string(&token_file).with_context(|| {
+            format!(
+                "reading the admin token {} that locara serve creates",
+                token_file.display()
+            )
+        })?;
+        server.base = server.base.clone().with_token(token.trim());
         server.wait_ready("/v1/models", deadline)?;
         Ok(server)
     }

@@ -898,8 +898,13 @@ pub async fn serve(
     max_body_bytes: usize,
     grace: std::time::Duration,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let app = router(Arc::clone(&state), max_body_bytes);
     let drain_state = Arc::clone(&state);
+    // Tokens go out as they are decoded: no Nagle delay for small writes.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

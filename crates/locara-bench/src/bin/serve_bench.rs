@@ -115,7 +115,8 @@ const FEWER_TOKENS_SHARE: f64 = 0.9;
 ///
 /// Locara runs from a temporary data directory into which the model is
 /// imported (`locara import`), with a configuration file setting parallel,
-/// threads, context, kv_type and keep_alive = "-1". The locara binary is
+/// threads, context, kv_type and keep_alive = "-1"; requests carry the
+/// daemon's admin token as their bearer token. The locara binary is
 /// found next to this one (cargo build --release -p locara) unless
 /// --locara names it; --locara-url measures an OpenAI-compatible server
 /// that is already running instead (its settings are then its own).
@@ -190,6 +191,11 @@ struct Cli {
     /// (http://HOST:PORT) as Locara's side instead of starting `locara serve`.
     #[arg(long, value_name = "URL", conflicts_with = "locara")]
     locara_url: Option<String>,
+
+    /// Bearer token for the server at --locara-url (a Locara app's token, or
+    /// the admin token in its data directory).
+    #[arg(long, value_name = "TOKEN", requires = "locara_url")]
+    locara_token: Option<String>,
 
     /// The model name Locara's side is asked for (and the model is imported
     /// under).
@@ -294,7 +300,13 @@ impl Config {
             },
         };
         let locara = match args.locara_url {
-            Some(url) => LocaraSide::Url(url.parse().context("--locara-url")?),
+            Some(url) => {
+                let url: BaseUrl = url.parse().context("--locara-url")?;
+                LocaraSide::Url(match args.locara_token {
+                    Some(token) => url.with_token(token),
+                    None => url,
+                })
+            }
             None => LocaraSide::Binary(args.locara),
         };
         Ok(Config {
