@@ -73,11 +73,34 @@ impl ServerProcess {
                     return Ok(server);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // Both streams closed: it exited, or closed them itself.
+                    // Both streams closed: it is exiting (wait a little for
+                    // it to be gone), or closed them itself.
+                    let until = Instant::now() + Duration::from_secs(2);
+                    while matches!(server.child.try_wait(), Ok(None)) && Instant::now() < until {
+                        std::thread::sleep(POLL_INTERVAL);
+                    }
                     server.check_alive()?;
-                    bail!("{name} closed its output without saying where it listens");
+                    bail!(
+                        "{name} closed its output without saying where it listens; its log ({}) ends:\n{}",
+                        server.log.display(),
+                        server.log_tail()
+                    );
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => server.check_alive()?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if matches!(server.child.try_wait(), Ok(Some(_))) {
+                        // It exited: let the copy threads write its last
+                        // lines before the log is read for the error.
+                        let until = Instant::now() + Duration::from_secs(2);
+                        while Instant::now() < until {
+                            if let Err(mpsc::RecvTimeoutError::Disconnected) =
+                                rx.recv_timeout(POLL_INTERVAL)
+                            {
+                                break;
+                            }
+                        }
+                    }
+                    server.check_alive()?
+                }
             }
             if started.elapsed() > deadline {
                 bail!(
