@@ -23,7 +23,7 @@ use crate::runtime::{Lease, ModelWish, Runtime, RuntimeError, Status};
 use crate::store::Store;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -489,7 +489,6 @@ struct Run {
     id: String,
     created: u64,
     model: String,
-    started: Instant,
     include_usage: bool,
     /// Tokens streamed so far, and the most allowed once the pressure
     /// ladder caps the remaining tokens of in-flight responses.
@@ -638,7 +637,6 @@ async fn generate(
         }),
         created: openai::unix_now(),
         model,
-        started,
         include_usage: params.include_usage,
         tokens: 0,
         token_limit: None,
@@ -768,7 +766,6 @@ fn stream_response(
                 Phase::Done
             }
         };
-        let _ = run.started;
         Some((out, (run, next_phase)))
     });
     let flat = futures_util::StreamExt::flat_map(events, |datas| {
@@ -869,11 +866,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
     };
     let text = state.runtime.metrics.render(&gauges);
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
-}
-
-/// A status code for tests and the CLI: the status an error maps to.
-pub fn status_of(e: &ApiError) -> StatusCode {
-    e.status_code()
 }
 
 /// Where a running daemon says how to reach it: `daemon.json` in the data
