@@ -1,7 +1,7 @@
 //! Where things are: the data directory (models) and the cache directory
 //! (built llama.cpp tools).
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use std::path::PathBuf;
 
 /// The default model's place in the store, under the data directory.
@@ -22,6 +22,27 @@ pub fn data_dir() -> Result<PathBuf> {
         .filter(|d| d.is_absolute())
         .unwrap_or_else(|| home.join(".local/share"))
         .join("locara"))
+}
+
+/// The model a benchmark runs: `--model` when given, else the default
+/// model in the data directory; either must be a file.
+pub fn model_path(given: Option<PathBuf>) -> Result<PathBuf> {
+    let path = match given {
+        Some(path) => {
+            ensure!(path.is_file(), "--model {}: no such file", path.display());
+            path
+        }
+        None => {
+            let path = data_dir()?.join(DEFAULT_MODEL);
+            ensure!(
+                path.is_file(),
+                "no --model given and the default model is not at {}; run `locara pull smollm2:135m` first",
+                path.display()
+            );
+            path
+        }
+    };
+    Ok(path)
 }
 
 /// Where built llama.cpp tools are kept: `$XDG_CACHE_HOME/locara/bench`

@@ -40,7 +40,7 @@
 
 use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
-use locara_bench::dirs::{cache_dir, data_dir, DEFAULT_MODEL};
+use locara_bench::dirs::{cache_dir, model_path};
 use locara_bench::engine::{Engine, LoadParams};
 use locara_bench::llama_bench::{LlamaBench, RunParams};
 use locara_bench::noise::CpuSnapshot;
@@ -199,21 +199,7 @@ struct Config {
 
 impl Config {
     fn from_args(args: BenchArgs) -> Result<Config> {
-        let model = match args.model {
-            Some(path) => {
-                ensure!(path.is_file(), "--model {}: no such file", path.display());
-                path
-            }
-            None => {
-                let path = data_dir()?.join(DEFAULT_MODEL);
-                ensure!(
-                    path.is_file(),
-                    "no --model given and the default model is not at {}; run `locara pull smollm2:135m` first",
-                    path.display()
-                );
-                path
-            }
-        };
+        let model = model_path(args.model)?;
         let needed = tokens_needed(args.prompt_tokens, args.gen_tokens);
         ensure!(
             args.context >= needed,

@@ -42,7 +42,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use locara_bench::dirs::{cache_dir, data_dir, DEFAULT_MODEL};
+use locara_bench::dirs::{cache_dir, model_path};
 use locara_bench::http::{BaseUrl, StreamResult};
 use locara_bench::llama_server::{LlamaServer, ServeParams};
 use locara_bench::locara_server::{self, Locara};
@@ -255,21 +255,7 @@ struct Config {
 
 impl Config {
     fn from_args(args: Cli) -> Result<Config> {
-        let model = match args.model {
-            Some(path) => {
-                ensure!(path.is_file(), "--model {}: no such file", path.display());
-                path
-            }
-            None => {
-                let path = data_dir()?.join(DEFAULT_MODEL);
-                ensure!(
-                    path.is_file(),
-                    "no --model given and the default model is not at {}; run `locara pull smollm2:135m` first",
-                    path.display()
-                );
-                path
-            }
-        };
+        let model = model_path(args.model)?;
         // The prompt and its template take well under 128 tokens.
         let needed = args.max_tokens.saturating_add(128);
         ensure!(
