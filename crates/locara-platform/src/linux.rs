@@ -591,12 +591,7 @@ fn watch_loop(
             continue;
         };
         if let Some(change) = deriver.observe(&sample, start.elapsed()) {
-            let event = PressureEvent {
-                level: change.to,
-                previous: change.from,
-                at_unix_ms: unix_ms_now(),
-                reason: change.reason,
-            };
+            let event = PressureEvent::seen_now(change);
             if events.send(event).is_err() {
                 return;
             }

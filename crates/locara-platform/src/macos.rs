@@ -307,12 +307,7 @@ pub(crate) fn watch(config: &PressureConfig) -> Result<PressureWatch, PlatformEr
                 let level = kernel_pressure_level().max(dispatched);
                 let Some(level) = level else { continue };
                 if let Some(change) = deriver.observe(&sample(level), start.elapsed()) {
-                    let event = PressureEvent {
-                        level: change.to,
-                        previous: change.from,
-                        at_unix_ms: unix_ms_now(),
-                        reason: change.reason,
-                    };
+                    let event = PressureEvent::seen_now(change);
                     if tx.send(event).is_err() {
                         break;
                     }

@@ -1,7 +1,7 @@
 //! A stream of pressure level changes, fed by a thread of its own (the OS
 //! watchers) or by hand (the simulated source).
 
-use crate::PressureLevel;
+use crate::{unix_ms_now, LevelChange, PressureLevel};
 use serde::{Deserialize, Serialize};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -18,6 +18,18 @@ pub struct PressureEvent {
     pub at_unix_ms: u64,
     /// The signal behind the change, for people and logs.
     pub reason: String,
+}
+
+impl PressureEvent {
+    /// The event for a change a [`crate::LevelDeriver`] saw just now.
+    pub(crate) fn seen_now(change: LevelChange) -> PressureEvent {
+        PressureEvent {
+            level: change.to,
+            previous: change.from,
+            at_unix_ms: unix_ms_now(),
+            reason: change.reason,
+        }
+    }
 }
 
 /// The source of a [`PressureWatch`] has ended (its thread stopped).
