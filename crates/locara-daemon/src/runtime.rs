@@ -229,6 +229,10 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// What each model holds now, as the governor counts it.
+    Holdings {
+        reply: oneshot::Sender<Vec<(String, u64)>>,
+    },
     /// The estimate (mapped weights included) of loading a model with the
     /// configured context, bytes.
     Estimate {
@@ -322,6 +326,17 @@ impl Runtime {
             })
             .map_err(|_| RuntimeError::Stopped)?;
         rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Each loaded or loading model and the bytes it holds (its estimate, or
+    /// its last measurement when more), without measuring anew: cheap
+    /// enough for every request.
+    pub async fn holdings(&self) -> Result<Vec<(String, u64)>, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Holdings { reply })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
     }
 
     /// Sends an event to every `GET /locara/v1/events` reader.
@@ -555,6 +570,14 @@ impl Task {
                         }
                         let _ = reply.send(());
                     });
+                }
+                Command::Holdings { reply } => {
+                    let held = self
+                        .governor
+                        .models()
+                        .map(|(name, m)| (name.to_string(), m.held()))
+                        .collect();
+                    let _ = reply.send(held);
                 }
                 Command::Estimate { model, reply } => {
                     let _ = reply.send(self.estimate_of(&model));

@@ -255,7 +255,8 @@ async fn admin_only(
 
 /// Holds an app to its budget (`requires.memory_gb` of its manifest; an app
 /// without one has only the daemon's budget). Its share is what its models
-/// hold, each shared model split among the apps that declare it. Over the
+/// hold as the governor counts it (no fresh measurement on the request
+/// path), each shared model split among the apps that declare it. Over the
 /// budget it gets a `budget.exceeded` event and a warning in the log; a
 /// load that would take it over is refused with the numbers.
 async fn app_budget(state: &AppState, caller: &Caller, model: &str) -> Result<(), ApiError> {
@@ -265,7 +266,7 @@ async fn app_budget(state: &AppState, caller: &Caller, model: &str) -> Result<()
     let Some(budget) = manifest.requires.memory_bytes().map(|b| b.0) else {
         return Ok(());
     };
-    let status = state.runtime.status().await.map_err(runtime_error)?;
+    let loaded = state.runtime.holdings().await.map_err(runtime_error)?;
     let installed = state
         .auth
         .apps
@@ -274,14 +275,6 @@ async fn app_budget(state: &AppState, caller: &Caller, model: &str) -> Result<()
     let uses: Vec<(String, Vec<String>)> = installed
         .iter()
         .map(|a| (a.id.to_string(), a.models.clone()))
-        .collect();
-    let loaded: Vec<(String, u64)> = status
-        .models
-        .iter()
-        .map(|m| {
-            let measured = m.footprint.unwrap_or(0) + m.mapped_weights.unwrap_or(0);
-            (m.name.clone(), m.estimate.max(measured))
-        })
         .collect();
     let id = manifest.id.to_string();
     let share = locara_core::governor::app_shares(&uses, &loaded)
