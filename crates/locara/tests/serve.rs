@@ -347,16 +347,21 @@ fn four_concurrent_streams_each_get_their_full_answer() {
     );
 }
 
-#[test]
-fn a_disconnect_mid_stream_frees_the_sequence_within_a_second() {
-    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+/// A streamed chat asking for a long answer (up to 1500 tokens).
+fn long_stream(d: &Daemon) -> Sse {
     let r = d
         .post(
             "/v1/chat/completions",
             &chat_body(SMOLLM2, "Count from 1 to 1000.", 1500, true),
         )
         .unwrap();
-    let mut sse = Sse::new(r);
+    Sse::new(r)
+}
+
+#[test]
+fn a_disconnect_mid_stream_frees_the_sequence_within_a_second() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let mut sse = long_stream(&d);
     for _ in 0..3 {
         sse.next_data().unwrap();
     }
@@ -378,13 +383,7 @@ fn a_disconnect_mid_stream_frees_the_sequence_within_a_second() {
 #[test]
 fn a_worker_killed_mid_stream_ends_it_with_an_error_and_the_next_request_reloads() {
     let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
-    let r = d
-        .post(
-            "/v1/chat/completions",
-            &chat_body(SMOLLM2, "Count from 1 to 1000.", 1500, true),
-        )
-        .unwrap();
-    let mut sse = Sse::new(r);
+    let mut sse = long_stream(&d);
     sse.next_data().unwrap();
     let pid = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
     unsafe {
@@ -508,13 +507,7 @@ fn an_idle_model_unloads_after_its_keep_alive() {
 #[test]
 fn a_full_queue_answers_429_with_retry_after() {
     let d = Daemon::start(&["--context", "2048", "--parallel", "1", "--queue", "0"]);
-    let r = d
-        .post(
-            "/v1/chat/completions",
-            &chat_body(SMOLLM2, "Count from 1 to 1000.", 1500, true),
-        )
-        .unwrap();
-    let mut sse = Sse::new(r);
+    let mut sse = long_stream(&d);
     sse.next_data().unwrap();
     let e = d
         .post("/v1/chat/completions", &chat_body(SMOLLM2, "Hi", 2, false))
