@@ -426,6 +426,15 @@ impl Runtime {
     }
 }
 
+/// A load weighed before admission: see [`Task::plan_load`].
+struct PlannedLoad {
+    path: PathBuf,
+    /// (context, estimate with mapped weights), bytes, in the order tried.
+    candidates: Vec<(u32, u64)>,
+    /// The footprint part of each candidate's estimate, bytes.
+    footprints: Vec<u64>,
+}
+
 /// What the task remembers of a load beyond the governor's state.
 struct LoadMeta {
     kv_type: KvType,
@@ -769,22 +778,64 @@ impl Task {
         Ok(found)
     }
 
-    fn estimate_of(&mut self, model: &str) -> Result<u64, RuntimeError> {
-        let (_, shape) = self.shape(model)?;
+    /// The estimate of `shape` at `context` with the configured K/V type
+    /// and sequences.
+    fn estimate_at(
+        &self,
+        model: &str,
+        shape: &ModelShape,
+        context: u32,
+    ) -> Result<locara_core::Estimate, RuntimeError> {
         let config = &self.settings.config;
         let options = EstimateOptions {
-            context: config.context,
+            context,
             kv_type: config.kv_type,
             parallel: config.parallel,
             backend: self.settings.backend.clone(),
             full_window_cache: ENGINE_FULL_WINDOW_CACHE,
         };
-        estimate::estimate(&shape, &options)
-            .map(|e| e.total())
-            .map_err(|e| RuntimeError::InvalidModel {
-                model: model.to_string(),
-                message: e.to_string(),
-            })
+        estimate::estimate(shape, &options).map_err(|e| RuntimeError::InvalidModel {
+            model: model.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    fn estimate_of(&mut self, model: &str) -> Result<u64, RuntimeError> {
+        let (_, shape) = self.shape(model)?;
+        Ok(self
+            .estimate_at(model, &shape, self.settings.config.context)?
+            .total())
+    }
+
+    /// What loading a model not yet held needs: its file, and the contexts
+    /// admission may try, each with its estimate (mapped weights included)
+    /// and footprint, in bytes.
+    fn plan_load(&mut self, wish: &ModelWish) -> Result<PlannedLoad, RuntimeError> {
+        let (path, shape) = self.shape(&wish.model)?;
+        let contexts = match wish.context {
+            Some(c) => vec![c],
+            None => downshift_contexts(
+                self.settings
+                    .config
+                    .context
+                    .min(shape.context_length.max(1)),
+                self.governor.policy.min_context,
+            ),
+        };
+        let mut candidates: Vec<(u32, u64)> = Vec::new();
+        let mut footprints = Vec::new();
+        for context in contexts {
+            let e = self.estimate_at(&wish.model, &shape, context)?;
+            if !candidates.iter().any(|&(c, _)| c == e.context) {
+                candidates.push((e.context, e.total()));
+                footprints.push(e.footprint());
+            }
+        }
+        Ok(PlannedLoad {
+            path,
+            candidates,
+            footprints,
+        })
     }
 
     fn acquire(&mut self, wish: ModelWish, reply: oneshot::Sender<Result<Lease, RuntimeError>>) {
@@ -818,50 +869,25 @@ impl Task {
             }
             _ => {}
         }
-        let (path, shape) = match self.shape(&wish.model) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
-        let config = &self.settings.config;
-        let contexts = match wish.context {
-            Some(c) => vec![c],
-            None => downshift_contexts(
-                config.context.min(shape.context_length.max(1)),
-                self.governor.policy.min_context,
-            ),
-        };
-        let mut candidates = Vec::new();
-        let mut footprints = Vec::new();
-        for context in contexts {
-            let options = EstimateOptions {
-                context,
-                kv_type: config.kv_type,
-                parallel: config.parallel,
-                backend: self.settings.backend.clone(),
-                full_window_cache: ENGINE_FULL_WINDOW_CACHE,
-            };
-            match estimate::estimate(&shape, &options) {
-                Ok(e) => {
-                    if !candidates.iter().any(|&(c, _)| c == e.context) {
-                        candidates.push((e.context, e.total()));
-                        footprints.push(e.footprint());
-                    }
-                }
+        // A model already held needs no estimate: admission only weighs new
+        // loads.
+        let planned = if self.governor.model(&wish.model).is_some() {
+            None
+        } else {
+            match self.plan_load(&wish) {
+                Ok(p) => Some(p),
                 Err(e) => {
-                    let _ = reply.send(Err(RuntimeError::InvalidModel {
-                        model: wish.model.clone(),
-                        message: e.to_string(),
-                    }));
+                    let _ = reply.send(Err(e));
                     return;
                 }
             }
-        }
+        };
+        let config = &self.settings.config;
         let gwish = Wish {
             model: wish.model.clone(),
-            candidates: candidates.clone(),
+            candidates: planned
+                .as_ref()
+                .map_or_else(Vec::new, |p| p.candidates.clone()),
             parallel: config.parallel,
             keep_alive: wish.keep_alive,
         };
@@ -875,10 +901,12 @@ impl Task {
                 self.waiters.entry(instance).or_default().push(reply);
             }
             Acquire::Load(load) => {
-                let footprint = candidates
+                let planned = planned.expect("the governor loads only models it did not hold");
+                let footprint = planned
+                    .candidates
                     .iter()
                     .position(|&(c, _)| c == load.context)
-                    .map_or(0, |i| footprints[i]);
+                    .map_or(0, |i| planned.footprints[i]);
                 self.loads.insert(
                     load.instance,
                     LoadMeta {
@@ -902,7 +930,7 @@ impl Task {
                     }
                 }
                 let request = LoadRequest {
-                    path,
+                    path: planned.path,
                     context: Some(load.context),
                     kv_type: config.kv_type,
                     parallel: load.parallel,
