@@ -14,7 +14,7 @@
 //! assert!(config.listen.ip().is_loopback());
 //! ```
 
-use locara_core::governor::{KeepAlive, DEFAULT_KEEP_ALIVE};
+use locara_core::governor::{KeepAlive, DEFAULT_KEEP_ALIVE, MAX_KEEP_ALIVE};
 use locara_core::ladder::LadderConfig;
 use locara_core::{KvType, DEFAULT_CONTEXT};
 use serde::Deserialize;
@@ -209,6 +209,25 @@ impl ConfigError {
     }
 }
 
+/// A duration setting (`30s`, `5m`, `0`), `default` when absent, at most
+/// `max`; `limit` says what is allowed.
+fn duration(
+    field: &'static str,
+    text: Option<&str>,
+    default: Duration,
+    max: Duration,
+    limit: &str,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    match KeepAlive::parse(text) {
+        Ok(KeepAlive::For(d)) if d <= max => Ok(d),
+        Ok(KeepAlive::UnloadWhenDone) => Ok(Duration::ZERO),
+        _ => Err(invalid(field, text, limit)),
+    }
+}
+
 fn invalid(field: &'static str, value: impl ToString, limit: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
@@ -274,20 +293,13 @@ impl ServeConfig {
                 return Err(invalid("threads", t, "1 to 512"));
             }
         }
-        let shutdown_grace = match raw.shutdown_grace.as_deref() {
-            None => Duration::from_secs(10),
-            Some(g) => match KeepAlive::parse(g) {
-                Ok(KeepAlive::For(d)) if d <= Duration::from_secs(600) => d,
-                Ok(KeepAlive::UnloadWhenDone) => Duration::ZERO,
-                _ => {
-                    return Err(invalid(
-                        "shutdown_grace",
-                        g,
-                        "a duration up to 10m, e.g. 10s",
-                    ))
-                }
-            },
-        };
+        let shutdown_grace = duration(
+            "shutdown_grace",
+            raw.shutdown_grace.as_deref(),
+            Duration::from_secs(10),
+            Duration::from_secs(600),
+            "a duration up to 10m, e.g. 10s",
+        )?;
         let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if !(1024..=256 << 20).contains(&max_body_bytes) {
             return Err(invalid(
@@ -296,19 +308,11 @@ impl ServeConfig {
                 "1 KiB to 256 MiB",
             ));
         }
-        let duration = |field: &'static str, v: &Option<String>, default: Duration| match v {
-            None => Ok(default),
-            Some(text) => match KeepAlive::parse(text) {
-                Ok(KeepAlive::For(d)) => Ok(d),
-                Ok(KeepAlive::UnloadWhenDone) => Ok(Duration::ZERO),
-                _ => Err(invalid(field, text, "a duration such as 30s")),
-            },
-        };
         let allowed_origins = raw.allowed_origins.clone().unwrap_or_default();
         for o in &allowed_origins {
-            let ok = (o.starts_with("http://") || o.starts_with("https://"))
-                && !o.ends_with('/')
-                && !o["https://".len().min(o.len())..].contains('/');
+            let ok = o.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+            });
             if !ok {
                 return Err(invalid(
                     "allowed_origins",
@@ -321,13 +325,17 @@ impl ServeConfig {
         let ladder = LadderConfig {
             idle_grace: duration(
                 "pressure_idle_grace",
-                &raw.pressure_idle_grace,
+                raw.pressure_idle_grace.as_deref(),
                 defaults.idle_grace,
+                MAX_KEEP_ALIVE,
+                "a duration such as 30s",
             )?,
             quiet_period: duration(
                 "pressure_quiet_period",
-                &raw.pressure_quiet_period,
+                raw.pressure_quiet_period.as_deref(),
                 defaults.quiet_period,
+                MAX_KEEP_ALIVE,
+                "a duration such as 30s",
             )?,
             queued_max_tokens_cap: raw
                 .pressure_max_tokens
