@@ -23,7 +23,7 @@ pub struct LlamaBench {
     mmap_args: Vec<&'static str>,
 }
 
-/// One llama-bench run: prefill and decode of one model and settings.
+/// The model and settings of llama-bench's runs.
 #[derive(Debug, Clone, Copy)]
 pub struct RunParams<'a> {
     pub model: &'a Path,
@@ -35,13 +35,23 @@ pub struct RunParams<'a> {
     pub gen_tokens: u32,
 }
 
-/// What one llama-bench run measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Measurement {
-    /// Prompt tokens per second (the `pp` test).
-    pub prefill_tps: f64,
-    /// Generated tokens per second (the `tg` test).
-    pub decode_tps: f64,
+/// Which of llama-bench's tests one run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Test {
+    /// `pp`: one prompt of `prompt_tokens` tokens; prompt tokens per second.
+    Prefill,
+    /// `tg`: `gen_tokens` single-token decodes; generated tokens per second.
+    Decode,
+}
+
+impl Test {
+    /// llama-bench's `-p` and `-n` for this test.
+    fn prompt_and_gen(self, p: &RunParams) -> (u32, u32) {
+        match self {
+            Test::Prefill => (p.prompt_tokens, 0),
+            Test::Decode => (0, p.gen_tokens),
+        }
+    }
 }
 
 impl LlamaBench {
@@ -63,9 +73,10 @@ impl LlamaBench {
         })
     }
 
-    /// The arguments of one run: one prefill test and one decode test, once
-    /// each (`-r 1`; this program does the repeating, alternating with Locara).
-    fn args(&self, p: &RunParams) -> Vec<String> {
+    /// The arguments of one run: one test, once (`-r 1`; this program does
+    /// the repeating, alternating with Locara).
+    fn args(&self, p: &RunParams, test: Test) -> Vec<String> {
+        let (prompt, gen) = test.prompt_and_gen(p);
         let mut args: Vec<String> = vec![
             "-m".into(),
             p.model.to_string_lossy().into_owned(),
@@ -83,9 +94,9 @@ impl LlamaBench {
         args.extend(
             [
                 "-p",
-                &p.prompt_tokens.to_string(),
+                &prompt.to_string(),
                 "-n",
-                &p.gen_tokens.to_string(),
+                &gen.to_string(),
                 "-r",
                 "1",
                 "-o",
@@ -96,9 +107,9 @@ impl LlamaBench {
         args
     }
 
-    /// Runs llama-bench once and reads its JSON.
-    pub fn run(&self, p: &RunParams) -> Result<Measurement> {
-        let args = self.args(p);
+    /// Runs one test once; tokens per second.
+    pub fn run(&self, p: &RunParams, test: Test) -> Result<f64> {
+        let args = self.args(p, test);
         let out = Command::new(&self.path)
             .args(&args)
             .stdin(Stdio::null())
@@ -113,7 +124,7 @@ impl LlamaBench {
                 tail(&String::from_utf8_lossy(&out.stderr), 20)
             );
         }
-        parse_results(&out.stdout, p).with_context(|| {
+        parse_results(&out.stdout, p, test).with_context(|| {
             format!(
                 "reading the output of {} {}",
                 self.path.display(),
@@ -141,9 +152,9 @@ struct TestRecord {
     avg_ts: f64,
 }
 
-/// Reads the prefill and decode figures from llama-bench's `-o json` output,
-/// checking that it ran with the settings asked for.
-fn parse_results(stdout: &[u8], p: &RunParams) -> Result<Measurement> {
+/// Reads the figure of `test` from llama-bench's `-o json` output, checking
+/// that it ran with the settings asked for.
+fn parse_results(stdout: &[u8], p: &RunParams, test: Test) -> Result<f64> {
     let tests: Vec<TestRecord> =
         serde_json::from_slice(stdout).context("llama-bench's output is not its JSON")?;
     for t in &tests {
@@ -161,17 +172,12 @@ fn parse_results(stdout: &[u8], p: &RunParams) -> Result<Measurement> {
             t.type_v
         );
     }
-    let find = |prompt: u32, gen: u32| {
-        tests
-            .iter()
-            .find(|t| t.n_prompt == prompt && t.n_gen == gen)
-            .map(|t| t.avg_ts)
-            .with_context(|| format!("llama-bench's output has no test of pp{prompt} tg{gen}"))
-    };
-    Ok(Measurement {
-        prefill_tps: find(p.prompt_tokens, 0)?,
-        decode_tps: find(0, p.gen_tokens)?,
-    })
+    let (prompt, gen) = test.prompt_and_gen(p);
+    tests
+        .iter()
+        .find(|t| t.n_prompt == prompt && t.n_gen == gen)
+        .map(|t| t.avg_ts)
+        .with_context(|| format!("llama-bench's output has no test of pp{prompt} tg{gen}"))
 }
 
 /// The mmap flag of this llama-bench, judged from its `--help`.
@@ -244,14 +250,9 @@ mod tests {
 
     #[test]
     fn reads_prefill_and_decode_from_json() {
-        let m = parse_results(OUTPUT.as_bytes(), &params()).unwrap();
-        assert_eq!(
-            m,
-            Measurement {
-                prefill_tps: 812.5,
-                decode_tps: 151.25
-            }
-        );
+        let read = |test| parse_results(OUTPUT.as_bytes(), &params(), test).unwrap();
+        assert_eq!(read(Test::Prefill), 812.5);
+        assert_eq!(read(Test::Decode), 151.25);
     }
 
     #[test]
@@ -260,18 +261,18 @@ mod tests {
             threads: 4,
             ..params()
         };
-        let err = parse_results(OUTPUT.as_bytes(), &p).unwrap_err();
+        let err = parse_results(OUTPUT.as_bytes(), &p, Test::Decode).unwrap_err();
         assert!(err.to_string().contains("2 threads, not 4"), "{err}");
         let p = RunParams {
             kv_type: KvType::F16,
             ..params()
         };
-        assert!(parse_results(OUTPUT.as_bytes(), &p).is_err());
+        assert!(parse_results(OUTPUT.as_bytes(), &p, Test::Prefill).is_err());
         let p = RunParams {
             gen_tokens: 64,
             ..params()
         };
-        let err = parse_results(OUTPUT.as_bytes(), &p).unwrap_err();
+        let err = parse_results(OUTPUT.as_bytes(), &p, Test::Decode).unwrap_err();
         assert!(err.to_string().contains("tg64"), "{err}");
     }
 
@@ -284,8 +285,12 @@ mod tests {
             mmap_args: mmap_args("  -lm, --load-mode <auto|none|mmap>"),
         };
         assert_eq!(
-            bench.args(&params()).join(" "),
-            "-m /m/model.gguf -t 2 -ctk q8_0 -ctv q8_0 -fa 1 -lm mmap -p 512 -n 128 -r 1 -o json"
+            bench.args(&params(), Test::Prefill).join(" "),
+            "-m /m/model.gguf -t 2 -ctk q8_0 -ctv q8_0 -fa 1 -lm mmap -p 512 -n 0 -r 1 -o json"
+        );
+        assert_eq!(
+            bench.args(&params(), Test::Decode).join(" "),
+            "-m /m/model.gguf -t 2 -ctk q8_0 -ctv q8_0 -fa 1 -lm mmap -p 0 -n 128 -r 1 -o json"
         );
         assert_eq!(mmap_args("  -mmp, --mmap <0|1>"), ["-mmp", "1"]);
     }

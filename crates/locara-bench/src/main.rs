@@ -18,16 +18,18 @@
 //! attention, mmap'd weights and one sequence. The ratio Locara / llama-bench
 //! is the cost of everything the worker adds to llama.cpp.
 //!
-//! # Why alternating runs and medians
+//! # Why pairs, alternating order and medians
 //!
-//! The machines this runs on are small and shared: a build in another
-//! terminal, frequency scaling or a thermal limit moves throughput by tens of
-//! percent within a minute. So each repetition runs both sides back to back,
-//! in alternating order (llama-bench first, then Locara first, ...), which
-//! exposes both to the same conditions and cancels a steady drift; the
-//! result is the median of each side, which one disturbed repetition cannot
-//! move. Min and max are printed so that a noisy run looks noisy. Both sides
-//! get a warm-up run that is not counted.
+//! The machines this runs on are small and shared: a neighbour on the same
+//! host, frequency scaling or a thermal limit moves throughput by tens of
+//! percent within a minute. So each test is measured in pairs: llama-bench's
+//! run of that one test and Locara's, back to back, a second or two apart,
+//! so that both see the same machine. The order alternates from rep to rep
+//! (llama-bench first, then Locara first, ...), which cancels a steady drift.
+//! The ratio that counts is the median of the pairs' ratios, which one
+//! disturbed pair cannot move; each side's median and range, and the ratio
+//! of the two medians, are printed too, so that a noisy run looks noisy.
+//! Both sides get a warm-up run that is not counted.
 //!
 //! # Example
 //!
@@ -42,7 +44,7 @@ use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use locara_bench::dirs::{cache_dir, model_path};
 use locara_bench::engine::{Engine, LoadParams};
-use locara_bench::llama_bench::{LlamaBench, RunParams};
+use locara_bench::llama_bench::{LlamaBench, RunParams, Test};
 use locara_bench::noise::CpuSnapshot;
 use locara_bench::report::{LlamaBenchInfo, LocaraInfo, Report};
 use locara_bench::sdist::{Source, LLAMA_CPP_PYTHON_VERSION};
@@ -68,10 +70,12 @@ const ATTEMPTS_PER_REP: u32 = 3;
 /// Prefill and decode tokens/s of the Locara engine worker against llama.cpp's
 /// llama-bench on the same model, threads and K/V type.
 ///
-/// Each repetition runs llama-bench once (one prefill test and one decode
-/// test) and Locara's worker once (a prefill of the same length, then a
-/// greedy generation of the same length), in alternating order; the table
-/// shows per-side medians and ranges and the ratios Locara / llama-bench.
+/// Each repetition measures two pairs: llama-bench's prefill test and a
+/// Locara prefill of the same length, back to back; then llama-bench's
+/// decode test and a greedy Locara generation of the same length. Which side
+/// goes first alternates from rep to rep. The ratio Locara / llama-bench
+/// that counts is the median of the pairs' ratios; the table also shows each
+/// side's median and range.
 ///
 /// llama-bench is built on first use from the llama.cpp tree vendored in
 /// llama-cpp-python's source distribution (fetched with pip; needs python3,
@@ -164,6 +168,10 @@ struct BenchArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = 5.0, value_parser = parse_percent)]
     max_others: f64,
 
+    /// Measure only this test: prefill or decode [default: both]
+    #[arg(long, value_name = "TEST")]
+    only: Option<Test>,
+
     /// Locate or build llama-bench, print both llama.cpp versions, and exit
     /// without measuring.
     #[arg(long)]
@@ -192,6 +200,9 @@ struct Config {
     /// Share of the CPU (0 to 1) other processes may take during a rep
     /// before it is discarded.
     max_others: f64,
+    /// Which tests run.
+    prefill: bool,
+    decode: bool,
     prepare_only: bool,
     json: bool,
     engine_log: bool,
@@ -239,6 +250,8 @@ impl Config {
             context: args.context,
             source,
             max_others: args.max_others / 100.0,
+            prefill: args.only != Some(Test::Decode),
+            decode: args.only != Some(Test::Prefill),
             prepare_only: args.prepare_only,
             json: args.json,
             engine_log: args.engine_log,
@@ -316,14 +329,24 @@ fn run(config: &Config) -> Result<ExitCode> {
     warm_up(config, &bench, &params, &mut engine, &mut notes)?;
     let (samples, others_cpu_share) = measure(config, &bench, &params, &mut engine, &mut notes)?;
 
-    let prefill = Comparison::new(
-        &samples.llama_prefill,
-        &samples.locara_prefill,
-        PREFILL_TARGET,
-    )
-    .context("no usable prefill samples")?;
-    let decode = Comparison::new(&samples.llama_decode, &samples.locara_decode, DECODE_TARGET)
-        .context("no usable decode samples")?;
+    let prefill = config
+        .prefill
+        .then(|| {
+            Comparison::new(
+                &samples.llama_prefill,
+                &samples.locara_prefill,
+                PREFILL_TARGET,
+            )
+            .context("no usable prefill samples")
+        })
+        .transpose()?;
+    let decode = config
+        .decode
+        .then(|| {
+            Comparison::new(&samples.llama_decode, &samples.locara_decode, DECODE_TARGET)
+                .context("no usable decode samples")
+        })
+        .transpose()?;
     let report = Report {
         model: config.model.clone(),
         threads: config.threads,
@@ -342,7 +365,9 @@ fn run(config: &Config) -> Result<ExitCode> {
             context: engine.loaded.context,
         },
         others_cpu_share,
-        pass: prefill.pass && decode.pass,
+        pass: [&prefill, &decode]
+            .iter()
+            .all(|c| c.as_ref().is_none_or(|c| c.pass)),
         prefill,
         decode,
         notes,
@@ -371,15 +396,23 @@ fn warm_up(
     notes: &mut Vec<String>,
 ) -> Result<()> {
     progress("warming up (not counted): llama-bench, then Locara");
-    bench.run(params).context("warm-up run of llama-bench")?;
-    engine.calibrate_prefill(config.prompt_tokens)?;
-    if engine.prefill_tokens != config.prompt_tokens {
-        notes.push(format!(
-            "Locara's prefill prompt is {} tokens, llama-bench's {} (the tokenizer allowed no closer length)",
-            engine.prefill_tokens, config.prompt_tokens
-        ));
+    for test in config.tests() {
+        bench
+            .run(params, test)
+            .context("warm-up run of llama-bench")?;
     }
-    engine.decode(config.gen_tokens)?;
+    if config.prefill {
+        engine.calibrate_prefill(config.prompt_tokens)?;
+        if engine.prefill_tokens != config.prompt_tokens {
+            notes.push(format!(
+                "Locara's prefill prompt is {} tokens, llama-bench's {} (the tokenizer allowed no closer length)",
+                engine.prefill_tokens, config.prompt_tokens
+            ));
+        }
+    }
+    if config.decode {
+        engine.decode(config.gen_tokens)?;
+    }
     Ok(())
 }
 
@@ -399,61 +432,86 @@ fn measure(
     let mut discarded = 0;
     let mut attempt = 0;
     let started = CpuSnapshot::take(engine.pid());
-    while samples.len() < config.reps as usize && attempt < config.reps * ATTEMPTS_PER_REP {
+    while samples.reps < config.reps as usize && attempt < config.reps * ATTEMPTS_PER_REP {
         attempt += 1;
         let rep_started = CpuSnapshot::take(engine.pid());
         // Alternate which side goes first, so a steady drift (a machine
         // warming up, a build finishing) favours neither.
         let llama_first = attempt % 2 == 1;
-        let mut llama = None;
-        if llama_first {
-            llama = Some(bench.run(params)?);
-        }
-        let prefill = engine.prefill()?;
-        let decode = engine.decode(config.gen_tokens)?;
-        if !llama_first {
-            llama = Some(bench.run(params)?);
-        }
-        let llama = llama.expect("llama-bench ran before or after Locara");
+        let prefill = config
+            .prefill
+            .then(|| {
+                pair(
+                    llama_first,
+                    || bench.run(params, Test::Prefill),
+                    || engine.prefill(),
+                )
+            })
+            .transpose()?;
+        let decode = config
+            .decode
+            .then(|| {
+                pair(
+                    llama_first,
+                    || bench.run(params, Test::Decode),
+                    || engine.decode(config.gen_tokens),
+                )
+            })
+            .transpose()?;
 
         let others = others_share(rep_started, engine.pid());
         let disturbed = others.is_some_and(|share| share > config.max_others);
+        let mut figures = Vec::new();
+        if let Some((llama, locara)) = prefill {
+            figures.push(format!("prefill llama-bench {llama:.1} Locara {locara:.1}"));
+        }
+        if let Some((llama, locara)) = decode {
+            figures.push(format!(
+                "decode llama-bench {llama:.1} Locara {:.1}",
+                locara.tps
+            ));
+        }
         progress(&format!(
-            "{} {}/{}: prefill llama-bench {:.1} Locara {:.1}; decode llama-bench {:.1} Locara {:.1} tokens/s{}{}",
+            "{} {}/{}: {} tokens/s{}{}",
             if disturbed { "discarded" } else { "rep" },
-            samples.len() + usize::from(!disturbed),
+            samples.reps + usize::from(!disturbed),
             config.reps,
-            llama.prefill_tps,
-            prefill,
-            llama.decode_tps,
-            decode.tps,
+            figures.join("; "),
             others
                 .map(|share| format!("; other processes took {:.0} % of the CPU", share * 100.0))
                 .unwrap_or_default(),
-            if disturbed { ", more than --max-others" } else { "" },
+            if disturbed {
+                ", more than --max-others"
+            } else {
+                ""
+            },
         ));
         if disturbed {
             discarded += 1;
             continue;
         }
-        if decode.generated < config.gen_tokens {
-            short_decodes += 1;
+        samples.reps += 1;
+        if let Some((llama, locara)) = prefill {
+            samples.llama_prefill.push(llama);
+            samples.locara_prefill.push(locara);
         }
-        samples.llama_prefill.push(llama.prefill_tps);
-        samples.llama_decode.push(llama.decode_tps);
-        samples.locara_prefill.push(prefill);
-        samples.locara_decode.push(decode.tps);
+        if let Some((llama, locara)) = decode {
+            if locara.generated < config.gen_tokens {
+                short_decodes += 1;
+            }
+            samples.llama_decode.push(llama);
+            samples.locara_decode.push(locara.tps);
+        }
     }
     ensure!(
-        samples.len() > 0,
+        samples.reps > 0,
         "other processes took more than --max-others {} % of the CPU in every one of {attempt} reps; rerun on a quiet machine",
         config.max_others * 100.0
     );
-    if samples.len() < config.reps as usize {
+    if samples.reps < config.reps as usize {
         notes.push(format!(
             "only {} of {} reps ran undisturbed by other processes",
-            samples.len(),
-            config.reps
+            samples.reps, config.reps
         ));
     }
     if discarded > 0 {
@@ -471,6 +529,31 @@ fn measure(
     Ok((samples, others_share(started, engine.pid())))
 }
 
+/// Runs both sides of one pair back to back, llama-bench first or Locara
+/// first; returns (llama-bench's result, Locara's).
+fn pair<A, B>(
+    llama_first: bool,
+    llama: impl FnOnce() -> Result<A>,
+    locara: impl FnOnce() -> Result<B>,
+) -> Result<(A, B)> {
+    if llama_first {
+        let a = llama()?;
+        Ok((a, locara()?))
+    } else {
+        let b = locara()?;
+        Ok((llama()?, b))
+    }
+}
+
+impl Config {
+    /// The tests this run measures, in the order each rep runs them.
+    fn tests(&self) -> impl Iterator<Item = Test> {
+        [(self.prefill, Test::Prefill), (self.decode, Test::Decode)]
+            .into_iter()
+            .filter_map(|(on, test)| on.then_some(test))
+    }
+}
+
 /// Context (tokens) the tests need: the prefill prompt, or the decode
 /// prompt (under 64 tokens) and the tokens generated after it.
 fn tokens_needed(prompt_tokens: u32, gen_tokens: u32) -> u32 {
@@ -485,17 +568,12 @@ fn others_share(since: Option<CpuSnapshot>, worker_pid: u32) -> Option<f64> {
 /// Tokens per second of every measured repetition, per side and test.
 #[derive(Debug, Default)]
 struct Samples {
+    /// Reps measured.
+    reps: usize,
     llama_prefill: Vec<f64>,
     llama_decode: Vec<f64>,
     locara_prefill: Vec<f64>,
     locara_decode: Vec<f64>,
-}
-
-impl Samples {
-    /// Reps measured.
-    fn len(&self) -> usize {
-        self.locara_decode.len()
-    }
 }
 
 #[cfg(test)]
@@ -516,6 +594,30 @@ mod tests {
         assert_eq!((a.threads, a.kv, a.reps), (2, KvType::Q8_0, 5));
         assert_eq!((a.prompt_tokens, a.gen_tokens), (512, 128));
         assert_eq!(a.llama_cpp_python, LLAMA_CPP_PYTHON_VERSION);
+        assert_eq!(a.only, None);
+    }
+
+    #[test]
+    fn only_picks_one_test() {
+        let model = std::env::current_exe().unwrap();
+        let model = model.to_str().unwrap();
+        let config = |only: &str| {
+            let cli = Cli::try_parse_from([
+                "locara-bench",
+                "--model",
+                model,
+                "--llama-bench",
+                model,
+                "--only",
+                only,
+            ])
+            .unwrap();
+            let config = Config::from_args(cli.bench).unwrap();
+            config.tests().collect::<Vec<_>>()
+        };
+        assert_eq!(config("decode"), [Test::Decode]);
+        assert_eq!(config("prefill"), [Test::Prefill]);
+        assert!(Cli::try_parse_from(["locara-bench", "--only", "both"]).is_err());
     }
 
     #[test]

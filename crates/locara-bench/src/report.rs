@@ -20,12 +20,13 @@ pub struct Report {
     pub gen_tokens: u32,
     pub llama_bench: LlamaBenchInfo,
     pub locara: LocaraInfo,
-    pub prefill: Comparison,
-    pub decode: Comparison,
+    /// `None` when `--only` left the test out.
+    pub prefill: Option<Comparison>,
+    pub decode: Option<Comparison>,
     /// Share of the machine's CPU time (0 to 1) that processes other than
     /// this benchmark's took during the measured reps; Linux only.
     pub others_cpu_share: Option<f64>,
-    /// Both ratios meet their targets.
+    /// Every ratio measured meets its target.
     pub pass: bool,
     /// Anything that makes the figures less comparable than they should be.
     pub notes: Vec<String>,
@@ -73,21 +74,38 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{:<17}{:>26}{:>26}{:>9}{:>9}",
-            "tokens/s", "llama-bench median (range)", "Locara median (range)", "ratio", "target"
+            "{:<17}{:>26}{:>26}{:>12}{:>31}{:>9}",
+            "tokens/s",
+            "llama-bench median (range)",
+            "Locara median (range)",
+            "of medians",
+            "ratio: pairs' median (range)",
+            "target"
         );
         let rows = [
-            (format!("prefill (pp{})", self.prompt_tokens), &self.prefill),
-            (format!("decode (tg{})", self.gen_tokens), &self.decode),
+            (
+                "prefill",
+                format!("pp{}", self.prompt_tokens),
+                &self.prefill,
+            ),
+            ("decode", format!("tg{}", self.gen_tokens), &self.decode),
         ];
-        for (name, c) in rows {
+        let measured = rows
+            .iter()
+            .filter_map(|(what, test, c)| Some((*what, test, c.as_ref()?)));
+        for (what, test, c) in measured.clone() {
+            let name = format!("{what} ({test})");
             let _ = writeln!(
                 s,
-                "{:<17}{:>26}{:>26}{:>9.3}{:>9}",
+                "{:<17}{:>26}{:>26}{:>12.3}{:>31}{:>9}",
                 name,
                 cell(&c.llama_bench),
                 cell(&c.locara),
-                c.ratio,
+                c.ratio_of_medians,
+                format!(
+                    "{:.3} ({:.3}–{:.3})",
+                    c.pairs.median, c.pairs.min, c.pairs.max
+                ),
                 format!("≥ {:.2}", c.target)
             );
         }
@@ -95,17 +113,21 @@ impl Report {
         for note in &self.notes {
             let _ = writeln!(s, "note: {note}");
         }
-        let verdict = |c: &Comparison| if c.pass { "pass" } else { "FAIL" };
+        let verdicts: Vec<String> = measured
+            .map(|(what, _, c)| {
+                format!(
+                    "{what} ratio {:.3} {} (target {:.2})",
+                    c.ratio,
+                    if c.pass { "pass" } else { "FAIL" },
+                    c.target
+                )
+            })
+            .collect();
         let _ = writeln!(
             s,
-            "{}: prefill ratio {:.3} {} (target {:.2}), decode ratio {:.3} {} (target {:.2})",
+            "{}: {}",
             if self.pass { "PASS" } else { "FAIL" },
-            self.prefill.ratio,
-            verdict(&self.prefill),
-            self.prefill.target,
-            self.decode.ratio,
-            verdict(&self.decode),
-            self.decode.target,
+            verdicts.join(", ")
         );
         s
     }
@@ -119,9 +141,8 @@ fn cell(s: &crate::stats::Summary) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn table_shows_medians_ratios_and_verdict() {
-        let report = Report {
+    fn sample() -> Report {
+        Report {
             model: "/m/smollm2.gguf".into(),
             threads: 2,
             kv_type: "q8_0".into(),
@@ -138,19 +159,37 @@ mod tests {
                 prompt_tokens: 512,
                 context: 4096,
             },
-            prefill: Comparison::new(&[800.0, 810.0, 790.0], &[780.0, 790.0, 770.0], 0.95).unwrap(),
-            decode: Comparison::new(&[150.0, 151.0, 149.0], &[140.0, 141.0, 139.0], 0.97).unwrap(),
+            prefill: Comparison::new(&[800.0, 810.0, 790.0], &[780.0, 790.0, 770.0], 0.95),
+            decode: Comparison::new(&[150.0, 151.0, 149.0], &[140.0, 141.0, 136.0], 0.97),
             others_cpu_share: Some(0.01),
             pass: false,
             notes: vec!["something odd".into()],
-        };
-        let table = report.table();
+        }
+    }
+
+    #[test]
+    fn table_shows_medians_ratios_and_verdict() {
+        let table = sample().table();
         assert!(table.contains("prefill (pp512)"), "{table}");
         assert!(table.contains("800.0 (790.0–810.0)"), "{table}");
-        assert!(table.contains("0.975"), "{table}");
+        assert!(table.contains("0.975 (0.975–0.975)"), "{table}");
+        assert!(table.contains("0.933 (0.913–0.934)"), "{table}");
         assert!(table.contains("note: something odd"), "{table}");
         assert!(table.contains("took 1.0 % of the CPU"), "{table}");
         assert!(table.contains("FAIL: prefill ratio 0.975 pass"), "{table}");
         assert!(table.contains("decode ratio 0.933 FAIL"), "{table}");
+    }
+
+    #[test]
+    fn table_leaves_out_a_test_not_measured() {
+        let report = Report {
+            prefill: None,
+            decode: Comparison::new(&[150.0, 151.0, 149.0], &[147.0, 148.0, 146.0], 0.97),
+            pass: true,
+            ..sample()
+        };
+        let table = report.table();
+        assert!(!table.contains("prefill"), "{table}");
+        assert!(table.contains("PASS: decode ratio 0.980 pass"), "{table}");
     }
 }
