@@ -50,6 +50,9 @@ pub struct DecodeSample {
     /// Tokens per second after the first token.
     pub tps: f64,
     pub generated: u32,
+    /// Tokens of the prompt the generation continued: the depth of the
+    /// context its decoding started at.
+    pub prompt_tokens: u32,
 }
 
 /// Settings of the worker's load.
@@ -153,6 +156,7 @@ impl Engine {
             let sample = DecodeSample {
                 tps: stats.decode_tps(),
                 generated: stats.generated_tokens,
+                prompt_tokens: stats.prompt_tokens,
             };
             if finish == FinishReason::Length && sample.generated == tokens {
                 return Ok(sample);

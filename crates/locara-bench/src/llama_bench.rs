@@ -21,6 +21,8 @@ pub struct LlamaBench {
     /// The flag that asks for mmap'd weights, which changed across
     /// llama.cpp versions (`-mmp 1`, later `-lm mmap`).
     mmap_args: Vec<&'static str>,
+    /// Whether it has `-d` (a context filled before the test starts).
+    has_depth: bool,
 }
 
 /// The model and settings of llama-bench's runs.
@@ -33,6 +35,11 @@ pub struct RunParams<'a> {
     pub prompt_tokens: u32,
     /// Generated tokens of the decode test (`-n`).
     pub gen_tokens: u32,
+    /// Tokens already in the context when the decode test starts (`-d`):
+    /// the length of Locara's decode prompt, so that both sides' decoding
+    /// attends over the same context. Attention is a few percent of a small
+    /// model's decode time and grows with the context.
+    pub decode_depth: u32,
 }
 
 /// Which of llama-bench's tests one run does.
@@ -67,6 +74,7 @@ impl LlamaBench {
         let help = String::from_utf8_lossy(&help.stdout);
         Ok(LlamaBench {
             mmap_args: mmap_args(&help),
+            has_depth: help.contains("--n-depth"),
             path,
             version,
             tree,
@@ -104,6 +112,10 @@ impl LlamaBench {
             ]
             .map(String::from),
         );
+        let depth = self.depth(p, test);
+        if depth > 0 {
+            args.extend(["-d".to_string(), depth.to_string()]);
+        }
         args
     }
 
@@ -124,13 +136,28 @@ impl LlamaBench {
                 tail(&String::from_utf8_lossy(&out.stderr), 20)
             );
         }
-        parse_results(&out.stdout, p, test).with_context(|| {
+        parse_results(&out.stdout, p, test, self.depth(p, test)).with_context(|| {
             format!(
                 "reading the output of {} {}",
                 self.path.display(),
                 args.join(" ")
             )
         })
+    }
+
+    /// The context depth `test` starts at in this llama-bench: 0 where it
+    /// has no `-d` (see [`LlamaBench::can_match_depth`]).
+    fn depth(&self, p: &RunParams, test: Test) -> u32 {
+        match test {
+            Test::Decode if self.has_depth => p.decode_depth,
+            _ => 0,
+        }
+    }
+
+    /// Whether its decode test can start at Locara's context depth; older
+    /// llama-bench builds always start from an empty context.
+    pub fn can_match_depth(&self) -> bool {
+        self.has_depth
     }
 
     /// One line naming this llama-bench's llama.cpp.
@@ -148,13 +175,16 @@ struct TestRecord {
     n_threads: u32,
     type_k: String,
     type_v: String,
+    /// Absent in builds without `-d`.
+    #[serde(default)]
+    n_depth: u32,
     /// Tokens per second, averaged over the test's repetitions.
     avg_ts: f64,
 }
 
-/// Reads the figure of `test` from llama-bench's `-o json` output, checking
-/// that it ran with the settings asked for.
-fn parse_results(stdout: &[u8], p: &RunParams, test: Test) -> Result<f64> {
+/// Reads the figure of `test` at context depth `depth` from llama-bench's
+/// `-o json` output, checking that it ran with the settings asked for.
+fn parse_results(stdout: &[u8], p: &RunParams, test: Test, depth: u32) -> Result<f64> {
     let tests: Vec<TestRecord> =
         serde_json::from_slice(stdout).context("llama-bench's output is not its JSON")?;
     for t in &tests {
@@ -175,9 +205,11 @@ fn parse_results(stdout: &[u8], p: &RunParams, test: Test) -> Result<f64> {
     let (prompt, gen) = test.prompt_and_gen(p);
     tests
         .iter()
-        .find(|t| t.n_prompt == prompt && t.n_gen == gen)
+        .find(|t| t.n_prompt == prompt && t.n_gen == gen && t.n_depth == depth)
         .map(|t| t.avg_ts)
-        .with_context(|| format!("llama-bench's output has no test of pp{prompt} tg{gen}"))
+        .with_context(|| {
+            format!("llama-bench's output has no test of pp{prompt} tg{gen} at depth {depth}")
+        })
 }
 
 /// The mmap flag of this llama-bench, judged from its `--help`.
@@ -203,6 +235,7 @@ mod tests {
             kv_type: KvType::Q8_0,
             prompt_tokens: 512,
             gen_tokens: 128,
+            decode_depth: 40,
         }
     }
 
@@ -250,7 +283,7 @@ mod tests {
 
     #[test]
     fn reads_prefill_and_decode_from_json() {
-        let read = |test| parse_results(OUTPUT.as_bytes(), &params(), test).unwrap();
+        let read = |test| parse_results(OUTPUT.as_bytes(), &params(), test, 0).unwrap();
         assert_eq!(read(Test::Prefill), 812.5);
         assert_eq!(read(Test::Decode), 151.25);
     }
@@ -261,19 +294,29 @@ mod tests {
             threads: 4,
             ..params()
         };
-        let err = parse_results(OUTPUT.as_bytes(), &p, Test::Decode).unwrap_err();
+        let err = parse_results(OUTPUT.as_bytes(), &p, Test::Decode, 0).unwrap_err();
         assert!(err.to_string().contains("2 threads, not 4"), "{err}");
         let p = RunParams {
             kv_type: KvType::F16,
             ..params()
         };
-        assert!(parse_results(OUTPUT.as_bytes(), &p, Test::Prefill).is_err());
+        assert!(parse_results(OUTPUT.as_bytes(), &p, Test::Prefill, 0).is_err());
         let p = RunParams {
             gen_tokens: 64,
             ..params()
         };
-        let err = parse_results(OUTPUT.as_bytes(), &p, Test::Decode).unwrap_err();
+        let err = parse_results(OUTPUT.as_bytes(), &p, Test::Decode, 0).unwrap_err();
         assert!(err.to_string().contains("tg64"), "{err}");
+    }
+
+    #[test]
+    fn decode_is_read_at_the_depth_asked_for() {
+        // The output above has no n_depth (as older builds): depth 0.
+        let err = parse_results(OUTPUT.as_bytes(), &params(), Test::Decode, 40).unwrap_err();
+        assert!(err.to_string().contains("tg128 at depth 40"), "{err}");
+        let deep = OUTPUT.replace(r#""n_gen": 128,"#, r#""n_gen": 128, "n_depth": 40,"#);
+        let tps = parse_results(deep.as_bytes(), &params(), Test::Decode, 40).unwrap();
+        assert_eq!(tps, 151.25);
     }
 
     #[test]
@@ -283,6 +326,7 @@ mod tests {
             version: String::new(),
             tree: None,
             mmap_args: mmap_args("  -lm, --load-mode <auto|none|mmap>"),
+            has_depth: true,
         };
         assert_eq!(
             bench.args(&params(), Test::Prefill).join(" "),
@@ -290,8 +334,16 @@ mod tests {
         );
         assert_eq!(
             bench.args(&params(), Test::Decode).join(" "),
-            "-m /m/model.gguf -t 2 -ctk q8_0 -ctv q8_0 -fa 1 -lm mmap -p 0 -n 128 -r 1 -o json"
+            "-m /m/model.gguf -t 2 -ctk q8_0 -ctv q8_0 -fa 1 -lm mmap -p 0 -n 128 -r 1 -o json -d 40"
         );
+        let old = LlamaBench {
+            has_depth: false,
+            ..bench
+        };
+        assert!(old
+            .args(&params(), Test::Decode)
+            .join(" ")
+            .ends_with("-n 128 -r 1 -o json"));
         assert_eq!(mmap_args("  -mmp, --mmap <0|1>"), ["-mmp", "1"]);
     }
 }

@@ -319,14 +319,15 @@ fn run(config: &Config) -> Result<ExitCode> {
             engine.loaded.threads, config.threads
         ));
     }
-    let params = RunParams {
+    let mut params = RunParams {
         model: &config.model,
         threads: config.threads,
         kv_type: config.kv_type,
         prompt_tokens: config.prompt_tokens,
         gen_tokens: config.gen_tokens,
+        decode_depth: 0,
     };
-    warm_up(config, &bench, &params, &mut engine, &mut notes)?;
+    warm_up(config, &bench, &mut params, &mut engine, &mut notes)?;
     let (samples, others_cpu_share) = measure(config, &bench, &params, &mut engine, &mut notes)?;
 
     let prefill = config
@@ -355,6 +356,7 @@ fn run(config: &Config) -> Result<ExitCode> {
         reps: config.reps,
         prompt_tokens: config.prompt_tokens,
         gen_tokens: config.gen_tokens,
+        decode_depth: params.decode_depth,
         llama_bench: LlamaBenchInfo {
             path: bench.path.clone(),
             version: bench.describe(),
@@ -387,20 +389,16 @@ fn run(config: &Config) -> Result<ExitCode> {
 
 /// One uncounted run of each side: page cache, CPU caches and clocks settle
 /// first. Locara's warm-up also steers its prefill prompt to the length
-/// llama-bench uses.
+/// llama-bench uses, and sets the depth llama-bench's decode test starts at
+/// to the length of Locara's decode prompt.
 fn warm_up(
     config: &Config,
     bench: &LlamaBench,
-    params: &RunParams,
+    params: &mut RunParams,
     engine: &mut Engine,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    progress("warming up (not counted): llama-bench, then Locara");
-    for test in config.tests() {
-        bench
-            .run(params, test)
-            .context("warm-up run of llama-bench")?;
-    }
+    progress("warming up (not counted): Locara, then llama-bench");
     if config.prefill {
         engine.calibrate_prefill(config.prompt_tokens)?;
         if engine.prefill_tokens != config.prompt_tokens {
@@ -411,7 +409,18 @@ fn warm_up(
         }
     }
     if config.decode {
-        engine.decode(config.gen_tokens)?;
+        params.decode_depth = engine.decode(config.gen_tokens)?.prompt_tokens;
+        if !bench.can_match_depth() {
+            notes.push(format!(
+                "this llama-bench has no -d: its decode test starts from an empty context, Locara's after a prompt of {} tokens",
+                params.decode_depth
+            ));
+        }
+    }
+    for test in config.tests() {
+        bench
+            .run(params, test)
+            .context("warm-up run of llama-bench")?;
     }
     Ok(())
 }
@@ -429,6 +438,7 @@ fn measure(
 ) -> Result<(Samples, Option<f64>)> {
     let mut samples = Samples::default();
     let mut short_decodes = 0;
+    let mut other_depths = 0;
     let mut discarded = 0;
     let mut attempt = 0;
     let started = CpuSnapshot::take(engine.pid());
@@ -499,6 +509,9 @@ fn measure(
             if locara.generated < config.gen_tokens {
                 short_decodes += 1;
             }
+            if locara.prompt_tokens != params.decode_depth {
+                other_depths += 1;
+            }
             samples.llama_decode.push(llama);
             samples.locara_decode.push(locara.tps);
         }
@@ -518,6 +531,12 @@ fn measure(
         notes.push(format!(
             "{discarded} reps were discarded and repeated because other processes took more than {} % of the CPU",
             config.max_others * 100.0
+        ));
+    }
+    if other_depths > 0 {
+        notes.push(format!(
+            "{other_depths} Locara decodes started after a prompt of another length than llama-bench's depth {} (a prompt ended early and the next one was used)",
+            params.decode_depth
         ));
     }
     if short_decodes > 0 {

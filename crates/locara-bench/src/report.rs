@@ -18,6 +18,8 @@ pub struct Report {
     pub prompt_tokens: u32,
     /// Generated tokens of both decode tests.
     pub gen_tokens: u32,
+    /// Context depth both decode tests started at (llama-bench's `-d`).
+    pub decode_depth: u32,
     pub llama_bench: LlamaBenchInfo,
     pub locara: LocaraInfo,
     /// `None` when `--only` left the test out.
@@ -88,7 +90,14 @@ impl Report {
                 format!("pp{}", self.prompt_tokens),
                 &self.prefill,
             ),
-            ("decode", format!("tg{}", self.gen_tokens), &self.decode),
+            (
+                "decode",
+                match self.decode_depth {
+                    0 => format!("tg{}", self.gen_tokens),
+                    d => format!("tg{} @ d{d}", self.gen_tokens),
+                },
+                &self.decode,
+            ),
         ];
         let measured = rows
             .iter()
@@ -150,6 +159,7 @@ mod tests {
             reps: 3,
             prompt_tokens: 512,
             gen_tokens: 128,
+            decode_depth: 40,
             llama_bench: LlamaBenchInfo {
                 path: "llama-bench".into(),
                 version: "llama-cpp-python 0.3.36".into(),
@@ -171,6 +181,7 @@ mod tests {
     fn table_shows_medians_ratios_and_verdict() {
         let table = sample().table();
         assert!(table.contains("prefill (pp512)"), "{table}");
+        assert!(table.contains("decode (tg128 @ d40)"), "{table}");
         assert!(table.contains("800.0 (790.0–810.0)"), "{table}");
         assert!(table.contains("0.975 (0.975–0.975)"), "{table}");
         assert!(table.contains("0.933 (0.913–0.934)"), "{table}");
