@@ -7,7 +7,9 @@
 //! * **prefill**: prompt tokens per second of one prompt of `--prompt-tokens`
 //!   tokens (llama-bench's `pp512`);
 //! * **decode**: generated tokens per second over `--gen-tokens` tokens,
-//!   greedy on Locara's side (llama-bench's `tg128`).
+//!   greedy on Locara's side (llama-bench's `tg128`). Locara's generation
+//!   continues a short prompt, so llama-bench's test starts at the same
+//!   context depth (`-d`, the prompt's length in tokens).
 //!
 //! Locara's figures come from the path users run: this binary spawns itself
 //! as an engine worker (`locara-bench engine`, as `locara run` spawns

@@ -76,7 +76,7 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{:<17}{:>26}{:>26}{:>12}{:>31}{:>9}",
+            "{:<22}{:>26}{:>26}{:>12}{:>31}{:>9}",
             "tokens/s",
             "llama-bench median (range)",
             "Locara median (range)",
@@ -106,7 +106,7 @@ impl Report {
             let name = format!("{what} ({test})");
             let _ = writeln!(
                 s,
-                "{:<17}{:>26}{:>26}{:>12.3}{:>31}{:>9}",
+                "{:<22}{:>26}{:>26}{:>12.3}{:>31}{:>9}",
                 name,
                 cell(&c.llama_bench),
                 cell(&c.locara),
