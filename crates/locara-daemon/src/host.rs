@@ -7,8 +7,8 @@
 //! when it is dropped before the end (a client that went away), so the
 //! sequence is free before the next token.
 //!
-//! When the worker dies, every open stream gets an error event at once and
-//! the host reports the exit through the callback it was started with.
+//! When the worker dies, the host reports the exit through the callback it
+//! was started with, then every open stream gets an error event.
 
 use locara_engine::protocol::{
     Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest, LoadedInfo, Prompt,
@@ -104,7 +104,8 @@ pub struct WorkerHost {
 impl WorkerHost {
     /// Spawns a worker, loads the model (blocking: call from a blocking
     /// task) and starts routing its events. `on_exit` runs once, on the
-    /// routing thread, when the worker's channel closes.
+    /// routing thread, when the worker's channel closes, before any open
+    /// stream hears of it.
     pub fn start(
         engine: &dyn Engine,
         load: LoadRequest,
@@ -249,13 +250,16 @@ fn route(
     } else {
         ("worker_died", status.clone())
     };
+    // The exit is reported before any stream hears of it: a client that
+    // reads its error and asks again at once must find the model gone, not
+    // be handed the dead worker.
+    on_exit(WorkerExit { expected, status });
     for (_, tx) in lock(streams).drain() {
         let _ = tx.send(StreamEvent::Error {
             kind: kind.to_string(),
             message: message.clone(),
         });
     }
-    on_exit(WorkerExit { expected, status });
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

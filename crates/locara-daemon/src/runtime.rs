@@ -1223,6 +1223,7 @@ mod tests {
     //! model, no process, no sleeps (a `sleep` here advances paused time).
     use super::*;
     use crate::config::{RawServeConfig, ServeConfig};
+    use crate::host::StreamEvent;
     use crate::store::NoProgress;
     use crate::testing::FakeEngine;
     use locara_gguf::testing::GgufBuilder;
@@ -1237,6 +1238,10 @@ mod tests {
     /// A runtime over a store holding synthetic models `names`, with this
     /// budget (`None`: plenty).
     fn setup(names: &[&str], budget: Option<u64>) -> Setup {
+        setup_with(names, budget, FakeEngine::new(3))
+    }
+
+    fn setup_with(names: &[&str], budget: Option<u64>, engine: Arc<FakeEngine>) -> Setup {
         let home = tempfile::tempdir().unwrap();
         let store = Store::open(home.path()).unwrap();
         let file = home.path().join("synthetic.gguf");
@@ -1255,7 +1260,6 @@ mod tests {
             ..Default::default()
         }])
         .unwrap();
-        let engine = FakeEngine::new(3);
         let settings = Settings {
             config,
             budget: budget.unwrap_or(1 << 40),
@@ -1379,5 +1383,40 @@ mod tests {
         assert!(m.contains("reason=\"worker_died\""), "{m}");
         drop(s.runtime.acquire(wish("a:1")).await.unwrap());
         assert_eq!(s.engine.spawned(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_right_after_a_worker_died_mid_stream_gets_a_new_worker() {
+        // The client hears of the death from its stream and asks again at
+        // once: the task must have heard of it first, or the new request
+        // is handed the dead worker.
+        for round in 0..50 {
+            let s = setup_with(&["a:1"], None, FakeEngine::stalling(2));
+            let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
+            let dead = lease.host.pid();
+            let mut generation = lease
+                .host
+                .generate(
+                    locara_engine::protocol::Prompt::Raw { text: "x".into() },
+                    locara_engine::protocol::Sampling::greedy(),
+                    None,
+                    Vec::new(),
+                )
+                .unwrap();
+            for _ in 0..2 {
+                let ev = generation.next().await;
+                assert!(matches!(ev, Some(StreamEvent::Token(_))), "{ev:?}");
+            }
+            s.engine.kill_all();
+            match generation.next().await {
+                Some(StreamEvent::Error { kind, .. }) => assert_eq!(kind, "worker_died"),
+                other => panic!("round {round}: {other:?}"),
+            }
+            drop(generation);
+            drop(lease);
+            let next = s.runtime.acquire(wish("a:1")).await.unwrap();
+            assert_ne!(next.host.pid(), dead, "round {round}: the dead worker");
+            assert_eq!(s.engine.spawned(), 2, "round {round}");
+        }
     }
 }

@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// An engine of fake workers. Each generation yields `tokens` tokens
-/// (`"t0 "`, `"t1 "`, ...) then ends as `length`.
+/// (`"t0 "`, `"t1 "`, ...) then ends as `length`, or, from
+/// [`FakeEngine::stalling`], stays open after them, as a long answer would.
 pub struct FakeEngine {
     pub tokens: u32,
+    stall: bool,
     spawned: AtomicUsize,
     next_pid: AtomicU32,
     links: Mutex<Vec<Arc<FakeLink>>>,
@@ -22,10 +24,18 @@ impl FakeEngine {
     pub fn new(tokens: u32) -> Arc<FakeEngine> {
         Arc::new(FakeEngine {
             tokens,
+            stall: false,
             spawned: AtomicUsize::new(0),
             next_pid: AtomicU32::new(1_000_000),
             links: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Workers whose generations yield `tokens` tokens and then never end.
+    pub fn stalling(tokens: u32) -> Arc<FakeEngine> {
+        let mut engine = FakeEngine::new(tokens);
+        Arc::get_mut(&mut engine).expect("not shared yet").stall = true;
+        engine
     }
 
     /// Workers started so far.
@@ -60,6 +70,7 @@ impl Engine for FakeEngine {
             rx: Mutex::new(rx),
             pid: self.next_pid.fetch_add(1, Ordering::SeqCst),
             tokens: self.tokens,
+            stall: self.stall,
         });
         self.links
             .lock()
@@ -74,6 +85,7 @@ struct FakeLink {
     rx: Mutex<Receiver<Event>>,
     pid: u32,
     tokens: u32,
+    stall: bool,
 }
 
 impl FakeLink {
@@ -120,6 +132,9 @@ impl WorkerLink for FakeLink {
                         id: g.id,
                         text: format!("t{i} "),
                     });
+                }
+                if self.stall {
+                    return Ok(());
                 }
                 emit(Event::Done {
                     id: g.id,
