@@ -489,10 +489,10 @@ struct Run {
     token_limit: Option<u32>,
     generation: Generation,
     runtime: Runtime,
-    // Dropped with the stream: the lease releases the model's place, the
-    // guard the in-flight count.
+    // Dropped with the run: the lease releases the model's place. The
+    // in-flight guard may outlive the run ([`Run::end`]).
     _lease: Lease,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl Run {
@@ -520,6 +520,12 @@ impl Run {
             self.tokens += 1;
         }
         ev
+    }
+
+    /// Releases the model's sequence (the lease and the generation go);
+    /// the in-flight guard stays with the caller.
+    fn end(self) -> InFlight {
+        self.in_flight
     }
 
     fn finished(&self, finish: Option<FinishReason>, stats: Option<&GenerationStats>) {
@@ -636,7 +642,7 @@ async fn generate(
         generation,
         runtime: state.runtime.clone(),
         _lease: lease,
-        _in_flight: in_flight,
+        in_flight,
     };
     if params.stream {
         Ok(stream_response(run, first).into_response())
@@ -706,19 +712,26 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
 }
 
 enum Phase {
-    Start(StreamEvent),
-    Next,
-    Done,
+    Start(Run, StreamEvent),
+    Next(Run),
+    /// The last events are out; the guard holds shutdown until they are
+    /// written.
+    Ended {
+        _guard: InFlight,
+    },
 }
 
 fn stream_response(
     run: Run,
     first: StreamEvent,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let events = stream::unfold((run, Phase::Start(first)), |(mut run, phase)| async move {
-        let (event, out): (Option<StreamEvent>, Vec<String>) = match phase {
-            Phase::Done => return None,
-            Phase::Start(first) => {
+    // The run's lease and generation are dropped before the last events
+    // are yielded: a client that reads `[DONE]` and asks again at once finds
+    // the model's sequence free, as with a whole answer.
+    let events = stream::unfold(Phase::Start(run, first), |phase| async move {
+        let (run, event, mut out): (Run, Option<StreamEvent>, Vec<String>) = match phase {
+            Phase::Ended { .. } => return None,
+            Phase::Start(run, first) => {
                 let mut out = Vec::new();
                 if run.endpoint == Endpoint::Chat {
                     out.push(openai::chat_chunk(
@@ -729,15 +742,17 @@ fn stream_response(
                         None,
                     ));
                 }
-                (Some(first), out)
+                (run, Some(first), out)
             }
-            Phase::Next => (run.next().await, Vec::new()),
+            Phase::Next(mut run) => {
+                let event = run.next().await;
+                (run, event, Vec::new())
+            }
         };
-        let mut out = out;
-        let next_phase = match event {
+        match event {
             Some(StreamEvent::Token(t)) => {
                 out.push(run.chunk(&t, None));
-                Phase::Next
+                return Some((out, Phase::Next(run)));
             }
             Some(StreamEvent::Done { finish, stats }) => {
                 run.finished(Some(finish), Some(&stats));
@@ -746,20 +761,17 @@ fn stream_response(
                     out.push(run.usage_chunk(Usage::from_stats(&stats)));
                 }
                 out.push(openai::STREAM_DONE.to_string());
-                Phase::Done
             }
             Some(StreamEvent::Error { kind, message }) => {
                 run.finished(None, None);
                 out.push(worker_error(&kind, message).sse_data());
-                Phase::Done
             }
             None => {
                 run.finished(None, None);
                 out.push(ApiError::worker_died("the worker ended the stream").sse_data());
-                Phase::Done
             }
-        };
-        Some((out, (run, next_phase)))
+        }
+        Some((out, Phase::Ended { _guard: run.end() }))
     });
     let flat = futures_util::StreamExt::flat_map(events, |datas| {
         stream::iter(

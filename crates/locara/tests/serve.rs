@@ -241,6 +241,15 @@ fn chat_streams_and_answers_whole() {
     );
     assert_eq!(usage.unwrap()["completion_tokens"], generated);
 
+    // The sequence is free by the time `[DONE]` arrives: a client that asks
+    // again at once is not queued behind its own finished answer.
+    let r = d
+        .post("/v1/chat/completions", &chat_body(SMOLLM2, "Hi", 4, true))
+        .unwrap();
+    let mut sse = Sse::new(r);
+    while sse.next_data().expect("the stream ended without [DONE]") != "[DONE]" {}
+    assert_eq!(d.model_status(SMOLLM2).unwrap()["sequences_busy"], 0);
+
     // The raw completion endpoint and the model list.
     let c: Value = d
         .post(
