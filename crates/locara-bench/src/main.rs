@@ -259,6 +259,13 @@ impl Config {
             engine_log: args.engine_log,
         })
     }
+
+    /// The tests this run measures, in the order each rep runs them.
+    fn tests(&self) -> impl Iterator<Item = Test> {
+        [(self.prefill, Test::Prefill), (self.decode, Test::Decode)]
+            .into_iter()
+            .filter_map(|(on, test)| on.then_some(test))
+    }
 }
 
 fn main() -> ExitCode {
@@ -563,15 +570,6 @@ fn pair<A, B>(
     } else {
         let b = locara()?;
         Ok((llama()?, b))
-    }
-}
-
-impl Config {
-    /// The tests this run measures, in the order each rep runs them.
-    fn tests(&self) -> impl Iterator<Item = Test> {
-        [(self.prefill, Test::Prefill), (self.decode, Test::Decode)]
-            .into_iter()
-            .filter_map(|(on, test)| on.then_some(test))
     }
 }
 
