@@ -5,6 +5,37 @@
 # Sourced by scripts/run.sh and scripts/test.sh.
 set -euo pipefail
 
+# True when bindgen will find a libclang to load. It looks (clang-sys's
+# search) in LIBCLANG_PATH, `llvm-config --libdir` and the usual library
+# directories for `libclang.so`, `libclang.so.N` or `libclang-N.so[.M]`.
+# `libclang-cpp.so.N`, which clang itself links against, is not that library:
+# a plain `libclang*.so*` glob matched it on a machine without libclang.
+locara_has_libclang() {
+  local dirs=() dir f name
+  [ -n "${LIBCLANG_PATH:-}" ] && dirs+=("$LIBCLANG_PATH")
+  command -v llvm-config >/dev/null 2>&1 && dirs+=("$(llvm-config --libdir)")
+  dirs+=(/usr/lib/llvm-*/lib /usr/lib/*-linux-gnu /usr/lib64 /usr/lib /usr/local/lib)
+  for dir in "${dirs[@]}"; do
+    [ -d "$dir" ] || continue
+    for f in "$dir"/libclang*.so*; do
+      [ -e "$f" ] || continue
+      name="${f##*/}"
+      if [[ "$name" =~ ^libclang(-[0-9][0-9.]*)?\.so(\.[0-9][0-9.]*)?$ ]]; then
+        return 0
+      fi
+    done
+  done
+  return 1
+}
+
+locara_can_make_venv() {
+  local dir ok=1
+  dir="$(mktemp -d)"
+  python3 -m venv "$dir/venv" >/dev/null 2>&1 && ok=0
+  rm -rf "$dir"
+  return "$ok"
+}
+
 locara_need_deps() {
   local missing=()
   case "$(uname -s)" in
@@ -26,17 +57,19 @@ locara_need_deps() {
     Linux)
       local pkgs=()
       command -v cmake >/dev/null 2>&1 || pkgs+=(cmake)
-      { command -v clang >/dev/null 2>&1 || command -v c++ >/dev/null 2>&1; } || pkgs+=(clang)
-      # bindgen needs libclang itself, not just a compiler.
-      if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
-        pkgs+=(libclang-dev clang)
-      fi
+      # The cc crate and CMake call `cc` and `c++`.
+      { command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1; } || pkgs+=(clang)
+      # bindgen needs libclang itself (and clang's own headers, which come
+      # with the clang package), not just a compiler.
+      locara_has_libclang || pkgs+=(libclang-dev clang)
       # Downloads use the system's TLS stack (OpenSSL).
       pkg-config --exists openssl 2>/dev/null || pkgs+=(libssl-dev pkg-config)
       command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
       python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
-      # The test suite makes a virtualenv for the openai client.
-      python3 -c "import venv, ensurepip" >/dev/null 2>&1 || pkgs+=(python3-venv)
+      # The test suite makes a virtualenv for the openai client. Debian's
+      # python3 imports `venv` and `ensurepip` without python3-venv, yet
+      # cannot make a virtualenv: try one.
+      locara_can_make_venv || pkgs+=(python3-venv)
       if [ ${#pkgs[@]} -gt 0 ]; then
         if command -v apt-get >/dev/null 2>&1; then
           local sudo=""
