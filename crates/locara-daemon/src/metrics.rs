@@ -494,7 +494,7 @@ impl Metrics {
             &mut out,
             "locara_model_footprint_bytes",
             Kind::Gauge,
-            "Measured footprint in bytes of the model's engine worker (macOS phys_footprint; Linux Private_Dirty + Swap).",
+            "Measured footprint in bytes of the model's engine worker (macOS phys_footprint; Linux Anonymous + Swap from smaps_rollup).",
         );
         for m in &snapshot {
             if let Some(bytes) = m.footprint_bytes {

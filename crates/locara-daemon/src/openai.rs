@@ -909,10 +909,24 @@ fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
             ))
         }
     };
+    no_nul(&content_param, &content)?;
     Ok(ChatMessage {
         role: role.to_owned(),
         content,
     })
+}
+
+/// A NUL byte is the client's input, refused here: llama.cpp's tokenizer
+/// and chat templates take C strings, and the worker answered it with an
+/// internal error (a 500 for what is a bad request).
+fn no_nul(param: &str, text: &str) -> Result<(), ApiError> {
+    match text.find('\0') {
+        Some(at) => Err(ApiError::invalid(
+            param,
+            format!("{param} holds a NUL byte (at byte {at}): text must not contain U+0000"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Joins the text of `[{"type":"text","text":..}, ..]` with newlines (parts
@@ -999,6 +1013,7 @@ fn parse_prompt(obj: &Map<String, Value>) -> Result<String, ApiError> {
     if prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "prompt must not be empty"));
     }
+    no_nul("prompt", prompt)?;
     Ok(prompt.to_owned())
 }
 
@@ -1865,6 +1880,24 @@ mod tests {
             chat_with(json!({"stop": 3})),
             "stop",
             "stop must be a string or an array of strings, got 3",
+        );
+    }
+
+    /// A NUL byte in a message was a 500 `server_error` from the worker.
+    #[test]
+    fn a_nul_byte_in_text_is_a_400_naming_the_field() {
+        assert_invalid(
+            chat_with(json!({"messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "a\0b"},
+            ]})),
+            "messages[1].content",
+            "messages[1].content holds a NUL byte (at byte 1): text must not contain U+0000",
+        );
+        assert_invalid(
+            completion_with(json!({"prompt": "\0"})),
+            "prompt",
+            "prompt holds a NUL byte (at byte 0): text must not contain U+0000",
         );
     }
 

@@ -718,7 +718,53 @@ pub(crate) fn hardware_profile() -> Result<HardwareProfile, PlatformError> {
 }
 
 pub(crate) fn check_supported() -> Result<(), PlatformError> {
-    Ok(())
+    let missing = missing_cpu_features();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(PlatformError::UnsupportedMachine(format!(
+        "this build of locara (and its llama.cpp) was compiled for a CPU with {}, which this \
+         CPU lacks: it would crash on its first such instruction. Build it on this machine \
+         (./scripts/run.sh builds for the CPU it runs on).",
+        missing.join(", ")
+    )))
+}
+
+/// The x86 instruction-set extensions this binary was compiled to use that
+/// the CPU it runs on does not have. Local builds use `target-cpu=native`
+/// (`.cargo/config.toml`), and llama.cpp gets the same `-march=native`, so a
+/// binary copied to an older CPU would die with SIGILL somewhere in a
+/// generation; this names the cause before a model is loaded.
+fn missing_cpu_features() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut missing = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! need {
+            ($($f:tt),*) => {$(
+                if cfg!(target_feature = $f) && !std::arch::is_x86_feature_detected!($f) {
+                    missing.push($f);
+                }
+            )*};
+        }
+        need!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "bmi2",
+            "avxvnni",
+            "avx512f",
+            "avx512bw",
+            "avx512dq",
+            "avx512vl",
+            "avx512vnni",
+            "avx512vbmi",
+            "avx512bf16"
+        );
+    }
+    missing
 }
 
 // ---------------------------------------------------------------- power
