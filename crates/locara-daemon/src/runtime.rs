@@ -592,7 +592,7 @@ impl Task {
                     let _ = reply.send(self.estimate_of(&model));
                 }
                 Command::OsPressure { level, reason } => {
-                    eprintln!("locara: the OS reports memory pressure {level} ({reason})");
+                    tracing::info!(%level, %reason, "the OS reports memory pressure");
                     self.os_level = level;
                     if self.simulated.is_none() {
                         self.pressure_step(ladder::Event::Level(level));
@@ -604,9 +604,10 @@ impl Task {
                     reply,
                 } => {
                     let now = self.now();
-                    eprintln!(
-                        "locara: simulating memory pressure {level}{}",
-                        duration.map_or(String::new(), |d| format!(" for {} s", d.as_secs()))
+                    tracing::info!(
+                        %level,
+                        for_s = duration.map(|d| d.as_secs()),
+                        "simulating memory pressure"
                     );
                     self.simulated = if level == PressureLevel::Normal {
                         None
@@ -632,7 +633,7 @@ impl Task {
         let now = self.now();
         if let Some((_, Some(until))) = self.simulated {
             if until <= now {
-                eprintln!("locara: the simulated pressure has ended");
+                tracing::info!("the simulated pressure has ended");
                 self.simulated = None;
                 self.pressure_step(ladder::Event::Level(self.os_level));
                 return;
@@ -654,7 +655,7 @@ impl Task {
         let actions = self.ladder.on_event(&event, &view, now);
         let level = self.ladder.level();
         if level != before {
-            eprintln!("locara: memory pressure level in force: {before} -> {level}");
+            tracing::info!(from = %before, to = %level, "memory pressure level in force");
             self.metrics.pressure_level(match level {
                 PressureLevel::Normal => 0,
                 PressureLevel::Warn => 1,
@@ -672,7 +673,7 @@ impl Task {
 
     fn apply(&mut self, action: ladder::Action, level: PressureLevel, at: Instant) {
         use ladder::Action;
-        eprintln!("locara: pressure {level}: {action}");
+        tracing::info!(%level, action = action.kind(), detail = %action, "pressure action");
         self.metrics.pressure_action(action.kind(), level.as_str());
         self.publish(serde_json::json!({
             "version": EVENTS_VERSION,
@@ -919,11 +920,12 @@ impl Task {
                 for u in &load.evict {
                     self.metrics.evicted(&u.model);
                     self.metrics.unloaded(&u.model, u.reason.as_str());
-                    eprintln!(
-                        "locara: evicting {} ({} held) to make room for {}",
-                        u.model,
-                        locara_core::Bytes(u.held),
-                        load.model
+                    tracing::info!(
+                        model = %u.model,
+                        held_bytes = u.held,
+                        held = %locara_core::Bytes(u.held),
+                        for_model = %load.model,
+                        "evicting to make room"
                     );
                     if let Some((_, host)) = self.hosts.remove(&u.model) {
                         evicted.push(host);
@@ -1058,7 +1060,7 @@ impl Task {
                 self.metrics.load_finished(model, seconds, false);
                 self.governor.load_failed(instance);
                 self.loads.remove(&instance);
-                eprintln!("locara: loading {model} failed: {message}");
+                tracing::warn!(%model, %message, "loading failed");
                 for w in waiters {
                     let _ = w.send(Err(RuntimeError::LoadFailed {
                         model: model.to_string(),
@@ -1073,9 +1075,13 @@ impl Task {
         self.draining.remove(&instance);
         if let Some((at, level, footprint)) = self.pressure_unloads.remove(&instance) {
             let ms = at.elapsed().as_millis();
-            eprintln!(
-                "locara: pressure {level}: {model} unloaded, {} back to the OS {ms} ms after the event",
-                Bytes(footprint)
+            tracing::info!(
+                %level,
+                %model,
+                freed_bytes = footprint,
+                freed = %Bytes(footprint),
+                ms = ms as u64,
+                "pressure unload: memory back to the OS"
             );
             self.metrics.pressure_freed(level.as_str(), footprint);
             self.publish(serde_json::json!({
@@ -1090,7 +1096,7 @@ impl Task {
         if exit.expected {
             self.governor.worker_exited(instance);
         } else if let Some(u) = self.governor.worker_died(instance) {
-            eprintln!("locara: the worker of {model} died ({})", exit.status);
+            tracing::warn!(%model, status = %exit.status, "the worker died");
             self.metrics.unloaded(model, u.reason.as_str());
         }
         self.loads.remove(&instance);
@@ -1101,11 +1107,12 @@ impl Task {
 
     fn unload(&mut self, u: Unload) {
         self.metrics.unloaded(&u.model, u.reason.as_str());
-        eprintln!(
-            "locara: unloading {} ({}, {} held)",
-            u.model,
-            u.reason.as_str(),
-            locara_core::Bytes(u.held)
+        tracing::info!(
+            model = %u.model,
+            reason = u.reason.as_str(),
+            held_bytes = u.held,
+            held = %locara_core::Bytes(u.held),
+            "unloading"
         );
         for w in self.waiters.remove(&u.instance).unwrap_or_default() {
             let _ = w.send(Err(RuntimeError::UnloadedWhileLoading {

@@ -285,8 +285,11 @@ async fn app_budget(state: &AppState, caller: &Caller, model: &str) -> Result<()
         let mut over = state.over_budget.lock().unwrap_or_else(|p| p.into_inner());
         if share > budget {
             if over.insert(id.clone()) {
-                eprintln!(
-                    "locara: WARNING: app {id} holds {}, over its budget of {}",
+                tracing::warn!(
+                    app = %id,
+                    share_bytes = share,
+                    budget_bytes = budget,
+                    "app over its budget: holds {}, budget {}",
                     locara_core::Bytes(share),
                     locara_core::Bytes(budget)
                 );
@@ -883,17 +886,27 @@ pub struct DaemonInfo {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     pub pid: u32,
+    /// The command that runs this daemon for itself alone (`"run"`), which
+    /// other `locara run`s must not share: it ends when that command does.
+    /// Absent for `locara serve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_to: Option<String>,
 }
 
 /// Serves until SIGTERM or SIGINT: then new requests get 503, in-flight
 /// ones may finish within `grace`, the workers are stopped and the server
 /// exits. `on_listening` hears the bound address first (the port may have
 /// been 0).
+/// Serves until `shutdown` resolves (e.g. [`shutdown_signal`], or a
+/// channel when the daemon lives inside another command), then drains:
+/// new requests are refused, in-flight ones get `grace` to finish, and every
+/// worker is stopped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     max_body_bytes: usize,
     grace: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let app = router(Arc::clone(&state), max_body_bytes);
@@ -904,8 +917,7 @@ pub async fn serve(
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            eprintln!("locara: stopping: new requests are refused, in-flight ones finish");
+            shutdown.await;
             drain_state.draining.store(true, Ordering::SeqCst);
             let deadline = tokio::time::Instant::now() + grace;
             while drain_state.in_flight.load(Ordering::SeqCst) > 0
@@ -920,7 +932,8 @@ pub async fn serve(
         .await
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

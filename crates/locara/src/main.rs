@@ -11,6 +11,7 @@ mod profile;
 mod progress;
 mod run;
 mod serve;
+mod service;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -147,6 +148,9 @@ enum Command {
         #[command(subcommand)]
         command: apps::ManifestCommand,
     },
+    /// Run `locara serve` at login: a systemd user unit on Linux, a launchd
+    /// agent on macOS; restarted when it fails, its log rotated.
+    Service(service::ServiceArgs),
     /// The engine worker (started by locara itself; not for direct use).
     #[command(hide = true)]
     Engine,
@@ -171,6 +175,14 @@ enum PressureCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        // The worker's stderr is the daemon's log; it logs nothing itself.
+        Command::Engine => {}
+        Command::Serve(args) => init_logging("info", args.json_log()),
+        // A run's own daemon speaks up only for what went wrong, unless asked.
+        Command::Run(args) if args.verbose() => init_logging("info", false),
+        _ => init_logging("warn", false),
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -201,11 +213,34 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Stop { model, hold } => serve::stop(&model, hold),
         Command::App { command } => apps::app(command),
         Command::Manifest { command } => apps::manifest(command),
+        Command::Service(args) => service::service(args),
     }
+}
+
+/// Log lines (the daemon's events: loads, unloads, pressure actions) go to
+/// stderr, as human-readable lines or one JSON object per line.
+/// `LOCARA_LOG` (e.g. `debug`, `locara_daemon=debug`) overrides the level.
+fn init_logging(default_level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("LOCARA_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 #[cfg(feature = "engine")]
 fn engine() -> Result<ExitCode> {
+    // A worker on a CPU this binary was not built for would die with SIGILL
+    // mid-generation; this names the missing instructions instead.
+    locara_platform::check_supported()?;
     locara_engine::worker::run()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,19 +2,19 @@
 
 use crate::config::Config;
 use crate::models;
+use crate::serve::OwnDaemon;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use locara_core::{Bytes, KvType};
+use locara_daemon::config::{RawServeConfig, ServeConfig};
 use locara_daemon::store::{ModelName, Store, StoreError};
 use locara_engine::protocol::{
-    ChatMessage, ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest,
-    Prompt, Request, Sampling,
+    ChatMessage, ErrorKind, FinishReason, GenerationStats, Prompt, Sampling,
 };
-use locara_engine::{EngineError, Worker};
+use locara_engine::EngineError;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::Duration;
 
 #[derive(Args)]
 #[command(
@@ -74,6 +74,10 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    pub fn verbose(&self) -> bool {
+        self.verbose
+    }
+
     /// The sampling settings, range-checked (the error names the flag,
     /// the value and the range).
     fn sampling(&self) -> Result<Sampling> {
@@ -121,13 +125,13 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let sampling = args.sampling()?;
+    locara_platform::check_supported()?;
     let config = Config::load(args.engine_log)?;
     let store = config.store()?;
     let (name, words) = resolve(&config, &store, &args.words)?;
-    let entry = match store.get(&name)? {
-        Some(e) => e,
-        None => models::fetch(&config, &store, &name)?,
-    };
+    if store.get(&name)?.is_none() {
+        models::fetch(&config, &store, &name)?;
+    }
 
     let prompt = if !words.is_empty() {
         Some(words.join(" "))
@@ -155,58 +159,44 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     })
     .context("installing the Ctrl-C handler")?;
 
-    if let Some(url) = crate::serve::daemon_url(&config.home) {
-        if args.verbose {
-            eprintln!("using the Locara daemon at {url} (its context and K/V settings apply)");
+    // Every run goes through a governor: a running daemon's, or one of our
+    // own that lives as long as this command (the same budget, admission
+    // and pressure ladder as `locara serve`).
+    let auth = crate::serve::admin_header(&config.home)?;
+    let (url, own) = match crate::serve::daemon_url(&config.home, true) {
+        Some(url) => {
+            if args.verbose {
+                eprintln!("using the Locara daemon at {url} (its context and K/V settings apply)");
+            }
+            (url, None)
         }
-        let session = Session {
-            backend: Backend::Daemon {
-                url,
-                model: name.to_string(),
-                auth: crate::serve::admin_header(&config.home)?,
-            },
-            args: &args,
-            sampling,
-            next_id: 1,
-        };
-        return match prompt {
-            Some(p) => session.one_shot(p),
-            None => session.chat(),
-        };
-    }
-
-    let threads = args
-        .threads
-        .unwrap_or_else(locara_platform::performance_cores);
-    let worker = Worker::spawn(&config.worker)?;
-    let loaded = worker.load(LoadRequest {
-        path: entry.path.clone(),
-        context: args.ctx,
-        kv_type: args.kv,
-        parallel: 1,
-        threads,
-        gpu_layers: None,
-    })?;
-    if args.verbose {
-        eprintln!(
-            "loaded {name} in {:.0} ms: context {} tokens (trained {}), K/V {}, flash attention {}, {} threads, {} GPU layers, chat template: {}",
-            loaded.load_ms,
-            loaded.context,
-            loaded.trained_context,
-            loaded.kv_type,
-            if loaded.flash_attention { "on" } else { "off" },
-            loaded.threads,
-            loaded.gpu_layers,
-            loaded.chat_template
-        );
-        eprintln!("engine: {}", worker.engine());
-    }
+        None => {
+            let serve_config = ServeConfig::build(&[
+                RawServeConfig::from_env(|k| std::env::var(k).ok())?,
+                RawServeConfig {
+                    host: Some("127.0.0.1".into()),
+                    port: Some(0),
+                    allow_non_loopback: Some(false),
+                    // One conversation at a time: one sequence's K/V.
+                    parallel: Some(1),
+                    context: args.ctx,
+                    kv_type: Some(args.kv.as_str().to_string()),
+                    threads: args.threads,
+                    ..Default::default()
+                },
+            ])?;
+            let daemon = OwnDaemon::start(config, serve_config)?;
+            (daemon.url.clone(), Some(daemon))
+        }
+    };
 
     let session = Session {
-        backend: Backend::Worker(&worker),
+        url,
+        model: name.to_string(),
+        auth,
         args: &args,
         sampling,
-        next_id: 1,
+        _own: own,
     };
     match prompt {
         Some(p) => session.one_shot(p),
@@ -230,22 +220,17 @@ fn resolve(config: &Config, store: &Store, words: &[String]) -> Result<(ModelNam
     Ok((config.catalog.default.clone(), words.to_vec()))
 }
 
-/// Where generations run: a worker of our own, or a running daemon.
-enum Backend<'a> {
-    Worker(&'a Worker),
-    Daemon {
-        url: String,
-        model: String,
-        /// `Bearer <admin token>`: the user's own tool, like the CLI.
-        auth: String,
-    },
-}
-
+/// A conversation with a model through a daemon's API.
 struct Session<'a> {
-    backend: Backend<'a>,
+    url: String,
+    model: String,
+    /// `Bearer <admin token>`: the user's own tool, like the CLI.
+    auth: String,
     args: &'a RunArgs,
     sampling: Sampling,
-    next_id: u64,
+    /// The daemon of this command's own, if it started one: dropped (and so
+    /// stopped, with its workers) when the session ends.
+    _own: Option<OwnDaemon>,
 }
 
 /// How one generation ended.
@@ -362,57 +347,18 @@ impl Session<'_> {
 
     /// Runs one generation, streaming its tokens to stdout.
     fn generate(&mut self, prompt: Prompt) -> Result<Answer> {
-        let id = self.next_id;
-        self.next_id += 1;
         INTERRUPTED.store(false, Ordering::SeqCst);
         if MODE.load(Ordering::SeqCst) != MODE_ONE_SHOT {
             MODE.store(MODE_GENERATING, Ordering::SeqCst);
         }
-        let worker = match &self.backend {
-            Backend::Worker(w) => *w,
-            Backend::Daemon { url, model, auth } => {
-                return daemon_generate(url, model, auth, prompt, &self.sampling, self.args)
-            }
-        };
-        worker.send(&Request::Generate(GenerateRequest {
-            id,
+        daemon_generate(
+            &self.url,
+            &self.model,
+            &self.auth,
             prompt,
-            sampling: self.sampling.clone(),
-            max_tokens: self.args.max_tokens,
-            stop: self.args.stop.clone(),
-        }))?;
-        let mut out = io::stdout().lock();
-        let mut text = String::new();
-        let mut cancel_sent = false;
-        loop {
-            if !cancel_sent && INTERRUPTED.swap(false, Ordering::SeqCst) {
-                worker.send(&Request::Cancel { id })?;
-                cancel_sent = true;
-            }
-            match worker.recv_timeout(Duration::from_millis(50))? {
-                None => {}
-                Some(Event::Token { id: i, text: t }) if i == id => {
-                    out.write_all(t.as_bytes())?;
-                    out.flush()?;
-                    text.push_str(&t);
-                }
-                Some(Event::Done {
-                    id: i,
-                    finish,
-                    stats,
-                }) if i == id => {
-                    return Ok(Answer {
-                        text,
-                        finish,
-                        stats,
-                    })
-                }
-                Some(Event::Error { kind, message, .. }) => {
-                    return Err(EngineError::Worker { kind, message }.into())
-                }
-                Some(_) => {}
-            }
-        }
+            &self.sampling,
+            self.args,
+        )
     }
 
     fn report(&self, answer: &Answer) {
@@ -421,7 +367,7 @@ impl Session<'_> {
         }
         let s = &answer.stats;
         eprintln!(
-            "prefill: {} tokens in {:.0} ms ({:.1} tokens/s); decode: {} tokens in {:.0} ms ({:.1} tokens/s); finish: {}",
+            "prefill: {} tokens in {:.0} ms ({:.1} tokens/s, load included); decode: {} tokens in {:.0} ms ({:.1} tokens/s); finish: {}",
             s.prompt_tokens,
             s.prefill_ms,
             s.prefill_tps(),
@@ -430,18 +376,39 @@ impl Session<'_> {
             s.decode_tps(),
             answer.finish.as_str()
         );
-        let Backend::Worker(worker) = &self.backend else {
-            return;
+        let m = match crate::serve::model_status(&self.url, &self.auth, &self.model) {
+            Ok(Some(m)) => m,
+            Ok(None) => return eprintln!("{} is no longer loaded", self.model),
+            Err(e) => return eprintln!("the daemon's status is unavailable: {e:#}"),
         };
-        match locara_platform::process_footprint(worker.pid()) {
-            Ok(fp) => eprintln!(
+        eprintln!(
+            "loaded {}: context {} tokens, K/V {}, {} sequence(s); estimate {}",
+            m.name,
+            m.context,
+            m.kv_type.as_str(),
+            m.parallel,
+            Bytes(m.estimate)
+        );
+        // The worker runs on this machine: read its figures from the OS,
+        // RSS included, which the daemon's status leaves out.
+        match m.pid.map(locara_platform::process_footprint) {
+            Some(Ok(fp)) => eprintln!(
                 "worker {}: footprint {} (mapped weights {} resident, RSS {})",
-                worker.pid(),
+                m.pid.unwrap_or_default(),
                 Bytes(fp.footprint),
                 Bytes(fp.mapped_weights),
                 Bytes(fp.rss)
             ),
-            Err(e) => eprintln!("worker footprint unavailable: {e}"),
+            _ => eprintln!(
+                "worker: footprint {} (mapped weights {} resident), as the daemon measured it",
+                m.footprint
+                    .map_or("-".to_string(), |b| Bytes(b).to_string()),
+                m.mapped_weights
+                    .map_or("-".to_string(), |b| Bytes(b).to_string()),
+            ),
+        }
+        if let Some(engine) = &m.engine {
+            eprintln!("engine: {engine}");
         }
     }
 }

@@ -9,7 +9,7 @@ use locara_daemon::apps::{admin_token, AppRegistry};
 use locara_daemon::config::{RawServeConfig, ServeConfig};
 use locara_daemon::host::ProcessEngine;
 use locara_daemon::metrics::Metrics;
-use locara_daemon::runtime::{Runtime, Settings, Status, TokioClock};
+use locara_daemon::runtime::{ModelStatus, Runtime, Settings, Status, TokioClock};
 use locara_daemon::server::{self, AppState, Auth, DaemonInfo, DAEMON_FILE};
 use locara_platform::SystemProbe;
 use std::io::Write;
@@ -68,10 +68,22 @@ pub struct ServeArgs {
     /// Pass llama.cpp's own log through to stderr.
     #[arg(long)]
     engine_log: bool,
+    /// The log's format on stderr: human (lines) or json (one object per
+    /// line, for log collectors). LOCARA_LOG sets the level (default info).
+    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
+}
+
+impl ServeArgs {
+    pub fn json_log(&self) -> bool {
+        self.log_format == "json"
+    }
 }
 
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    locara_platform::check_supported()?;
     let base = Config::load(args.engine_log)?;
+    crate::service::rotate_log_at_start(&base.home);
     let mut sources = Vec::new();
     if let Some(path) = &args.config {
         sources.push(RawServeConfig::from_file(path)?);
@@ -91,6 +103,40 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         ..Default::default()
     });
     let config = ServeConfig::build(&sources)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("locara-serve")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            server::shutdown_signal().await;
+            tracing::info!("stopping: new requests are refused, in-flight ones finish");
+        };
+        run_daemon(&base, config, None, shutdown, |url| {
+            println!("listening on {url}");
+            let _ = std::io::stdout().flush();
+        })
+        .await?;
+        tracing::info!("stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a daemon until `shutdown` resolves: the governor, the OS pressure
+/// watch and the HTTP API, with its address in `daemon.json` while it runs
+/// (so `locara ps`, `load`, `stop` and `pressure simulate` find it).
+/// `listening` is told the address once requests can be made. `private_to`
+/// names the command that runs it for itself alone (see
+/// [`DaemonInfo::private_to`]).
+async fn run_daemon(
+    base: &Config,
+    config: ServeConfig,
+    private_to: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    listening: impl FnOnce(&str),
+) -> Result<()> {
     let (budget, basis) = match config.budget {
         Some(b) => (b, "configured".to_string()),
         None => {
@@ -112,66 +158,121 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         probe: Arc::new(SystemProbe::default()),
         ladder: config.ladder,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("locara-serve")
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let url = format!("http://{addr}");
-        if !addr.ip().is_loopback() {
-            eprintln!(
-                "locara: WARNING: listening on {addr}, which is not loopback: anyone who can \
-                 reach this address can use the API"
-            );
-        }
-        // The admin token exists before anyone is told where to connect.
-        let auth = Auth {
-            apps: AppRegistry::open(&base.home)?,
-            admin: admin_token(&base.home)?,
-            tokenless: config.tokenless,
-        };
-        if config.tokenless {
-            eprintln!("locara: tokenless: requests need no token (single-user set-up)");
-        }
-        let info_path = base.home.join(DAEMON_FILE);
-        write_daemon_info(&info_path, &url)?;
-        println!("listening on {url}");
-        let _ = std::io::stdout().flush();
-        eprintln!(
-            "locara: budget {} ({basis}); {} sequences per model, context {}, K/V {}, keep_alive {}",
-            Bytes(budget),
-            config.parallel,
-            config.context,
-            config.kv_type.as_str(),
-            config.keep_alive
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "listening on an address that is not loopback: anyone who can reach it can use the API"
         );
-        let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
-        watch_pressure(runtime.clone());
-        let state = AppState::new(
-            runtime,
-            store,
-            addr,
-            config.allowed_origins.clone(),
-            auth,
-        );
-        let served = server::serve(
-            listener,
-            state,
-            usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
-            config.shutdown_grace,
-        )
-        .await;
+    }
+    // The admin token exists before anyone is told where to connect.
+    let auth = Auth {
+        apps: AppRegistry::open(&base.home)?,
+        admin: admin_token(&base.home)?,
+        tokenless: config.tokenless,
+    };
+    if config.tokenless {
+        tracing::warn!("tokenless: requests need no token (single-user set-up)");
+    }
+    let info_path = base.home.join(DAEMON_FILE);
+    write_daemon_info(&info_path, &url, private_to)?;
+    let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
+    tracing::info!(
+        budget_bytes = budget,
+        "budget {} ({basis}); {} sequences per model, context {}, K/V {}, keep_alive {}",
+        Bytes(budget),
+        config.parallel,
+        config.context,
+        config.kv_type.as_str(),
+        config.keep_alive
+    );
+    watch_pressure(runtime.clone());
+    let state = AppState::new(runtime, store, addr, config.allowed_origins.clone(), auth);
+    listening(&url);
+    let served = server::serve(
+        listener,
+        state,
+        usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+        config.shutdown_grace,
+        shutdown,
+    )
+    .await;
+    // Only our own file: another daemon may have started since.
+    if read_daemon_info(&info_path).is_some_and(|i| i.pid == std::process::id() && i.url == url) {
         let _ = std::fs::remove_file(&info_path);
-        served.context("serving")?;
-        eprintln!("locara: stopped");
-        Ok::<_, anyhow::Error>(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    }
+    served.context("serving")
+}
+
+/// A daemon of this process's own, for a command (`locara run`) that finds
+/// none running: the same governor, budget, admission and pressure ladder as
+/// `locara serve`, on an ephemeral loopback port, on a thread of its own.
+/// Dropping it stops the daemon and its workers.
+pub struct OwnDaemon {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl OwnDaemon {
+    /// Starts it and returns once it takes requests. `config` is built like
+    /// `locara serve`'s (the caller picks the port, normally 0).
+    pub fn start(base: Config, config: ServeConfig) -> Result<OwnDaemon> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("locara-daemon".into())
+            .spawn(move || -> Result<()> {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .thread_name("locara-daemon")
+                    .build()
+                    .context("starting the async runtime")?;
+                runtime.block_on(run_daemon(
+                    &base,
+                    config,
+                    Some("run"),
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                    |url| {
+                        let _ = ready_tx.send(url.to_string());
+                    },
+                ))
+            })
+            .context("starting the daemon's thread")?;
+        match ready_rx.recv() {
+            Ok(url) => Ok(OwnDaemon {
+                url,
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            // It ended before it listened: its error says why.
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e.context("starting Locara's governor")),
+                Ok(Ok(())) => bail!("the daemon stopped before it took requests"),
+                Err(_) => bail!("the daemon's thread panicked while starting"),
+            },
+        }
+    }
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if let Ok(Err(e)) = thread.join() {
+                tracing::error!("the daemon ended with an error: {e:#}");
+            }
+        }
+    }
 }
 
 /// Feeds the OS's pressure reports to the governor from a thread of their
@@ -180,13 +281,11 @@ fn watch_pressure(runtime: Runtime) {
     let watch = match locara_platform::PressureSource::watch(&SystemProbe::default()) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!(
-                "locara: no OS pressure reports ({e}); `locara pressure simulate` still works"
-            );
+            tracing::warn!("no OS pressure reports ({e}); `locara pressure simulate` still works");
             return;
         }
     };
-    eprintln!("locara: watching memory pressure: {}", watch.method());
+    tracing::info!(method = %watch.method(), "watching memory pressure");
     let initial = watch.initial_level();
     let _ = std::thread::Builder::new()
         .name("locara-pressure".into())
@@ -200,13 +299,14 @@ fn watch_pressure(runtime: Runtime) {
         });
 }
 
-fn write_daemon_info(path: &Path, url: &str) -> Result<()> {
+fn write_daemon_info(path: &Path, url: &str, private_to: Option<&str>) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let info = DaemonInfo {
         url: url.to_string(),
         pid: std::process::id(),
+        private_to: private_to.map(str::to_string),
     };
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&info)?)
@@ -217,18 +317,25 @@ fn write_daemon_info(path: &Path, url: &str) -> Result<()> {
 
 /// The running daemon's address: `LOCARA_URL`, else `daemon.json` in the
 /// data directory when its process is alive and takes connections (a file
-/// left by a daemon that was killed is ignored).
-pub fn daemon_url(home: &Path) -> Option<String> {
+/// left by a daemon that was killed is ignored). `shared` leaves out a
+/// daemon that a `locara run` keeps for itself.
+pub fn daemon_url(home: &Path, shared: bool) -> Option<String> {
     if let Ok(url) = std::env::var("LOCARA_URL") {
         if !url.is_empty() {
             return Some(url.trim_end_matches('/').to_string());
         }
     }
-    let text = std::fs::read(home.join(DAEMON_FILE)).ok()?;
-    let info: DaemonInfo = serde_json::from_slice(&text).ok()?;
+    let info = read_daemon_info(&home.join(DAEMON_FILE))?;
+    if shared && info.private_to.is_some() {
+        return None;
+    }
     let addr = info.url.strip_prefix("http://")?.parse().ok()?;
     let listening = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok();
     (alive(info.pid) && listening).then_some(info.url)
+}
+
+fn read_daemon_info(path: &Path) -> Option<DaemonInfo> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 fn alive(pid: u32) -> bool {
@@ -246,7 +353,7 @@ fn alive(pid: u32) -> bool {
 /// The running daemon's address and the admin token's header value.
 fn require_daemon() -> Result<(String, String)> {
     let config = Config::load(false)?;
-    let url = daemon_url(&config.home).context(
+    let url = daemon_url(&config.home, false).context(
         "no Locara daemon is running (start one with `locara serve`; LOCARA_URL names another)",
     )?;
     Ok((url, admin_header(&config.home)?))
@@ -285,15 +392,27 @@ fn api_error(e: ureq::Error) -> anyhow::Error {
     }
 }
 
-pub fn ps(json: bool) -> Result<ExitCode> {
-    let (url, auth) = require_daemon()?;
-    let status: Status = agent()
+fn status(url: &str, auth: &str) -> Result<Status> {
+    agent()
         .get(&format!("{url}/locara/v1/status"))
-        .set("Authorization", &auth)
+        .set("Authorization", auth)
         .call()
         .map_err(api_error)?
         .into_json()
-        .context("reading the daemon's status")?;
+        .context("reading the daemon's status")
+}
+
+/// What the daemon at `url` says of `model`; `None` when it is not loaded.
+pub fn model_status(url: &str, auth: &str, model: &str) -> Result<Option<ModelStatus>> {
+    Ok(status(url, auth)?
+        .models
+        .into_iter()
+        .find(|m| m.name == model))
+}
+
+pub fn ps(json: bool) -> Result<ExitCode> {
+    let (url, auth) = require_daemon()?;
+    let status = status(&url, &auth)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);

@@ -326,3 +326,102 @@ fn help_explains_the_commands() {
         "{out}"
     );
 }
+
+/// Without a daemon, `locara run` goes through a governor of its own: a
+/// model that does not fit the budget is refused with the numbers, before
+/// any worker starts (it used to start a worker with no budget at all).
+#[test]
+fn run_without_a_daemon_is_refused_with_the_numbers_when_the_model_does_not_fit() {
+    let home = home_with_models();
+    let out = locara()
+        .env("LOCARA_HOME", home.path())
+        .env("LOCARA_BUDGET", "32MiB")
+        .args(["run", SMOLLM2, "hi", "--threads", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 32 MiB budget fit a 98 MB model");
+    assert!(
+        err.contains("needs") && err.contains("of a 32.0 MiB budget free"),
+        "the refusal names the estimate and the budget: {err}"
+    );
+    assert!(out.stdout.is_empty(), "no answer was expected");
+}
+
+/// Without a daemon, `locara run`'s governor reacts to memory pressure like
+/// `locara serve`'s: `locara ps` and `locara pressure simulate` reach it,
+/// and at critical it refuses loads while its answer finishes.
+#[test]
+fn run_without_a_daemon_reacts_to_simulated_pressure() {
+    let home = home_with_models();
+    let cli = |args: &[&str]| {
+        locara()
+            .env("LOCARA_HOME", home.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut child = locara()
+        .env("LOCARA_HOME", home.path())
+        .args([
+            "run",
+            SMOLLM2,
+            "Count to five hundred: 1, 2, 3,",
+            "--raw",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "3000",
+            "--threads",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+
+    let out = cli(&["pressure", "simulate", "critical", "--for", "5m"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["ps", "--json"]);
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["pressure"]["level"], "critical", "{status}");
+    assert_eq!(status["pressure"]["refusing_loads"], true, "{status}");
+    let out = cli(&["load", GEMMA3]);
+    assert!(!out.status.success(), "a load was admitted at critical");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("503"), "{err}");
+
+    // Critical lets the answer in flight finish (within the ladder's
+    // remaining-tokens cap), then the command ends normally.
+    let finished = eventually(Duration::from_secs(120), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        finished,
+        "locara run did not finish under critical pressure"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !home.path().join("daemon.json").exists(),
+        "the run's own daemon left its daemon.json behind"
+    );
+}

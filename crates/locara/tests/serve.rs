@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{alive, children, eventually, locara, model, test_home, GEMMA3, SMOLLM2};
+use common::{alive, children, eventually, home_with_models, locara, GEMMA3, SMOLLM2};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -23,23 +23,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(args: &[&str]) -> Daemon {
-        // Both models, linked from the test cache (pulled once).
-        model(SMOLLM2);
-        model(GEMMA3);
-        let home = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(home.path().join("models")).unwrap();
-        for dir in ["smollm2+135m", "gemma3+270m"] {
-            std::os::unix::fs::symlink(
-                test_home().join("models").join(dir),
-                home.path().join("models").join(dir),
-            )
-            .unwrap();
-        }
-        // The profile is the machine's; copy it so the budget need not be probed.
-        let _ = std::fs::copy(
-            test_home().join("profile.json"),
-            home.path().join("profile.json"),
-        );
+        let home = home_with_models();
         let mut child = locara()
             .env("LOCARA_HOME", home.path())
             .args(["serve", "--port", "0", "--threads", "1"])

@@ -61,6 +61,29 @@ pub fn model(name: &str) -> PathBuf {
     path
 }
 
+/// A data directory of its own, for tests that start a daemon (whose
+/// `daemon.json` must not meet another test's), with both test models
+/// linked from the test cache (pulled once) and the machine's stored
+/// profile, so the budget need not be probed again.
+pub fn home_with_models() -> tempfile::TempDir {
+    model(SMOLLM2);
+    model(GEMMA3);
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("models")).unwrap();
+    for dir in ["smollm2+135m", "gemma3+270m"] {
+        std::os::unix::fs::symlink(
+            test_home().join("models").join(dir),
+            home.path().join("models").join(dir),
+        )
+        .unwrap();
+    }
+    let _ = std::fs::copy(
+        test_home().join("profile.json"),
+        home.path().join("profile.json"),
+    );
+    home
+}
+
 pub fn worker_command() -> WorkerCommand {
     WorkerCommand {
         program: PathBuf::from(env!("CARGO_BIN_EXE_locara")),
