@@ -93,3 +93,20 @@ locara_need_deps() {
       ;;
   esac
 }
+
+# What only the test suite needs, beyond the build: systemd-analyze (the
+# service unit is verified with it) and shellcheck (the scripts are linted).
+# Installed on Debian; elsewhere the tests that need them say they skipped.
+locara_need_test_deps() {
+  [ "$(uname -s)" = Linux ] || return 0
+  command -v apt-get >/dev/null 2>&1 || return 0
+  local pkgs=()
+  command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
+  command -v shellcheck >/dev/null 2>&1 || pkgs+=(shellcheck)
+  [ ${#pkgs[@]} -gt 0 ] || return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing ${pkgs[*]} (for the tests) ..." >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${pkgs[@]}" >/dev/null
+}

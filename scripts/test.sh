@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 locara_need_deps
+locara_need_test_deps
 
 export LOCARA_TEST_HOME="${LOCARA_TEST_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/locara-test}"
 cargo build --quiet -p locara

@@ -70,6 +70,13 @@ const CMAKE_OPTIONS: &[&str] = &[
     "-DLLAMA_OPENSSL=OFF",
 ];
 
+/// The CMake include that every llama.cpp build of the engine gets
+/// (`.cargo/config.toml`): options that depend on the target CPU.
+const ENGINE_CMAKE_INCLUDE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../locara-engine/cmake/llama-cpp.cmake"
+);
+
 /// A llama.cpp tool this crate builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
@@ -292,6 +299,9 @@ fn build_from_sdist(tool: Tool, version: &str, dir: &Path, jobs: usize) -> Resul
         .arg(&build)
         .args(CMAKE_OPTIONS)
         .args(tool.cmake_options())
+        // The engine's own CMake include, so both sides leave out the same
+        // kernels (llama.cpp's AMX kernels crash on CPUs with AMX).
+        .arg(format!("-DCMAKE_PROJECT_INCLUDE={}", ENGINE_CMAKE_INCLUDE))
         // The tree has no .git; without these its CMake would ask git, which
         // might answer for a repository the cache directory happens to be in.
         .arg(format!(
@@ -539,6 +549,10 @@ mod tests {
         ];
         before.sort_unstable();
         assert_eq!(options, before);
+        assert!(
+            std::path::Path::new(ENGINE_CMAKE_INCLUDE).is_file(),
+            "{ENGINE_CMAKE_INCLUDE} is missing"
+        );
     }
 
     #[test]
