@@ -9,7 +9,7 @@
 //!
 //! Both alternate the two sides, report medians, ranges and ratios, and say
 //! how much CPU other processes took while they measured ([`noise`]); see
-//! DESIGN.md, "How we measure". This library holds what they share.
+//! docs/ARCHITECTURE.md, "Build, tests, CI". This library holds what they share.
 //!
 //! ```no_run
 //! use locara_bench::sdist::{Source, Tool, LLAMA_CPP_PYTHON_VERSION};

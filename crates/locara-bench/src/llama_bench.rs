@@ -94,7 +94,7 @@ impl LlamaBench {
             p.kv_type.as_str().into(),
             "-ctv".into(),
             p.kv_type.as_str().into(),
-            // The engine always runs with flash attention (DESIGN.md).
+            // The engine always runs with flash attention (docs/ARCHITECTURE.md).
             "-fa".into(),
             "1".into(),
         ];

@@ -98,7 +98,7 @@ impl LlamaServer {
             kv.into(),
             "-ctv".into(),
             kv.into(),
-            // The engine always runs with flash attention (DESIGN.md).
+            // The engine always runs with flash attention (docs/ARCHITECTURE.md).
             "-fa".into(),
             "on".into(),
         ];

@@ -8,7 +8,7 @@
 //! graph touches, the worker's own heap) are calibrated against the measured
 //! footprint of real engine workers (`crates/locara/examples/estimate_accuracy.rs`).
 //!
-//! The estimate has the breakdown of DESIGN.md's memory accounting:
+//! The estimate has the breakdown of docs/ARCHITECTURE.md's memory accounting:
 //!
 //! * **mapped weights**: the tensor data, memory-mapped from the GGUF file:
 //!   file-backed and clean, so reported apart from the footprint;

@@ -9,7 +9,7 @@
 //! daemon's governor task carries that out with real workers. Nothing here
 //! waits, spawns or reads a clock, so every rule is tested with values.
 //!
-//! Admission follows DESIGN.md: a model is loaded when its estimate fits in
+//! Admission follows docs/ARCHITECTURE.md: a model is loaded when its estimate fits in
 //! the effective budget less what stays loaded; otherwise idle, unpinned
 //! models are evicted in least-recently-used order until it fits; otherwise
 //! a shorter context is tried (halving, floor [`MIN_CONTEXT`]) when the
@@ -56,7 +56,7 @@ pub enum KeepAlive {
 /// The longest finite keep-alive: beyond this, pin the model instead.
 pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// DESIGN.md's default: idle models unload after three minutes.
+/// docs/ARCHITECTURE.md's default: idle models unload after three minutes.
 pub const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::For(Duration::from_secs(180));
 
 impl KeepAlive {

@@ -1,5 +1,5 @@
 //! The pressure ladder: what the runtime does, step by step, as the OS
-//! reports memory pressure (DESIGN.md, "The pressure ladder").
+//! reports memory pressure (docs/ARCHITECTURE.md, "The ladder").
 //!
 //! [`Ladder`] is plain state. [`Ladder::on_event`] takes an [`Event`] (a
 //! pressure report, time passing, a generation ending), a [`RuntimeView`] of
@@ -1524,7 +1524,7 @@ mod tests {
         small.pinned = true;
         let draft = model("qwen2.5:0.5b", Role::Draft, GB, Some(at(40)));
         let stale = model("mistral:7b", Role::Chat, 5 * GB, Some(t - secs(600)));
-        // 70 % of 64 GB, DESIGN.md's default budget.
+        // 70 % of 64 GB, docs/ARCHITECTURE.md's default budget.
         let budget_bytes = 64 * GB * 7 / 10;
         let mut v = view(vec![big, embed, small, draft, stale], budget_bytes);
         assert!(v.held_bytes < budget_bytes);

@@ -1,4 +1,4 @@
-//! How a model is loaded: the K/V cache type and the defaults DESIGN.md fixes.
+//! How a model is loaded: the K/V cache type and the defaults docs/ARCHITECTURE.md fixes.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -76,7 +76,7 @@ impl FromStr for KvType {
     }
 }
 
-/// The load defaults of DESIGN.md, in one place.
+/// The load defaults of docs/ARCHITECTURE.md, in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadDefaults {
     /// Context length in tokens when none is asked for.

@@ -1,7 +1,7 @@
 //! App manifests: the validated form of what an app declares it needs, and
 //! the pure checks that turn a draft into it.
 //!
-//! An app is registered from a TOML manifest (DESIGN.md, "Apps"). Reading the
+//! An app is registered from a TOML manifest (docs/ARCHITECTURE.md). Reading the
 //! TOML is the daemon's job (`locara_daemon::manifest`): it checks the syntax,
 //! the keys and their types, the model names, and fills a [`ManifestDraft`].
 //! Everything else that can be said about a manifest without I/O lives here:
@@ -133,7 +133,7 @@ impl fmt::Display for Role {
 }
 
 /// The K/V cache quality an app may ask for, by the words of manifests:
-/// `standard` is the `q8_0` default, `high` the `f16` opt-in (DESIGN.md
+/// `standard` is the `q8_0` default, `high` the `f16` opt-in (docs/ARCHITECTURE.md
 /// defaults). `q4_0` is the runtime's own choice for tight machines, never an
 /// app's.
 fn kv_type_for_quality(quality: &str) -> Option<KvType> {
@@ -646,7 +646,7 @@ impl ManifestError {
 
 /// Why a key is refused wherever it appears in a manifest, or `None` if it
 /// is not one of the forbidden keys. These are the knobs other runtimes
-/// (llama.cpp, Ollama, LM Studio) take that would undo DESIGN.md's defaults:
+/// (llama.cpp, Ollama, LM Studio) take that would undo docs/ARCHITECTURE.md's defaults:
 /// mmap on and mlock off always, CPU threads sized to the performance cores,
 /// all layers on the GPU where there is one. Case and `-`/`_` do not matter.
 pub fn forbidden_key_reason(key: &str) -> Option<&'static str> {

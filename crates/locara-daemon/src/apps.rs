@@ -1,7 +1,7 @@
 //! The app registry: the apps installed from manifests, their tokens, the
 //! admin token, and the check that this machine can hold an app.
 //!
-//! An app is installed from a manifest (DESIGN.md, "Apps"): `locara app
+//! An app is installed from a manifest (docs/ARCHITECTURE.md): `locara app
 //! install` validates it, checks it against this machine ([`check_fit`]: a
 //! machine too small is told so at install, not at run time) and registers
 //! it with a fresh token that is shown once. Under the data directory:

@@ -13,7 +13,7 @@
 //!   the daemon passes a [`Gauges`] snapshot of the governor's state to
 //!   [`Metrics::render`], so the exported gauges cannot drift from it.
 //!
-//! Memory words are DESIGN.md's: *footprint* is what the OS charges the
+//! Memory words are docs/ARCHITECTURE.md's: *footprint* is what the OS charges the
 //! engine worker, *mapped weights* are the clean, file-backed pages of the
 //! mmap'd GGUF (not part of the footprint), the *estimate* is what admission
 //! predicted before loading, and the *budget* is the bytes the runtime may

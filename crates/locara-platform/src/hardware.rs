@@ -84,7 +84,7 @@ pub struct GpuInfo {
 }
 
 /// Share of usable memory the runtime takes by default, in percent
-/// (DESIGN.md: leave the rest of the machine room to work).
+/// (docs/ARCHITECTURE.md: leave the rest of the machine room to work).
 pub const DEFAULT_BUDGET_PERCENT: u64 = 70;
 
 /// Where a default budget comes from.
@@ -106,7 +106,7 @@ impl fmt::Display for BudgetBasis {
     }
 }
 
-/// The default budget (DESIGN.md): min(GPU working-set cap where one exists,
+/// The default budget (docs/ARCHITECTURE.md): min(GPU working-set cap where one exists,
 /// 70 % of the usable memory).
 pub fn default_budget(usable_memory: u64, gpu_working_set_cap: Option<u64>) -> (u64, BudgetBasis) {
     let share = (u128::from(usable_memory) * u128::from(DEFAULT_BUDGET_PERCENT) / 100) as u64;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// defined with the ladder in `locara-core`.
 pub use locara_core::ladder::{ParsePressureLevelError, PressureLevel};
 
-/// What the OS charges one process, in bytes, in DESIGN.md's words.
+/// What the OS charges one process, in bytes, in docs/ARCHITECTURE.md's words.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessFootprint {
     /// Memory the OS charges the process and can only get back by swapping

@@ -110,7 +110,7 @@ pub(crate) struct Budget {
 }
 
 /// The machine's default budget, from the machine profile `locara profile`
-/// shows (DESIGN.md: min(GPU working-set cap, 70 % of memory)); where the
+/// shows (docs/ARCHITECTURE.md: min(GPU working-set cap, 70 % of memory)); where the
 /// profile cannot be had, 70 % of physical memory.
 pub(crate) fn machine_budget() -> Result<Budget> {
     let profile = Config::load(false).and_then(|config| {
