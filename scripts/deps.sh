@@ -62,6 +62,8 @@ locara_need_deps() {
       # bindgen needs libclang itself (and clang's own headers, which come
       # with the clang package), not just a compiler.
       locara_has_libclang || pkgs+=(libclang-dev clang)
+      # Pulls and crate downloads check servers against the system's CA list.
+      [ -f /etc/ssl/certs/ca-certificates.crt ] || pkgs+=(ca-certificates)
       # Downloads use the system's TLS stack (OpenSSL).
       pkg-config --exists openssl 2>/dev/null || pkgs+=(libssl-dev pkg-config)
       command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
@@ -71,6 +73,8 @@ locara_need_deps() {
       # cannot make a virtualenv: try one.
       locara_can_make_venv || pkgs+=(python3-venv)
       if [ ${#pkgs[@]} -gt 0 ]; then
+        # One name once (clang may be asked for twice).
+        read -r -a pkgs <<<"$(printf '%s\n' "${pkgs[@]}" | sort -u | tr '\n' ' ')"
         if command -v apt-get >/dev/null 2>&1; then
           local sudo=""
           [ "$(id -u)" -eq 0 ] || sudo="sudo"
