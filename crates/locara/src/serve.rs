@@ -278,7 +278,22 @@ impl Drop for OwnDaemon {
 /// Feeds the OS's pressure reports to the governor from a thread of their
 /// own (the platform's watch is a blocking channel).
 fn watch_pressure(runtime: Runtime) {
-    let watch = match locara_platform::PressureSource::watch(&SystemProbe::default()) {
+    // The OS level as the readings say it, with no hysteresis of its own:
+    // the ladder keeps the one quiet period (`pressure_quiet_period`). With
+    // both holding 30 s, loads stayed refused about 60 s after a real hog
+    // had exited.
+    let raw = locara_platform::PressureConfig {
+        quiet_period_s: 0,
+        ..Default::default()
+    };
+    let probe = match SystemProbe::new(raw) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("no OS pressure reports ({e}); `locara pressure simulate` still works");
+            return;
+        }
+    };
+    let watch = match locara_platform::PressureSource::watch(&probe) {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!("no OS pressure reports ({e}); `locara pressure simulate` still works");
