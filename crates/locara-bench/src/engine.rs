@@ -83,6 +83,8 @@ impl Engine {
                 parallel: 1,
                 threads: p.threads,
                 gpu_layers: None,
+                pool: None,
+                pool_max: None,
             })
             .with_context(|| format!("loading {} in the engine worker", p.model.display()))?;
         Ok(Engine {
@@ -180,6 +182,10 @@ impl Engine {
             sampling: Sampling::greedy(),
             max_tokens: Some(max_tokens),
             stop: Vec::new(),
+            n_keep: None,
+            truncate: false,
+            // Every prefill is measured whole, never from the last one's cache.
+            cache_prompt: false,
         }))?;
         loop {
             match self.worker.recv()? {

@@ -29,6 +29,7 @@
 //!     parallel: 1,
 //!     backend: Backend::Gpu,
 //!     full_window_cache: false,
+//!     pool: None,
 //! };
 //! let e = estimate(&shape, &options).unwrap();
 //! // 30 layers × (K + V) × 192 elements × 8192 cells × 34/32 bytes.
@@ -340,6 +341,11 @@ pub struct EstimateOptions {
     /// context (llama.cpp's `swa_full`) instead of the window plus one
     /// micro-batch. See [`ENGINE_FULL_WINDOW_CACHE`].
     pub full_window_cache: bool,
+    /// The worker's K/V pool in cells, when its sequences share one
+    /// (llama.cpp's unified cache, the worker's elastic pool): one stream of
+    /// this many cells for all sequences, instead of `context` cells for
+    /// each. `None`: a stream per sequence, each of the whole context.
+    pub pool: Option<u32>,
 }
 
 /// What the engine worker runs llama.cpp with: `swa_full` off (llama.cpp's
@@ -357,14 +363,18 @@ pub const ENGINE_FULL_WINDOW_CACHE: bool = false;
 pub struct Estimate {
     /// Context per sequence after clamping, in tokens.
     pub context: u32,
-    /// K/V cells per sequence of the global layers (the context rounded up
-    /// to [`CELL_PAD`]).
+    /// K/V cells per stream of the global layers: the context rounded up to
+    /// [`CELL_PAD`] (a stream per sequence), or the whole pool (one stream
+    /// that all sequences share; see [`EstimateOptions::pool`]).
     pub cells: u32,
-    /// K/V cells per sequence of the sliding-window layers, when the model
-    /// has them: the window plus a micro-batch, or `cells` with a full
+    /// K/V cells per stream of the sliding-window layers, when the model
+    /// has them: the window plus a micro-batch (per sequence; with a pool,
+    /// every sequence's window plus one micro-batch), or `cells` with a full
     /// window cache.
     pub window_cells: Option<u32>,
     pub parallel: u32,
+    /// Whether the sequences share one pool of `cells` cells.
+    pub pool: bool,
     pub kv_type: KvType,
     /// Tensor data mapped from the file: file-backed, clean, reclaimable.
     pub mapped_weights: u64,
@@ -571,6 +581,23 @@ fn window_cells(window: u32, cells: u64) -> u64 {
     .min(cells)
 }
 
+/// Cells of a shared pool: llama.cpp rounds `n_ctx` up to 256.
+pub fn pool_cells(pool: u32) -> u64 {
+    pad(u64::from(pool.max(1)), CELL_PAD.into())
+}
+
+/// Cells of the sliding-window cache of a shared pool without `swa_full`
+/// (`llama_kv_cache_iswa::llama_kv_cache_iswa`, unified): every sequence's
+/// window plus one micro-batch, rounded up to 256, never more than the
+/// pool.
+fn pooled_window_cells(window: u32, parallel: u32, cells: u64) -> u64 {
+    pad(
+        u64::from(window) * u64::from(parallel) + u64::from(UBATCH_TOKENS),
+        CELL_PAD.into(),
+    )
+    .min(cells)
+}
+
 /// Bytes of `elements` values of the K/V type: `ggml_row_size`.
 fn kv_row_bytes(kv: KvType, elements: u64) -> u64 {
     let (block, bytes) = kv.block();
@@ -598,13 +625,20 @@ pub fn estimate_filled(
     check(shape, options)?;
     let context = LoadDefaults::default().context_for(Some(options.context), shape.context_length);
     let parallel = u64::from(options.parallel);
-    let cells = cells_per_sequence(context, options.parallel);
+    // Streams of the cache: one per sequence, or one pool for them all
+    // (`llama_context::llama_context`: with `kv_unified`, n_ctx_seq = n_ctx).
+    let (cells, streams) = match options.pool {
+        Some(pool) => (pool_cells(pool), 1),
+        None => (cells_per_sequence(context, options.parallel), parallel),
+    };
     let window = shape
         .sliding_window
         .filter(|_| shape.has_window_layers())
         .map(|w| {
             if options.full_window_cache {
                 cells
+            } else if options.pool.is_some() {
+                pooled_window_cells(w, options.parallel, cells)
             } else {
                 window_cells(w, cells)
             }
@@ -633,7 +667,7 @@ pub fn estimate_filled(
             options.kv_type,
             u64::from(kv_heads) * u64::from(shape.value_length),
         );
-        kv_cache = kv_cache.saturating_add((k + v).saturating_mul(layer_cells * parallel));
+        kv_cache = kv_cache.saturating_add((k + v).saturating_mul(layer_cells * streams));
     }
 
     // The output buffer (`llama_context::output_reserve`): f32 logits for
@@ -644,21 +678,24 @@ pub fn estimate_filled(
 
     // `llama_kv_cache::get_n_kv` (src/llama-kv-cache.cpp): the cells a
     // graph attends over are the used ones rounded up to 256, at most the
-    // cache. Every sequence is taken to hold `filled` tokens.
-    let used = pad(u64::from(filled.max(1)), CELL_PAD.into());
+    // cache. Every sequence is taken to hold `filled` tokens; in a pool
+    // they all count against one stream.
+    let per_stream = u64::from(filled.max(1)).saturating_mul(parallel / streams);
+    let used = pad(per_stream, CELL_PAD.into());
     let caches = Caches {
         cells,
         used: used.min(cells),
         window: window.map(|w| (w, used.min(w))),
     };
     let compute_buffers = compute_buffers(shape, &caches, options.parallel);
-    let overhead = overhead(shape, &caches, options.parallel);
+    let overhead = overhead(shape, &caches, streams);
 
     Ok(Estimate {
         context,
         cells: u32::try_from(cells).unwrap_or(u32::MAX),
         window_cells: window.map(|w| u32::try_from(w).unwrap_or(u32::MAX)),
         parallel: options.parallel,
+        pool: options.pool.is_some(),
         kv_type: options.kv_type,
         mapped_weights: shape.weights_bytes,
         repacked_weights: options.backend.repacked_bytes(shape),
@@ -781,9 +818,9 @@ const RUNTIME_HEAP_PER_TOKEN: u64 = 18;
 const CELL_BYTES: u64 = 52;
 const USED_CELL_BYTES: u64 = 96;
 
-/// The worker process with a model loaded, less the buffers above.
-fn overhead(shape: &ModelShape, caches: &Caches, parallel: u32) -> u64 {
-    let parallel = u64::from(parallel);
+/// The worker process with a model loaded, less the buffers above;
+/// `streams`: the caches' streams (a sequence each, or one shared pool).
+fn overhead(shape: &ModelShape, caches: &Caches, streams: u64) -> u64 {
     let vocab = u64::from(shape.vocab_size);
     let (cells, used) = match caches.window {
         Some((w, u)) => (caches.cells + w, caches.used + u),
@@ -793,7 +830,7 @@ fn overhead(shape: &ModelShape, caches: &Caches, parallel: u32) -> u64 {
         + vocab * (OVERHEAD_PER_TOKEN + RUNTIME_HEAP_PER_TOKEN)
         + u64::from(shape.vocab_merges) * OVERHEAD_PER_MERGE
         + RUNTIME_HEAP
-        + (cells * CELL_BYTES + used * USED_CELL_BYTES) * parallel
+        + (cells * CELL_BYTES + used * USED_CELL_BYTES) * streams
 }
 
 /// The largest context (tokens per sequence) up to `options.context` whose
@@ -874,6 +911,7 @@ mod tests {
             parallel,
             backend: Backend::Gpu,
             full_window_cache: false,
+            pool: None,
         }
     }
 
@@ -902,6 +940,46 @@ mod tests {
         let short = estimate(&gemma3(), &options(512, KvType::F16, 1)).unwrap();
         assert_eq!(short.window_cells, Some(512));
         assert_eq!(short.kv_cache, per_cell * 18 * 512);
+    }
+
+    /// A shared pool holds one stream: its K/V cache is that of one
+    /// sequence as long as the pool, whatever the number of sequences.
+    #[test]
+    fn a_pool_is_one_stream_of_its_cells() {
+        let shape = smollm2();
+        let mut pooled = options(8192, KvType::Q8_0, 4);
+        pooled.pool = Some(2048);
+        let e = estimate(&shape, &pooled).unwrap();
+        let one = estimate(&shape, &options(2048, KvType::Q8_0, 1)).unwrap();
+        assert!(e.pool);
+        assert_eq!(e.cells, 2048);
+        assert_eq!(e.context, 8192, "the context per sequence stays");
+        assert_eq!(e.kv_cache, one.kv_cache);
+        // The logits of four sequences, as without a pool.
+        assert_eq!(e.output_buffer, 4 * one.output_buffer);
+        // llama.cpp rounds a pool up to 256 cells.
+        pooled.pool = Some(2049);
+        assert_eq!(estimate(&shape, &pooled).unwrap().cells, 2304);
+        // The pool's cap, parallel × context, costs what four streams do.
+        pooled.pool = Some(4 * 8192);
+        let full = estimate(&shape, &pooled).unwrap();
+        let fixed = estimate(&shape, &options(8192, KvType::Q8_0, 4)).unwrap();
+        assert_eq!(full.kv_cache, fixed.kv_cache);
+    }
+
+    /// In a pool the window layers hold every sequence's window plus one
+    /// micro-batch, in one stream.
+    #[test]
+    fn a_pool_of_a_window_model_holds_each_sequences_window() {
+        let shape = gemma3();
+        let mut pooled = options(8192, KvType::F16, 4);
+        pooled.pool = Some(4096);
+        let e = estimate(&shape, &pooled).unwrap();
+        assert_eq!(e.window_cells, Some(2560), "4 × 512 + 512");
+        pooled.pool = Some(1024);
+        let small = estimate(&shape, &pooled).unwrap();
+        assert_eq!(small.window_cells, Some(1024), "never more than the pool");
+        assert!(small.kv_cache < e.kv_cache);
     }
 
     #[test]

@@ -701,6 +701,79 @@ impl Governor {
         self.remove(model, reason)
     }
 
+    /// A loaded model's K/V pool asks to grow so that its estimate becomes
+    /// `estimate` bytes (mapped weights included), like a load asks for
+    /// its own: granted when it fits the effective budget with what else is
+    /// held, evicting idle, unpinned models least recently used first if
+    /// need be (the caller stops their workers); refused with the numbers
+    /// otherwise, and then the pool stays as it is. `context` in the
+    /// refusal is the model's context. News of an older instance is
+    /// refused as if nothing were free.
+    pub fn grow(
+        &mut self,
+        model: &str,
+        instance: u64,
+        estimate: u64,
+    ) -> Result<Vec<Unload>, Shortfall> {
+        let Some(m) = self
+            .models
+            .get(model)
+            .filter(|m| m.instance == instance && m.phase == Phase::Loaded)
+        else {
+            return Err(Shortfall {
+                model: model.to_string(),
+                context: 0,
+                needed: estimate,
+                lowest_context: 0,
+                lowest_needed: estimate,
+                free: 0,
+                effective_budget: self.effective_budget,
+                holders: Vec::new(),
+            });
+        };
+        let context = m.context;
+        let measured = m
+            .measured
+            .map_or(0, |x| x.footprint.saturating_add(x.mapped_weights));
+        let wanted = estimate.max(measured);
+        let wish = Wish {
+            model: model.to_string(),
+            candidates: vec![(context, wanted)],
+            parallel: m.parallel,
+            keep_alive: None,
+        };
+        // Admission sees this model as not held: take it out for the check.
+        let me = self.models.remove(model).expect("found above");
+        let admitted = self.admit(&wish);
+        self.models.insert(model.to_string(), me);
+        match admitted {
+            Ok((_, _, evict)) => {
+                let evicted = evict
+                    .into_iter()
+                    .filter_map(|name| self.remove(&name, UnloadReason::Evicted))
+                    .collect();
+                if let Some(m) = self.models.get_mut(model) {
+                    m.estimate = estimate;
+                }
+                Ok(evicted)
+            }
+            Err(shortfall) => Err(shortfall),
+        }
+    }
+
+    /// A loaded model's K/V pool shrank (or its estimate was revised down):
+    /// it now counts `estimate` bytes, or its measured footprint while that
+    /// is more (the next measurement shows the pages given back).
+    pub fn shrink(&mut self, model: &str, instance: u64, estimate: u64) {
+        if let Some(m) = self
+            .models
+            .get_mut(model)
+            .filter(|m| m.instance == instance)
+        {
+            m.estimate = m.estimate.min(estimate);
+        }
+    }
+
     /// Lets requests load a held model again.
     pub fn unhold(&mut self, model: &str) -> bool {
         self.held.remove(model)
@@ -792,6 +865,64 @@ mod tests {
             }
             other => panic!("expected a load, got {other:?}"),
         }
+    }
+
+    /// A pool's growth is admitted like a load: within the budget, idle
+    /// models evicted first, refused with the numbers when busy and pinned
+    /// ones fill it.
+    #[test]
+    fn a_pool_grows_within_the_budget_evicting_idle_models_and_never_past_it() {
+        let t = Instant::now();
+        let mut g = Governor::new(1000, Policy::default());
+        let chat = load(&mut g, "chat", 300, t); // busy: not released
+        load(&mut g, "idle", 300, t);
+        g.release_now("idle", t);
+        // 400 free: growing to 600 (+300) fits without evicting.
+        assert_eq!(g.grow("chat", chat, 600), Ok(vec![]));
+        assert_eq!(g.held_bytes(), 900);
+        // Growing to 900 needs the idle model's 300.
+        let evicted = g.grow("chat", chat, 900).unwrap();
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].model, "idle");
+        assert_eq!(evicted[0].reason, UnloadReason::Evicted);
+        g.worker_exited(evicted[0].instance);
+        assert_eq!(g.held_bytes(), 900);
+        // Past the budget: refused, and the model keeps what it had.
+        let refused = g.grow("chat", chat, 1001).unwrap_err();
+        assert_eq!((refused.needed, refused.free), (1001, 1000));
+        assert_eq!(g.model("chat").unwrap().estimate, 900);
+        // A shrink lowers what it counts; news of an old instance is ignored.
+        g.shrink("chat", chat, 400);
+        assert_eq!(g.held_bytes(), 400);
+        g.shrink("chat", chat + 99, 100);
+        assert!(g.grow("chat", chat + 99, 500).is_err());
+        assert_eq!(g.held_bytes(), 400);
+    }
+
+    /// Growth counts what the worker was measured to hold when that is more
+    /// than the new estimate.
+    #[test]
+    fn growth_counts_the_measured_footprint_when_it_is_more() {
+        let t = Instant::now();
+        let mut g = Governor::new(1000, Policy::default());
+        let i = load(&mut g, "m", 300, t);
+        g.measured(
+            i,
+            Measured {
+                footprint: 900,
+                mapped_weights: 50,
+            },
+        );
+        assert!(g.grow("m", i, 400).is_ok(), "950 fits 1000");
+        assert!(g.grow("m", i, 400).is_ok());
+        g.measured(
+            i,
+            Measured {
+                footprint: 990,
+                mapped_weights: 50,
+            },
+        );
+        assert!(g.grow("m", i, 500).is_err(), "1040 does not");
     }
 
     #[test]

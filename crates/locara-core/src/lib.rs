@@ -26,4 +26,7 @@ pub use estimate::{
     estimate, estimate_filled, max_context_fitting, Backend, Estimate, EstimateCheck,
     EstimateError, EstimateOptions, ModelShape,
 };
-pub use load::{KvType, LoadDefaults, ParseKvTypeError, DEFAULT_CONTEXT, MIN_CONTEXT};
+pub use load::{
+    KvType, LoadDefaults, ParseKvTypeError, PoolSize, DEFAULT_CONTEXT, MIN_CONTEXT,
+    STARTING_POOL_CELLS,
+};

@@ -108,9 +108,58 @@ impl LoadDefaults {
     }
 }
 
+/// The K/V pool a loaded model starts with, in cells (all its sequences
+/// together): a first chat turn fits with room to spare (a system prompt,
+/// a question and an answer of a few hundred tokens each) and so does one
+/// whole llama.cpp batch (2048 tokens), while it is a quarter of one
+/// default context. SmolLM2's K/V at `q8_0` is about 25 MiB at 2048 cells
+/// and 400 MiB at the old fixed reservation of 4 × 8192. The pool grows
+/// when its sequences need more, with the governor's leave.
+pub const STARTING_POOL_CELLS: u32 = 2048;
+
+/// The K/V pool of a model: where it starts and the most it may grow to, in
+/// cells. `context` is the most one sequence may hold, not a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolSize {
+    /// Cells at load.
+    pub start: u32,
+    /// The cap: every sequence at its whole context at once.
+    pub max: u32,
+}
+
+impl PoolSize {
+    /// The pool of a model with `parallel` sequences of up to `context`
+    /// tokens each.
+    pub fn new(context: u32, parallel: u32) -> PoolSize {
+        let max = context.max(1).saturating_mul(parallel.max(1));
+        PoolSize {
+            start: STARTING_POOL_CELLS.min(max),
+            max,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_starts_small_and_is_capped_at_every_sequence_full() {
+        assert_eq!(
+            PoolSize::new(8192, 4),
+            PoolSize {
+                start: 2048,
+                max: 32768
+            }
+        );
+        assert_eq!(
+            PoolSize::new(1024, 1),
+            PoolSize {
+                start: 1024,
+                max: 1024
+            }
+        );
+    }
 
     #[test]
     fn context_is_clamped_to_the_trained_context() {

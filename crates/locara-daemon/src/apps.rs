@@ -853,6 +853,7 @@ pub fn model_costs(
             parallel: manifest.max_concurrency,
             backend: backend.clone(),
             full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
+            pool: None,
         };
         let est =
             estimate::estimate(&file.shape(), &options).map_err(|source| FitError::Estimate {

@@ -167,6 +167,10 @@ impl WorkerHost {
             sampling,
             max_tokens,
             stop,
+            n_keep: None,
+            // Today's strictness until requests carry `truncate`.
+            truncate: false,
+            cache_prompt: true,
         });
         if let Err(e) = self.worker.send(&request) {
             lock(&self.streams).remove(&id);

@@ -319,9 +319,12 @@ impl ApiError {
             ErrorKind::InvalidModel | ErrorKind::LoadFailed => {
                 Self::new(ErrorType::ModelUnavailable, message)
             }
-            ErrorKind::BadRequest | ErrorKind::DecodeFailed => {
+            ErrorKind::BadRequest | ErrorKind::DecodeFailed | ErrorKind::ResizeFailed => {
                 Self::new(ErrorType::ServerError, message)
             }
+            // The K/V pool may not grow (engine protocol v2): memory, like a
+            // load that does not fit.
+            ErrorKind::PoolExhausted => Self::new(ErrorType::InsufficientMemory, message),
         };
         err.with_code(code)
     }

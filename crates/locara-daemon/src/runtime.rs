@@ -794,6 +794,7 @@ impl Task {
             parallel: config.parallel,
             backend: self.settings.backend.clone(),
             full_window_cache: ENGINE_FULL_WINDOW_CACHE,
+            pool: None,
         };
         estimate::estimate(shape, &options).map_err(|e| RuntimeError::InvalidModel {
             model: model.to_string(),
@@ -938,6 +939,10 @@ impl Task {
                     parallel: load.parallel,
                     threads: self.settings.threads,
                     gpu_layers: None,
+                    // The whole pool up front until the governor answers
+                    // PoolFull (protocol v2); then STARTING_POOL_CELLS.
+                    pool: None,
+                    pool_max: None,
                 };
                 self.spawn_load(load.model, load.instance, request, evicted);
             }

@@ -124,6 +124,10 @@ impl WorkerLink for FakeLink {
                 has_chat_template: true,
                 chat_template: "fake".into(),
                 load_ms: 0.0,
+                pool_cells: 0,
+                pool_max_cells: 0,
+                sliding_window: None,
+                context_shift: true,
             })),
             Request::Generate(g) => {
                 let n = g.max_tokens.unwrap_or(self.tokens).min(self.tokens);
@@ -144,6 +148,7 @@ impl WorkerLink for FakeLink {
                         generated_tokens: n,
                         prefill_ms: 1.0,
                         decode_ms: 1.0,
+                        ..GenerationStats::default()
                     },
                 });
             }

@@ -8,6 +8,8 @@
 //! * [`protocol`]: the versioned, length-prefixed messages between parent
 //!   and worker;
 //! * [`client`]: the parent's side ([`Worker`]);
+//! * [`pool`]: the K/V pool's decisions (which sequence a request reuses,
+//!   what a context shift drops, what a resize keeps), as plain functions;
 //! * `worker` (feature `llama`): the worker itself, over `llama-cpp-2`.
 //!
 //! ```no_run
@@ -18,11 +20,14 @@
 //! let info = worker.load(LoadRequest {
 //!     path: "model.gguf".into(), context: None, kv_type: Default::default(),
 //!     parallel: 1, threads: 4, gpu_layers: None,
+//!     // The whole pool up front: no `PoolFull` to answer.
+//!     pool: None, pool_max: None,
 //! })?;
 //! worker.send(&Request::Generate(GenerateRequest {
 //!     id: 1,
 //!     prompt: Prompt::Raw { text: "Once upon a time".into() },
 //!     sampling: Sampling::greedy(), max_tokens: Some(16), stop: vec![],
+//!     n_keep: None, truncate: true, cache_prompt: true,
 //! }))?;
 //! loop {
 //!     match worker.recv()? {
@@ -35,6 +40,7 @@
 //! ```
 
 pub mod client;
+pub mod pool;
 pub mod protocol;
 pub mod stop;
 #[cfg(feature = "llama")]

@@ -26,14 +26,78 @@
 //!
 //! ```text
 //! worker: Ready{protocol, engine}
-//! parent: Load{path, context, kv_type, ...}      worker: Loaded{...} | Error
-//! parent: Generate{id, prompt, sampling, ...}    worker: Token{id, text}* then Done{id, finish, stats} | Error{id}
-//! parent: Cancel{id}                             (the generation ends before its next token: Done{finish: cancelled})
-//! parent: Stats                                  worker: Stats{...}
-//! parent: Exit (or closes stdin)                 worker exits; unloading a model ends its worker
+//! parent: Load{path, context, kv_type, pool, pool_max, ...}   worker: Loaded{...} | Error
+//! parent: Generate{id, prompt, sampling, n_keep, truncate, ...}
+//!                                 worker: Token{id, text}* then Done{id, finish, stats} | Error{id}
+//! parent: Cancel{id}              (the generation ends before its next token: Done{finish: cancelled})
+//! parent: Stats                   worker: Stats{...}
+//! parent: Sequences               worker: Sequences{...}   (what each sequence holds; for tests and debugging)
+//! parent: Resize{cells}           worker: Resized{...}     (at any time; see "The K/V pool")
+//! worker: PoolFull{...}           parent: Resize{cells} | DenyGrowth   (exactly one answer each)
+//! parent: Exit (or closes stdin)  worker exits; unloading a model ends its worker
 //! ```
 //! Several generations may run at once (up to `Load.parallel`); their events
 //! interleave and carry the request's `id`.
+//!
+//! # The K/V pool
+//!
+//! All sequences of a worker share one pool of K/V cells (llama.cpp's
+//! unified K/V cache; a cell holds one token of one sequence). `context`
+//! is the most one sequence may hold, not a reservation. The pool starts at
+//! `Load.pool` cells and may grow to `Load.pool_max`; pool sizes are
+//! multiples of [`crate::pool::CELL_STEP`] (llama.cpp's own rounding), and
+//! every size the worker reports is the real one.
+//!
+//! **Cached sequences.** When a generation ends (any way but an error) its
+//! sequence keeps its tokens (prompt plus the generated tokens that were
+//! decoded) and their K/V. A new request goes to the free sequence whose
+//! cache it continues (longest common token prefix), removes the cells
+//! after the common prefix and prefills only the rest
+//! (`GenerationStats.prompt_cached_tokens` says how many it reused); see
+//! [`crate::pool::choose_sequence`]. Cached sequences are idle memory: the
+//! worker drops them, least recently used first, whenever live sequences
+//! need their cells.
+//!
+//! **Growth is the parent's.** When the live sequences need more cells than
+//! the pool has even after every cached sequence is dropped, the worker
+//! sends [`Event::PoolFull`] once and holds the generations that need room
+//! (others go on) until the parent answers with exactly one of:
+//!
+//! * `Resize{cells}`: the parent grants a pool of `cells` (normally
+//!   `suggested_cells`, after the governor approved its bytes). The worker
+//!   moves every live and cached sequence into a new context of that size,
+//!   answers `Resized`, and the held generations go on, with the same
+//!   tokens as if the pool had been that large from the start.
+//! * `DenyGrowth`: each held generation makes room in its own sequence by a
+//!   context shift (keep its first `n_keep` tokens, discard the oldest half
+//!   of the rest; reported in `GenerationStats.shifted_tokens`) when its
+//!   request allows truncation and the model can shift; otherwise it ends
+//!   with `Error{kind: pool_exhausted}` naming the numbers.
+//!
+//! A worker whose pool is already `pool_max` never sends `PoolFull`; it acts
+//! as if growth were denied. A parent that leaves `Load.pool` unset gets
+//! `pool_max` from the start and never sees `PoolFull`; a parent that sets
+//! it must answer every `PoolFull`, or the held generations wait forever.
+//!
+//! **Resize at any time.** `Resize{cells}` outside a `PoolFull` (shrinking
+//! an idle pool, say) makes the pool `cells`, but never smaller than the
+//! live sequences' cells plus one each, nor larger than `pool_max`. Cached
+//! sequences are kept most recently used first while they fit; the others
+//! are dropped. The answer is always [`Event::Resized`] (with zero moves if
+//! the size did not change). A `Resize` sent while a `PoolFull` is open
+//! answers it too. If llama.cpp cannot make the new pool, an
+//! `Error{id: None, kind: resize_failed}` comes first, the old size is made
+//! again with every sequence in it, generations waiting for room are
+//! treated as if growth were refused, and `Resized` reports the old size.
+//! A resize frees the old pool before it allocates the new one: the peak is
+//! the new pool plus the moved sequences' state (`Resized.state_bytes`).
+//!
+//! **Context shift** also happens when a sequence reaches its own
+//! `context` during generation (unless `truncate` is false, or the model
+//! cannot shift: then it ends with `finish: length`). A chat prompt longer
+//! than the context loses its oldest non-system messages first
+//! (`GenerationStats.dropped_messages`) unless `truncate` is false (then:
+//! `Error{kind: prompt_too_long}`).
 
 use locara_core::KvType;
 use serde::{Deserialize, Serialize};
@@ -41,7 +105,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 /// Version of this protocol; see the module docs.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts, in bytes. A prompt of the longest
 /// context we load (128k tokens) is well under 4 MiB of text; 64 MiB leaves
@@ -60,9 +124,27 @@ pub enum Request {
     Cancel { id: u64 },
     /// Ask for [`Event::Stats`].
     Stats,
+    /// Make the K/V pool `cells` cells: the answer to a [`Event::PoolFull`]
+    /// that grants growth, or a resize of the parent's own (shrinking an
+    /// idle pool). Answered by [`Event::Resized`]; see the module docs.
+    Resize { cells: u32 },
+    /// The answer to a [`Event::PoolFull`] that refuses growth: the held
+    /// generations shift their context or end with `pool_exhausted`.
+    DenyGrowth,
+    /// Ask for [`Event::Sequences`].
+    Sequences,
     /// Unload and exit.
     Exit,
 }
+
+/// The starting pool the parent is advised to ask for, in cells: it holds
+/// a first chat turn with room to spare (a system prompt, a question and an
+/// answer of a few hundred tokens each), and llama.cpp's default batch of
+/// 2048 tokens still fits in it whole, while it is a quarter of the default
+/// 8192-token context: a SmolLM2 pool of 2048 cells at `q8_0` is about 25
+/// MiB of K/V, 8192 cells about 100 MiB. It is also the floor
+/// DESIGN.md's admission lowers a context to.
+pub const STARTING_POOL_CELLS: u32 = 2048;
 
 /// How to load a model. There is deliberately no field for mmap or mlock:
 /// weights are always memory-mapped and never locked.
@@ -75,13 +157,29 @@ pub struct LoadRequest {
     pub context: Option<u32>,
     /// Element type of the K and V caches.
     pub kv_type: KvType,
-    /// Sequences that can generate at once (llama.cpp's `n_seq_max`); each
-    /// gets the full context.
+    /// Sequences that can generate at once (llama.cpp's `n_seq_max`). Each
+    /// may hold up to `context` tokens; all of them share the K/V pool, and
+    /// finished ones stay cached in it for prefix reuse.
     pub parallel: u32,
     /// CPU threads for decode and prefill: the machine's performance cores.
     pub threads: u32,
     /// Layers to offload to the GPU; `None` = all of them where a GPU exists.
     pub gpu_layers: Option<u32>,
+    /// Starting size of the K/V pool that all sequences share, in cells
+    /// (one cell holds one token of one sequence). `None` = `pool_max`: the
+    /// whole reservation up front, so the worker never sends
+    /// [`Event::PoolFull`] to a parent that may not answer it. A parent
+    /// that sets it (normally to [`STARTING_POOL_CELLS`]) must answer every
+    /// `PoolFull`. Rounded up to [`crate::pool::CELL_STEP`], capped at
+    /// `pool_max`.
+    #[serde(default)]
+    pub pool: Option<u32>,
+    /// Most cells the pool may grow to; `None` = `parallel` × `context`
+    /// (every sequence at its full context at once, what a fixed
+    /// reservation would hold). A cap below `context` lowers `context` to
+    /// it.
+    #[serde(default)]
+    pub pool_max: Option<u32>,
 }
 
 /// One message of a chat.
@@ -161,6 +259,28 @@ pub struct GenerateRequest {
     /// Generation ends before any of these strings would be emitted.
     #[serde(default)]
     pub stop: Vec<String>,
+    /// Tokens at the start of the sequence that a context shift keeps, the
+    /// BOS token included. `None` = the leading system message(s) of a chat
+    /// prompt as the chat template renders them; the BOS token alone for a
+    /// raw prompt or a chat without a system message.
+    #[serde(default)]
+    pub n_keep: Option<u32>,
+    /// Whether the context may be shortened to go on: a too-long chat
+    /// prompt loses its oldest non-system messages, a generation that fills
+    /// its sequence's context (or finds the pool full and growth refused)
+    /// shifts. `false` = today's strictness: `prompt_too_long`, `finish:
+    /// length` at the context, `pool_exhausted` when growth is refused.
+    #[serde(default = "yes")]
+    pub truncate: bool,
+    /// Whether the prompt may start from a cached sequence's K/V (prefix
+    /// reuse; llama-server's option of the same name). `false` prefills the
+    /// whole prompt, as a benchmark of prefill needs.
+    #[serde(default = "yes")]
+    pub cache_prompt: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Worker → parent.
@@ -186,6 +306,50 @@ pub enum Event {
         stats: GenerationStats,
     },
     Stats(WorkerStats),
+    /// The live sequences need `needed_cells` more cells than the pool has
+    /// free, after every cached sequence was dropped; generations that need
+    /// room wait for the parent's `Resize` or `DenyGrowth` (see the module
+    /// docs). Sent once per shortage: no second one before the answer.
+    PoolFull {
+        /// Cells the waiting generations need beyond the free ones now (their
+        /// next token, or their next prompt chunk).
+        needed_cells: u32,
+        /// The pool now, in cells.
+        pool_cells: u32,
+        /// Cells the live sequences hold.
+        used_cells: u32,
+        /// The most the pool may grow to, in cells.
+        pool_max_cells: u32,
+        /// The size the worker proposes: half as large again, or what covers
+        /// the shortage if more, capped at `pool_max_cells`
+        /// ([`crate::pool::suggest_growth`]).
+        suggested_cells: u32,
+        /// Generations waiting for the answer.
+        waiting: u32,
+    },
+    /// The answer to [`Request::Resize`]: the pool now.
+    Resized {
+        /// The pool now, in cells (what llama.cpp allocated).
+        cells: u32,
+        /// The pool before, in cells.
+        previous_cells: u32,
+        /// Live and cached sequences moved into the new pool.
+        moved_sequences: u32,
+        /// Tokens they hold.
+        moved_tokens: u32,
+        /// Cached sequences dropped because they did not fit.
+        dropped_sequences: u32,
+        /// Bytes of sequence state copied out of the old pool and into the
+        /// new one (what a move costs in memory, briefly, on top of the new
+        /// pool; the old one is freed first).
+        state_bytes: u64,
+        /// Wall time of the whole resize, in milliseconds.
+        ms: f64,
+    },
+    /// What each sequence holds; the answer to [`Request::Sequences`].
+    Sequences {
+        sequences: Vec<SequenceInfo>,
+    },
     /// Something failed. `id` names the generation it belongs to; `None`
     /// means the request was not about one (a failed load, say).
     Error {
@@ -198,7 +362,8 @@ pub enum Event {
 /// What the worker loaded, and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadedInfo {
-    /// Context per sequence in tokens, after clamping.
+    /// Context per sequence in tokens, after clamping to the trained
+    /// context and to `pool_max_cells`.
     pub context: u32,
     /// Context the model was trained on, in tokens.
     pub trained_context: u32,
@@ -223,6 +388,40 @@ pub struct LoadedInfo {
     pub chat_template: String,
     /// Time from the Load request to a ready context, in milliseconds.
     pub load_ms: f64,
+    /// The K/V pool at load, in cells (all sequences together).
+    #[serde(default)]
+    pub pool_cells: u32,
+    /// The most the pool may grow to, in cells.
+    #[serde(default)]
+    pub pool_max_cells: u32,
+    /// The window of the model's sliding-window layers, in tokens (`None`:
+    /// no such layers). Their cache holds about the last window of each
+    /// sequence, which limits prefix reuse (see [`crate::pool::reusable_prefix`]).
+    #[serde(default)]
+    pub sliding_window: Option<u32>,
+    /// Whether sequences can shift their context (false for sliding-window
+    /// and recurrent models: they end instead).
+    #[serde(default)]
+    pub context_shift: bool,
+}
+
+/// One sequence of the pool, for [`Event::Sequences`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceInfo {
+    /// llama.cpp's sequence id.
+    pub seq: u32,
+    /// The generation running on it; `None` = cached (or empty).
+    pub id: Option<u64>,
+    /// The tokens it holds, at positions `0..len`.
+    pub tokens: Vec<i32>,
+    /// How many leading tokens a new request may reuse as if freshly
+    /// prefilled (a context shift makes the ones after the kept ones differ).
+    pub exact: u32,
+    /// Smallest position still held in every layer (-1: empty); above 0 for
+    /// a sliding-window model whose window layers dropped the oldest ones.
+    pub pos_min: i32,
+    /// Worker's use counter at its last use (higher = later).
+    pub last_used: u64,
 }
 
 /// Why a generation ended.
@@ -231,7 +430,8 @@ pub struct LoadedInfo {
 pub enum FinishReason {
     /// An end-of-generation token or a stop string.
     Stop,
-    /// `max_tokens` reached, or the context is full.
+    /// `max_tokens` reached, or the context is full and may not (or cannot)
+    /// shift.
     Length,
     /// Cancelled by the parent.
     Cancelled,
@@ -249,19 +449,33 @@ impl FinishReason {
 
 /// Counts and times of one generation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GenerationStats {
+    /// Tokens of the prompt as it was run (after any dropped messages).
     pub prompt_tokens: u32,
     pub generated_tokens: u32,
     /// From the start of prompt processing to the first token, in ms.
     pub prefill_ms: f64,
     /// From the first token to the last, in ms.
     pub decode_ms: f64,
+    /// Prompt tokens taken from a cached sequence instead of prefilled.
+    pub prompt_cached_tokens: u32,
+    /// Tokens discarded by context shifts during this generation.
+    pub shifted_tokens: u32,
+    /// Tokens a context shift keeps at the start (`n_keep` as applied).
+    pub kept_tokens: u32,
+    /// Oldest chat messages left out so the prompt fits the context.
+    pub dropped_messages: u32,
 }
 
 impl GenerationStats {
-    /// Prompt tokens per second of prefill.
+    /// Prompt tokens per second of prefill (the tokens actually prefilled:
+    /// reused ones cost nothing).
     pub fn prefill_tps(&self) -> f64 {
-        per_second(self.prompt_tokens, self.prefill_ms)
+        per_second(
+            self.prompt_tokens.saturating_sub(self.prompt_cached_tokens),
+            self.prefill_ms,
+        )
     }
 
     /// Generated tokens per second after the first (which prefill produced).
@@ -280,6 +494,7 @@ fn per_second(n: u32, ms: f64) -> f64 {
 
 /// The worker's state, answered to [`Request::Stats`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WorkerStats {
     pub loaded: bool,
     /// Generations running now.
@@ -288,6 +503,22 @@ pub struct WorkerStats {
     pub queued: u32,
     /// Tokens generated since the model was loaded.
     pub generated_total: u64,
+    /// The K/V pool allocated now, in cells.
+    pub pool_cells: u32,
+    /// Cells holding tokens of live or cached sequences.
+    pub pool_used_cells: u32,
+    /// The most the pool may grow to, in cells.
+    pub pool_max_cells: u32,
+    /// Sequences holding a finished generation's tokens for reuse.
+    pub cached_sequences: u32,
+    /// Resizes of the pool since load.
+    pub resizes: u64,
+    /// Prompt tokens taken from cached sequences since load.
+    pub reused_tokens_total: u64,
+    /// Tokens discarded by context shifts since load.
+    pub shifted_tokens_total: u64,
+    /// Whether a [`Event::PoolFull`] waits for its answer.
+    pub growth_pending: bool,
 }
 
 /// Stable machine names of worker errors.
@@ -306,6 +537,11 @@ pub enum ErrorKind {
     PromptTooLong,
     /// llama.cpp failed to decode a batch.
     DecodeFailed,
+    /// The K/V pool is full, growth was refused, and the generation could
+    /// not shift its context (the model cannot, or `truncate` was false).
+    PoolExhausted,
+    /// A resize could not create the new context; the pool is unchanged.
+    ResizeFailed,
 }
 
 impl ErrorKind {
@@ -317,6 +553,8 @@ impl ErrorKind {
             ErrorKind::ChatTemplate => "chat_template",
             ErrorKind::PromptTooLong => "prompt_too_long",
             ErrorKind::DecodeFailed => "decode_failed",
+            ErrorKind::PoolExhausted => "pool_exhausted",
+            ErrorKind::ResizeFailed => "resize_failed",
         }
     }
 }
@@ -386,6 +624,9 @@ mod tests {
             sampling: Sampling::greedy(),
             max_tokens: Some(3),
             stop: vec!["\n".into()],
+            n_keep: Some(5),
+            truncate: false,
+            cache_prompt: false,
         });
         let mut buf = Vec::new();
         write_frame(&mut buf, &req).unwrap();
@@ -415,6 +656,61 @@ mod tests {
             read_frame::<_, Request>(&mut &buf[..]),
             Err(FrameError::Closed)
         ));
+    }
+
+    #[test]
+    fn fields_added_in_version_2_have_defaults() {
+        // A request written without them (an older parent) still reads.
+        let g: GenerateRequest = serde_json::from_str(
+            r#"{"id":1,"prompt":{"kind":"raw","text":"hi"},"max_tokens":null}"#,
+        )
+        .unwrap();
+        assert_eq!((g.n_keep, g.truncate, g.cache_prompt), (None, true, true));
+        let l: LoadRequest = serde_json::from_str(
+            r#"{"path":"m.gguf","context":null,"kv_type":"q8_0","parallel":1,"threads":1,"gpu_layers":null}"#,
+        )
+        .unwrap();
+        assert_eq!((l.pool, l.pool_max), (None, None));
+        let s: GenerationStats = serde_json::from_str(
+            r#"{"prompt_tokens":3,"generated_tokens":1,"prefill_ms":1.0,"decode_ms":0.0}"#,
+        )
+        .unwrap();
+        assert_eq!(s.prompt_cached_tokens, 0);
+    }
+
+    #[test]
+    fn pool_messages_round_trip() {
+        for ev in [
+            Event::PoolFull {
+                needed_cells: 1,
+                pool_cells: 256,
+                used_cells: 256,
+                pool_max_cells: 4096,
+                suggested_cells: 512,
+                waiting: 1,
+            },
+            Event::Resized {
+                cells: 512,
+                previous_cells: 256,
+                moved_sequences: 2,
+                moved_tokens: 300,
+                dropped_sequences: 0,
+                state_bytes: 3_600_000,
+                ms: 4.5,
+            },
+        ] {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &ev).unwrap();
+            assert_eq!(read_frame::<_, Event>(&mut &buf[..]).unwrap(), ev);
+        }
+        assert_eq!(
+            serde_json::to_string(&Request::Resize { cells: 512 }).unwrap(),
+            r#"{"type":"resize","cells":512}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::DenyGrowth).unwrap(),
+            r#"{"type":"deny_growth"}"#
+        );
     }
 
     #[test]

@@ -7,10 +7,19 @@
 //! decodes one batch holding the next token of every running generation plus
 //! prompt chunks of new ones (continuous batching), so a new request joins
 //! between tokens.
+//!
+//! The context's K/V cache is the worker's pool (see the protocol's module
+//! docs): unified, so sequences hold only the cells they use; finished
+//! sequences stay cached for prefix reuse; growth and shrinking replace the
+//! context with one of the new size and move every sequence across with
+//! llama.cpp's per-sequence state save/restore. The decisions themselves
+//! are in [`crate::pool`].
 
+use crate::pool::{self, Candidate, Held};
 use crate::protocol::{
-    read_frame, write_frame, ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats,
-    LoadRequest, LoadedInfo, Prompt, Request, Sampling, WorkerStats, PROTOCOL_VERSION,
+    read_frame, write_frame, ChatMessage, ErrorKind, Event, FinishReason, GenerateRequest,
+    GenerationStats, LoadRequest, LoadedInfo, Prompt, Request, Sampling, SequenceInfo, WorkerStats,
+    PROTOCOL_VERSION,
 };
 use crate::stop::{StopMatcher, StopStep};
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
@@ -18,9 +27,10 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel, RopeType};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use locara_core::{KvType, LoadDefaults};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -65,12 +75,24 @@ pub fn run() -> Result<(), WorkerError> {
         match req {
             Request::Load(load) => return serve_model(&backend, load, &rx, &mut out),
             Request::Stats => write_frame(&mut out, &Event::Stats(WorkerStats::default()))?,
+            Request::Sequences => write_frame(
+                &mut out,
+                &Event::Sequences {
+                    sequences: Vec::new(),
+                },
+            )?,
             Request::Exit => return Ok(()),
             Request::Generate(g) => error(
                 &mut out,
                 Some(g.id),
                 ErrorKind::BadRequest,
                 "no model is loaded",
+            )?,
+            Request::Resize { .. } | Request::DenyGrowth => error(
+                &mut out,
+                None,
+                ErrorKind::BadRequest,
+                "no model is loaded, so there is no K/V pool to resize",
             )?,
             Request::Cancel { .. } => {}
         }
@@ -236,36 +258,36 @@ fn serve_model(
         }
     };
     let trained = model.n_ctx_train();
-    let context = LoadDefaults::default().context_for(load.context, trained);
-    let total_ctx = context.saturating_mul(load.parallel);
-    let threads = i32::try_from(load.threads).unwrap_or(i32::MAX);
-    let ctx_params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(total_ctx))
-        .with_n_seq_max(load.parallel)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-        .with_type_k(kv_cache_type(load.kv_type))
-        .with_type_v(kv_cache_type(load.kv_type))
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED)
-        // Sliding-window layers keep only their window (plus one
-        // micro-batch), not the whole context: a full-length window cache
-        // serves only prompt-prefix reuse, which this worker never does, and
-        // costs Gemma 3 at 32768 tokens four fifths of its K/V cache.
-        // `locara_core::estimate::ENGINE_FULL_WINDOW_CACHE` follows this.
-        .with_swa_full(false)
-        .with_no_perf(true);
-    let mut ctx = match model.new_context(backend, ctx_params) {
+    let requested_context = LoadDefaults::default().context_for(load.context, trained);
+    let pool_max = pool::round_cells(
+        load.pool_max
+            .unwrap_or_else(|| requested_context.saturating_mul(load.parallel)),
+    );
+    // One sequence can never hold more than the whole pool.
+    let context = requested_context.min(pool_max);
+    let pool_cells = pool::round_cells(load.pool.unwrap_or(pool_max)).min(pool_max);
+    // The sliding window as the GGUF states it. llama.cpp gives these
+    // layers a cache of about one window per sequence (`swa_full` off),
+    // which limits prefix reuse and rules out context shift.
+    let window = gguf.model.sliding_window;
+    let shape = PoolShape {
+        parallel: load.parallel,
+        threads: i32::try_from(load.threads).unwrap_or(i32::MAX),
+        kv_type: load.kv_type,
+    };
+    let ctx = match model.new_context(backend, shape.params(pool_cells)) {
         Ok(c) => c,
         Err(e) => {
             error(
                 out,
                 None,
                 ErrorKind::LoadFailed,
-                format!("llama.cpp could not create a context of {total_ctx} tokens: {e}"),
+                format!("llama.cpp could not create a K/V pool of {pool_cells} cells: {e}"),
             )?;
             return Ok(());
         }
     };
+    let can_shift = can_shift(&model, window);
     let has_chat_template = model.chat_template(None).is_ok();
     let chat_template = ChatTemplate::choose(has_chat_template, &gguf.model.architecture);
     write_frame(
@@ -287,40 +309,154 @@ fn serve_model(
             has_chat_template,
             chat_template: chat_template.describe(),
             load_ms: started.elapsed().as_secs_f64() * 1000.0,
+            pool_cells: ctx.n_ctx(),
+            pool_max_cells: pool_max,
+            sliding_window: window,
+            context_shift: can_shift,
         }),
     )?;
 
+    let parallel = load.parallel as usize;
     let mut engine = Engine {
+        backend,
         model: &model,
         chat_template,
         context,
-        parallel: load.parallel as usize,
+        parallel,
+        shape,
+        pool_cells: ctx.n_ctx(),
+        pool_max,
+        window,
+        can_shift,
+        batch: LlamaBatch::new(ctx.n_batch() as usize, load.parallel as i32),
+        ctx: Some(ctx),
+        seqs: (0..parallel).map(|_| Sequence::default()).collect(),
         slots: Vec::new(),
         queue: VecDeque::new(),
+        clock: 0,
+        growth_pending: false,
+        stalled: false,
         generated_total: 0,
-        batch: LlamaBatch::new(ctx.n_batch() as usize, load.parallel as i32),
+        resizes: 0,
+        reused_total: 0,
+        shifted_total: 0,
     };
-    engine.serve(&mut ctx, rx, out)
+    engine.serve(rx, out)
+}
+
+/// Whether llama.cpp can shift this model's positions (`seq_add` on its
+/// K/V). llama.cpp answers this per context (`llama_memory_can_shift`), but
+/// llama-cpp-2 does not expose a context's memory, and asking wrongly is an
+/// abort ("does not support K-shift"), so this errs on the safe side with
+/// what the model says about itself:
+/// * sliding-window models: their window cache can shift only while it is
+///   as large as the full one, which with `swa_full` off depends on the
+///   pool size; a shift that works at one pool size and aborts at the next
+///   is not a behaviour to offer;
+/// * recurrent and hybrid models hold state that positions cannot move;
+/// * multi-axis RoPE (vision models) shifts one axis only.
+fn can_shift(model: &LlamaModel, window: Option<u32>) -> bool {
+    window.is_none()
+        && !model.is_recurrent()
+        && !model.is_hybrid()
+        && !matches!(
+            model.rope_type(),
+            Some(RopeType::MRope | RopeType::IMRope | RopeType::Vision)
+        )
+}
+
+/// What every context of a worker shares; only the pool size changes.
+#[derive(Debug, Clone, Copy)]
+struct PoolShape {
+    parallel: u32,
+    threads: i32,
+    kv_type: KvType,
+}
+
+impl PoolShape {
+    fn params(&self, cells: u32) -> LlamaContextParams {
+        LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(cells))
+            .with_n_seq_max(self.parallel)
+            // One pool of cells for all sequences, so a sequence holds only
+            // the cells it uses and idle ones can stay cached.
+            .with_kv_unified(true)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads)
+            .with_type_k(kv_cache_type(self.kv_type))
+            .with_type_v(kv_cache_type(self.kv_type))
+            .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED)
+            // Sliding-window layers keep only about one window per
+            // sequence (plus one micro-batch), not the whole pool. A
+            // full-size window cache would let a cached sequence be reused
+            // from any prefix, but 15 of Gemma 3's 18 layers are window
+            // layers: at 8192 cells and one sequence that is 3.7 times the
+            // K/V (18 × 8192 layer-cells instead of 3 × 8192 + 15 × 1024).
+            // The usual reuse, a chat's next turn, continues at the end of
+            // the cache, where the window is still whole, and
+            // `pool::reusable_prefix` refuses the rest. The tests measure
+            // it (gemma3_multi_turn_chat_reuses_its_cache).
+            // `locara_core::estimate::ENGINE_FULL_WINDOW_CACHE` follows this.
+            .with_swa_full(false)
+            .with_no_perf(true)
+    }
+}
+
+/// One sequence of the pool.
+#[derive(Debug, Default)]
+struct Sequence {
+    /// The tokens whose K/V the pool holds for it, at positions `0..len`.
+    tokens: Vec<LlamaToken>,
+    /// How many leading tokens hold exactly what a fresh prefill of them
+    /// would compute; a context shift leaves the ones after the kept part
+    /// computed over tokens that are gone.
+    exact: usize,
+    /// The use counter at its last use, for least-recently-used choices.
+    last_used: u64,
+    /// The generation running on it; `None` = cached (or empty).
+    live: Option<u64>,
+}
+
+impl Sequence {
+    /// Records a token placed in the next batch. It is exact only if all
+    /// before it are: after a shift nothing new is as a fresh prefill.
+    fn push(&mut self, token: LlamaToken) {
+        if self.exact == self.tokens.len() {
+            self.exact += 1;
+        }
+        self.tokens.push(token);
+    }
 }
 
 /// One running generation.
 struct Slot {
     id: u64,
-    seq: i32,
+    seq: usize,
     prompt: Vec<LlamaToken>,
-    /// Prompt tokens already in the KV cache.
+    /// Prompt tokens already in the KV cache (reused or prefilled).
     prompt_done: usize,
-    /// Next position in the sequence.
-    pos: i32,
     /// The last sampled token, to be decoded next step.
     next: Option<LlamaToken>,
     /// Index in the current batch whose logits this slot samples from.
     logits_at: Option<i32>,
+    /// It needed cells this step and did not get them all.
+    held: bool,
     picker: Picker,
     utf8: encoding_rs::Decoder,
     stop: StopMatcher,
     max_tokens: u32,
     generated: u32,
+    /// Tokens a context shift keeps at the start of the sequence.
+    n_keep: usize,
+    /// Whether the request allows a context shift.
+    truncate: bool,
+    /// Whether the request may reuse a cached prefix.
+    cache_prompt: bool,
+    /// Prompt tokens taken from the cache.
+    cached: u32,
+    /// Tokens discarded by context shifts.
+    shifted: u32,
+    dropped_messages: u32,
     started: Instant,
     first_token: Option<Instant>,
 }
@@ -364,16 +500,43 @@ impl ChatTemplate {
     }
 }
 
+/// Text no chat message is expected to contain (a private-use character
+/// around a name), used to find where the first user message starts in a
+/// rendered prompt.
+const CONTENT_MARKER: &str = "\u{E000}locara\u{E000}";
+
 struct Engine<'m> {
+    backend: &'m LlamaBackend,
     model: &'m LlamaModel,
+    /// The pool. `None` only inside a resize, between dropping the old
+    /// context and creating the new one.
+    ctx: Option<LlamaContext<'m>>,
     chat_template: ChatTemplate,
     /// Context per sequence, tokens.
     context: u32,
     parallel: usize,
+    shape: PoolShape,
+    /// The pool's size now, cells (what llama.cpp allocated).
+    pool_cells: u32,
+    /// The most the pool may grow to, cells.
+    pool_max: u32,
+    /// The window of sliding-window layers, tokens.
+    window: Option<u32>,
+    can_shift: bool,
+    seqs: Vec<Sequence>,
     slots: Vec<Slot>,
     queue: VecDeque<GenerateRequest>,
-    generated_total: u64,
     batch: LlamaBatch<'static>,
+    /// Use counter: ticks on every admission and finish.
+    clock: u64,
+    /// A PoolFull waits for its answer.
+    growth_pending: bool,
+    /// The last step could do nothing: wait for a message before the next.
+    stalled: bool,
+    generated_total: u64,
+    resizes: u64,
+    reused_total: u64,
+    shifted_total: u64,
 }
 
 enum Control {
@@ -382,24 +545,25 @@ enum Control {
 }
 
 impl<'m> Engine<'m> {
-    fn serve(
-        &mut self,
-        ctx: &mut LlamaContext<'m>,
-        rx: &Receiver<Request>,
-        out: &mut impl Write,
-    ) -> Result<(), WorkerError> {
+    fn ctx(&mut self) -> &mut LlamaContext<'m> {
+        self.ctx.as_mut().expect("the pool exists outside a resize")
+    }
+
+    fn serve(&mut self, rx: &Receiver<Request>, out: &mut impl Write) -> Result<(), WorkerError> {
         loop {
-            // Idle: block for work. Busy: take what has arrived, then step.
-            if self.slots.is_empty() && self.queue.is_empty() {
+            // Idle, or waiting for the parent (a PoolFull answer, a cancel):
+            // block for a message. Busy: take what has arrived, then step.
+            if (self.slots.is_empty() && self.queue.is_empty()) || self.stalled {
                 let Ok(req) = rx.recv() else { return Ok(()) };
-                if let Control::Exit = self.handle(req, ctx, out)? {
+                self.stalled = false;
+                if let Control::Exit = self.handle(req, out)? {
                     return Ok(());
                 }
             }
             loop {
                 match rx.try_recv() {
                     Ok(req) => {
-                        if let Control::Exit = self.handle(req, ctx, out)? {
+                        if let Control::Exit = self.handle(req, out)? {
                             return Ok(());
                         }
                     }
@@ -407,24 +571,23 @@ impl<'m> Engine<'m> {
                     Err(TryRecvError::Disconnected) => return Ok(()),
                 }
             }
-            self.admit(ctx, out)?;
+            self.admit(out)?;
             if !self.slots.is_empty() {
-                self.step(ctx, out)?;
+                self.stalled = !self.step(out)?;
+            } else {
+                // Requests still queued with no slot running cannot happen
+                // (admission takes them), but never spin.
+                self.stalled = !self.queue.is_empty();
             }
         }
     }
 
-    fn handle(
-        &mut self,
-        req: Request,
-        ctx: &mut LlamaContext<'m>,
-        out: &mut impl Write,
-    ) -> Result<Control, WorkerError> {
+    fn handle(&mut self, req: Request, out: &mut impl Write) -> Result<Control, WorkerError> {
         match req {
             Request::Generate(g) => self.queue.push_back(g),
             Request::Cancel { id } => {
                 if let Some(i) = self.slots.iter().position(|s| s.id == id) {
-                    self.finish(i, FinishReason::Cancelled, ctx, out)?;
+                    self.finish(i, FinishReason::Cancelled, out)?;
                 } else if let Some(i) = self.queue.iter().position(|g| g.id == id) {
                     self.queue.remove(i);
                     write_frame(
@@ -437,15 +600,16 @@ impl<'m> Engine<'m> {
                     )?;
                 }
             }
-            Request::Stats => write_frame(
-                out,
-                &Event::Stats(WorkerStats {
-                    loaded: true,
-                    active: self.slots.len() as u32,
-                    queued: self.queue.len() as u32,
-                    generated_total: self.generated_total,
-                }),
-            )?,
+            Request::Stats => {
+                let stats = self.stats();
+                write_frame(out, &Event::Stats(stats))?
+            }
+            Request::Sequences => {
+                let sequences = self.sequence_infos();
+                write_frame(out, &Event::Sequences { sequences })?
+            }
+            Request::Resize { cells } => self.resize(cells, out)?,
+            Request::DenyGrowth => self.deny_growth(out)?,
             Request::Load(_) => error(
                 out,
                 None,
@@ -457,24 +621,104 @@ impl<'m> Engine<'m> {
         Ok(Control::Continue)
     }
 
+    fn used_cells(&self) -> usize {
+        self.seqs.iter().map(|s| s.tokens.len()).sum()
+    }
+
+    fn free_cells(&self) -> usize {
+        (self.pool_cells as usize).saturating_sub(self.used_cells())
+    }
+
+    fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            loaded: true,
+            active: self.slots.len() as u32,
+            queued: self.queue.len() as u32,
+            generated_total: self.generated_total,
+            pool_cells: self.pool_cells,
+            pool_used_cells: self.used_cells() as u32,
+            pool_max_cells: self.pool_max,
+            cached_sequences: self
+                .seqs
+                .iter()
+                .filter(|s| s.live.is_none() && !s.tokens.is_empty())
+                .count() as u32,
+            resizes: self.resizes,
+            reused_tokens_total: self.reused_total,
+            shifted_tokens_total: self.shifted_total,
+            growth_pending: self.growth_pending,
+        }
+    }
+
+    fn sequence_infos(&mut self) -> Vec<SequenceInfo> {
+        let pos_min: Vec<i32> = (0..self.seqs.len())
+            .map(|i| self.ctx().kv_cache_seq_pos_min(i as i32))
+            .collect();
+        self.seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SequenceInfo {
+                seq: i as u32,
+                id: s.live,
+                tokens: s.tokens.iter().map(|t| t.0).collect(),
+                exact: s.exact as u32,
+                pos_min: pos_min[i],
+                last_used: s.last_used,
+            })
+            .collect()
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Empties sequence `seq`'s cells.
+    fn clear_sequence(&mut self, seq: usize) {
+        let _ = self.ctx().clear_kv_cache_seq(Some(seq as u32), None, None);
+        let s = &mut self.seqs[seq];
+        s.tokens.clear();
+        s.exact = 0;
+    }
+
+    /// Cached sequences, as the pool's bookkeeping sees them.
+    fn cached(&self) -> Vec<Held> {
+        self.seqs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.live.is_none() && !s.tokens.is_empty())
+            .map(|(seq, s)| Held {
+                seq,
+                cells: s.tokens.len(),
+                last_used: s.last_used,
+            })
+            .collect()
+    }
+
+    /// Drops cached sequences, least recently used first, until `needed`
+    /// cells are free (or none is left). Returns the free cells.
+    fn make_room(&mut self, needed: usize) -> usize {
+        let free = self.free_cells();
+        if free >= needed {
+            return free;
+        }
+        for seq in pool::evict_for_room(needed, free, &self.cached()) {
+            self.clear_sequence(seq);
+        }
+        self.free_cells()
+    }
+
     /// Moves queued requests onto free sequences.
-    fn admit(
-        &mut self,
-        ctx: &mut LlamaContext<'m>,
-        out: &mut impl Write,
-    ) -> Result<(), WorkerError> {
+    fn admit(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
         while self.slots.len() < self.parallel {
             let Some(req) = self.queue.pop_front() else {
                 break;
             };
-            let seq = (0..self.parallel as i32)
-                .find(|s| !self.slots.iter().any(|slot| slot.seq == *s))
-                .expect("a free sequence exists when fewer slots than sequences run");
             let id = req.id;
-            match self.prepare(req, seq) {
-                Ok(slot) => {
-                    // A sequence may hold cells of an earlier generation.
-                    let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            match self.prepare(req) {
+                Ok(mut slot) => {
+                    let choice = self.choose(&slot.prompt, slot.cache_prompt);
+                    self.take_sequence(choice, &mut slot);
                     self.slots.push(slot);
                 }
                 Err((kind, message)) => error(out, Some(id), kind, message)?,
@@ -483,95 +727,303 @@ impl<'m> Engine<'m> {
         Ok(())
     }
 
-    fn prepare(&self, req: GenerateRequest, seq: i32) -> Result<Slot, (ErrorKind, String)> {
-        let started = Instant::now();
-        let text = match &req.prompt {
-            Prompt::Raw { text } => text.clone(),
-            Prompt::Chat { messages } => {
-                let template = match &self.chat_template {
-                    ChatTemplate::Model => self.model.chat_template(None).map_err(|e| {
-                        (
-                            ErrorKind::ChatTemplate,
-                            format!("this model's chat template is unusable ({e}); send a raw prompt instead"),
-                        )
-                    })?,
-                    ChatTemplate::Builtin { name, .. } => LlamaChatTemplate::new(name)
-                        .expect("built-in template names have no NUL byte"),
-                };
-                let msgs = messages
-                    .iter()
-                    .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| {
-                        (
-                            ErrorKind::BadRequest,
-                            "a chat message contains a NUL byte".to_string(),
-                        )
-                    })?;
-                self.model
-                    .apply_chat_template(&template, &msgs, true)
-                    .map_err(|e| {
-                        (
-                            ErrorKind::ChatTemplate,
-                            format!("llama.cpp cannot apply this model's chat template: {e}"),
-                        )
-                    })?
+    /// The free sequence for a prompt, and how much of its cache to reuse.
+    fn choose(&mut self, prompt: &[LlamaToken], reuse: bool) -> pool::Choice {
+        let window = self.window;
+        let mut candidates = Vec::new();
+        for i in 0..self.seqs.len() {
+            if self.seqs[i].live.is_some() {
+                continue;
+            }
+            let pos_min = if reuse && window.is_some() && !self.seqs[i].tokens.is_empty() {
+                self.ctx().kv_cache_seq_pos_min(i as i32)
+            } else {
+                0
+            };
+            let s = &self.seqs[i];
+            candidates.push(Candidate {
+                seq: i,
+                cached: s.tokens.len(),
+                reusable: if reuse {
+                    pool::reusable_prefix(&s.tokens, s.exact, prompt, window, pos_min)
+                } else {
+                    0
+                },
+                last_used: s.last_used,
+            });
+        }
+        pool::choose_sequence(&candidates)
+            .expect("a free sequence exists when fewer slots than sequences run")
+    }
+
+    /// Puts `slot` on the chosen sequence: its cells after the reused
+    /// prefix go, the prompt continues after it.
+    fn take_sequence(&mut self, choice: pool::Choice, slot: &mut Slot) {
+        let seq = choice.seq;
+        let mut reuse = choice.reuse;
+        if reuse > 0
+            && self
+                .ctx()
+                .kv_cache_seq_rm(seq as i32, Some(reuse as u32), None)
+                .is_err()
+        {
+            // A cache that cannot drop a suffix (a recurrent one) starts over.
+            reuse = 0;
+        }
+        if reuse == 0 {
+            self.clear_sequence(seq);
+        }
+        let now = self.tick();
+        let s = &mut self.seqs[seq];
+        s.tokens.truncate(reuse);
+        s.exact = s.exact.min(reuse);
+        s.live = Some(slot.id);
+        s.last_used = now;
+        slot.seq = seq;
+        slot.prompt_done = reuse;
+        slot.cached = reuse as u32;
+        self.reused_total += reuse as u64;
+    }
+
+    fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_ass: bool,
+    ) -> Result<String, (ErrorKind, String)> {
+        let template = match &self.chat_template {
+            ChatTemplate::Model => self.model.chat_template(None).map_err(|e| {
+                (
+                    ErrorKind::ChatTemplate,
+                    format!(
+                        "this model's chat template is unusable ({e}); send a raw prompt instead"
+                    ),
+                )
+            })?,
+            ChatTemplate::Builtin { name, .. } => {
+                LlamaChatTemplate::new(name).expect("built-in template names have no NUL byte")
             }
         };
-        let prompt = self.model.vocab().tokenize(text.as_bytes(), true, true);
+        let msgs = messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                (
+                    ErrorKind::BadRequest,
+                    "a chat message contains a NUL byte".to_string(),
+                )
+            })?;
+        self.model
+            .apply_chat_template(&template, &msgs, add_ass)
+            .map_err(|e| {
+                (
+                    ErrorKind::ChatTemplate,
+                    format!("llama.cpp cannot apply this model's chat template: {e}"),
+                )
+            })
+    }
+
+    fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        self.model.vocab().tokenize(text.as_bytes(), true, true)
+    }
+
+    /// Tokens of the leading system message(s) at the start of `prompt`:
+    /// what a context shift keeps by default.
+    fn system_prefix(&self, messages: &[ChatMessage], prompt: &[LlamaToken]) -> usize {
+        let n_sys = messages.iter().take_while(|m| m.role == "system").count();
+        if n_sys == 0 {
+            return 0;
+        }
+        // Most templates render system messages on their own...
+        if let Ok(text) = self.render(&messages[..n_sys], false) {
+            let tokens = self.tokenize(&text);
+            let n = pool::common_prefix(&tokens, prompt);
+            if !text.is_empty() && n == tokens.len() {
+                return n;
+            }
+        }
+        // ... others fold them into the first user turn (Gemma's renders
+        // nothing for a system message alone): then it is the prompt up to
+        // where the user's own text begins.
+        let mut with_user = messages[..n_sys].to_vec();
+        with_user.push(ChatMessage {
+            role: "user".into(),
+            content: CONTENT_MARKER.into(),
+        });
+        match self.render(&with_user, false) {
+            Ok(text) => match text.find(CONTENT_MARKER) {
+                Some(at) => pool::common_prefix(&self.tokenize(&text[..at]), prompt),
+                None => 0,
+            },
+            Err(_) => 0,
+        }
+    }
+
+    /// Tokenizes a request into a slot (not yet on a sequence).
+    fn prepare(&self, req: GenerateRequest) -> Result<Slot, (ErrorKind, String)> {
+        let started = Instant::now();
+        let context = self.context as usize;
+        // Room a too-long chat keeps for the answer when it drops messages:
+        // max_tokens, at most a quarter of the context.
+        let answer_room = (req.max_tokens.unwrap_or(u32::MAX) as usize)
+            .min(context / 4)
+            .max(1);
+        // The system prefix matters only to a shift; finding it renders the
+        // template twice more, so only where a shift may happen.
+        let shifts = req.truncate && self.can_shift;
+        let (prompt, system, dropped) = match &req.prompt {
+            Prompt::Raw { text } => (self.tokenize(text), 0, 0),
+            Prompt::Chat { messages } => {
+                let n_sys = messages.iter().take_while(|m| m.role == "system").count();
+                let mut messages = messages.clone();
+                let mut dropped = 0u32;
+                let prompt = loop {
+                    let prompt = self.tokenize(&self.render(&messages, true)?);
+                    // Keep the system messages and the last message.
+                    if !req.truncate
+                        || prompt.len() + answer_room <= context
+                        || messages.len() <= n_sys + 1
+                    {
+                        break prompt;
+                    }
+                    // Drop the oldest message after the system ones, and an
+                    // answer it leaves at the front, so the history still
+                    // opens with a user turn.
+                    messages.remove(n_sys);
+                    dropped += 1;
+                    while messages.len() > n_sys + 1 && messages[n_sys].role == "assistant" {
+                        messages.remove(n_sys);
+                        dropped += 1;
+                    }
+                };
+                let system = if shifts && req.n_keep.is_none() {
+                    self.system_prefix(&messages, &prompt)
+                } else {
+                    0
+                };
+                (prompt, system, dropped)
+            }
+        };
         if prompt.is_empty() {
             return Err((ErrorKind::BadRequest, "the prompt is empty".to_string()));
         }
-        if prompt.len() >= self.context as usize {
+        if prompt.len() >= context {
             return Err((
                 ErrorKind::PromptTooLong,
                 format!(
-                    "the prompt is {} tokens; the context holds {} (and the answer needs room)",
+                    "the prompt is {} tokens; the context holds {} (and the answer needs room){}",
                     prompt.len(),
-                    self.context
+                    self.context,
+                    if dropped > 0 {
+                        format!(" even after leaving out its {dropped} oldest messages")
+                    } else {
+                        String::new()
+                    }
                 ),
             ));
         }
+        // The BOS token is always kept: models answer badly without it.
+        let bos = usize::from(prompt.first() == Some(&self.model.vocab().bos()));
+        let n_keep = req
+            .n_keep
+            .map_or(system, |k| k as usize)
+            .max(bos)
+            .min(prompt.len());
         let room = self.context - prompt.len() as u32;
+        // Without shifts a sequence ends at its context; with them only
+        // max_tokens ends it ("None" still means: until the context is full).
+        let max_tokens = match req.max_tokens {
+            Some(n) if shifts => n,
+            Some(n) => n.min(room),
+            None => room,
+        };
         Ok(Slot {
             id: req.id,
-            seq,
+            seq: 0,
             prompt,
             prompt_done: 0,
-            pos: 0,
             next: None,
             logits_at: None,
+            held: false,
             picker: Picker::new(self.model, &req.sampling),
             utf8: encoding_rs::UTF_8.new_decoder(),
             stop: StopMatcher::new(&req.stop),
-            max_tokens: req.max_tokens.unwrap_or(room).min(room),
+            max_tokens,
             generated: 0,
+            n_keep,
+            truncate: req.truncate,
+            cache_prompt: req.cache_prompt,
+            cached: 0,
+            shifted: 0,
+            dropped_messages: dropped,
             started,
             first_token: None,
         })
     }
 
-    /// Decodes one batch and samples one token for each slot that got logits.
-    fn step(
-        &mut self,
-        ctx: &mut LlamaContext<'m>,
-        out: &mut impl Write,
-    ) -> Result<(), WorkerError> {
-        let capacity = ctx.n_batch() as usize;
+    /// Shifts slot `i`'s sequence: its first `n_keep` tokens stay, the
+    /// oldest half of the rest goes, later positions move back. Returns the
+    /// tokens discarded, `None` if it cannot shift.
+    fn shift(&mut self, i: usize) -> Option<usize> {
+        if !(self.can_shift && self.slots[i].truncate) {
+            return None;
+        }
+        let seq = self.slots[i].seq;
+        let len = self.seqs[seq].tokens.len();
+        let shift = pool::context_shift(len, self.slots[i].n_keep)?;
+        let (keep, discard) = (shift.keep, shift.discard);
+        let ctx = self.ctx();
+        ctx.kv_cache_seq_rm(seq as i32, Some(keep as u32), Some((keep + discard) as u32))
+            .ok()?;
+        ctx.kv_cache_seq_add(
+            seq as i32,
+            Some((keep + discard) as u32),
+            Some(len as u32),
+            -(discard as i32),
+        )
+        .ok()?;
+        let s = &mut self.seqs[seq];
+        s.tokens.drain(keep..keep + discard);
+        s.exact = s.exact.min(keep);
+        self.slots[i].shifted += discard as u32;
+        self.shifted_total += discard as u64;
+        Some(discard)
+    }
+
+    /// Decodes one batch and samples one token for each slot that got
+    /// logits. Returns whether anything happened; `false` means every
+    /// running generation waits for the parent (a PoolFull answer).
+    fn step(&mut self, out: &mut impl Write) -> Result<bool, WorkerError> {
+        let capacity = self.batch_capacity();
         self.batch.clear();
+        // Cells the generations that wait for room are short of.
+        let mut short = 0usize;
         // Running generations first: their next token costs one cell each.
+        // Placed tokens join their sequence at once, so the free count
+        // below always reflects this batch too.
+        let running = self.slots.iter().filter(|s| s.next.is_some()).count();
+        let mut free = self.make_room(running);
         for slot in self.slots.iter_mut() {
             slot.logits_at = None;
-            if let Some(tok) = slot.next {
-                let at = self.batch.n_tokens();
-                self.batch
-                    .add(tok, slot.pos, &[slot.seq], true)
-                    .expect("the batch holds one token per sequence");
-                slot.logits_at = Some(at);
+            slot.held = false;
+            let Some(tok) = slot.next else { continue };
+            if free == 0 {
+                slot.held = true;
+                short += 1;
+                continue;
             }
+            let seq = &mut self.seqs[slot.seq];
+            let at = self.batch.n_tokens();
+            self.batch
+                .add(tok, seq.tokens.len() as i32, &[slot.seq as i32], true)
+                .expect("the batch holds one token per sequence");
+            seq.push(tok);
+            free -= 1;
+            slot.logits_at = Some(at);
         }
-        // Then prompt chunks, as much as the batch has room for.
-        for slot in self.slots.iter_mut() {
+        // Then prompt chunks, as much as the batch and the pool have room for.
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
             if slot.next.is_some() || slot.prompt_done == slot.prompt.len() {
                 continue;
             }
@@ -579,30 +1031,56 @@ impl<'m> Engine<'m> {
             if room == 0 {
                 break;
             }
-            let end = (slot.prompt_done + room).min(slot.prompt.len());
-            for i in slot.prompt_done..end {
-                let last = i + 1 == slot.prompt.len();
+            let want = (slot.prompt.len() - slot.prompt_done).min(room);
+            if free < want {
+                free = self.make_room(want);
+            }
+            let slot = &mut self.slots[i];
+            let n = want.min(free);
+            if n < want {
+                slot.held = true;
+                short += want - n;
+            }
+            let seq = &mut self.seqs[slot.seq];
+            for _ in 0..n {
+                let p = slot.prompt_done;
+                let last = p + 1 == slot.prompt.len();
                 let at = self.batch.n_tokens();
                 self.batch
-                    .add(slot.prompt[i], slot.pos, &[slot.seq], last)
+                    .add(
+                        slot.prompt[p],
+                        seq.tokens.len() as i32,
+                        &[slot.seq as i32],
+                        last,
+                    )
                     .expect("the batch was sized to its capacity");
-                slot.pos += 1;
+                seq.push(slot.prompt[p]);
+                slot.prompt_done += 1;
                 if last {
                     slot.logits_at = Some(at);
                 }
             }
-            slot.prompt_done = end;
+            free -= n;
         }
         if self.batch.n_tokens() == 0 {
-            return Ok(());
+            // Nothing fits: everything waits for room.
+            return if short > 0 {
+                self.pool_full(short, out)
+            } else {
+                Ok(false)
+            };
         }
-        if let Err(e) = ctx.decode(&mut self.batch) {
+        let decoded = self
+            .ctx
+            .as_mut()
+            .expect("the pool exists outside a resize")
+            .decode(&mut self.batch);
+        if let Err(e) = decoded {
             // Every generation in the batch is lost; tell each of them.
-            let ids: Vec<u64> = self.slots.iter().map(|s| s.id).collect();
-            for slot in self.slots.drain(..) {
-                let _ = ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
-            }
-            for id in ids {
+            let lost: Vec<(u64, usize)> = self.slots.drain(..).map(|s| (s.id, s.seq)).collect();
+            for &(id, seq) in &lost {
+                self.clear_sequence(seq);
+                self.seqs[seq].live = None;
                 error(
                     out,
                     Some(id),
@@ -610,7 +1088,7 @@ impl<'m> Engine<'m> {
                     format!("llama.cpp failed to decode: {e}"),
                 )?;
             }
-            return Ok(());
+            return Ok(true);
         }
 
         let mut i = 0;
@@ -619,11 +1097,11 @@ impl<'m> Engine<'m> {
                 i += 1;
                 continue;
             };
+            let token = {
+                let ctx = self.ctx.as_ref().expect("the pool exists outside a resize");
+                self.slots[i].picker.pick(ctx, at)
+            };
             let slot = &mut self.slots[i];
-            if slot.next.is_some() {
-                slot.pos += 1;
-            }
-            let token = slot.picker.pick(ctx, at);
             let now = Instant::now();
             slot.first_token.get_or_insert(now);
             slot.generated += 1;
@@ -649,32 +1127,253 @@ impl<'m> Engine<'m> {
                         finish = Some(FinishReason::Stop);
                     }
                 }
-                if finish.is_none()
-                    && (slot.generated >= slot.max_tokens || slot.pos as u32 + 1 >= self.context)
+                if finish.is_none() && slot.generated >= slot.max_tokens {
+                    finish = Some(FinishReason::Length);
+                }
+            }
+            if finish.is_none() {
+                slot.next = Some(token);
+                // The next token needs a position inside the sequence's
+                // context: shift to make one, or end there.
+                if self.seqs[slot.seq].tokens.len() >= self.context as usize
+                    && self.shift(i).is_none()
                 {
                     finish = Some(FinishReason::Length);
                 }
             }
             match finish {
-                Some(reason) => {
-                    // `finish` removes slot i; the next one moves into its place.
-                    self.finish(i, reason, ctx, out)?;
-                }
-                None => {
-                    slot.next = Some(token);
-                    i += 1;
-                }
+                // `finish` removes slot i; the next one moves into its place.
+                Some(reason) => self.finish(i, reason, out)?,
+                None => i += 1,
             }
+        }
+        // Only now, with no token of theirs in flight, may waiting
+        // sequences be shifted.
+        if short > 0 {
+            self.pool_full(short, out)?;
+        }
+        Ok(true)
+    }
+
+    /// Most tokens one decode may take: llama.cpp's batch, which it caps at
+    /// the pool size.
+    fn batch_capacity(&self) -> usize {
+        self.ctx.as_ref().map_or(0, |c| c.n_batch() as usize)
+    }
+
+    /// Live sequences are `short` cells short of a full pool. Asks the
+    /// parent for growth (once per shortage), or, at the cap, acts as if it
+    /// were refused. Returns whether anything changed.
+    fn pool_full(&mut self, short: usize, out: &mut impl Write) -> Result<bool, WorkerError> {
+        if self.pool_cells >= self.pool_max {
+            self.deny_growth(out)?;
+            return Ok(true);
+        }
+        if self.growth_pending {
+            return Ok(false);
+        }
+        self.growth_pending = true;
+        let used = self.used_cells() as u32;
+        let needed = u32::try_from(short).unwrap_or(u32::MAX);
+        write_frame(
+            out,
+            &Event::PoolFull {
+                needed_cells: needed,
+                pool_cells: self.pool_cells,
+                used_cells: used,
+                pool_max_cells: self.pool_max,
+                suggested_cells: pool::suggest_growth(self.pool_cells, used, needed, self.pool_max),
+                waiting: self.slots.iter().filter(|s| s.held).count() as u32,
+            },
+        )?;
+        Ok(false)
+    }
+
+    /// Growth refused (or impossible): each generation waiting for room
+    /// shifts its own context, or ends.
+    fn deny_growth(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
+        self.growth_pending = false;
+        let waiting: Vec<u64> = self.slots.iter().filter(|s| s.held).map(|s| s.id).collect();
+        for id in waiting {
+            let Some(i) = self.slots.iter().position(|s| s.id == id) else {
+                continue;
+            };
+            if self.shift(i).is_some() {
+                self.slots[i].held = false;
+                continue;
+            }
+            let why = if !self.can_shift {
+                "this model cannot shift its context (sliding-window or recurrent layers)"
+            } else if !self.slots[i].truncate {
+                "the request does not allow truncation"
+            } else {
+                "its sequence holds nothing a shift could drop"
+            };
+            let message = format!(
+                "the K/V pool is full ({} of {} cells held by {} generations) and may not grow{}; {why}",
+                self.used_cells(),
+                self.pool_cells,
+                self.slots.len(),
+                if self.pool_cells >= self.pool_max {
+                    format!(" past its cap of {} cells", self.pool_max)
+                } else {
+                    String::new()
+                },
+            );
+            let slot = self.slots.swap_remove(i);
+            let now = self.tick();
+            let s = &mut self.seqs[slot.seq];
+            s.live = None;
+            s.last_used = now;
+            error(out, Some(id), ErrorKind::PoolExhausted, message)?;
         }
         Ok(())
     }
 
-    /// Ends slot `i`: flushes held text, frees its sequence, reports.
+    /// Makes the pool `requested` cells (see [`pool::plan_resize`]): every
+    /// live sequence and the cached ones that fit move into a new context.
+    fn resize(&mut self, requested: u32, out: &mut impl Write) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        self.growth_pending = false;
+        let live: Vec<Held> = self
+            .seqs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.live.is_some())
+            .map(|(seq, s)| Held {
+                seq,
+                cells: s.tokens.len(),
+                last_used: s.last_used,
+            })
+            .collect();
+        let plan = pool::plan_resize(requested, self.pool_max, &live, &self.cached());
+        for &seq in &plan.drop {
+            self.clear_sequence(seq);
+        }
+        let previous = self.pool_cells;
+        let movers: Vec<usize> = (0..self.seqs.len())
+            .filter(|&s| !self.seqs[s].tokens.is_empty())
+            .collect();
+        let moved_tokens: usize = movers.iter().map(|&s| self.seqs[s].tokens.len()).sum();
+        let mut state_bytes = 0u64;
+        let mut moved = 0u32;
+        if plan.cells != previous {
+            // Out of the old pool first, then free it before the new one is
+            // made: the peak is the new pool plus the sequences' state, not
+            // both pools (the parent's budget granted the new pool).
+            let mut states = Vec::with_capacity(movers.len());
+            for &seq in &movers {
+                match self
+                    .ctx()
+                    .state_seq_get(seq as i32, LlamaStateSeqFlags::empty())
+                {
+                    Ok(state) => {
+                        state_bytes += state.byte_len() as u64;
+                        states.push((seq, state));
+                    }
+                    Err(_) => self.lose_sequence(seq, out)?,
+                }
+            }
+            drop(self.ctx.take());
+            match self
+                .model
+                .new_context(self.backend, self.shape.params(plan.cells))
+            {
+                Ok(ctx) => {
+                    self.pool_cells = ctx.n_ctx();
+                    self.batch = LlamaBatch::new(ctx.n_batch() as usize, self.parallel as i32);
+                    self.ctx = Some(ctx);
+                    moved = self.restore(states, out)?;
+                    self.resizes += 1;
+                }
+                Err(e) => {
+                    // Put the old pool back: the generations go on as before,
+                    // and those that waited for room are refused it (asking
+                    // again would fail again).
+                    let ctx = self
+                        .model
+                        .new_context(self.backend, self.shape.params(previous))
+                        .map_err(|e2| {
+                            WorkerError::Backend(format!(
+                                "a resize to {} cells failed ({e}) and the pool of {previous} cells could not be made again ({e2})",
+                                plan.cells
+                            ))
+                        })?;
+                    self.ctx = Some(ctx);
+                    moved = self.restore(states, out)?;
+                    error(
+                        out,
+                        None,
+                        ErrorKind::ResizeFailed,
+                        format!(
+                            "llama.cpp could not make a K/V pool of {} cells ({e}); the pool stays at {previous} cells",
+                            plan.cells
+                        ),
+                    )?;
+                    self.deny_growth(out)?;
+                }
+            }
+        }
+        write_frame(
+            out,
+            &Event::Resized {
+                cells: self.pool_cells,
+                previous_cells: previous,
+                moved_sequences: moved,
+                moved_tokens: if moved > 0 { moved_tokens as u32 } else { 0 },
+                dropped_sequences: plan.drop.len() as u32,
+                state_bytes,
+                ms: started.elapsed().as_secs_f64() * 1000.0,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Puts saved sequences into the (new) pool; returns how many made it.
+    fn restore(
+        &mut self,
+        states: Vec<(usize, SeqState)>,
+        out: &mut impl Write,
+    ) -> Result<u32, WorkerError> {
+        let mut moved = 0;
+        for (seq, state) in states {
+            if self.ctx().state_seq_set(&state, seq as i32).is_ok() {
+                moved += 1;
+            } else {
+                self.lose_sequence(seq, out)?;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// A sequence whose state could not be moved: a cached one is simply
+    /// gone; a live one's generation ends with an error.
+    fn lose_sequence(&mut self, seq: usize, out: &mut impl Write) -> Result<(), WorkerError> {
+        if self.ctx.is_some() {
+            let _ = self.ctx().clear_kv_cache_seq(Some(seq as u32), None, None);
+        }
+        let s = &mut self.seqs[seq];
+        s.tokens.clear();
+        s.exact = 0;
+        if let Some(id) = s.live.take() {
+            if let Some(i) = self.slots.iter().position(|slot| slot.id == id) {
+                self.slots.swap_remove(i);
+            }
+            error(
+                out,
+                Some(id),
+                ErrorKind::ResizeFailed,
+                "llama.cpp could not move this generation's K/V into the resized pool",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Ends slot `i`: flushes held text, leaves its sequence cached, reports.
     fn finish(
         &mut self,
         i: usize,
         reason: FinishReason,
-        ctx: &mut LlamaContext<'m>,
         out: &mut impl Write,
     ) -> Result<(), WorkerError> {
         let mut slot = self.slots.swap_remove(i);
@@ -693,7 +1392,11 @@ impl<'m> Engine<'m> {
                 )?;
             }
         }
-        let _ = ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+        // The sequence keeps its tokens for the next turn of the conversation.
+        let now = self.tick();
+        let s = &mut self.seqs[slot.seq];
+        s.live = None;
+        s.last_used = now;
         let end = Instant::now();
         let prefill_end = slot.first_token.unwrap_or(end);
         let stats = GenerationStats {
@@ -701,6 +1404,10 @@ impl<'m> Engine<'m> {
             generated_tokens: slot.generated,
             prefill_ms: (prefill_end - slot.started).as_secs_f64() * 1000.0,
             decode_ms: (end - prefill_end).as_secs_f64() * 1000.0,
+            prompt_cached_tokens: slot.cached,
+            shifted_tokens: slot.shifted,
+            kept_tokens: slot.n_keep as u32,
+            dropped_messages: slot.dropped_messages,
         };
         write_frame(
             out,

@@ -206,6 +206,7 @@ fn main() -> Result<()> {
                             parallel,
                             backend: backend.clone(),
                             full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
+                            pool: None,
                         },
                     };
                     if let Some(fills) = &args.fills {
@@ -266,6 +267,8 @@ fn load(worker: &Worker, point: &Point, threads: u32) -> Result<LoadedInfo> {
         parallel: point.options.parallel,
         threads,
         gpu_layers: None,
+        pool: None,
+        pool_max: None,
     })?)
 }
 
@@ -330,6 +333,10 @@ fn raw(id: u64, words: u32, max_tokens: u32) -> GenerateRequest {
         sampling: Sampling::greedy(),
         max_tokens: Some(max_tokens),
         stop: vec![],
+        n_keep: None,
+        truncate: false,
+        // Each fill writes its own cells, as it did before prefix reuse.
+        cache_prompt: false,
     }
 }
 

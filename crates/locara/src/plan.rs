@@ -53,9 +53,27 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
         parallel: args.parallel,
         backend: backend.clone(),
         full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
+        pool: None,
     };
     let est = estimate::estimate(&shape, &options)
         .with_context(|| format!("cannot estimate {}", args.model))?;
+    // The pool the worker's sequences share: it starts small and grows, with
+    // the governor's leave, up to every sequence at its whole context.
+    let pool_size = locara_core::PoolSize::new(est.context, args.parallel);
+    let at_pool = |cells: u32| {
+        estimate::estimate(
+            &shape,
+            &EstimateOptions {
+                pool: Some(cells),
+                ..options.clone()
+            },
+        )
+    };
+    let pool = PoolPlan {
+        size: pool_size,
+        start: at_pool(pool_size.start)?,
+        max: at_pool(pool_size.max)?,
+    };
     let budget = match args.budget {
         Some(bytes) => Budget {
             bytes,
@@ -88,6 +106,14 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
             "budget": budget.bytes,
             "budget_basis": budget.basis,
             "fits": fits,
+            "pool": {
+                "start_cells": pool.size.start,
+                "max_cells": pool.size.max,
+                "start_estimate": pool.start.total(),
+                "start_footprint": pool.start.footprint(),
+                "max_estimate": pool.max.total(),
+                "max_footprint": pool.max.footprint(),
+            },
             "largest_context": largest
                 .iter()
                 .map(|(kv, n)| (kv.as_str().to_string(), serde_json::json!(n)))
@@ -95,13 +121,32 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_plan(&args, &path, &shape, &est, &budget, fits, &largest);
+        let verdict = Verdict {
+            budget,
+            fits,
+            largest,
+        };
+        print_plan(&args, &path, &shape, &est, &pool, &verdict);
     }
     Ok(if fits {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether the load fits the budget, and the longest contexts that do.
+struct Verdict {
+    budget: Budget,
+    fits: bool,
+    largest: Vec<(KvType, Option<u32>)>,
+}
+
+/// The K/V pool's two ends and the estimate at each.
+struct PoolPlan {
+    size: locara_core::PoolSize,
+    start: Estimate,
+    max: Estimate,
 }
 
 pub(crate) struct Budget {
@@ -140,10 +185,14 @@ fn print_plan(
     path: &Path,
     shape: &ModelShape,
     est: &Estimate,
-    budget: &Budget,
-    fits: bool,
-    largest: &[(KvType, Option<u32>)],
+    pool: &PoolPlan,
+    verdict: &Verdict,
 ) {
+    let Verdict {
+        budget,
+        fits,
+        largest,
+    } = verdict;
     let b = |n: u64| format!("{:>10}", Bytes(n).to_string());
     if Path::new(&args.model) == path {
         println!("model             {}", path.display());
@@ -201,8 +250,23 @@ fn print_plan(
         "    overhead      {}  the worker process itself",
         b(est.overhead)
     );
+    println!(
+        "K/V pool          shared by the sequences; starts small, grows with the governor's leave"
+    );
+    println!(
+        "  at load         {}  footprint {} with {} cells: what a load is admitted on",
+        b(pool.start.total()),
+        Bytes(pool.start.footprint()),
+        pool.size.start
+    );
+    println!(
+        "  at most         {}  footprint {} with {} cells: every sequence at its whole context",
+        b(pool.max.total()),
+        Bytes(pool.max.footprint()),
+        pool.size.max
+    );
     println!("budget            {}  {}", b(budget.bytes), budget.basis);
-    if fits {
+    if *fits {
         println!(
             "fits              yes, {} to spare",
             Bytes(budget.bytes - est.total())
@@ -278,6 +342,7 @@ mod tests {
             cells: 32768,
             window_cells: None,
             parallel: 1,
+            pool: false,
             kv_type: KvType::Q8_0,
             mapped_weights: 4 << 30,
             repacked_weights: 0,

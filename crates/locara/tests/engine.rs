@@ -18,6 +18,8 @@ fn load(worker: &Worker, name: &str) -> LoadedInfo {
             parallel: 1,
             threads: TEST_THREADS,
             gpu_layers: None,
+            pool: None,
+            pool_max: None,
         })
         .expect("loading the model")
 }
@@ -29,6 +31,9 @@ fn generate(id: u64, prompt: Prompt, max_tokens: u32) -> Request {
         sampling: Sampling::greedy(),
         max_tokens: Some(max_tokens),
         stop: vec![],
+        n_keep: None,
+        truncate: true,
+        cache_prompt: true,
     })
 }
 
@@ -74,6 +79,8 @@ fn load_reports_the_defaults_and_the_models_shape() {
             parallel: 1,
             threads: TEST_THREADS,
             gpu_layers: None,
+            pool: None,
+            pool_max: None,
         })
         .unwrap();
     // 8192 by default, and SmolLM2 was trained on 8192.
@@ -121,6 +128,8 @@ fn context_is_clamped_to_the_trained_context() {
             parallel: 1,
             threads: TEST_THREADS,
             gpu_layers: None,
+            pool: None,
+            pool_max: None,
         })
         .unwrap();
     assert_eq!(info.context, 8192);
@@ -203,6 +212,9 @@ fn stop_strings_end_the_answer_before_them() {
             sampling: Sampling::greedy(),
             max_tokens: Some(40),
             stop: vec!["8".into()],
+            n_keep: None,
+            truncate: true,
+            cache_prompt: true,
         }))
         .unwrap();
     let (text, _, finish, _) = collect(&worker, 1);
@@ -295,6 +307,8 @@ fn a_file_the_guard_rejects_never_reaches_llama_cpp() {
             parallel: 1,
             threads: 1,
             gpu_layers: None,
+            pool: None,
+            pool_max: None,
         })
         .unwrap_err();
     match err {
@@ -326,6 +340,8 @@ fn concurrent_generations_share_one_worker() {
             parallel: 2,
             threads: TEST_THREADS,
             gpu_layers: None,
+            pool: None,
+            pool_max: None,
         })
         .unwrap();
     worker
@@ -361,4 +377,586 @@ fn concurrent_generations_share_one_worker() {
     // logits across batch shapes, so the texts are not compared.
     assert!(!texts[&2].is_empty());
     assert!(!texts[&3].is_empty());
+}
+
+// --- The K/V pool: prefix reuse, growth, shift, shrink (issue 13) ---
+
+fn load_pool(
+    worker: &Worker,
+    name: &str,
+    context: u32,
+    parallel: u32,
+    pool: Option<u32>,
+) -> LoadedInfo {
+    worker
+        .load(LoadRequest {
+            path: model(name),
+            context: Some(context),
+            kv_type: KvType::Q8_0,
+            parallel,
+            threads: TEST_THREADS,
+            gpu_layers: None,
+            pool,
+            pool_max: None,
+        })
+        .expect("loading the model")
+}
+
+fn messages(turns: &[(&str, &str)]) -> Prompt {
+    Prompt::Chat {
+        messages: turns
+            .iter()
+            .map(|(role, content)| ChatMessage {
+                role: role.to_string(),
+                content: content.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn request(id: u64, prompt: Prompt, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        id,
+        prompt,
+        sampling: Sampling::greedy(),
+        max_tokens: Some(max_tokens),
+        stop: vec![],
+        n_keep: None,
+        truncate: true,
+        cache_prompt: true,
+    }
+}
+
+/// How the test, playing the parent, answers `PoolFull`.
+#[derive(Clone, Copy, PartialEq)]
+enum Growth {
+    Grant,
+    Deny,
+}
+
+/// One generation's end as the parent saw it.
+#[derive(Debug, Clone)]
+struct Ended {
+    text: String,
+    finish: Result<FinishReason, ErrorKind>,
+    stats: GenerationStats,
+}
+
+/// What a run of generations showed besides their answers.
+#[derive(Debug, Default)]
+struct Seen {
+    pool_full: u32,
+    /// (cells, previous_cells, moved_sequences, moved_tokens, state_bytes, ms)
+    resized: Vec<(u32, u32, u32, u32, u64, f64)>,
+}
+
+/// Runs generations `ids` to their ends, answering every `PoolFull` as
+/// `growth` says.
+fn run_all(worker: &Worker, ids: &[u64], growth: Growth) -> (Vec<Ended>, Seen) {
+    let mut ended: std::collections::HashMap<u64, Ended> = Default::default();
+    let mut texts: std::collections::HashMap<u64, String> = Default::default();
+    let mut seen = Seen::default();
+    while ended.len() < ids.len() {
+        match worker.recv_timeout(Duration::from_secs(120)).unwrap() {
+            Some(Event::Token { id, text }) => texts.entry(id).or_default().push_str(&text),
+            Some(Event::Done { id, finish, stats }) => {
+                let text = texts.remove(&id).unwrap_or_default();
+                ended.insert(
+                    id,
+                    Ended {
+                        text,
+                        finish: Ok(finish),
+                        stats,
+                    },
+                );
+            }
+            Some(Event::Error {
+                id: Some(id),
+                kind,
+                message,
+            }) => {
+                eprintln!("generation {id}: {} ({message})", kind.as_str());
+                let text = texts.remove(&id).unwrap_or_default();
+                ended.insert(
+                    id,
+                    Ended {
+                        text,
+                        finish: Err(kind),
+                        stats: GenerationStats::default(),
+                    },
+                );
+            }
+            Some(Event::PoolFull {
+                suggested_cells,
+                needed_cells,
+                pool_cells,
+                used_cells,
+                ..
+            }) => {
+                seen.pool_full += 1;
+                assert!(used_cells <= pool_cells);
+                assert!(suggested_cells >= used_cells + needed_cells.min(pool_cells));
+                let answer = match growth {
+                    Growth::Grant => Request::Resize {
+                        cells: suggested_cells,
+                    },
+                    Growth::Deny => Request::DenyGrowth,
+                };
+                worker.send(&answer).unwrap();
+            }
+            Some(Event::Resized {
+                cells,
+                previous_cells,
+                moved_sequences,
+                moved_tokens,
+                state_bytes,
+                ms,
+                ..
+            }) => seen.resized.push((
+                cells,
+                previous_cells,
+                moved_sequences,
+                moved_tokens,
+                state_bytes,
+                ms,
+            )),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("no event within 120 s"),
+        }
+    }
+    (ids.iter().map(|id| ended[id].clone()).collect(), seen)
+}
+
+fn run_one(worker: &Worker, req: GenerateRequest, growth: Growth) -> (Ended, Seen) {
+    let id = req.id;
+    worker.send(&Request::Generate(req)).unwrap();
+    let (mut ended, seen) = run_all(worker, &[id], growth);
+    (ended.remove(0), seen)
+}
+
+fn worker_stats(worker: &Worker) -> WorkerStats {
+    worker.send(&Request::Stats).unwrap();
+    match worker.recv().unwrap() {
+        Event::Stats(s) => s,
+        other => panic!("expected stats, got {other:?}"),
+    }
+}
+
+fn sequences(worker: &Worker) -> Vec<SequenceInfo> {
+    worker.send(&Request::Sequences).unwrap();
+    match worker.recv().unwrap() {
+        Event::Sequences { sequences } => sequences,
+        other => panic!("expected sequences, got {other:?}"),
+    }
+}
+
+fn resize(worker: &Worker, cells: u32) -> (u32, u32, u32, u32, u64, f64) {
+    worker.send(&Request::Resize { cells }).unwrap();
+    match worker.recv().unwrap() {
+        Event::Resized {
+            cells,
+            previous_cells,
+            moved_sequences,
+            moved_tokens,
+            state_bytes,
+            ms,
+            ..
+        } => (
+            cells,
+            previous_cells,
+            moved_sequences,
+            moved_tokens,
+            state_bytes,
+            ms,
+        ),
+        other => panic!("expected resized, got {other:?}"),
+    }
+}
+
+const SYSTEM: &str = "You are a concise assistant. Answer in one or two sentences.";
+
+#[test]
+fn a_next_turn_reuses_the_cache_and_answers_as_a_fresh_worker() {
+    let turn1 = [
+        ("system", SYSTEM),
+        ("user", "What is the capital of France?"),
+    ];
+    let worker = spawn_worker();
+    load_pool(&worker, SMOLLM2, 2048, 1, None);
+    let (first, _) = run_one(&worker, request(1, messages(&turn1), 32), Growth::Deny);
+    assert_eq!(first.stats.prompt_cached_tokens, 0);
+    let turn2 = [
+        turn1[0],
+        turn1[1],
+        ("assistant", first.text.as_str()),
+        ("user", "And of Italy?"),
+    ];
+    let (second, _) = run_one(&worker, request(2, messages(&turn2), 32), Growth::Deny);
+    let s = &second.stats;
+    eprintln!(
+        "turn 1: {} prompt tokens, {} generated; turn 2: {} prompt tokens, {} from the cache",
+        first.stats.prompt_tokens,
+        first.stats.generated_tokens,
+        s.prompt_tokens,
+        s.prompt_cached_tokens
+    );
+    // All of turn 1's prompt and its answer come from the cache; only the
+    // new turn is prefilled.
+    assert!(
+        s.prompt_cached_tokens >= first.stats.prompt_tokens + first.stats.generated_tokens - 2,
+        "{s:?}"
+    );
+    assert!(s.prompt_tokens - s.prompt_cached_tokens <= 16, "{s:?}");
+    let ws = worker_stats(&worker);
+    assert_eq!(ws.reused_tokens_total, u64::from(s.prompt_cached_tokens));
+    assert_eq!(ws.cached_sequences, 1);
+
+    let fresh = spawn_worker();
+    load_pool(&fresh, SMOLLM2, 2048, 1, None);
+    let (expected, _) = run_one(&fresh, request(2, messages(&turn2), 32), Growth::Deny);
+    assert_eq!(expected.stats.prompt_cached_tokens, 0);
+    assert_eq!(expected.stats.prompt_tokens, s.prompt_tokens);
+    assert_eq!(second.text, expected.text);
+    assert_eq!(second.finish, expected.finish);
+}
+
+/// A system prompt of about 120 tokens: four conversations with it need
+/// more than one 256-cell step of pool before they answer.
+const LONG_SYSTEM: &str = "You are a helpful assistant for a small team of gardeners. \
+    Answer briefly and plainly, in one or two sentences, without lists. \
+    If you do not know something, say so instead of guessing. Prefer \
+    metric units, name plants by their common names, and mention the \
+    season when it matters. Never recommend chemical pesticides; suggest \
+    companion planting, hand picking or barriers instead. Be friendly, \
+    but do not greet the user or repeat the question before answering.";
+
+const QUESTIONS: [&str; 4] = [
+    "Name three colours of the rainbow.",
+    "What is two plus two?",
+    "Which planet is closest to the sun?",
+    "Write one sentence about cats.",
+];
+
+#[test]
+fn four_conversations_outgrow_a_small_pool_with_the_same_answers() {
+    let run = |pool: Option<u32>| {
+        let worker = spawn_worker();
+        let info = load_pool(&worker, SMOLLM2, 1024, 4, pool);
+        for (i, q) in QUESTIONS.iter().enumerate() {
+            let prompt = messages(&[("system", LONG_SYSTEM), ("user", q)]);
+            worker
+                .send(&Request::Generate(request(i as u64 + 1, prompt, 48)))
+                .unwrap();
+        }
+        let (ended, seen) = run_all(&worker, &[1, 2, 3, 4], Growth::Grant);
+        (info, ended, seen, worker_stats(&worker))
+    };
+    // The full reservation: 4 × 1024 cells, never short.
+    let (full_info, expected, full_seen, _) = run(None);
+    assert_eq!(full_info.pool_cells, 4096);
+    assert_eq!(full_seen.pool_full, 0);
+    // One step of 256 cells: the four prompts alone need more.
+    let (info, ended, seen, stats) = run(Some(256));
+    assert_eq!((info.pool_cells, info.pool_max_cells), (256, 4096));
+    assert!(seen.pool_full >= 1, "{seen:?}");
+    assert_eq!(seen.resized.len() as u32, seen.pool_full);
+    assert_eq!(stats.resizes, seen.resized.len() as u64);
+    for (cells, previous, moved, tokens, bytes, ms) in &seen.resized {
+        assert!(cells > previous);
+        eprintln!(
+            "resize {previous} -> {cells} cells: {moved} sequences, {tokens} tokens, {bytes} bytes ({} per token), {ms:.2} ms",
+            bytes / u64::from((*tokens).max(1))
+        );
+    }
+    assert!(
+        stats.pool_cells > 256 && stats.pool_cells <= 4096,
+        "{stats:?}"
+    );
+    for (got, want) in ended.iter().zip(&expected) {
+        assert!(!want.text.trim().is_empty());
+        assert_eq!(got.text, want.text);
+        assert_eq!(got.finish, want.finish);
+    }
+}
+
+#[test]
+fn refused_growth_shifts_the_context_and_keeps_n_keep_tokens() {
+    let worker = spawn_worker();
+    load_pool(&worker, SMOLLM2, 2048, 1, Some(256));
+    let text = "Count to one thousand: 1, 2, 3, 4, 5,";
+    // The prompt's tokens, as the cache holds them after a one-token run.
+    let (_, _) = run_one(
+        &worker,
+        request(1, Prompt::Raw { text: text.into() }, 1),
+        Growth::Deny,
+    );
+    let prompt: Vec<i32> = sequences(&worker)[0].tokens.clone();
+    assert!(prompt.len() > 8);
+    let n_keep = 6;
+    // 256 cells hold the prompt and about 240 tokens: 280 need one shift.
+    let mut req = request(2, Prompt::Raw { text: text.into() }, 280);
+    req.n_keep = Some(n_keep);
+    let (ended, seen) = run_one(&worker, req, Growth::Deny);
+    assert_eq!(ended.finish, Ok(FinishReason::Length), "{ended:?}");
+    assert_eq!(ended.stats.generated_tokens, 280);
+    assert!(seen.pool_full >= 1);
+    assert!(seen.resized.is_empty());
+    assert!(ended.stats.shifted_tokens > 0, "{:?}", ended.stats);
+    assert_eq!(ended.stats.kept_tokens, n_keep);
+    let held = &sequences(&worker)[0];
+    let n_keep = n_keep as usize;
+    // The first n_keep tokens are the prompt's; the oldest after them went.
+    assert_eq!(held.tokens[..n_keep], prompt[..n_keep]);
+    assert_ne!(held.tokens[n_keep..prompt.len()], prompt[n_keep..]);
+    assert!(held.tokens.len() <= 256);
+    // Nothing after the kept tokens may be reused as if fresh.
+    assert_eq!(held.exact as usize, n_keep);
+    let stats = worker_stats(&worker);
+    assert_eq!(stats.pool_cells, 256);
+    assert_eq!(
+        stats.shifted_tokens_total,
+        u64::from(ended.stats.shifted_tokens)
+    );
+}
+
+/// SmolLM2's chat template (ChatML) renders a system message on its own.
+fn chatml_system(system: &str) -> String {
+    format!("<|im_start|>system\n{system}<|im_end|>\n")
+}
+
+#[test]
+fn a_sequence_at_its_context_shifts_and_keeps_the_system_prompt() {
+    let worker = spawn_worker();
+    // The pool (256) is larger than one sequence's context (128): this is
+    // the sequence's own limit, not the pool's.
+    load_pool(&worker, SMOLLM2, 128, 2, Some(256));
+    let (_, _) = run_one(
+        &worker,
+        request(
+            1,
+            Prompt::Raw {
+                text: chatml_system(SYSTEM),
+            },
+            1,
+        ),
+        Growth::Deny,
+    );
+    let system: Vec<i32> = sequences(&worker)
+        .into_iter()
+        .find(|s| !s.tokens.is_empty())
+        .unwrap()
+        .tokens;
+    let prompt = messages(&[
+        ("system", SYSTEM),
+        ("user", "Count from 1 to 500, separated by commas."),
+    ]);
+    let (ended, seen) = run_one(&worker, request(2, prompt.clone(), 120), Growth::Deny);
+    assert_eq!(seen.pool_full, 0);
+    assert!(ended.stats.shifted_tokens > 0, "{ended:?}");
+    // By default n_keep is the system message, as the template renders it.
+    assert_eq!(ended.stats.kept_tokens as usize, system.len());
+    let held = sequences(&worker)
+        .into_iter()
+        .find(|s| s.tokens.len() > system.len())
+        .unwrap();
+    assert_eq!(held.tokens[..system.len()], system[..]);
+    assert!(held.tokens.len() <= 128);
+
+    // Opting out gives the old limit: the answer ends at the context.
+    let mut strict = request(3, prompt, 120);
+    strict.truncate = false;
+    let (ended, _) = run_one(&worker, strict, Growth::Deny);
+    assert_eq!(ended.stats.shifted_tokens, 0);
+    assert_eq!(ended.finish, Ok(FinishReason::Length));
+    assert!(ended.stats.prompt_tokens + ended.stats.generated_tokens <= 128);
+}
+
+#[test]
+fn a_chat_longer_than_the_context_loses_its_oldest_messages_unless_asked_not_to() {
+    let worker = spawn_worker();
+    load_pool(&worker, SMOLLM2, 256, 1, None);
+    let long = "This is a long message about nothing in particular. ".repeat(8);
+    let mut turns = vec![("system", SYSTEM)];
+    for _ in 0..4 {
+        turns.push(("user", long.as_str()));
+        turns.push(("assistant", "I see."));
+    }
+    turns.push(("user", "Say hello."));
+    let (ended, _) = run_one(&worker, request(1, messages(&turns), 16), Growth::Deny);
+    assert!(ended.finish.is_ok(), "{ended:?}");
+    assert!(ended.stats.dropped_messages >= 2, "{:?}", ended.stats);
+    assert!(ended.stats.prompt_tokens + 16 <= 256);
+    let mut strict = request(2, messages(&turns), 16);
+    strict.truncate = false;
+    let (ended, _) = run_one(&worker, strict, Growth::Deny);
+    assert_eq!(ended.finish, Err(ErrorKind::PromptTooLong));
+}
+
+#[test]
+fn refused_growth_on_a_sliding_window_model_is_a_clear_error() {
+    let worker = spawn_worker();
+    let info = load_pool(&worker, GEMMA3, 2048, 1, Some(256));
+    assert_eq!(info.sliding_window, Some(512));
+    assert!(!info.context_shift);
+    // A prompt of about 200 tokens fills most of the pool (prefill is far
+    // cheaper than decode on CI's cores).
+    let prompt = Prompt::Raw {
+        text: format!("{LONG_SYSTEM} {LONG_SYSTEM} Now count to one thousand: 1, 2, 3, 4, 5,"),
+    };
+    let (ended, seen) = run_one(&worker, request(1, prompt.clone(), 80), Growth::Deny);
+    assert_eq!(seen.pool_full, 1);
+    assert_eq!(ended.finish, Err(ErrorKind::PoolExhausted));
+    // It ran until the pool was full.
+    assert!(!ended.text.is_empty(), "{ended:?}");
+    // Granted, the same request runs to its end: the window layers' state
+    // moves into the larger pool too.
+    let (ended, seen) = run_one(&worker, request(2, prompt.clone(), 80), Growth::Grant);
+    assert!(ended.stats.prompt_tokens + 80 > 256, "{:?}", ended.stats);
+    let fresh = spawn_worker();
+    load_pool(&fresh, GEMMA3, 2048, 1, None);
+    let (want, _) = run_one(&fresh, request(2, prompt, 80), Growth::Deny);
+    assert_eq!(ended.text, want.text);
+    assert_eq!(ended.finish, Ok(FinishReason::Length));
+    assert_eq!(seen.resized.len(), 1);
+}
+
+#[test]
+fn an_idle_shrink_keeps_the_cached_conversations_that_fit() {
+    // Two conversations of about 150 tokens that share only the short
+    // system prompt (a longer shared prefix would make the second one
+    // continue the first's sequence, as it should).
+    fn conv(q: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("system", SYSTEM.to_string()),
+            ("user", format!("{q} Some background: {LONG_SYSTEM}")),
+        ]
+    }
+    fn owned(turns: &[(&'static str, String)]) -> Prompt {
+        let borrowed: Vec<(&str, &str)> = turns.iter().map(|(r, c)| (*r, c.as_str())).collect();
+        messages(&borrowed)
+    }
+    let worker = spawn_worker();
+    load_pool(&worker, SMOLLM2, 1024, 2, Some(1024));
+    let a = conv(QUESTIONS[0]);
+    let b = conv(QUESTIONS[2]);
+    let (ea, _) = run_one(&worker, request(1, owned(&a), 64), Growth::Deny);
+    let (eb, _) = run_one(&worker, request(2, owned(&b), 64), Growth::Deny);
+    let before = worker_stats(&worker);
+    assert_eq!(before.cached_sequences, 2);
+    let held_b = u64::from(eb.stats.prompt_tokens + eb.stats.generated_tokens);
+    // 256 cells hold B (the more recent) but not both.
+    assert!(before.pool_used_cells > 256 && held_b <= 256, "{before:?}");
+    let (cells, previous, moved, tokens, bytes, ms) = resize(&worker, 256);
+    eprintln!(
+        "shrink {previous} -> {cells} cells: {moved} sequences, {tokens} tokens, {bytes} bytes, {ms:.2} ms"
+    );
+    assert_eq!((cells, previous), (256, 1024));
+    let after = worker_stats(&worker);
+    assert_eq!(after.pool_cells, 256);
+    assert_eq!(after.resizes, 1);
+    assert_eq!(moved, 1);
+    assert_eq!(after.cached_sequences, 1);
+    // B's next turn reuses its moved cache and answers as a fresh worker.
+    let mut b2 = b.clone();
+    b2.push(("assistant", eb.text.clone()));
+    b2.push(("user", "Why?".to_string()));
+    let (got, seen) = run_one(&worker, request(3, owned(&b2), 32), Growth::Grant);
+    assert!(
+        got.stats.prompt_cached_tokens >= eb.stats.prompt_tokens,
+        "{:?}",
+        got.stats
+    );
+    let fresh = spawn_worker();
+    load_pool(&fresh, SMOLLM2, 1024, 2, None);
+    let (want, _) = run_one(&fresh, request(3, owned(&b2), 32), Growth::Grant);
+    assert_eq!(got.text, want.text);
+    eprintln!("after the shrink: {seen:?}; A said {:?}", ea.text);
+}
+
+/// Gemma 3's window layers keep about one window per sequence (`swa_full`
+/// off): a chat's next turn continues at the end of the cache, where the
+/// window is whole, so it reuses the cache, also once the conversation has
+/// outgrown the window layers' cache; a prompt that leaves the cache
+/// further back than the window still reaches must not reuse it.
+#[test]
+fn gemma3_multi_turn_chat_reuses_its_cache() {
+    let worker = spawn_worker();
+    let info = load_pool(&worker, GEMMA3, 4096, 1, None);
+    let window = info.sliding_window.expect("Gemma 3 has a sliding window");
+    let notes = |n: usize| vec![LONG_SYSTEM; n].join(" ");
+    let asks = [
+        format!("Here are my notes: {} What do I grow?", notes(6)),
+        format!("More notes: {} Which season is it?", notes(6)),
+        "Summarise it in one sentence.".to_string(),
+    ];
+    let mut turns: Vec<(String, String)> = vec![("system".into(), SYSTEM.into())];
+    let as_prompt = |turns: &[(String, String)]| {
+        let t: Vec<(&str, &str)> = turns
+            .iter()
+            .map(|(r, c)| (r.as_str(), c.as_str()))
+            .collect();
+        messages(&t)
+    };
+    let mut last: Option<GenerationStats> = None;
+    let mut reused = None;
+    for (n, ask) in asks.iter().enumerate() {
+        turns.push(("user".into(), ask.clone()));
+        let (ended, _) = run_one(
+            &worker,
+            request(n as u64 + 1, as_prompt(&turns), 16),
+            Growth::Deny,
+        );
+        let s = ended.stats.clone();
+        let held = &sequences(&worker)[0];
+        eprintln!(
+            "gemma3 turn {}: {} prompt tokens, {} from the cache, {} prefilled in {:.0} ms; \
+             the window layers now hold positions {}..{}",
+            n + 1,
+            s.prompt_tokens,
+            s.prompt_cached_tokens,
+            s.prompt_tokens - s.prompt_cached_tokens,
+            s.prefill_ms,
+            held.pos_min,
+            held.tokens.len()
+        );
+        if let Some(prev) = &last {
+            // The whole previous turn comes from the cache: its prompt and
+            // the answer tokens that were decoded (all but the last).
+            assert!(
+                s.prompt_cached_tokens >= prev.prompt_tokens + prev.generated_tokens - 1,
+                "turn {}: {s:?} after {prev:?}",
+                n + 1
+            );
+        }
+        if n == 2 {
+            reused = Some((ended.text.clone(), held.pos_min));
+        }
+        last = Some(s);
+        turns.push(("assistant".into(), ended.text.clone()));
+    }
+    let (answer, pos_min) = reused.unwrap();
+    // The third turn reused a cache whose window layers had dropped their
+    // oldest positions.
+    assert!(
+        pos_min > 0,
+        "the conversation did not outgrow the window cache"
+    );
+
+    // A prompt that shares only the first few tokens: continuing there
+    // needs positions the window layers dropped.
+    let short = [("system", SYSTEM), ("user", "Here are my notes: none.")];
+    let (got, _) = run_one(&worker, request(9, messages(&short), 8), Growth::Deny);
+    assert!(got.stats.prompt_tokens < window);
+    assert_eq!(got.stats.prompt_cached_tokens, 0, "{:?}", got.stats);
+
+    // The reused third turn answers as a fresh worker does.
+    let fresh = spawn_worker();
+    load_pool(&fresh, GEMMA3, 4096, 1, None);
+    let (want, _) = run_one(
+        &fresh,
+        request(3, as_prompt(&turns[..turns.len() - 1]), 16),
+        Growth::Deny,
+    );
+    assert_eq!(want.stats.prompt_cached_tokens, 0);
+    assert_eq!(answer, want.text);
 }
