@@ -12,7 +12,7 @@
 
 use locara_engine::protocol::{
     Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest, LoadedInfo, Prompt,
-    Request, Sampling,
+    Request, Sampling, WorkerStats,
 };
 use locara_engine::{EngineError, Worker, WorkerCommand};
 use std::collections::HashMap;
@@ -37,6 +37,38 @@ pub enum StreamEvent {
 }
 
 type Streams = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<StreamEvent>>>>;
+
+/// What a worker says of its K/V pool (engine protocol v2), for the
+/// governor: growth it needs, resizes done, and its figures.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoolNews {
+    /// Live sequences need more cells than the pool has; generations wait
+    /// for [`WorkerHost::resize`] or [`WorkerHost::deny_growth`].
+    Full {
+        needed_cells: u32,
+        pool_cells: u32,
+        used_cells: u32,
+        pool_max_cells: u32,
+        suggested_cells: u32,
+    },
+    /// A resize is done: the pool is `cells` cells.
+    Resized {
+        cells: u32,
+        previous_cells: u32,
+        moved_sequences: u32,
+        dropped_sequences: u32,
+        state_bytes: u64,
+        ms: f64,
+    },
+    /// The answer to [`WorkerHost::request_stats`].
+    Stats(WorkerStats),
+    /// A failure that belongs to no generation (a resize llama.cpp could
+    /// not make, say): `kind` is the worker's stable machine string.
+    Failed { kind: String, message: String },
+}
+
+/// Hears a worker's [`PoolNews`], on the host's routing thread.
+pub type PoolListener = Box<dyn Fn(PoolNews) + Send + 'static>;
 
 /// How a worker ended, as the host's exit callback hears it.
 #[derive(Debug, Clone)]
@@ -110,6 +142,7 @@ impl WorkerHost {
         engine: &dyn Engine,
         load: LoadRequest,
         on_exit: impl FnOnce(WorkerExit) + Send + 'static,
+        on_pool: PoolListener,
     ) -> Result<Arc<WorkerHost>, EngineError> {
         let worker = engine.spawn()?;
         worker.send(&Request::Load(load))?;
@@ -132,7 +165,7 @@ impl WorkerHost {
         let pid = worker.pid();
         thread::Builder::new()
             .name(format!("worker-{pid}-events"))
-            .spawn(move || route(&*worker, &streams, &stopping, on_exit))
+            .spawn(move || route(&*worker, &streams, &stopping, on_exit, on_pool))
             .map_err(|source| EngineError::Spawn {
                 program: format!("the event thread of worker {pid}").into(),
                 source,
@@ -151,12 +184,15 @@ impl WorkerHost {
     }
 
     /// Starts a generation. Its events arrive on the returned stream.
+    /// `truncate`: the context may be shortened to go on (oldest messages
+    /// left out, context shift); `false` fails instead.
     pub fn generate(
         self: &Arc<Self>,
         prompt: Prompt,
         sampling: Sampling,
         max_tokens: Option<u32>,
         stop: Vec<String>,
+        truncate: bool,
     ) -> Result<Generation, EngineError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -167,9 +203,9 @@ impl WorkerHost {
             sampling,
             max_tokens,
             stop,
+            // The leading system message(s), as the template renders them.
             n_keep: None,
-            // Today's strictness until requests carry `truncate`.
-            truncate: false,
+            truncate,
             cache_prompt: true,
         });
         if let Err(e) = self.worker.send(&request) {
@@ -182,6 +218,25 @@ impl WorkerHost {
             host: Arc::clone(self),
             finished: false,
         })
+    }
+
+    /// Makes the K/V pool `cells` cells: the answer to [`PoolNews::Full`]
+    /// when the governor granted the bytes, or a shrink of an idle pool.
+    /// The worker answers with [`PoolNews::Resized`].
+    pub fn resize(&self, cells: u32) {
+        let _ = self.worker.send(&Request::Resize { cells });
+    }
+
+    /// The answer to [`PoolNews::Full`] when growth is refused: the waiting
+    /// generations shift their context or end with `pool_exhausted`.
+    pub fn deny_growth(&self) {
+        let _ = self.worker.send(&Request::DenyGrowth);
+    }
+
+    /// Asks for the worker's figures; they come back as
+    /// [`PoolNews::Stats`].
+    pub fn request_stats(&self) {
+        let _ = self.worker.send(&Request::Stats);
     }
 
     /// Cancels a generation: it ends before its next token.
@@ -214,6 +269,7 @@ fn route(
     streams: &Streams,
     stopping: &AtomicBool,
     on_exit: impl FnOnce(WorkerExit),
+    on_pool: PoolListener,
 ) {
     let status = loop {
         match worker.recv() {
@@ -239,8 +295,46 @@ fn route(
                     });
                 }
             }
-            // Errors of no generation and stats answers are not asked for
-            // once loaded; nothing waits on them.
+            Ok(Event::PoolFull {
+                needed_cells,
+                pool_cells,
+                used_cells,
+                pool_max_cells,
+                suggested_cells,
+                ..
+            }) => on_pool(PoolNews::Full {
+                needed_cells,
+                pool_cells,
+                used_cells,
+                pool_max_cells,
+                suggested_cells,
+            }),
+            Ok(Event::Resized {
+                cells,
+                previous_cells,
+                moved_sequences,
+                dropped_sequences,
+                state_bytes,
+                ms,
+                ..
+            }) => on_pool(PoolNews::Resized {
+                cells,
+                previous_cells,
+                moved_sequences,
+                dropped_sequences,
+                state_bytes,
+                ms,
+            }),
+            Ok(Event::Stats(stats)) => on_pool(PoolNews::Stats(stats)),
+            Ok(Event::Error {
+                id: None,
+                kind,
+                message,
+            }) => on_pool(PoolNews::Failed {
+                kind: kind.as_str().to_string(),
+                message,
+            }),
+            // Nothing else is asked for once loaded.
             Ok(_) => {}
             Err(e) => break e.to_string(),
         }

@@ -44,6 +44,7 @@
 //!         estimate_bytes: 200 << 20,
 //!         sequences_busy: 0,
 //!         queue_depth: 0,
+//!         kv_pool: None,
 //!     }],
 //! });
 //! assert!(text.contains("locara_models_loaded 1\n"));
@@ -117,6 +118,17 @@ pub struct ModelGauges {
     pub sequences_busy: u32,
     /// Requests waiting for a free sequence of this model.
     pub queue_depth: u32,
+    /// The model's K/V pool: cells allocated, cells its sequences hold,
+    /// and finished conversations kept for reuse; `None` while loading.
+    pub kv_pool: Option<KvPoolGauges>,
+}
+
+/// A model's K/V pool in a [`ModelGauges`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvPoolGauges {
+    pub cells: u32,
+    pub used_cells: u32,
+    pub cached_sequences: u32,
 }
 
 /// The daemon's Prometheus metrics: event counters and histograms, rendered
@@ -169,6 +181,10 @@ struct ModelCounters {
     decode_tokens_per_second: Histogram,
     /// Duration of successful loads, seconds.
     load_seconds: Histogram,
+    /// K/V pool resizes by direction (`grow`, `shrink`).
+    pool_resizes: BTreeMap<String, u64>,
+    /// K/V pool growths the governor refused.
+    pool_growth_refused: u64,
 }
 
 impl ModelCounters {
@@ -187,6 +203,8 @@ impl ModelCounters {
             time_to_first_token: Histogram::new(TIME_TO_FIRST_TOKEN_BUCKETS),
             decode_tokens_per_second: Histogram::new(DECODE_TOKENS_PER_SECOND_BUCKETS),
             load_seconds: Histogram::new(MODEL_LOAD_SECONDS_BUCKETS),
+            pool_resizes: BTreeMap::new(),
+            pool_growth_refused: 0,
         }
     }
 }
@@ -375,6 +393,21 @@ impl Metrics {
         });
     }
 
+    /// Counts one resize of the model's K/V pool
+    /// (`locara_kv_pool_resizes_total{model,direction}`).
+    pub fn pool_resized(&self, model: &str, grew: bool) {
+        let direction = if grew { "grow" } else { "shrink" };
+        self.with_model(model, |m| bump(&mut m.pool_resizes, direction, 1));
+    }
+
+    /// Counts one growth of the model's K/V pool that the governor refused
+    /// (`locara_kv_pool_growth_refused_total{model}`).
+    pub fn pool_growth_refused(&self, model: &str) {
+        self.with_model(model, |m| {
+            m.pool_growth_refused = m.pool_growth_refused.saturating_add(1)
+        });
+    }
+
     /// Counts one refused request or load (`locara_refusals_total{model,kind}`);
     /// `kind` is e.g. `insufficient_memory`, `queue_full` or `held`.
     pub fn refused(&self, model: &str, kind: &str) {
@@ -514,6 +547,39 @@ impl Metrics {
         }
         let mut f = Family::new(
             &mut out,
+            "locara_kv_pool_cells",
+            Kind::Gauge,
+            "K/V cells the model's pool holds allocated (one cell: one token of one sequence); it grows with the governor's leave and shrinks when idle.",
+        );
+        for m in &snapshot {
+            if let Some(p) = m.kv_pool {
+                f.sample("", &[("model", &m.model)], u64::from(p.cells));
+            }
+        }
+        let mut f = Family::new(
+            &mut out,
+            "locara_kv_pool_used_cells",
+            Kind::Gauge,
+            "K/V cells of the model's pool that live and cached sequences hold.",
+        );
+        for m in &snapshot {
+            if let Some(p) = m.kv_pool {
+                f.sample("", &[("model", &m.model)], u64::from(p.used_cells));
+            }
+        }
+        let mut f = Family::new(
+            &mut out,
+            "locara_kv_cached_sequences",
+            Kind::Gauge,
+            "Finished conversations the model keeps in its K/V pool for prefix reuse.",
+        );
+        for m in &snapshot {
+            if let Some(p) = m.kv_pool {
+                f.sample("", &[("model", &m.model)], u64::from(p.cached_sequences));
+            }
+        }
+        let mut f = Family::new(
+            &mut out,
             "locara_sequences_busy",
             Kind::Gauge,
             "Sequences (requests) the model's engine worker is decoding now.",
@@ -620,6 +686,28 @@ impl Metrics {
         );
         for &model in &known {
             f.sample("", &[("model", model)], counters_of(model).evictions);
+        }
+        let mut f = Family::new(
+            &mut out,
+            "locara_kv_pool_resizes_total",
+            Kind::Counter,
+            "Resizes of the model's K/V pool, by direction (grow: the governor granted the bytes; shrink: idle or under pressure).",
+        );
+        for (model, c) in counters.iter() {
+            for (direction, &n) in &c.pool_resizes {
+                f.sample("", &[("model", model), ("direction", direction)], n);
+            }
+        }
+        let mut f = Family::new(
+            &mut out,
+            "locara_kv_pool_growth_refused_total",
+            Kind::Counter,
+            "Growths of the model's K/V pool the governor refused (budget or pressure): the sequence shifted its context or ended.",
+        );
+        for (model, c) in counters.iter() {
+            if c.pool_growth_refused > 0 {
+                f.sample("", &[("model", model)], c.pool_growth_refused);
+            }
         }
         let mut f = Family::new(
             &mut out,
@@ -1106,6 +1194,11 @@ mod tests {
             estimate_bytes: 200 << 20,
             sequences_busy: 1,
             queue_depth: 2,
+            kv_pool: Some(KvPoolGauges {
+                cells: 2048,
+                used_cells: 300,
+                cached_sequences: 1,
+            }),
         }
     }
 
@@ -1133,6 +1226,9 @@ mod tests {
             m.evicted(name);
             m.refused(name, "queue_full");
             m.estimate_checked(name, 210 << 20, 200 << 20);
+            m.pool_resized(name, true);
+            m.pool_resized(name, false);
+            m.pool_growth_refused(name);
         }
         m
     }
@@ -1155,6 +1251,11 @@ mod tests {
             ("locara_model_mapped_weights_bytes", "gauge"),
             ("locara_sequences_busy", "gauge"),
             ("locara_queue_depth", "gauge"),
+            ("locara_kv_pool_cells", "gauge"),
+            ("locara_kv_pool_used_cells", "gauge"),
+            ("locara_kv_cached_sequences", "gauge"),
+            ("locara_kv_pool_resizes_total", "counter"),
+            ("locara_kv_pool_growth_refused_total", "counter"),
             ("locara_estimate_error_ratio", "gauge"),
             ("locara_decode_tokens_per_second_last", "gauge"),
             ("locara_prompt_tokens_total", "counter"),

@@ -17,11 +17,24 @@
 //! ...) are refused by name rather than silently ignored, so a client never
 //! gets an answer that looks like what it asked for and is not.
 //!
+//! Locara's own fields: `keep_alive`, `context` and `truncate` (whether a
+//! prompt or an answer too long for the context may be shortened; see
+//! [`GenerationParams::truncate`]).
+//!
 //! Defaults for omitted sampling fields are [`Sampling::default`], that is
 //! llama.cpp's own (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05), not
 //! OpenAI's temperature 1.0: the same model gives the same kind of answer
 //! through `locara run`, this API, `llama-server` and Ollama (which all use
 //! 0.8), and the other defaults (top_k, min_p) are llama.cpp's anyway.
+//!
+//! # Responses
+//!
+//! OpenAI's shapes, plus Locara's `locara` field ([`ContextReport`]): the
+//! prompt tokens reused from the cache and what was left out to fit the
+//! context. A whole answer has it at the top level (and the
+//! [`CONTEXT_HEADER`] when something was left out); a stream has it in its
+//! last chunk (the one with the finish reason) and its usage chunk. `usage`
+//! carries OpenAI's `prompt_tokens_details.cached_tokens`.
 //!
 //! # Errors
 //!
@@ -300,7 +313,8 @@ impl ApiError {
     /// | `prompt_too_long` | `invalid_request_error`, code `context_length_exceeded` (OpenAI's) | 400 |
     /// | `chat_template` | `invalid_request_error` (use /v1/completions) | 400 |
     /// | `invalid_model`, `load_failed` | `model_unavailable` | 503 |
-    /// | `bad_request`, `decode_failed` | `server_error` | 500 |
+    /// | `bad_request`, `decode_failed`, `resize_failed` | `server_error` | 500 |
+    /// | `pool_exhausted` | `insufficient_memory` | 503 |
     ///
     /// Except for `prompt_too_long`, `code` is the worker's own kind.
     pub fn from_worker(kind: ErrorKind, message: impl Into<String>) -> Self {
@@ -630,6 +644,14 @@ pub struct GenerationParams {
     /// `stream_options.include_usage`: send a usage chunk before `[DONE]`.
     /// Only meaningful with `stream`.
     pub include_usage: bool,
+    /// Locara's `truncate`: whether the worker may shorten the context to
+    /// go on (leave out the oldest non-system messages of a prompt too long
+    /// for it, shift the context of an answer that fills it). `false`
+    /// refuses instead: a prompt too long is `context_length_exceeded`, an
+    /// answer ends at the context with `length`. Default `true`, so a long
+    /// conversation goes on as chat apps expect; the response says what
+    /// was left out ([`ContextReport`]).
+    pub truncate: bool,
 }
 
 /// A checked `POST /v1/chat/completions` body.
@@ -1102,6 +1124,10 @@ fn parse_params(obj: &Map<String, Value>) -> Result<GenerationParams, ApiError> 
             .transpose()?,
         stream,
         include_usage,
+        truncate: field(obj, "truncate")
+            .map(|v| as_bool("truncate", v))
+            .transpose()?
+            .unwrap_or(true),
     })
 }
 
@@ -1304,10 +1330,14 @@ fn truncate(s: &str, max: usize) -> String {
 /// Token counts of one generation, as OpenAI's `usage`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    /// Tokens of the prompt (after the chat template).
+    /// Tokens of the prompt as it was run (after the chat template, and
+    /// after any messages left out to fit the context).
     pub prompt_tokens: u32,
     /// Tokens generated.
     pub completion_tokens: u32,
+    /// Prompt tokens whose K/V came from a cached sequence instead of a
+    /// prefill: OpenAI's `prompt_tokens_details.cached_tokens`.
+    pub cached_tokens: u32,
 }
 
 impl Usage {
@@ -1315,6 +1345,7 @@ impl Usage {
         Self {
             prompt_tokens: stats.prompt_tokens,
             completion_tokens: stats.generated_tokens,
+            cached_tokens: stats.prompt_cached_tokens,
         }
     }
 
@@ -1323,12 +1354,76 @@ impl Usage {
         u64::from(self.prompt_tokens) + u64::from(self.completion_tokens)
     }
 
-    /// `{"prompt_tokens","completion_tokens","total_tokens"}`.
+    /// `{"prompt_tokens","completion_tokens","total_tokens",
+    /// "prompt_tokens_details":{"cached_tokens"}}`, the shape OpenAI's
+    /// clients read cached tokens from.
     pub fn to_json(self) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens(),
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        })
+    }
+}
+
+/// The response header that says a request's context was shortened; sent
+/// on whole (non-streamed) answers only, as a stream's headers go out
+/// before the generation ends. See [`ContextReport::header_value`].
+pub const CONTEXT_HEADER: &str = "x-locara-context";
+
+/// What the worker reused and left out to fit a request in its context:
+/// Locara's `locara` field of a response (the whole answer, and a stream's
+/// last chunk and usage chunk) and its [`CONTEXT_HEADER`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContextReport {
+    /// Prompt tokens taken from a cached sequence instead of prefilled.
+    pub prompt_cached_tokens: u32,
+    /// Oldest non-system chat messages left out so the prompt fits.
+    pub dropped_messages: u32,
+    /// Tokens discarded by context shifts while generating.
+    pub shifted_tokens: u32,
+    /// Tokens at the start that a context shift keeps (the system prompt,
+    /// as the template renders it).
+    pub kept_tokens: u32,
+}
+
+impl ContextReport {
+    pub fn from_stats(stats: &GenerationStats) -> Self {
+        Self {
+            prompt_cached_tokens: stats.prompt_cached_tokens,
+            dropped_messages: stats.dropped_messages,
+            shifted_tokens: stats.shifted_tokens,
+            kept_tokens: stats.kept_tokens,
+        }
+    }
+
+    /// Whether the model saw less than the request sent or than it wrote:
+    /// messages left out, or tokens shifted out of the context.
+    pub fn shortened(self) -> bool {
+        self.dropped_messages > 0 || self.shifted_tokens > 0
+    }
+
+    /// `{"prompt_cached_tokens","dropped_messages","shifted_tokens","kept_tokens"}`.
+    pub fn to_json(self) -> Value {
+        json!({
+            "prompt_cached_tokens": self.prompt_cached_tokens,
+            "dropped_messages": self.dropped_messages,
+            "shifted_tokens": self.shifted_tokens,
+            "kept_tokens": self.kept_tokens,
+        })
+    }
+
+    /// The [`CONTEXT_HEADER`] value when the context was
+    /// [`shortened`](Self::shortened), else `None`: a structured-field
+    /// dictionary (RFC 8941), so a client can read it with a library,
+    /// e.g. `dropped_messages=2, shifted_tokens=0, kept_tokens=31`.
+    pub fn header_value(self) -> Option<String> {
+        self.shortened().then(|| {
+            format!(
+                "dropped_messages={}, shifted_tokens={}, kept_tokens={}",
+                self.dropped_messages, self.shifted_tokens, self.kept_tokens
+            )
         })
     }
 }
@@ -1382,6 +1477,16 @@ pub fn chat_chunk(
     delta: Delta<'_>,
     finish_reason: Option<&str>,
 ) -> String {
+    chat_chunk_json(id, created, model, delta, finish_reason).to_string()
+}
+
+fn chat_chunk_json(
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: Delta<'_>,
+    finish_reason: Option<&str>,
+) -> Value {
     json!({
         "id": id,
         "object": "chat.completion.chunk",
@@ -1394,12 +1499,33 @@ pub fn chat_chunk(
             "finish_reason": finish_reason,
         }],
     })
-    .to_string()
+}
+
+/// The last chunk of a chat stream: [`Delta::Empty`], the finish reason,
+/// and the `locara` field, so a client that did not ask for usage still
+/// learns what was left out (OpenAI's clients keep or ignore fields they
+/// do not know).
+pub fn chat_last_chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    finish_reason: &str,
+    report: ContextReport,
+) -> String {
+    let mut chunk = chat_chunk_json(id, created, model, Delta::Empty, Some(finish_reason));
+    chunk["locara"] = report.to_json();
+    chunk.to_string()
 }
 
 /// The chunk after the last when `stream_options.include_usage` is set:
-/// no choices, and the usage.
-pub fn chat_usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> String {
+/// no choices, the usage, and the `locara` field.
+pub fn chat_usage_chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    usage: Usage,
+    report: ContextReport,
+) -> String {
     json!({
         "id": id,
         "object": "chat.completion.chunk",
@@ -1407,11 +1533,13 @@ pub fn chat_usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> St
         "model": model,
         "choices": [],
         "usage": usage.to_json(),
+        "locara": report.to_json(),
     })
     .to_string()
 }
 
-/// A whole (non-streamed) `chat.completion`. `created` in Unix seconds.
+/// A whole (non-streamed) `chat.completion`, with the `locara` field.
+/// `created` in Unix seconds.
 pub fn chat_completion(
     id: &str,
     created: u64,
@@ -1419,6 +1547,7 @@ pub fn chat_completion(
     content: &str,
     finish_reason: &str,
     usage: Usage,
+    report: ContextReport,
 ) -> Value {
     json!({
         "id": id,
@@ -1432,6 +1561,7 @@ pub fn chat_completion(
             "finish_reason": finish_reason,
         }],
         "usage": usage.to_json(),
+        "locara": report.to_json(),
     })
 }
 
@@ -1444,6 +1574,16 @@ pub fn text_chunk(
     text: &str,
     finish_reason: Option<&str>,
 ) -> String {
+    text_chunk_json(id, created, model, text, finish_reason).to_string()
+}
+
+fn text_chunk_json(
+    id: &str,
+    created: u64,
+    model: &str,
+    text: &str,
+    finish_reason: Option<&str>,
+) -> Value {
     json!({
         "id": id,
         "object": "text_completion",
@@ -1456,11 +1596,31 @@ pub fn text_chunk(
             "finish_reason": finish_reason,
         }],
     })
-    .to_string()
 }
 
-/// The usage chunk of a text completion stream (`choices: []`).
-pub fn text_usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> String {
+/// The last chunk of a text completion stream: empty text, the finish
+/// reason and the `locara` field (see [`chat_last_chunk`]).
+pub fn text_last_chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    finish_reason: &str,
+    report: ContextReport,
+) -> String {
+    let mut chunk = text_chunk_json(id, created, model, "", Some(finish_reason));
+    chunk["locara"] = report.to_json();
+    chunk.to_string()
+}
+
+/// The usage chunk of a text completion stream (`choices: []`), with the
+/// `locara` field.
+pub fn text_usage_chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    usage: Usage,
+    report: ContextReport,
+) -> String {
     json!({
         "id": id,
         "object": "text_completion",
@@ -1468,11 +1628,13 @@ pub fn text_usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> St
         "model": model,
         "choices": [],
         "usage": usage.to_json(),
+        "locara": report.to_json(),
     })
     .to_string()
 }
 
-/// A whole (non-streamed) `text_completion`. `created` in Unix seconds.
+/// A whole (non-streamed) `text_completion`, with the `locara` field.
+/// `created` in Unix seconds.
 pub fn text_completion(
     id: &str,
     created: u64,
@@ -1480,6 +1642,7 @@ pub fn text_completion(
     text: &str,
     finish_reason: &str,
     usage: Usage,
+    report: ContextReport,
 ) -> Value {
     json!({
         "id": id,
@@ -1493,6 +1656,7 @@ pub fn text_completion(
             "finish_reason": finish_reason,
         }],
         "usage": usage.to_json(),
+        "locara": report.to_json(),
     })
 }
 
@@ -1620,6 +1784,7 @@ mod tests {
         assert_eq!(p.context, None);
         assert!(!p.stream);
         assert!(!p.include_usage);
+        assert!(p.truncate);
     }
 
     #[test]
@@ -1631,7 +1796,7 @@ mod tests {
             "stream": true, "stream_options": {"include_usage": true},
             "frequency_penalty": 0.5, "presence_penalty": -0.5, "n": 1,
             "user": "someone", "response_format": {"type": "text"},
-            "logit_bias": {}, "logprobs": false, "tools": [],
+            "logit_bias": {}, "logprobs": false, "tools": [], "truncate": false,
         }))
         .unwrap();
         let p = req.params;
@@ -1656,6 +1821,7 @@ mod tests {
         assert_eq!(p.context, Some(4096));
         assert!(p.stream);
         assert!(p.include_usage);
+        assert!(!p.truncate);
     }
 
     #[test]
@@ -1791,6 +1957,34 @@ mod tests {
             "model",
             "model must be a string, got 7",
         );
+    }
+
+    #[test]
+    fn truncate_is_a_bool_that_defaults_to_true_on_both_endpoints() {
+        for (value, expected) in [
+            (json!(true), true),
+            (json!(false), false),
+            (Value::Null, true),
+        ] {
+            let body = json!({ "truncate": value });
+            assert_eq!(
+                chat_with(body.clone()).unwrap().params.truncate,
+                expected,
+                "{value}"
+            );
+            assert_eq!(
+                completion_with(body).unwrap().params.truncate,
+                expected,
+                "{value}"
+            );
+        }
+        assert!(completion_with(json!({})).unwrap().params.truncate);
+        for bad in [json!("yes"), json!(1), json!({})] {
+            let message = format!("truncate must be true or false, got {}", describe(&bad));
+            let body = json!({ "truncate": bad });
+            assert_invalid(chat_with(body.clone()), "truncate", &message);
+            assert_invalid(completion_with(body), "truncate", &message);
+        }
     }
 
     #[test]
@@ -2247,6 +2441,8 @@ mod tests {
             (ErrorKind::LoadFailed, 503, "load_failed"),
             (ErrorKind::BadRequest, 500, "bad_request"),
             (ErrorKind::DecodeFailed, 500, "decode_failed"),
+            (ErrorKind::ResizeFailed, 500, "resize_failed"),
+            (ErrorKind::PoolExhausted, 503, "pool_exhausted"),
         ];
         for (kind, status, code) in cases {
             let err = ApiError::from_worker(kind, "m");
@@ -2343,16 +2539,65 @@ mod tests {
         assert_eq!(chunks[3]["choices"][0]["delta"], json!({}));
         assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
 
+        let report = ContextReport {
+            prompt_cached_tokens: 4,
+            dropped_messages: 2,
+            shifted_tokens: 0,
+            kept_tokens: 6,
+        };
+        let locara = json!({
+            "prompt_cached_tokens": 4, "dropped_messages": 2,
+            "shifted_tokens": 0, "kept_tokens": 6,
+        });
+        let finished = read_chunk(&chat_last_chunk(id, t, m, "stop", report));
+        assert_eq!(finished["choices"], chunks[3]["choices"]);
+        assert_eq!(finished["locara"], locara);
+
         let usage = Usage {
             prompt_tokens: 9,
             completion_tokens: 3,
+            cached_tokens: 4,
         };
-        let last = read_chunk(&chat_usage_chunk(id, t, m, usage));
+        let last = read_chunk(&chat_usage_chunk(id, t, m, usage, report));
         assert_eq!(last["choices"], json!([]));
         assert_eq!(
             last["usage"],
-            json!({"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12})
+            json!({
+                "prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12,
+                "prompt_tokens_details": {"cached_tokens": 4},
+            })
         );
+        assert_eq!(last["locara"], locara);
+    }
+
+    #[test]
+    fn the_context_header_says_what_was_left_out_and_only_then() {
+        let stats = GenerationStats {
+            prompt_cached_tokens: 100,
+            kept_tokens: 31,
+            ..GenerationStats::default()
+        };
+        let report = ContextReport::from_stats(&stats);
+        assert!(!report.shortened());
+        assert_eq!(report.header_value(), None);
+        let dropped = ContextReport {
+            dropped_messages: 2,
+            ..report
+        };
+        assert_eq!(
+            dropped.header_value().as_deref(),
+            Some("dropped_messages=2, shifted_tokens=0, kept_tokens=31")
+        );
+        let shifted = ContextReport {
+            shifted_tokens: 900,
+            ..report
+        };
+        assert_eq!(
+            shifted.header_value().as_deref(),
+            Some("dropped_messages=0, shifted_tokens=900, kept_tokens=31")
+        );
+        // A valid header value as it stands.
+        assert!(HeaderValue::from_str(&shifted.header_value().unwrap()).is_ok());
     }
 
     #[test]
@@ -2360,6 +2605,9 @@ mod tests {
         let stats = GenerationStats {
             prompt_tokens: 20,
             generated_tokens: 5,
+            prompt_cached_tokens: 12,
+            dropped_messages: 1,
+            kept_tokens: 7,
             ..GenerationStats::default()
         };
         let v = chat_completion(
@@ -2369,6 +2617,7 @@ mod tests {
             "Hello",
             finish_reason(FinishReason::Length),
             Usage::from(&stats),
+            ContextReport::from_stats(&stats),
         );
         assert_eq!(
             v,
@@ -2380,7 +2629,14 @@ mod tests {
                     "logprobs": null,
                     "finish_reason": "length",
                 }],
-                "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+                "usage": {
+                    "prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25,
+                    "prompt_tokens_details": {"cached_tokens": 12},
+                },
+                "locara": {
+                    "prompt_cached_tokens": 12, "dropped_messages": 1,
+                    "shifted_tokens": 0, "kept_tokens": 7,
+                },
             })
         );
     }
@@ -2390,23 +2646,36 @@ mod tests {
         let usage = Usage {
             prompt_tokens: 2,
             completion_tokens: 1,
+            cached_tokens: 1,
         };
-        let full = text_completion("cmpl-1", 5, "m", " a time", "stop", usage);
+        let report = ContextReport {
+            shifted_tokens: 64,
+            ..ContextReport::default()
+        };
+        let full = text_completion("cmpl-1", 5, "m", " a time", "stop", usage, report);
         assert_eq!(full["object"], "text_completion");
         assert_eq!(full["choices"][0]["text"], " a time");
         assert_eq!(full["choices"][0]["index"], 0);
         assert_eq!(full["choices"][0]["logprobs"], Value::Null);
         assert_eq!(full["choices"][0]["finish_reason"], "stop");
         assert_eq!(full["usage"]["total_tokens"], 3);
+        assert_eq!(full["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
+        assert_eq!(full["locara"]["shifted_tokens"], 64);
 
         let chunk: Value = serde_json::from_str(&text_chunk("cmpl-1", 5, "m", " a", None)).unwrap();
         assert_eq!(chunk["object"], "text_completion");
         assert_eq!(chunk["choices"][0]["text"], " a");
         assert_eq!(chunk["choices"][0]["finish_reason"], Value::Null);
+        let last: Value =
+            serde_json::from_str(&text_last_chunk("cmpl-1", 5, "m", "length", report)).unwrap();
+        assert_eq!(last["choices"][0]["text"], "");
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+        assert_eq!(last["locara"]["shifted_tokens"], 64);
         let usage: Value =
-            serde_json::from_str(&text_usage_chunk("cmpl-1", 5, "m", usage)).unwrap();
+            serde_json::from_str(&text_usage_chunk("cmpl-1", 5, "m", usage, report)).unwrap();
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["prompt_tokens"], 2);
+        assert_eq!(usage["locara"]["shifted_tokens"], 64);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! the governor the request ended (which starts the idle clock).
 
 use crate::config::ServeConfig;
-use crate::host::{Engine, WorkerExit, WorkerHost};
+use crate::host::{Engine, PoolNews, WorkerExit, WorkerHost};
 use crate::metrics::Metrics;
 use crate::store::{ModelName, Store, StoreError};
 use locara_core::estimate::{self, ENGINE_FULL_WINDOW_CACHE};
@@ -22,7 +22,7 @@ use locara_core::governor::{
 use locara_core::ladder::{
     self, Ladder, LadderConfig, LadderState, ModelView, PressureLevel, Role, RuntimeView, TokenCaps,
 };
-use locara_core::{Backend, Bytes, EstimateOptions, KvType, ModelShape};
+use locara_core::{Backend, Bytes, EstimateOptions, KvType, ModelShape, PoolSize};
 use locara_engine::protocol::LoadRequest;
 use locara_platform::{MemoryProbe, SystemSnapshot};
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,12 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// How long a worker may take to exit when asked before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a model stays idle before its K/V pool shrinks back to its
+/// starting size. Long enough that the next turn of a chat (a person
+/// reading and typing) finds its conversation cached; short enough that an
+/// idle model does not hold a grown pool for its whole keep-alive.
+pub const POOL_IDLE_SHRINK: Duration = Duration::from_secs(60);
 
 /// What the task needs from the outside, fixed at start.
 pub struct Settings {
@@ -155,6 +161,31 @@ pub struct ModelStatus {
     pub pid: Option<u32>,
     /// The llama.cpp build its worker runs.
     pub engine: Option<String>,
+    /// The K/V pool its sequences share; `None` while it loads.
+    #[serde(default)]
+    pub pool: Option<PoolStatus>,
+}
+
+/// A loaded model's K/V pool, as its worker last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Cells allocated now (one cell holds one token of one sequence).
+    pub cells: u32,
+    /// Cells at load; an idle pool shrinks back to this.
+    pub start_cells: u32,
+    /// The most it may grow to: every sequence at its whole context.
+    pub max_cells: u32,
+    /// Cells that live and cached sequences hold (as of the worker's last
+    /// figures).
+    pub used_cells: u32,
+    /// Finished conversations kept for prefix reuse.
+    pub cached_sequences: u32,
+    /// Resizes since load, both ways.
+    pub resizes: u32,
+    /// Growths the governor refused (budget or pressure).
+    pub growth_refused: u32,
+    /// Prompt tokens taken from cached K/V instead of prefilled, since load.
+    pub reused_tokens: u64,
 }
 
 /// The runtime's state for `/locara/v1/status`, `locara ps` and metrics.
@@ -239,6 +270,12 @@ enum Command {
         model: String,
         reply: oneshot::Sender<Result<u64, RuntimeError>>,
     },
+    /// A worker's news of its K/V pool.
+    Pool {
+        model: String,
+        instance: u64,
+        news: PoolNews,
+    },
     /// The OS's pressure level changed.
     OsPressure {
         level: PressureLevel,
@@ -301,6 +338,8 @@ impl Runtime {
             caps: caps_tx,
             events: events.clone(),
             pressure_unloads: HashMap::new(),
+            pools: HashMap::new(),
+            shrunk: HashMap::new(),
         };
         tokio::spawn(task.run(rx));
         Runtime {
@@ -502,6 +541,11 @@ struct Task {
     /// Pressure unloads waiting for their worker to exit: when the event
     /// came, the level, and the worker's footprint just before.
     pressure_unloads: HashMap<u64, (Instant, PressureLevel, u64)>,
+    /// Loaded models' K/V pools, by instance.
+    pools: HashMap<u64, PoolStatus>,
+    /// Idle pools already asked to shrink, by instance, with the model's
+    /// last use then: one shrink per idle spell.
+    shrunk: HashMap<u64, Instant>,
 }
 
 impl Task {
@@ -515,6 +559,7 @@ impl Task {
                 self.governor.next_deadline(),
                 self.ladder.next_deadline(&self.view()),
                 self.simulated.and_then(|(_, until)| until),
+                self.next_pool_shrink(),
             ]
             .into_iter()
             .flatten()
@@ -591,6 +636,11 @@ impl Task {
                 Command::Estimate { model, reply } => {
                     let _ = reply.send(self.estimate_of(&model));
                 }
+                Command::Pool {
+                    model,
+                    instance,
+                    news,
+                } => self.pool_news(&model, instance, news),
                 Command::OsPressure { level, reason } => {
                     tracing::info!(%level, %reason, "the OS reports memory pressure");
                     self.os_level = level;
@@ -630,6 +680,7 @@ impl Task {
     /// grace and quiet periods.
     fn tick(&mut self) {
         self.expire();
+        self.shrink_idle_pools(POOL_IDLE_SHRINK);
         let now = self.now();
         if let Some((_, Some(until))) = self.simulated {
             if until <= now {
@@ -697,10 +748,9 @@ impl Task {
             Action::Drain { instance, .. } => {
                 self.draining.insert(instance);
             }
-            // The worker clears a sequence's cells when its generation
-            // ends, so idle sequences hold none; llama.cpp keeps the K/V
-            // buffer itself until the worker exits.
-            Action::DropIdleKv { .. } => {}
+            // Idle pools give back what they grew by, now: cached
+            // conversations beyond the starting pool are dropped.
+            Action::DropIdleKv { .. } => self.shrink_idle_pools(Duration::ZERO),
             Action::Unload {
                 model,
                 instance,
@@ -736,6 +786,198 @@ impl Task {
                 }));
             }
         }
+    }
+
+    /// A worker's news of its K/V pool. Growth is admitted like a load:
+    /// within the effective budget, idle models evicted first, never under
+    /// pressure; the worker holds the generations that need room until it
+    /// hears the answer.
+    fn pool_news(&mut self, model: &str, instance: u64, news: PoolNews) {
+        let Some((_, host)) = self
+            .hosts
+            .get(model)
+            .filter(|(i, _)| *i == instance)
+            .map(|(i, h)| (*i, Arc::clone(h)))
+        else {
+            return;
+        };
+        match news {
+            PoolNews::Full {
+                needed_cells,
+                pool_cells,
+                used_cells,
+                pool_max_cells,
+                suggested_cells,
+            } => {
+                let level = self.ladder.level();
+                let verdict = if self.shutting_down {
+                    Err("the daemon is stopping".to_string())
+                } else if level != PressureLevel::Normal {
+                    Err(format!("memory pressure is {level}"))
+                } else {
+                    self.grant_growth(model, instance, suggested_cells)
+                };
+                match verdict {
+                    Ok(evicted) => {
+                        tracing::info!(
+                            %model,
+                            from_cells = pool_cells,
+                            to_cells = suggested_cells,
+                            needed_cells,
+                            "growing the K/V pool"
+                        );
+                        // Evicted workers exit first, so their memory is back
+                        // before the new pool is made.
+                        tokio::task::spawn_blocking(move || {
+                            for h in evicted {
+                                h.stop(STOP_GRACE);
+                            }
+                            host.resize(suggested_cells);
+                        });
+                    }
+                    Err(why) => {
+                        tracing::info!(
+                            %model,
+                            pool_cells,
+                            used_cells,
+                            pool_max_cells,
+                            wanted_cells = suggested_cells,
+                            "K/V pool growth refused: {why}; the waiting generations shift their context or end"
+                        );
+                        if let Some(p) = self.pools.get_mut(&instance) {
+                            p.growth_refused += 1;
+                        }
+                        self.metrics.pool_growth_refused(model);
+                        host.deny_growth();
+                    }
+                }
+            }
+            PoolNews::Resized {
+                cells,
+                previous_cells,
+                moved_sequences,
+                dropped_sequences,
+                state_bytes,
+                ms,
+            } => {
+                tracing::info!(
+                    %model,
+                    cells,
+                    previous_cells,
+                    moved_sequences,
+                    dropped_sequences,
+                    state_bytes,
+                    ms,
+                    "K/V pool resized"
+                );
+                self.metrics.pool_resized(model, cells > previous_cells);
+                if let Some(p) = self.pools.get_mut(&instance) {
+                    p.cells = cells;
+                    p.resizes += 1;
+                }
+                // The estimate follows the pool: a grown one was admitted
+                // at its new size already; a smaller one counts less now.
+                if cells < previous_cells {
+                    if let Some(estimate) = self.pool_estimate(model, cells) {
+                        self.governor.shrink(model, instance, estimate);
+                    }
+                }
+            }
+            PoolNews::Stats(stats) => {
+                if let Some(p) = self.pools.get_mut(&instance) {
+                    p.cells = stats.pool_cells;
+                    p.used_cells = stats.pool_used_cells;
+                    p.cached_sequences = stats.cached_sequences;
+                    p.reused_tokens = stats.reused_tokens_total;
+                }
+            }
+            PoolNews::Failed { kind, message } => {
+                tracing::warn!(%model, %kind, %message, "the worker reports a failure");
+            }
+        }
+    }
+
+    /// Asks the governor for the bytes of a pool of `cells` cells.
+    fn grant_growth(
+        &mut self,
+        model: &str,
+        instance: u64,
+        cells: u32,
+    ) -> Result<Vec<Arc<WorkerHost>>, String> {
+        let estimate = self
+            .pool_estimate(model, cells)
+            .ok_or_else(|| "its estimate is unknown".to_string())?;
+        match self.governor.grow(model, instance, estimate) {
+            Ok(evict) => {
+                let mut hosts = Vec::new();
+                for u in evict {
+                    self.metrics.evicted(&u.model);
+                    self.metrics.unloaded(&u.model, u.reason.as_str());
+                    tracing::info!(
+                        model = %u.model,
+                        held_bytes = u.held,
+                        for_model = %model,
+                        "evicting to make room for a larger K/V pool"
+                    );
+                    if let Some((_, h)) = self.hosts.remove(&u.model) {
+                        hosts.push(h);
+                    }
+                }
+                Ok(hosts)
+            }
+            Err(shortfall) => Err(format!(
+                "a pool of {cells} cells needs {}, {} of a {} budget free",
+                Bytes(shortfall.needed),
+                Bytes(shortfall.free),
+                Bytes(shortfall.effective_budget)
+            )),
+        }
+    }
+
+    /// The estimate of a loaded model with a pool of `cells` cells.
+    fn pool_estimate(&mut self, model: &str, cells: u32) -> Option<u64> {
+        let context = self.governor.model(model)?.context;
+        let (_, shape) = self.shapes.get(model)?.clone();
+        self.estimate_at(model, &shape, context, Some(cells))
+            .ok()
+            .map(|e| e.total())
+    }
+
+    /// Pools grown past their start whose model has been idle `after`:
+    /// back to the starting size (the worker keeps the most recent cached
+    /// conversations that fit).
+    fn shrink_idle_pools(&mut self, after: Duration) {
+        let now = self.now();
+        for (name, m) in self.governor.models() {
+            let Some(pool) = self.pools.get(&m.instance) else {
+                continue;
+            };
+            let idle = m.phase == Phase::Loaded
+                && m.active == 0
+                && now.saturating_duration_since(m.last_used) >= after;
+            let asked = self.shrunk.get(&m.instance) == Some(&m.last_used);
+            if idle && !asked && pool.cells > pool.start_cells {
+                if let Some((_, host)) = self.hosts.get(name).filter(|(i, _)| *i == m.instance) {
+                    host.resize(pool.start_cells);
+                    self.shrunk.insert(m.instance, m.last_used);
+                }
+            }
+        }
+    }
+
+    /// When the next idle pool is due to shrink.
+    fn next_pool_shrink(&self) -> Option<Instant> {
+        self.governor
+            .models()
+            .filter(|(_, m)| m.phase == Phase::Loaded && m.active == 0)
+            .filter(|(_, m)| {
+                self.pools
+                    .get(&m.instance)
+                    .is_some_and(|p| p.cells > p.start_cells)
+                    && self.shrunk.get(&m.instance) != Some(&m.last_used)
+            })
+            .map(|(_, m)| m.last_used + POOL_IDLE_SHRINK)
+            .min()
     }
 
     fn expire(&mut self) {
@@ -780,21 +1022,24 @@ impl Task {
     }
 
     /// The estimate of `shape` at `context` with the configured K/V type
-    /// and sequences.
+    /// and sequences, sharing a pool of `pool` cells (`None`: the pool's
+    /// starting size at that context).
     fn estimate_at(
         &self,
         model: &str,
         shape: &ModelShape,
         context: u32,
+        pool: Option<u32>,
     ) -> Result<locara_core::Estimate, RuntimeError> {
         let config = &self.settings.config;
+        let pool = pool.unwrap_or_else(|| PoolSize::new(context, config.parallel).start);
         let options = EstimateOptions {
             context,
             kv_type: config.kv_type,
             parallel: config.parallel,
             backend: self.settings.backend.clone(),
             full_window_cache: ENGINE_FULL_WINDOW_CACHE,
-            pool: None,
+            pool: Some(pool),
         };
         estimate::estimate(shape, &options).map_err(|e| RuntimeError::InvalidModel {
             model: model.to_string(),
@@ -805,7 +1050,7 @@ impl Task {
     fn estimate_of(&mut self, model: &str) -> Result<u64, RuntimeError> {
         let (_, shape) = self.shape(model)?;
         Ok(self
-            .estimate_at(model, &shape, self.settings.config.context)?
+            .estimate_at(model, &shape, self.settings.config.context, None)?
             .total())
     }
 
@@ -827,7 +1072,7 @@ impl Task {
         let mut candidates: Vec<(u32, u64)> = Vec::new();
         let mut footprints = Vec::new();
         for context in contexts {
-            let e = self.estimate_at(&wish.model, &shape, context)?;
+            let e = self.estimate_at(&wish.model, &shape, context, None)?;
             if !candidates.iter().any(|&(c, _)| c == e.context) {
                 candidates.push((e.context, e.total()));
                 footprints.push(e.footprint());
@@ -939,10 +1184,10 @@ impl Task {
                     parallel: load.parallel,
                     threads: self.settings.threads,
                     gpu_layers: None,
-                    // The whole pool up front until the governor answers
-                    // PoolFull (protocol v2); then STARTING_POOL_CELLS.
-                    pool: None,
-                    pool_max: None,
+                    // The pool starts small and grows when the governor
+                    // grants the bytes (PoolFull, answered in `pool_news`).
+                    pool: Some(PoolSize::new(load.context, load.parallel).start),
+                    pool_max: Some(PoolSize::new(load.context, load.parallel).max),
                 };
                 self.spawn_load(load.model, load.instance, request, evicted);
             }
@@ -1004,13 +1249,26 @@ impl Task {
             let started = Instant::now();
             let exit_tx = tx.clone();
             let exit_model = model.clone();
-            let result = WorkerHost::start(&*settings.engine, request, move |exit| {
-                let _ = exit_tx.send(Command::WorkerExited {
-                    model: exit_model,
-                    instance,
-                    exit,
-                });
-            })
+            let pool_tx = tx.clone();
+            let pool_model = model.clone();
+            let result = WorkerHost::start(
+                &*settings.engine,
+                request,
+                move |exit| {
+                    let _ = exit_tx.send(Command::WorkerExited {
+                        model: exit_model,
+                        instance,
+                        exit,
+                    });
+                },
+                Box::new(move |news| {
+                    let _ = pool_tx.send(Command::Pool {
+                        model: pool_model.clone(),
+                        instance,
+                        news,
+                    });
+                }),
+            )
             .map(|host| {
                 let measured =
                     settings
@@ -1053,6 +1311,15 @@ impl Task {
                     self.metrics
                         .estimate_checked(model, meta.estimated_footprint, m.footprint);
                 }
+                self.pools.insert(
+                    instance,
+                    PoolStatus {
+                        cells: host.info.pool_cells,
+                        start_cells: host.info.pool_cells,
+                        max_cells: host.info.pool_max_cells,
+                        ..PoolStatus::default()
+                    },
+                );
                 self.hosts
                     .insert(model.to_string(), (instance, Arc::clone(&host)));
                 for w in waiters {
@@ -1078,6 +1345,8 @@ impl Task {
 
     fn worker_exited(&mut self, model: &str, instance: u64, exit: WorkerExit) {
         self.draining.remove(&instance);
+        self.pools.remove(&instance);
+        self.shrunk.remove(&instance);
         if let Some((at, level, footprint)) = self.pressure_unloads.remove(&instance) {
             let ms = at.elapsed().as_millis();
             tracing::info!(
@@ -1171,6 +1440,11 @@ impl Task {
         for (instance, m) in fresh {
             self.governor.measured(instance, m);
         }
+        // The pools' figures come back as events; this status shows the
+        // last ones, the next shows these.
+        for (_, host) in self.hosts.values() {
+            host.request_stats();
+        }
         let models = self
             .governor
             .models()
@@ -1199,6 +1473,7 @@ impl Task {
                     unload_at_unix_ms: m.unload_at().map(to_unix),
                     pid: host.map(|h| h.pid()),
                     engine: host.map(|h| h.engine().to_string()),
+                    pool: self.pools.get(&m.instance).cloned(),
                 }
             })
             .collect();
@@ -1374,6 +1649,7 @@ mod tests {
                 locara_engine::protocol::Sampling::greedy(),
                 Some(2),
                 Vec::new(),
+                true,
             )
             .unwrap();
         let mut texts = Vec::new();
@@ -1413,6 +1689,7 @@ mod tests {
                     locara_engine::protocol::Sampling::greedy(),
                     None,
                     Vec::new(),
+                    true,
                 )
                 .unwrap();
             for _ in 0..2 {

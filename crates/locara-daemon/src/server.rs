@@ -12,13 +12,20 @@
 //! | `POST /locara/v1/pressure/simulate` | `{"level": "warn", "for": "60s"}`: drive the pressure handler |
 //! | `GET /metrics` | Prometheus text |
 //!
+//! A generation request may set Locara's `truncate` (default true): a
+//! prompt or an answer too long for the context is shortened rather than
+//! refused. Every answer says what was reused and left out in its `locara`
+//! field (a stream: in its last chunk and its usage chunk); a whole answer
+//! whose context was shortened also has the `X-Locara-Context` header
+//! ([`openai::ContextReport`]).
+//!
 //! Tokens are streamed as the worker decodes them, one SSE event each,
 //! never buffered. A client that goes away drops its stream, which cancels
 //! the generation in the worker and frees its sequence.
 
 use crate::host::{Generation, StreamEvent};
-use crate::metrics::{Gauges, ModelGauges, CONTENT_TYPE};
-use crate::openai::{self, ApiError, Delta, GenerationParams, Usage};
+use crate::metrics::{Gauges, KvPoolGauges, ModelGauges, CONTENT_TYPE};
+use crate::openai::{self, ApiError, ContextReport, Delta, GenerationParams, Usage};
 use crate::runtime::{Lease, ModelWish, Runtime, RuntimeError, Status};
 use crate::store::Store;
 use axum::body::Bytes;
@@ -548,27 +555,41 @@ impl Run {
         }
     }
 
-    fn chunk(&self, text: &str, finish: Option<&str>) -> String {
+    /// A chunk of generated text.
+    fn chunk(&self, text: &str) -> String {
         match self.endpoint {
-            Endpoint::Chat => {
-                let delta = if finish.is_some() {
-                    Delta::Empty
-                } else {
-                    Delta::Content(text)
-                };
-                openai::chat_chunk(&self.id, self.created, &self.model, delta, finish)
-            }
+            Endpoint::Chat => openai::chat_chunk(
+                &self.id,
+                self.created,
+                &self.model,
+                Delta::Content(text),
+                None,
+            ),
             Endpoint::Completion => {
-                openai::text_chunk(&self.id, self.created, &self.model, text, finish)
+                openai::text_chunk(&self.id, self.created, &self.model, text, None)
             }
         }
     }
 
-    fn usage_chunk(&self, usage: Usage) -> String {
+    /// The chunk with the finish reason, and what was left out.
+    fn last_chunk(&self, finish: &str, report: ContextReport) -> String {
         match self.endpoint {
-            Endpoint::Chat => openai::chat_usage_chunk(&self.id, self.created, &self.model, usage),
+            Endpoint::Chat => {
+                openai::chat_last_chunk(&self.id, self.created, &self.model, finish, report)
+            }
             Endpoint::Completion => {
-                openai::text_usage_chunk(&self.id, self.created, &self.model, usage)
+                openai::text_last_chunk(&self.id, self.created, &self.model, finish, report)
+            }
+        }
+    }
+
+    fn usage_chunk(&self, usage: Usage, report: ContextReport) -> String {
+        match self.endpoint {
+            Endpoint::Chat => {
+                openai::chat_usage_chunk(&self.id, self.created, &self.model, usage, report)
+            }
+            Endpoint::Completion => {
+                openai::text_usage_chunk(&self.id, self.created, &self.model, usage, report)
             }
         }
     }
@@ -609,10 +630,17 @@ async fn generate(
     }
     let mut generation = lease
         .host
-        .generate(prompt, params.sampling, params.max_tokens, params.stop)
+        .generate(
+            prompt,
+            params.sampling,
+            params.max_tokens,
+            params.stop,
+            params.truncate,
+        )
         .map_err(|e| ApiError::worker_died(e.to_string()))?;
     // The first event decides between a stream and an error answer: a
-    // prompt too long for the context is a 400, not a broken stream.
+    // prompt too long for the context (with `truncate: false`, or too long
+    // even after leaving out messages) is a 400, not a broken stream.
     let first = generation.next().await;
     let first = match first {
         Some(StreamEvent::Error { kind, message }) => {
@@ -656,18 +684,13 @@ async fn generate(
 
 fn worker_error(kind: &str, message: String) -> ApiError {
     use locara_engine::protocol::ErrorKind;
-    let known = [
-        ErrorKind::InvalidModel,
-        ErrorKind::LoadFailed,
-        ErrorKind::BadRequest,
-        ErrorKind::ChatTemplate,
-        ErrorKind::PromptTooLong,
-        ErrorKind::DecodeFailed,
-    ];
-    match known.into_iter().find(|k| k.as_str() == kind) {
-        Some(k) => ApiError::from_worker(k, message),
-        None if kind == "model_unloaded" => ApiError::model_unavailable(message),
-        None => ApiError::worker_died(message),
+    // Every kind the protocol names, read by its own serde names, so a
+    // kind added there (`pool_exhausted`, say) is never taken for a dead
+    // worker.
+    match serde_json::from_value::<ErrorKind>(serde_json::Value::from(kind)) {
+        Ok(k) => ApiError::from_worker(k, message),
+        Err(_) if kind == "model_unloaded" => ApiError::model_unavailable(message),
+        Err(_) => ApiError::worker_died(message),
     }
 }
 
@@ -680,6 +703,7 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
             Some(StreamEvent::Done { finish, stats }) => {
                 run.finished(Some(finish), Some(&stats));
                 let usage = Usage::from_stats(&stats);
+                let report = ContextReport::from_stats(&stats);
                 let reason = openai::finish_reason(finish);
                 let body = match run.endpoint {
                     Endpoint::Chat => openai::chat_completion(
@@ -689,6 +713,7 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
                         &text,
                         reason,
                         usage,
+                        report,
                     ),
                     Endpoint::Completion => openai::text_completion(
                         &run.id,
@@ -697,9 +722,18 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
                         &text,
                         reason,
                         usage,
+                        report,
                     ),
                 };
-                return Ok(Json(body).into_response());
+                let mut response = Json(body).into_response();
+                // Digits, letters, `_`, `=`, `,` and spaces: always a valid value.
+                if let Some(value) = report
+                    .header_value()
+                    .and_then(|v| header::HeaderValue::from_str(&v).ok())
+                {
+                    response.headers_mut().insert(openai::CONTEXT_HEADER, value);
+                }
+                return Ok(response);
             }
             Some(StreamEvent::Error { kind, message }) => {
                 run.finished(None, None);
@@ -754,14 +788,15 @@ fn stream_response(
         };
         match event {
             Some(StreamEvent::Token(t)) => {
-                out.push(run.chunk(&t, None));
+                out.push(run.chunk(&t));
                 return Some((out, Phase::Next(run)));
             }
             Some(StreamEvent::Done { finish, stats }) => {
                 run.finished(Some(finish), Some(&stats));
-                out.push(run.chunk("", Some(openai::finish_reason(finish))));
+                let report = ContextReport::from_stats(&stats);
+                out.push(run.last_chunk(openai::finish_reason(finish), report));
                 if run.include_usage {
-                    out.push(run.usage_chunk(Usage::from_stats(&stats)));
+                    out.push(run.usage_chunk(Usage::from_stats(&stats), report));
                 }
                 out.push(openai::STREAM_DONE.to_string());
             }
@@ -869,6 +904,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
                 estimate_bytes: m.estimate,
                 sequences_busy: m.sequences_busy,
                 queue_depth: m.queued,
+                kv_pool: m.pool.as_ref().map(|p| KvPoolGauges {
+                    cells: p.cells,
+                    used_cells: p.used_cells,
+                    cached_sequences: p.cached_sequences,
+                }),
             })
             .collect(),
     };
@@ -1040,7 +1080,341 @@ async fn simulate(
 
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::*;
+    use crate::apps::{admin_token, AppRegistry};
+    use crate::config::{RawServeConfig, ServeConfig};
+    use crate::metrics::Metrics;
+    use crate::runtime::{Settings, TokioClock};
+    use crate::store::NoProgress;
+    use crate::testing::{FakeEngine, TOO_LONG};
+    use locara_core::ladder::LadderConfig;
+    use locara_core::Backend;
+    use locara_gguf::testing::GgufBuilder;
+    use locara_platform::SimulatedProbe;
+    use serde_json::{json, Value};
+
+    /// A daemon on an ephemeral port, tokenless, over `engine`'s fake
+    /// workers, with one synthetic model `m:1` (context 2048).
+    struct Daemon {
+        url: String,
+        engine: Arc<FakeEngine>,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+        _home: tempfile::TempDir,
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    async fn daemon(engine: Arc<FakeEngine>) -> Daemon {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        let file = home.path().join("synthetic.gguf");
+        std::fs::write(&file, GgufBuilder::synthetic().build()).unwrap();
+        store
+            .import(&file, &"m:1".parse().unwrap(), &mut NoProgress)
+            .unwrap();
+        let config = ServeConfig::build(&[RawServeConfig {
+            parallel: Some(1),
+            context: Some(2048),
+            // The synthetic model's heads (16) are too narrow for q8_0.
+            kv_type: Some("f16".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        let settings = Settings {
+            config,
+            budget: 1 << 40,
+            store: store.clone(),
+            engine: Arc::clone(&engine) as Arc<dyn crate::host::Engine>,
+            clock: Arc::new(TokioClock),
+            threads: 1,
+            backend: Backend::cpu_plain(),
+            probe: Arc::new(SimulatedProbe::new(
+                locara_platform::simulated::linux_profile(16),
+            )),
+            ladder: LadderConfig::default(),
+        };
+        let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
+        let auth = Auth {
+            apps: AppRegistry::open(home.path()).unwrap(),
+            admin: admin_token(home.path()).unwrap(),
+            tokenless: true,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState::new(runtime, store, addr, Vec::new(), auth);
+        let app = router(state, 1 << 20);
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        Daemon {
+            url: format!("http://{addr}"),
+            engine,
+            server,
+            _home: home,
+        }
+    }
+
+    /// What came back: the status, the context header, the body.
+    struct Answer {
+        status: u16,
+        context: Option<String>,
+        body: String,
+    }
+
+    impl Answer {
+        fn json(&self) -> Value {
+            serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+        }
+
+        /// The `data:` of each server-sent event, `[DONE]` left out.
+        fn events(&self) -> Vec<Value> {
+            let datas: Vec<&str> = self
+                .body
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            assert_eq!(datas.last(), Some(&openai::STREAM_DONE), "{}", self.body);
+            datas[..datas.len() - 1]
+                .iter()
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect()
+        }
+    }
+
+    impl Daemon {
+        /// POSTs `body` to `path` over real HTTP (a blocking client on
+        /// tokio's blocking pool, while this thread serves).
+        async fn post(&self, path: &str, body: Value) -> Answer {
+            let url = format!("{}{path}", self.url);
+            tokio::task::spawn_blocking(move || {
+                let agent = ureq::AgentBuilder::new().try_proxy_from_env(false).build();
+                let response = match agent
+                    .post(&url)
+                    .set("Content-Type", "application/json")
+                    .send_string(&body.to_string())
+                {
+                    Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                    Err(e) => panic!("POST {url}: {e}"),
+                };
+                Answer {
+                    status: response.status(),
+                    context: response.header(openai::CONTEXT_HEADER).map(str::to_owned),
+                    body: response.into_string().unwrap(),
+                }
+            })
+            .await
+            .unwrap()
+        }
+
+        /// The `truncate` of the last generation the workers were asked.
+        fn last_truncate(&self) -> bool {
+            self.engine
+                .requests()
+                .last()
+                .expect("a generation")
+                .truncate
+        }
+    }
+
+    fn chat(extra: Value) -> Value {
+        let mut body = json!({
+            "model": "m:1",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ],
+        });
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        body
+    }
+
+    fn too_long_chat(extra: Value) -> Value {
+        let mut body = chat(extra);
+        body["messages"][1]["content"] = json!(format!("Hi {TOO_LONG}"));
+        body
+    }
+
+    #[tokio::test]
+    async fn truncate_reaches_the_worker_and_is_checked_by_name() {
+        let d = daemon(FakeEngine::new(3)).await;
+        for (path, body) in [
+            ("/v1/chat/completions", chat(json!({}))),
+            ("/v1/completions", json!({"model": "m:1", "prompt": "Once"})),
+        ] {
+            let mut body = body;
+            for (value, sent) in [
+                (Value::Null, true),
+                (json!(true), true),
+                (json!(false), false),
+            ] {
+                body["truncate"] = value.clone();
+                let a = d.post(path, body.clone()).await;
+                assert_eq!(a.status, 200, "{path} {value}: {}", a.body);
+                assert_eq!(d.last_truncate(), sent, "{path} {value}");
+            }
+            let asked = d.engine.requests().len();
+            body["truncate"] = json!("yes");
+            let a = d.post(path, body).await;
+            assert_eq!(a.status, 400, "{}", a.body);
+            let e = a.json();
+            assert_eq!(e["error"]["param"], "truncate");
+            assert_eq!(
+                e["error"]["message"],
+                "truncate must be true or false, got the string \"yes\""
+            );
+            assert_eq!(
+                d.engine.requests().len(),
+                asked,
+                "refused before the worker"
+            );
+        }
+        // Omitted, it is true.
+        d.post("/v1/chat/completions", chat(json!({}))).await;
+        assert!(d.last_truncate());
+    }
+
+    #[tokio::test]
+    async fn without_truncate_a_prompt_too_long_is_context_length_exceeded() {
+        let d = daemon(FakeEngine::new(3)).await;
+        let raw = json!({"model": "m:1", "prompt": format!("Once {TOO_LONG}"), "truncate": false});
+        for (path, body) in [
+            (
+                "/v1/chat/completions",
+                too_long_chat(json!({"truncate": false})),
+            ),
+            (
+                "/v1/chat/completions",
+                too_long_chat(json!({"truncate": false, "stream": true})),
+            ),
+            ("/v1/completions", raw),
+        ] {
+            let a = d.post(path, body).await;
+            assert_eq!(a.status, 400, "{path}: {}", a.body);
+            let e = a.json();
+            assert_eq!(e["error"]["type"], "invalid_request_error");
+            assert_eq!(e["error"]["code"], "context_length_exceeded");
+            assert!(!d.last_truncate());
+        }
+        // With it, the same prompt is answered (the fake leaves a message out).
+        let a = d
+            .post("/v1/chat/completions", too_long_chat(json!({})))
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.json()["locara"]["dropped_messages"], 1);
+        // max_tokens beyond the context is still refused up front.
+        let a = d
+            .post("/v1/chat/completions", chat(json!({"max_tokens": 4096})))
+            .await;
+        assert_eq!(a.status, 400, "{}", a.body);
+        assert_eq!(a.json()["error"]["param"], "max_tokens");
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_says_what_was_reused_and_left_out_in_body_and_header() {
+        let stats = GenerationStats {
+            prompt_tokens: 40,
+            prompt_cached_tokens: 12,
+            kept_tokens: 9,
+            ..GenerationStats::default()
+        };
+        let d = daemon(FakeEngine::reporting(3, stats)).await;
+        let a = d
+            .post("/v1/chat/completions", too_long_chat(json!({})))
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let v = a.json();
+        assert_eq!(
+            v["locara"],
+            json!({
+                "prompt_cached_tokens": 12, "dropped_messages": 1,
+                "shifted_tokens": 0, "kept_tokens": 9,
+            })
+        );
+        assert_eq!(v["usage"]["prompt_tokens"], 40);
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 12);
+        assert_eq!(
+            a.context.as_deref(),
+            Some("dropped_messages=1, shifted_tokens=0, kept_tokens=9")
+        );
+        // Nothing left out: the field is there, the header is not.
+        for (path, body) in [
+            ("/v1/chat/completions", chat(json!({}))),
+            ("/v1/completions", json!({"model": "m:1", "prompt": "Once"})),
+        ] {
+            let a = d.post(path, body).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            let v = a.json();
+            assert_eq!(v["locara"]["dropped_messages"], 0, "{path}");
+            assert_eq!(v["locara"]["prompt_cached_tokens"], 12, "{path}");
+            assert_eq!(a.context, None, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_says_it_in_its_last_chunk_and_its_usage_chunk() {
+        let stats = GenerationStats {
+            prompt_tokens: 700,
+            prompt_cached_tokens: 5,
+            shifted_tokens: 512,
+            kept_tokens: 9,
+            ..GenerationStats::default()
+        };
+        let report = json!({
+            "prompt_cached_tokens": 5, "dropped_messages": 0,
+            "shifted_tokens": 512, "kept_tokens": 9,
+        });
+        let d = daemon(FakeEngine::reporting(3, stats)).await;
+
+        // Without usage: the chunk with the finish reason carries it.
+        let a = d
+            .post("/v1/chat/completions", chat(json!({"stream": true})))
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        // The header goes out before the generation ends: it cannot know.
+        assert_eq!(a.context, None);
+        let events = a.events();
+        let last = events.last().unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+        assert_eq!(last["locara"], report);
+        assert!(events[..events.len() - 1]
+            .iter()
+            .all(|e| e.get("locara").is_none()));
+        assert!(events.iter().all(|e| e.get("usage").is_none()));
+
+        // With usage: the usage chunk carries it too, and cached tokens.
+        let a = d
+            .post(
+                "/v1/chat/completions",
+                chat(json!({"stream": true, "stream_options": {"include_usage": true}})),
+            )
+            .await;
+        let events = a.events();
+        let [.., finished, usage] = events.as_slice() else {
+            panic!("{}", a.body)
+        };
+        assert_eq!(finished["choices"][0]["finish_reason"], "length");
+        assert_eq!(finished["locara"], report);
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
+        assert_eq!(usage["locara"], report);
+
+        // A text completion stream alike.
+        let a = d
+            .post(
+                "/v1/completions",
+                json!({"model": "m:1", "prompt": "Once", "stream": true}),
+            )
+            .await;
+        let events = a.events();
+        let last = events.last().unwrap();
+        assert_eq!(last["object"], "text_completion");
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+        assert_eq!(last["locara"], report);
+    }
 
     #[test]
     fn only_loopback_names_with_our_port_pass_the_host_check() {

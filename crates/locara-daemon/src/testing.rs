@@ -1,23 +1,37 @@
-//! Fakes for tests of the governor task: an engine whose workers answer at
-//! once, with no model and no process.
+//! Fakes for tests of the governor task and the HTTP API: an engine whose
+//! workers answer at once, with no model and no process.
 
 use crate::host::{Engine, WorkerLink};
-use locara_engine::protocol::{Event, FinishReason, GenerationStats, LoadedInfo, Request};
+use locara_engine::protocol::{
+    ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadedInfo, Prompt, Request,
+};
 use locara_engine::EngineError;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A prompt holding this text is, to a fake worker, longer than the
+/// context: with the request's `truncate` it leaves out one message, as a
+/// real worker drops the oldest ones (`dropped_messages: 1` in its stats);
+/// with `truncate: false` it answers `prompt_too_long`, as a real one does.
+pub const TOO_LONG: &str = "<fake: longer than the context>";
+
 /// An engine of fake workers. Each generation yields `tokens` tokens
 /// (`"t0 "`, `"t1 "`, ...) then ends as `length`, or, from
 /// [`FakeEngine::stalling`], stays open after them, as a long answer would.
+/// Prompts holding [`TOO_LONG`] are too long for the context.
 pub struct FakeEngine {
     pub tokens: u32,
     stall: bool,
+    /// What every `Done` reports, but `generated_tokens` and
+    /// `dropped_messages` (see [`FakeEngine::reporting`]).
+    stats: GenerationStats,
     spawned: AtomicUsize,
     next_pid: AtomicU32,
     links: Mutex<Vec<Arc<FakeLink>>>,
+    /// Every generation asked of any worker, in order.
+    requests: Arc<Mutex<Vec<GenerateRequest>>>,
 }
 
 impl FakeEngine {
@@ -25,9 +39,16 @@ impl FakeEngine {
         Arc::new(FakeEngine {
             tokens,
             stall: false,
+            stats: GenerationStats {
+                prompt_tokens: 1,
+                prefill_ms: 1.0,
+                decode_ms: 1.0,
+                ..GenerationStats::default()
+            },
             spawned: AtomicUsize::new(0),
             next_pid: AtomicU32::new(1_000_000),
             links: Mutex::new(Vec::new()),
+            requests: Arc::default(),
         })
     }
 
@@ -36,6 +57,23 @@ impl FakeEngine {
         let mut engine = FakeEngine::new(tokens);
         Arc::get_mut(&mut engine).expect("not shared yet").stall = true;
         engine
+    }
+
+    /// Workers whose `Done` events report `stats` (cached prompt tokens,
+    /// a context shift, ...), with `generated_tokens` the tokens sent and
+    /// one more dropped message for a [`TOO_LONG`] prompt.
+    pub fn reporting(tokens: u32, stats: GenerationStats) -> Arc<FakeEngine> {
+        let mut engine = FakeEngine::new(tokens);
+        Arc::get_mut(&mut engine).expect("not shared yet").stats = stats;
+        engine
+    }
+
+    /// The generations asked of this engine's workers so far, in order.
+    pub fn requests(&self) -> Vec<GenerateRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Workers started so far.
@@ -71,6 +109,8 @@ impl Engine for FakeEngine {
             pid: self.next_pid.fetch_add(1, Ordering::SeqCst),
             tokens: self.tokens,
             stall: self.stall,
+            stats: self.stats.clone(),
+            requests: Arc::clone(&self.requests),
         });
         self.links
             .lock()
@@ -86,6 +126,8 @@ struct FakeLink {
     pid: u32,
     tokens: u32,
     stall: bool,
+    stats: GenerationStats,
+    requests: Arc<Mutex<Vec<GenerateRequest>>>,
 }
 
 impl FakeLink {
@@ -130,6 +172,24 @@ impl WorkerLink for FakeLink {
                 context_shift: true,
             })),
             Request::Generate(g) => {
+                self.requests
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(g.clone());
+                let too_long = match &g.prompt {
+                    Prompt::Chat { messages } => {
+                        messages.iter().any(|m| m.content.contains(TOO_LONG))
+                    }
+                    Prompt::Raw { text } => text.contains(TOO_LONG),
+                };
+                if too_long && !g.truncate {
+                    emit(Event::Error {
+                        id: Some(g.id),
+                        kind: ErrorKind::PromptTooLong,
+                        message: "the prompt is 4096 tokens; the context holds 2048 (and the answer needs room)".into(),
+                    });
+                    return Ok(());
+                }
                 let n = g.max_tokens.unwrap_or(self.tokens).min(self.tokens);
                 for i in 0..n {
                     emit(Event::Token {
@@ -144,11 +204,9 @@ impl WorkerLink for FakeLink {
                     id: g.id,
                     finish: FinishReason::Length,
                     stats: GenerationStats {
-                        prompt_tokens: 1,
                         generated_tokens: n,
-                        prefill_ms: 1.0,
-                        decode_ms: 1.0,
-                        ..GenerationStats::default()
+                        dropped_messages: self.stats.dropped_messages + u32::from(too_long),
+                        ..self.stats.clone()
                     },
                 });
             }

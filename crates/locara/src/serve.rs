@@ -436,8 +436,18 @@ pub fn ps(json: bool) -> Result<ExitCode> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     println!(
-        "{:<20} {:<8} {:>10} {:>10} {:>10} {:>6} {:<5} {:>8} {:>10}",
-        "NAME", "STATE", "FOOTPRINT", "MAPPED", "ESTIMATE", "CTX", "KV", "IDLE", "UNTIL"
+        "{:<20} {:<8} {:>10} {:>10} {:>10} {:>6} {:<5} {:>13} {:>6} {:>8} {:>10}",
+        "NAME",
+        "STATE",
+        "FOOTPRINT",
+        "MAPPED",
+        "ESTIMATE",
+        "CTX",
+        "KV",
+        "POOL",
+        "CACHED",
+        "IDLE",
+        "UNTIL"
     );
     for m in &status.models {
         let state = match m.state {
@@ -456,8 +466,16 @@ pub fn ps(json: bool) -> Result<ExitCode> {
             (false, Some(t)) => format!("in {}", seconds(t.saturating_sub(now) / 1000)),
             (false, None) => "-".to_string(),
         };
+        // K/V pool: cells its sequences hold / cells allocated.
+        let (pool, cached) = match &m.pool {
+            Some(p) => (
+                format!("{}/{}", p.used_cells, p.cells),
+                p.cached_sequences.to_string(),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
         println!(
-            "{:<20} {:<8} {:>10} {:>10} {:>10} {:>6} {:<5} {:>8} {:>10}",
+            "{:<20} {:<8} {:>10} {:>10} {:>10} {:>6} {:<5} {:>13} {:>6} {:>8} {:>10}",
             m.name,
             state,
             opt(m.footprint),
@@ -465,10 +483,13 @@ pub fn ps(json: bool) -> Result<ExitCode> {
             Bytes(m.estimate).to_string(),
             m.context,
             m.kv_type.as_str(),
+            pool,
+            cached,
             idle,
             until
         );
     }
+    println!("POOL: K/V cells its sequences hold / cells allocated (it grows with the governor's leave, shrinks when idle); CACHED: finished conversations kept for reuse");
     println!(
         "budget {} (effective {}), held {}",
         Bytes(status.budget),

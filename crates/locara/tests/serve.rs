@@ -993,3 +993,99 @@ fn an_app_is_held_to_its_budget() {
         events.lock().unwrap()
     );
 }
+
+/// A chat whose user message is long: `words` repetitions of a sentence.
+fn long_chat(model: &str, tag: usize, words: usize, max_tokens: u32) -> Value {
+    json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": format!(
+                "Story {tag}: {} Summarise this in one sentence.",
+                "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(words)
+            )},
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    })
+}
+
+/// Four conversations at once outgrow the pool a model starts with (2048
+/// cells); the governor grants the growth and each answer is the one the
+/// same request gets alone, byte for byte.
+#[test]
+fn concurrent_conversations_grow_the_kv_pool_and_answer_as_alone() {
+    let d = Daemon::start(&[]);
+    let model = SMOLLM2;
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let d = &d;
+                s.spawn(move || d.chat(long_chat(model, i, 45, 32)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let pool = d.model_status(model).unwrap()["pool"].clone();
+    assert!(
+        pool["resizes"].as_u64().unwrap() >= 1 && pool["cells"].as_u64().unwrap() > 2048,
+        "the pool should have grown past 2048 cells: {pool}"
+    );
+    for (i, together) in answers.iter().enumerate() {
+        let alone = d.chat(long_chat(model, i, 45, 32));
+        assert_eq!(
+            together["choices"][0]["message"]["content"], alone["choices"][0]["message"]["content"],
+            "conversation {i}"
+        );
+        assert!(
+            alone["usage"]["prompt_tokens"].as_u64().unwrap() > 600,
+            "{alone}"
+        );
+    }
+    let metrics = d.metrics();
+    assert!(
+        metrics.contains("locara_kv_pool_resizes_total{model=\"smollm2:135m\",direction=\"grow\"}"),
+        "{metrics}"
+    );
+}
+
+/// A budget that admits the starting pool but not its growth: the governor
+/// refuses, and the conversations that needed room shift their context and
+/// finish instead of failing.
+#[test]
+fn a_refused_growth_ends_in_a_context_shift_not_a_failure() {
+    // The starting pool of SmolLM2 with 4 sequences is estimated at about
+    // 157 MiB (mapped weights included); growing by half is about 165 MiB.
+    let d = Daemon::start(&["--budget", "160MiB"]);
+    let model = SMOLLM2;
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let d = &d;
+                s.spawn(move || d.chat(long_chat(model, i, 45, 32)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for a in &answers {
+        assert!(
+            !a["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .is_empty(),
+            "{a}"
+        );
+    }
+    assert!(
+        answers
+            .iter()
+            .any(|a| a["locara"]["shifted_tokens"].as_u64().unwrap_or(0) > 0),
+        "some conversation should report the tokens its context shift dropped: {answers:?}"
+    );
+    let pool = d.model_status(model).unwrap()["pool"].clone();
+    assert!(
+        pool["growth_refused"].as_u64().unwrap() >= 1,
+        "growth should have been refused: {pool}"
+    );
+    assert_eq!(pool["cells"], 2048, "{pool}");
+}
