@@ -346,6 +346,7 @@ pub struct StreamEvents {
     text: String,
     finish_reason: Option<String>,
     usage: Option<Usage>,
+    cached_prompt_tokens: Option<u32>,
 }
 
 /// Token counts a server reports (OpenAI's `usage`; sent in a stream when
@@ -395,6 +396,17 @@ impl StreamEvents {
                 self.finish_reason = Some(reason.to_string());
             }
         }
+        // Prompt tokens the server took from its cache instead of
+        // prefilling: llama-server says so in `timings.cache_n`, OpenAI's
+        // API in `usage.prompt_tokens_details.cached_tokens`.
+        let cached = chunk
+            .pointer("/timings/cache_n")
+            .or_else(|| chunk.pointer("/usage/prompt_tokens_details/cached_tokens"))
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok());
+        if cached.is_some() {
+            self.cached_prompt_tokens = cached;
+        }
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
             let field = |name| {
                 usage
@@ -430,6 +442,7 @@ impl StreamEvents {
             usage: self.usage,
             finish_reason: self.finish_reason,
             text: self.text,
+            cached_prompt_tokens: self.cached_prompt_tokens,
         })
     }
 }
@@ -451,6 +464,9 @@ pub struct StreamResult {
     pub finish_reason: Option<String>,
     /// The generated text.
     pub text: String,
+    /// Prompt tokens the server reused from its cache rather than
+    /// prefilled, where it says (llama-server does; see [`StreamEvents`]).
+    pub cached_prompt_tokens: Option<u32>,
 }
 
 impl StreamResult {
@@ -547,7 +563,8 @@ mod tests {
 
     /// Events as llama-server 0.3.36's tree sends them (abridged): a role
     /// chunk without text, one chunk per token, the finish reason, then the
-    /// usage in a chunk with no choices.
+    /// usage in a chunk with no choices, with the timings (`cache_n`: prompt
+    /// tokens reused from its cache).
     const LLAMA_SERVER_STREAM: &[&str] = &[
         r#"data: {"choices":[{"finish_reason":null,"index":0,"delta":{"role":"assistant","content":null}}],"object":"chat.completion.chunk"}"#,
         "",
@@ -561,7 +578,7 @@ mod tests {
         "",
         r#"data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],"object":"chat.completion.chunk"}"#,
         "",
-        r#"data: {"choices":[],"usage":{"completion_tokens":3,"prompt_tokens":31,"total_tokens":34},"object":"chat.completion.chunk"}"#,
+        r#"data: {"choices":[],"usage":{"completion_tokens":3,"prompt_tokens":31,"total_tokens":34},"object":"chat.completion.chunk","timings":{"cache_n":20,"prompt_n":11}}"#,
         "",
         "data: [DONE]",
     ];
@@ -592,9 +609,28 @@ mod tests {
                 completion_tokens: 3
             })
         );
+        assert_eq!(result.cached_prompt_tokens, Some(20));
         // Tokens at lines 2, 4 and 8: 20 ms to the first, 2 more in 60 ms.
         assert!((result.ttft() - 0.020).abs() < 1e-9);
         assert!((result.decode_tps().unwrap() - 2.0 / 0.060).abs() < 1e-6);
+    }
+
+    #[test]
+    fn cached_prompt_tokens_in_openai_usage_are_read() {
+        let now = Instant::now();
+        let mut events = StreamEvents::default();
+        events
+            .line(r#"data: {"choices":[{"delta":{"content":"x"}}]}"#, now)
+            .unwrap();
+        events
+            .line(
+                r#"data: {"choices":[],"usage":{"prompt_tokens":900,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":640}}}"#,
+                now,
+            )
+            .unwrap();
+        let result = events.finish(now).unwrap();
+        assert_eq!(result.cached_prompt_tokens, Some(640));
+        assert_eq!(result.usage.unwrap().prompt_tokens, 900);
     }
 
     #[test]

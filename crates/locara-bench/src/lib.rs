@@ -5,7 +5,9 @@
 //!   path against `llama-bench`;
 //! * `locara-serve-bench` (`src/bin/serve_bench.rs`): decode speed and time to
 //!   first token of Locara's HTTP API against `llama-server`, one stream and
-//!   several concurrent ones.
+//!   several concurrent ones at equal settings; and, both servers at their
+//!   defaults, time to first token turn by turn in an 8-turn conversation
+//!   ([`chat`]) and the footprint after one chat.
 //!
 //! Both alternate the two sides, report medians, ranges and ratios, and say
 //! how much CPU other processes took while they measured ([`noise`]); see
@@ -25,6 +27,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chat;
+pub mod chat_report;
 pub mod dirs;
 pub mod engine;
 pub mod http;

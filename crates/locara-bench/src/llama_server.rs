@@ -128,15 +128,87 @@ impl LlamaServer {
         args
     }
 
-    /// Starts llama-server with its output in `log` and waits until
-    /// `GET /health` says the model is loaded (at most `deadline`).
+    /// Starts llama-server with the arguments that make it serve like
+    /// Locara ([`LlamaServer::args`]); see [`LlamaServer::start_with`].
     pub fn start(&self, p: &ServeParams, log: &Path, deadline: Duration) -> Result<ServerProcess> {
+        self.start_with(&self.args(p), log, deadline)
+    }
+
+    /// Starts llama-server with `args`, its output in `log`, and waits until
+    /// `GET /health` says the model is loaded (at most `deadline`).
+    pub fn start_with(
+        &self,
+        args: &[String],
+        log: &Path,
+        deadline: Duration,
+    ) -> Result<ServerProcess> {
         let mut cmd = Command::new(&self.path);
-        cmd.args(self.args(p));
+        cmd.args(args);
         let mut server = ServerProcess::start("llama-server", cmd, log, deadline)?;
         server.wait_ready("/health", deadline)?;
         Ok(server)
     }
+}
+
+/// llama-server's arguments for running at its defaults, as a user runs
+/// it (`llama-server -m MODEL`), plus only what this benchmark needs: an
+/// ephemeral port (it says which in its log) and the threads, the one
+/// setting both sides are given alike (its batch threads follow `-t`). It
+/// listens on 127.0.0.1 by default. Its defaults then give it, in
+/// llama-cpp-python 0.3.36's tree: 4 slots sharing one unified K/V cache
+/// of the model's trained context, f16 K and V, flash attention `auto`,
+/// the prompt cache on (requests reuse a slot's matching prefix, and up to
+/// 8192 MiB of earlier prompts are kept in RAM), Jinja chat templates, and
+/// the web UI (empty in this build, see [`crate::sdist`]).
+pub fn default_args(model: &Path, threads: u32) -> Vec<String> {
+    vec![
+        "-m".into(),
+        model.to_string_lossy().into_owned(),
+        "--port".into(),
+        "0".into(),
+        "-t".into(),
+        threads.to_string(),
+    ]
+}
+
+/// What llama-server's log says of the settings it chose: its slots, their
+/// context and whether they share one K/V cache, and the size of each K/V
+/// cache it allocated (a sliding-window model has two). `None` if the log
+/// has none of those lines.
+pub fn settings_from_log(log: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    // `srv          init: initializing, n_slots = 4, n_ctx_slot = 8192, kv_unified = 'true'`
+    if let Some(line) = log.lines().find(|l| l.contains("initializing, n_slots = ")) {
+        let value = |key: &str| {
+            let at = line.find(key)? + key.len();
+            let rest = &line[at..];
+            let end = rest.find([',', ' ', '\r']).unwrap_or(rest.len());
+            Some(rest[..end].trim_matches('\'').to_string())
+        };
+        if let (Some(slots), Some(ctx), Some(unified)) = (
+            value("n_slots = "),
+            value("n_ctx_slot = "),
+            value("kv_unified = "),
+        ) {
+            let shared = if unified == "true" {
+                "sharing one unified K/V cache"
+            } else {
+                "each with a K/V cache of its own"
+            };
+            parts.push(format!("{slots} slots of {ctx} tokens, {shared}"));
+        }
+    }
+    // `llama_kv_cache: size =  180.00 MiB (  8192 cells,  30 layers,  4/4 seqs), K (f16): ...`
+    for line in log.lines() {
+        if let Some(at) = line.find("llama_kv_cache: size =") {
+            let text = line[at + "llama_kv_cache: ".len()..].trim();
+            parts.push(format!(
+                "K/V cache {}",
+                text.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// The optional flags this llama-server has, judged from its `--help`.
@@ -196,6 +268,40 @@ mod tests {
              -ctk q8_0 -ctv q8_0 -fa on --load-mode mmap --no-kv-unified --no-jinja \
              --cache-ram 0 --no-webui"
         );
+    }
+
+    #[test]
+    fn defaults_are_the_model_a_port_and_the_threads() {
+        assert_eq!(
+            default_args(Path::new("/m/model.gguf"), 2).join(" "),
+            "-m /m/model.gguf --port 0 -t 2"
+        );
+    }
+
+    #[test]
+    fn settings_are_read_from_the_log() {
+        // Lines of llama-server's log at its defaults (0.3.36's tree, Gemma 3).
+        let log = "\
+llama_context: n_ctx         = 32768
+llama_kv_cache: size =   48.00 MiB ( 32768 cells,   3 layers,  4/1 seqs), K (f16):   24.00 MiB, V (f16):   24.00 MiB
+llama_kv_cache_iswa: creating     SWA KV cache, size = 2048 cells
+llama_kv_cache: size =   30.00 MiB (  2048 cells,  15 layers,  4/1 seqs), K (f16):   15.00 MiB, V (f16):   15.00 MiB
+srv          init: initializing, n_slots = 4, n_ctx_slot = 32768, kv_unified = 'true'\r
+";
+        assert_eq!(
+            settings_from_log(log).unwrap(),
+            "4 slots of 32768 tokens, sharing one unified K/V cache; \
+             K/V cache size = 48.00 MiB ( 32768 cells, 3 layers, 4/1 seqs), K (f16): 24.00 MiB, V (f16): 24.00 MiB; \
+             K/V cache size = 30.00 MiB ( 2048 cells, 15 layers, 4/1 seqs), K (f16): 15.00 MiB, V (f16): 15.00 MiB"
+        );
+        assert_eq!(
+            settings_from_log(
+                "srv init: initializing, n_slots = 2, n_ctx_slot = 4096, kv_unified = 'false'"
+            )
+            .unwrap(),
+            "2 slots of 4096 tokens, each with a K/V cache of its own"
+        );
+        assert_eq!(settings_from_log("main: loading model\n"), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! <work>/home/                   LOCARA_HOME of the daemon under test
 //!     models/<name>/model.gguf   imported with `locara import FILE --name NAME`
 //!     admin.token                created by the daemon; sent as the bearer token
-//! <work>/locara.toml             its configuration (see [`config_toml`])
+//! <work>/locara.toml             its configuration ([`config_toml`] or [`defaults_toml`])
 //! ```
 
 use crate::http::{self, BaseUrl};
@@ -133,22 +133,23 @@ impl Locara {
         Ok(home)
     }
 
-    /// Starts `locara serve` on an ephemeral port with the settings of `p`,
-    /// and waits until `GET /v1/models` answers (at most `deadline`). The
-    /// model itself loads on the first request.
+    /// Starts `locara serve` on an ephemeral port with the configuration
+    /// file `config` ([`config_toml`] or [`defaults_toml`]), written to
+    /// `work/locara.toml`, and waits until `GET /v1/models` answers (at most
+    /// `deadline`). The model itself loads on the first request.
     pub fn serve(
         &self,
         home: &Path,
         work: &Path,
-        p: &ServeParams,
+        config: &str,
         deadline: Duration,
     ) -> Result<ServerProcess> {
-        let config = work.join("locara.toml");
-        fs::write(&config, config_toml(p))
-            .with_context(|| format!("writing {}", config.display()))?;
+        let config_file = work.join("locara.toml");
+        fs::write(&config_file, config)
+            .with_context(|| format!("writing {}", config_file.display()))?;
         let mut cmd = Command::new(&self.path);
         cmd.args(["serve", "--port", "0", "--config"])
-            .arg(&config)
+            .arg(&config_file)
             .env("LOCARA_HOME", home);
         let mut server =
             ServerProcess::start("locara serve", cmd, &work.join("locara.log"), deadline)?;
@@ -181,6 +182,76 @@ pub fn config_toml(p: &ServeParams) -> String {
         p.context,
         p.kv_type.as_str()
     )
+}
+
+/// The daemon's configuration file for running at its defaults: only the
+/// threads, the one setting both sides are given alike (its default is
+/// the performance cores, llama-server's the physical ones; they need not
+/// agree).
+pub fn defaults_toml(threads: u32) -> String {
+    format!("# Written by locara-serve-bench.\nthreads = {threads}\n")
+}
+
+/// One loaded model, as `GET /locara/v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInStatus {
+    /// Its engine worker's process id.
+    pub pid: u32,
+    /// Sequences that generate at once.
+    pub parallel: Option<u64>,
+    /// Context per sequence, tokens.
+    pub context: Option<u64>,
+    pub kv_type: Option<String>,
+    /// Sequences generating now.
+    pub sequences_busy: Option<u64>,
+}
+
+impl ModelInStatus {
+    /// `4 sequences of 8192 tokens, K/V q8_0`, from what the status had.
+    pub fn describe(&self) -> String {
+        let n = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+        format!(
+            "{} sequences of {} tokens, K/V {} (as /locara/v1/status says)",
+            n(self.parallel),
+            n(self.context),
+            self.kv_type.as_deref().unwrap_or("?")
+        )
+    }
+}
+
+/// The model `name` in a running Locara's status: its worker's pid and
+/// settings. An error says why it is not there (not loaded, or no pid yet).
+pub fn model_in_status(base: &BaseUrl, name: &str) -> Result<ModelInStatus> {
+    let (status, body) = http::get(base, "/locara/v1/status", STATUS_TIMEOUT)
+        .with_context(|| format!("GET {base}/locara/v1/status"))?;
+    ensure!(
+        status == 200,
+        "GET {base}/locara/v1/status answered {status}: {}",
+        body.trim()
+    );
+    let value: Value = serde_json::from_str(&body).context("/locara/v1/status is not JSON")?;
+    find_model(&value, name).with_context(|| {
+        format!("/locara/v1/status shows no loaded model {name:?} with a worker pid: {body}")
+    })
+}
+
+fn find_model(status: &Value, name: &str) -> Option<ModelInStatus> {
+    let model = status
+        .get("models")?
+        .as_array()?
+        .iter()
+        .find(|m| m.get("name").and_then(Value::as_str) == Some(name))?;
+    let pid = model.get("pid")?.as_u64()?;
+    Some(ModelInStatus {
+        pid: u32::try_from(pid).ok()?,
+        parallel: model.get("parallel").and_then(Value::as_u64),
+        context: model.get("context").and_then(Value::as_u64),
+        kv_type: model
+            .get("kv_type")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        sequences_busy: model.get("sequences_busy").and_then(Value::as_u64),
+    })
 }
 
 /// What a running Locara says of its llama.cpp: a string field `engine`
@@ -228,6 +299,36 @@ mod tests {
              kv_type = \"q8_0\"\n\
              keep_alive = \"-1\"\n"
         );
+    }
+
+    #[test]
+    fn defaults_set_only_the_threads() {
+        assert_eq!(
+            defaults_toml(2),
+            "# Written by locara-serve-bench.\nthreads = 2\n"
+        );
+    }
+
+    #[test]
+    fn the_worker_pid_is_found_by_model_name() {
+        let status: Value = serde_json::from_str(
+            r#"{"budget":1,"models":[
+                {"name":"other","pid":7},
+                {"name":"smollm2:135m","state":"loaded","pid":4242,"parallel":4,"context":8192,"kv_type":"q8_0","sequences_busy":0}
+            ]}"#,
+        )
+        .unwrap();
+        let m = find_model(&status, "smollm2:135m").unwrap();
+        assert_eq!((m.pid, m.sequences_busy), (4242, Some(0)));
+        assert_eq!(
+            m.describe(),
+            "4 sequences of 8192 tokens, K/V q8_0 (as /locara/v1/status says)"
+        );
+        assert_eq!(find_model(&status, "gemma3:270m"), None);
+        let loading: Value =
+            serde_json::from_str(r#"{"models":[{"name":"m","state":"loading","pid":null}]}"#)
+                .unwrap();
+        assert_eq!(find_model(&loading, "m"), None, "no worker yet");
     }
 
     #[test]

@@ -18,9 +18,25 @@ pub const PROMPT: &str = "Write the numbers from 1 to 500, separated by commas."
 /// A streamed, greedy chat completion request of one user message.
 /// `extra` adds side-specific fields (llama-server's `cache_prompt`).
 pub fn chat_body(model: &str, prompt: &str, max_tokens: u32, extra: &[(&str, Value)]) -> Vec<u8> {
+    messages_body(
+        model,
+        json!([{"role": "user", "content": prompt}]),
+        max_tokens,
+        extra,
+    )
+}
+
+/// A streamed, greedy chat completion request of the chat `messages` (a
+/// JSON array of `{"role", "content"}` objects), as [`chat_body`].
+pub fn messages_body(
+    model: &str,
+    messages: Value,
+    max_tokens: u32,
+    extra: &[(&str, Value)],
+) -> Vec<u8> {
     let mut body = json!({
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages,
         "stream": true,
         // The final chunk then carries `usage`, which checks that a chunk
         // with text is one token.
@@ -123,6 +139,7 @@ mod tests {
             usage: None,
             finish_reason: Some("length".into()),
             text: String::new(),
+            cached_prompt_tokens: None,
         }
     }
 

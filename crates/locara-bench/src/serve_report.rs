@@ -84,6 +84,9 @@ pub struct TokenCounts {
     pub prompt_tokens: Option<u32>,
     /// One mismatch, as an example: (chunks with text, completion tokens).
     pub example_mismatch: Option<(u32, u32)>,
+    /// Most prompt tokens a stream's server said it took from its cache
+    /// instead of prefilling (0 where it never said).
+    pub max_cached_prompt_tokens: u32,
 }
 
 impl TokenCounts {
@@ -110,10 +113,13 @@ impl TokenCounts {
         if s.finish_reason.as_deref() != Some("length") {
             self.stopped_early += 1;
         }
+        self.max_cached_prompt_tokens = self
+            .max_cached_prompt_tokens
+            .max(s.cached_prompt_tokens.unwrap_or(0));
     }
 
     /// `128 per stream (usage agrees)`, for the table.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let count = if self.min == self.max {
             format!("{} per stream", self.min)
         } else {
@@ -162,6 +168,10 @@ pub struct ServeReport {
     pub prompt: String,
     pub llama_server: SideInfo,
     pub locara: SideInfo,
+    /// How each side was started: the command line, and for Locara its
+    /// configuration file.
+    pub llama_server_command: String,
+    pub locara_command: String,
     /// One stream: decode tokens/s after the first token.
     pub single_decode: Versus,
     /// One stream: time to first token, milliseconds.
@@ -214,11 +224,19 @@ impl ServeReport {
             "llama-server  {} ({})",
             self.llama_server.version, self.llama_server.location
         );
+        let _ = writeln!(s, "  ran as      {}", self.llama_server_command);
+        // A comparison that turns a peer's features off says so.
+        let _ = writeln!(
+            s,
+            "  note        its prompt cache is off and each slot has a K/V cache of its own here \
+             (not its defaults); `--only chat8` compares both servers at their defaults"
+        );
         let _ = writeln!(
             s,
             "Locara        {} ({})",
             self.locara.version, self.locara.location
         );
+        let _ = writeln!(s, "  ran as      {}", self.locara_command);
         match self.others_cpu_share {
             Some(share) => {
                 let _ = writeln!(
@@ -335,6 +353,7 @@ mod tests {
             }),
             finish_reason: Some(finish.into()),
             text: String::new(),
+            cached_prompt_tokens: None,
         }
     }
 
@@ -356,6 +375,12 @@ mod tests {
         assert!(c
             .describe()
             .contains("differs in 1 of 3 streams, e.g. 40 chunks for 41 tokens"));
+        assert_eq!(c.max_cached_prompt_tokens, 0);
+        c.add(&StreamResult {
+            cached_prompt_tokens: Some(25),
+            ..stream(128, Some(128), "length")
+        });
+        assert_eq!(c.max_cached_prompt_tokens, 25);
         let mut none = TokenCounts::default();
         none.add(&stream(5, None, "length"));
         assert_eq!(none.describe(), "5 per stream (no usage reported)");
@@ -383,6 +408,8 @@ mod tests {
                 version: "locara 0.1.0".into(),
                 tokens: TokenCounts::default(),
             },
+            llama_server_command: "llama-server -m /m/smollm2.gguf --cache-ram 0".into(),
+            locara_command: "locara serve --config locara.toml".into(),
             single_decode: v(
                 &[150.0, 151.0, 149.0],
                 &[148.0, 147.0, 149.0],
@@ -409,6 +436,11 @@ mod tests {
         );
         assert!(table.contains("≤ 1.10"), "{table}");
         assert!(table.contains("note: something odd"), "{table}");
+        assert!(
+            table.contains("ran as      llama-server -m /m/smollm2.gguf --cache-ram 0"),
+            "{table}"
+        );
+        assert!(table.contains("its prompt cache is off"), "{table}");
         assert!(table.contains("took 2.0 % of the CPU"), "{table}");
         assert!(
             table.contains("FAIL: 1 stream: decode tokens/s 0.987 pass"),

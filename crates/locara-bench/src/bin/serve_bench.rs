@@ -1,12 +1,13 @@
 //! `locara-serve-bench`: Locara's OpenAI-compatible HTTP API against
 //! llama.cpp's `llama-server`, built from the same llama.cpp tree as
-//! `locara-bench`'s llama-bench, on the same model, threads, K/V cache type,
-//! parallel slots and context per sequence.
+//! `locara-bench`'s llama-bench, on the same model and threads, in two
+//! comparisons: one at equal settings, with llama-server's prompt cache and
+//! unified K/V cache turned off to match Locara's engine, and one with both
+//! servers at their defaults, as users run them.
 //!
 //! # What it measures
 //!
-//! Streamed, greedy `POST /v1/chat/completions` requests of one user message
-//! that a small model answers at length, `max_tokens` each, timed by the
+//! Streamed, greedy `POST /v1/chat/completions` requests, timed by the
 //! client as the server-sent events arrive:
 //!
 //! * **time to first token**: request written → first event with text
@@ -16,35 +17,60 @@
 //!   end of the stream (`stream_options.include_usage`) checks that, and the
 //!   counts are reported.
 //!
-//! in two scenarios: **1 stream** (one request at a time), and **N concurrent
-//! streams** (`--parallel`, default 4, opened first and sent together): all
-//! their tokens over the time from the first first token to the last last
-//! token, and the median of their times to first token.
+//! **At equal settings** (`--only equal`): the same K/V cache type, parallel
+//! slots and context per sequence on both sides; llama-server without its
+//! prompt cache (`--cache-ram 0`, `cache_prompt: false`) and with a K/V
+//! cache per slot (`--no-kv-unified`). One user message that a small model
+//! answers at length, `max_tokens` each, in two scenarios: **1 stream** (one
+//! request at a time), and **N concurrent streams** (`--parallel`, default
+//! 4, opened first and sent together): all their tokens over the time from
+//! the first first token to the last last token, and the median of their
+//! times to first token.
+//!
+//! **At their defaults** (`--only chat8`): `llama-server -m MODEL --port 0
+//! -t THREADS` (prompt cache on, 4 slots sharing one unified K/V cache) and
+//! `locara serve` with a configuration file that sets only `threads`. An
+//! 8-turn conversation ([`locara_bench::chat`]): a system prompt, 8 user
+//! messages of about 130 tokens, and fixed assistant answers of about 100
+//! tokens between them, the whole history sent each turn, `max_tokens` 32;
+//! time to first token turn by turn. Then the **footprint after one chat**:
+//! Anonymous + Swap (Linux; macOS `phys_footprint`) of llama-server's
+//! process and of Locara's engine worker (its pid from
+//! `/locara/v1/status`), read from the OS after the first conversation on
+//! fresh servers.
 //!
 //! # How
 //!
-//! Both servers run at once, each on an ephemeral loopback port, and stay
-//! up for the whole run; an idle server takes no CPU, so each measures
-//! while the other waits. Each repetition runs both scenarios on both sides
-//! back to back, alternating which side goes first, after one warm-up per
-//! side and scenario (Locara loads its model on its first request: the
-//! warm-up covers that). Medians, ranges, and the ratios Locara /
-//! llama-server; see `locara-bench` for why.
+//! Both servers of a comparison run at once, each on an ephemeral loopback
+//! port, and stay up for the whole comparison; an idle server takes no CPU,
+//! so each measures while the other waits. At equal settings each
+//! repetition runs both scenarios on both sides back to back, alternating
+//! which side goes first, after one warm-up per side and scenario (Locara
+//! loads its model on its first request: the warm-up covers that). In the
+//! conversation each rep is a new conversation (its system prompt starts
+//! with words of its own, so no cache from an earlier rep matches), run on
+//! both sides turn by turn, alternating which side goes first from rep to
+//! rep, after one untimed conversation (the one the footprint is taken
+//! after). Medians, ranges, and the ratios Locara / llama-server; see
+//! `locara-bench` for why.
 //!
 //! # Example
 //!
 //! ```text
 //! cargo build --release -p locara-bench -p locara
 //! target/release/locara-serve-bench --threads 2 --reps 5
+//! target/release/locara-serve-bench --only chat8 --threads 2 --reps 3
 //! ```
 
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use locara_bench::chat::{self, TURNS};
+use locara_bench::chat_report::{self, ChatReport, ChatTurn, FootprintGoal, Footprints};
 use locara_bench::dirs::{cache_dir, model_path};
 use locara_bench::http::{BaseUrl, StreamResult};
-use locara_bench::llama_server::{LlamaServer, ServeParams};
+use locara_bench::llama_server::{self, LlamaServer, ServeParams};
 use locara_bench::locara_server::{self, Locara};
 use locara_bench::noise::{self, CpuSnapshot};
 use locara_bench::scenario::{self, Concurrent, PROMPT};
@@ -53,6 +79,7 @@ use locara_bench::serve_report::{ServeReport, SideInfo, Target, TokenCounts, Ver
 use locara_bench::server::ServerProcess;
 use locara_bench::{parse_percent, progress};
 use locara_core::KvType;
+use serde::Serialize;
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -66,6 +93,13 @@ const SINGLE_DECODE_TARGET: f64 = 0.95;
 const MULTI_DECODE_TARGET: f64 = 1.0;
 /// Largest time-to-first-token ratio, for both scenarios (same source).
 const TTFT_TARGET: f64 = 1.1;
+
+/// Largest time-to-first-token ratio of every turn of the conversation,
+/// both servers at their defaults: issue 13's "done when".
+const CHAT_TTFT_GOAL: f64 = 1.0;
+/// Largest footprint ratio, Locara's engine worker over llama-server,
+/// after one chat at both sides' defaults (same source).
+const CHAT_FOOTPRINT_GOAL: f64 = 0.6;
 
 /// Exit status when the run worked but a ratio misses its target.
 const EXIT_BELOW_TARGET: u8 = 2;
@@ -87,12 +121,14 @@ const READ_TIMEOUT: Duration = Duration::from_secs(300);
 const FEWER_TOKENS_SHARE: f64 = 0.9;
 
 /// Decode speed and time to first token of Locara's HTTP API against
-/// llama-server, one stream and several concurrent streams.
+/// llama-server: at equal settings, one stream and several concurrent
+/// streams; and at both servers' defaults, an 8-turn conversation and the
+/// footprint after it.
 ///
-/// Starts llama-server and `locara serve` on ephemeral loopback ports with
-/// the same model, threads, K/V type (with flash attention), parallel slots
-/// and context per sequence, and sends both the same streamed, greedy chat
-/// completion requests (one user message that a small model answers at
+/// At equal settings (--only equal): starts llama-server and `locara
+/// serve` on ephemeral loopback ports with the same model, threads, K/V
+/// type (with flash attention), parallel slots and context per sequence,
+/// and sends both the same streamed, greedy chat completion requests (one user message that a small model answers at
 /// length; `max_tokens` each). Time to first token is from writing the
 /// request to the first event with text; decode tokens/s is (chunks with
 /// text − 1) over the time between the first and the last of them, and for
@@ -107,28 +143,46 @@ const FEWER_TOKENS_SHARE: f64 = 0.9;
 /// llama-bench (fetched with pip; needs python3, cmake and a C++ compiler;
 /// takes minutes), with the same CMake options plus the server (its web UI
 /// neither built nor downloaded), and cached in $XDG_CACHE_HOME/locara/bench
-/// (default ~/.cache/locara/bench). It runs with --no-jinja (the same
-/// template path as Locara), one K/V cache per slot, -c = context × slots
-/// (it divides its context among its slots; Locara's context is per
-/// sequence), and no prompt cache (--cache-ram 0, and `cache_prompt: false`
-/// in every request), as Locara's engine never reuses a prompt.
+/// (default ~/.cache/locara/bench). At equal settings it runs with
+/// --no-jinja (the same template path as Locara), one K/V cache per slot,
+/// -c = context × slots (it divides its context among its slots; Locara's
+/// context is per sequence), and no prompt cache (--cache-ram 0, and
+/// `cache_prompt: false` in every request), as Locara's engine never
+/// reuses a prompt.
 ///
 /// Locara runs from a temporary data directory into which the model is
-/// imported (`locara import`), with a configuration file setting parallel,
-/// threads, context, kv_type and keep_alive = "-1"; requests carry the
-/// daemon's admin token as their bearer token. The locara binary is
-/// found next to this one (cargo build --release -p locara) unless
-/// --locara names it; --locara-url measures an OpenAI-compatible server
-/// that is already running instead (its settings are then its own).
+/// imported (`locara import`), at equal settings with a configuration file
+/// setting parallel, threads, context, kv_type and keep_alive = "-1";
+/// requests carry the daemon's admin token as their bearer token. The
+/// locara binary is found next to this one (cargo build --release -p
+/// locara) unless --locara names it; --locara-url measures an
+/// OpenAI-compatible server that is already running instead (its settings
+/// are then its own).
+///
+/// At their defaults (--only chat8): starts `llama-server -m MODEL --port
+/// 0 -t THREADS` (nothing else: its prompt cache on, 4 slots sharing one
+/// unified K/V cache of the model's trained context, f16) and `locara
+/// serve` with a configuration file setting only threads, and holds the
+/// same conversation with both: a system prompt, 8 user messages of about
+/// 130 tokens and fixed assistant answers of about 100 tokens between
+/// them, the whole history sent each turn, max_tokens 32, greedy. The first
+/// conversation is not timed; after it the footprint of llama-server and of
+/// Locara's engine worker (Anonymous + Swap on Linux) is read from the OS.
+/// Then --reps conversations, each new (its system prompt starts with words
+/// of its own), turn by turn on both sides, alternating which side goes
+/// first; the table shows each turn's median time to first token. --kv,
+/// --parallel, --context and --max-tokens do not apply to it.
 ///
 /// Both llama.cpp versions are printed. Run it on a quiet machine: the
 /// result says how much CPU other processes took while it measured (on
 /// Linux), and a rep during which they took more than --max-others is
 /// measured again.
 ///
-/// Exit status: 0 when every ratio meets its target (1-stream decode ≥
-/// 0.95, concurrent decode ≥ 1.0, time to first token ≤ 1.1 in both
-/// scenarios), 2 when one does not, 1 on an error.
+/// Exit status: 0 when every ratio meets its target (at equal settings:
+/// 1-stream decode ≥ 0.95, concurrent decode ≥ 1.0, time to first token ≤
+/// 1.1 in both scenarios; at the defaults: time to first token ≤ 1.0 on
+/// every turn, footprint after one chat ≤ 0.6), 2 when one does not, 1 on
+/// an error.
 #[derive(Parser, Debug)]
 #[command(name = "locara-serve-bench", version, about, long_about)]
 struct Cli {
@@ -159,9 +213,16 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(2..))]
     max_tokens: u32,
 
-    /// Measured repetitions per side and scenario, after one warm-up each.
+    /// Measured repetitions per side and scenario, after one warm-up each
+    /// (in chat8: measured conversations, after one untimed one).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     reps: u32,
+
+    /// Run one comparison only: `equal` (1 stream and concurrent streams at
+    /// equal settings) or `chat8` (the 8-turn conversation and the
+    /// footprint, both servers at their defaults) [default: both]
+    #[arg(long, value_name = "SCENARIO")]
+    only: Option<Scenario>,
 
     /// Use this llama-server binary instead of building one.
     #[arg(long, value_name = "PATH")]
@@ -223,6 +284,16 @@ struct Cli {
     keep_work_dir: bool,
 }
 
+/// The comparisons this program makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// One stream and concurrent streams, at equal settings.
+    Equal,
+    /// The 8-turn conversation and the footprint after one chat, both
+    /// servers at their defaults.
+    Chat8,
+}
+
 /// Where Locara's side comes from.
 #[derive(Debug)]
 enum LocaraSide {
@@ -242,6 +313,8 @@ struct Config {
     context: u32,
     max_tokens: u32,
     reps: u32,
+    /// The one comparison to run; `None`: both.
+    only: Option<Scenario>,
     llama_server: Source,
     locara: LocaraSide,
     locara_model: String,
@@ -259,7 +332,7 @@ impl Config {
         // The prompt and its template take well under 128 tokens.
         let needed = args.max_tokens.saturating_add(128);
         ensure!(
-            args.context >= needed,
+            args.only == Some(Scenario::Chat8) || args.context >= needed,
             "--context {} cannot hold a request: it needs about {needed} tokens (max_tokens {} and the prompt)",
             args.context,
             args.max_tokens
@@ -303,6 +376,7 @@ impl Config {
             context: args.context,
             max_tokens: args.max_tokens,
             reps: args.reps,
+            only: args.only,
             llama_server,
             locara,
             locara_model: args.locara_model,
@@ -311,6 +385,11 @@ impl Config {
             json: args.json,
             keep_work_dir: args.keep_work_dir,
         })
+    }
+
+    /// Whether this run makes the comparison `scenario`.
+    fn runs(&self, scenario: Scenario) -> bool {
+        self.only.is_none_or(|only| only == scenario)
     }
 
     fn serve_params(&self) -> ServeParams<'_> {
@@ -335,15 +414,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// One side of the comparison, up and ready for requests.
+/// One side of a comparison, up and ready for requests.
 struct Side {
     name: &'static str,
     base: BaseUrl,
-    /// The request every stream sends.
-    body: Vec<u8>,
     /// Its process, if this program started it (ended on drop).
     process: Option<ServerProcess>,
     info: SideInfo,
+    /// How it was started, for the report.
+    command: String,
 }
 
 impl Side {
@@ -354,14 +433,134 @@ impl Side {
         Some(noise::with_descendants(self.process.as_ref()?.pid()))
     }
 
-    fn one(&self) -> Result<StreamResult> {
-        scenario::one_stream(&self.base, &self.body, READ_TIMEOUT)
+    fn one(&self, body: &[u8]) -> Result<StreamResult> {
+        scenario::one_stream(&self.base, body, READ_TIMEOUT)
             .with_context(|| format!("{}: one stream", self.name))
     }
 
-    fn concurrent(&self, n: u32) -> Result<Concurrent> {
-        scenario::concurrent(&self.base, &self.body, n, READ_TIMEOUT)
+    fn concurrent(&self, body: &[u8], n: u32) -> Result<Concurrent> {
+        scenario::concurrent(&self.base, body, n, READ_TIMEOUT)
             .with_context(|| format!("{}: {n} concurrent streams", self.name))
+    }
+}
+
+/// How a comparison's servers are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settings {
+    /// The same K/V type, slots and context on both sides, and
+    /// llama-server without what Locara's engine lacks.
+    Equal,
+    /// Each server at its defaults; only the threads are set, alike.
+    Defaults,
+}
+
+/// Starts llama-server and Locara (or connects to the one at
+/// --locara-url) in `work`, with `settings`; [llama-server, Locara].
+fn start_sides(
+    config: &Config,
+    llama: &LlamaServer,
+    locara: Option<&Locara>,
+    work: &Path,
+    settings: Settings,
+    notes: &mut Vec<String>,
+) -> Result<[Side; 2]> {
+    let params = config.serve_params();
+    let llama_args = match settings {
+        Settings::Equal => llama.args(&params),
+        Settings::Defaults => llama_server::default_args(&config.model, config.threads),
+    };
+    progress(&format!(
+        "starting llama-server {}",
+        match settings {
+            Settings::Equal => "at Locara's settings",
+            Settings::Defaults => "at its defaults",
+        }
+    ));
+    let llama_process =
+        llama.start_with(&llama_args, &work.join("llama-server.log"), START_DEADLINE)?;
+    let llama_side = Side {
+        name: "llama-server",
+        base: llama_process.base.clone(),
+        process: Some(llama_process),
+        info: SideInfo {
+            location: llama.path.display().to_string(),
+            version: llama.describe(),
+            tokens: TokenCounts::default(),
+        },
+        command: format!("{} {}", llama.path.display(), llama_args.join(" ")),
+    };
+
+    let locara_side = match (locara, &config.locara) {
+        (Some(locara), _) => {
+            progress(&format!(
+                "importing {} into a temporary data directory as {}",
+                config.model.display(),
+                config.locara_model
+            ));
+            let home = locara.prepare_home(work, &config.model, &config.locara_model)?;
+            let config_text = match settings {
+                Settings::Equal => locara_server::config_toml(&params),
+                Settings::Defaults => locara_server::defaults_toml(config.threads),
+            };
+            progress(&format!(
+                "starting locara serve {}",
+                match settings {
+                    Settings::Equal => "at llama-server's settings",
+                    Settings::Defaults => "at its defaults",
+                }
+            ));
+            let process = locara.serve(&home, work, &config_text, START_DEADLINE)?;
+            let set: Vec<&str> = config_text
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .collect();
+            Side {
+                name: "Locara",
+                base: process.base.clone(),
+                process: Some(process),
+                info: SideInfo {
+                    location: locara.path.display().to_string(),
+                    version: locara.describe(),
+                    tokens: TokenCounts::default(),
+                },
+                command: format!(
+                    "{} serve --port 0 --config {} ({}), LOCARA_HOME={}",
+                    locara.path.display(),
+                    work.join("locara.toml").display(),
+                    set.join(", "),
+                    home.display()
+                ),
+            }
+        }
+        (None, LocaraSide::Url(url)) => {
+            notes.push(format!(
+                "Locara's side is the server at {url}, which this program did not start: its model, threads, K/V type, slots and context are its own, and the CPU it takes counts as other processes' (so no rep is discarded for it)"
+            ));
+            Side {
+                name: "Locara",
+                base: url.clone(),
+                process: None,
+                info: SideInfo {
+                    location: url.to_string(),
+                    version: locara_server::engine_from_status(url)
+                        .unwrap_or_else(|| "unknown (a server this program did not start)".into()),
+                    tokens: TokenCounts::default(),
+                },
+                command: format!("the server at {url}, started elsewhere"),
+            }
+        }
+        (None, LocaraSide::Binary(_)) => bail!("Locara's binary was not located"),
+    };
+    Ok([llama_side, locara_side])
+}
+
+/// Adds the engine's llama.cpp to Locara's version when the binary could
+/// not say it before serving (its running worker can).
+fn engine_version(locara: Option<&Locara>, side: &mut Side) {
+    if locara.is_some_and(|l| l.engine.is_none()) {
+        if let Some(engine) = locara_server::engine_from_status(&side.base) {
+            side.info.version = format!("{}; engine: {engine}", side.info.version);
+        }
     }
 }
 
@@ -424,7 +623,7 @@ fn run(config: &Config) -> Result<ExitCode> {
 
     // Declared first, dropped last: the servers end before their logs go.
     let mut work = WorkDir::create(config.keep_work_dir)?;
-    let result = start_and_measure(config, &llama, locara.as_ref(), &work.path);
+    let result = measure_all(config, &llama, locara.as_ref(), &work.path);
     if result.is_err() {
         work.keep = true;
     }
@@ -432,7 +631,14 @@ fn run(config: &Config) -> Result<ExitCode> {
     if config.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.table());
+        let tables: Vec<String> = [
+            report.equal_settings.as_ref().map(ServeReport::table),
+            report.chat8.as_ref().map(ChatReport::table),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        print!("{}", tables.join("\n"));
     }
     Ok(if report.pass {
         ExitCode::SUCCESS
@@ -441,85 +647,77 @@ fn run(config: &Config) -> Result<ExitCode> {
     })
 }
 
+/// Everything one run found: the comparisons it made.
+#[derive(Debug, Serialize)]
+struct Report {
+    /// 1 stream and concurrent streams, at equal settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    equal_settings: Option<ServeReport>,
+    /// The 8-turn conversation and the footprint, at both sides' defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chat8: Option<ChatReport>,
+    /// Every comparison made meets its targets.
+    pass: bool,
+}
+
+/// Makes the comparisons asked for, one after the other, each with a pair
+/// of servers of its own (their settings differ) in a directory of its own
+/// under `work`.
+fn measure_all(
+    config: &Config,
+    llama: &LlamaServer,
+    locara: Option<&Locara>,
+    work: &Path,
+) -> Result<Report> {
+    let phase_dir = |name: &str| -> Result<PathBuf> {
+        let dir = work.join(name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    };
+    let equal_settings = if config.runs(Scenario::Equal) {
+        let dir = phase_dir("equal-settings")?;
+        Some(start_and_measure(config, llama, locara, &dir)?)
+    } else {
+        None
+    };
+    let chat8 = if config.runs(Scenario::Chat8) {
+        Some(measure_chat(config, llama, locara, &phase_dir("chat8")?)?)
+    } else {
+        None
+    };
+    let pass =
+        equal_settings.as_ref().is_none_or(|r| r.pass) && chat8.as_ref().is_none_or(|r| r.pass);
+    Ok(Report {
+        equal_settings,
+        chat8,
+        pass,
+    })
+}
+
+/// The comparison at equal settings: 1 stream and concurrent streams.
 fn start_and_measure(
     config: &Config,
     llama: &LlamaServer,
     locara: Option<&Locara>,
     work: &Path,
 ) -> Result<ServeReport> {
-    let params = config.serve_params();
     let mut notes = Vec::new();
-
-    progress("starting llama-server");
-    let llama_process = llama.start(&params, &work.join("llama-server.log"), START_DEADLINE)?;
-    let llama_side = Side {
-        name: "llama-server",
-        base: llama_process.base.clone(),
-        // The model field is not checked by llama-server.
-        body: scenario::chat_body(
+    let mut sides = start_sides(config, llama, locara, work, Settings::Equal, &mut notes)?;
+    // The model field is not checked by llama-server; its prompt cache is
+    // turned off per request too.
+    let bodies = [
+        scenario::chat_body(
             &config.locara_model,
             PROMPT,
             config.max_tokens,
             &[("cache_prompt", Value::Bool(false))],
         ),
-        process: Some(llama_process),
-        info: SideInfo {
-            location: llama.path.display().to_string(),
-            version: llama.describe(),
-            tokens: TokenCounts::default(),
-        },
-    };
+        scenario::chat_body(&config.locara_model, PROMPT, config.max_tokens, &[]),
+    ];
 
-    let locara_side = match (locara, &config.locara) {
-        (Some(locara), _) => {
-            progress(&format!(
-                "importing {} into a temporary data directory as {}",
-                config.model.display(),
-                config.locara_model
-            ));
-            let home = locara.prepare_home(work, &config.model, &config.locara_model)?;
-            progress("starting locara serve");
-            let process = locara.serve(&home, work, &params, START_DEADLINE)?;
-            Side {
-                name: "Locara",
-                base: process.base.clone(),
-                body: scenario::chat_body(&config.locara_model, PROMPT, config.max_tokens, &[]),
-                process: Some(process),
-                info: SideInfo {
-                    location: locara.path.display().to_string(),
-                    version: locara.describe(),
-                    tokens: TokenCounts::default(),
-                },
-            }
-        }
-        (None, LocaraSide::Url(url)) => {
-            notes.push(format!(
-                "Locara's side is the server at {url}, which this program did not start: its model, threads, K/V type, slots and context are its own, and the CPU it takes counts as other processes' (so no rep is discarded for it)"
-            ));
-            Side {
-                name: "Locara",
-                base: url.clone(),
-                body: scenario::chat_body(&config.locara_model, PROMPT, config.max_tokens, &[]),
-                process: None,
-                info: SideInfo {
-                    location: url.to_string(),
-                    version: locara_server::engine_from_status(url)
-                        .unwrap_or_else(|| "unknown (a server this program did not start)".into()),
-                    tokens: TokenCounts::default(),
-                },
-            }
-        }
-        (None, LocaraSide::Binary(_)) => bail!("Locara's binary was not located"),
-    };
-    let mut sides = [llama_side, locara_side];
-
-    warm_up(config, &mut sides)?;
-    let samples = measure(config, &mut sides, &mut notes)?;
-    if locara.is_some_and(|l| l.engine.is_none()) {
-        if let Some(engine) = locara_server::engine_from_status(&sides[1].base) {
-            sides[1].info.version = format!("{}; engine: {engine}", sides[1].info.version);
-        }
-    }
+    warm_up(config, &mut sides, &bodies)?;
+    let samples = measure(config, &mut sides, &bodies, &mut notes)?;
+    engine_version(locara, &mut sides[1]);
     token_notes(config, &sides, &mut notes);
 
     let versus = |l: &[f64], r: &[f64], target, what: &str| {
@@ -565,6 +763,8 @@ fn start_and_measure(
         prompt: PROMPT.to_string(),
         llama_server: llama_side.info,
         locara: locara_side.info,
+        llama_server_command: llama_side.command,
+        locara_command: locara_side.command,
         single_decode,
         single_ttft_ms,
         multi_decode,
@@ -577,12 +777,12 @@ fn start_and_measure(
 
 /// One uncounted run of each scenario on each side: Locara loads its model
 /// on the first request, and page cache, CPU caches and clocks settle.
-fn warm_up(config: &Config, sides: &mut [Side; 2]) -> Result<()> {
+fn warm_up(config: &Config, sides: &mut [Side; 2], bodies: &[Vec<u8>; 2]) -> Result<()> {
     progress("warming up (not counted): llama-server, then Locara");
-    for side in sides.iter_mut() {
-        let one = side.one()?;
+    for (side, body) in sides.iter_mut().zip(bodies) {
+        let one = side.one(body)?;
         side.info.tokens.add(&one);
-        let many = side.concurrent(config.parallel)?;
+        let many = side.concurrent(body, config.parallel)?;
         for s in &many.streams {
             side.info.tokens.add(s);
         }
@@ -612,32 +812,31 @@ struct RepFigures {
 /// The measured reps, alternating which side goes first. A rep that other
 /// processes disturbed is discarded and run again (within
 /// [`ATTEMPTS_PER_REP`]).
-fn measure(config: &Config, sides: &mut [Side; 2], notes: &mut Vec<String>) -> Result<Samples> {
+fn measure(
+    config: &Config,
+    sides: &mut [Side; 2],
+    bodies: &[Vec<u8>; 2],
+    notes: &mut Vec<String>,
+) -> Result<Samples> {
     let mut samples = Samples::default();
     let mut measured = 0u32;
     let mut discarded = 0;
     let mut attempt = 0;
     let mut serialised = [false; 2];
-    let pids = |sides: &[Side; 2]| -> Option<Vec<u32>> {
-        let mut pids = sides[0].pids()?;
-        pids.extend(sides[1].pids()?);
-        Some(pids)
-    };
-    let started = pids(sides).and_then(|p| CpuSnapshot::take_of(&p));
+    let started = cpu_snapshot(sides);
     while measured < config.reps && attempt < config.reps * ATTEMPTS_PER_REP {
         attempt += 1;
-        let rep_pids = pids(sides);
-        let rep_started = rep_pids.as_deref().and_then(CpuSnapshot::take_of);
+        let rep_started = cpu_snapshot(sides);
         // Alternate which side goes first, so a steady drift (a machine
         // warming up, a build finishing) favours neither.
         let order = if attempt % 2 == 1 { [0, 1] } else { [1, 0] };
         let mut singles: [Option<StreamResult>; 2] = [None, None];
         let mut multis: [Option<Concurrent>; 2] = [None, None];
         for &i in &order {
-            singles[i] = Some(sides[i].one()?);
+            singles[i] = Some(sides[i].one(&bodies[i])?);
         }
         for &i in &order {
-            multis[i] = Some(sides[i].concurrent(config.parallel)?);
+            multis[i] = Some(sides[i].concurrent(&bodies[i], config.parallel)?);
         }
         let mut figures = Vec::with_capacity(2);
         for i in 0..2 {
@@ -661,16 +860,11 @@ fn measure(config: &Config, sides: &mut [Side; 2], notes: &mut Vec<String>) -> R
             });
         }
 
-        let others = match (rep_started, rep_pids) {
-            (Some(before), Some(pids)) => {
-                CpuSnapshot::take_of(&pids).map(|after| before.others_share(&after))
-            }
-            _ => None,
-        };
+        let others = others_since(rep_started);
         let disturbed = others.is_some_and(|share| share > config.max_others);
         let (l, r) = (figures[0], figures[1]);
         progress(&format!(
-            "{} {}/{}: 1 stream {:.1} / {:.1} tokens/s, first token {:.1} / {:.1} ms; {} streams {:.1} / {:.1} tokens/s, first token {:.1} / {:.1} ms (llama-server / Locara){}{}",
+            "{} {}/{}: 1 stream {:.1} / {:.1} tokens/s, first token {:.1} / {:.1} ms; {} streams {:.1} / {:.1} tokens/s, first token {:.1} / {:.1} ms (llama-server / Locara){}",
             if disturbed { "discarded" } else { "rep" },
             measured + u32::from(!disturbed),
             config.reps,
@@ -683,10 +877,7 @@ fn measure(config: &Config, sides: &mut [Side; 2], notes: &mut Vec<String>) -> R
             r.multi_decode,
             l.multi_ttft_ms,
             r.multi_ttft_ms,
-            others
-                .map(|share| format!("; other processes took {:.0} % of the CPU", share * 100.0))
-                .unwrap_or_default(),
-            if disturbed { ", more than --max-others" } else { "" },
+            others_said(others, disturbed),
         ));
         if disturbed {
             discarded += 1;
@@ -700,9 +891,60 @@ fn measure(config: &Config, sides: &mut [Side; 2], notes: &mut Vec<String>) -> R
             samples.multi_ttft_ms[i].push(f.multi_ttft_ms);
         }
     }
+    check_reps(config, measured, discarded, attempt, notes)?;
+    for (i, side) in sides.iter().enumerate() {
+        if serialised[i] {
+            notes.push(format!(
+                "{} did not decode all {} concurrent streams at once in some reps (one stream ended before another began)",
+                side.name, config.parallel
+            ));
+        }
+    }
+    samples.others_cpu_share = others_since(started);
+    Ok(samples)
+}
+
+/// The CPU counters now, counting both servers and their children (Locara's
+/// engine workers) as ours, with the processes counted; `None` off Linux or
+/// for a server this program did not start.
+fn cpu_snapshot(sides: &[Side; 2]) -> Option<(Vec<u32>, CpuSnapshot)> {
+    let mut pids = sides[0].pids()?;
+    pids.extend(sides[1].pids()?);
+    let snapshot = CpuSnapshot::take_of(&pids)?;
+    Some((pids, snapshot))
+}
+
+/// Share of the CPU that other processes took since `before`, counting the
+/// same processes as ours.
+fn others_since(before: Option<(Vec<u32>, CpuSnapshot)>) -> Option<f64> {
+    let (pids, before) = before?;
+    Some(before.others_share(&CpuSnapshot::take_of(&pids)?))
+}
+
+/// The end of a rep's progress line: what other processes took.
+fn others_said(others: Option<f64>, disturbed: bool) -> String {
+    let share = others
+        .map(|share| format!("; other processes took {:.0} % of the CPU", share * 100.0))
+        .unwrap_or_default();
+    let more = if disturbed {
+        ", more than --max-others"
+    } else {
+        ""
+    };
+    format!("{share}{more}")
+}
+
+/// Fails when no rep ran undisturbed; notes reps lost to other processes.
+fn check_reps(
+    config: &Config,
+    measured: u32,
+    discarded: u32,
+    attempts: u32,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     ensure!(
         measured > 0,
-        "other processes took more than --max-others {} % of the CPU in every one of {attempt} reps; rerun on a quiet machine",
+        "other processes took more than --max-others {} % of the CPU in every one of {attempts} reps; rerun on a quiet machine",
         config.max_others * 100.0
     );
     if measured < config.reps {
@@ -717,21 +959,302 @@ fn measure(config: &Config, sides: &mut [Side; 2], notes: &mut Vec<String>) -> R
             config.max_others * 100.0
         ));
     }
-    for (i, side) in sides.iter().enumerate() {
-        if serialised[i] {
-            notes.push(format!(
-                "{} did not decode all {} concurrent streams at once in some reps (one stream ended before another began)",
-                side.name, config.parallel
-            ));
+    Ok(())
+}
+
+/// How long Locara's model may stay busy after the last answer of a
+/// conversation before its footprint is read anyway.
+const IDLE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The comparison at both servers' defaults: the 8-turn conversation, and
+/// the footprint after the first one.
+fn measure_chat(
+    config: &Config,
+    llama: &LlamaServer,
+    locara: Option<&Locara>,
+    work: &Path,
+) -> Result<ChatReport> {
+    let mut notes = Vec::new();
+    let mut sides = start_sides(config, llama, locara, work, Settings::Defaults, &mut notes)?;
+    // llama-server logs its slots and K/V caches while it loads, before it
+    // says it is ready.
+    let llama_server_settings = llama_server::settings_from_log(
+        &fs::read_to_string(work.join("llama-server.log")).unwrap_or_default(),
+    );
+
+    // The chat the footprint is taken after: the first requests both
+    // servers see (Locara loads its model on the first). Not timed.
+    let mut conversation = 1;
+    progress(&format!(
+        "chat8: conversation {conversation} (not timed; the footprint is read after it), {TURNS} turns, llama-server first each turn"
+    ));
+    converse(config, &mut sides, conversation, [0, 1])?;
+    let after_one_chat = footprints(config, &sides, "after one chat", &mut notes);
+    let locara_settings = locara_server::model_in_status(&sides[1].base, &config.locara_model)
+        .ok()
+        .map(|m| m.describe());
+
+    let samples = measure_conversations(config, &mut sides, &mut conversation, &mut notes)?;
+    let after_last_chat = footprints(config, &sides, "after the last conversation", &mut notes);
+    engine_version(locara, &mut sides[1]);
+
+    let mut turns = Vec::with_capacity(TURNS);
+    for (n, turn) in (1u32..).zip(&samples.turns) {
+        let ttft_ms = Versus::new(
+            &turn.ttft_ms[0],
+            &turn.ttft_ms[1],
+            Target::AtMost(CHAT_TTFT_GOAL),
+        )
+        .with_context(|| format!("no usable samples of turn {n}'s time to first token"))?;
+        turns.push(ChatTurn {
+            turn: n,
+            llama_server_prompt_tokens: turn.prompt_tokens[0],
+            locara_prompt_tokens: turn.prompt_tokens[1],
+            llama_server_cached_tokens: chat_report::median_of_known(&turn.cached_tokens[0]),
+            locara_cached_tokens: chat_report::median_of_known(&turn.cached_tokens[1]),
+            ttft_ms,
+        });
+    }
+    chat_notes(&turns, &mut notes);
+    let footprint_goal = FootprintGoal::new(&after_one_chat, Target::AtMost(CHAT_FOOTPRINT_GOAL));
+    let pass = chat_report::all_pass(&turns, &footprint_goal);
+    let [llama_side, locara_side] = sides;
+    // Stop both before reporting, so no stray process outlives a report.
+    drop(llama_side.process);
+    drop(locara_side.process);
+    Ok(ChatReport {
+        model: config.model.clone(),
+        threads: config.threads,
+        max_tokens: chat::MAX_TOKENS,
+        reps: config.reps,
+        system_prompt: chat::SYSTEM_PROMPT.to_string(),
+        llama_server: llama_side.info,
+        locara: locara_side.info,
+        llama_server_command: llama_side.command,
+        locara_command: locara_side.command,
+        llama_server_settings,
+        locara_settings,
+        turns,
+        after_one_chat,
+        after_last_chat,
+        conversations: conversation,
+        footprint_goal,
+        others_cpu_share: samples.others_cpu_share,
+        pass,
+        notes,
+    })
+}
+
+/// One turn's samples over the measured conversations; index 0 is
+/// llama-server, 1 Locara.
+#[derive(Debug, Default)]
+struct TurnSamples {
+    ttft_ms: [Vec<f64>; 2],
+    /// Prompt tokens as the last measured conversation's `usage` said.
+    prompt_tokens: [Option<u32>; 2],
+    /// Prompt tokens each server said it took from its cache, per
+    /// conversation.
+    cached_tokens: [Vec<Option<u32>>; 2],
+}
+
+/// What the measured conversations found.
+#[derive(Debug)]
+struct ChatSamples {
+    /// One per turn, in turn order.
+    turns: Vec<TurnSamples>,
+    /// Share of the CPU other processes took meanwhile (Linux only).
+    others_cpu_share: Option<f64>,
+}
+
+/// One conversation, [`TURNS`] turns on both sides: each turn on side
+/// `order[0]`, then on `order[1]`, the same messages on both. Returns each
+/// side's streams in turn order.
+fn converse(
+    config: &Config,
+    sides: &mut [Side; 2],
+    conversation: u32,
+    order: [usize; 2],
+) -> Result<[Vec<StreamResult>; 2]> {
+    let mut streams: [Vec<StreamResult>; 2] = Default::default();
+    for turn in 0..TURNS {
+        // The model field is not checked by llama-server; nothing else is
+        // added for either side, so each runs as its defaults say.
+        let body = scenario::messages_body(
+            &config.locara_model,
+            chat::messages(conversation, turn),
+            chat::MAX_TOKENS,
+            &[],
+        );
+        for &i in &order {
+            let side = &mut sides[i];
+            let stream =
+                scenario::one_stream(&side.base, &body, READ_TIMEOUT).with_context(|| {
+                    format!(
+                        "{}: conversation {conversation}, turn {}",
+                        side.name,
+                        turn + 1
+                    )
+                })?;
+            side.info.tokens.add(&stream);
+            streams[i].push(stream);
         }
     }
-    samples.others_cpu_share = match (started, pids(sides)) {
-        (Some(before), Some(pids)) => {
-            CpuSnapshot::take_of(&pids).map(|after| before.others_share(&after))
+    Ok(streams)
+}
+
+/// The measured conversations, each a new one (`conversation` counts them),
+/// alternating which side goes first. A conversation that other processes
+/// disturbed is discarded and held again (within [`ATTEMPTS_PER_REP`]).
+fn measure_conversations(
+    config: &Config,
+    sides: &mut [Side; 2],
+    conversation: &mut u32,
+    notes: &mut Vec<String>,
+) -> Result<ChatSamples> {
+    let mut turns: Vec<TurnSamples> = (0..TURNS).map(|_| TurnSamples::default()).collect();
+    let mut measured = 0u32;
+    let mut discarded = 0;
+    let mut attempt = 0;
+    let started = cpu_snapshot(sides);
+    while measured < config.reps && attempt < config.reps * ATTEMPTS_PER_REP {
+        attempt += 1;
+        *conversation += 1;
+        let rep_started = cpu_snapshot(sides);
+        // Alternate which side goes first, so a steady drift favours neither.
+        let order = if attempt % 2 == 1 { [0, 1] } else { [1, 0] };
+        let streams = converse(config, sides, *conversation, order)?;
+        let others = others_since(rep_started);
+        let disturbed = others.is_some_and(|share| share > config.max_others);
+        let ms = |side: &[StreamResult]| {
+            side.iter()
+                .map(|s| format!("{:.0}", s.ttft() * 1000.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        progress(&format!(
+            "chat8 {} {}/{} (conversation {}, {} first): first token ms, turns 1–{TURNS}: llama-server {}; Locara {}{}",
+            if disturbed { "discarded" } else { "rep" },
+            measured + u32::from(!disturbed),
+            config.reps,
+            *conversation,
+            sides[order[0]].name,
+            ms(&streams[0]),
+            ms(&streams[1]),
+            others_said(others, disturbed),
+        ));
+        if disturbed {
+            discarded += 1;
+            continue;
         }
-        _ => None,
+        measured += 1;
+        for (i, side) in streams.iter().enumerate() {
+            for (turn, stream) in turns.iter_mut().zip(side) {
+                turn.ttft_ms[i].push(stream.ttft() * 1000.0);
+                if let Some(usage) = stream.usage {
+                    turn.prompt_tokens[i] = Some(usage.prompt_tokens);
+                }
+                turn.cached_tokens[i].push(stream.cached_prompt_tokens);
+            }
+        }
+    }
+    check_reps(config, measured, discarded, attempt, notes)?;
+    Ok(ChatSamples {
+        turns,
+        others_cpu_share: others_since(started),
+    })
+}
+
+/// The footprints, read from the OS now, of llama-server and of Locara's
+/// engine worker (its pid from `/locara/v1/status`, once it has no sequence
+/// busy) and daemon. What cannot be read is `None`, and `notes` say why.
+fn footprints(
+    config: &Config,
+    sides: &[Side; 2],
+    when: &str,
+    notes: &mut Vec<String>,
+) -> Footprints {
+    let mut read = |what: &str, pid: Result<u32>| match pid.and_then(|pid| {
+        locara_platform::process_footprint(pid).with_context(|| format!("process {pid}"))
+    }) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            notes.push(format!(
+                "the footprint of {what} {when} could not be read: {e:#}"
+            ));
+            None
+        }
     };
-    Ok(samples)
+    let llama_pid = sides[0]
+        .process
+        .as_ref()
+        .map(ServerProcess::pid)
+        .context("llama-server was not started by this program");
+    let daemon_pid = sides[1].process.as_ref().map(ServerProcess::pid);
+    let worker_pid = idle_worker(config, &sides[1].base).and_then(|pid| {
+        // The pid is the daemon's child when this program started the
+        // daemon: a check that the status named the right process.
+        if let Some(daemon) = daemon_pid {
+            ensure!(
+                noise::with_descendants(daemon).contains(&pid),
+                "/locara/v1/status names process {pid}, which is not the daemon's ({daemon})"
+            );
+        }
+        Ok(pid)
+    });
+    Footprints {
+        llama_server: read("llama-server", llama_pid),
+        locara_worker: read("Locara's engine worker", worker_pid),
+        locara_daemon: daemon_pid.and_then(|pid| read("Locara's daemon", Ok(pid))),
+    }
+}
+
+/// The pid of Locara's engine worker for the benchmark's model, once the
+/// status shows none of its sequences busy (at most [`IDLE_DEADLINE`]: an
+/// answer's stream may end a moment before the worker is done with it).
+fn idle_worker(config: &Config, base: &BaseUrl) -> Result<u32> {
+    let started = std::time::Instant::now();
+    loop {
+        let model = locara_server::model_in_status(base, &config.locara_model)?;
+        if model.sequences_busy.unwrap_or(0) == 0 || started.elapsed() > IDLE_DEADLINE {
+            return Ok(model.pid);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Notes on the conversation that a reader of the table needs.
+fn chat_notes(turns: &[ChatTurn], notes: &mut Vec<String>) {
+    notes.push(format!(
+        "each turn sends the same messages to both sides: the assistant's answers in the history are written in advance, not the {} tokens each server generated, so a server that reuses its cache still prefills the previous answer and the new user message each turn",
+        chat::MAX_TOKENS
+    ));
+    let differ: Vec<String> = turns
+        .iter()
+        .filter(|t| {
+            matches!(
+                (t.llama_server_prompt_tokens, t.locara_prompt_tokens),
+                (Some(a), Some(b)) if a != b
+            )
+        })
+        .map(|t| t.turn.to_string())
+        .collect();
+    if !differ.is_empty() {
+        notes.push(format!(
+            "the prompt is a different number of tokens on the two sides in turns {}: llama-server applies the model's chat template with its Jinja engine (its default), Locara with llama.cpp's built-in template function",
+            differ.join(", ")
+        ));
+    }
+    let no_reuse: Vec<String> = turns
+        .iter()
+        .filter(|t| t.turn > 1 && t.llama_server_cached_tokens == Some(0.0))
+        .map(|t| t.turn.to_string())
+        .collect();
+    if !no_reuse.is_empty() {
+        notes.push(format!(
+            "llama-server reused no cached prompt tokens in turns {}, though its prompt cache is on by default",
+            no_reuse.join(", ")
+        ));
+    }
 }
 
 /// Notes on token counts that make the sides less comparable.
@@ -757,6 +1280,15 @@ fn token_notes(config: &Config, sides: &[Side; 2], notes: &mut Vec<String>) {
         notes.push(format!(
             "one side stops much earlier: fewest tokens in a stream llama-server {}, Locara {}",
             l.min, r.min
+        ));
+    }
+    // llama-server's prompt cache is off here; a Locara that reuses the
+    // repeated prompt skips its prefill, which this comparison does not
+    // measure alike.
+    if r.max_cached_prompt_tokens > l.max_cached_prompt_tokens {
+        notes.push(format!(
+            "Locara took up to {} prompt tokens from its cache instead of prefilling them (llama-server up to {}): its time to first token here is not measured like llama-server's, whose prompt cache is off",
+            r.max_cached_prompt_tokens, l.max_cached_prompt_tokens
         ));
     }
     if let (Some(a), Some(b)) = (l.prompt_tokens, r.prompt_tokens) {
@@ -786,6 +1318,69 @@ mod tests {
         assert_eq!(a.llama_cpp_python, LLAMA_CPP_PYTHON_VERSION);
         assert_eq!(a.locara_model, "smollm2:135m");
         assert_eq!(a.max_others, 5.0);
+        assert_eq!(a.only, None, "both comparisons unless asked");
+    }
+
+    #[test]
+    fn only_picks_one_comparison() {
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.to_str().unwrap();
+        let config = |only: &str| {
+            let args = [
+                "locara-serve-bench",
+                "--model",
+                exe,
+                "--llama-server",
+                exe,
+                "--only",
+                only,
+                // Too small for the equal-settings requests, which chat8
+                // does not send.
+                "--context",
+                "256",
+                "--max-tokens",
+                "200",
+            ];
+            Config::from_args(Cli::try_parse_from(args).unwrap())
+        };
+        let chat = config("chat8").unwrap();
+        assert!(chat.runs(Scenario::Chat8) && !chat.runs(Scenario::Equal));
+        let err = config("equal").unwrap_err();
+        assert!(err.to_string().contains("--context 256"), "{err}");
+        let both = Config::from_args(
+            Cli::try_parse_from(["locara-serve-bench", "--model", exe, "--llama-server", exe])
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(both.runs(Scenario::Chat8) && both.runs(Scenario::Equal));
+    }
+
+    #[test]
+    fn chat_notes_name_the_turns_where_the_sides_differ() {
+        let turn = |n: u32, tokens: (u32, u32), cached: Option<f64>| ChatTurn {
+            turn: n,
+            llama_server_prompt_tokens: Some(tokens.0),
+            locara_prompt_tokens: Some(tokens.1),
+            llama_server_cached_tokens: cached,
+            locara_cached_tokens: None,
+            ttft_ms: Versus::new(&[100.0], &[100.0], Target::AtMost(CHAT_TTFT_GOAL)).unwrap(),
+        };
+        let mut notes = Vec::new();
+        chat_notes(
+            &[
+                turn(1, (190, 190), Some(0.0)),
+                turn(2, (420, 418), Some(0.0)),
+                turn(3, (650, 650), Some(400.0)),
+            ],
+            &mut notes,
+        );
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes[0].contains("written in advance"), "{notes:?}");
+        assert!(notes[1].contains("in turns 2:"), "{notes:?}");
+        assert!(
+            notes[2].contains("no cached prompt tokens in turns 2,"),
+            "turn 1 has nothing to reuse: {notes:?}"
+        );
     }
 
     #[test]
@@ -810,6 +1405,7 @@ mod tests {
                 "0.3.30",
             ],
             &["locara-serve-bench", "--max-others", "101"],
+            &["locara-serve-bench", "--only", "chat9"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
