@@ -341,10 +341,9 @@ pub struct EstimateOptions {
     /// context (llama.cpp's `swa_full`) instead of the window plus one
     /// micro-batch. See [`ENGINE_FULL_WINDOW_CACHE`].
     pub full_window_cache: bool,
-    /// The worker's K/V pool in cells, when its sequences share one
-    /// (llama.cpp's unified cache, the worker's elastic pool): one stream of
-    /// this many cells for all sequences, instead of `context` cells for
-    /// each. `None`: a stream per sequence, each of the whole context.
+    /// The worker's K/V pool in cells: its sequences share one (llama.cpp's
+    /// unified cache), which starts small and grows. `None`: the pool at
+    /// its cap, every sequence's whole context (`context` × `parallel`).
     pub pool: Option<u32>,
 }
 
@@ -363,18 +362,14 @@ pub const ENGINE_FULL_WINDOW_CACHE: bool = false;
 pub struct Estimate {
     /// Context per sequence after clamping, in tokens.
     pub context: u32,
-    /// K/V cells per stream of the global layers: the context rounded up to
-    /// [`CELL_PAD`] (a stream per sequence), or the whole pool (one stream
-    /// that all sequences share; see [`EstimateOptions::pool`]).
+    /// K/V cells of the global layers: the pool that all sequences share,
+    /// rounded up to [`CELL_PAD`] (see [`EstimateOptions::pool`]).
     pub cells: u32,
-    /// K/V cells per stream of the sliding-window layers, when the model
-    /// has them: the window plus a micro-batch (per sequence; with a pool,
-    /// every sequence's window plus one micro-batch), or `cells` with a full
+    /// K/V cells of the sliding-window layers, when the model has them:
+    /// every sequence's window plus one micro-batch, or `cells` with a full
     /// window cache.
     pub window_cells: Option<u32>,
     pub parallel: u32,
-    /// Whether the sequences share one pool of `cells` cells.
-    pub pool: bool,
     pub kv_type: KvType,
     /// Tensor data mapped from the file: file-backed, clean, reclaimable.
     pub mapped_weights: u64,
@@ -555,32 +550,6 @@ fn pad(n: u64, to: u64) -> u64 {
     n.div_ceil(to).saturating_mul(to)
 }
 
-/// K/V cells per sequence, as `llama_context::llama_context`
-/// (`src/llama-context.cpp`) sizes them for a non-unified cache (the
-/// worker's: every sequence has a stream of its own): `n_ctx` is the context
-/// times the sequences, rounded up to 256; each stream gets `n_ctx / n_seq`,
-/// rounded up to 256 again.
-fn cells_per_sequence(context: u32, parallel: u32) -> u64 {
-    let n_ctx = pad(u64::from(context) * u64::from(parallel), CELL_PAD.into());
-    pad(n_ctx / u64::from(parallel), CELL_PAD.into())
-}
-
-/// Cells per sequence of the sliding-window cache without `swa_full`, as
-/// `llama_kv_cache_iswa::llama_kv_cache_iswa` (`src/llama-kv-cache-iswa.cpp`)
-/// sizes it for a non-unified cache: the window plus one micro-batch (the
-/// tokens of a batch being written while the oldest still must be kept),
-/// rounded up to 256 ("always padded to 256 for performance", llama.cpp
-/// issue 17037), never more than the global layers' cells. Cells that fall
-/// out of the window are reused (`llama_kv_cache::find_slot`), so the cache
-/// never grows past this.
-fn window_cells(window: u32, cells: u64) -> u64 {
-    pad(
-        u64::from(window) + u64::from(UBATCH_TOKENS),
-        CELL_PAD.into(),
-    )
-    .min(cells)
-}
-
 /// Cells of a shared pool: llama.cpp rounds `n_ctx` up to 256.
 pub fn pool_cells(pool: u32) -> u64 {
     pad(u64::from(pool.max(1)), CELL_PAD.into())
@@ -625,22 +594,21 @@ pub fn estimate_filled(
     check(shape, options)?;
     let context = LoadDefaults::default().context_for(Some(options.context), shape.context_length);
     let parallel = u64::from(options.parallel);
-    // Streams of the cache: one per sequence, or one pool for them all
-    // (`llama_context::llama_context`: with `kv_unified`, n_ctx_seq = n_ctx).
-    let (cells, streams) = match options.pool {
-        Some(pool) => (pool_cells(pool), 1),
-        None => (cells_per_sequence(context, options.parallel), parallel),
-    };
+    // The worker's sequences share one pool (`kv_unified`: one stream,
+    // n_ctx_seq = n_ctx), of `pool` cells or, unset, every sequence's whole
+    // context.
+    let pool = options
+        .pool
+        .unwrap_or_else(|| context.saturating_mul(options.parallel));
+    let (cells, streams) = (pool_cells(pool), 1);
     let window = shape
         .sliding_window
         .filter(|_| shape.has_window_layers())
         .map(|w| {
             if options.full_window_cache {
                 cells
-            } else if options.pool.is_some() {
-                pooled_window_cells(w, options.parallel, cells)
             } else {
-                window_cells(w, cells)
+                pooled_window_cells(w, options.parallel, cells)
             }
         });
 
@@ -695,7 +663,6 @@ pub fn estimate_filled(
         cells: u32::try_from(cells).unwrap_or(u32::MAX),
         window_cells: window.map(|w| u32::try_from(w).unwrap_or(u32::MAX)),
         parallel: options.parallel,
-        pool: options.pool.is_some(),
         kv_type: options.kv_type,
         mapped_weights: shape.weights_bytes,
         repacked_weights: options.backend.repacked_bytes(shape),
@@ -951,7 +918,6 @@ mod tests {
         pooled.pool = Some(2048);
         let e = estimate(&shape, &pooled).unwrap();
         let one = estimate(&shape, &options(2048, KvType::Q8_0, 1)).unwrap();
-        assert!(e.pool);
         assert_eq!(e.cells, 2048);
         assert_eq!(e.context, 8192, "the context per sequence stays");
         assert_eq!(e.kv_cache, one.kv_cache);
@@ -1030,14 +996,11 @@ mod tests {
 
     #[test]
     fn cells_are_padded_like_llama_cpp() {
-        assert_eq!(cells_per_sequence(8192, 1), 8192);
-        assert_eq!(cells_per_sequence(8192, 4), 8192);
-        assert_eq!(cells_per_sequence(1000, 1), 1024);
-        // n_ctx = pad(3000) = 3072; 3072 / 3 = 1024.
-        assert_eq!(cells_per_sequence(1000, 3), 1024);
-        // n_ctx = pad(300 × 3 = 900) = 1024; 1024 / 3 = 341 → 512.
-        assert_eq!(cells_per_sequence(300, 3), 512);
-        assert_eq!(cells_per_sequence(1, 1), 256);
+        assert_eq!(pool_cells(8192), 8192);
+        assert_eq!(pool_cells(1000), 1024);
+        assert_eq!(pool_cells(3000), 3072);
+        assert_eq!(pool_cells(1), 256);
+        assert_eq!(pool_cells(0), 256);
     }
 
     #[test]

@@ -68,6 +68,9 @@ options:
   --fills N[,N..]     instead of the grid: one worker per --ctx/--kv/--parallel
                       point, filled again and again with each of these fills,
                       footprint after each (how the fill moves the footprint)
+  --pool N            a K/V pool of N cells that all sequences share (the
+                      daemon starts a model at 2048); default: every
+                      sequence's whole context
   --threads N         CPU threads of the worker (default 1)
   --smaps             with --fills: list the worker's dirty mappings at each
                       step (Linux)
@@ -80,6 +83,7 @@ struct Args {
     parallel: Vec<u32>,
     fill: Option<u32>,
     fills: Option<Vec<u32>>,
+    pool: Option<u32>,
     threads: u32,
     smaps: bool,
 }
@@ -102,6 +106,7 @@ fn parse_args() -> Result<Args> {
         parallel: vec![1, 4],
         fill: Some(2048),
         fills: None,
+        pool: None,
         threads: 1,
         smaps: false,
     };
@@ -127,6 +132,7 @@ fn parse_args() -> Result<Args> {
             "--fill" => args.fill = Some(value.parse().context("--fill: a number or full")?),
             "--fills" => args.fills = Some(list(&value, "--fills")?),
             "--threads" => args.threads = value.parse().context("--threads: a number")?,
+            "--pool" => args.pool = Some(value.parse().context("--pool: a number of cells")?),
             _ => bail!("unknown option {flag}\n\n{USAGE}"),
         }
     }
@@ -206,7 +212,7 @@ fn main() -> Result<()> {
                             parallel,
                             backend: backend.clone(),
                             full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
-                            pool: None,
+                            pool: args.pool,
                         },
                     };
                     if let Some(fills) = &args.fills {
@@ -267,7 +273,10 @@ fn load(worker: &Worker, point: &Point, threads: u32) -> Result<LoadedInfo> {
         parallel: point.options.parallel,
         threads,
         gpu_layers: None,
-        pool: None,
+        // The pool the daemon would start with; fills stay within it, so
+        // the worker never asks to grow it (a cap of the pool itself would
+        // lower the context to it).
+        pool: point.options.pool,
         pool_max: None,
     })?)
 }

@@ -342,7 +342,6 @@ mod tests {
             cells: 32768,
             window_cells: None,
             parallel: 1,
-            pool: false,
             kv_type: KvType::Q8_0,
             mapped_weights: 4 << 30,
             repacked_weights: 0,
