@@ -29,7 +29,7 @@ struct Flags {
     no_jinja: bool,
     /// `--cache-ram`: a prompt cache in RAM across slots.
     cache_ram: bool,
-    /// `--no-kv-unified`: one K/V cache per slot.
+    /// `--kv-unified`: one K/V cache that all slots share.
     kv_unified: bool,
     /// `--no-webui` / `--no-ui`.
     no_webui: Option<&'static str>,
@@ -106,9 +106,9 @@ impl LlamaServer {
             args.extend(["--load-mode".into(), "mmap".into()]);
         }
         if self.flags.kv_unified {
-            // Locara's worker gives each sequence a cache of its own
-            // (llama.cpp's default, kv_unified off).
-            args.push("--no-kv-unified".into());
+            // Locara's worker's sequences share one K/V pool (llama.cpp's
+            // unified cache); say so rather than rely on the default.
+            args.push("--kv-unified".into());
         }
         if self.flags.no_jinja {
             // Locara applies the model's template with
@@ -117,9 +117,10 @@ impl LlamaServer {
             args.push("--no-jinja".into());
         }
         if self.flags.cache_ram {
-            // Locara's worker never reuses a prompt prefix; llama-server's
+            // This comparison is of prefill and decode: llama-server's
             // prompt cache in RAM would spare it the prefill of a repeated
-            // prompt. (Requests also say `cache_prompt: false`.)
+            // prompt. (Requests to both sides also say `cache_prompt:
+            // false`.)
             args.extend(["--cache-ram".into(), "0".into()]);
         }
         if let Some(flag) = self.flags.no_webui {
@@ -265,7 +266,7 @@ mod tests {
         assert_eq!(
             server(HELP).args(&params()).join(" "),
             "-m /m/model.gguf --host 127.0.0.1 --port 0 -t 2 -tb 2 -np 4 -c 16384 \
-             -ctk q8_0 -ctv q8_0 -fa on --load-mode mmap --no-kv-unified --no-jinja \
+             -ctk q8_0 -ctv q8_0 -fa on --load-mode mmap --kv-unified --no-jinja \
              --cache-ram 0 --no-webui"
         );
     }

@@ -185,7 +185,8 @@ impl WorkerHost {
 
     /// Starts a generation. Its events arrive on the returned stream.
     /// `truncate`: the context may be shortened to go on (oldest messages
-    /// left out, context shift); `false` fails instead.
+    /// left out, context shift); `false` fails instead. `cache_prompt`:
+    /// the prompt may start from a cached conversation's K/V.
     pub fn generate(
         self: &Arc<Self>,
         prompt: Prompt,
@@ -193,6 +194,7 @@ impl WorkerHost {
         max_tokens: Option<u32>,
         stop: Vec<String>,
         truncate: bool,
+        cache_prompt: bool,
     ) -> Result<Generation, EngineError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -206,7 +208,7 @@ impl WorkerHost {
             // The leading system message(s), as the template renders them.
             n_keep: None,
             truncate,
-            cache_prompt: true,
+            cache_prompt,
         });
         if let Err(e) = self.worker.send(&request) {
             lock(&self.streams).remove(&id);

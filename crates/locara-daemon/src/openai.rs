@@ -652,6 +652,10 @@ pub struct GenerationParams {
     /// conversation goes on as chat apps expect; the response says what
     /// was left out ([`ContextReport`]).
     pub truncate: bool,
+    /// `cache_prompt` (llama-server's field of the same name): whether the
+    /// prompt may start from a finished conversation's cached K/V. `false`
+    /// prefills it whole, as a benchmark of prefill needs. Default `true`.
+    pub cache_prompt: bool,
 }
 
 /// A checked `POST /v1/chat/completions` body.
@@ -1126,6 +1130,10 @@ fn parse_params(obj: &Map<String, Value>) -> Result<GenerationParams, ApiError> 
         include_usage,
         truncate: field(obj, "truncate")
             .map(|v| as_bool("truncate", v))
+            .transpose()?
+            .unwrap_or(true),
+        cache_prompt: field(obj, "cache_prompt")
+            .map(|v| as_bool("cache_prompt", v))
             .transpose()?
             .unwrap_or(true),
     })
@@ -1979,6 +1987,18 @@ mod tests {
             );
         }
         assert!(completion_with(json!({})).unwrap().params.truncate);
+        assert!(chat_with(json!({})).unwrap().params.cache_prompt);
+        assert!(
+            !chat_with(json!({"cache_prompt": false}))
+                .unwrap()
+                .params
+                .cache_prompt
+        );
+        assert_invalid(
+            chat_with(json!({"cache_prompt": 1})),
+            "cache_prompt",
+            "cache_prompt must be true or false, got 1",
+        );
         for bad in [json!("yes"), json!(1), json!({})] {
             let message = format!("truncate must be true or false, got {}", describe(&bad));
             let body = json!({ "truncate": bad });

@@ -1650,6 +1650,7 @@ mod tests {
                 Some(2),
                 Vec::new(),
                 true,
+                true,
             )
             .unwrap();
         let mut texts = Vec::new();
@@ -1689,6 +1690,7 @@ mod tests {
                     locara_engine::protocol::Sampling::greedy(),
                     None,
                     Vec::new(),
+                    true,
                     true,
                 )
                 .unwrap();

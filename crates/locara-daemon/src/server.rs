@@ -636,6 +636,7 @@ async fn generate(
             params.max_tokens,
             params.stop,
             params.truncate,
+            params.cache_prompt,
         )
         .map_err(|e| ApiError::worker_died(e.to_string()))?;
     // The first event decides between a stream and an error answer: a

@@ -18,9 +18,9 @@
 //!   counts are reported.
 //!
 //! **At equal settings** (`--only equal`): the same K/V cache type, parallel
-//! slots and context per sequence on both sides; llama-server without its
-//! prompt cache (`--cache-ram 0`, `cache_prompt: false`) and with a K/V
-//! cache per slot (`--no-kv-unified`). One user message that a small model
+//! slots and context per sequence on both sides, one K/V cache that the
+//! slots share (`--kv-unified`), and neither side's prompt cache
+//! (llama-server: `--cache-ram 0`; both: `cache_prompt: false`). One user message that a small model
 //! answers at length, `max_tokens` each, in two scenarios: **1 stream** (one
 //! request at a time), and **N concurrent streams** (`--parallel`, default
 //! 4, opened first and sent together): all their tokens over the time from
@@ -144,11 +144,13 @@ const FEWER_TOKENS_SHARE: f64 = 0.9;
 /// takes minutes), with the same CMake options plus the server (its web UI
 /// neither built nor downloaded), and cached in $XDG_CACHE_HOME/locara/bench
 /// (default ~/.cache/locara/bench). At equal settings it runs with
-/// --no-jinja (the same template path as Locara), one K/V cache per slot,
+/// --no-jinja (the same template path as Locara), one K/V cache the slots
+/// share,
 /// -c = context × slots (it divides its context among its slots; Locara's
 /// context is per sequence), and no prompt cache (--cache-ram 0, and
-/// `cache_prompt: false` in every request), as Locara's engine never
-/// reuses a prompt.
+/// `cache_prompt: false` in every request), and Locara's requests say
+/// `cache_prompt: false` too: this comparison is of prefill and decode, not
+/// of prompt caches (the chat8 comparison has both sides' caches on).
 ///
 /// Locara runs from a temporary data directory into which the model is
 /// imported (`locara import`), at equal settings with a configuration file
@@ -712,7 +714,13 @@ fn start_and_measure(
             config.max_tokens,
             &[("cache_prompt", Value::Bool(false))],
         ),
-        scenario::chat_body(&config.locara_model, PROMPT, config.max_tokens, &[]),
+        // Locara's reuse of a cached prompt is turned off the same way.
+        scenario::chat_body(
+            &config.locara_model,
+            PROMPT,
+            config.max_tokens,
+            &[("cache_prompt", Value::Bool(false))],
+        ),
     ];
 
     warm_up(config, &mut sides, &bodies)?;
