@@ -110,7 +110,7 @@ pub enum ErrorType {
     NotFound,
     /// 503: the model does not fit in the memory budget now. 503 rather than
     /// 507 (a WebDAV status about disk that clients do not retry): memory
-    /// comes back as other models unload or pressure eases, and DESIGN.md
+    /// comes back as other models unload or pressure eases, and the ladder
     /// refuses loads under critical pressure with 503 + Retry-After.
     InsufficientMemory,
     /// 429: too many requests queued; `Retry-After` says when to try again.

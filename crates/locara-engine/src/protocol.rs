@@ -137,14 +137,9 @@ pub enum Request {
     Exit,
 }
 
-/// The starting pool the parent is advised to ask for, in cells: it holds
-/// a first chat turn with room to spare (a system prompt, a question and an
-/// answer of a few hundred tokens each), and llama.cpp's default batch of
-/// 2048 tokens still fits in it whole, while it is a quarter of the default
-/// 8192-token context: a SmolLM2 pool of 2048 cells at `q8_0` is about 25
-/// MiB of K/V, 8192 cells about 100 MiB. It is also the floor
-/// DESIGN.md's admission lowers a context to.
-pub const STARTING_POOL_CELLS: u32 = 2048;
+/// The starting pool the parent is advised to ask for, in cells (the
+/// daemon's policy, in `locara_core`, says why 2048).
+pub use locara_core::STARTING_POOL_CELLS;
 
 /// How to load a model. There is deliberately no field for mmap or mlock:
 /// weights are always memory-mapped and never locked.

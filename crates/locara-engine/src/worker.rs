@@ -240,7 +240,7 @@ fn serve_model(
     } else {
         0
     };
-    // mmap on, mlock off, always (DESIGN.md): no request can change this.
+    // mmap on, mlock off, always (docs/ARCHITECTURE.md): no request can change this.
     let model_params = LlamaModelParams::default()
         .with_n_gpu_layers(gpu_layers)
         .with_use_mmap(true)
