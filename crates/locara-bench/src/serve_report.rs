@@ -228,8 +228,8 @@ impl ServeReport {
         // A comparison that turns a peer's features off says so.
         let _ = writeln!(
             s,
-            "  note        its prompt cache is off and each slot has a K/V cache of its own here \
-             (not its defaults); `--only chat8` compares both servers at their defaults"
+            "  note        its prompt cache is off here, as Locara's is (not its defaults); \
+             `--only chat8` compares both servers at their defaults"
         );
         let _ = writeln!(
             s,

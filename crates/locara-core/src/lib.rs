@@ -14,6 +14,8 @@
 //! assert_eq!(d.context_for(None, 2048), 2048);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod bytes;
 pub mod estimate;
 pub mod governor;

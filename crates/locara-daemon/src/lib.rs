@@ -13,6 +13,8 @@
 //! # Ok::<(), locara_daemon::store::StoreError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod apps;
 pub mod config;
 pub mod host;

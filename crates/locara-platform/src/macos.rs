@@ -138,8 +138,8 @@ pub(crate) fn physical_memory() -> Result<u64, PlatformError> {
 fn host_port() -> libc::mach_port_t {
     static HOST: OnceLock<libc::mach_port_t> = OnceLock::new();
     *HOST.get_or_init(|| {
-        // SAFETY: no arguments; returns a send right to this host's port.
         #[allow(deprecated)] // libc points to the mach2 crate; the call is the same.
+        // SAFETY: no arguments; returns a send right to this host's port.
         unsafe {
             libc::mach_host_self()
         }

@@ -379,6 +379,7 @@ fn a_worker_killed_mid_stream_ends_it_with_an_error_and_the_next_request_reloads
     let mut sse = long_stream(&d);
     sse.next_data().unwrap();
     let pid = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
+    // SAFETY: kill(2) with a pid and a signal number; no memory is shared.
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
     }
@@ -556,6 +557,7 @@ fn sigterm_lets_a_stream_finish_then_stops_the_workers() {
     let mut sse = Sse::new(r);
     sse.next_data().unwrap();
     let worker = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
+    // SAFETY: kill(2) with a pid and a signal number; no memory is shared.
     unsafe {
         libc::kill(d.pid() as i32, libc::SIGTERM);
     }
