@@ -59,87 +59,182 @@ pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// docs/ARCHITECTURE.md's default: idle models unload after three minutes.
 pub const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::For(Duration::from_secs(180));
 
+/// A `keep_alive` that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeepAliveError {
+    #[error(
+        "{input:?} is not a duration: use seconds (300), a duration (\"90s\", \"5m\", \"1h30m\", \"2d\"), \
+         0 to unload when done or -1 (or forever) to keep loaded"
+    )]
+    Malformed { input: String },
+    #[error("{input} is out of range: at most 30 days (-1 keeps the model loaded)")]
+    TooLong { input: String },
+}
+
+/// Longest `keep_alive` string read; anything longer is not a duration.
+const MAX_KEEP_ALIVE_LEN: usize = 64;
+
 impl KeepAlive {
-    /// Parses `-1` (or any negative number: forever), `0` (unload when
-    /// done), a number of seconds, or a duration such as `90s`, `5m`,
-    /// `1h30m`, `500ms`.
-    pub fn parse(text: &str) -> Result<KeepAlive, KeepAliveError> {
-        let t = text.trim();
-        let bad = || KeepAliveError(text.to_string());
-        if let Ok(n) = t.parse::<i64>() {
-            return Ok(Self::from_seconds(n));
+    /// Reads a config, flag, environment or request string: whole or
+    /// fractional seconds (`"300"`, `"0"`, `"-1"`, `"+90"`), number-unit
+    /// pairs with units `ms`, `s`, `m`, `h`, `d` (`"90s"`, `"3m"`,
+    /// `"1h30m"`, `"1.5h"`), or `forever`. Zero means
+    /// [`KeepAlive::UnloadWhenDone`], a negative value
+    /// [`KeepAlive::Forever`]; more than [`MAX_KEEP_ALIVE`] is an error.
+    /// What [`KeepAlive`]'s `Display` prints reads back as the same value.
+    pub fn parse(input: &str) -> Result<Self, KeepAliveError> {
+        let malformed = || KeepAliveError::Malformed {
+            input: shorten(input, MAX_KEEP_ALIVE_LEN),
+        };
+        let s = input.trim();
+        if s.is_empty() || s.len() > MAX_KEEP_ALIVE_LEN {
+            return Err(malformed());
         }
-        if let Some(positive) = t.strip_prefix('-') {
-            // "-1s", "-5m": negative means forever, as a number does.
-            return Self::parse(positive).map(|_| KeepAlive::Forever);
+        if s.eq_ignore_ascii_case("forever") {
+            return Ok(KeepAlive::Forever);
         }
-        let mut total = Duration::ZERO;
-        let mut rest = t;
-        if rest.is_empty() {
-            return Err(bad());
+        let (negative, body) = match s.as_bytes()[0] {
+            b'-' => (true, &s[1..]),
+            b'+' => (false, &s[1..]),
+            _ => (false, s),
+        };
+        let seconds = if is_decimal(body) {
+            body.parse::<f64>().map_err(|_| malformed())?
+        } else {
+            parse_unit_pairs(body).ok_or_else(malformed)?
+        };
+        if negative && seconds > 0.0 {
+            return Ok(KeepAlive::Forever);
         }
-        while !rest.is_empty() {
-            let digits = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(bad)?;
-            if digits == 0 {
-                return Err(bad());
-            }
-            let (number, tail) = rest.split_at(digits);
-            let unit_len = tail
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(tail.len());
-            let (unit, tail) = tail.split_at(unit_len);
-            let seconds = match unit {
-                "ms" => 0.001,
-                "s" => 1.0,
-                "m" => 60.0,
-                "h" => 3600.0,
-                "d" => 86400.0,
-                _ => return Err(bad()),
-            };
-            let n: f64 = number.parse().map_err(|_| bad())?;
-            total =
-                total.saturating_add(Duration::try_from_secs_f64(n * seconds).map_err(|_| bad())?);
-            rest = tail;
+        Self::from_seconds_checked(seconds, || s.to_owned())
+    }
+
+    /// From a number of seconds: negative is [`KeepAlive::Forever`], zero
+    /// [`KeepAlive::UnloadWhenDone`], more than [`MAX_KEEP_ALIVE`] an error.
+    pub fn from_seconds(seconds: f64) -> Result<Self, KeepAliveError> {
+        if seconds.is_nan() {
+            return Err(KeepAliveError::Malformed {
+                input: seconds.to_string(),
+            });
         }
-        if total > MAX_KEEP_ALIVE {
-            return Err(KeepAliveError(format!(
-                "{text} is longer than the longest keep_alive, 30 days (use -1 to keep a model loaded)"
-            )));
+        if seconds < 0.0 {
+            return Ok(KeepAlive::Forever);
         }
-        Ok(if total.is_zero() {
+        Self::from_seconds_checked(seconds, || seconds.to_string())
+    }
+
+    fn from_seconds_checked(
+        seconds: f64,
+        input: impl FnOnce() -> String,
+    ) -> Result<Self, KeepAliveError> {
+        if seconds.is_nan() || seconds > MAX_KEEP_ALIVE.as_secs_f64() {
+            return Err(KeepAliveError::TooLong { input: input() });
+        }
+        // In range 0..=30 days, so the cast cannot saturate.
+        let millis = (seconds * 1000.0).round() as u64;
+        Ok(if millis == 0 {
             KeepAlive::UnloadWhenDone
         } else {
-            KeepAlive::For(total)
+            KeepAlive::For(Duration::from_millis(millis))
         })
     }
 
-    /// A number of seconds: negative is forever, 0 unloads when done.
-    /// Longer than [`MAX_KEEP_ALIVE`] is capped to it.
-    pub fn from_seconds(n: i64) -> KeepAlive {
-        match n {
-            n if n < 0 => KeepAlive::Forever,
-            0 => KeepAlive::UnloadWhenDone,
-            n => KeepAlive::For(Duration::from_secs(n.unsigned_abs()).min(MAX_KEEP_ALIVE)),
+    /// How long the model stays loaded once idle; `None` = forever.
+    pub fn idle_limit(self) -> Option<Duration> {
+        match self {
+            KeepAlive::Forever => None,
+            KeepAlive::UnloadWhenDone => Some(Duration::ZERO),
+            KeepAlive::For(d) => Some(d),
         }
+    }
+}
+
+impl std::str::FromStr for KeepAlive {
+    type Err = KeepAliveError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
     }
 }
 
 impl fmt::Display for KeepAlive {
+    /// A string [`KeepAlive::parse`] reads back: `-1`, `0`, `1h30m`, `90ms`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeepAlive::Forever => f.write_str("forever"),
-            KeepAlive::UnloadWhenDone => f.write_str("0"),
-            KeepAlive::For(d) => write!(f, "{}s", d.as_secs()),
+        let d = match self {
+            KeepAlive::Forever => return f.write_str("-1"),
+            KeepAlive::UnloadWhenDone => return f.write_str("0"),
+            KeepAlive::For(d) => *d,
+        };
+        let secs = d.as_secs();
+        let parts = [
+            (secs / 86_400, "d"),
+            (secs / 3600 % 24, "h"),
+            (secs / 60 % 60, "m"),
+            (secs % 60, "s"),
+            (u64::from(d.subsec_millis()), "ms"),
+        ];
+        let mut wrote = false;
+        for (n, unit) in parts {
+            if n > 0 {
+                write!(f, "{n}{unit}")?;
+                wrote = true;
+            }
         }
+        if !wrote {
+            f.write_str("0")?;
+        }
+        Ok(())
     }
 }
 
-/// A keep-alive that is neither a number of seconds nor a duration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("keep_alive {0:?} is not a duration: use seconds (90), a duration (90s, 5m, 1h30m), 0 to unload when done or -1 to keep loaded")]
-pub struct KeepAliveError(pub String);
+/// Digits with at most one `.`, and at least one digit.
+fn is_decimal(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && s.bytes().filter(|&b| b == b'.').count() <= 1
+}
+
+/// `1h30m`, `90s`, `1.5h` → seconds; `None` if it is not such a string.
+fn parse_unit_pairs(s: &str) -> Option<f64> {
+    let mut rest = s;
+    let mut total = 0.0_f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
+        let (number, after) = rest.split_at(number_len);
+        if !is_decimal(number) {
+            return None;
+        }
+        let value: f64 = number.parse().ok()?;
+        let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, after) = after.split_at(unit_len);
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = after;
+    }
+    Some(total)
+}
+
+/// `s` cut to `max` characters (an error quotes what it was given, not a
+/// megabyte of it).
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
 
 /// Settings of the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1162,6 +1257,39 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("\"5x\""));
+        assert_eq!(KeepAlive::parse("forever").unwrap(), KeepAlive::Forever);
+        assert_eq!(KeepAlive::parse("+5m").unwrap(), KeepAlive::For(300 * S));
+        assert_eq!(
+            KeepAlive::parse("31d"),
+            Err(KeepAliveError::TooLong {
+                input: "31d".into()
+            })
+        );
+    }
+
+    /// Regression: the daemon's status printed `180s` and `forever`, and
+    /// the request parser and the config parser disagreed on `+5m`, the
+    /// 30-day cap and `forever`. One type, one parser, and what it prints
+    /// reads back.
+    #[test]
+    fn keep_alive_prints_what_it_reads_back() {
+        for k in [
+            KeepAlive::Forever,
+            KeepAlive::UnloadWhenDone,
+            KeepAlive::For(Duration::from_millis(90)),
+            KeepAlive::For(180 * S),
+            KeepAlive::For(5400 * S),
+            KeepAlive::For(MAX_KEEP_ALIVE),
+        ] {
+            assert_eq!(KeepAlive::parse(&k.to_string()), Ok(k), "{k}");
+        }
+        assert_eq!(DEFAULT_KEEP_ALIVE.to_string(), "3m");
+        assert_eq!(KeepAlive::Forever.idle_limit(), None);
+        assert_eq!(KeepAlive::from_seconds(-3.0), Ok(KeepAlive::Forever));
+        assert_eq!(
+            KeepAlive::from_seconds(1.5),
+            Ok(KeepAlive::For(Duration::from_millis(1500)))
+        );
     }
 
     #[test]

@@ -73,10 +73,9 @@ use axum::response::{IntoResponse, Response};
 use locara_engine::protocol::{ChatMessage, ErrorKind, FinishReason, GenerationStats, Sampling};
 use serde_json::{json, Map, Value};
 use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Most stop strings a request may give (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
@@ -89,8 +88,7 @@ pub const MIN_CONTEXT: u32 = 256;
 /// `locara run --ctx`; the loader clamps to the model's trained context).
 pub const MAX_CONTEXT: u32 = 1_048_576;
 
-/// Longest `keep_alive`: 30 days. Longer wishes are "forever" (`-1`).
-pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub use locara_core::governor::MAX_KEEP_ALIVE;
 
 /// What a stream sends after its last chunk, as the `data:` of its last event.
 pub const STREAM_DONE: &str = "[DONE]";
@@ -415,144 +413,11 @@ impl IntoResponse for ApiError {
 // keep_alive
 // ---------------------------------------------------------------------------
 
-/// How long a model stays loaded after a request, Ollama-style.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeepAlive {
-    /// Never unload for idleness (`-1`, or any negative value). Memory
-    /// pressure still unloads it.
-    Forever,
-    /// Unload as soon as the model is idle (`0`).
-    UnloadWhenDone,
-    /// Unload after this long idle; more than zero, at most
-    /// [`MAX_KEEP_ALIVE`], millisecond resolution.
-    For(Duration),
-}
-
-/// A `keep_alive` value that could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeepAliveError {
-    #[error(
-        "{input:?} is not a duration: use seconds (300), a duration (\"90s\", \"5m\", \"1h30m\", \"2d\"), \
-         0 to unload when done or -1 to keep loaded"
-    )]
-    Malformed { input: String },
-    #[error("{input} is out of range: at most 30 days (-1 keeps the model loaded)")]
-    TooLong { input: String },
-}
-
-/// Longest `keep_alive` string we read; anything longer is not a duration.
-const MAX_KEEP_ALIVE_LEN: usize = 64;
-
-impl KeepAlive {
-    /// Reads a config-file or request string: whole or fractional seconds
-    /// (`"300"`, `"0"`, `"-1"`), or number-unit pairs with units `ms`, `s`,
-    /// `m`, `h`, `d` (`"90s"`, `"3m"`, `"1h30m"`, `"1.5h"`). Zero means
-    /// [`KeepAlive::UnloadWhenDone`], a negative value
-    /// [`KeepAlive::Forever`].
-    pub fn parse_str(input: &str) -> Result<Self, KeepAliveError> {
-        let malformed = || KeepAliveError::Malformed {
-            input: truncate(input, MAX_KEEP_ALIVE_LEN),
-        };
-        let s = input.trim();
-        if s.is_empty() || s.len() > MAX_KEEP_ALIVE_LEN {
-            return Err(malformed());
-        }
-        let (negative, body) = match s.as_bytes()[0] {
-            b'-' => (true, &s[1..]),
-            b'+' => (false, &s[1..]),
-            _ => (false, s),
-        };
-        let seconds = if is_decimal(body) {
-            body.parse::<f64>().map_err(|_| malformed())?
-        } else {
-            parse_unit_pairs(body).ok_or_else(malformed)?
-        };
-        if negative && seconds > 0.0 {
-            return Ok(KeepAlive::Forever);
-        }
-        Self::from_seconds_checked(seconds, || s.to_owned())
-    }
-
-    /// From a number of seconds: negative is [`KeepAlive::Forever`], zero
-    /// [`KeepAlive::UnloadWhenDone`].
-    pub fn from_seconds(seconds: f64) -> Result<Self, KeepAliveError> {
-        if seconds.is_nan() {
-            return Err(KeepAliveError::Malformed {
-                input: seconds.to_string(),
-            });
-        }
-        if seconds < 0.0 {
-            return Ok(KeepAlive::Forever);
-        }
-        Self::from_seconds_checked(seconds, || seconds.to_string())
-    }
-
-    fn from_seconds_checked(
-        seconds: f64,
-        input: impl FnOnce() -> String,
-    ) -> Result<Self, KeepAliveError> {
-        if seconds.is_nan() || seconds > MAX_KEEP_ALIVE.as_secs_f64() {
-            return Err(KeepAliveError::TooLong { input: input() });
-        }
-        // In range 0..=30 days, so the cast cannot saturate.
-        let millis = (seconds * 1000.0).round() as u64;
-        Ok(if millis == 0 {
-            KeepAlive::UnloadWhenDone
-        } else {
-            KeepAlive::For(Duration::from_millis(millis))
-        })
-    }
-
-    /// How long the model stays loaded once idle; `None` = forever.
-    pub fn idle_limit(self) -> Option<Duration> {
-        match self {
-            KeepAlive::Forever => None,
-            KeepAlive::UnloadWhenDone => Some(Duration::ZERO),
-            KeepAlive::For(d) => Some(d),
-        }
-    }
-}
-
-impl FromStr for KeepAlive {
-    type Err = KeepAliveError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse_str(s)
-    }
-}
-
-impl fmt::Display for KeepAlive {
-    /// A string [`KeepAlive::parse_str`] reads back: `-1`, `0`, `1h30m`, `90ms`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = match self {
-            KeepAlive::Forever => return f.write_str("-1"),
-            KeepAlive::UnloadWhenDone => return f.write_str("0"),
-            KeepAlive::For(d) => *d,
-        };
-        let secs = d.as_secs();
-        let parts = [
-            (secs / 86_400, "d"),
-            (secs / 3600 % 24, "h"),
-            (secs / 60 % 60, "m"),
-            (secs % 60, "s"),
-            (u64::from(d.subsec_millis()), "ms"),
-        ];
-        let mut wrote = false;
-        for (n, unit) in parts {
-            if n > 0 {
-                write!(f, "{n}{unit}")?;
-                wrote = true;
-            }
-        }
-        if !wrote {
-            f.write_str("0")?;
-        }
-        Ok(())
-    }
-}
+// One type for the setting, shared with the config and the governor.
+pub use locara_core::governor::{KeepAlive, KeepAliveError};
 
 /// Reads `keep_alive` from a request: a number of seconds or a string as
-/// [`KeepAlive::parse_str`] takes.
+/// [`KeepAlive::parse`] takes.
 pub fn parse_keep_alive(v: &Value) -> Result<KeepAlive, ApiError> {
     let parsed = match v {
         Value::Number(n) => {
@@ -563,7 +428,7 @@ pub fn parse_keep_alive(v: &Value) -> Result<KeepAlive, ApiError> {
                 other => other,
             })
         }
-        Value::String(s) => KeepAlive::parse_str(s),
+        Value::String(s) => KeepAlive::parse(s),
         other => {
             return Err(ApiError::invalid(
                 "keep_alive",
@@ -575,46 +440,6 @@ pub fn parse_keep_alive(v: &Value) -> Result<KeepAlive, ApiError> {
         }
     };
     parsed.map_err(|e| ApiError::invalid("keep_alive", format!("keep_alive {e}")))
-}
-
-/// Digits with at most one `.`, and at least one digit.
-fn is_decimal(s: &str) -> bool {
-    s.bytes().any(|b| b.is_ascii_digit())
-        && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && s.bytes().filter(|&b| b == b'.').count() <= 1
-}
-
-/// `1h30m`, `90s`, `1.5h` → seconds; `None` if it is not such a string.
-fn parse_unit_pairs(s: &str) -> Option<f64> {
-    let mut rest = s;
-    let mut total = 0.0_f64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let number_len = rest
-            .bytes()
-            .take_while(|b| b.is_ascii_digit() || *b == b'.')
-            .count();
-        let (number, after) = rest.split_at(number_len);
-        if !is_decimal(number) {
-            return None;
-        }
-        let value: f64 = number.parse().ok()?;
-        let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let (unit, after) = after.split_at(unit_len);
-        let scale = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86_400.0,
-            _ => return None,
-        };
-        total += value * scale;
-        rest = after;
-    }
-    Some(total)
 }
 
 // ---------------------------------------------------------------------------
@@ -1742,6 +1567,7 @@ mod tests {
     }
 
     use super::*;
+    use std::time::Duration;
 
     /// A minimal valid chat body with `extra` fields merged in.
     fn chat_with(extra: Value) -> Result<ChatRequest, ApiError> {
@@ -2382,17 +2208,17 @@ mod tests {
         for s in ["3m", "0", "-1", "90s", "1h30m", "2d", "250ms", "1h1m1s"] {
             let k: KeepAlive = s.parse().unwrap();
             let shown = k.to_string();
-            assert_eq!(KeepAlive::parse_str(&shown), Ok(k), "{s} -> {shown}");
+            assert_eq!(KeepAlive::parse(&shown), Ok(k), "{s} -> {shown}");
         }
-        assert_eq!(KeepAlive::parse_str("90s").unwrap().to_string(), "1m30s");
+        assert_eq!(KeepAlive::parse("90s").unwrap().to_string(), "1m30s");
         assert_eq!(
-            KeepAlive::parse_str("3m").unwrap().idle_limit(),
+            KeepAlive::parse("3m").unwrap().idle_limit(),
             Some(Duration::from_secs(180))
         );
         assert_eq!(KeepAlive::Forever.idle_limit(), None);
         // Huge numbers are out of range, not an overflow.
         assert!(matches!(
-            KeepAlive::parse_str("99999999999999999999999h"),
+            KeepAlive::parse("99999999999999999999999h"),
             Err(KeepAliveError::TooLong { .. })
         ));
     }

@@ -153,7 +153,8 @@ pub struct ModelStatus {
     /// Milliseconds since the Unix epoch.
     pub last_used_unix_ms: u64,
     pub pinned: bool,
-    /// The keep-alive in words: `forever`, `0` or seconds (`180s`).
+    /// The keep-alive as `KeepAlive::parse` reads it back: `-1` (pinned), `0` or a
+    /// duration (`3m`).
     pub keep_alive: String,
     /// When it unloads if it stays idle, milliseconds since the Unix epoch;
     /// `None` while busy, loading or pinned.

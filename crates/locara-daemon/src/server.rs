@@ -407,14 +407,6 @@ pub fn runtime_error(e: RuntimeError) -> ApiError {
     }
 }
 
-fn keep_alive(k: openai::KeepAlive) -> KeepAlive {
-    match k {
-        openai::KeepAlive::Forever => KeepAlive::Forever,
-        openai::KeepAlive::UnloadWhenDone => KeepAlive::UnloadWhenDone,
-        openai::KeepAlive::For(d) => KeepAlive::For(d),
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Chat,
@@ -609,7 +601,7 @@ async fn generate(
         .acquire(ModelWish {
             model: model.clone(),
             context: params.context,
-            keep_alive: params.keep_alive.map(keep_alive),
+            keep_alive: params.keep_alive,
         })
         .await
         .map_err(runtime_error)?;
