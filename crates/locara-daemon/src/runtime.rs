@@ -736,7 +736,14 @@ impl Task {
         }));
         match action {
             Action::RefuseLoads { retry_after } => self.refusing = Some(retry_after),
-            Action::AcceptLoads => self.refusing = None,
+            // Loads come back, and so do new requests to models drained at
+            // critical (the action says so): a drained model whose last
+            // responses outlasted the episode refused every request until it
+            // unloaded, which for a pinned model could be never.
+            Action::AcceptLoads => {
+                self.refusing = None;
+                self.draining.clear();
+            }
             // Nothing preloads models yet: loads happen on request only.
             Action::StopPreload | Action::ResumePreload => {}
             Action::SetEffectiveBudget { bytes } => {
@@ -1602,6 +1609,32 @@ mod tests {
             matches!(e, RuntimeError::Refused(Refusal::QueueFull { .. })),
             "{e}"
         );
+    }
+
+    /// Regression: `AcceptLoads` did not end the drains of critical, so a
+    /// model whose response outlasted the episode refused every new
+    /// request with 503 until it unloaded.
+    #[tokio::test(start_paused = true)]
+    async fn a_model_drained_at_critical_takes_requests_again_once_loads_are_accepted() {
+        let s = setup(&["a:1"], None);
+        let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
+        s.runtime
+            .simulate_pressure(PressureLevel::Critical, None)
+            .await
+            .unwrap();
+        let e = s.runtime.acquire(wish("a:1")).await.err().unwrap();
+        assert!(matches!(e, RuntimeError::Pressure { .. }), "{e}");
+        s.runtime
+            .simulate_pressure(PressureLevel::Normal, None)
+            .await
+            .unwrap();
+        // One quiet period later the ladder accepts loads again.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(!s.runtime.status().await.unwrap().pressure.refusing_loads);
+        drop(lease);
+        let again = s.runtime.acquire(wish("a:1")).await;
+        assert!(again.is_ok(), "{:?}", again.err());
+        assert_eq!(s.engine.spawned(), 1, "the same worker serves it");
     }
 
     #[tokio::test(start_paused = true)]
