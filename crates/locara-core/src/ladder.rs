@@ -422,7 +422,7 @@ pub enum Action {
         /// The level in force that ordered it.
         level: PressureLevel,
     },
-    /// Tell apps (a `budget` event on `/locara/v1/events`) and the log the
+    /// Tell apps (a `level` event on `/locara/v1/events`) and the log the
     /// level in force and the effective budget, bytes.
     Notify {
         level: PressureLevel,

@@ -1,7 +1,8 @@
 //! A scriptable machine: memory figures, footprints, power state and the
-//! pressure level are set by hand. Tests use it in place of the OS, and
-//! `locara pressure simulate` drives the runtime's pressure ladder with it
-//! (the way `memory_pressure -S` does on macOS).
+//! pressure level are set by hand. Tests use it in place of the OS.
+//! (`locara pressure simulate` does not go through it: the daemon's governor
+//! holds a simulated level of its own, which overrides the OS's the way
+//! `memory_pressure -S` does on macOS.)
 //!
 //! ```
 //! use locara_platform::{PressureLevel, PressureSource, SimulatedProbe};
