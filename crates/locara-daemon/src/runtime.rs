@@ -1517,12 +1517,9 @@ mod tests {
     //! The governor task with fake workers and tokio's paused clock: no
     //! model, no process, no sleeps (a `sleep` here advances paused time).
     use super::*;
-    use crate::config::{RawServeConfig, ServeConfig};
+    use crate::config::RawServeConfig;
     use crate::host::StreamEvent;
-    use crate::store::NoProgress;
     use crate::testing::FakeEngine;
-    use locara_gguf::testing::GgufBuilder;
-    use locara_platform::SimulatedProbe;
 
     struct Setup {
         runtime: Runtime,
@@ -1538,36 +1535,16 @@ mod tests {
 
     fn setup_with(names: &[&str], budget: Option<u64>, engine: Arc<FakeEngine>) -> Setup {
         let home = tempfile::tempdir().unwrap();
-        let store = Store::open(home.path()).unwrap();
-        let file = home.path().join("synthetic.gguf");
-        std::fs::write(&file, GgufBuilder::synthetic().build()).unwrap();
-        for n in names {
-            store
-                .import(&file, &n.parse().unwrap(), &mut NoProgress)
-                .unwrap();
-        }
-        let config = ServeConfig::build(&[RawServeConfig {
-            parallel: Some(1),
-            queue: Some(1),
-            context: Some(2048),
-            // The synthetic model's heads (16) are too narrow for q8_0.
-            kv_type: Some("f16".into()),
-            ..Default::default()
-        }])
-        .unwrap();
-        let settings = Settings {
-            config,
-            budget: budget.unwrap_or(1 << 40),
-            store,
-            engine: Arc::clone(&engine) as Arc<dyn Engine>,
-            clock: Arc::new(TokioClock),
-            threads: 1,
-            backend: Backend::cpu_plain(),
-            probe: Arc::new(SimulatedProbe::new(
-                locara_platform::simulated::linux_profile(16),
-            )),
-            ladder: LadderConfig::default(),
-        };
+        let settings = crate::testing::synthetic_settings(
+            home.path(),
+            names,
+            Arc::clone(&engine),
+            RawServeConfig {
+                queue: Some(1),
+                ..Default::default()
+            },
+            budget.unwrap_or(1 << 40),
+        );
         let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
         Setup {
             runtime,

@@ -1075,15 +1075,9 @@ async fn simulate(
 mod tests {
     use super::*;
     use crate::apps::{admin_token, AppRegistry};
-    use crate::config::{RawServeConfig, ServeConfig};
+    use crate::config::RawServeConfig;
     use crate::metrics::Metrics;
-    use crate::runtime::{Settings, TokioClock};
-    use crate::store::NoProgress;
     use crate::testing::{FakeEngine, TOO_LONG};
-    use locara_core::ladder::LadderConfig;
-    use locara_core::Backend;
-    use locara_gguf::testing::GgufBuilder;
-    use locara_platform::SimulatedProbe;
     use serde_json::{json, Value};
 
     /// A daemon on an ephemeral port, tokenless, over `engine`'s fake
@@ -1103,33 +1097,14 @@ mod tests {
 
     async fn daemon(engine: Arc<FakeEngine>) -> Daemon {
         let home = tempfile::tempdir().unwrap();
-        let store = Store::open(home.path()).unwrap();
-        let file = home.path().join("synthetic.gguf");
-        std::fs::write(&file, GgufBuilder::synthetic().build()).unwrap();
-        store
-            .import(&file, &"m:1".parse().unwrap(), &mut NoProgress)
-            .unwrap();
-        let config = ServeConfig::build(&[RawServeConfig {
-            parallel: Some(1),
-            context: Some(2048),
-            // The synthetic model's heads (16) are too narrow for q8_0.
-            kv_type: Some("f16".into()),
-            ..Default::default()
-        }])
-        .unwrap();
-        let settings = Settings {
-            config,
-            budget: 1 << 40,
-            store: store.clone(),
-            engine: Arc::clone(&engine) as Arc<dyn crate::host::Engine>,
-            clock: Arc::new(TokioClock),
-            threads: 1,
-            backend: Backend::cpu_plain(),
-            probe: Arc::new(SimulatedProbe::new(
-                locara_platform::simulated::linux_profile(16),
-            )),
-            ladder: LadderConfig::default(),
-        };
+        let settings = crate::testing::synthetic_settings(
+            home.path(),
+            &["m:1"],
+            Arc::clone(&engine),
+            RawServeConfig::default(),
+            1 << 40,
+        );
+        let store = settings.store.clone();
         let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
         let auth = Auth {
             apps: AppRegistry::open(home.path()).unwrap(),

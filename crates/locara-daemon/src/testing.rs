@@ -235,3 +235,50 @@ impl WorkerLink for FakeLink {
         "fake engine"
     }
 }
+
+/// The governor's settings for unit tests of the task and the HTTP API: a
+/// store in `home` holding the synthetic model under each of `names`, one
+/// sequence of 2048 tokens per model (`extra` overrides or adds settings),
+/// `engine`'s fake workers, a simulated 16 GB machine and this budget.
+#[cfg(test)]
+pub(crate) fn synthetic_settings(
+    home: &std::path::Path,
+    names: &[&str],
+    engine: Arc<FakeEngine>,
+    extra: crate::config::RawServeConfig,
+    budget: u64,
+) -> crate::runtime::Settings {
+    use crate::config::{RawServeConfig, ServeConfig};
+    let store = crate::store::Store::open(home).unwrap();
+    let file = home.join("synthetic.gguf");
+    std::fs::write(
+        &file,
+        locara_gguf::testing::GgufBuilder::synthetic().build(),
+    )
+    .unwrap();
+    for n in names {
+        store
+            .import(&file, &n.parse().unwrap(), &mut crate::store::NoProgress)
+            .unwrap();
+    }
+    let base = RawServeConfig {
+        parallel: Some(1),
+        context: Some(2048),
+        // The synthetic model's heads (16) are too narrow for q8_0.
+        kv_type: Some("f16".into()),
+        ..Default::default()
+    };
+    crate::runtime::Settings {
+        config: ServeConfig::build(&[base, extra]).unwrap(),
+        budget,
+        store,
+        engine: engine as Arc<dyn Engine>,
+        clock: Arc::new(crate::runtime::TokioClock),
+        threads: 1,
+        backend: locara_core::Backend::cpu_plain(),
+        probe: Arc::new(locara_platform::SimulatedProbe::new(
+            locara_platform::simulated::linux_profile(16),
+        )),
+        ladder: locara_core::ladder::LadderConfig::default(),
+    }
+}
