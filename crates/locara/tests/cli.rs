@@ -18,6 +18,25 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Starts `command` (a long `locara run`) with no stdin and its stdout
+/// piped, and returns once the first answer bytes arrived: the worker is
+/// loaded and generating.
+fn generating(command: &mut Command) -> std::process::Child {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    child
+}
+
 /// A fresh, empty data directory.
 fn fresh_home() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -272,7 +291,8 @@ fn names_that_leave_the_store_are_refused() {
 #[test]
 fn kill_9_of_locara_run_leaves_no_worker() {
     model(SMOLLM2);
-    let mut child = locara()
+    let mut command = locara();
+    command
         .args([
             "run",
             "Count to five hundred: 1, 2, 3,",
@@ -282,19 +302,8 @@ fn kill_9_of_locara_run_leaves_no_worker() {
             "--threads",
             "1",
         ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait for the first streamed bytes: the worker is loaded and generating.
-    let mut first = [0u8; 1];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
+        .stderr(Stdio::null());
+    let mut child = generating(&mut command);
     let workers = children(child.id());
     assert_eq!(
         workers.len(),
@@ -362,7 +371,8 @@ fn run_without_a_daemon_reacts_to_simulated_pressure() {
             .output()
             .unwrap()
     };
-    let mut child = locara()
+    let mut command = locara();
+    command
         .env("LOCARA_HOME", home.path())
         .args([
             "run",
@@ -376,18 +386,8 @@ fn run_without_a_daemon_reacts_to_simulated_pressure() {
             "--threads",
             "1",
         ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 1];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
+        .stderr(Stdio::piped());
+    let mut child = generating(&mut command);
 
     let out = cli(&["pressure", "simulate", "critical", "--for", "5m"]);
     assert!(

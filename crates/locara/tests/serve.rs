@@ -1012,6 +1012,17 @@ fn long_chat(model: &str, tag: usize, words: usize, max_tokens: u32) -> Value {
     })
 }
 
+/// Four ~700-token conversations sent at once (their answers in order):
+/// together they need more than the 2048 cells a pool starts with.
+fn four_long_chats_at_once(d: &Daemon, model: &str) -> Vec<Value> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| s.spawn(move || d.chat(long_chat(model, i, 45, 32))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 /// Four conversations at once outgrow the pool a model starts with (2048
 /// cells); the governor grants the growth and each answer is the one the
 /// same request gets alone, byte for byte.
@@ -1019,15 +1030,7 @@ fn long_chat(model: &str, tag: usize, words: usize, max_tokens: u32) -> Value {
 fn concurrent_conversations_grow_the_kv_pool_and_answer_as_alone() {
     let d = Daemon::start(&[]);
     let model = SMOLLM2;
-    let answers: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|i| {
-                let d = &d;
-                s.spawn(move || d.chat(long_chat(model, i, 45, 32)))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let answers = four_long_chats_at_once(&d, model);
     let pool = d.model_status(model).unwrap()["pool"].clone();
     assert!(
         pool["resizes"].as_u64().unwrap() >= 1 && pool["cells"].as_u64().unwrap() > 2048,
@@ -1060,15 +1063,7 @@ fn a_refused_growth_ends_in_a_context_shift_not_a_failure() {
     // 157 MiB (mapped weights included); growing by half is about 165 MiB.
     let d = Daemon::start(&["--budget", "160MiB"]);
     let model = SMOLLM2;
-    let answers: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|i| {
-                let d = &d;
-                s.spawn(move || d.chat(long_chat(model, i, 45, 32)))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let answers = four_long_chats_at_once(&d, model);
     for a in &answers {
         assert!(
             !a["choices"][0]["message"]["content"]
