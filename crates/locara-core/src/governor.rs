@@ -227,13 +227,17 @@ fn parse_unit_pairs(s: &str) -> Option<f64> {
     Some(total)
 }
 
-/// `s` cut to `max` characters (an error quotes what it was given, not a
-/// megabyte of it).
+/// `s` cut to at most `max` bytes, at a character boundary (an error quotes
+/// what it was given, not a megabyte of it), as the request parser cut it.
 fn shorten(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.to_string(),
+    if s.len() <= max {
+        return s.to_owned();
     }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// Settings of the policy.

@@ -916,23 +916,7 @@ impl Task {
             .pool_estimate(model, cells)
             .ok_or_else(|| "its estimate is unknown".to_string())?;
         match self.governor.grow(model, instance, estimate) {
-            Ok(evict) => {
-                let mut hosts = Vec::new();
-                for u in evict {
-                    self.metrics.evicted(&u.model);
-                    self.metrics.unloaded(&u.model, u.reason.as_str());
-                    tracing::info!(
-                        model = %u.model,
-                        held_bytes = u.held,
-                        for_model = %model,
-                        "evicting to make room for a larger K/V pool"
-                    );
-                    if let Some((_, h)) = self.hosts.remove(&u.model) {
-                        hosts.push(h);
-                    }
-                }
-                Ok(hosts)
-            }
+            Ok(evict) => Ok(self.evicted_hosts(&evict, model)),
             Err(shortfall) => Err(format!(
                 "a pool of {cells} cells needs {}, {} of a {} budget free",
                 Bytes(shortfall.needed),
@@ -942,11 +926,34 @@ impl Task {
         }
     }
 
+    /// Counts and logs the models the governor evicted to make room for
+    /// `for_model` (a load, or its pool's growth), and takes their workers
+    /// out of the loaded set; the caller stops them before the memory is
+    /// used again.
+    fn evicted_hosts(&mut self, evicted: &[Unload], for_model: &str) -> Vec<Arc<WorkerHost>> {
+        let mut hosts = Vec::new();
+        for u in evicted {
+            self.metrics.evicted(&u.model);
+            self.metrics.unloaded(&u.model, u.reason.as_str());
+            tracing::info!(
+                model = %u.model,
+                held_bytes = u.held,
+                held = %locara_core::Bytes(u.held),
+                for_model,
+                "evicting to make room"
+            );
+            if let Some((_, host)) = self.hosts.remove(&u.model) {
+                hosts.push(host);
+            }
+        }
+        hosts
+    }
+
     /// The estimate of a loaded model with a pool of `cells` cells.
-    fn pool_estimate(&mut self, model: &str, cells: u32) -> Option<u64> {
+    fn pool_estimate(&self, model: &str, cells: u32) -> Option<u64> {
         let context = self.governor.model(model)?.context;
-        let (_, shape) = self.shapes.get(model)?.clone();
-        self.estimate_at(model, &shape, context, Some(cells))
+        let (_, shape) = self.shapes.get(model)?;
+        self.estimate_at(model, shape, context, Some(cells))
             .ok()
             .map(|e| e.total())
     }
@@ -1137,7 +1144,8 @@ impl Task {
                 }
             }
         };
-        let config = &self.settings.config;
+        let settings = Arc::clone(&self.settings);
+        let config = &settings.config;
         let gwish = Wish {
             model: wish.model.clone(),
             candidates: planned
@@ -1170,21 +1178,7 @@ impl Task {
                     },
                 );
                 self.waiters.insert(load.instance, vec![reply]);
-                let mut evicted = Vec::new();
-                for u in &load.evict {
-                    self.metrics.evicted(&u.model);
-                    self.metrics.unloaded(&u.model, u.reason.as_str());
-                    tracing::info!(
-                        model = %u.model,
-                        held_bytes = u.held,
-                        held = %locara_core::Bytes(u.held),
-                        for_model = %load.model,
-                        "evicting to make room"
-                    );
-                    if let Some((_, host)) = self.hosts.remove(&u.model) {
-                        evicted.push(host);
-                    }
-                }
+                let evicted = self.evicted_hosts(&load.evict, &load.model);
                 let request = LoadRequest {
                     path: planned.path,
                     context: Some(load.context),
