@@ -164,21 +164,7 @@ impl ChatReport {
         if let Some(settings) = &self.locara_settings {
             let _ = writeln!(s, "  defaults    {settings}");
         }
-        match self.others_cpu_share {
-            Some(share) => {
-                let _ = writeln!(
-                    s,
-                    "machine       other processes took {:.1} % of the CPU while this measured",
-                    share * 100.0
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "machine       CPU taken by other processes unknown (not Linux, or a server this program did not start)"
-                );
-            }
-        }
+        crate::serve_report::machine_line(&mut s, self.others_cpu_share);
         let _ = writeln!(s);
         let _ = writeln!(
             s,

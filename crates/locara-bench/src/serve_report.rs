@@ -237,21 +237,7 @@ impl ServeReport {
             self.locara.version, self.locara.location
         );
         let _ = writeln!(s, "  ran as      {}", self.locara_command);
-        match self.others_cpu_share {
-            Some(share) => {
-                let _ = writeln!(
-                    s,
-                    "machine       other processes took {:.1} % of the CPU while this measured",
-                    share * 100.0
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "machine       CPU taken by other processes unknown (not Linux, or a server this program did not start)"
-                );
-            }
-        }
+        machine_line(&mut s, self.others_cpu_share);
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -313,6 +299,22 @@ fn cell(s: &Summary) -> String {
         "{:.*} ({:.*}–{:.*})",
         digits, s.median, digits, s.min, digits, s.max
     )
+}
+
+/// The report's line on how much of the CPU other processes took while it
+/// measured (`None`: not known).
+pub(crate) fn machine_line(s: &mut String, others_cpu_share: Option<f64>) {
+    let _ = match others_cpu_share {
+        Some(share) => writeln!(
+            s,
+            "machine       other processes took {:.1} % of the CPU while this measured",
+            share * 100.0
+        ),
+        None => writeln!(
+            s,
+            "machine       CPU taken by other processes unknown (not Linux, or a server this program did not start)"
+        ),
+    };
 }
 
 #[cfg(test)]

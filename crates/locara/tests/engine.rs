@@ -25,16 +25,7 @@ fn load(worker: &Worker, name: &str) -> LoadedInfo {
 }
 
 fn generate(id: u64, prompt: Prompt, max_tokens: u32) -> Request {
-    Request::Generate(GenerateRequest {
-        id,
-        prompt,
-        sampling: Sampling::greedy(),
-        max_tokens: Some(max_tokens),
-        stop: vec![],
-        n_keep: None,
-        truncate: true,
-        cache_prompt: true,
-    })
+    Request::Generate(request(id, prompt, max_tokens))
 }
 
 fn chat(text: &str) -> Prompt {
