@@ -36,6 +36,7 @@
 //! ```
 
 use crate::load::MIN_CONTEXT;
+use crate::manifest::Role;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -297,6 +298,9 @@ pub struct ModelState {
     pub active: u32,
     pub last_used: Instant,
     pub keep_alive: KeepAlive,
+    /// What the model is for (the pressure ladder unloads secondary roles
+    /// first); set by the request that loaded it.
+    pub role: Role,
 }
 
 impl ModelState {
@@ -350,6 +354,8 @@ pub struct Wish {
     pub parallel: u32,
     /// A keep-alive for the model from now on (the latest request's wins).
     pub keep_alive: Option<KeepAlive>,
+    /// What the model is for, when this wish loads it.
+    pub role: Role,
 }
 
 impl Wish {
@@ -360,6 +366,7 @@ impl Wish {
             candidates,
             parallel: 1,
             keep_alive: None,
+            role: Role::Chat,
         }
     }
 }
@@ -643,6 +650,7 @@ impl Governor {
                         active: 1,
                         last_used: now,
                         keep_alive: wish.keep_alive.unwrap_or(self.policy.keep_alive),
+                        role: wish.role,
                     },
                 );
                 Acquire::Load(Load {
@@ -840,6 +848,7 @@ impl Governor {
             candidates: vec![(context, wanted)],
             parallel: m.parallel,
             keep_alive: None,
+            role: m.role,
         };
         // Admission sees this model as not held: take it out for the check.
         let me = self.models.remove(model).expect("found above");

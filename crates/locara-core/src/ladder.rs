@@ -271,27 +271,9 @@ impl LadderConfig {
     }
 }
 
-/// What a model is for. Secondary roles are unloaded first at critical:
-/// without them requests still get answers, slower (no speculative
-/// decoding) or not at all for embeddings, but the chat models people wait
-/// on stay until their responses end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// A model that answers chat and completion requests.
-    Chat,
-    /// The draft of a speculative pair.
-    Draft,
-    /// An embedding model.
-    Embedding,
-}
-
-impl Role {
-    /// Drafts and embedders.
-    pub fn is_secondary(self) -> bool {
-        !matches!(self, Role::Chat)
-    }
-}
+/// What a model is for: one type for manifests and the ladder. Secondary
+/// roles are unloaded first at critical.
+pub use crate::manifest::Role;
 
 /// One loaded (or loading) model, as the governor sees it when an event
 /// arrives. Names are unique within a [`RuntimeView`].

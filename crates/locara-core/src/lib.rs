@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bytes;
+pub mod controller;
 pub mod estimate;
 pub mod governor;
 pub mod ladder;

@@ -124,6 +124,14 @@ impl Role {
             Role::Embedding => "embedding",
         }
     }
+
+    /// Drafts and embedders: without them requests still get answers,
+    /// slower (no speculative decoding) or not at all for embeddings, but
+    /// the chat models people wait on stay until their responses end, so
+    /// the pressure ladder unloads these first.
+    pub fn is_secondary(self) -> bool {
+        !matches!(self, Role::Chat)
+    }
 }
 
 impl fmt::Display for Role {

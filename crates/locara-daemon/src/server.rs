@@ -36,7 +36,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
+use locara_core::controller::AppClaim;
 use locara_core::governor::{KeepAlive, Refusal};
+use locara_core::manifest::Role;
 use locara_engine::protocol::{FinishReason, GenerationStats, Prompt};
 use serde::Deserialize;
 use std::convert::Infallible;
@@ -54,8 +56,6 @@ pub struct AppState {
     pub allowed_origins: Vec<String>,
     /// Who may call: app tokens from the registry and the admin token.
     pub auth: Auth,
-    /// Apps over their budget now (each is told once per crossing).
-    pub over_budget: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Set at SIGTERM: new requests get 503 while in-flight ones finish.
     pub draining: AtomicBool,
     /// Generation requests in flight (streams included).
@@ -78,7 +78,6 @@ impl AppState {
             listen,
             allowed_origins,
             auth,
-            over_budget: Default::default(),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             closing: tokio::sync::watch::Sender::new(false),
@@ -260,81 +259,49 @@ async fn admin_only(
     }
 }
 
-/// Holds an app to its budget (`requires.memory_gb` of its manifest; an app
-/// without one has only the daemon's budget). Its share is what its models
-/// hold as the governor counts it (no fresh measurement on the request
-/// path), each shared model split among the apps that declare it. Over the
-/// budget it gets a `budget.exceeded` event and a warning in the log; a
-/// load that would take it over is refused with the numbers.
-async fn app_budget(state: &AppState, caller: &Caller, model: &str) -> Result<(), ApiError> {
+/// What admission needs to know of the calling app: its id, its budget
+/// (`requires.memory_gb` of its manifest) and the models every installed
+/// app declares (a shared model's bytes are split among them), and the
+/// role its manifest gives `model`. The registry is read on a blocking
+/// thread; the budget itself is checked by the controller, in the same step
+/// as admission.
+async fn app_claim(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    model: &str,
+) -> Result<(Option<AppClaim>, Role), ApiError> {
     let Caller::App(manifest) = caller else {
-        return Ok(());
+        return Ok((None, Role::Chat));
+    };
+    let roles: Vec<Role> = manifest
+        .models
+        .iter()
+        .filter(|d| d.reference == model)
+        .map(|d| d.role)
+        .collect();
+    let role = if roles.contains(&Role::Chat) {
+        Role::Chat
+    } else {
+        roles.first().copied().unwrap_or(Role::Chat)
     };
     let Some(budget) = manifest.requires.memory_bytes().map(|b| b.0) else {
-        return Ok(());
+        return Ok((None, role));
     };
-    let loaded = state.runtime.holdings().await.map_err(runtime_error)?;
-    let installed = state
-        .auth
-        .apps
-        .list()
+    let state = Arc::clone(state);
+    let installed = tokio::task::spawn_blocking(move || state.auth.apps.list())
+        .await
+        .map_err(|e| ApiError::server_error(format!("reading the app registry: {e}")))?
         .map_err(|e| ApiError::server_error(format!("reading the app registry: {e}")))?;
-    let uses: Vec<(String, Vec<String>)> = installed
+    let uses = installed
         .iter()
         .map(|a| (a.id.to_string(), a.models.clone()))
         .collect();
-    let id = manifest.id.to_string();
-    let share = locara_core::governor::app_shares(&uses, &loaded)
-        .into_iter()
-        .find(|(a, _)| *a == id)
-        .map_or(0, |(_, s)| s);
-    {
-        let mut over = state.over_budget.lock().unwrap_or_else(|p| p.into_inner());
-        if share > budget {
-            if over.insert(id.clone()) {
-                tracing::warn!(
-                    app = %id,
-                    share_bytes = share,
-                    budget_bytes = budget,
-                    "app over its budget: holds {}, budget {}",
-                    locara_core::Bytes(share),
-                    locara_core::Bytes(budget)
-                );
-                state.runtime.publish(serde_json::json!({
-                    "version": crate::runtime::EVENTS_VERSION,
-                    "type": "budget.exceeded",
-                    "app": id,
-                    "share": share,
-                    "budget": budget,
-                }));
-            }
-        } else {
-            over.remove(&id);
-        }
-    }
-    if loaded.iter().any(|(m, _)| m == model) {
-        return Ok(());
-    }
-    let estimate = state.runtime.estimate(model).await.map_err(runtime_error)?;
-    let users = uses
-        .iter()
-        .filter(|(_, ms)| ms.iter().any(|m| m == model))
-        .count() as u64;
-    let added = estimate / users.max(1);
-    if share.saturating_add(added) > budget {
-        return Err(ApiError::insufficient_memory(
-            format!(
-                "app {id} may hold {} (requires.memory_gb of its manifest); it holds {} and loading {model} would add {} ({} shared by {users} app(s))",
-                locara_core::Bytes(budget),
-                locara_core::Bytes(share),
-                locara_core::Bytes(added),
-                locara_core::Bytes(estimate)
-            ),
-            None,
-        )
-        .with_code("app_budget_exceeded"));
-    }
-    Ok(())
+    let claim = AppClaim {
+        id: manifest.id.to_string(),
+        budget: Some(budget),
+        uses,
+    };
+    Ok((Some(claim), role))
 }
 
 /// Whether a `Host` header names the daemon: a loopback name or address
@@ -402,6 +369,9 @@ pub fn runtime_error(e: RuntimeError) -> ApiError {
         RuntimeError::Pressure { retry_after, .. } => ApiError::model_unavailable(message)
             .with_code("memory_pressure")
             .with_retry_after(retry_after.as_secs().max(1)),
+        RuntimeError::AppBudget(_) => {
+            ApiError::insufficient_memory(message, None).with_code("app_budget_exceeded")
+        }
         RuntimeError::ShuttingDown => ApiError::shutting_down(),
         RuntimeError::Stopped => ApiError::server_error(message),
     }
@@ -474,8 +444,8 @@ async fn serve_generation(
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     caller.may_use(&model)?;
-    app_budget(&state, caller, &model).await?;
-    generate(state, model, prompt, params, endpoint).await
+    let (app, role) = app_claim(&state, caller, &model).await?;
+    generate(state, model, prompt, params, endpoint, app, role).await
 }
 
 /// One generation, from acquiring the model to the last byte.
@@ -593,6 +563,8 @@ async fn generate(
     prompt: Prompt,
     params: GenerationParams,
     endpoint: Endpoint,
+    app: Option<AppClaim>,
+    role: Role,
 ) -> Result<Response, ApiError> {
     let in_flight = InFlight::enter(&state)?;
     let started = Instant::now();
@@ -602,6 +574,8 @@ async fn generate(
             model: model.clone(),
             context: params.context,
             keep_alive: params.keep_alive,
+            role,
+            app,
         })
         .await
         .map_err(runtime_error)?;
@@ -1006,7 +980,7 @@ async fn events(
             tokio::select! {
                 ev = rx.recv() => match ev {
                     Ok(ev) => {
-                        let event = SseEvent::default().data(ev.to_string());
+                        let event = SseEvent::default().data(ev.to_json());
                         return Some((Ok(event), (rx, closing)));
                     }
                     // A slow reader misses events rather than holding memory.

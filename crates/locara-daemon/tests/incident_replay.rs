@@ -2,12 +2,14 @@
 //! running a 35 GB model whose compressed memory climbed to 19.7 GB with
 //! 3 GB free and swap growing, until the machine froze. The scripted
 //! snapshots go through the platform's level derivation (the simulated
-//! probe's path) and the governor's ladder; the test asserts that the
-//! runtime reaches warn, then critical, and what it does, in order.
+//! probe's path) and the daemon's controller, exactly as the daemon's task
+//! feeds it; the test asserts that the runtime reaches warn, then
+//! critical, and what it does, in order.
 
-use locara_core::governor::{Acquire, Governor, KeepAlive, Measured, Policy, UnloadReason, Wish};
-use locara_core::ladder::{self, Action, Ladder, LadderConfig, PressureLevel};
-use locara_daemon::runtime::ladder_view;
+use locara_core::controller::{Controller, ControllerConfig, Effect, Event, Record, Request};
+use locara_core::governor::{KeepAlive, Measured, Wish};
+use locara_core::ladder::PressureLevel;
+use locara_core::PoolSize;
 use locara_platform::{LevelDeriver, PressureConfig, PressureSample};
 use std::time::{Duration, Instant};
 
@@ -22,21 +24,37 @@ struct Moment {
     swap: f64,
 }
 
-fn load(g: &mut Governor, name: &str, bytes: u64, keep_alive: KeepAlive, now: Instant) -> u64 {
+/// Loads `name` through the controller as a request would, with its
+/// worker measured at load; returns the instance.
+fn load(c: &mut Controller, name: &str, bytes: u64, keep_alive: KeepAlive, now: Instant) -> u64 {
     let mut wish = Wish::new(name, vec![(8192, bytes)]);
     wish.keep_alive = Some(keep_alive);
-    let Acquire::Load(l) = g.acquire(&wish, now) else {
-        panic!("{name} does not fit")
-    };
-    g.loaded(
-        l.instance,
-        Some(Measured {
-            footprint: bytes / 10,
-            mapped_weights: bytes - bytes / 10,
+    let effects = c.handle(
+        Event::Acquire(Request {
+            ticket: 0,
+            wish,
+            app: None,
         }),
         now,
     );
-    l.instance
+    let Some(Effect::Load { load, .. }) = effects.first() else {
+        panic!("{name} does not fit: {effects:?}")
+    };
+    let instance = load.instance;
+    let effects = c.handle(
+        Event::Loaded {
+            model: name.to_string(),
+            instance,
+            measured: Some(Measured {
+                footprint: bytes / 10,
+                mapped_weights: bytes - bytes / 10,
+            }),
+            pool: PoolSize::new(8192, 1),
+        },
+        now,
+    );
+    assert!(matches!(effects[..], [Effect::Admit { .. }]), "{effects:?}");
+    instance
 }
 
 #[test]
@@ -44,39 +62,36 @@ fn the_64_gb_incident_reaches_warn_then_critical_and_sheds_in_order() {
     let t0 = Instant::now();
     let at = |s: u64| t0 + Duration::from_secs(s);
     // Budget: 70 % of 64 GB.
-    let mut governor = Governor::new(64 * GB * 7 / 10, Policy::default());
-    let big = load(
-        &mut governor,
-        "big:35b",
-        35 * GB,
-        KeepAlive::For(Duration::from_secs(600)),
-        at(0),
-    );
-    let small = load(
-        &mut governor,
-        "small:1b",
-        GB,
-        KeepAlive::For(Duration::from_secs(600)),
-        at(0),
-    );
-    let pinned = load(
-        &mut governor,
-        "embed:300m",
-        GB / 2,
-        KeepAlive::Forever,
-        at(0),
-    );
-    for (name, i) in [
+    let mut c = Controller::new(ControllerConfig::new(64 * GB * 7 / 10)).unwrap();
+    let ten_minutes = KeepAlive::For(Duration::from_secs(600));
+    let big = load(&mut c, "big:35b", 35 * GB, ten_minutes, at(0));
+    let small = load(&mut c, "small:1b", GB, ten_minutes, at(0));
+    let pinned = load(&mut c, "embed:300m", GB / 2, KeepAlive::Forever, at(0));
+    for (name, instance) in [
         ("big:35b", big),
         ("small:1b", small),
         ("embed:300m", pinned),
     ] {
-        governor.release(name, i, at(0));
+        c.handle(
+            Event::Release {
+                model: name.into(),
+                instance,
+            },
+            at(0),
+        );
     }
     // The long generation on the big model starts at 5 s.
-    assert_eq!(
-        governor.acquire(&Wish::new("big:35b", vec![(8192, 35 * GB)]), at(5)),
-        Acquire::Ready
+    let effects = c.handle(
+        Event::Acquire(Request {
+            ticket: 1,
+            wish: Wish::new("big:35b", Vec::new()),
+            app: None,
+        }),
+        at(5),
+    );
+    assert!(
+        matches!(effects[..], [Effect::Admit { ticket: 1, .. }]),
+        "{effects:?}"
     );
 
     let series = [
@@ -118,29 +133,25 @@ fn the_64_gb_incident_reaches_warn_then_critical_and_sheds_in_order() {
         },
     ];
     let mut deriver = LevelDeriver::new(PressureConfig::default());
-    let mut ladder = Ladder::new(LadderConfig::default()).unwrap();
     let mut log: Vec<(u64, String)> = Vec::new();
     let mut levels = Vec::new();
-    let mut apply = |governor: &mut Governor, actions: Vec<Action>, t: u64| {
-        for a in actions {
-            match &a {
-                Action::SetEffectiveBudget { bytes } => governor.effective_budget = *bytes,
-                Action::Unload {
-                    model,
-                    instance,
-                    level,
-                } => {
-                    let reason = if *level == PressureLevel::Critical {
-                        UnloadReason::PressureCritical
-                    } else {
-                        UnloadReason::PressureWarn
-                    };
-                    let u = governor.unload_instance(model, *instance, reason).unwrap();
-                    governor.worker_exited(u.instance);
+    // Carries out what the daemon's task would: an unloaded worker exits.
+    let mut step = |c: &mut Controller, event: Event, t: u64| {
+        for effect in c.handle(event, at(t)) {
+            match effect {
+                Effect::Record(Record::Action { action, .. }) => log.push((t, action.to_string())),
+                Effect::Unloaded(u) => {
+                    c.handle(
+                        Event::WorkerExited {
+                            model: u.model,
+                            instance: u.instance,
+                            expected: true,
+                        },
+                        at(t),
+                    );
                 }
                 _ => {}
             }
-            log.push((t, a.to_string()));
         }
     };
     for m in &series {
@@ -151,27 +162,20 @@ fn the_64_gb_incident_reaches_warn_then_critical_and_sheds_in_order() {
         let now_d = Duration::from_secs(m.at);
         if let Some(change) = deriver.observe(&sample, now_d) {
             levels.push((m.at, change.to));
-            let actions = ladder.on_event(
-                &ladder::Event::Level(change.to),
-                &ladder_view(&governor),
-                at(m.at),
-            );
-            apply(&mut governor, actions, m.at);
+            step(&mut c, Event::OsPressure(change.to), m.at);
         }
         // Time passes between samples: the ladder's grace periods.
-        let actions = ladder.on_event(&ladder::Event::Tick, &ladder_view(&governor), at(m.at + 5));
-        apply(&mut governor, actions, m.at + 5);
+        step(&mut c, Event::Tick, m.at + 5);
         if m.at == 150 {
             // The long generation ends.
-            governor.release("big:35b", big, at(155));
-            let actions = ladder.on_event(
-                &ladder::Event::GenerationFinished {
+            step(
+                &mut c,
+                Event::Release {
                     model: "big:35b".into(),
+                    instance: big,
                 },
-                &ladder_view(&governor),
-                at(155),
+                155,
             );
-            apply(&mut governor, actions, 155);
         }
     }
     let text: Vec<String> = log.iter().map(|(t, a)| format!("{t:>4} s  {a}")).collect();
@@ -194,7 +198,7 @@ fn the_64_gb_incident_reaches_warn_then_critical_and_sheds_in_order() {
     // generating big one stay.
     let warn_unload = position("unload small:1b");
     assert_eq!(log[warn_unload].0, 60, "{text}");
-    assert!(governor.model("small:1b").is_none());
+    assert!(!c.holds("small:1b"));
     // At critical: loads refused, the pinned model unloaded, the big one
     // drained with its remaining tokens capped, then unloaded when its
     // generation ended.
@@ -207,7 +211,10 @@ fn the_64_gb_incident_reaches_warn_then_critical_and_sheds_in_order() {
     assert_eq!(log[refuse].0, 120, "{text}");
     assert_eq!(log[big_unload].0, 155, "{text}");
     assert!(log[..big_unload].iter().all(|(t, _)| *t <= 155));
-    assert!(governor.models().next().is_none(), "everything unloaded");
+    assert!(
+        c.governor().models().next().is_none(),
+        "everything unloaded"
+    );
     // Nothing was repeated without a new cause.
     let mut seen = std::collections::HashSet::new();
     for (_, a) in &log {

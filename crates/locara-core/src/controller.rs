@@ -1,0 +1,1106 @@
+//! The controller: the daemon's whole memory policy as one state machine.
+//!
+//! It owns the [`Governor`] (admission, eviction, idle expiry, K/V pool
+//! growth), the pressure [`Ladder`] and what pressure leaves in force
+//! (refused loads, drained models, a simulated level), each app's share of
+//! the budget, and the sizes of the loaded models' K/V pools. The daemon's
+//! task feeds it [`Event`]s with the time and carries out the [`Effect`]s
+//! it returns, in order: it starts and stops workers, resizes pools,
+//! answers requests, publishes app events and records metrics. Nothing here
+//! does I/O or reads a clock, so every decision can be tested, and a
+//! recorded incident replayed, with values alone (see
+//! `docs/ARCHITECTURE.md`, "The controller").
+//!
+//! ```
+//! use locara_core::controller::{Controller, ControllerConfig, Effect, Event, Request};
+//! use locara_core::governor::Wish;
+//! use std::time::Instant;
+//!
+//! let mut c = Controller::new(ControllerConfig::new(8 << 30)).unwrap();
+//! let now = Instant::now();
+//! let wish = Wish::new("m", vec![(4096, 1 << 30)]);
+//! let effects = c.handle(Event::Acquire(Request { ticket: 1, wish, app: None }), now);
+//! assert!(matches!(effects[0], Effect::Load { .. }));
+//! ```
+
+use crate::bytes::Bytes;
+use crate::governor::{
+    app_shares, Acquire, Governor, Load, Measured, Phase, Policy, Refusal, Unload, UnloadReason,
+    Wish,
+};
+use crate::ladder::{
+    self, Action, Ladder, LadderConfig, LadderConfigError, LadderState, ModelView, PressureLevel,
+    RuntimeView, TokenCaps,
+};
+use crate::load::PoolSize;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Names one request for a model until it is answered.
+pub type Ticket = u64;
+
+/// How long a model stays idle before its K/V pool shrinks back to its
+/// starting size. Long enough that the next turn of a chat (a person
+/// reading and typing) finds its conversation cached; short enough that an
+/// idle model does not hold a grown pool for its whole keep-alive.
+pub const POOL_IDLE_SHRINK: Duration = Duration::from_secs(60);
+
+/// The version of the [`AppEvent`] payloads.
+pub const EVENTS_VERSION: u32 = 1;
+
+/// What the controller is given at start.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Bytes the runtime may hold.
+    pub budget: u64,
+    pub policy: Policy,
+    pub ladder: LadderConfig,
+    /// How long an idle model keeps a grown K/V pool.
+    pub pool_idle_shrink: Duration,
+}
+
+impl ControllerConfig {
+    /// `budget` bytes with the default policy, ladder and pool shrink.
+    pub fn new(budget: u64) -> ControllerConfig {
+        ControllerConfig {
+            budget,
+            policy: Policy::default(),
+            ladder: LadderConfig::default(),
+            pool_idle_shrink: POOL_IDLE_SHRINK,
+        }
+    }
+}
+
+/// The app a request comes from, with what admission needs to know of the
+/// registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppClaim {
+    pub id: String,
+    /// The most its models may hold (`requires.memory_gb` of its
+    /// manifest), bytes; `None`: only the daemon's budget.
+    pub budget: Option<u64>,
+    /// Every installed app with the models it declares: a model several
+    /// apps declare is split evenly among them.
+    pub uses: Vec<(String, Vec<String>)>,
+}
+
+/// A request for a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub ticket: Ticket,
+    /// The model, its candidate contexts with their estimates (empty when
+    /// the model is held already: admission weighs new loads only), its
+    /// keep-alive and role.
+    pub wish: Wish,
+    pub app: Option<AppClaim>,
+}
+
+/// A pool's figures as its worker last reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolFigures {
+    pub cells: u32,
+    pub used_cells: u32,
+    pub cached_sequences: u32,
+    pub reused_tokens: u64,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A request wants a model.
+    Acquire(Request),
+    /// A request that had its model ended.
+    Release { model: String, instance: u64 },
+    /// A load finished: the worker runs, with a pool of `pool.start` cells
+    /// that may grow to `pool.max`.
+    Loaded {
+        model: String,
+        instance: u64,
+        measured: Option<Measured>,
+        pool: PoolSize,
+    },
+    /// A load failed.
+    LoadFailed {
+        model: String,
+        instance: u64,
+        message: String,
+    },
+    /// A worker exited: asked to (`expected`), or it died.
+    WorkerExited {
+        model: String,
+        instance: u64,
+        expected: bool,
+    },
+    /// The API or CLI asks to unload a model (`hold`: and keep it unloaded).
+    Unload { model: String, hold: bool },
+    /// Fresh footprints of running workers, by instance.
+    Measured(Vec<(u64, Measured)>),
+    /// A worker's pool is full: it asks to grow to `cells`, whose estimate
+    /// (mapped weights included) is `estimate` bytes (`None`: unknown).
+    PoolFull {
+        model: String,
+        instance: u64,
+        cells: u32,
+        estimate: Option<u64>,
+    },
+    /// A worker's pool was resized; `estimate` is the model's estimate at
+    /// the new size.
+    PoolResized {
+        model: String,
+        instance: u64,
+        cells: u32,
+        previous_cells: u32,
+        estimate: Option<u64>,
+    },
+    /// A worker's pool figures.
+    PoolStats { instance: u64, figures: PoolFigures },
+    /// The OS reports a level.
+    OsPressure(PressureLevel),
+    /// A simulated level overrides the OS's for `duration` (or until
+    /// changed); `normal` ends a simulation.
+    Simulate {
+        level: PressureLevel,
+        duration: Option<Duration>,
+    },
+    /// Time passed (see [`Controller::next_deadline`]).
+    Tick,
+    /// The daemon stops.
+    Shutdown,
+}
+
+/// Why a request does not get its model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    ShuttingDown,
+    /// Pressure holds it back; retry after `retry_after`.
+    Pressure {
+        level: PressureLevel,
+        retry_after: Duration,
+        detail: String,
+    },
+    /// Admission refused it.
+    Refused(Refusal),
+    /// Loading the model would take its app over the app's budget.
+    AppBudget {
+        app: String,
+        model: String,
+        budget: u64,
+        share: u64,
+        /// What the load adds to the app's share: the estimate split among
+        /// the `users` apps that declare the model.
+        added: u64,
+        estimate: u64,
+        users: u64,
+    },
+    /// The model was unloaded before its load finished.
+    UnloadedWhileLoading {
+        model: String,
+    },
+    LoadFailed {
+        model: String,
+        message: String,
+    },
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denial::ShuttingDown => write!(f, "the daemon is shutting down"),
+            Denial::Pressure {
+                level,
+                retry_after,
+                detail,
+            } => write!(
+                f,
+                "memory pressure is {level}: {detail}; retry in {} s",
+                retry_after.as_secs()
+            ),
+            Denial::Refused(r) => write!(f, "{r}"),
+            Denial::AppBudget {
+                app,
+                model,
+                budget,
+                share,
+                added,
+                estimate,
+                users,
+            } => write!(
+                f,
+                "app {app} may hold {} (requires.memory_gb of its manifest); it holds {} and loading {model} would add {} ({} shared by {users} app(s))",
+                Bytes(*budget),
+                Bytes(*share),
+                Bytes(*added),
+                Bytes(*estimate)
+            ),
+            Denial::UnloadedWhileLoading { model } => {
+                write!(f, "{model} was unloaded before its load finished")
+            }
+            Denial::LoadFailed { model, message } => write!(f, "loading {model} failed: {message}"),
+        }
+    }
+}
+
+/// A message for apps on `GET /locara/v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum AppEvent {
+    /// The level in force and the effective budget, bytes.
+    #[serde(rename = "level")]
+    Level {
+        level: PressureLevel,
+        budget: u64,
+        effective_budget: u64,
+    },
+    /// An action of the pressure ladder.
+    #[serde(rename = "action")]
+    Action {
+        level: PressureLevel,
+        action: String,
+        detail: String,
+    },
+    /// Bytes the OS got back after a pressure unload, and how long it took.
+    #[serde(rename = "freed")]
+    Freed {
+        level: PressureLevel,
+        model: String,
+        bytes: u64,
+        ms: u64,
+    },
+    /// An app's models hold more than its budget.
+    #[serde(rename = "budget.exceeded")]
+    BudgetExceeded {
+        app: String,
+        share: u64,
+        budget: u64,
+    },
+}
+
+impl AppEvent {
+    /// The event as sent: one JSON object with its `version` and `type`.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Versioned<'a> {
+            version: u32,
+            #[serde(flatten)]
+            event: &'a AppEvent,
+        }
+        serde_json::to_string(&Versioned {
+            version: EVENTS_VERSION,
+            event: self,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// Decisions worth a metric or a log line that no other effect carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A request was refused (`kind`: `pressure`, `held`, `queue_full`,
+    /// `insufficient_memory`).
+    Refused { model: String, kind: &'static str },
+    /// The level in force changed.
+    LevelInForce {
+        from: PressureLevel,
+        to: PressureLevel,
+    },
+    /// The ladder ordered an action, at the level in force.
+    Action {
+        level: PressureLevel,
+        action: Action,
+    },
+    /// A pressure unload's worker exited: `bytes` back to the OS, `ms`
+    /// after the order.
+    Freed {
+        level: PressureLevel,
+        model: String,
+        bytes: u64,
+        ms: u64,
+    },
+    /// A worker died unasked.
+    WorkerDied(Unload),
+    /// An app's models hold more than its budget (said once per crossing).
+    AppOverBudget {
+        app: String,
+        share: u64,
+        budget: u64,
+    },
+    /// The simulated pressure ended.
+    SimulationEnded,
+}
+
+/// What the daemon does, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// The request has a place on this load of its model.
+    Admit {
+        ticket: Ticket,
+        model: String,
+        instance: u64,
+    },
+    /// The request is answered with an error.
+    Deny {
+        ticket: Ticket,
+        model: String,
+        denial: Denial,
+    },
+    /// Stop the evicted workers (`load.evict`) and wait for them, then
+    /// start this load with a pool of `pool.start` cells.
+    Load {
+        load: Load,
+        pool: PoolSize,
+    },
+    /// The model is unloaded: count it and stop its worker (if it is still
+    /// loading, stop it when the load finishes).
+    Unloaded(Unload),
+    /// Stop this worker; nothing else to count (it was unloaded while it
+    /// loaded).
+    StopWorker {
+        model: String,
+        instance: u64,
+    },
+    /// Stop the evicted workers and wait for them, then resize the pool to
+    /// `cells`.
+    Resize {
+        model: String,
+        instance: u64,
+        cells: u32,
+        evict: Vec<Unload>,
+    },
+    /// The pool may not grow: its waiting generations shift their context
+    /// or end.
+    DenyGrowth {
+        model: String,
+        instance: u64,
+        why: String,
+    },
+    /// Token caps from now on.
+    SetCaps(TokenCaps),
+    Publish(AppEvent),
+    Record(Record),
+}
+
+/// A loaded model's K/V pool, as its worker last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Cells allocated now (one cell holds one token of one sequence).
+    pub cells: u32,
+    /// Cells at load; an idle pool shrinks back to this.
+    pub start_cells: u32,
+    /// The most it may grow to: every sequence at its whole context.
+    pub max_cells: u32,
+    /// Cells that live and cached sequences hold (as of the worker's last
+    /// figures).
+    pub used_cells: u32,
+    /// Finished conversations kept for prefix reuse.
+    pub cached_sequences: u32,
+    /// Resizes since load, both ways.
+    pub resizes: u32,
+    /// Growths the governor refused (budget or pressure).
+    pub growth_refused: u32,
+    /// Prompt tokens taken from cached K/V instead of prefilled, since load.
+    pub reused_tokens: u64,
+}
+
+/// Pressure as the controller holds it, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PressureState {
+    /// The level whose restrictions are in force.
+    pub level: PressureLevel,
+    /// The level last reported (by the OS or a simulation).
+    pub reported: PressureLevel,
+    pub state: LadderState,
+    /// The OS's level, when a simulation overrides it.
+    pub os_level: PressureLevel,
+    /// A simulated level in force, and until when.
+    pub simulated: Option<(PressureLevel, Option<Instant>)>,
+    /// New loads are refused (critical).
+    pub refusing_loads: bool,
+}
+
+/// The daemon's policy state. See the module documentation.
+#[derive(Debug)]
+pub struct Controller {
+    governor: Governor,
+    ladder: Ladder,
+    pool_idle_shrink: Duration,
+    /// The level the OS reports.
+    os_level: PressureLevel,
+    /// A simulated level overriding it, until when.
+    simulated: Option<(PressureLevel, Option<Instant>)>,
+    /// New loads are refused (critical), with this Retry-After.
+    refusing: Option<Duration>,
+    /// Instances draining at critical: no new requests.
+    draining: HashSet<u64>,
+    shutting_down: bool,
+    /// Requests waiting for a load, by instance.
+    waiting: HashMap<u64, Vec<Ticket>>,
+    /// Loaded models' K/V pools, by instance.
+    pools: HashMap<u64, PoolStatus>,
+    /// Idle pools already asked to shrink, by instance, with the model's
+    /// last use then: one shrink per idle spell.
+    shrunk: HashMap<u64, Instant>,
+    /// Pressure unloads waiting for their worker to exit: when the order
+    /// came, the level, and the worker's last measured footprint.
+    pressure_unloads: HashMap<u64, (Instant, PressureLevel, u64)>,
+    /// Apps over their budget now (each is told once per crossing).
+    over_budget: BTreeSet<String>,
+}
+
+impl Controller {
+    pub fn new(config: ControllerConfig) -> Result<Controller, LadderConfigError> {
+        Ok(Controller {
+            governor: Governor::new(config.budget, config.policy),
+            ladder: Ladder::new(config.ladder)?,
+            pool_idle_shrink: config.pool_idle_shrink,
+            os_level: PressureLevel::Normal,
+            simulated: None,
+            refusing: None,
+            draining: HashSet::new(),
+            shutting_down: false,
+            waiting: HashMap::new(),
+            pools: HashMap::new(),
+            shrunk: HashMap::new(),
+            pressure_unloads: HashMap::new(),
+            over_budget: BTreeSet::new(),
+        })
+    }
+
+    /// The governor's state (read only: changes go through events).
+    pub fn governor(&self) -> &Governor {
+        &self.governor
+    }
+
+    pub fn ladder(&self) -> &Ladder {
+        &self.ladder
+    }
+
+    /// Whether the model is held (loading or loaded): a request for it then
+    /// needs no estimate.
+    pub fn holds(&self, model: &str) -> bool {
+        self.governor.model(model).is_some()
+    }
+
+    /// The pool of this load of a model, once loaded.
+    pub fn pool(&self, instance: u64) -> Option<&PoolStatus> {
+        self.pools.get(&instance)
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    pub fn pressure(&self) -> PressureState {
+        PressureState {
+            level: self.ladder.level(),
+            reported: self.ladder.reported(),
+            state: self.ladder.state(),
+            os_level: self.os_level,
+            simulated: self.simulated,
+            refusing_loads: self.refusing.is_some(),
+        }
+    }
+
+    /// Lets requests load a held model again.
+    pub fn unhold(&mut self, model: &str) -> bool {
+        self.governor.unhold(model)
+    }
+
+    /// Why a request for `model` would be turned away before admission
+    /// weighs it, if it would: the daemon stops, the model drains, or new
+    /// loads are refused. Lets the daemon skip reading a model file for a
+    /// request that cannot load it.
+    pub fn closed_to(&self, model: &str) -> Option<Denial> {
+        if self.shutting_down {
+            return Some(Denial::ShuttingDown);
+        }
+        let level = self.ladder.level();
+        let retry_after = self.ladder.config().retry_after;
+        match self.governor.model(model) {
+            Some(m) if self.draining.contains(&m.instance) => Some(Denial::Pressure {
+                level,
+                retry_after,
+                detail: format!("{model} is finishing its last responses before it unloads"),
+            }),
+            None => self.refusing.map(|retry_after| Denial::Pressure {
+                level,
+                retry_after,
+                detail: format!("new loads are refused, so {model} cannot load"),
+            }),
+            Some(_) => None,
+        }
+    }
+
+    /// What the ladder decides over: every model with its real role, pin,
+    /// sequences in flight (a loading model counts as busy), idle time,
+    /// idle cached conversations it could give back, and what it holds
+    /// (measured where it was, else its estimate).
+    pub fn view(&self) -> RuntimeView {
+        let models = self
+            .governor
+            .models()
+            .map(|(name, m)| {
+                let mut v = ModelView::new(name, m.instance, m.role);
+                v.pinned = m.pinned();
+                let loaded = m.phase == Phase::Loaded;
+                v.generating = if loaded { m.active } else { 1 };
+                v.idle_since = (loaded && m.active == 0).then_some(m.last_used);
+                // Only a pool grown past its start has cells to give back.
+                v.idle_sequences_with_cells = self
+                    .pools
+                    .get(&m.instance)
+                    .filter(|p| p.cells > p.start_cells)
+                    .map_or(0, |p| p.cached_sequences.max(1));
+                match m.measured {
+                    Some(x) => {
+                        v.footprint = x.footprint;
+                        v.mapped_weights = x.mapped_weights;
+                    }
+                    None => v.footprint = m.estimate,
+                }
+                v
+            })
+            .collect();
+        RuntimeView {
+            models,
+            held_bytes: self.governor.held_bytes(),
+            budget: self.governor.budget,
+        }
+    }
+
+    /// When the controller next wants a [`Event::Tick`]: idle expiry, a
+    /// simulation's end, the ladder's grace and quiet periods, an idle
+    /// pool's shrink.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.governor.next_deadline(),
+            self.ladder.next_deadline(&self.view()),
+            self.simulated.and_then(|(_, until)| until),
+            self.next_pool_shrink(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Takes one event at `now`; returns what to do, in order.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match event {
+            Event::Acquire(request) => self.acquire(request, now, &mut out),
+            Event::Release { model, instance } => {
+                if let Some(u) = self.governor.release(&model, instance, now) {
+                    self.unloaded(u, &mut out);
+                }
+                if self.ladder.level() != PressureLevel::Normal {
+                    self.pressure_step(ladder::Event::GenerationFinished { model }, now, &mut out);
+                }
+            }
+            Event::Loaded {
+                model,
+                instance,
+                measured,
+                pool,
+            } => {
+                let waiting = self.waiting.remove(&instance).unwrap_or_default();
+                if !self.governor.loaded(instance, measured, now) {
+                    // Unloaded while it loaded: its requests were answered then.
+                    out.push(Effect::StopWorker { model, instance });
+                    return out;
+                }
+                self.pools.insert(
+                    instance,
+                    PoolStatus {
+                        cells: pool.start,
+                        start_cells: pool.start,
+                        max_cells: pool.max,
+                        ..PoolStatus::default()
+                    },
+                );
+                out.extend(waiting.into_iter().map(|ticket| Effect::Admit {
+                    ticket,
+                    model: model.clone(),
+                    instance,
+                }));
+            }
+            Event::LoadFailed {
+                model,
+                instance,
+                message,
+            } => {
+                self.governor.load_failed(instance);
+                for ticket in self.waiting.remove(&instance).unwrap_or_default() {
+                    out.push(Effect::Deny {
+                        ticket,
+                        model: model.clone(),
+                        denial: Denial::LoadFailed {
+                            model: model.clone(),
+                            message: message.clone(),
+                        },
+                    });
+                }
+            }
+            Event::WorkerExited {
+                model,
+                instance,
+                expected,
+            } => self.worker_exited(model, instance, expected, now, &mut out),
+            Event::Unload { model, hold } => {
+                if let Some(u) = self.governor.unload(&model, hold) {
+                    self.unloaded(u, &mut out);
+                }
+            }
+            Event::Measured(figures) => {
+                for (instance, m) in figures {
+                    self.governor.measured(instance, m);
+                }
+            }
+            Event::PoolFull {
+                model,
+                instance,
+                cells,
+                estimate,
+            } => self.pool_full(model, instance, cells, estimate, &mut out),
+            Event::PoolResized {
+                model,
+                instance,
+                cells,
+                previous_cells,
+                estimate,
+            } => {
+                if let Some(p) = self.pools.get_mut(&instance) {
+                    p.cells = cells;
+                    p.resizes += 1;
+                }
+                // The estimate follows the pool: a grown one was admitted
+                // at its new size already; a smaller one counts less now.
+                if let (true, Some(estimate)) = (cells < previous_cells, estimate) {
+                    self.governor.shrink(&model, instance, estimate);
+                }
+            }
+            Event::PoolStats { instance, figures } => {
+                if let Some(p) = self.pools.get_mut(&instance) {
+                    p.cells = figures.cells;
+                    p.used_cells = figures.used_cells;
+                    p.cached_sequences = figures.cached_sequences;
+                    p.reused_tokens = figures.reused_tokens;
+                }
+            }
+            Event::OsPressure(level) => {
+                self.os_level = level;
+                if self.simulated.is_none() {
+                    self.pressure_step(ladder::Event::Level(level), now, &mut out);
+                }
+            }
+            Event::Simulate { level, duration } => {
+                self.simulated =
+                    (level != PressureLevel::Normal).then(|| (level, duration.map(|d| now + d)));
+                let reported = if level == PressureLevel::Normal {
+                    self.os_level
+                } else {
+                    level
+                };
+                self.pressure_step(ladder::Event::Level(reported), now, &mut out);
+            }
+            Event::Tick => self.tick(now, &mut out),
+            Event::Shutdown => {
+                self.shutting_down = true;
+                for u in self.governor.unload_all(UnloadReason::Shutdown) {
+                    self.unloaded(u, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn acquire(&mut self, request: Request, now: Instant, out: &mut Vec<Effect>) {
+        let Request { ticket, wish, app } = request;
+        let model = wish.model.clone();
+        let deny = |denial: Denial| Effect::Deny {
+            ticket,
+            model: model.clone(),
+            denial,
+        };
+        if let Some(denial) = self.closed_to(&model) {
+            if matches!(denial, Denial::Pressure { .. }) {
+                out.push(Effect::Record(Record::Refused {
+                    model: model.clone(),
+                    kind: "pressure",
+                }));
+            }
+            out.push(deny(denial));
+            return;
+        }
+        if let Some(claim) = &app {
+            if let Err(denial) = self.app_admits(claim, &wish, out) {
+                out.push(deny(denial));
+                return;
+            }
+        }
+        match self.governor.acquire(&wish, now) {
+            Acquire::Ready => {
+                let instance = self.governor.model(&model).map_or(0, |m| m.instance);
+                out.push(Effect::Admit {
+                    ticket,
+                    model,
+                    instance,
+                });
+            }
+            Acquire::Wait => {
+                let instance = self.governor.model(&model).map_or(0, |m| m.instance);
+                self.waiting.entry(instance).or_default().push(ticket);
+            }
+            Acquire::Load(load) => {
+                self.waiting.insert(load.instance, vec![ticket]);
+                let pool = PoolSize::new(load.context, load.parallel);
+                out.push(Effect::Load { load, pool });
+            }
+            Acquire::Refused(refusal) => {
+                let kind = match &refusal {
+                    Refusal::Held { .. } => "held",
+                    Refusal::QueueFull { .. } => "queue_full",
+                    Refusal::InsufficientMemory(_) => "insufficient_memory",
+                };
+                out.push(Effect::Record(Record::Refused {
+                    model: model.clone(),
+                    kind,
+                }));
+                let level = self.ladder.level();
+                let denial = match refusal {
+                    Refusal::InsufficientMemory(_) if level != PressureLevel::Normal => {
+                        Denial::Pressure {
+                            level,
+                            retry_after: self.ladder.config().retry_after,
+                            detail: format!(
+                                "the effective budget is lowered to {} of {}; {refusal}",
+                                Bytes(self.governor.effective_budget),
+                                Bytes(self.governor.budget)
+                            ),
+                        }
+                    }
+                    other => Denial::Refused(other),
+                };
+                out.push(deny(denial));
+            }
+        }
+    }
+
+    /// Holds an app to its budget, in the same step as admission (two
+    /// requests of one app cannot both pass on the same free bytes). Its
+    /// share is what its models hold as the governor counts them, each
+    /// shared model split among the apps that declare it. Over the budget
+    /// it gets a `budget.exceeded` event (once per crossing); a load that
+    /// would take it over is refused with the numbers.
+    fn app_admits(
+        &mut self,
+        claim: &AppClaim,
+        wish: &Wish,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), Denial> {
+        let Some(budget) = claim.budget else {
+            return Ok(());
+        };
+        let share = self.app_share(&claim.id, &claim.uses);
+        if share > budget {
+            if self.over_budget.insert(claim.id.clone()) {
+                out.push(Effect::Record(Record::AppOverBudget {
+                    app: claim.id.clone(),
+                    share,
+                    budget,
+                }));
+                out.push(Effect::Publish(AppEvent::BudgetExceeded {
+                    app: claim.id.clone(),
+                    share,
+                    budget,
+                }));
+            }
+        } else {
+            self.over_budget.remove(&claim.id);
+        }
+        if self.holds(&wish.model) {
+            return Ok(());
+        }
+        // The first candidate is the largest: what admission tries first.
+        let Some(&(_, estimate)) = wish.candidates.first() else {
+            return Ok(());
+        };
+        let users = claim
+            .uses
+            .iter()
+            .filter(|(_, models)| models.contains(&wish.model))
+            .count()
+            .max(1) as u64;
+        let added = estimate / users;
+        if share.saturating_add(added) > budget {
+            return Err(Denial::AppBudget {
+                app: claim.id.clone(),
+                model: wish.model.clone(),
+                budget,
+                share,
+                added,
+                estimate,
+                users,
+            });
+        }
+        Ok(())
+    }
+
+    /// The bytes an app's models hold, shared ones split among their apps.
+    pub fn app_share(&self, app: &str, uses: &[(String, Vec<String>)]) -> u64 {
+        let loaded: Vec<(String, u64)> = self
+            .governor
+            .models()
+            .map(|(name, m)| (name.to_string(), m.held()))
+            .collect();
+        app_shares(uses, &loaded)
+            .into_iter()
+            .find(|(a, _)| a == app)
+            .map_or(0, |(_, s)| s)
+    }
+
+    /// A worker's pool is full. Growth is admitted like a load: within the
+    /// effective budget, idle models evicted first, never under pressure;
+    /// the worker holds the generations that need room until it hears.
+    fn pool_full(
+        &mut self,
+        model: String,
+        instance: u64,
+        cells: u32,
+        estimate: Option<u64>,
+        out: &mut Vec<Effect>,
+    ) {
+        if self
+            .governor
+            .model(&model)
+            .is_none_or(|m| m.instance != instance)
+        {
+            return;
+        }
+        let level = self.ladder.level();
+        let verdict = if self.shutting_down {
+            Err("the daemon is stopping".to_string())
+        } else if level != PressureLevel::Normal {
+            Err(format!("memory pressure is {level}"))
+        } else if let Some(estimate) = estimate {
+            self.governor
+                .grow(&model, instance, estimate)
+                .map_err(|shortfall| {
+                    format!(
+                        "a pool of {cells} cells needs {}, {} of a {} budget free",
+                        Bytes(shortfall.needed),
+                        Bytes(shortfall.free),
+                        Bytes(shortfall.effective_budget)
+                    )
+                })
+        } else {
+            Err("its estimate is unknown".to_string())
+        };
+        match verdict {
+            Ok(evict) => out.push(Effect::Resize {
+                model,
+                instance,
+                cells,
+                evict,
+            }),
+            Err(why) => {
+                if let Some(p) = self.pools.get_mut(&instance) {
+                    p.growth_refused += 1;
+                }
+                out.push(Effect::DenyGrowth {
+                    model,
+                    instance,
+                    why,
+                });
+            }
+        }
+    }
+
+    fn worker_exited(
+        &mut self,
+        model: String,
+        instance: u64,
+        expected: bool,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        self.draining.remove(&instance);
+        self.pools.remove(&instance);
+        self.shrunk.remove(&instance);
+        if let Some((at, level, bytes)) = self.pressure_unloads.remove(&instance) {
+            let ms = now.saturating_duration_since(at).as_millis() as u64;
+            out.push(Effect::Record(Record::Freed {
+                level,
+                model: model.clone(),
+                bytes,
+                ms,
+            }));
+            out.push(Effect::Publish(AppEvent::Freed {
+                level,
+                model: model.clone(),
+                bytes,
+                ms,
+            }));
+        }
+        if expected {
+            self.governor.worker_exited(instance);
+        } else if let Some(u) = self.governor.worker_died(instance) {
+            out.push(Effect::Record(Record::WorkerDied(u)));
+        }
+    }
+
+    /// Time passed: idle expiry, idle pools, the end of a simulation, the
+    /// ladder's grace and quiet periods.
+    fn tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        for u in self.governor.expire(now) {
+            self.unloaded(u, out);
+        }
+        self.shrink_idle_pools(self.pool_idle_shrink, now, out);
+        if let Some((_, Some(until))) = self.simulated {
+            if until <= now {
+                self.simulated = None;
+                out.push(Effect::Record(Record::SimulationEnded));
+                self.pressure_step(ladder::Event::Level(self.os_level), now, out);
+                return;
+            }
+        }
+        self.pressure_step(ladder::Event::Tick, now, out);
+    }
+
+    /// One step of the pressure ladder, its actions carried out in order.
+    fn pressure_step(&mut self, event: ladder::Event, now: Instant, out: &mut Vec<Effect>) {
+        let view = self.view();
+        let before = self.ladder.level();
+        let actions = self.ladder.on_event(&event, &view, now);
+        let level = self.ladder.level();
+        if level != before {
+            out.push(Effect::Record(Record::LevelInForce {
+                from: before,
+                to: level,
+            }));
+        }
+        for action in actions {
+            self.apply(action, level, now, out);
+        }
+    }
+
+    fn apply(&mut self, action: Action, level: PressureLevel, now: Instant, out: &mut Vec<Effect>) {
+        out.push(Effect::Record(Record::Action {
+            level,
+            action: action.clone(),
+        }));
+        out.push(Effect::Publish(AppEvent::Action {
+            level,
+            action: action.kind().to_string(),
+            detail: action.to_string(),
+        }));
+        match action {
+            Action::RefuseLoads { retry_after } => self.refusing = Some(retry_after),
+            // Loads come back, and so do new requests to models drained at
+            // critical: a drained model whose last responses outlasted the
+            // episode would refuse every request until it unloaded, which
+            // for a pinned model could be never.
+            Action::AcceptLoads => {
+                self.refusing = None;
+                self.draining.clear();
+            }
+            // Nothing preloads models yet: loads happen on request only.
+            Action::StopPreload | Action::ResumePreload => {}
+            Action::SetEffectiveBudget { bytes } => {
+                self.governor.effective_budget = bytes.min(self.governor.budget);
+            }
+            Action::RestoreBudget => self.governor.effective_budget = self.governor.budget,
+            Action::SetTokenCaps(caps) => out.push(Effect::SetCaps(caps)),
+            Action::Drain { instance, .. } => {
+                self.draining.insert(instance);
+            }
+            // Idle pools give back what they grew by, now: cached
+            // conversations beyond the starting pool are dropped.
+            Action::DropIdleKv { .. } => self.shrink_idle_pools(Duration::ZERO, now, out),
+            Action::Unload {
+                model,
+                instance,
+                level,
+            } => {
+                let reason = if level == PressureLevel::Critical {
+                    UnloadReason::PressureCritical
+                } else {
+                    UnloadReason::PressureWarn
+                };
+                let footprint = self
+                    .governor
+                    .model(&model)
+                    .filter(|m| m.instance == instance)
+                    .and_then(|m| m.measured)
+                    .map_or(0, |m| m.footprint);
+                if let Some(u) = self.governor.unload_instance(&model, instance, reason) {
+                    self.pressure_unloads
+                        .insert(instance, (now, level, footprint));
+                    self.unloaded(u, out);
+                }
+            }
+            Action::Notify {
+                level,
+                effective_budget,
+            } => out.push(Effect::Publish(AppEvent::Level {
+                level,
+                budget: self.governor.budget,
+                effective_budget,
+            })),
+        }
+    }
+
+    /// A model left the governor: its waiting requests are answered and
+    /// its worker stops.
+    fn unloaded(&mut self, u: Unload, out: &mut Vec<Effect>) {
+        for ticket in self.waiting.remove(&u.instance).unwrap_or_default() {
+            out.push(Effect::Deny {
+                ticket,
+                model: u.model.clone(),
+                denial: Denial::UnloadedWhileLoading {
+                    model: u.model.clone(),
+                },
+            });
+        }
+        out.push(Effect::Unloaded(u));
+    }
+
+    /// Pools grown past their start whose model has been idle `after`: back
+    /// to the starting size (the worker keeps the most recent cached
+    /// conversations that fit).
+    fn shrink_idle_pools(&mut self, after: Duration, now: Instant, out: &mut Vec<Effect>) {
+        for (name, m) in self.governor.models() {
+            let Some(pool) = self.pools.get(&m.instance) else {
+                continue;
+            };
+            let idle = m.phase == Phase::Loaded
+                && m.active == 0
+                && now.saturating_duration_since(m.last_used) >= after;
+            let asked = self.shrunk.get(&m.instance) == Some(&m.last_used);
+            if idle && !asked && pool.cells > pool.start_cells {
+                out.push(Effect::Resize {
+                    model: name.to_string(),
+                    instance: m.instance,
+                    cells: pool.start_cells,
+                    evict: Vec::new(),
+                });
+                self.shrunk.insert(m.instance, m.last_used);
+            }
+        }
+    }
+
+    /// When the next idle pool is due to shrink.
+    fn next_pool_shrink(&self) -> Option<Instant> {
+        self.governor
+            .models()
+            .filter(|(_, m)| m.phase == Phase::Loaded && m.active == 0)
+            .filter(|(_, m)| {
+                self.pools
+                    .get(&m.instance)
+                    .is_some_and(|p| p.cells > p.start_cells)
+                    && self.shrunk.get(&m.instance) != Some(&m.last_used)
+            })
+            .map(|(_, m)| m.last_used + self.pool_idle_shrink)
+            .min()
+    }
+}

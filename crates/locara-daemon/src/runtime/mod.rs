@@ -1,0 +1,344 @@
+//! The governor task: one task feeds the [`Controller`] (the daemon's
+//! whole memory policy, in `locara_core`) events and carries out its
+//! effects with real engine workers.
+//!
+//! [`Runtime`] is the handle: it sends commands over a channel to the task
+//! and awaits the answers. The task never blocks: model files are read and
+//! validated, workers started and stopped, and footprints measured on
+//! blocking threads, which report back as commands. A measure tick keeps
+//! the footprints admission weighs fresh; status reads those figures and
+//! measures nothing itself.
+//!
+//! A request that gets its model holds a [`Lease`]; dropping the lease tells
+//! the controller the request ended (which starts the idle clock).
+
+use crate::config::ServeConfig;
+use crate::host::{Engine, PoolNews, WorkerExit, WorkerHost};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use locara_core::controller::{AppClaim, Denial};
+use locara_core::governor::{KeepAlive, Measured, Refusal};
+use locara_core::ladder::{LadderConfig, PressureLevel, Role, TokenCaps};
+use locara_core::Backend;
+use locara_platform::MemoryProbe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+mod status;
+mod task;
+
+pub use locara_core::controller::{AppEvent, PoolStatus, EVENTS_VERSION, POOL_IDLE_SHRINK};
+pub use status::{ModelStatus, PressureStatus, Status};
+
+/// What the task needs from the outside, fixed at start.
+pub struct Settings {
+    pub config: ServeConfig,
+    /// The budget in bytes (the config's, or the machine's).
+    pub budget: u64,
+    pub store: Store,
+    /// Starts engine workers.
+    pub engine: Arc<dyn Engine>,
+    /// The time, for every decision.
+    pub clock: Arc<dyn Clock>,
+    /// CPU threads per worker.
+    pub threads: u32,
+    /// The memory layout llama.cpp will use here, for estimates.
+    pub backend: Backend,
+    pub probe: Arc<dyn MemoryProbe>,
+    /// The pressure ladder's settings.
+    pub ladder: LadderConfig,
+}
+
+/// Where the governor task gets the time: all its decisions take `now`
+/// from here, never from a clock read of their own.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+}
+
+/// tokio's clock: the system's monotonic clock, which tests can pause and
+/// advance (`tokio::time::pause`), so timers and decisions agree.
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
+/// Why a request cannot have its model.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("model {model:?} not found: {reason}")]
+    NotFound { model: String, reason: String },
+    #[error("model {model} cannot be used: {message}")]
+    InvalidModel { model: String, message: String },
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("loading {model} failed: {message}")]
+    LoadFailed { model: String, message: String },
+    #[error("{model} was unloaded before its load finished")]
+    UnloadedWhileLoading { model: String },
+    #[error("memory pressure is {level}: {detail}; retry in {} s", retry_after.as_secs())]
+    Pressure {
+        level: PressureLevel,
+        retry_after: Duration,
+        detail: String,
+    },
+    /// Loading the model would take the calling app over its budget.
+    #[error("{0}")]
+    AppBudget(String),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("the governor task has stopped")]
+    Stopped,
+}
+
+impl From<Denial> for RuntimeError {
+    fn from(denial: Denial) -> RuntimeError {
+        match denial {
+            Denial::ShuttingDown => RuntimeError::ShuttingDown,
+            Denial::Pressure {
+                level,
+                retry_after,
+                detail,
+            } => RuntimeError::Pressure {
+                level,
+                retry_after,
+                detail,
+            },
+            Denial::Refused(r) => RuntimeError::Refused(r),
+            d @ Denial::AppBudget { .. } => RuntimeError::AppBudget(d.to_string()),
+            Denial::UnloadedWhileLoading { model } => RuntimeError::UnloadedWhileLoading { model },
+            Denial::LoadFailed { model, message } => RuntimeError::LoadFailed { model, message },
+        }
+    }
+}
+
+/// What a request asks of its model.
+#[derive(Debug, Clone, Default)]
+pub struct ModelWish {
+    pub model: String,
+    /// An exact context per sequence, tokens; `None`: the configured
+    /// default, which may be lowered when memory is short.
+    pub context: Option<u32>,
+    pub keep_alive: Option<KeepAlive>,
+    /// What the model is for (the calling app's manifest says; chat
+    /// otherwise): the pressure ladder unloads secondary roles first.
+    pub role: Role,
+    /// The calling app, held to its budget in the same step as admission;
+    /// `None` for the admin and tokenless callers.
+    pub app: Option<AppClaim>,
+}
+
+/// A request's hold on a loaded model. Dropping it ends the hold.
+pub struct Lease {
+    pub host: Arc<WorkerHost>,
+    pub model: String,
+    pub instance: u64,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Release {
+            model: std::mem::take(&mut self.model),
+            instance: self.instance,
+        });
+    }
+}
+
+type Reply = oneshot::Sender<Result<Lease, RuntimeError>>;
+
+enum Command {
+    Acquire {
+        wish: ModelWish,
+        reply: Reply,
+    },
+    /// A model's file was found and validated (on a blocking thread).
+    Shaped {
+        model: String,
+        result: Result<task::Shape, RuntimeError>,
+    },
+    /// Footprints of running workers, by instance, and the machine's
+    /// memory, measured on a blocking thread.
+    Measured {
+        figures: Vec<(u64, Measured)>,
+        system: Option<locara_platform::SystemSnapshot>,
+    },
+    Release {
+        model: String,
+        instance: u64,
+    },
+    LoadDone {
+        model: String,
+        instance: u64,
+        result: Result<(Arc<WorkerHost>, Option<Measured>), String>,
+        seconds: f64,
+    },
+    WorkerExited {
+        model: String,
+        instance: u64,
+        exit: WorkerExit,
+    },
+    Unload {
+        model: String,
+        hold: bool,
+        reply: oneshot::Sender<bool>,
+    },
+    Unhold {
+        model: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+    /// A worker's news of its K/V pool.
+    Pool {
+        model: String,
+        instance: u64,
+        news: PoolNews,
+    },
+    /// The OS's pressure level changed.
+    OsPressure {
+        level: PressureLevel,
+        reason: String,
+    },
+    /// A simulated level (like `memory_pressure -S`), for `duration` or until
+    /// changed; `normal` ends a simulation.
+    Simulate {
+        level: PressureLevel,
+        duration: Option<Duration>,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The handle to the governor task.
+#[derive(Clone)]
+pub struct Runtime {
+    tx: mpsc::UnboundedSender<Command>,
+    pub metrics: Arc<Metrics>,
+    /// Token caps the pressure ladder sets, read by every generation.
+    caps: watch::Receiver<TokenCaps>,
+    events: broadcast::Sender<AppEvent>,
+}
+
+impl Runtime {
+    /// Starts the governor task on the current tokio runtime.
+    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Runtime {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (caps_tx, caps) = watch::channel(TokenCaps::NONE);
+        let (events, _) = broadcast::channel(256);
+        let task = task::Task::new(
+            settings,
+            Arc::clone(&metrics),
+            tx.clone(),
+            caps_tx,
+            events.clone(),
+        );
+        tokio::spawn(task.run(rx));
+        Runtime {
+            tx,
+            metrics,
+            caps,
+            events,
+        }
+    }
+
+    /// The token caps in force now (pressure).
+    pub fn caps(&self) -> TokenCaps {
+        *self.caps.borrow()
+    }
+
+    /// Sends an event to every `GET /locara/v1/events` reader.
+    pub fn publish(&self, event: AppEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Events for apps: level changes, actions, bytes freed.
+    pub fn subscribe(&self) -> broadcast::Receiver<AppEvent> {
+        self.events.subscribe()
+    }
+
+    /// The OS reports a pressure level (from the platform's watch thread).
+    pub fn report_pressure(&self, level: PressureLevel, reason: String) {
+        let _ = self.tx.send(Command::OsPressure { level, reason });
+    }
+
+    /// Simulates a pressure level, driving exactly the handler that OS
+    /// reports drive.
+    pub async fn simulate_pressure(
+        &self,
+        level: PressureLevel,
+        duration: Option<Duration>,
+    ) -> Result<(), RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Simulate {
+                level,
+                duration,
+                reply,
+            })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Waits until the model is loaded (loading it if needed) and a place
+    /// in it is held.
+    pub async fn acquire(&self, wish: ModelWish) -> Result<Lease, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Acquire { wish, reply })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Unloads a model; `hold` keeps it unloaded. True when it was loaded.
+    pub async fn unload(&self, model: &str, hold: bool) -> Result<bool, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Unload {
+                model: model.to_string(),
+                hold,
+                reply,
+            })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Loads a model (lifting a hold) and leaves it loaded, idle.
+    pub async fn load(&self, wish: ModelWish) -> Result<(), RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Unhold {
+                model: wish.model.clone(),
+                reply,
+            })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?;
+        drop(self.acquire(wish).await?);
+        Ok(())
+    }
+
+    pub async fn status(&self) -> Result<Status, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Status { reply })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Refuses new requests, stops every worker and waits for them to exit.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,855 @@
+//! The task that owns the [`Controller`]: a loop that turns commands into
+//! controller events and carries out the effects. Anything that may block
+//! (reading and validating a model file, starting or stopping a worker,
+//! reading a footprint) runs on a blocking thread and comes back as a
+//! command.
+
+use super::status::{self, Sources, Status};
+use super::{Command, Lease, ModelWish, Reply, RuntimeError, Settings};
+use crate::host::{PoolNews, WorkerHost};
+use crate::metrics::Metrics;
+use crate::store::{ModelName, StoreError};
+use locara_core::controller::{
+    AppEvent, Controller, ControllerConfig, Effect, Event, PoolFigures, Record, Request, Ticket,
+};
+use locara_core::estimate::{self, ENGINE_FULL_WINDOW_CACHE};
+use locara_core::governor::{downshift_contexts, Load, Measured, Policy, Unload, Wish};
+use locara_core::ladder::{PressureLevel, TokenCaps};
+use locara_core::{Bytes, EstimateOptions, KvType, ModelShape, PoolSize};
+use locara_engine::protocol::LoadRequest;
+use locara_platform::SystemSnapshot;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// How long a worker may take to exit when asked before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How often running workers' footprints (and the pools' figures) are
+/// refreshed while any model is loaded: admission and the ladder weigh
+/// these, and status shows them.
+pub const MEASURE_EVERY: Duration = Duration::from_secs(2);
+
+/// A stored model's file and estimate shape.
+pub type Shape = (PathBuf, ModelShape);
+
+/// What the task remembers of a load beyond the controller's state.
+pub(super) struct LoadMeta {
+    pub kv_type: KvType,
+    pub estimated_footprint: u64,
+}
+
+pub(super) struct Task {
+    controller: Controller,
+    /// Loaded models' workers, by name, with their instance.
+    hosts: HashMap<String, (u64, Arc<WorkerHost>)>,
+    /// Requests the controller has not answered yet.
+    tickets: HashMap<Ticket, Reply>,
+    next_ticket: Ticket,
+    loads: HashMap<u64, LoadMeta>,
+    /// Validated model files, by name.
+    shapes: HashMap<String, Shape>,
+    /// Requests waiting for their model's file to be validated, by model.
+    shaping: HashMap<String, Vec<(ModelWish, Reply)>>,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::UnboundedSender<Command>,
+    /// Blocking stops in flight (joined at shutdown).
+    stopping: Vec<tokio::task::JoinHandle<()>>,
+    caps: watch::Sender<TokenCaps>,
+    events: broadcast::Sender<AppEvent>,
+    /// The machine's memory at the last measure tick.
+    system: Option<SystemSnapshot>,
+    /// When the next measure tick is due; `None` while one runs.
+    next_measure: Option<Instant>,
+}
+
+impl Task {
+    pub(super) fn new(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        tx: mpsc::UnboundedSender<Command>,
+        caps: watch::Sender<TokenCaps>,
+        events: broadcast::Sender<AppEvent>,
+    ) -> Task {
+        let config = ControllerConfig {
+            budget: settings.budget,
+            policy: Policy {
+                keep_alive: settings.config.keep_alive,
+                queue_depth: settings.config.queue,
+                ..Policy::default()
+            },
+            ladder: settings.ladder,
+            pool_idle_shrink: locara_core::controller::POOL_IDLE_SHRINK,
+        };
+        // The ladder's settings were validated with the config; a bad set
+        // falls back to the defaults rather than running without a ladder.
+        let controller = Controller::new(config.clone()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "invalid pressure settings; using the defaults");
+            Controller::new(ControllerConfig {
+                ladder: Default::default(),
+                ..config
+            })
+            .expect("the default ladder settings are valid")
+        });
+        let system = settings.probe.snapshot().ok();
+        Task {
+            controller,
+            hosts: HashMap::new(),
+            tickets: HashMap::new(),
+            next_ticket: 0,
+            loads: HashMap::new(),
+            shapes: HashMap::new(),
+            shaping: HashMap::new(),
+            settings: Arc::new(settings),
+            metrics,
+            tx,
+            stopping: Vec::new(),
+            caps,
+            events,
+            system,
+            next_measure: None,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.settings.clock.now()
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let deadline = [self.controller.next_deadline(), self.next_measure]
+                .into_iter()
+                .flatten()
+                .min();
+            let command = match deadline {
+                Some(at) => {
+                    tokio::select! {
+                        c = rx.recv() => c,
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
+                            self.tick();
+                            continue;
+                        }
+                    }
+                }
+                None => rx.recv().await,
+            };
+            let Some(command) = command else { return };
+            self.command(command);
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Acquire { wish, reply } => self.acquire(wish, reply),
+            Command::Shaped { model, result } => {
+                let waiting = self.shaping.remove(&model).unwrap_or_default();
+                match result {
+                    Ok(shape) => {
+                        self.shapes.insert(model, shape);
+                        for (wish, reply) in waiting {
+                            self.acquire(wish, reply);
+                        }
+                    }
+                    Err(e) => {
+                        for (_, reply) in waiting {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+            Command::Measured { figures, system } => {
+                self.system = system.or(self.system.take());
+                self.handle(Event::Measured(figures));
+                self.next_measure = (!self.hosts.is_empty()).then(|| self.now() + MEASURE_EVERY);
+            }
+            Command::Release { model, instance } => self.handle(Event::Release { model, instance }),
+            Command::LoadDone {
+                model,
+                instance,
+                result,
+                seconds,
+            } => self.load_done(model, instance, result, seconds),
+            Command::WorkerExited {
+                model,
+                instance,
+                exit,
+            } => {
+                if !exit.expected {
+                    tracing::warn!(%model, status = %exit.status, "the worker died");
+                }
+                self.loads.remove(&instance);
+                if self.hosts.get(&model).is_some_and(|(i, _)| *i == instance) {
+                    self.hosts.remove(&model);
+                }
+                self.handle(Event::WorkerExited {
+                    model,
+                    instance,
+                    expected: exit.expected,
+                });
+            }
+            Command::Unload { model, hold, reply } => {
+                let effects = self.controller.handle(
+                    Event::Unload {
+                        model: model.clone(),
+                        hold,
+                    },
+                    self.now(),
+                );
+                let was = effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::Unloaded(u) if u.model == model));
+                self.carry_out(effects);
+                let _ = reply.send(was);
+            }
+            Command::Unhold { model, reply } => {
+                let _ = reply.send(self.controller.unhold(&model));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Shutdown { reply } => {
+                self.handle(Event::Shutdown);
+                for (_, waiting) in self.shaping.drain() {
+                    for (_, r) in waiting {
+                        let _ = r.send(Err(RuntimeError::ShuttingDown));
+                    }
+                }
+                let stops = std::mem::take(&mut self.stopping);
+                tokio::spawn(async move {
+                    for s in stops {
+                        let _ = s.await;
+                    }
+                    let _ = reply.send(());
+                });
+            }
+            Command::Pool {
+                model,
+                instance,
+                news,
+            } => self.pool_news(model, instance, news),
+            Command::OsPressure { level, reason } => {
+                tracing::info!(%level, %reason, "the OS reports memory pressure");
+                self.handle(Event::OsPressure(level));
+            }
+            Command::Simulate {
+                level,
+                duration,
+                reply,
+            } => {
+                tracing::info!(
+                    %level,
+                    for_s = duration.map(|d| d.as_secs()),
+                    "simulating memory pressure"
+                );
+                self.handle(Event::Simulate { level, duration });
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Time passed: the controller's deadlines, and the measure tick.
+    fn tick(&mut self) {
+        let now = self.now();
+        if self.next_measure.is_some_and(|at| at <= now) {
+            self.measure();
+        }
+        if self.controller.next_deadline().is_some_and(|at| at <= now) {
+            self.handle(Event::Tick);
+        }
+    }
+
+    /// Reads every worker's footprint and the machine's memory on a
+    /// blocking thread, and asks the workers for their pools' figures; the
+    /// answers come back as commands.
+    fn measure(&mut self) {
+        self.next_measure = None;
+        let workers: Vec<(u64, u32)> = self
+            .hosts
+            .values()
+            .map(|(instance, host)| (*instance, host.pid()))
+            .collect();
+        for (_, host) in self.hosts.values() {
+            host.request_stats();
+        }
+        let probe = Arc::clone(&self.settings.probe);
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let figures = workers
+                .into_iter()
+                .filter_map(|(instance, pid)| {
+                    let f = probe.process_footprint(pid).ok()?;
+                    Some((
+                        instance,
+                        Measured {
+                            footprint: f.footprint,
+                            mapped_weights: f.mapped_weights,
+                        },
+                    ))
+                })
+                .collect();
+            let system = probe.snapshot().ok();
+            let _ = tx.send(Command::Measured { figures, system });
+        });
+    }
+
+    fn handle(&mut self, event: Event) {
+        let effects = self.controller.handle(event, self.now());
+        self.carry_out(effects);
+    }
+
+    fn carry_out(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Admit {
+                    ticket,
+                    model,
+                    instance,
+                } => {
+                    if let Some(reply) = self.tickets.remove(&ticket) {
+                        // A requester that went away drops its lease, which
+                        // releases its place.
+                        let _ = reply.send(self.lease(&model, instance));
+                    }
+                }
+                Effect::Deny { ticket, denial, .. } => {
+                    if let Some(reply) = self.tickets.remove(&ticket) {
+                        let _ = reply.send(Err(denial.into()));
+                    }
+                }
+                Effect::Load { load, pool } => self.start_load(load, pool),
+                Effect::Unloaded(u) => {
+                    self.metrics.unloaded(&u.model, u.reason.as_str());
+                    tracing::info!(
+                        model = %u.model,
+                        reason = u.reason.as_str(),
+                        held_bytes = u.held,
+                        held = %Bytes(u.held),
+                        "unloading"
+                    );
+                    // Still loading: the load's end stops it.
+                    self.stop_worker(&u.model, u.instance);
+                }
+                Effect::StopWorker { model, instance } => self.stop_worker(&model, instance),
+                Effect::Resize {
+                    model,
+                    instance,
+                    cells,
+                    evict,
+                } => {
+                    let Some(host) = self.host(&model, instance) else {
+                        continue;
+                    };
+                    if evict.is_empty() {
+                        tracing::info!(%model, cells, "resizing the K/V pool");
+                        host.resize(cells);
+                    } else {
+                        tracing::info!(%model, cells, evicted = evict.len(), "growing the K/V pool");
+                        // Evicted workers exit first, so their memory is
+                        // back before the new pool is made.
+                        let evicted = self.evicted_hosts(&evict, &model);
+                        tokio::task::spawn_blocking(move || {
+                            for h in evicted {
+                                h.stop(STOP_GRACE);
+                            }
+                            host.resize(cells);
+                        });
+                    }
+                }
+                Effect::DenyGrowth {
+                    model,
+                    instance,
+                    why,
+                } => {
+                    tracing::info!(
+                        %model,
+                        "K/V pool growth refused: {why}; the waiting generations shift their context or end"
+                    );
+                    self.metrics.pool_growth_refused(&model);
+                    if let Some(host) = self.host(&model, instance) {
+                        host.deny_growth();
+                    }
+                }
+                Effect::SetCaps(caps) => {
+                    self.caps.send_replace(caps);
+                }
+                Effect::Publish(event) => {
+                    let _ = self.events.send(event);
+                }
+                Effect::Record(record) => self.record(record),
+            }
+        }
+    }
+
+    /// Logs and counts what the controller decided.
+    fn record(&self, record: Record) {
+        match record {
+            Record::Refused { model, kind } => self.metrics.refused(&model, kind),
+            Record::LevelInForce { from, to } => {
+                tracing::info!(%from, %to, "memory pressure level in force");
+                self.metrics.pressure_level(match to {
+                    PressureLevel::Normal => 0,
+                    PressureLevel::Warn => 1,
+                    PressureLevel::Critical => 2,
+                });
+            }
+            Record::Action { level, action } => {
+                tracing::info!(%level, action = action.kind(), detail = %action, "pressure action");
+                self.metrics.pressure_action(action.kind(), level.as_str());
+            }
+            Record::Freed {
+                level,
+                model,
+                bytes,
+                ms,
+            } => {
+                tracing::info!(
+                    %level,
+                    %model,
+                    freed_bytes = bytes,
+                    freed = %Bytes(bytes),
+                    ms,
+                    "pressure unload: memory back to the OS"
+                );
+                self.metrics.pressure_freed(level.as_str(), bytes);
+            }
+            Record::WorkerDied(u) => self.metrics.unloaded(&u.model, u.reason.as_str()),
+            Record::AppOverBudget { app, share, budget } => tracing::warn!(
+                %app,
+                share_bytes = share,
+                budget_bytes = budget,
+                "app over its budget: holds {}, budget {}",
+                Bytes(share),
+                Bytes(budget)
+            ),
+            Record::SimulationEnded => tracing::info!("the simulated pressure has ended"),
+        }
+    }
+
+    fn host(&self, model: &str, instance: u64) -> Option<Arc<WorkerHost>> {
+        self.hosts
+            .get(model)
+            .filter(|(i, _)| *i == instance)
+            .map(|(_, h)| Arc::clone(h))
+    }
+
+    /// A request: its model's file is validated first (once, off the task),
+    /// then the controller weighs it.
+    fn acquire(&mut self, wish: ModelWish, reply: Reply) {
+        let model = wish.model.clone();
+        // A model held, or one the controller turns away anyway, needs no
+        // estimate.
+        let candidates =
+            if self.controller.holds(&model) || self.controller.closed_to(&model).is_some() {
+                Vec::new()
+            } else if let Some((_, shape)) = self.shapes.get(&model) {
+                match self.candidates(&wish, &shape.clone()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
+            } else {
+                self.validate(wish, reply);
+                return;
+            };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.tickets.insert(ticket, reply);
+        let request = Request {
+            ticket,
+            wish: Wish {
+                model,
+                candidates,
+                parallel: self.settings.config.parallel,
+                keep_alive: wish.keep_alive,
+                role: wish.role,
+            },
+            app: wish.app,
+        };
+        self.handle(Event::Acquire(request));
+    }
+
+    /// Finds and validates the model's file on a blocking thread; the
+    /// request waits in `shaping` until the answer comes back.
+    fn validate(&mut self, wish: ModelWish, reply: Reply) {
+        let model = wish.model.clone();
+        let waiting = self.shaping.entry(model.clone()).or_default();
+        waiting.push((wish, reply));
+        if waiting.len() > 1 {
+            return;
+        }
+        let settings = Arc::clone(&self.settings);
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = shape(&settings, &model);
+            let _ = tx.send(Command::Shaped { model, result });
+        });
+    }
+
+    /// The contexts admission may try for a load, each with its estimate
+    /// (mapped weights included), in bytes.
+    fn candidates(
+        &self,
+        wish: &ModelWish,
+        shape: &ModelShape,
+    ) -> Result<Vec<(u32, u64)>, RuntimeError> {
+        let contexts = match wish.context {
+            Some(c) => vec![c],
+            None => downshift_contexts(
+                self.settings
+                    .config
+                    .context
+                    .min(shape.context_length.max(1)),
+                self.controller.governor().policy.min_context,
+            ),
+        };
+        let mut candidates: Vec<(u32, u64)> = Vec::new();
+        for context in contexts {
+            let e = self.estimate_at(&wish.model, shape, context, None)?;
+            if !candidates.iter().any(|&(c, _)| c == e.context) {
+                candidates.push((e.context, e.total()));
+            }
+        }
+        Ok(candidates)
+    }
+
+    /// The estimate of `shape` at `context` with the configured K/V type
+    /// and sequences, sharing a pool of `pool` cells (`None`: the pool's
+    /// starting size at that context).
+    fn estimate_at(
+        &self,
+        model: &str,
+        shape: &ModelShape,
+        context: u32,
+        pool: Option<u32>,
+    ) -> Result<locara_core::Estimate, RuntimeError> {
+        let config = &self.settings.config;
+        let pool = pool.unwrap_or_else(|| PoolSize::new(context, config.parallel).start);
+        let options = EstimateOptions {
+            context,
+            kv_type: config.kv_type,
+            parallel: config.parallel,
+            backend: self.settings.backend.clone(),
+            full_window_cache: ENGINE_FULL_WINDOW_CACHE,
+            pool: Some(pool),
+        };
+        estimate::estimate(shape, &options).map_err(|e| RuntimeError::InvalidModel {
+            model: model.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The estimate of a loaded model with a pool of `cells` cells.
+    fn pool_estimate(&self, model: &str, cells: u32) -> Option<u64> {
+        let context = self.controller.governor().model(model)?.context;
+        let (_, shape) = self.shapes.get(model)?;
+        self.estimate_at(model, shape, context, Some(cells))
+            .ok()
+            .map(|e| e.total())
+    }
+
+    fn lease(&self, model: &str, instance: u64) -> Result<Lease, RuntimeError> {
+        match self.host(model, instance) {
+            Some(host) => Ok(Lease {
+                host,
+                model: model.to_string(),
+                instance,
+                tx: self.tx.clone(),
+            }),
+            None => Err(RuntimeError::UnloadedWhileLoading {
+                model: model.to_string(),
+            }),
+        }
+    }
+
+    /// Counts and logs the models the controller evicted to make room for
+    /// `for_model` (a load, or its pool's growth), and takes their workers
+    /// out of the loaded set; the caller stops them before the memory is
+    /// used again.
+    fn evicted_hosts(&mut self, evicted: &[Unload], for_model: &str) -> Vec<Arc<WorkerHost>> {
+        let mut hosts = Vec::new();
+        for u in evicted {
+            self.metrics.evicted(&u.model);
+            self.metrics.unloaded(&u.model, u.reason.as_str());
+            tracing::info!(
+                model = %u.model,
+                held_bytes = u.held,
+                held = %Bytes(u.held),
+                for_model,
+                "evicting to make room"
+            );
+            if let Some((_, host)) = self.hosts.remove(&u.model) {
+                hosts.push(host);
+            }
+        }
+        hosts
+    }
+
+    /// Stops the evicted workers (waiting for them, so their memory is back
+    /// before the new one grows), then starts the new one, off the task.
+    fn start_load(&mut self, load: Load, pool: PoolSize) {
+        let settings = Arc::clone(&self.settings);
+        let config = &settings.config;
+        let Some((path, shape)) = self.shapes.get(&load.model).cloned() else {
+            // The controller loads only models whose file was validated.
+            return;
+        };
+        let estimated_footprint = self
+            .estimate_at(&load.model, &shape, load.context, None)
+            .map_or(0, |e| e.footprint());
+        self.loads.insert(
+            load.instance,
+            LoadMeta {
+                kv_type: config.kv_type,
+                estimated_footprint,
+            },
+        );
+        let evicted = self.evicted_hosts(&load.evict, &load.model);
+        let request = LoadRequest {
+            path,
+            context: Some(load.context),
+            kv_type: config.kv_type,
+            parallel: load.parallel,
+            threads: self.settings.threads,
+            gpu_layers: None,
+            // The pool starts small and grows when the controller grants
+            // the bytes (PoolFull, answered in `pool_news`).
+            pool: Some(pool.start),
+            pool_max: Some(pool.max),
+        };
+        let tx = self.tx.clone();
+        let (model, instance) = (load.model, load.instance);
+        tokio::task::spawn_blocking(move || {
+            for host in evicted {
+                host.stop(STOP_GRACE);
+            }
+            let started = Instant::now();
+            let exit_tx = tx.clone();
+            let exit_model = model.clone();
+            let pool_tx = tx.clone();
+            let pool_model = model.clone();
+            let result = WorkerHost::start(
+                &*settings.engine,
+                request,
+                move |exit| {
+                    let _ = exit_tx.send(Command::WorkerExited {
+                        model: exit_model,
+                        instance,
+                        exit,
+                    });
+                },
+                Box::new(move |news| {
+                    let _ = pool_tx.send(Command::Pool {
+                        model: pool_model.clone(),
+                        instance,
+                        news,
+                    });
+                }),
+            )
+            .map(|host| {
+                let measured =
+                    settings
+                        .probe
+                        .process_footprint(host.pid())
+                        .ok()
+                        .map(|f| Measured {
+                            footprint: f.footprint,
+                            mapped_weights: f.mapped_weights,
+                        });
+                (host, measured)
+            })
+            .map_err(|e| e.to_string());
+            let _ = tx.send(Command::LoadDone {
+                model,
+                instance,
+                result,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        });
+    }
+
+    fn load_done(
+        &mut self,
+        model: String,
+        instance: u64,
+        result: Result<(Arc<WorkerHost>, Option<Measured>), String>,
+        seconds: f64,
+    ) {
+        match result {
+            Ok((host, measured)) => {
+                self.metrics.load_finished(&model, seconds, true);
+                if let (Some(m), Some(meta)) = (measured, self.loads.get(&instance)) {
+                    self.metrics
+                        .estimate_checked(&model, meta.estimated_footprint, m.footprint);
+                }
+                let pool = PoolSize {
+                    start: host.info.pool_cells,
+                    max: host.info.pool_max_cells,
+                };
+                // In the loaded set first, so the controller's answer can
+                // admit the waiting requests to it; a load no longer wanted
+                // (unloaded while it loaded) stops.
+                let wanted = self
+                    .controller
+                    .governor()
+                    .model(&model)
+                    .is_some_and(|m| m.instance == instance);
+                if wanted {
+                    self.hosts.insert(model.clone(), (instance, host));
+                } else {
+                    self.stopping
+                        .push(tokio::task::spawn_blocking(move || host.stop(STOP_GRACE)));
+                }
+                if self.next_measure.is_none() {
+                    self.next_measure = Some(self.now() + MEASURE_EVERY);
+                }
+                self.handle(Event::Loaded {
+                    model,
+                    instance,
+                    measured,
+                    pool,
+                });
+            }
+            Err(message) => {
+                self.metrics.load_finished(&model, seconds, false);
+                self.loads.remove(&instance);
+                tracing::warn!(%model, %message, "loading failed");
+                self.handle(Event::LoadFailed {
+                    model,
+                    instance,
+                    message,
+                });
+            }
+        }
+    }
+
+    /// A worker's news of its K/V pool, with the estimates the controller
+    /// weighs it by.
+    fn pool_news(&mut self, model: String, instance: u64, news: PoolNews) {
+        if self.host(&model, instance).is_none() {
+            return;
+        }
+        match news {
+            PoolNews::Full {
+                needed_cells,
+                pool_cells,
+                used_cells,
+                pool_max_cells,
+                suggested_cells,
+            } => {
+                tracing::debug!(
+                    %model,
+                    needed_cells,
+                    pool_cells,
+                    used_cells,
+                    pool_max_cells,
+                    suggested_cells,
+                    "the K/V pool is full"
+                );
+                let estimate = self.pool_estimate(&model, suggested_cells);
+                self.handle(Event::PoolFull {
+                    model,
+                    instance,
+                    cells: suggested_cells,
+                    estimate,
+                });
+            }
+            PoolNews::Resized {
+                cells,
+                previous_cells,
+                moved_sequences,
+                dropped_sequences,
+                state_bytes,
+                ms,
+            } => {
+                tracing::info!(
+                    %model,
+                    cells,
+                    previous_cells,
+                    moved_sequences,
+                    dropped_sequences,
+                    state_bytes,
+                    ms,
+                    "K/V pool resized"
+                );
+                self.metrics.pool_resized(&model, cells > previous_cells);
+                let estimate = self.pool_estimate(&model, cells);
+                self.handle(Event::PoolResized {
+                    model,
+                    instance,
+                    cells,
+                    previous_cells,
+                    estimate,
+                });
+            }
+            PoolNews::Stats(stats) => self.handle(Event::PoolStats {
+                instance,
+                figures: PoolFigures {
+                    cells: stats.pool_cells,
+                    used_cells: stats.pool_used_cells,
+                    cached_sequences: stats.cached_sequences,
+                    reused_tokens: stats.reused_tokens_total,
+                },
+            }),
+            PoolNews::Failed { kind, message } => {
+                tracing::warn!(%model, %kind, %message, "the worker reports a failure");
+            }
+        }
+    }
+
+    /// Takes this load's worker out of the loaded set and stops it, off the
+    /// task; nothing when it is not (yet) there.
+    fn stop_worker(&mut self, model: &str, instance: u64) {
+        if self.hosts.get(model).is_some_and(|(i, _)| *i == instance) {
+            if let Some((_, host)) = self.hosts.remove(model) {
+                self.stopping.retain(|h| !h.is_finished());
+                self.stopping
+                    .push(tokio::task::spawn_blocking(move || host.stop(STOP_GRACE)));
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        status::build(
+            Sources {
+                controller: &self.controller,
+                hosts: &self.hosts,
+                loads: &self.loads,
+                kv_type: self.settings.config.kv_type,
+                system: self.system.clone(),
+            },
+            self.now(),
+        )
+    }
+}
+
+/// The path and estimate shape of a stored model: reads the store and the
+/// model file (blocking).
+fn shape(settings: &Settings, model: &str) -> Result<Shape, RuntimeError> {
+    let name: ModelName = model
+        .parse()
+        .map_err(|e: StoreError| RuntimeError::NotFound {
+            model: model.to_string(),
+            reason: e.to_string(),
+        })?;
+    let entry = settings
+        .store
+        .get(&name)
+        .map_err(|e| RuntimeError::InvalidModel {
+            model: model.to_string(),
+            message: e.to_string(),
+        })?
+        .ok_or_else(|| RuntimeError::NotFound {
+            model: model.to_string(),
+            reason: format!("it is not in the store; run `locara pull {model}` or `locara import`"),
+        })?;
+    let file = locara_gguf::validate_file(&entry.path).map_err(|e| RuntimeError::InvalidModel {
+        model: model.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok((entry.path, file.shape()))
+}

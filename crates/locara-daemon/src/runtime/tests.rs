@@ -1,0 +1,208 @@
+//! The governor task with fake workers and tokio's paused clock: no
+//! model, no process, no sleeps (a `sleep` here advances paused time).
+use super::*;
+use crate::config::RawServeConfig;
+use crate::host::StreamEvent;
+use crate::testing::FakeEngine;
+
+struct Setup {
+    runtime: Runtime,
+    engine: Arc<FakeEngine>,
+    _home: tempfile::TempDir,
+}
+
+/// A runtime over a store holding synthetic models `names`, with this
+/// budget (`None`: plenty).
+fn setup(names: &[&str], budget: Option<u64>) -> Setup {
+    setup_with(names, budget, FakeEngine::new(3))
+}
+
+fn setup_with(names: &[&str], budget: Option<u64>, engine: Arc<FakeEngine>) -> Setup {
+    let home = tempfile::tempdir().unwrap();
+    let settings = crate::testing::synthetic_settings(
+        home.path(),
+        names,
+        Arc::clone(&engine),
+        RawServeConfig {
+            queue: Some(1),
+            ..Default::default()
+        },
+        budget.unwrap_or(1 << 40),
+    );
+    let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
+    Setup {
+        runtime,
+        engine,
+        _home: home,
+    }
+}
+
+fn wish(model: &str) -> ModelWish {
+    ModelWish {
+        model: model.into(),
+        ..ModelWish::default()
+    }
+}
+
+async fn loaded(rt: &Runtime) -> Vec<String> {
+    rt.status()
+        .await
+        .unwrap()
+        .models
+        .into_iter()
+        .map(|m| m.name)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_requests_for_an_unloaded_model_load_it_once() {
+    let s = setup(&["a:1"], None);
+    let (x, y) = tokio::join!(
+        s.runtime.acquire(wish("a:1")),
+        s.runtime.acquire(wish("a:1"))
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.instance, y.instance);
+    assert_eq!(s.engine.spawned(), 1);
+    // A third waits beyond the one sequence and the queue of one.
+    let e = s.runtime.acquire(wish("a:1")).await.err().unwrap();
+    assert!(
+        matches!(e, RuntimeError::Refused(Refusal::QueueFull { .. })),
+        "{e}"
+    );
+}
+
+/// Regression: `AcceptLoads` did not end the drains of critical, so a
+/// model whose response outlasted the episode refused every new
+/// request with 503 until it unloaded.
+#[tokio::test(start_paused = true)]
+async fn a_model_drained_at_critical_takes_requests_again_once_loads_are_accepted() {
+    let s = setup(&["a:1"], None);
+    let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
+    s.runtime
+        .simulate_pressure(PressureLevel::Critical, None)
+        .await
+        .unwrap();
+    let e = s.runtime.acquire(wish("a:1")).await.err().unwrap();
+    assert!(matches!(e, RuntimeError::Pressure { .. }), "{e}");
+    s.runtime
+        .simulate_pressure(PressureLevel::Normal, None)
+        .await
+        .unwrap();
+    // One quiet period later the ladder accepts loads again.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(!s.runtime.status().await.unwrap().pressure.refusing_loads);
+    drop(lease);
+    let again = s.runtime.acquire(wish("a:1")).await;
+    assert!(again.is_ok(), "{:?}", again.err());
+    assert_eq!(s.engine.spawned(), 1, "the same worker serves it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_model_unloads_after_keep_alive() {
+    let s = setup(&["a:1"], None);
+    let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
+    // Busy: never unloaded, however long.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(loaded(&s.runtime).await, ["a:1"]);
+    drop(lease);
+    tokio::time::sleep(Duration::from_secs(179)).await;
+    assert_eq!(loaded(&s.runtime).await, ["a:1"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(loaded(&s.runtime).await.is_empty());
+    let m = s.runtime.metrics.render(&crate::metrics::Gauges::default());
+    assert!(m.contains("reason=\"idle\""), "{m}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_model_evicts_the_idle_first_within_the_budget() {
+    let s = setup(&["a:1", "b:1"], None);
+    drop(s.runtime.acquire(wish("a:1")).await.unwrap());
+    let one = s.runtime.status().await.unwrap().models[0].estimate;
+    let s = {
+        drop(s);
+        setup(&["a:1", "b:1"], Some(one + one / 2))
+    };
+    drop(s.runtime.acquire(wish("a:1")).await.unwrap());
+    let b = s.runtime.acquire(wish("b:1")).await.unwrap();
+    assert_eq!(loaded(&s.runtime).await, ["b:1"]);
+    assert_eq!(s.engine.spawned(), 2);
+    // With b busy, a cannot come back: refused with the numbers.
+    let e = s.runtime.acquire(wish("a:1")).await.err().unwrap();
+    let text = e.to_string();
+    assert!(text.contains("b:1") && text.contains("busy"), "{text}");
+    drop(b);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_dies_ends_its_streams_and_the_next_request_reloads() {
+    let s = setup(&["a:1"], None);
+    let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
+    let mut generation = lease
+        .host
+        .generate(
+            locara_engine::protocol::Prompt::Raw { text: "x".into() },
+            locara_engine::protocol::Sampling::greedy(),
+            Some(2),
+            Vec::new(),
+            true,
+            true,
+        )
+        .unwrap();
+    let mut texts = Vec::new();
+    while let Some(ev) = generation.next().await {
+        texts.push(ev);
+    }
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    drop(lease);
+    s.engine.kill_all();
+    // The death reaches the task from the worker's event thread (a real
+    // thread: poll with a real deadline); the model is gone, and comes
+    // back on the next request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !loaded(&s.runtime).await.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(loaded(&s.runtime).await.is_empty());
+    let m = s.runtime.metrics.render(&crate::metrics::Gauges::default());
+    assert!(m.contains("reason=\"worker_died\""), "{m}");
+    drop(s.runtime.acquire(wish("a:1")).await.unwrap());
+    assert_eq!(s.engine.spawned(), 2);
+}
+
+#[tokio::test]
+async fn a_request_right_after_a_worker_died_mid_stream_gets_a_new_worker() {
+    // The client hears of the death from its stream and asks again at
+    // once: the task must have heard of it first, or the new request
+    // is handed the dead worker.
+    for round in 0..50 {
+        let s = setup_with(&["a:1"], None, FakeEngine::stalling(2));
+        let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
+        let dead = lease.host.pid();
+        let mut generation = lease
+            .host
+            .generate(
+                locara_engine::protocol::Prompt::Raw { text: "x".into() },
+                locara_engine::protocol::Sampling::greedy(),
+                None,
+                Vec::new(),
+                true,
+                true,
+            )
+            .unwrap();
+        for _ in 0..2 {
+            let ev = generation.next().await;
+            assert!(matches!(ev, Some(StreamEvent::Token(_))), "{ev:?}");
+        }
+        s.engine.kill_all();
+        match generation.next().await {
+            Some(StreamEvent::Error { kind, .. }) => assert_eq!(kind, "worker_died"),
+            other => panic!("round {round}: {other:?}"),
+        }
+        drop(generation);
+        drop(lease);
+        let next = s.runtime.acquire(wish("a:1")).await.unwrap();
+        assert_ne!(next.host.pid(), dead, "round {round}: the dead worker");
+        assert_eq!(s.engine.spawned(), 2, "round {round}");
+    }
+}
