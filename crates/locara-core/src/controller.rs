@@ -1104,3 +1104,608 @@ impl Controller {
             .min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::governor::KeepAlive;
+    use crate::manifest::Role;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const GB: u64 = 1 << 30;
+
+    fn request(ticket: Ticket, model: &str, bytes: u64, app: Option<AppClaim>) -> Event {
+        Event::Acquire(Request {
+            ticket,
+            wish: Wish::new(model, vec![(4096, bytes)]),
+            app,
+        })
+    }
+
+    fn loaded(model: &str, instance: u64) -> Event {
+        Event::Loaded {
+            model: model.into(),
+            instance,
+            measured: None,
+            pool: PoolSize::new(4096, 1),
+        }
+    }
+
+    fn load_of(effects: &[Effect]) -> &Load {
+        effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Load { load, .. } => Some(load),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no load in {effects:?}"))
+    }
+
+    fn claim(id: &str, budget: u64, uses: &[(&str, &[&str])]) -> AppClaim {
+        AppClaim {
+            id: id.into(),
+            budget: Some(budget),
+            uses: uses
+                .iter()
+                .map(|(a, ms)| (a.to_string(), ms.iter().map(|m| m.to_string()).collect()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn two_loads_of_one_app_cannot_both_pass_on_the_same_bytes() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let now = Instant::now();
+        let uses: &[(&str, &[&str])] = &[("app", &["a", "b"])];
+        // The first load is still loading when the second request comes:
+        // its estimate already counts against the app.
+        let first = c.handle(
+            request(1, "a", 3 * GB, Some(claim("app", 4 * GB, uses))),
+            now,
+        );
+        load_of(&first);
+        let second = c.handle(
+            request(2, "b", 2 * GB, Some(claim("app", 4 * GB, uses))),
+            now,
+        );
+        match &second[..] {
+            [Effect::Deny {
+                ticket: 2,
+                denial: denial @ Denial::AppBudget { share, added, .. },
+                ..
+            }] => {
+                assert_eq!((*share, *added), (3 * GB, 2 * GB));
+                let text = denial.to_string();
+                assert!(text.contains("app app may hold 4.0 GiB"), "{text}");
+            }
+            other => panic!("expected an app budget denial, got {other:?}"),
+        }
+        // Another app is not held to this one's budget.
+        let other = c.handle(
+            request(
+                3,
+                "b",
+                2 * GB,
+                Some(claim("other", 4 * GB, &[("other", &["b"])])),
+            ),
+            now,
+        );
+        load_of(&other);
+    }
+
+    #[test]
+    fn an_app_over_its_budget_is_told_once_per_crossing() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let now = Instant::now();
+        let uses: &[(&str, &[&str])] = &[("app", &["a"])];
+        let l = load_of(&c.handle(request(1, "a", 3 * GB, None), now)).instance;
+        c.handle(loaded("a", l), now);
+        let told = |effects: &[Effect]| {
+            effects
+                .iter()
+                .filter(|e| matches!(e, Effect::Publish(AppEvent::BudgetExceeded { .. })))
+                .count()
+        };
+        assert_eq!(
+            told(&c.handle(request(2, "a", 0, Some(claim("app", GB, uses))), now)),
+            1
+        );
+        assert_eq!(
+            told(&c.handle(request(3, "a", 0, Some(claim("app", GB, uses))), now)),
+            0
+        );
+        // Within budget again, then over again: told again.
+        c.handle(request(4, "a", 0, Some(claim("app", 10 * GB, uses))), now);
+        assert_eq!(
+            told(&c.handle(request(5, "a", 0, Some(claim("app", GB, uses))), now)),
+            1
+        );
+    }
+
+    #[test]
+    fn the_requests_role_reaches_the_ladder() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let now = Instant::now();
+        let mut wish = Wish::new("embed", vec![(512, GB)]);
+        wish.role = Role::Embedding;
+        let l = load_of(&c.handle(
+            Event::Acquire(Request {
+                ticket: 1,
+                wish,
+                app: None,
+            }),
+            now,
+        ))
+        .instance;
+        c.handle(loaded("embed", l), now);
+        assert_eq!(c.view().models[0].role, Role::Embedding);
+    }
+
+    #[test]
+    fn an_idle_grown_pool_shrinks_after_its_idle_time_and_shows_idle_cells_until_then() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let t0 = Instant::now();
+        let l = load_of(&c.handle(request(1, "a", GB, None), t0)).instance;
+        c.handle(loaded("a", l), t0);
+        let grow = c.handle(
+            Event::PoolFull {
+                model: "a".into(),
+                instance: l,
+                cells: 4096,
+                estimate: Some(2 * GB),
+            },
+            t0,
+        );
+        assert!(
+            matches!(grow[..], [Effect::Resize { cells: 4096, .. }]),
+            "{grow:?}"
+        );
+        c.handle(
+            Event::PoolResized {
+                model: "a".into(),
+                instance: l,
+                cells: 4096,
+                previous_cells: 2048,
+                estimate: Some(2 * GB),
+            },
+            t0,
+        );
+        c.handle(
+            Event::Release {
+                model: "a".into(),
+                instance: l,
+            },
+            t0,
+        );
+        assert_eq!(c.view().models[0].idle_sequences_with_cells, 1);
+        assert_eq!(c.next_deadline(), Some(t0 + POOL_IDLE_SHRINK));
+        let shrink = c.handle(Event::Tick, t0 + POOL_IDLE_SHRINK);
+        assert!(
+            shrink.contains(&Effect::Resize {
+                model: "a".into(),
+                instance: l,
+                cells: 2048,
+                evict: Vec::new(),
+            }),
+            "{shrink:?}"
+        );
+        // Asked once per idle spell.
+        let again = c.handle(Event::Tick, t0 + 2 * POOL_IDLE_SHRINK);
+        assert!(
+            !again.iter().any(|e| matches!(e, Effect::Resize { .. })),
+            "{again:?}"
+        );
+    }
+
+    #[test]
+    fn growth_is_refused_under_pressure_and_counted() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let now = Instant::now();
+        let l = load_of(&c.handle(request(1, "a", GB, None), now)).instance;
+        c.handle(loaded("a", l), now);
+        c.handle(Event::OsPressure(PressureLevel::Warn), now);
+        let e = c.handle(
+            Event::PoolFull {
+                model: "a".into(),
+                instance: l,
+                cells: 4096,
+                estimate: Some(2 * GB),
+            },
+            now,
+        );
+        assert!(
+            matches!(&e[..], [Effect::DenyGrowth { why, .. }] if why.contains("warn")),
+            "{e:?}"
+        );
+        assert_eq!(c.pool(l).unwrap().growth_refused, 1);
+    }
+
+    #[test]
+    fn requests_waiting_for_a_load_are_told_when_it_is_unloaded() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let now = Instant::now();
+        let l = load_of(&c.handle(request(1, "a", GB, None), now)).instance;
+        assert!(c.handle(request(2, "a", GB, None), now).is_empty());
+        let e = c.handle(
+            Event::Unload {
+                model: "a".into(),
+                hold: false,
+            },
+            now,
+        );
+        let denied: Vec<Ticket> = e
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Deny {
+                    ticket,
+                    denial: Denial::UnloadedWhileLoading { .. },
+                    ..
+                } => Some(*ticket),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(denied, [1, 2]);
+        // The load finishing later stops its worker.
+        assert_eq!(
+            c.handle(loaded("a", l), now),
+            [Effect::StopWorker {
+                model: "a".into(),
+                instance: l
+            }]
+        );
+    }
+
+    #[test]
+    fn a_pressure_unload_publishes_the_bytes_freed_when_the_worker_exits() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let t0 = Instant::now();
+        let l = load_of(&c.handle(request(1, "a", GB, None), t0)).instance;
+        c.handle(loaded("a", l), t0);
+        c.handle(
+            Event::Measured(vec![(
+                l,
+                Measured {
+                    footprint: 300 << 20,
+                    mapped_weights: 700 << 20,
+                },
+            )]),
+            t0,
+        );
+        c.handle(
+            Event::Release {
+                model: "a".into(),
+                instance: l,
+            },
+            t0,
+        );
+        // Idle past the warn grace (30 s): unloaded at warn.
+        let e = c.handle(
+            Event::OsPressure(PressureLevel::Warn),
+            t0 + Duration::from_secs(31),
+        );
+        assert!(
+            e.iter()
+                .any(|e| matches!(e, Effect::Unloaded(u) if u.instance == l)),
+            "{e:?}"
+        );
+        let e = c.handle(
+            Event::WorkerExited {
+                model: "a".into(),
+                instance: l,
+                expected: true,
+            },
+            t0 + Duration::from_millis(31_500),
+        );
+        assert!(
+            e.contains(&Effect::Publish(AppEvent::Freed {
+                level: PressureLevel::Warn,
+                model: "a".into(),
+                bytes: 300 << 20,
+                ms: 500,
+            })),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn app_events_carry_their_version_and_type() {
+        let json = AppEvent::BudgetExceeded {
+            app: "x".into(),
+            share: 2,
+            budget: 1,
+        }
+        .to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["version"], EVENTS_VERSION);
+        assert_eq!(v["type"], "budget.exceeded");
+        assert_eq!(v["share"], 2);
+    }
+
+    /// What the property tests do: one of the things that happen to a
+    /// daemon, with its parameters drawn at random.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Acquire { model: usize, app: usize, pin: bool },
+        Release(usize),
+        FinishLoad { index: usize, fail: bool },
+        Exit(usize),
+        Pressure(u8),
+        Simulate(u8),
+        Advance(u16),
+        Measure { index: usize, percent: u8 },
+        Grow { index: usize },
+        Unload(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..5usize, 0..3usize, any::<bool>())
+                .prop_map(|(model, app, pin)| Op::Acquire { model, app, pin }),
+            3 => (0..8usize).prop_map(Op::Release),
+            3 => (0..4usize, proptest::bool::weighted(0.1))
+                .prop_map(|(index, fail)| Op::FinishLoad { index, fail }),
+            2 => (0..4usize).prop_map(Op::Exit),
+            1 => (0..3u8).prop_map(Op::Pressure),
+            1 => (0..3u8).prop_map(Op::Simulate),
+            2 => (0..200u16).prop_map(Op::Advance),
+            1 => (0..5usize, 50..150u8).prop_map(|(index, percent)| Op::Measure { index, percent }),
+            1 => (0..5usize).prop_map(|index| Op::Grow { index }),
+            1 => (0..5usize).prop_map(Op::Unload),
+        ]
+    }
+
+    const MODELS: [(&str, u64); 5] = [
+        ("a", 3 * GB),
+        ("b", 5 * GB),
+        ("c", 2 * GB),
+        ("d", 8 * GB),
+        ("e", GB),
+    ];
+
+    /// The apps: one without a budget, two with, sharing model `c`.
+    fn app(i: usize) -> Option<AppClaim> {
+        let uses: &[(&str, &[&str])] = &[("one", &["a", "c", "e"]), ("two", &["b", "c", "d"])];
+        match i {
+            0 => None,
+            1 => Some(claim("one", 6 * GB, uses)),
+            _ => Some(claim("two", 9 * GB, uses)),
+        }
+    }
+
+    fn level(i: u8) -> PressureLevel {
+        [
+            PressureLevel::Normal,
+            PressureLevel::Warn,
+            PressureLevel::Critical,
+        ][i as usize % 3]
+    }
+
+    /// The daemon's side, as the task keeps it: leases, loads in flight,
+    /// workers asked to stop.
+    #[derive(Default)]
+    struct World {
+        leases: Vec<(String, u64)>,
+        loading: Vec<(String, u64)>,
+        stopping: Vec<(String, u64)>,
+        next_ticket: Ticket,
+        /// Requests by ticket: the app, when one asked.
+        apps: BTreeMap<Ticket, Option<AppClaim>>,
+        refusing: bool,
+        /// Per-instance ladder orders seen (unload, drain) in this episode.
+        ordered: BTreeSet<(&'static str, u64)>,
+    }
+
+    impl World {
+        /// Feeds one event and checks every property on what comes back.
+        fn step(
+            &mut self,
+            c: &mut Controller,
+            event: Event,
+            now: Instant,
+        ) -> Result<(), TestCaseError> {
+            // Busy as the daemon knows it: a request holds a lease on it
+            // (a released one no longer does), or it is loading.
+            let before: BTreeMap<String, (bool, bool, u64)> = c
+                .governor()
+                .models()
+                .map(|(n, m)| {
+                    let busy = self.leases.iter().any(|(_, i)| *i == m.instance)
+                        || self.loading.iter().any(|(_, i)| *i == m.instance);
+                    (n.to_string(), (busy, m.pinned(), m.instance))
+                })
+                .collect();
+            let ticket_app = match &event {
+                Event::Acquire(r) => Some((r.ticket, r.app.clone())),
+                _ => None,
+            };
+            let effects = c.handle(event, now);
+            for effect in &effects {
+                match effect {
+                    Effect::Admit {
+                        model,
+                        instance,
+                        ticket,
+                    } => {
+                        self.apps.remove(ticket);
+                        self.leases.push((model.clone(), *instance));
+                    }
+                    Effect::Deny { ticket, .. } => {
+                        self.apps.remove(ticket);
+                    }
+                    Effect::Load { load, .. } => {
+                        for u in &load.evict {
+                            let (busy, pinned, _) = before[&u.model];
+                            prop_assert!(
+                                !busy && !pinned,
+                                "evicted {} busy {busy} pinned {pinned}",
+                                u.model
+                            );
+                            self.stopping.push((u.model.clone(), u.instance));
+                        }
+                        self.loading.push((load.model.clone(), load.instance));
+                        // Admission keeps what the models hold within the
+                        // effective budget.
+                        let held: u64 = c.governor().models().map(|(_, m)| m.held()).sum();
+                        prop_assert!(
+                            held <= c.governor().effective_budget,
+                            "held {held} over the effective budget {}: {effects:?}",
+                            c.governor().effective_budget
+                        );
+                        // And the app that asked within its own.
+                        if let Some((_, Some(claim))) = &ticket_app {
+                            let share = c.app_share(&claim.id, &claim.uses);
+                            prop_assert!(
+                                share <= claim.budget.unwrap_or(u64::MAX),
+                                "app {} holds {share} over its budget {:?}",
+                                claim.id,
+                                claim.budget
+                            );
+                        }
+                    }
+                    Effect::Resize { evict, .. } => {
+                        for u in evict {
+                            let (busy, pinned, _) = before[&u.model];
+                            prop_assert!(
+                                !busy && !pinned,
+                                "evicted {} busy {busy} pinned {pinned}",
+                                u.model
+                            );
+                            self.stopping.push((u.model.clone(), u.instance));
+                        }
+                        if !evict.is_empty() {
+                            let held: u64 = c.governor().models().map(|(_, m)| m.held()).sum();
+                            prop_assert!(held <= c.governor().effective_budget);
+                        }
+                    }
+                    Effect::Unloaded(u) => {
+                        if let Some(&(busy, pinned, _)) = before.get(&u.model) {
+                            match u.reason {
+                                UnloadReason::Idle | UnloadReason::Evicted => {
+                                    prop_assert!(
+                                        !busy && !pinned,
+                                        "{:?} unloaded {} busy {busy} pinned {pinned}",
+                                        u.reason,
+                                        u.model
+                                    )
+                                }
+                                UnloadReason::PressureWarn => prop_assert!(!busy && !pinned),
+                                UnloadReason::PressureCritical => prop_assert!(!busy),
+                                _ => {}
+                            }
+                        }
+                        self.loading.retain(|(_, i)| *i != u.instance);
+                        self.stopping.push((u.model.clone(), u.instance));
+                    }
+                    Effect::StopWorker { model, instance } => {
+                        self.stopping.push((model.clone(), *instance));
+                    }
+                    // A new episode is a new cause for every order.
+                    Effect::Record(Record::LevelInForce {
+                        to: PressureLevel::Normal,
+                        ..
+                    }) => {
+                        self.ordered.clear();
+                    }
+                    Effect::Record(Record::Action { action, .. }) => match action {
+                        Action::Unload { instance, .. } => {
+                            prop_assert!(
+                                self.ordered.insert(("unload", *instance)),
+                                "unload repeated: {action}"
+                            );
+                        }
+                        Action::Drain { instance, .. } => {
+                            prop_assert!(
+                                self.ordered.insert(("drain", *instance)),
+                                "drain repeated: {action}"
+                            );
+                        }
+                        Action::RefuseLoads { .. } => {
+                            prop_assert!(!self.refusing, "refuse loads repeated");
+                            self.refusing = true;
+                        }
+                        // The critical episode ended: the next one is a
+                        // new cause to drain.
+                        Action::AcceptLoads => {
+                            self.refusing = false;
+                            self.ordered.retain(|(kind, _)| *kind != "drain");
+                        }
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Random days of a daemon: requests from apps with and without
+        /// budgets, loads finishing or failing, workers exiting, pressure
+        /// coming and going, time passing, pools growing.
+        #[test]
+        fn the_controller_keeps_its_promises(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut config = ControllerConfig::new(16 * GB);
+            config.policy.keep_alive = KeepAlive::For(Duration::from_secs(300));
+            let mut c = Controller::new(config).unwrap();
+            let mut w = World::default();
+            let mut now = Instant::now();
+            for op in ops {
+                let event = match op {
+                    Op::Acquire { model, app: a, pin } => {
+                        let (name, bytes) = MODELS[model];
+                        let held = c.holds(name);
+                        let mut wish = Wish::new(name, if held { Vec::new() } else { vec![(8192, bytes), (4096, bytes * 3 / 4)] });
+                        wish.parallel = 2;
+                        if pin {
+                            wish.keep_alive = Some(KeepAlive::Forever);
+                        }
+                        let ticket = w.next_ticket;
+                        w.next_ticket += 1;
+                        w.apps.insert(ticket, app(a));
+                        Event::Acquire(Request { ticket, wish, app: app(a) })
+                    }
+                    Op::Release(i) if !w.leases.is_empty() => {
+                        let (model, instance) = w.leases.remove(i % w.leases.len());
+                        Event::Release { model, instance }
+                    }
+                    Op::FinishLoad { index, fail } if !w.loading.is_empty() => {
+                        let (model, instance) = w.loading.remove(index % w.loading.len());
+                        if fail {
+                            Event::LoadFailed { model, instance, message: "no".into() }
+                        } else {
+                            Event::Loaded { model, instance, measured: None, pool: PoolSize::new(8192, 2) }
+                        }
+                    }
+                    Op::Exit(i) if !w.stopping.is_empty() => {
+                        let (model, instance) = w.stopping.remove(i % w.stopping.len());
+                        w.leases.retain(|(_, l)| *l != instance);
+                        Event::WorkerExited { model, instance, expected: true }
+                    }
+                    Op::Pressure(l) => Event::OsPressure(level(l)),
+                    Op::Simulate(l) => Event::Simulate { level: level(l), duration: Some(Duration::from_secs(90)) },
+                    Op::Advance(s) => {
+                        now += Duration::from_secs(u64::from(s));
+                        Event::Tick
+                    }
+                    Op::Measure { index, percent } => {
+                        let (name, _) = MODELS[index];
+                        let Some(m) = c.governor().model(name).filter(|m| m.phase == Phase::Loaded) else { continue };
+                        let bytes = m.estimate / 100 * u64::from(percent);
+                        Event::Measured(vec![(m.instance, Measured { footprint: bytes / 4, mapped_weights: bytes - bytes / 4 })])
+                    }
+                    Op::Grow { index } => {
+                        let (name, _) = MODELS[index];
+                        let Some(m) = c.governor().model(name).filter(|m| m.phase == Phase::Loaded) else { continue };
+                        Event::PoolFull { model: name.into(), instance: m.instance, cells: 16384, estimate: Some(m.estimate + GB) }
+                    }
+                    Op::Unload(index) => Event::Unload { model: MODELS[index].0.into(), hold: false },
+                    _ => continue,
+                };
+                w.step(&mut c, event, now)?;
+            }
+        }
+    }
+}

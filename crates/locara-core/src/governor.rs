@@ -675,18 +675,22 @@ impl Governor {
             .filter(|(_, m)| m.phase == Phase::Loaded && m.active == 0 && !m.pinned())
             .collect();
         evictable.sort_by_key(|(name, m)| (m.last_used, *name));
-        let free_now = self.effective_budget.saturating_sub(self.held_bytes());
+        // Signed: when pressure lowered the effective budget below what is
+        // held, evicting frees bytes that only count once the total is
+        // back under it.
+        let free_now = i128::from(self.effective_budget) - i128::from(self.held_bytes());
         for &(context, needed) in &wish.candidates {
+            let needed_i = i128::from(needed);
             let mut free = free_now;
             let mut evict = Vec::new();
             for (name, m) in &evictable {
-                if free >= needed {
+                if free >= needed_i {
                     break;
                 }
-                free = free.saturating_add(m.held());
+                free += i128::from(m.held());
                 evict.push((*name).clone());
             }
-            if free >= needed {
+            if free >= needed_i {
                 return Ok((context, needed, evict));
             }
         }
@@ -694,7 +698,8 @@ impl Governor {
         let (lowest_context, lowest_needed) = wish.candidates.last().copied().unwrap_or((0, 0));
         let free = evictable
             .iter()
-            .fold(free_now, |f, (_, m)| f.saturating_add(m.held()));
+            .fold(free_now, |f, (_, m)| f + i128::from(m.held()))
+            .clamp(0, i128::from(u64::MAX)) as u64;
         let holders = self
             .models
             .iter()
