@@ -49,6 +49,7 @@
 
 use crate::manifest::{parse_manifest, read_manifest, ManifestErrors};
 use crate::store::{ModelName, Store, StoreError};
+use hex::FromHex;
 use locara_core::estimate::{self, Backend, EstimateError, EstimateOptions};
 use locara_core::manifest::{AppId, Manifest, ManifestError, Role};
 use locara_core::{Bytes, KvType, DEFAULT_CONTEXT};
@@ -61,6 +62,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use subtle::ConstantTimeEq;
 
 /// What every app token starts with; 64 hex characters follow.
 pub const APP_TOKEN_PREFIX: &str = "lca_";
@@ -104,8 +106,8 @@ pub enum AppError {
          `chmod 600 {path}` and try again"
     )]
     Exposed { path: PathBuf, mode: u32 },
-    #[error("cannot read random bytes for a token from /dev/urandom: {source}")]
-    Random { source: io::Error },
+    #[error("cannot read random bytes for a token from the OS: {source}")]
+    Random { source: getrandom::Error },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -250,12 +252,10 @@ impl Token {
     /// A new token of 32 bytes from the OS's random source.
     fn generate(prefix: &str) -> Result<Token, AppError> {
         let mut bytes = [0u8; TOKEN_BYTES];
-        // The kernel's CSPRNG on Linux and macOS; it never blocks once the
-        // system has booted, and needs no crate.
-        File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|source| AppError::Random { source })?;
-        Ok(Token(format!("{prefix}{}", hex(&bytes))))
+        // The kernel's CSPRNG (getrandom(2) on Linux, getentropy(2) on
+        // macOS); it never blocks once the system has booted.
+        getrandom::fill(&mut bytes).map_err(|source| AppError::Random { source })?;
+        Ok(Token(format!("{prefix}{}", hex::encode(bytes))))
     }
 
     /// The token in clear, to show once or to send.
@@ -266,7 +266,9 @@ impl Token {
     /// Whether `presented` is this token. The comparison takes the same time
     /// wherever the two first differ (it compares hashes in constant time).
     pub fn matches(&self, presented: &str) -> bool {
-        constant_time_eq(&sha256(self.0.as_bytes()), &sha256(presented.as_bytes()))
+        sha256(self.0.as_bytes())
+            .ct_eq(&sha256(presented.as_bytes()))
+            .into()
     }
 }
 
@@ -289,26 +291,9 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// Equality whose time does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    // Keeps the compiler from turning the fold into an early exit.
-    std::hint::black_box(diff) == 0
+/// The sha256 of a token as `tokens.json` stores it: 64 hex characters.
+fn token_hash_hex(token: &Token) -> String {
+    hex::encode(sha256(token.as_str().as_bytes()))
 }
 
 /// One installed app, as `locara app list` shows it.
@@ -428,7 +413,7 @@ impl AppRegistry {
         let token = Token::generate(APP_TOKEN_PREFIX)?;
         // The manifest first: the app exists once `tokens.json` names it.
         write_private(&self.manifest_path(&manifest.id), manifest_text.as_bytes())?;
-        tokens.insert(manifest.id.clone(), hex(&sha256(token.as_str().as_bytes())));
+        tokens.insert(manifest.id.clone(), token_hash_hex(&token));
         self.write_tokens(&tokens)?;
         Ok((manifest, token))
     }
@@ -486,7 +471,7 @@ impl AppRegistry {
             return Err(AppError::NotInstalled(id.clone()));
         };
         let token = Token::generate(APP_TOKEN_PREFIX)?;
-        *hash = hex(&sha256(token.as_str().as_bytes()));
+        *hash = token_hash_hex(&token);
         self.write_tokens(&tokens)?;
         Ok(token)
     }
@@ -504,7 +489,7 @@ impl AppRegistry {
         let mut found = None;
         // No early exit: every hash is compared.
         for app in snapshot.apps.values() {
-            if constant_time_eq(&app.token_hash, &presented) {
+            if bool::from(app.token_hash.ct_eq(&presented)) {
                 found = app.manifest.as_ref().ok().cloned();
             }
         }
@@ -545,7 +530,7 @@ impl AppRegistry {
         };
         let mut apps = BTreeMap::new();
         for (id, hash) in tokens {
-            let token_hash = unhex32(&hash).ok_or_else(|| AppError::Damaged {
+            let token_hash = <[u8; 32]>::from_hex(&hash).map_err(|_| AppError::Damaged {
                 path: path.clone(),
                 reason: format!("the token hash of {id} is not 64 hex characters"),
             })?;
@@ -998,7 +983,7 @@ mod tests {
         let stored: BTreeMap<String, String> = serde_json::from_str(&text).unwrap();
         assert_eq!(
             stored["com.example.notes"],
-            hex(&sha256(token.as_str().as_bytes()))
+            hex::encode(Sha256::digest(token.as_str().as_bytes()))
         );
         assert!(!format!("{token:?}").contains(secret));
         #[cfg(unix)]
@@ -1168,6 +1153,24 @@ mod tests {
                 .kind(),
             "apps_damaged"
         );
+    }
+
+    #[test]
+    fn a_token_hash_that_is_not_64_hex_characters_is_damage() {
+        let (home, registry) = registry();
+        let (_, token) = install(&registry, NOTES);
+        let tokens_path = home.path().join("apps/tokens.json");
+        let good = fs::read_to_string(&tokens_path).unwrap();
+        let stored: BTreeMap<String, String> = serde_json::from_str(&good).unwrap();
+        let hash = &stored["com.example.notes"];
+        for bad in [&hash[1..], &format!("{}g", &hash[1..])] {
+            fs::write(&tokens_path, good.replace(hash.as_str(), bad)).unwrap();
+            // A fresh registry: an edit in place may keep the cache's stamp.
+            let registry = AppRegistry::open(home.path()).unwrap();
+            let err = registry.authenticate(token.as_str()).unwrap_err();
+            assert_eq!(err.kind(), "apps_damaged");
+            assert!(err.to_string().contains("not 64 hex characters"), "{err}");
+        }
     }
 
     #[test]

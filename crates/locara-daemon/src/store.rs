@@ -573,7 +573,7 @@ impl HashingFile {
         self.file
             .sync_all()
             .map_err(io_err("syncing", &self.path))?;
-        Ok((self.written, hex(&self.hasher.finalize())))
+        Ok((self.written, hex::encode(self.hasher.finalize())))
     }
 }
 
@@ -588,10 +588,6 @@ impl Write for HashingFile {
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn copy_with_progress(
