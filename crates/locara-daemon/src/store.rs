@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The catalog shipped with this build (`catalog/models.toml`).
 pub const BUILTIN_CATALOG: &str = include_str!("../../../catalog/models.toml");
@@ -486,10 +486,7 @@ impl Store {
             parameters: gguf.model.parameter_count,
             trained_context: gguf.model.context_length,
             source: source.to_string(),
-            added: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_secs(),
+            added: locara_platform::time::unix_now_s(),
         };
         let info = staging.dir.join("info.json");
         let json = serde_json::to_vec_pretty(&entry).expect("a model entry serializes");

@@ -80,7 +80,7 @@ pub(crate) fn load_or_probe(
         }
     }
     let hardware = probe.hardware_profile().context("probing the machine")?;
-    let probed_at_unix_ms = unix_ms_now();
+    let probed_at_unix_ms = locara_platform::time::unix_now_ms();
     store(&path, &hardware, probed_at_unix_ms)?;
     let profile = Profile {
         hardware,
@@ -233,12 +233,6 @@ fn print_profile(p: &Profile, power: &PowerState) {
     row("thermal state", power.thermal.to_string());
     row("low-power mode", yes_no(power.low_power_mode).into());
     row("on battery", yes_no(power.on_battery).into());
-}
-
-pub(crate) fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `2025-01-31 14:05:09 UTC` (no time-zone database needed).

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 #[derive(Args)]
 #[command(
@@ -432,9 +432,7 @@ pub fn ps(json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = locara_platform::time::unix_now_ms();
     println!(
         "{:<20} {:<8} {:>10} {:>10} {:>10} {:>6} {:<5} {:>13} {:>6} {:>8} {:>10}",
         "NAME",
