@@ -53,12 +53,13 @@ use hex::FromHex;
 use locara_core::estimate::{self, Backend, EstimateError, EstimateOptions};
 use locara_core::manifest::{AppId, Manifest, ManifestError, Role};
 use locara_core::{Bytes, KvType, DEFAULT_CONTEXT};
+use locara_platform::fs::{create_atomic, write_atomic, Access, WriteError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -130,6 +131,16 @@ impl AppError {
             AppError::Exposed { .. } => "secret_exposed",
             AppError::Random { .. } => "random_unavailable",
             AppError::Io { .. } => "apps_io",
+        }
+    }
+}
+
+impl From<WriteError> for AppError {
+    fn from(e: WriteError) -> AppError {
+        AppError::Io {
+            what: "writing",
+            path: e.path,
+            source: e.error,
         }
     }
 }
@@ -412,7 +423,11 @@ impl AppRegistry {
         }
         let token = Token::generate(APP_TOKEN_PREFIX)?;
         // The manifest first: the app exists once `tokens.json` names it.
-        write_private(&self.manifest_path(&manifest.id), manifest_text.as_bytes())?;
+        write_atomic(
+            &self.manifest_path(&manifest.id),
+            manifest_text.as_bytes(),
+            Access::Private,
+        )?;
         tokens.insert(manifest.id.clone(), token_hash_hex(&token));
         self.write_tokens(&tokens)?;
         Ok((manifest, token))
@@ -578,10 +593,10 @@ impl AppRegistry {
     fn write_tokens(&self, tokens: &BTreeMap<AppId, String>) -> Result<(), AppError> {
         let mut text = serde_json::to_string_pretty(tokens).expect("a map of strings serialises");
         text.push('\n');
-        let written = write_private(&self.tokens_path(), text.as_bytes());
+        let written = write_atomic(&self.tokens_path(), text.as_bytes(), Access::Private);
         // Whatever happened, the next read looks at the file again.
         *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        written
+        Ok(written?)
     }
 
     fn lock(&self) -> Result<File, AppError> {
@@ -631,38 +646,6 @@ fn create_private_dir(dir: &Path) -> Result<(), AppError> {
     builder.create(dir).map_err(io_err("creating", dir))
 }
 
-/// Writes `bytes` to `path` whole, mode 0600: to a temporary file in the
-/// same directory, flushed, then renamed over `path`.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AppError> {
-    let tmp = temporary_path(path);
-    let result = (|| {
-        let mut file = private_options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_err("creating", &tmp))?;
-        file.write_all(bytes).map_err(io_err("writing", &tmp))?;
-        file.sync_all().map_err(io_err("writing", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("replacing", path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// A name beside `path` no other writer uses at the same moment.
-fn temporary_path(path: &Path) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.{nanos}.tmp", std::process::id()))
-}
-
 /// The admin token of the data directory `home`, which management routes
 /// (load, unload, pressure simulate, apps) require. Read from `admin.token`;
 /// created there (mode 0600) on first use, by whichever of the daemon or the
@@ -674,18 +657,13 @@ pub fn admin_token(home: &Path) -> Result<Token, AppError> {
     }
     fs::create_dir_all(home).map_err(io_err("creating", home))?;
     let token = Token::generate(ADMIN_TOKEN_PREFIX)?;
-    let tmp = temporary_path(&path);
-    write_private(&tmp, format!("{}\n", token.as_str()).as_bytes())?;
-    // A hard link does not replace: when two processes create the token at
-    // once, the first one wins and both use it.
-    let linked = fs::hard_link(&tmp, &path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(token),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_admin_token(&path)?
-            .ok_or_else(|| io_err("reading", &path)(io::ErrorKind::NotFound.into())),
-        Err(e) => Err(io_err("creating", &path)(e)),
+    let text = format!("{}\n", token.as_str());
+    // When two processes create the token at once, the first one wins and
+    // both use it.
+    if create_atomic(&path, text.as_bytes(), Access::Private)? {
+        return Ok(token);
     }
+    read_admin_token(&path)?.ok_or_else(|| io_err("reading", &path)(io::ErrorKind::NotFound.into()))
 }
 
 fn read_admin_token(path: &Path) -> Result<Option<Token>, AppError> {

@@ -35,6 +35,7 @@
 //! ```
 
 mod activity;
+pub mod fs;
 mod hardware;
 mod level;
 mod macos_parse;

@@ -4,6 +4,7 @@
 use crate::config::Config;
 use anyhow::{bail, Context, Result};
 use locara_core::Bytes;
+use locara_platform::fs::{write_atomic, Access};
 use locara_platform::{BudgetBasis, HardwareProbe, HardwareProfile, PowerState, SystemProbe};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -112,8 +113,8 @@ fn read_stored(path: &Path) -> Result<Option<(HardwareProfile, u64)>> {
     Ok(Some((hardware, probed_at)))
 }
 
-/// Writes the profile next to its final name, then renames it there, so an
-/// interrupted write never leaves half a file.
+/// Writes the profile whole, so an interrupted write never leaves half a
+/// file.
 fn store(path: &Path, hardware: &HardwareProfile, probed_at_unix_ms: u64) -> Result<()> {
     let dir = path.parent().context("the profile path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -122,10 +123,8 @@ fn store(path: &Path, hardware: &HardwareProfile, probed_at_unix_ms: u64) -> Res
         "probed_at_unix_ms": probed_at_unix_ms,
         "profile": hardware,
     });
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&doc)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("storing {}", path.display()))?;
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    write_atomic(path, text.as_bytes(), Access::Default)?;
     Ok(())
 }
 

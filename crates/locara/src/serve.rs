@@ -11,6 +11,7 @@ use locara_daemon::host::ProcessEngine;
 use locara_daemon::metrics::Metrics;
 use locara_daemon::runtime::{ModelStatus, Runtime, Settings, Status, TokioClock};
 use locara_daemon::server::{self, AppState, Auth, DaemonInfo, DAEMON_FILE};
+use locara_platform::fs::{write_atomic, Access};
 use locara_platform::SystemProbe;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -323,10 +324,7 @@ fn write_daemon_info(path: &Path, url: &str, private_to: Option<&str>) -> Result
         pid: std::process::id(),
         private_to: private_to.map(str::to_string),
     };
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&info)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    write_atomic(path, &serde_json::to_vec_pretty(&info)?, Access::Default)?;
     Ok(())
 }
 
