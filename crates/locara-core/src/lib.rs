@@ -18,6 +18,7 @@
 
 pub mod bytes;
 pub mod estimate;
+pub mod fit;
 pub mod governor;
 pub mod ladder;
 pub mod load;

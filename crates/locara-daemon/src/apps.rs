@@ -51,8 +51,9 @@ use crate::manifest::{parse_manifest, read_manifest, ManifestErrors};
 use crate::store::{ModelName, Store, StoreError};
 use hex::FromHex;
 use locara_core::estimate::{self, Backend, EstimateError, EstimateOptions};
-use locara_core::manifest::{AppId, Manifest, ManifestError, Role};
-use locara_core::{Bytes, KvType, DEFAULT_CONTEXT};
+use locara_core::fit::{check_requirement, judge_fit};
+use locara_core::manifest::{AppId, Manifest, ManifestError};
+use locara_core::DEFAULT_CONTEXT;
 use locara_platform::fs::{create_atomic, write_atomic, Access, WriteError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -64,6 +65,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use subtle::ConstantTimeEq;
+
+/// The fit check's limits and verdicts, from core (the daemon adds the
+/// store and the estimates: [`check_fit`]).
+pub use locara_core::fit::{Fit, LimitError, MachineLimits, ModelCost};
 
 /// What every app token starts with; 64 hex characters follow.
 pub const APP_TOKEN_PREFIX: &str = "lca_";
@@ -173,34 +178,9 @@ pub fn parse_app_id(text: &str) -> Result<AppId, AppError> {
 /// Why an app cannot be installed on this machine.
 #[derive(Debug, thiserror::Error)]
 pub enum FitError {
-    #[error(
-        "{app} requires {required_gb} GiB of memory (`requires.memory_gb`); this machine has {}",
-        Bytes(*physical)
-    )]
-    MemoryRequirement {
-        app: AppId,
-        /// `requires.memory_gb`, GiB.
-        required_gb: f64,
-        /// The machine's physical memory, bytes.
-        physical: u64,
-    },
-    #[error(
-        "{app} needs {} for its models at their declared contexts; this machine's budget is {} \
-         ({basis}); lower the contexts in the manifest or use smaller models",
-        Bytes(*needs),
-        Bytes(*budget)
-    )]
-    OverBudget {
-        app: AppId,
-        /// Each model's estimate, in manifest order.
-        models: Vec<ModelCost>,
-        /// The sum of the estimates, bytes.
-        needs: u64,
-        /// The machine's budget, bytes.
-        budget: u64,
-        /// Where the budget comes from.
-        basis: String,
-    },
+    /// Beyond the machine's memory or budget.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error("{}", not_in_store(app, models))]
     NotInStore { app: AppId, models: Vec<ModelName> },
     #[error("{app} uses {model}, whose file {} is not a valid GGUF model: {source}", path.display())]
@@ -224,8 +204,7 @@ impl FitError {
     /// Stable machine name of this error.
     pub fn kind(&self) -> &'static str {
         match self {
-            FitError::MemoryRequirement { .. } => "memory_requirement_not_met",
-            FitError::OverBudget { .. } => "app_over_budget",
+            FitError::Limit(e) => e.kind(),
             FitError::NotInStore { .. } => "model_not_in_store",
             FitError::InvalidModel { .. } => "invalid_model",
             FitError::Estimate { .. } => "estimate_failed",
@@ -707,44 +686,6 @@ fn read_admin_token(path: &Path) -> Result<Option<Token>, AppError> {
     Ok(Some(Token(text.to_string())))
 }
 
-/// What this machine gives apps: the limits [`check_fit`] holds an app to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MachineLimits {
-    /// The runtime's memory budget, bytes.
-    pub budget: u64,
-    /// Where the budget comes from, for messages ("70 % of memory (6.2 GiB
-    /// usable)").
-    pub budget_basis: String,
-    /// Physical memory, bytes: what `requires.memory_gb` is held to.
-    pub physical_memory: u64,
-}
-
-/// One model of an app at its declared context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ModelCost {
-    pub reference: String,
-    pub role: Role,
-    /// Context per sequence in tokens: the declared one (8192 when unsaid),
-    /// clamped to the model's trained context as a load clamps it.
-    pub context: u32,
-    pub kv_type: KvType,
-    /// Sequences: the app's `max_concurrency`, each with its own K/V cache.
-    pub parallel: u32,
-    /// The estimate: mapped weights plus footprint, bytes.
-    pub estimate: u64,
-}
-
-/// An app that fits, and by how much.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Fit {
-    /// Each model's estimate, in manifest order.
-    pub models: Vec<ModelCost>,
-    /// The sum of the estimates, bytes.
-    pub needs: u64,
-    /// The machine's budget, bytes.
-    pub budget: u64,
-}
-
 /// Whether this machine can hold `manifest`'s app: its `requires.memory_gb`
 /// within the machine's memory, and every model it declares (both of a
 /// speculative pair), at its declared context and K/V type with the app's
@@ -756,26 +697,7 @@ pub fn check_fit(
 ) -> Result<Fit, FitError> {
     check_requirement(manifest, machine)?;
     let costs = model_costs(manifest, store, &locara_platform::estimate_backend())?;
-    judge_fit(manifest, costs, machine)
-}
-
-/// `requires.memory_gb` against the machine's memory. Linux reports a little
-/// less than the RAM installed (the kernel keeps some), so the memory is
-/// taken up to the next whole GiB: an app asking for 16 fits a machine sold
-/// as 16 GB.
-fn check_requirement(manifest: &Manifest, machine: &MachineLimits) -> Result<(), FitError> {
-    const GIB: u64 = 1 << 30;
-    let Some(required) = manifest.requires.memory_bytes() else {
-        return Ok(());
-    };
-    if required.0 > machine.physical_memory.div_ceil(GIB) * GIB {
-        return Err(FitError::MemoryRequirement {
-            app: manifest.id.clone(),
-            required_gb: manifest.requires.memory_gb.unwrap_or_default(),
-            physical: machine.physical_memory,
-        });
-    }
-    Ok(())
+    Ok(judge_fit(manifest, costs, machine)?)
 }
 
 /// The estimate of each model of `manifest`, in manifest order. Names every
@@ -834,32 +756,6 @@ pub fn model_costs(
         });
     }
     Ok(costs)
-}
-
-/// Whether the models' estimates fit the budget together. An app's models
-/// are counted as all loaded at once: that is what the app may ask for.
-fn judge_fit(
-    manifest: &Manifest,
-    costs: Vec<ModelCost>,
-    machine: &MachineLimits,
-) -> Result<Fit, FitError> {
-    let needs = costs
-        .iter()
-        .fold(0u64, |sum, c| sum.saturating_add(c.estimate));
-    if needs > machine.budget {
-        return Err(FitError::OverBudget {
-            app: manifest.id.clone(),
-            models: costs,
-            needs,
-            budget: machine.budget,
-            basis: machine.budget_basis.clone(),
-        });
-    }
-    Ok(Fit {
-        models: costs,
-        needs,
-        budget: machine.budget,
-    })
 }
 
 #[cfg(test)]
@@ -1049,7 +945,7 @@ mod tests {
         };
         let big = format!("{NOTES}[requires]\nmemory_gb = 1000\n");
         let err = registry
-            .install(&big, "big.toml", |m| check_requirement(m, &machine))
+            .install(&big, "big.toml", |m| Ok(check_requirement(m, &machine)?))
             .unwrap_err();
         assert_eq!(err.kind(), "memory_requirement_not_met");
         assert_eq!(
@@ -1172,69 +1068,6 @@ mod tests {
         }
         fs::write(&path, "hunter2\n").unwrap();
         assert_eq!(admin_token(home.path()).unwrap_err().kind(), "apps_damaged");
-    }
-
-    fn cost(reference: &str, role: Role, estimate: u64) -> ModelCost {
-        ModelCost {
-            reference: reference.into(),
-            role,
-            context: 8192,
-            kv_type: KvType::Q8_0,
-            parallel: 1,
-            estimate,
-        }
-    }
-
-    #[test]
-    fn every_model_counts_against_the_budget_a_speculative_pair_both() {
-        let text = "id = \"com.example.notes\"\nname = \"Notes\"\nversion = \"1.0.0\"\n\
-                    [[models]]\nref = \"big:7b\"\n[[models]]\nref = \"small:1b\"\nrole = \"draft\"\n\
-                    [speculative]\ntarget = \"big:7b\"\ndraft = \"small:1b\"\n";
-        let manifest = parse_manifest(text, "a").unwrap();
-        let machine = MachineLimits {
-            budget: 4 << 30,
-            budget_basis: "70 % of memory (6.2 GiB usable)".into(),
-            physical_memory: 6 << 30,
-        };
-        let costs = vec![
-            cost("big:7b", Role::Chat, 3 << 30),
-            cost("small:1b", Role::Draft, 1 << 30),
-        ];
-        let fit = judge_fit(&manifest, costs.clone(), &machine).unwrap();
-        assert_eq!((fit.needs, fit.budget), (4 << 30, 4 << 30));
-
-        let mut over = costs;
-        over[1].estimate += 1 << 29;
-        let err = judge_fit(&manifest, over, &machine).unwrap_err();
-        assert_eq!(err.kind(), "app_over_budget");
-        assert_eq!(
-            err.to_string(),
-            "com.example.notes needs 4.5 GiB for its models at their declared contexts; this \
-             machine's budget is 4.0 GiB (70 % of memory (6.2 GiB usable)); lower the contexts \
-             in the manifest or use smaller models"
-        );
-    }
-
-    #[test]
-    fn the_memory_requirement_is_held_to_whole_gib_of_memory() {
-        let with = |gb: &str| {
-            parse_manifest(&format!("{NOTES}[requires]\nmemory_gb = {gb}\n"), "a").unwrap()
-        };
-        // A 16 GB machine whose kernel keeps some of it.
-        let machine = MachineLimits {
-            budget: 10 << 30,
-            budget_basis: "given".into(),
-            physical_memory: (15 << 30) + (1 << 29),
-        };
-        assert!(check_requirement(&with("16"), &machine).is_ok());
-        assert!(check_requirement(&with("8.5"), &machine).is_ok());
-        let err = check_requirement(&with("16.5"), &machine).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "com.example.notes requires 16.5 GiB of memory (`requires.memory_gb`); this machine \
-             has 15.5 GiB"
-        );
-        assert!(check_requirement(&parse_manifest(NOTES, "a").unwrap(), &machine).is_ok());
     }
 
     #[test]
