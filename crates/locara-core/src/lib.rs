@@ -19,6 +19,7 @@
 pub mod bytes;
 pub mod controller;
 pub mod estimate;
+pub mod fit;
 pub mod governor;
 pub mod ladder;
 pub mod load;

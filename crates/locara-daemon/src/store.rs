@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The catalog shipped with this build (`catalog/models.toml`).
 pub const BUILTIN_CATALOG: &str = include_str!("../../../catalog/models.toml");
@@ -486,10 +486,7 @@ impl Store {
             parameters: gguf.model.parameter_count,
             trained_context: gguf.model.context_length,
             source: source.to_string(),
-            added: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_secs(),
+            added: locara_platform::time::unix_now_s(),
         };
         let info = staging.dir.join("info.json");
         let json = serde_json::to_vec_pretty(&entry).expect("a model entry serializes");
@@ -573,7 +570,7 @@ impl HashingFile {
         self.file
             .sync_all()
             .map_err(io_err("syncing", &self.path))?;
-        Ok((self.written, hex(&self.hasher.finalize())))
+        Ok((self.written, hex::encode(self.hasher.finalize())))
     }
 }
 
@@ -588,10 +585,6 @@ impl Write for HashingFile {
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn copy_with_progress(

@@ -35,6 +35,7 @@
 //! ```
 
 mod activity;
+pub mod fs;
 mod hardware;
 mod level;
 mod macos_parse;
@@ -42,6 +43,7 @@ pub mod simulated;
 mod snapshot;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod time;
 mod watch;
 
 #[cfg(target_os = "linux")]
@@ -223,11 +225,4 @@ pub struct ProgramProcess {
 /// may read them), e.g. the `locara` binary's engine workers.
 pub fn processes_of(exe: &Path) -> Result<Vec<ProgramProcess>, PlatformError> {
     os::processes_of(exe)
-}
-
-/// Now, in milliseconds since the Unix epoch.
-pub(crate) fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -5,9 +5,10 @@
 //! `sched_getaffinity`/`sysconf` and the `poll()` of the pressure thread.
 
 use crate::{
-    assess, unix_ms_now, CgroupEvents, CgroupMemory, HardwareProfile, LevelDeriver, PlatformError,
-    PowerState, PressureConfig, PressureEvent, PressureSample, PressureWatch, ProcessFootprint,
-    ProgramProcess, Psi, PsiAverages, PsiTriggerSpec, SystemSnapshot, ThermalState, Thresholds,
+    assess, time::unix_now_ms, CgroupEvents, CgroupMemory, HardwareProfile, LevelDeriver,
+    PlatformError, PowerState, PressureConfig, PressureEvent, PressureSample, PressureWatch,
+    ProcessFootprint, ProgramProcess, Psi, PsiAverages, PsiTriggerSpec, SystemSnapshot,
+    ThermalState, Thresholds,
 };
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -384,7 +385,7 @@ fn pressure_sample(trigger_fired: bool) -> Result<(PressureSample, SystemSnapsho
         os_level: None,
     };
     let snapshot = SystemSnapshot {
-        taken_at_unix_ms: unix_ms_now(),
+        taken_at_unix_ms: unix_now_ms(),
         total: mi.total,
         available,
         free: mi.free,

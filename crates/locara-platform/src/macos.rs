@@ -9,9 +9,9 @@ use crate::macos_parse::{
     level_from_dispatch_flags, level_from_kernel, on_battery_from_pmset, parse_procargs2, VmPages,
 };
 use crate::{
-    unix_ms_now, BudgetBasis, GpuInfo, HardwareProfile, LevelDeriver, PlatformError, PowerState,
-    PressureConfig, PressureEvent, PressureLevel, PressureSample, PressureWatch, ProcessFootprint,
-    ProgramProcess, SystemSnapshot, ThermalState, Thresholds, Tier,
+    time::unix_now_ms, BudgetBasis, GpuInfo, HardwareProfile, LevelDeriver, PlatformError,
+    PowerState, PressureConfig, PressureEvent, PressureLevel, PressureSample, PressureWatch,
+    ProcessFootprint, ProgramProcess, SystemSnapshot, ThermalState, Thresholds, Tier,
 };
 use dispatch2::{
     dispatch_source_memorypressure_flags_t as Flags, DispatchObject, DispatchQoS, DispatchQueue,
@@ -217,7 +217,7 @@ pub(crate) fn snapshot(_thresholds: &Thresholds) -> Result<SystemSnapshot, Platf
     let figures = vm_pages()?.figures(page_size(), total);
     let (swap_used, swap_total) = swap_usage();
     Ok(SystemSnapshot {
-        taken_at_unix_ms: unix_ms_now(),
+        taken_at_unix_ms: unix_now_ms(),
         total,
         available: figures.available,
         free: figures.free,

@@ -14,9 +14,9 @@
 //! ```
 
 use crate::{
-    unix_ms_now, BudgetBasis, GpuInfo, HardwareProbe, HardwareProfile, MemoryProbe, PlatformError,
-    PowerState, PressureEvent, PressureLevel, PressureSource, PressureWatch, ProcessFootprint,
-    SystemSnapshot, ThermalState, Tier,
+    time::unix_now_ms, BudgetBasis, GpuInfo, HardwareProbe, HardwareProfile, MemoryProbe,
+    PlatformError, PowerState, PressureEvent, PressureLevel, PressureSource, PressureWatch,
+    ProcessFootprint, SystemSnapshot, ThermalState, Tier,
 };
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Sender};
@@ -46,7 +46,7 @@ impl SimulatedProbe {
     pub fn new(hardware: HardwareProfile) -> Self {
         let total = hardware.usable_memory();
         let snapshot = SystemSnapshot {
-            taken_at_unix_ms: unix_ms_now(),
+            taken_at_unix_ms: unix_now_ms(),
             total,
             available: total / 4 * 3,
             free: total / 2,
@@ -96,7 +96,7 @@ impl SimulatedProbe {
         let event = PressureEvent {
             level,
             previous: state.level,
-            at_unix_ms: unix_ms_now(),
+            at_unix_ms: unix_now_ms(),
             reason: reason.into(),
         };
         state.level = level;

@@ -3,7 +3,7 @@
 //! are the pieces only a test wants.
 
 use crate::{
-    unix_ms_now, HardwareProbe, HardwareProfile, MemoryProbe, PlatformError, PowerState,
+    time::unix_now_ms, HardwareProbe, HardwareProfile, MemoryProbe, PlatformError, PowerState,
     PressureLevel, PressureSource, PressureWatch, ProcessFootprint, SystemSnapshot,
 };
 
@@ -11,7 +11,7 @@ use crate::{
 /// available; the rest of the figures are plausible and consistent.
 pub fn snapshot(total: u64, available: u64) -> SystemSnapshot {
     SystemSnapshot {
-        taken_at_unix_ms: unix_ms_now(),
+        taken_at_unix_ms: unix_now_ms(),
         total,
         available,
         free: available / 2,

@@ -1,7 +1,7 @@
 //! A stream of pressure level changes, fed by a thread of its own (the OS
 //! watchers) or by hand (the simulated source).
 
-use crate::{unix_ms_now, LevelChange, PressureLevel};
+use crate::{time::unix_now_ms, LevelChange, PressureLevel};
 use serde::{Deserialize, Serialize};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -26,7 +26,7 @@ impl PressureEvent {
         PressureEvent {
             level: change.to,
             previous: change.from,
-            at_unix_ms: unix_ms_now(),
+            at_unix_ms: unix_now_ms(),
             reason: change.reason,
         }
     }

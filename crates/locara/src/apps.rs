@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use locara_core::manifest::AppId;
 use locara_core::Bytes;
-use locara_daemon::apps::{self, AppError, AppRegistry, Fit, FitError, MachineLimits, ModelCost};
+use locara_daemon::apps::{
+    self, AppError, AppRegistry, Fit, FitError, LimitError, MachineLimits, ModelCost,
+};
 use locara_daemon::manifest::read_manifest;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -247,7 +249,7 @@ fn machine_limits() -> Result<MachineLimits> {
 /// Prints why an app does not fit (with its models' estimates where that
 /// is the reason) and ends with status 1.
 fn refuse(e: FitError) -> Result<ExitCode> {
-    if let FitError::OverBudget { models, .. } = &e {
+    if let FitError::Limit(LimitError::OverBudget { models, .. }) = &e {
         print_costs(models, &mut std::io::stderr());
     }
     Err(e.into())

@@ -4,6 +4,7 @@
 use crate::config::Config;
 use anyhow::{bail, Context, Result};
 use locara_core::Bytes;
+use locara_platform::fs::{write_atomic, Access};
 use locara_platform::{BudgetBasis, HardwareProbe, HardwareProfile, PowerState, SystemProbe};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -80,7 +81,7 @@ pub(crate) fn load_or_probe(
         }
     }
     let hardware = probe.hardware_profile().context("probing the machine")?;
-    let probed_at_unix_ms = unix_ms_now();
+    let probed_at_unix_ms = locara_platform::time::unix_now_ms();
     store(&path, &hardware, probed_at_unix_ms)?;
     let profile = Profile {
         hardware,
@@ -112,8 +113,8 @@ fn read_stored(path: &Path) -> Result<Option<(HardwareProfile, u64)>> {
     Ok(Some((hardware, probed_at)))
 }
 
-/// Writes the profile next to its final name, then renames it there, so an
-/// interrupted write never leaves half a file.
+/// Writes the profile whole, so an interrupted write never leaves half a
+/// file.
 fn store(path: &Path, hardware: &HardwareProfile, probed_at_unix_ms: u64) -> Result<()> {
     let dir = path.parent().context("the profile path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -122,10 +123,8 @@ fn store(path: &Path, hardware: &HardwareProfile, probed_at_unix_ms: u64) -> Res
         "probed_at_unix_ms": probed_at_unix_ms,
         "profile": hardware,
     });
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&doc)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("storing {}", path.display()))?;
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    write_atomic(path, text.as_bytes(), Access::Default)?;
     Ok(())
 }
 
@@ -233,12 +232,6 @@ fn print_profile(p: &Profile, power: &PowerState) {
     row("thermal state", power.thermal.to_string());
     row("low-power mode", yes_no(power.low_power_mode).into());
     row("on battery", yes_no(power.on_battery).into());
-}
-
-pub(crate) fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `2025-01-31 14:05:09 UTC` (no time-zone database needed).

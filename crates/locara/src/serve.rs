@@ -11,12 +11,13 @@ use locara_daemon::host::ProcessEngine;
 use locara_daemon::metrics::Metrics;
 use locara_daemon::runtime::{ModelStatus, Runtime, Settings, Status, TokioClock};
 use locara_daemon::server::{self, AppState, Auth, DaemonInfo, DAEMON_FILE};
+use locara_platform::fs::{write_atomic, Access};
 use locara_platform::SystemProbe;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 #[derive(Args)]
 #[command(
@@ -323,10 +324,7 @@ fn write_daemon_info(path: &Path, url: &str, private_to: Option<&str>) -> Result
         pid: std::process::id(),
         private_to: private_to.map(str::to_string),
     };
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&info)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    write_atomic(path, &serde_json::to_vec_pretty(&info)?, Access::Default)?;
     Ok(())
 }
 
@@ -432,9 +430,7 @@ pub fn ps(json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = locara_platform::time::unix_now_ms();
     println!(
         "{:<20} {:<8} {:>10} {:>10} {:>10} {:>6} {:<5} {:>13} {:>6} {:>8} {:>10}",
         "NAME",

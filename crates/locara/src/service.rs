@@ -18,6 +18,7 @@ use crate::config::Config;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use locara_core::Bytes;
+use locara_platform::fs::{write_atomic, Access};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsFd;
@@ -669,10 +670,8 @@ fn install(setup: &Setup) -> Result<()> {
         .context("the service file has no directory")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let replaced = setup.file.exists();
-    // Write beside it and rename, so a service manager never reads half a file.
-    let tmp = setup.file.with_extension("tmp");
-    fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &setup.file).with_context(|| format!("writing {}", setup.file.display()))?;
+    // Written whole, so a service manager never reads half a file.
+    write_atomic(&setup.file, &bytes, Access::Default)?;
     println!(
         "{} {} {}",
         if replaced { "replaced" } else { "wrote" },

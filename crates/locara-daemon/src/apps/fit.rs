@@ -1,0 +1,164 @@
+//! The fit check of `locara app install`: each model's estimate from the
+//! store and its GGUF file, held to the machine's limits by core's pure
+//! half (`locara_core::fit`).
+
+use crate::store::{ModelName, Store, StoreError};
+use locara_core::estimate::{self, Backend, EstimateError, EstimateOptions};
+use locara_core::fit::{check_requirement, judge_fit, Fit, LimitError, MachineLimits, ModelCost};
+use locara_core::manifest::{AppId, Manifest};
+use locara_core::DEFAULT_CONTEXT;
+use std::path::PathBuf;
+
+/// Why an app cannot be installed on this machine.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    /// Beyond the machine's memory or budget.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    #[error("{}", not_in_store(app, models))]
+    NotInStore { app: AppId, models: Vec<ModelName> },
+    #[error("{app} uses {model}, whose file {} is not a valid GGUF model: {source}", path.display())]
+    InvalidModel {
+        app: AppId,
+        model: ModelName,
+        path: PathBuf,
+        source: Box<locara_gguf::GgufError>,
+    },
+    #[error("cannot estimate the memory of {model}, which {app} uses: {source}")]
+    Estimate {
+        app: AppId,
+        model: ModelName,
+        source: EstimateError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl FitError {
+    /// Stable machine name of this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FitError::Limit(e) => e.kind(),
+            FitError::NotInStore { .. } => "model_not_in_store",
+            FitError::InvalidModel { .. } => "invalid_model",
+            FitError::Estimate { .. } => "estimate_failed",
+            FitError::Store(e) => e.kind(),
+        }
+    }
+}
+
+fn not_in_store(app: &AppId, models: &[ModelName]) -> String {
+    let pulls: Vec<String> = models
+        .iter()
+        .map(|m| format!("`locara pull {m}`"))
+        .collect();
+    let names: Vec<&str> = models.iter().map(ModelName::as_str).collect();
+    let (which, them) = if models.len() == 1 {
+        ("which is", "it")
+    } else {
+        ("which are", "them")
+    };
+    format!(
+        "{app} uses {}, {which} not in the store; pull {them} first: {} \
+         (or `locara import FILE --name NAME` for a local file)",
+        names.join(", "),
+        pulls.join(", ")
+    )
+}
+
+/// Whether this machine can hold `manifest`'s app: its `requires.memory_gb`
+/// within the machine's memory, and every model it declares (both of a
+/// speculative pair), at its declared context and K/V type with the app's
+/// concurrency, within the budget at once. Every model must be in `store`.
+pub fn check_fit(
+    manifest: &Manifest,
+    store: &Store,
+    machine: &MachineLimits,
+) -> Result<Fit, FitError> {
+    check_requirement(manifest, machine)?;
+    let costs = model_costs(manifest, store, &locara_platform::estimate_backend())?;
+    Ok(judge_fit(manifest, costs, machine)?)
+}
+
+/// The estimate of each model of `manifest`, in manifest order. Names every
+/// model missing from the store at once.
+pub fn model_costs(
+    manifest: &Manifest,
+    store: &Store,
+    backend: &Backend,
+) -> Result<Vec<ModelCost>, FitError> {
+    let mut missing = Vec::new();
+    let mut entries = Vec::new();
+    for decl in &manifest.models {
+        // Validated as a store name when the manifest was read.
+        let name: ModelName = decl.reference.parse()?;
+        match store.get(&name)? {
+            Some(entry) => entries.push((decl, name, entry)),
+            None => missing.push(name),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(FitError::NotInStore {
+            app: manifest.id.clone(),
+            models: missing,
+        });
+    }
+    let mut costs = Vec::with_capacity(entries.len());
+    for (decl, name, entry) in entries {
+        let file =
+            locara_gguf::validate_file(&entry.path).map_err(|source| FitError::InvalidModel {
+                app: manifest.id.clone(),
+                model: name.clone(),
+                path: entry.path.clone(),
+                source: Box::new(source),
+            })?;
+        let options = EstimateOptions {
+            context: decl.context.unwrap_or(DEFAULT_CONTEXT),
+            kv_type: decl.kv_type,
+            parallel: manifest.max_concurrency,
+            backend: backend.clone(),
+            full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
+            pool: None,
+        };
+        let est =
+            estimate::estimate(&file.shape(), &options).map_err(|source| FitError::Estimate {
+                app: manifest.id.clone(),
+                model: name,
+                source,
+            })?;
+        costs.push(ModelCost {
+            reference: decl.reference.clone(),
+            role: decl.role,
+            context: est.context,
+            kv_type: decl.kv_type,
+            parallel: est.parallel,
+            estimate: est.total(),
+        });
+    }
+    Ok(costs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse_manifest;
+
+    const MAIL: &str = "id = \"com.example.mail\"\nname = \"Mail\"\nversion = \"2.1.0\"\n\
+                        [[models]]\nref = \"gemma3:270m\"\n[[models]]\nref = \"smollm2:135m\"\n\
+                        role = \"embedding\"\n";
+
+    #[test]
+    fn models_missing_from_the_store_are_named_together_with_the_way_to_get_them() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        let manifest = parse_manifest(MAIL, "a").unwrap();
+        let err = model_costs(&manifest, &store, &Backend::Cpu { repack: vec![] }).unwrap_err();
+        assert_eq!(err.kind(), "model_not_in_store");
+        assert_eq!(
+            err.to_string(),
+            "com.example.mail uses gemma3:270m, smollm2:135m, which are not in the store; pull \
+             them first: `locara pull gemma3:270m`, `locara pull smollm2:135m` (or `locara \
+             import FILE --name NAME` for a local file)"
+        );
+    }
+}
