@@ -3,10 +3,21 @@
 //! `{"error":{"message","type","param","code"}}` and `Retry-After`.
 //! In a stream that has already sent its 200, [`ApiError::sse_data`] is the
 //! `data:` line (OpenAI's clients raise on a chunk with an `error` key).
+//!
+//! The daemon's own errors ([`DaemonError`]: the governor's, the app
+//! registry's, the store's, the workers') become an [`ApiError`] in one
+//! place, its `From<DaemonError>`. A request refused on its own terms (a
+//! bad field, a token, a Host, an app's budget) is an [`ApiError`] from the
+//! start, built where it is checked.
 
+use crate::apps::AppError;
+use crate::runtime::RuntimeError;
+use crate::store::StoreError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use locara_core::governor::Refusal;
 use locara_engine::protocol::ErrorKind;
+use locara_engine::EngineError;
 use serde_json::{json, Value};
 use std::fmt;
 
@@ -217,43 +228,6 @@ impl ApiError {
         .with_status(413)
     }
 
-    /// The error for an `Error` event of an engine worker.
-    ///
-    /// | worker kind | type | status |
-    /// |---|---|---|
-    /// | `prompt_too_long` | `invalid_request_error`, code `context_length_exceeded` (OpenAI's) | 400 |
-    /// | `chat_template` | `invalid_request_error` (use /v1/completions) | 400 |
-    /// | `invalid_model`, `load_failed` | `model_unavailable` | 503 |
-    /// | `bad_request`, `decode_failed`, `resize_failed` | `server_error` | 500 |
-    /// | `pool_exhausted` | `insufficient_memory` | 503 |
-    ///
-    /// Except for `prompt_too_long`, `code` is the worker's own kind.
-    pub fn from_worker(kind: ErrorKind, message: impl Into<String>) -> Self {
-        let message = message.into();
-        let code = match kind {
-            ErrorKind::PromptTooLong => "context_length_exceeded",
-            other => other.as_str(),
-        };
-        let err = match kind {
-            ErrorKind::PromptTooLong => Self::new(ErrorType::InvalidRequest, message),
-            ErrorKind::ChatTemplate => Self::new(
-                ErrorType::InvalidRequest,
-                format!("{message}; /v1/completions takes a prompt without a chat template"),
-            )
-            .with_param("messages"),
-            ErrorKind::InvalidModel | ErrorKind::LoadFailed => {
-                Self::new(ErrorType::ModelUnavailable, message)
-            }
-            ErrorKind::BadRequest | ErrorKind::DecodeFailed | ErrorKind::ResizeFailed => {
-                Self::new(ErrorType::ServerError, message)
-            }
-            // The K/V pool may not grow (engine protocol v2): memory, like a
-            // load that does not fit.
-            ErrorKind::PoolExhausted => Self::new(ErrorType::InsufficientMemory, message),
-        };
-        err.with_code(code)
-    }
-
     /// Sets `param`.
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
@@ -322,6 +296,160 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A failure of the daemon that a client is answered with. It becomes an
+/// [`ApiError`] through [`ApiError::from`], the one mapping of the
+/// daemon's errors to a status, a type, a code and `Retry-After`.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The governor refused or failed a request for a model.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The app registry (tokens, manifests) could not be read.
+    #[error("reading the app registry: {0}")]
+    Apps(#[from] AppError),
+    /// The model store could not be read.
+    #[error("reading the model store: {0}")]
+    Store(#[from] StoreError),
+    /// The worker refused or failed a generation
+    /// ([`EngineError::Worker`]), or could not be asked at all.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The model was unloaded while a generation ran.
+    #[error("{0}")]
+    Unloaded(String),
+    /// The worker exited while a generation ran.
+    #[error("{0}")]
+    WorkerDied(String),
+    /// A generation's events ended without its last one.
+    #[error("the worker ended the stream")]
+    StreamEnded,
+}
+
+impl DaemonError {
+    /// The error of a generation's `Error` event. `kind` is a protocol
+    /// [`ErrorKind`] as the wire spells it, or the host's own
+    /// `model_unloaded` or `worker_died`. Every kind the protocol names is
+    /// read by its own serde name, so a kind added there (`pool_exhausted`,
+    /// say) is never taken for a dead worker.
+    pub fn from_stream(kind: &str, message: String) -> DaemonError {
+        match serde_json::from_value::<ErrorKind>(Value::from(kind)) {
+            Ok(kind) => DaemonError::Engine(EngineError::Worker { kind, message }),
+            Err(_) if kind == "model_unloaded" => DaemonError::Unloaded(message),
+            Err(_) => DaemonError::WorkerDied(message),
+        }
+    }
+}
+
+impl From<DaemonError> for ApiError {
+    /// The one mapping of the daemon's errors to what a client is answered.
+    /// The message is the error's own.
+    ///
+    /// | error | type | status | code |
+    /// |---|---|---|---|
+    /// | runtime `NotFound` | `not_found_error` | 404 | `model_not_found` |
+    /// | runtime `Refused(QueueFull)` | `rate_limit_error` | 429, `Retry-After: 1` | |
+    /// | runtime `Refused(InsufficientMemory)` | `insufficient_memory` | 503 | |
+    /// | runtime `Refused(Held)` | `model_unavailable` | 503 | `model_held` |
+    /// | runtime `InvalidModel`, `LoadFailed`, `UnloadedWhileLoading` | `model_unavailable` | 503 | |
+    /// | runtime `Pressure` | `model_unavailable` | 503, `Retry-After` (at least 1 s) | `memory_pressure` |
+    /// | runtime `ShuttingDown` | `shutting_down` | 503 | |
+    /// | runtime `Stopped` | `server_error` | 500 | |
+    /// | app registry, store | `server_error` | 500 | |
+    /// | worker `prompt_too_long` | `invalid_request_error` | 400 | `context_length_exceeded` (OpenAI's) |
+    /// | worker `chat_template` | `invalid_request_error` (use /v1/completions), param `messages` | 400 | `chat_template` |
+    /// | worker `invalid_model`, `load_failed` | `model_unavailable` | 503 | the kind |
+    /// | worker `bad_request`, `decode_failed`, `resize_failed` | `server_error` | 500 | the kind |
+    /// | worker `pool_exhausted` | `insufficient_memory` | 503 | the kind |
+    /// | other `EngineError`s (the worker not reached), `WorkerDied`, `StreamEnded` | `worker_died` | 502 | |
+    /// | `Unloaded` | `model_unavailable` | 503 | |
+    fn from(e: DaemonError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            DaemonError::Runtime(e) => match e {
+                RuntimeError::NotFound { model, .. } => ApiError {
+                    message,
+                    ..ApiError::not_found_model(&model)
+                },
+                RuntimeError::Refused(Refusal::QueueFull { .. }) => {
+                    ApiError::rate_limited(message, Some(1))
+                }
+                RuntimeError::Refused(Refusal::InsufficientMemory(_)) => {
+                    ApiError::insufficient_memory(message, None)
+                }
+                RuntimeError::Refused(Refusal::Held { .. }) => {
+                    ApiError::model_unavailable(message).with_code("model_held")
+                }
+                RuntimeError::InvalidModel { .. }
+                | RuntimeError::LoadFailed { .. }
+                | RuntimeError::UnloadedWhileLoading { .. } => ApiError::model_unavailable(message),
+                RuntimeError::Pressure { retry_after, .. } => ApiError::model_unavailable(message)
+                    .with_code("memory_pressure")
+                    .with_retry_after(retry_after.as_secs().max(1)),
+                RuntimeError::ShuttingDown => ApiError::shutting_down(),
+                RuntimeError::Stopped => ApiError::server_error(message),
+            },
+            DaemonError::Apps(_) | DaemonError::Store(_) => ApiError::server_error(message),
+            DaemonError::Engine(EngineError::Worker { kind, .. }) => {
+                let err = match kind {
+                    ErrorKind::PromptTooLong => ApiError::new(ErrorType::InvalidRequest, message),
+                    ErrorKind::ChatTemplate => ApiError::new(
+                        ErrorType::InvalidRequest,
+                        format!(
+                            "{message}; /v1/completions takes a prompt without a chat template"
+                        ),
+                    )
+                    .with_param("messages"),
+                    ErrorKind::InvalidModel | ErrorKind::LoadFailed => {
+                        ApiError::model_unavailable(message)
+                    }
+                    ErrorKind::BadRequest | ErrorKind::DecodeFailed | ErrorKind::ResizeFailed => {
+                        ApiError::server_error(message)
+                    }
+                    // The K/V pool may not grow (engine protocol v2): memory,
+                    // like a load that does not fit.
+                    ErrorKind::PoolExhausted => {
+                        ApiError::new(ErrorType::InsufficientMemory, message)
+                    }
+                };
+                err.with_code(match kind {
+                    ErrorKind::PromptTooLong => "context_length_exceeded",
+                    other => other.as_str(),
+                })
+            }
+            DaemonError::Engine(_) | DaemonError::WorkerDied(_) | DaemonError::StreamEnded => {
+                ApiError::worker_died(message)
+            }
+            DaemonError::Unloaded(_) => ApiError::model_unavailable(message),
+        }
+    }
+}
+
+// `?` on each of the daemon's errors, through the one mapping above.
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> ApiError {
+        DaemonError::Runtime(e).into()
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> ApiError {
+        DaemonError::Apps(e).into()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        DaemonError::Store(e).into()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        DaemonError::Engine(e).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +509,12 @@ mod tests {
         assert_eq!((big.status, big.kind), (413, ErrorType::InvalidRequest));
     }
 
+    /// What a client sees of an error: status, type, code, `Retry-After`.
+    fn seen(e: impl Into<ApiError>) -> (u16, &'static str, Option<String>, Option<u64>) {
+        let e = e.into();
+        (e.status, e.kind.as_str(), e.code, e.retry_after)
+    }
+
     #[test]
     fn worker_errors_map_to_api_errors() {
         let cases = [
@@ -394,9 +528,164 @@ mod tests {
             (ErrorKind::PoolExhausted, 503, "pool_exhausted"),
         ];
         for (kind, status, code) in cases {
-            let err = ApiError::from_worker(kind, "m");
+            // An `Error` event of a stream, by its wire name, and the
+            // engine's own error: one answer.
+            let err = ApiError::from(DaemonError::from_stream(kind.as_str(), "m".into()));
             assert_eq!((err.status, err.code.as_deref()), (status, Some(code)));
+            let engine = EngineError::Worker {
+                kind,
+                message: "m".into(),
+            };
+            assert_eq!(ApiError::from(engine), err);
         }
+        let template = ApiError::from(DaemonError::from_stream(
+            "chat_template",
+            "no template".into(),
+        ));
+        assert_eq!(template.param.as_deref(), Some("messages"));
+        assert_eq!(
+            template.message,
+            "no template; /v1/completions takes a prompt without a chat template"
+        );
+    }
+
+    #[test]
+    fn the_hosts_own_stream_kinds_and_unknown_ones() {
+        let unloaded = DaemonError::from_stream("model_unloaded", "unloaded".into());
+        assert_eq!(seen(unloaded), (503, "model_unavailable", None, None));
+        for kind in ["worker_died", "something_new"] {
+            let died = ApiError::from(DaemonError::from_stream(kind, "exited".into()));
+            assert_eq!(
+                (died.status, died.kind),
+                (502, ErrorType::WorkerDied),
+                "{kind}"
+            );
+            assert_eq!(died.message, "exited");
+        }
+        let ended = ApiError::from(DaemonError::StreamEnded);
+        assert_eq!((ended.status, ended.kind), (502, ErrorType::WorkerDied));
+        assert_eq!(ended.message, "the worker ended the stream");
+        // A worker that cannot be asked has died as far as a client knows.
+        let gone = EngineError::WorkerDied {
+            pid: 7,
+            status: "signal 9".into(),
+        };
+        let message = gone.to_string();
+        let err = ApiError::from(gone);
+        assert_eq!((err.status, err.message), (502, message));
+    }
+
+    #[test]
+    fn runtime_errors_map_to_status_type_code_and_retry_after() {
+        use locara_core::governor::Shortfall;
+        use locara_core::ladder::PressureLevel;
+        use std::time::Duration;
+        let model = || "m:1".to_string();
+        let shortfall = Shortfall {
+            model: model(),
+            context: 2048,
+            needed: 2 << 30,
+            lowest_context: 2048,
+            lowest_needed: 2 << 30,
+            free: 1 << 30,
+            effective_budget: 1 << 30,
+            holders: Vec::new(),
+        };
+        let pressure = |retry_after| RuntimeError::Pressure {
+            level: PressureLevel::Critical,
+            retry_after,
+            detail: "new loads are refused".into(),
+        };
+        let code = |c: &str| Some(c.to_string());
+        let cases = [
+            (
+                RuntimeError::NotFound {
+                    model: model(),
+                    reason: "not in the store".into(),
+                },
+                (404, "not_found_error", code("model_not_found"), None),
+            ),
+            (
+                RuntimeError::Refused(Refusal::QueueFull {
+                    model: model(),
+                    active: 17,
+                    capacity: 17,
+                }),
+                (429, "rate_limit_error", None, Some(1)),
+            ),
+            (
+                RuntimeError::Refused(Refusal::InsufficientMemory(shortfall)),
+                (503, "insufficient_memory", None, None),
+            ),
+            (
+                RuntimeError::Refused(Refusal::Held { model: model() }),
+                (503, "model_unavailable", code("model_held"), None),
+            ),
+            (
+                RuntimeError::InvalidModel {
+                    model: model(),
+                    message: "bad".into(),
+                },
+                (503, "model_unavailable", None, None),
+            ),
+            (
+                RuntimeError::LoadFailed {
+                    model: model(),
+                    message: "bad".into(),
+                },
+                (503, "model_unavailable", None, None),
+            ),
+            (
+                RuntimeError::UnloadedWhileLoading { model: model() },
+                (503, "model_unavailable", None, None),
+            ),
+            (
+                pressure(Duration::from_secs(30)),
+                (503, "model_unavailable", code("memory_pressure"), Some(30)),
+            ),
+            // Never `Retry-After: 0`, which invites a client to spin.
+            (
+                pressure(Duration::from_millis(200)),
+                (503, "model_unavailable", code("memory_pressure"), Some(1)),
+            ),
+            (
+                RuntimeError::ShuttingDown,
+                (503, "shutting_down", None, None),
+            ),
+            (RuntimeError::Stopped, (500, "server_error", None, None)),
+        ];
+        for (e, expected) in cases {
+            let shown = e.to_string();
+            let err = ApiError::from(e.clone());
+            assert_eq!(seen(e), expected, "{shown}");
+            if err.kind != ErrorType::ShuttingDown {
+                assert_eq!(err.message, shown);
+            }
+        }
+    }
+
+    #[test]
+    fn registry_and_store_failures_are_server_errors_naming_what_was_read() {
+        let registry = AppError::Damaged {
+            path: "/home/u/apps/tokens.json".into(),
+            reason: "not JSON".into(),
+        };
+        let err = ApiError::from(registry);
+        assert_eq!((err.status, err.kind), (500, ErrorType::ServerError));
+        assert_eq!(
+            err.message,
+            "reading the app registry: /home/u/apps/tokens.json is damaged: not JSON"
+        );
+        let store = StoreError::Catalog {
+            path: "catalog.toml".into(),
+            reason: "bad".into(),
+        };
+        let err = ApiError::from(store);
+        assert_eq!((err.status, err.kind), (500, ErrorType::ServerError));
+        assert_eq!(
+            err.message,
+            "reading the model store: the catalog catalog.toml is invalid: bad"
+        );
     }
 
     #[tokio::test]

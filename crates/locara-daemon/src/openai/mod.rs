@@ -15,7 +15,8 @@
 //!   OpenAI's shapes plus Locara's `locara` field ([`ContextReport`]).
 //! * `error.rs`: [`ApiError`] with its stable [`ErrorType`]; its
 //!   `IntoResponse` gives the status, `{"error":{"message","type","param",
-//!   "code"}}` and `Retry-After`.
+//!   "code"}}` and `Retry-After`. The daemon's own errors
+//!   ([`DaemonError`]) become an [`ApiError`] there, in one `From`.
 //! * here: response ids ([`completion_id`]) and times ([`unix_now`]).
 //!
 //! # Example
