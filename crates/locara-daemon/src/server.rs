@@ -1009,6 +1009,10 @@ async fn simulate(
 }
 
 #[cfg(test)]
+#[path = "server_tests.rs"]
+mod router_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::apps::{admin_token, AppRegistry};
