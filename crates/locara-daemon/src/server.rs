@@ -25,8 +25,8 @@
 
 use crate::host::{Generation, StreamEvent};
 use crate::metrics::{Gauges, KvPoolGauges, ModelGauges, CONTENT_TYPE};
-use crate::openai::{self, ApiError, ContextReport, Delta, GenerationParams, Usage};
-use crate::runtime::{Lease, ModelWish, Runtime, RuntimeError, Status};
+use crate::openai::{self, ApiError, ContextReport, DaemonError, Delta, GenerationParams, Usage};
+use crate::runtime::{Lease, ModelWish, Runtime, Status};
 use crate::store::Store;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -37,7 +37,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use locara_core::controller::AppClaim;
-use locara_core::governor::{KeepAlive, Refusal};
+use locara_core::governor::KeepAlive;
 use locara_core::manifest::Role;
 use locara_engine::protocol::{FinishReason, GenerationStats, Prompt};
 use serde::Deserialize;
@@ -218,9 +218,7 @@ fn caller(state: &AppState, request: &axum::extract::Request) -> Result<Caller, 
         Ok(Some(manifest)) => Ok(Caller::App(manifest)),
         Ok(None) if state.auth.tokenless => Ok(Caller::Admin),
         Ok(None) => Err(ApiError::unauthorized("the bearer token is not valid")),
-        Err(e) => Err(ApiError::server_error(format!(
-            "reading the app registry: {e}"
-        ))),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -290,8 +288,7 @@ async fn app_claim(
     let state = Arc::clone(state);
     let installed = tokio::task::spawn_blocking(move || state.auth.apps.list())
         .await
-        .map_err(|e| ApiError::server_error(format!("reading the app registry: {e}")))?
-        .map_err(|e| ApiError::server_error(format!("reading the app registry: {e}")))?;
+        .map_err(|e| ApiError::server_error(format!("reading the app registry: {e}")))??;
     let uses = installed
         .iter()
         .map(|a| (a.id.to_string(), a.models.clone()))
@@ -342,38 +339,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The one mapping of runtime errors to OpenAI-shaped HTTP errors.
-pub fn runtime_error(e: RuntimeError) -> ApiError {
-    let message = e.to_string();
-    match e {
-        RuntimeError::NotFound { model, reason } => {
-            let mut err = ApiError::not_found_model(&model);
-            err.message = format!("model {model:?} not found: {reason}");
-            err
-        }
-        RuntimeError::Refused(Refusal::QueueFull { .. }) => {
-            ApiError::rate_limited(message, Some(1))
-        }
-        RuntimeError::Refused(Refusal::InsufficientMemory(_)) => {
-            ApiError::insufficient_memory(message, None)
-        }
-        RuntimeError::Refused(Refusal::Held { .. }) => {
-            ApiError::model_unavailable(message).with_code("model_held")
-        }
-        RuntimeError::InvalidModel { .. }
-        | RuntimeError::LoadFailed { .. }
-        | RuntimeError::UnloadedWhileLoading { .. } => ApiError::model_unavailable(message),
-        RuntimeError::Pressure { retry_after, .. } => ApiError::model_unavailable(message)
-            .with_code("memory_pressure")
-            .with_retry_after(retry_after.as_secs().max(1)),
-        RuntimeError::AppBudget(_) => {
-            ApiError::insufficient_memory(message, None).with_code("app_budget_exceeded")
-        }
-        RuntimeError::ShuttingDown => ApiError::shutting_down(),
-        RuntimeError::Stopped => ApiError::server_error(message),
     }
 }
 
@@ -577,8 +542,7 @@ async fn generate(
             role,
             app,
         })
-        .await
-        .map_err(runtime_error)?;
+        .await?;
     let context = lease.host.info.context;
     let mut params = params;
     // Under pressure, requests that start now are capped (the ladder's
@@ -594,17 +558,14 @@ async fn generate(
             ));
         }
     }
-    let mut generation = lease
-        .host
-        .generate(
-            prompt,
-            params.sampling,
-            params.max_tokens,
-            params.stop,
-            params.truncate,
-            params.cache_prompt,
-        )
-        .map_err(|e| ApiError::worker_died(e.to_string()))?;
+    let mut generation = lease.host.generate(
+        prompt,
+        params.sampling,
+        params.max_tokens,
+        params.stop,
+        params.truncate,
+        params.cache_prompt,
+    )?;
     // The first event decides between a stream and an error answer: a
     // prompt too long for the context (with `truncate: false`, or too long
     // even after leaving out messages) is a 400, not a broken stream.
@@ -615,9 +576,9 @@ async fn generate(
                 .runtime
                 .metrics
                 .request_finished(&model, endpoint.as_str(), "error");
-            return Err(worker_error(&kind, message));
+            return Err(DaemonError::from_stream(&kind, message).into());
         }
-        None => return Err(ApiError::worker_died("the worker ended the stream")),
+        None => return Err(DaemonError::StreamEnded.into()),
         Some(ev) => ev,
     };
     if matches!(first, StreamEvent::Token(_)) {
@@ -646,18 +607,6 @@ async fn generate(
         Ok(stream_response(run, first).into_response())
     } else {
         collect_response(run, first).await
-    }
-}
-
-fn worker_error(kind: &str, message: String) -> ApiError {
-    use locara_engine::protocol::ErrorKind;
-    // Every kind the protocol names, read by its own serde names, so a
-    // kind added there (`pool_exhausted`, say) is never taken for a dead
-    // worker.
-    match serde_json::from_value::<ErrorKind>(serde_json::Value::from(kind)) {
-        Ok(k) => ApiError::from_worker(k, message),
-        Err(_) if kind == "model_unloaded" => ApiError::model_unavailable(message),
-        Err(_) => ApiError::worker_died(message),
     }
 }
 
@@ -704,11 +653,11 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
             }
             Some(StreamEvent::Error { kind, message }) => {
                 run.finished(None, None);
-                return Err(worker_error(&kind, message));
+                return Err(DaemonError::from_stream(&kind, message).into());
             }
             None => {
                 run.finished(None, None);
-                return Err(ApiError::worker_died("the worker ended the stream"));
+                return Err(DaemonError::StreamEnded.into());
             }
         }
         next = run.next().await;
@@ -769,11 +718,11 @@ fn stream_response(
             }
             Some(StreamEvent::Error { kind, message }) => {
                 run.finished(None, None);
-                out.push(worker_error(&kind, message).sse_data());
+                out.push(ApiError::from(DaemonError::from_stream(&kind, message)).sse_data());
             }
             None => {
                 run.finished(None, None);
-                out.push(ApiError::worker_died("the worker ended the stream").sse_data());
+                out.push(ApiError::from(DaemonError::StreamEnded).sse_data());
             }
         }
         Some((out, Phase::Ended { _guard: run.end() }))
@@ -792,10 +741,7 @@ async fn models(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let list = state
-        .store
-        .list()
-        .map_err(|e| ApiError::server_error(format!("reading the model store: {e}")))?;
+    let list = state.store.list()?;
     // An app sees the models it may use.
     let entries: Vec<(String, u64, &str)> = list
         .iter()
@@ -811,7 +757,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
         .status()
         .await
         .map(Json)
-        .map_err(runtime_error)
+        .map_err(ApiError::from)
 }
 
 #[derive(Deserialize)]
@@ -830,8 +776,7 @@ async fn load(
             model: name.clone(),
             ..ModelWish::default()
         })
-        .await
-        .map_err(runtime_error)?;
+        .await?;
     Ok(Json(serde_json::json!({ "model": name, "loaded": true })))
 }
 
@@ -840,11 +785,7 @@ async fn unload(
     Path(name): Path<String>,
     Query(q): Query<UnloadQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let was_loaded = state
-        .runtime
-        .unload(&name, q.hold)
-        .await
-        .map_err(runtime_error)?;
+    let was_loaded = state.runtime.unload(&name, q.hold).await?;
     Ok(Json(serde_json::json!({
         "model": name,
         "was_loaded": was_loaded,
@@ -853,7 +794,7 @@ async fn unload(
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let s = state.runtime.status().await.map_err(runtime_error)?;
+    let s = state.runtime.status().await?;
     let gauges = Gauges {
         budget_bytes: s.budget,
         effective_budget_bytes: s.effective_budget,
@@ -1034,16 +975,16 @@ async fn simulate(
             }
         },
     };
-    state
-        .runtime
-        .simulate_pressure(level, duration)
-        .await
-        .map_err(runtime_error)?;
+    state.runtime.simulate_pressure(level, duration).await?;
     Ok(Json(serde_json::json!({
         "level": level,
         "for_seconds": duration.map(|d| d.as_secs()),
     })))
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod router_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,445 @@
+//! The real router, driven in-process with `tower::ServiceExt::oneshot`
+//! over the fake engine: the Host/Origin guard, tokens, app budgets, a
+//! stream whose worker dies, and `Retry-After` on 429 and 503.
+
+use super::*;
+use crate::apps::{admin_token, AppRegistry, Token};
+use crate::config::RawServeConfig;
+use crate::metrics::Metrics;
+use crate::testing::FakeEngine;
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, Request, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// The address the daemon says it listens on; nothing is bound.
+const LISTEN: &str = "127.0.0.1:11480";
+
+/// The one web origin let in.
+const ALLOWED_ORIGIN: &str = "http://localhost:3000";
+
+/// How long a test waits for a body before it fails.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A manifest declaring `m:1` only, with `extra` appended.
+fn manifest(id: &str, extra: &str) -> String {
+    format!(
+        "id = \"{id}\"\nname = \"App\"\nversion = \"1.0.0\"\n[[models]]\nref = \"m:1\"\n{extra}"
+    )
+}
+
+/// The router over a runtime of `engine`'s fake workers, with the models
+/// `m:1` and `n:1` in the store.
+struct Daemon {
+    router: Router,
+    state: Arc<AppState>,
+    engine: Arc<FakeEngine>,
+    _home: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn new(engine: Arc<FakeEngine>, tokenless: bool, extra: RawServeConfig) -> Daemon {
+        let home = tempfile::tempdir().unwrap();
+        let settings = crate::testing::synthetic_settings(
+            home.path(),
+            &["m:1", "n:1"],
+            Arc::clone(&engine),
+            extra,
+            1 << 40,
+        );
+        let store = settings.store.clone();
+        let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
+        let auth = Auth {
+            apps: AppRegistry::open(home.path()).unwrap(),
+            admin: admin_token(home.path()).unwrap(),
+            tokenless,
+        };
+        let state = AppState::new(
+            runtime,
+            store,
+            LISTEN.parse().unwrap(),
+            vec![ALLOWED_ORIGIN.to_owned()],
+            auth,
+        );
+        Daemon {
+            router: router(Arc::clone(&state), 1 << 20),
+            state,
+            engine,
+            _home: home,
+        }
+    }
+
+    /// Installs an app; its token.
+    fn install(&self, manifest_text: &str) -> Token {
+        let (_, token) = self
+            .state
+            .auth
+            .apps
+            .install(manifest_text, "app.toml", |_| Ok(()))
+            .unwrap();
+        token
+    }
+
+    fn admin(&self) -> String {
+        self.state.auth.admin.as_str().to_owned()
+    }
+
+    async fn send(&self, request: Request<Body>) -> Response {
+        self.router.clone().oneshot(request).await.unwrap()
+    }
+}
+
+/// A request to `path` with this daemon's Host, `token` as a bearer token
+/// and `body` as JSON.
+fn request(method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Request<Body> {
+    let mut r = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, LISTEN);
+    if let Some(t) = token {
+        r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    match body {
+        Some(b) => r
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(b.to_string())),
+        None => r.body(Body::empty()),
+    }
+    .unwrap()
+}
+
+fn get(path: &str, token: Option<&str>) -> Request<Body> {
+    request(Method::GET, path, token, None)
+}
+
+fn post(path: &str, token: Option<&str>, body: Value) -> Request<Body> {
+    request(Method::POST, path, token, Some(body))
+}
+
+fn chat(model: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Hi"}],
+    });
+    if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    body
+}
+
+/// The whole body, read within the deadline.
+async fn body_text(response: Response) -> String {
+    let bytes = tokio::time::timeout(
+        DEADLINE,
+        axum::body::to_bytes(response.into_body(), 1 << 20),
+    )
+    .await
+    .expect("the body ends within the deadline")
+    .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// The status, `Retry-After` and the error body of an error answer.
+async fn error_of(response: Response) -> (StatusCode, Option<String>, Value) {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = body_text(response).await;
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(body["error"]["message"].is_string(), "{body}");
+    (status, retry_after, body["error"].clone())
+}
+
+/// The ids in a `/v1/models` answer.
+async fn model_ids(response: Response) -> Vec<String> {
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = serde_json::from_str(&body_text(response).await).unwrap();
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn app_routes_take_an_app_or_the_admin_token_and_nothing_else() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let app = d.install(&manifest("com.example.notes", ""));
+
+    let (status, _, e) = error_of(d.send(get("/v1/models", None)).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(e["type"], "unauthorized");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer"),
+        "{e}"
+    );
+
+    // The form of an app token, but not one the registry issued.
+    let forged = format!("lca_{}", "0".repeat(64));
+    for bad in [forged.as_str(), "lca_admin_nope", ""] {
+        let (status, _, e) = error_of(d.send(get("/v1/models", Some(bad))).await).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad:?}");
+        assert_eq!(e["type"], "unauthorized");
+    }
+
+    // The admin sees every model, an app the ones its manifest declares.
+    let admin = d.admin();
+    let all = model_ids(d.send(get("/v1/models", Some(&admin))).await).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.contains(&"m:1".to_owned()) && all.contains(&"n:1".to_owned()));
+    let mine = model_ids(d.send(get("/v1/models", Some(app.as_str()))).await).await;
+    assert_eq!(mine, ["m:1"]);
+}
+
+#[tokio::test]
+async fn management_routes_take_the_admin_token_only() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let app = d.install(&manifest("com.example.notes", ""));
+    let load = "/locara/v1/models/m:1/load";
+
+    let (status, _, e) = error_of(d.send(post(load, None, json!({}))).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(e["type"], "unauthorized");
+
+    let (status, _, e) = error_of(d.send(post(load, Some(app.as_str()), json!({}))).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(e["type"], "forbidden");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("com.example.notes may not manage the daemon"),
+        "{e}"
+    );
+    assert_eq!(d.engine.spawned(), 0, "refused before any load");
+
+    let admin = d.admin();
+    let response = d.send(post(load, Some(&admin), json!({}))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(body, json!({"model": "m:1", "loaded": true}));
+    assert_eq!(d.engine.spawned(), 1);
+}
+
+#[tokio::test]
+async fn an_app_may_generate_only_with_the_models_it_declares() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let app = d.install(&manifest("com.example.notes", ""));
+
+    let refused = post(
+        "/v1/chat/completions",
+        Some(app.as_str()),
+        chat("n:1", json!({})),
+    );
+    let (status, _, e) = error_of(d.send(refused).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(e["code"], "model_not_declared");
+    assert_eq!(e["param"], "model");
+    assert_eq!(d.engine.spawned(), 0, "refused before any load");
+
+    let allowed = post(
+        "/v1/chat/completions",
+        Some(app.as_str()),
+        chat("m:1", json!({})),
+    );
+    let response = d.send(allowed).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "t0 t1 ");
+}
+
+#[tokio::test]
+async fn host_and_origin_are_checked_before_the_token() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let admin = d.admin();
+    let with = |host: Option<&str>, origin: Option<&str>, token: Option<&str>| {
+        let mut r = get("/v1/models", token);
+        let headers = r.headers_mut();
+        match host {
+            Some(h) => headers.insert(header::HOST, HeaderValue::from_str(h).unwrap()),
+            None => headers.remove(header::HOST),
+        };
+        if let Some(o) = origin {
+            headers.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        r
+    };
+
+    // A DNS-rebinding page's host name, another port, no Host at all: 403,
+    // with or without a token, and never a 401 that would invite one.
+    for host in [Some("evil.example:11480"), Some("localhost:80"), None] {
+        for token in [None, Some(admin.as_str())] {
+            let (status, _, e) = error_of(d.send(with(host, None, token)).await).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{host:?}");
+            assert_eq!(e["code"], "host_not_allowed", "{host:?}");
+        }
+    }
+    for origin in ["http://evil.example", "null", "http://localhost:3001"] {
+        let (status, _, e) = error_of(d.send(with(Some(LISTEN), Some(origin), None)).await).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{origin}");
+        assert_eq!(e["code"], "origin_not_allowed", "{origin}");
+    }
+
+    // Past the guard, the token decides.
+    let (status, _, _) = error_of(d.send(with(Some("localhost:11480"), None, None)).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for (host, origin) in [
+        ("localhost:11480", None),
+        ("[::1]:11480", None),
+        (LISTEN, Some(ALLOWED_ORIGIN)),
+    ] {
+        let response = d.send(with(Some(host), origin, Some(&admin))).await;
+        assert_eq!(response.status(), StatusCode::OK, "{host} {origin:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_app_whose_load_would_pass_its_budget_is_refused_with_the_numbers() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    // 0.001 GiB: about 1 MiB, less than the synthetic model's estimate.
+    let app = d.install(&manifest(
+        "com.example.notes",
+        "[requires]\nmemory_gb = 0.001\n",
+    ));
+    let ask = || {
+        post(
+            "/v1/chat/completions",
+            Some(app.as_str()),
+            chat("m:1", json!({})),
+        )
+    };
+    let (status, retry_after, e) = error_of(d.send(ask()).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e["type"], "insufficient_memory");
+    assert_eq!(e["code"], "app_budget_exceeded");
+    assert_eq!(retry_after, None, "waiting does not raise a budget");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "app com.example.notes may hold 1.0 MiB (requires.memory_gb of its manifest); \
+             it holds 0 B and loading m:1 would add "
+        ),
+        "{message}"
+    );
+    assert_eq!(d.engine.spawned(), 0, "refused before any load");
+
+    // The admin has no app budget: the same request is served.
+    let admin = d.admin();
+    let served = post("/v1/chat/completions", Some(&admin), chat("m:1", json!({})));
+    assert_eq!(d.send(served).await.status(), StatusCode::OK);
+    assert_eq!(d.engine.spawned(), 1);
+    let estimate = d.state.runtime.status().await.unwrap().models[0].estimate;
+    assert!(estimate > 1 << 20, "the model could not fit: {estimate}");
+}
+
+/// The next piece of a streamed body, within the deadline; `None` at its end.
+async fn next_chunk(body: &mut axum::body::BodyDataStream) -> Option<String> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(DEADLINE, body.next())
+        .await
+        .expect("the stream moves within the deadline")
+        .map(|chunk| String::from_utf8(chunk.unwrap().to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn a_stream_whose_worker_dies_ends_with_an_error_event() {
+    let d = Daemon::new(FakeEngine::stalling(2), true, RawServeConfig::default());
+    let response = d
+        .send(post(
+            "/v1/chat/completions",
+            None,
+            chat("m:1", json!({"stream": true})),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers().get(header::CONTENT_TYPE).unwrap(),
+        "text/event-stream"
+    );
+    let mut body = response.into_body().into_data_stream();
+    let mut text = String::new();
+    // Both tokens are out; the worker stalls, then dies.
+    while !text.contains("t1 ") {
+        text.push_str(&next_chunk(&mut body).await.expect("the tokens"));
+    }
+    assert_eq!(d.state.in_flight.load(Ordering::SeqCst), 1);
+    d.engine.kill_all();
+    while let Some(chunk) = next_chunk(&mut body).await {
+        text.push_str(&chunk);
+    }
+
+    let datas: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert!(!datas.contains(&openai::STREAM_DONE), "{text}");
+    let events: Vec<Value> = datas
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let [role, t0, t1, error] = events.as_slice() else {
+        panic!("{text}")
+    };
+    assert_eq!(role["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(t0["choices"][0]["delta"]["content"], "t0 ");
+    assert_eq!(t1["choices"][0]["delta"]["content"], "t1 ");
+    assert_eq!(error["error"]["type"], "worker_died", "{error}");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("exited"));
+    // The stream's in-flight count is given back with its end.
+    assert_eq!(d.state.in_flight.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_full_queue_is_429_with_retry_after() {
+    // One sequence, no queue: a second request while one streams is refused.
+    let extra = RawServeConfig {
+        queue: Some(0),
+        ..RawServeConfig::default()
+    };
+    let d = Daemon::new(FakeEngine::stalling(1), true, extra);
+    let ask = |stream: bool| {
+        post(
+            "/v1/chat/completions",
+            None,
+            chat("m:1", json!({"stream": stream})),
+        )
+    };
+    let streaming = d.send(ask(true)).await;
+    assert_eq!(streaming.status(), StatusCode::OK);
+
+    let (status, retry_after, e) = error_of(d.send(ask(false)).await).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(e["type"], "rate_limit_error");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    drop(streaming);
+}
+
+#[tokio::test]
+async fn critical_pressure_refuses_loads_with_503_and_retry_after() {
+    let d = Daemon::new(FakeEngine::new(2), true, RawServeConfig::default());
+    let simulate = post(
+        "/locara/v1/pressure/simulate",
+        None,
+        json!({"level": "critical"}),
+    );
+    assert_eq!(d.send(simulate).await.status(), StatusCode::OK);
+
+    let ask = post("/v1/chat/completions", None, chat("m:1", json!({})));
+    let (status, retry_after, e) = error_of(d.send(ask).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e["type"], "model_unavailable");
+    assert_eq!(e["code"], "memory_pressure");
+    let ladder = locara_core::ladder::LadderConfig::default().retry_after;
+    assert_eq!(retry_after, Some(ladder.as_secs().to_string()));
+    assert_eq!(d.engine.spawned(), 0, "no load under critical pressure");
+}
