@@ -1,23 +1,20 @@
-//! Just enough HTTP/1.1 for OpenAI-compatible servers on loopback: a `GET`
+//! HTTP for OpenAI-compatible servers on loopback, through `ureq`: a `GET`
 //! that returns the body, and a streamed `POST /v1/chat/completions` whose
 //! server-sent events are timed as they arrive.
 //!
-//! Plain `std::net::TcpStream`, one connection per request
-//! (`Connection: close`), so that nothing between the socket and the clock
-//! buffers a token: each `data:` line is timed when its last byte has been
-//! read. Both llama-server and Locara answer a stream with chunked transfer
-//! encoding, which [`Chunked`] undoes.
+//! Every request has a connection of its own (`Connection: close`, no
+//! pool). Both llama-server and Locara answer a stream with chunked
+//! transfer encoding; ureq's body reader returns what has arrived of a
+//! chunk without waiting for more, so each `data:` line is timed when its
+//! last byte has been read.
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
+use std::cell::Cell;
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{self, BufRead, BufReader, Read};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-
-/// Longest response head (status line and headers) read, bytes.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Most bytes of an error body quoted in a message.
 const MAX_QUOTED_BYTES: usize = 600;
@@ -72,272 +69,113 @@ impl BaseUrl {
         self
     }
 
-    fn connect(&self, timeout: Duration) -> Result<TcpStream> {
-        let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        let mut last = None;
-        for addr in (host, self.port)
-            .to_socket_addrs()
-            .with_context(|| format!("resolving {self}"))?
-        {
-            match TcpStream::connect_timeout(&addr, timeout) {
-                Ok(stream) => {
-                    stream.set_read_timeout(Some(timeout))?;
-                    stream.set_write_timeout(Some(timeout))?;
-                    stream.set_nodelay(true)?;
-                    return Ok(stream);
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        match last {
-            Some(e) => Err(e).with_context(|| format!("connecting to {self}")),
-            None => bail!("{self} resolves to no address"),
+    /// A `method path` request whose connection, and each read and write on
+    /// it, `timeout` bounds.
+    fn request(&self, method: &str, path: &str, timeout: Duration) -> ureq::Request {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(timeout)
+            .timeout_read(timeout)
+            .timeout_write(timeout)
+            // Straight to the server on loopback, one connection a request.
+            .try_proxy_from_env(false)
+            .redirects(0)
+            .max_idle_connections(0)
+            .user_agent("locara-serve-bench")
+            .build();
+        let request = agent
+            .request(method, &format!("{self}{path}"))
+            .set("Connection", "close");
+        match &self.token {
+            Some(token) => request.set("Authorization", &format!("Bearer {token}")),
+            None => request,
         }
     }
+}
 
-    fn head(&self, method: &str, path: &str, body: Option<(&str, usize)>) -> String {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nUser-Agent: locara-serve-bench\r\n",
-            self.host, self.port
-        );
-        if let Some(token) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        if let Some((content_type, len)) = body {
-            head.push_str(&format!(
-                "Content-Type: {content_type}\r\nContent-Length: {len}\r\n"
-            ));
-        }
-        head.push_str("\r\n");
-        head
+/// A response of any status; a transport error is an error.
+fn response(result: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response> {
+    match result {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => Ok(response),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// `GET path`: the status and the body as text. `timeout` bounds the
 /// connection and each read.
 pub fn get(base: &BaseUrl, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let mut stream = base.connect(timeout)?;
-    stream.write_all(base.head("GET", path, None).as_bytes())?;
-    let (status, mut body) = read_response(stream)?;
-    let mut text = String::new();
-    body.read_to_string(&mut text)
+    let response = response(base.request("GET", path, timeout).call())
+        .with_context(|| format!("GET {base}{path}"))?;
+    let status = response.status();
+    let text = response
+        .into_string()
         .with_context(|| format!("reading the body of GET {base}{path}"))?;
     Ok((status, text))
 }
 
-/// A connection opened for one streamed request, not yet sent: opening it
-/// is not part of the time to first token.
-pub struct Connection {
-    stream: TcpStream,
-    base: BaseUrl,
-}
-
-impl Connection {
-    /// Connects to `base`; `timeout` bounds the connection and, later,
-    /// every read (the wait for the first token included).
-    pub fn open(base: &BaseUrl, timeout: Duration) -> Result<Connection> {
-        Ok(Connection {
-            stream: base.connect(timeout)?,
-            base: base.clone(),
-        })
+/// Sends a streamed chat completion request (`body` is its JSON) and reads
+/// the events to the end of the stream, timing every token. `timeout`
+/// bounds the connection and every read (the wait for the first token
+/// included). The clock starts when the request's last byte is written:
+/// connecting is not part of the time to first token.
+pub fn stream_chat(base: &BaseUrl, body: &[u8], timeout: Duration) -> Result<StreamResult> {
+    let path = "/v1/chat/completions";
+    let what = || format!("POST {base}{path}");
+    let sent = Cell::new(None);
+    let request = base
+        .request("POST", path, timeout)
+        .set("Content-Type", "application/json")
+        .set("Content-Length", &body.len().to_string());
+    let response = response(request.send(TimedBody {
+        rest: body,
+        sent: &sent,
+    }))
+    .with_context(what)?;
+    let sent = sent
+        .get()
+        .with_context(|| format!("{}: the request body was not read to its end", what()))?;
+    let status = response.status();
+    if status != 200 {
+        let text = response.into_string().unwrap_or_default();
+        bail!("{} answered {status}: {}", what(), quote(&text));
     }
-
-    /// Sends a streamed chat completion request (`body` is its JSON) and
-    /// reads the events to the end of the stream, timing every token.
-    pub fn stream_chat(mut self, body: &[u8]) -> Result<StreamResult> {
-        let path = "/v1/chat/completions";
-        let mut request = self
-            .base
-            .head("POST", path, Some(("application/json", body.len())))
-            .into_bytes();
-        request.extend_from_slice(body);
-        // One write: the clock starts when the whole request is out.
-        self.stream.write_all(&request)?;
-        let sent = Instant::now();
-        let what = || format!("POST {}{path}", self.base);
-        let (status, body) = read_response(self.stream.try_clone()?).with_context(what)?;
-        let mut reader = BufReader::new(body);
-        if status != 200 {
-            let mut text = String::new();
-            let _ = reader.read_to_string(&mut text);
-            bail!("{} answered {status}: {}", what(), quote(&text));
-        }
-        let mut events = StreamEvents::default();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = reader
-                .read_line(&mut line)
-                .with_context(|| format!("reading the event stream of {}", what()))?;
-            if n == 0 {
-                break;
-            }
-            if events.line(line.trim_end_matches(['\r', '\n']), Instant::now())? {
-                break;
-            }
-        }
-        events.finish(sent)
-    }
-}
-
-/// Reads the status line and headers; returns the status and the body,
-/// its framing undone.
-fn read_response(stream: TcpStream) -> Result<(u16, Body)> {
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(response.into_reader());
+    let mut events = StreamEvents::default();
     let mut line = String::new();
-    reader
-        .read_line(&mut line)
-        .context("reading the status line")?;
-    let status = parse_status(&line)?;
-    let mut chunked = false;
-    let mut length = None;
-    let mut head_bytes = line.len();
     loop {
         line.clear();
-        let n = reader.read_line(&mut line).context("reading the headers")?;
-        head_bytes += n;
-        ensure!(n > 0, "the connection closed inside the response headers");
-        ensure!(
-            head_bytes <= MAX_HEAD_BYTES,
-            "the response headers exceed {MAX_HEAD_BYTES} bytes"
-        );
-        let header = line.trim_end_matches(['\r', '\n']);
-        if header.is_empty() {
+        let n = reader
+            .read_line(&mut line)
+            .with_context(|| format!("reading the event stream of {}", what()))?;
+        if n == 0 {
             break;
         }
-        if let Some((name, value)) = header.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            } else if name.eq_ignore_ascii_case("content-length") {
-                length = Some(
-                    value
-                        .parse::<u64>()
-                        .with_context(|| format!("Content-Length {value:?}"))?,
-                );
-            }
+        if events.line(line.trim_end_matches(['\r', '\n']), Instant::now())? {
+            break;
         }
     }
-    let body = if chunked {
-        Body::Chunked(Chunked::new(reader))
-    } else if let Some(length) = length {
-        Body::Length(reader.take(length))
-    } else {
-        Body::UntilClose(reader)
-    };
-    Ok((status, body))
+    events.finish(sent)
 }
 
-fn parse_status(line: &str) -> Result<u16> {
-    let mut parts = line.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    ensure!(
-        version.starts_with("HTTP/1."),
-        "not an HTTP/1 response: {}",
-        quote(line)
-    );
-    parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status code in {}", quote(line)))
+/// A request body that notes when it was read to its end. ureq copies it
+/// to the connection, writing what it has read before it reads again, so
+/// the end is read just after the request's last byte was written.
+struct TimedBody<'a> {
+    rest: &'a [u8],
+    sent: &'a Cell<Option<Instant>>,
 }
 
-/// A response body with its framing undone.
-enum Body {
-    Chunked(Chunked<BufReader<TcpStream>>),
-    Length(io::Take<BufReader<TcpStream>>),
-    UntilClose(BufReader<TcpStream>),
-}
-
-impl Read for Body {
+impl Read for TimedBody<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Body::Chunked(r) => r.read(buf),
-            Body::Length(r) => r.read(buf),
-            Body::UntilClose(r) => r.read(buf),
-        }
-    }
-}
-
-/// Undoes chunked transfer encoding (RFC 9112, 7.1). A read returns what
-/// has arrived of the current chunk; it never waits for more than that.
-pub struct Chunked<R> {
-    inner: R,
-    /// Bytes left in the current chunk.
-    left: u64,
-    done: bool,
-}
-
-impl<R: BufRead> Chunked<R> {
-    pub fn new(inner: R) -> Chunked<R> {
-        Chunked {
-            inner,
-            left: 0,
-            done: false,
-        }
-    }
-
-    fn next_size(&mut self) -> io::Result<u64> {
-        let mut line = String::new();
-        if self.inner.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the connection closed inside a chunked body",
-            ));
-        }
-        let size = line.trim_end_matches(['\r', '\n']);
-        // Chunk extensions (`;name=value`) are allowed and meaningless here.
-        let size = size.split(';').next().unwrap_or_default().trim();
-        u64::from_str_radix(size, 16).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad chunk size line {line:?}"),
-            )
-        })
-    }
-
-    fn skip_line(&mut self) -> io::Result<String> {
-        let mut line = String::new();
-        self.inner.read_line(&mut line)?;
-        Ok(line)
-    }
-}
-
-impl<R: BufRead> Read for Chunked<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.done || buf.is_empty() {
-            return Ok(0);
-        }
-        if self.left == 0 {
-            self.left = self.next_size()?;
-            if self.left == 0 {
-                // The last chunk: trailer fields until an empty line.
-                while !self.skip_line()?.trim_end_matches(['\r', '\n']).is_empty() {}
-                self.done = true;
-                return Ok(0);
-            }
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the connection closed inside a chunk",
-            ));
-        }
-        self.left -= n as u64;
-        if self.left == 0 {
-            // The CRLF after the chunk's data.
-            self.skip_line()?;
+        let n = self.rest.read(buf)?;
+        if n == 0 && self.sent.get().is_none() {
+            self.sent.set(Some(Instant::now()));
         }
         Ok(n)
     }
 }
 
 /// The events of one streamed chat completion, as they were read: the
-/// parsing half of [`Connection::stream_chat`], apart so that tests can
+/// parsing half of [`stream_chat`], apart so that tests can
 /// feed it lines.
 #[derive(Debug, Default)]
 pub struct StreamEvents {
@@ -499,6 +337,8 @@ fn quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
 
     #[test]
     fn base_urls_are_host_and_port_only() {
@@ -510,10 +350,17 @@ mod tests {
             url.to_string(),
             "tokens are not shown"
         );
-        assert!(with_token
-            .head("GET", "/v1/models", None)
-            .contains("\r\nAuthorization: Bearer lca_admin_x\r\n"));
-        assert!(!url.head("GET", "/", None).contains("Authorization"));
+        let timeout = Duration::from_secs(1);
+        assert_eq!(
+            with_token
+                .request("GET", "/v1/models", timeout)
+                .header("Authorization"),
+            Some("Bearer lca_admin_x")
+        );
+        assert_eq!(
+            url.request("GET", "/", timeout).header("Authorization"),
+            None
+        );
         assert_eq!(
             "http://[::1]:9".parse::<BaseUrl>().unwrap().to_string(),
             "http://[::1]:9"
@@ -530,35 +377,96 @@ mod tests {
         }
     }
 
-    #[test]
-    fn chunked_bodies_are_joined() {
-        let wire = "5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nTrailer: x\r\n\r\nAFTER";
-        let mut body = Chunked::new(wire.as_bytes());
-        let mut text = String::new();
-        body.read_to_string(&mut text).unwrap();
-        assert_eq!(text, "hello, world");
-        let mut more = String::new();
-        body.inner.read_to_string(&mut more).unwrap();
-        assert_eq!(more, "AFTER", "reads stop at the end of the body");
+    /// A server on an ephemeral loopback port that reads one request and
+    /// answers with `respond`. Returns its URL and a handle that yields the
+    /// request it read.
+    fn serve_once(
+        respond: impl FnOnce(&mut TcpStream) + Send + 'static,
+    ) -> (BaseUrl, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+                request.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            request.push_str(&String::from_utf8(body).unwrap());
+            respond(&mut stream);
+            request
+        });
+        (format!("http://127.0.0.1:{port}").parse().unwrap(), server)
     }
 
     #[test]
-    fn a_cut_chunked_body_is_an_error() {
-        let mut text = String::new();
-        let err = Chunked::new("5\r\nhel".as_bytes())
-            .read_to_string(&mut text)
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(Chunked::new("zz\r\n".as_bytes())
-            .read_to_string(&mut text)
-            .is_err());
+    fn tokens_are_timed_as_they_arrive_not_at_the_end_of_the_response() {
+        let pause = Duration::from_millis(500);
+        let (base, server) = serve_once(move |stream| {
+            let chunks = [
+                "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+                "data: {\"choices\":[{\"delta\":{\"content\":\"b\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+            ];
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap();
+            for chunk in chunks {
+                write!(stream, "{:x}\r\n{chunk}\r\n", chunk.len()).unwrap();
+                stream.flush().unwrap();
+                std::thread::sleep(pause);
+            }
+            stream.write_all(b"0\r\n\r\n").unwrap();
+        });
+        let result = stream_chat(
+            &base.with_token("lca_x"),
+            br#"{"stream":true}"#,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\nAuthorization: Bearer lca_x\r\n"),
+            "{request}"
+        );
+        assert!(request.ends_with("\r\n\r\n{\"stream\":true}"), "{request}");
+        assert_eq!(result.text, "ab");
+        assert_eq!(result.tokens, 2);
+        assert!(result.sent <= result.first_token);
+        // A client that read the whole response first would time both
+        // tokens at once; half the server's pause leaves room for a slow
+        // machine.
+        let gap = result.last_token - result.first_token;
+        assert!(gap >= pause / 2, "tokens {gap:?} apart");
     }
 
     #[test]
-    fn status_lines() {
-        assert_eq!(parse_status("HTTP/1.1 200 OK\r\n").unwrap(), 200);
-        assert_eq!(parse_status("HTTP/1.0 503\r\n").unwrap(), 503);
-        assert!(parse_status("SSH-2.0-OpenSSH\r\n").is_err());
+    fn an_error_status_comes_back_with_its_body() {
+        let (base, server) = serve_once(|stream| {
+            stream
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 7\r\n\r\nloading")
+                .unwrap();
+        });
+        let (status, body) = get(&base, "/health", Duration::from_secs(10)).unwrap();
+        assert!(server
+            .join()
+            .unwrap()
+            .starts_with("GET /health HTTP/1.1\r\n"));
+        assert_eq!((status, body.as_str()), (503, "loading"));
     }
 
     /// Events as llama-server 0.3.36's tree sends them (abridged): a role

@@ -1,7 +1,7 @@
 //! The two scenarios of the serve benchmark, run against one server: one
 //! stream, and several concurrent streams started together.
 
-use crate::http::{BaseUrl, Connection, StreamResult};
+use crate::http::{self, BaseUrl, StreamResult};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::sync::Barrier;
@@ -52,7 +52,7 @@ pub fn messages_body(
 
 /// One request, nothing else running.
 pub fn one_stream(base: &BaseUrl, body: &[u8], timeout: Duration) -> Result<StreamResult> {
-    Connection::open(base, timeout)?.stream_chat(body)
+    http::stream_chat(base, body, timeout)
 }
 
 /// What `n` streams started together measured.
@@ -94,21 +94,17 @@ impl Concurrent {
     }
 }
 
-/// `n` requests on `n` connections, opened first and sent together (a
-/// barrier releases the threads at once).
+/// `n` requests on `n` connections, sent together (a barrier releases the
+/// threads at once).
 pub fn concurrent(base: &BaseUrl, body: &[u8], n: u32, timeout: Duration) -> Result<Concurrent> {
-    let connections = (0..n)
-        .map(|_| Connection::open(base, timeout))
-        .collect::<Result<Vec<_>>>()?;
-    let barrier = Barrier::new(connections.len());
+    let barrier = Barrier::new(n as usize);
     let results: Vec<Result<StreamResult>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = connections
-            .into_iter()
-            .map(|conn| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
                 let barrier = &barrier;
                 scope.spawn(move || {
                     barrier.wait();
-                    conn.stream_chat(body)
+                    http::stream_chat(base, body, timeout)
                 })
             })
             .collect();

@@ -1,17 +1,20 @@
 //! Prometheus metrics for `GET /metrics`, in the text exposition format
-//! 0.0.4, written by hand.
+//! 0.0.4, through `prometheus-client`.
 //!
 //! The daemon owns one [`Metrics`] value (shared as `Arc<Metrics>`; there are
 //! no global statics). Two kinds of numbers reach it:
 //!
 //! * **events** — tokens, finished requests, loads, unloads, evictions,
-//!   refusals, estimate checks — are counted as they happen, each update under
-//!   one short mutex, cheap enough to call on every token. Counters are
-//!   cumulative: a model's counters stay after it unloads.
+//!   refusals, estimate checks — are counted as they happen in
+//!   `prometheus-client` counters, gauges and histograms, one family per
+//!   metric; an update is an atomic add under a family's read lock, cheap
+//!   enough to call on every token. Counters are cumulative: a model's
+//!   counters stay after it unloads.
 //! * **current state** — budget, footprint, mapped weights, estimate, model
 //!   state, busy sequences, queue depth — is not stored here. At scrape time
 //!   the daemon passes a [`Gauges`] snapshot of the governor's state to
-//!   [`Metrics::render`], so the exported gauges cannot drift from it.
+//!   [`Metrics::render`], which exports it through a collector, so the
+//!   exported gauges cannot drift from it.
 //!
 //! Memory words are docs/ARCHITECTURE.md's: *footprint* is what the OS charges the
 //! engine worker, *mapped weights* are the clean, file-backed pages of the
@@ -49,7 +52,7 @@
 //! });
 //! assert!(text.contains("locara_models_loaded 1\n"));
 //! assert!(text.contains("locara_tokens_generated_total{model=\"smollm2:135m\"} 2\n"));
-//! assert!(text.contains("locara_decode_tokens_per_second_last{model=\"smollm2:135m\"} 200\n"));
+//! assert!(text.contains("locara_decode_tokens_per_second_last{model=\"smollm2:135m\"} 200.0\n"));
 //! // Serve `text` with this Content-Type.
 //! assert!(CONTENT_TYPE.starts_with("text/plain; version=0.0.4"));
 //! ```
@@ -58,13 +61,22 @@
 //! endpoint, outcome, reason and kind strings from the code, never raw
 //! request fields, or one client could grow the series without bound.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::fmt;
+use std::sync::atomic::AtomicU64;
 
 /// The `Content-Type` of [`Metrics::render`]'s output (Prometheus text
 /// exposition format 0.0.4).
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Bucket upper bounds of time to first token, in seconds: from a warm small
 /// model answering a short prompt (tens of milliseconds) to a long prompt
@@ -131,197 +143,287 @@ pub struct KvPoolGauges {
     pub cached_sequences: u32,
 }
 
-/// The daemon's Prometheus metrics: event counters and histograms, rendered
-/// together with a [`Gauges`] snapshot. See the [module docs](self).
-#[derive(Debug, Default)]
+/// The daemon's Prometheus metrics: event counters, gauges and histograms,
+/// rendered together with a [`Gauges`] snapshot. See the [module docs](self).
+///
+/// Metric names are registered without the `_total` that the encoder adds to
+/// counters, and without units (the names carry them), so that the exported
+/// names are exactly those documented on each method.
+#[derive(Debug)]
 pub struct Metrics {
-    /// Per-model counters, by model name. One mutex: an update is a map
-    /// lookup and an add, and a scrape (rare) formats under it.
-    models: Mutex<BTreeMap<String, ModelCounters>>,
-    /// What the pressure ladder did: actions by (action, level), bytes the
-    /// OS gave back by level, and the level in force (0 normal, 1 warn, 2
-    /// critical).
-    pressure: Mutex<PressureCounters>,
-}
-
-#[derive(Debug, Default)]
-struct PressureCounters {
-    actions: BTreeMap<(String, String), u64>,
-    bytes_freed: BTreeMap<String, u64>,
-    level: u64,
-}
-
-/// Everything counted for one model since the daemon started.
-#[derive(Debug)]
-struct ModelCounters {
-    /// Prompt tokens processed.
-    prompt_tokens: u64,
-    /// Tokens generated.
-    tokens_generated: u64,
-    /// Finished requests by (endpoint, outcome).
-    requests: BTreeMap<(String, String), u64>,
-    /// Successful loads.
-    loads_ok: u64,
-    /// Failed loads.
-    loads_failed: u64,
-    /// Unloads by reason.
-    unloads: BTreeMap<String, u64>,
-    /// Evictions to make room under the budget.
-    evictions: u64,
-    /// Refusals by kind.
-    refusals: BTreeMap<String, u64>,
+    /// Every family below, under the prefix `locara`, in the order they are
+    /// rendered.
+    registry: Registry,
+    /// The pressure level in force: 0 normal, 1 warn, 2 critical.
+    pressure_level: Gauge<u64, AtomicU64>,
+    pressure_actions: Family<ActionLabels, Counter>,
+    /// Bytes the OS gave back after pressure unloads, by level.
+    pressure_bytes_freed: Family<LevelLabels, Counter>,
     /// Signed relative error of the last estimate against the measured
-    /// footprint; `None` before the first check.
-    estimate_error_ratio: Option<f64>,
+    /// footprint; no sample before the first check.
+    estimate_error_ratio: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     /// Decode rate of the last observed request, tokens per second.
-    decode_tokens_per_second_last: Option<f64>,
+    decode_tokens_per_second_last: Family<ModelLabels, Gauge<f64, AtomicU64>>,
+    prompt_tokens: Family<ModelLabels, Counter>,
+    tokens_generated: Family<ModelLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    loads: Family<LoadLabels, Counter>,
+    unloads: Family<UnloadLabels, Counter>,
+    evictions: Family<ModelLabels, Counter>,
+    pool_resizes: Family<ResizeLabels, Counter>,
+    pool_growth_refused: Family<ModelLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
     /// Time to first token, seconds.
-    time_to_first_token: Histogram,
+    time_to_first_token: Family<ModelLabels, Histogram, Buckets>,
     /// Decode rate per request, tokens per second.
-    decode_tokens_per_second: Histogram,
+    decode_tokens_per_second: Family<ModelLabels, Histogram, Buckets>,
     /// Duration of successful loads, seconds.
-    load_seconds: Histogram,
-    /// K/V pool resizes by direction (`grow`, `shrink`).
-    pool_resizes: BTreeMap<String, u64>,
-    /// K/V pool growths the governor refused.
-    pool_growth_refused: u64,
+    load_seconds: Family<ModelLabels, Histogram, Buckets>,
 }
 
-impl ModelCounters {
-    fn new() -> Self {
-        Self {
-            prompt_tokens: 0,
-            tokens_generated: 0,
-            requests: BTreeMap::new(),
-            loads_ok: 0,
-            loads_failed: 0,
-            unloads: BTreeMap::new(),
-            evictions: 0,
-            refusals: BTreeMap::new(),
-            estimate_error_ratio: None,
-            decode_tokens_per_second_last: None,
-            time_to_first_token: Histogram::new(TIME_TO_FIRST_TOKEN_BUCKETS),
-            decode_tokens_per_second: Histogram::new(DECODE_TOKENS_PER_SECOND_BUCKETS),
-            load_seconds: Histogram::new(MODEL_LOAD_SECONDS_BUCKETS),
-            pool_resizes: BTreeMap::new(),
-            pool_growth_refused: 0,
-        }
+// Label sets: the fields are the label names, in the order they are written.
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    endpoint: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LoadLabels {
+    model: String,
+    /// `ok` or `error`.
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UnloadLabels {
+    model: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResizeLabels {
+    model: String,
+    /// `grow` or `shrink`.
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    model: String,
+    kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+    level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LevelLabels {
+    level: String,
+}
+
+/// Makes one model's histogram with these bucket upper bounds (inclusive,
+/// increasing; `+Inf` is implicit).
+#[derive(Debug, Clone, Copy)]
+struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
     }
 }
 
-/// A Prometheus histogram with fixed bucket bounds.
-#[derive(Debug)]
-struct Histogram {
-    /// Upper bounds (inclusive), increasing; `+Inf` is implicit.
-    bounds: &'static [f64],
-    /// Observations per bucket (not cumulative), one per bound; those above
-    /// every bound are only in `count`.
-    counts: Vec<u64>,
-    /// Sum of all observations.
-    sum: f64,
-    /// Number of observations: the `+Inf` bucket.
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    /// Records `value`; a NaN, infinite or negative value is dropped, because
-    /// it would poison `_sum` for the rest of the daemon's life.
-    fn observe(&mut self, value: f64) {
-        if !value.is_finite() || value < 0.0 {
-            return;
-        }
-        if let Some(i) = self.bounds.iter().position(|&bound| value <= bound) {
-            self.counts[i] = self.counts[i].saturating_add(1);
-        }
-        self.sum += value;
-        self.count = self.count.saturating_add(1);
-    }
-}
-
-fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
-    match map.get_mut(key) {
-        Some(value) => *value = value.saturating_add(n),
-        None => {
-            map.insert(key.to_owned(), n);
-        }
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl Metrics {
     /// No events counted yet.
     pub fn new() -> Self {
-        Self::default()
+        let mut m = Metrics {
+            registry: Registry::with_prefix("locara"),
+            pressure_level: Gauge::default(),
+            pressure_actions: Family::default(),
+            pressure_bytes_freed: Family::default(),
+            estimate_error_ratio: Family::default(),
+            decode_tokens_per_second_last: Family::default(),
+            prompt_tokens: Family::default(),
+            tokens_generated: Family::default(),
+            requests: Family::default(),
+            loads: Family::default(),
+            unloads: Family::default(),
+            evictions: Family::default(),
+            pool_resizes: Family::default(),
+            pool_growth_refused: Family::default(),
+            refusals: Family::default(),
+            time_to_first_token: Family::new_with_constructor(Buckets(TIME_TO_FIRST_TOKEN_BUCKETS)),
+            decode_tokens_per_second: Family::new_with_constructor(Buckets(
+                DECODE_TOKENS_PER_SECOND_BUCKETS,
+            )),
+            load_seconds: Family::new_with_constructor(Buckets(MODEL_LOAD_SECONDS_BUCKETS)),
+        };
+        // Help texts without their final period: the registry adds one.
+        let r = &mut m.registry;
+        r.register(
+            "pressure_level",
+            "Memory pressure level in force: 0 normal, 1 warn, 2 critical",
+            m.pressure_level.clone(),
+        );
+        r.register(
+            "pressure_actions",
+            "Actions the pressure ladder took, by action and level",
+            m.pressure_actions.clone(),
+        );
+        r.register(
+            "pressure_bytes_freed",
+            "Bytes the OS gave back after pressure unloads (the workers' measured footprints), by level",
+            m.pressure_bytes_freed.clone(),
+        );
+        r.register(
+            "estimate_error_ratio",
+            "Signed error of the last estimate against the measured footprint, (estimate - footprint) / footprint; positive means the estimate was too high",
+            m.estimate_error_ratio.clone(),
+        );
+        r.register(
+            "decode_tokens_per_second_last",
+            "Decode rate of the model's last finished request, in tokens per second",
+            m.decode_tokens_per_second_last.clone(),
+        );
+        r.register(
+            "prompt_tokens",
+            "Prompt tokens processed",
+            m.prompt_tokens.clone(),
+        );
+        r.register(
+            "tokens_generated",
+            "Tokens generated",
+            m.tokens_generated.clone(),
+        );
+        r.register(
+            "requests",
+            "Finished requests by endpoint and outcome (stop, length, cancelled, error)",
+            m.requests.clone(),
+        );
+        r.register(
+            "model_loads",
+            "Finished model loads by result (ok, error)",
+            m.loads.clone(),
+        );
+        r.register(
+            "model_unloads",
+            "Model unloads by reason (idle, evicted, requested, worker_died, shutdown, pressure_warn, pressure_critical)",
+            m.unloads.clone(),
+        );
+        r.register(
+            "evictions",
+            "Times the model was evicted to make room for another under the budget",
+            m.evictions.clone(),
+        );
+        r.register(
+            "kv_pool_resizes",
+            "Resizes of the model's K/V pool, by direction (grow: the governor granted the bytes; shrink: idle or under pressure)",
+            m.pool_resizes.clone(),
+        );
+        r.register(
+            "kv_pool_growth_refused",
+            "Growths of the model's K/V pool the governor refused (budget or pressure): the sequence shifted its context or ended",
+            m.pool_growth_refused.clone(),
+        );
+        r.register(
+            "refusals",
+            "Refused requests and loads by kind (insufficient_memory, queue_full, held)",
+            m.refusals.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "Seconds from accepting a request to its first generated token",
+            m.time_to_first_token.clone(),
+        );
+        r.register(
+            "decode_tokens_per_second",
+            "Decode rate of each finished request, in tokens per second",
+            m.decode_tokens_per_second.clone(),
+        );
+        r.register(
+            "model_load_seconds",
+            "Seconds to load a model (successful loads only)",
+            m.load_seconds.clone(),
+        );
+        m
     }
 
-    /// A poisoned lock still holds valid counters (every update is a plain
-    /// add), and metrics must never take the daemon down.
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, ModelCounters>> {
-        self.models.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `update` on `model`'s counters, creating them on first use. The
-    /// model name is copied only then, so the per-token path does not
-    /// allocate.
-    fn with_model(&self, model: &str, update: impl FnOnce(&mut ModelCounters)) {
-        let mut models = self.lock();
-        match models.get_mut(model) {
-            Some(counters) => update(counters),
-            None => {
-                let mut counters = ModelCounters::new();
-                update(&mut counters);
-                models.insert(model.to_owned(), counters);
+    /// `model`'s label set. On the model's first event its counters without
+    /// open-ended labels (tokens, prompt tokens, loads, evictions) start at
+    /// 0, so that a rate over them counts from that first event.
+    fn seen(&self, model: &str) -> ModelLabels {
+        let labels = ModelLabels {
+            model: model.to_owned(),
+        };
+        // `tokens_generated` is created last: once it exists, so do the rest.
+        if self.tokens_generated.get(&labels).is_none() {
+            drop(self.prompt_tokens.get_or_create(&labels));
+            drop(self.evictions.get_or_create(&labels));
+            for result in ["ok", "error"] {
+                drop(self.loads.get_or_create(&LoadLabels {
+                    model: labels.model.clone(),
+                    result,
+                }));
             }
+            drop(self.tokens_generated.get_or_create(&labels));
         }
+        labels
     }
 
     /// Counts one action of the pressure ladder
     /// (`locara_pressure_actions_total{action,level}`).
     pub fn pressure_action(&self, action: &str, level: &str) {
-        let mut p = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
-        *p.actions
-            .entry((action.to_owned(), level.to_owned()))
-            .or_insert(0) += 1;
+        let labels = ActionLabels {
+            action: action.to_owned(),
+            level: level.to_owned(),
+        };
+        self.pressure_actions.get_or_create(&labels).inc();
     }
 
     /// Adds bytes the OS gave back after a pressure unload
     /// (`locara_pressure_bytes_freed_total{level}`).
     pub fn pressure_freed(&self, level: &str, bytes: u64) {
-        let mut p = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
-        let e = p.bytes_freed.entry(level.to_owned()).or_insert(0);
-        *e = e.saturating_add(bytes);
+        let labels = LevelLabels {
+            level: level.to_owned(),
+        };
+        self.pressure_bytes_freed
+            .get_or_create(&labels)
+            .inc_by(bytes);
     }
 
     /// The pressure level in force: 0 normal, 1 warn, 2 critical
     /// (`locara_pressure_level`).
     pub fn pressure_level(&self, level: u64) {
-        self.pressure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .level = level;
+        self.pressure_level.set(level);
     }
 
     /// Counts `n` generated tokens (`locara_tokens_generated_total{model}`).
     /// Cheap enough to call once per token.
     pub fn tokens_generated(&self, model: &str, n: u64) {
-        self.with_model(model, |m| {
-            m.tokens_generated = m.tokens_generated.saturating_add(n)
-        });
+        let labels = self.seen(model);
+        self.tokens_generated.get_or_create(&labels).inc_by(n);
     }
 
     /// Counts `n` processed prompt tokens (`locara_prompt_tokens_total{model}`).
     pub fn prompt_tokens(&self, model: &str, n: u64) {
-        self.with_model(model, |m| {
-            m.prompt_tokens = m.prompt_tokens.saturating_add(n)
-        });
+        let labels = self.seen(model);
+        self.prompt_tokens.get_or_create(&labels).inc_by(n);
     }
 
     /// Counts one finished request
@@ -329,20 +431,26 @@ impl Metrics {
     /// route, e.g. `/v1/chat/completions`; `outcome` is how it ended: `stop`,
     /// `length`, `cancelled` or `error`.
     pub fn request_finished(&self, model: &str, endpoint: &str, outcome: &str) {
-        self.with_model(model, |m| {
-            let count = m
-                .requests
-                .entry((endpoint.to_owned(), outcome.to_owned()))
-                .or_insert(0);
-            *count = count.saturating_add(1);
-        });
+        let ModelLabels { model } = self.seen(model);
+        let labels = RequestLabels {
+            model,
+            endpoint: endpoint.to_owned(),
+            outcome: outcome.to_owned(),
+        };
+        self.requests.get_or_create(&labels).inc();
     }
 
     /// Records the time from accepting a request to its first generated
     /// token, in seconds (`locara_time_to_first_token_seconds{model}`). NaN,
-    /// infinite and negative values are dropped.
+    /// infinite and negative values are dropped, because they would poison
+    /// `_sum` for the rest of the daemon's life.
     pub fn observe_time_to_first_token(&self, model: &str, seconds: f64) {
-        self.with_model(model, |m| m.time_to_first_token.observe(seconds));
+        let labels = self.seen(model);
+        if observable(seconds) {
+            self.time_to_first_token
+                .get_or_create(&labels)
+                .observe(seconds);
+        }
     }
 
     /// Records one request's decode phase: `tokens` generated in `seconds`.
@@ -358,60 +466,80 @@ impl Metrics {
         if !rate.is_finite() {
             return;
         }
-        self.with_model(model, |m| {
-            m.decode_tokens_per_second.observe(rate);
-            m.decode_tokens_per_second_last = Some(rate);
-        });
+        let labels = self.seen(model);
+        self.decode_tokens_per_second
+            .get_or_create(&labels)
+            .observe(rate);
+        self.decode_tokens_per_second_last
+            .get_or_create(&labels)
+            .set(rate);
     }
 
     /// Counts one unload (`locara_model_unloads_total{model,reason}`);
     /// `reason` is one of `idle`, `evicted`, `requested`, `worker_died`,
     /// `shutdown`, `pressure_warn`, `pressure_critical`.
     pub fn unloaded(&self, model: &str, reason: &str) {
-        self.with_model(model, |m| bump(&mut m.unloads, reason, 1));
+        let ModelLabels { model } = self.seen(model);
+        let labels = UnloadLabels {
+            model,
+            reason: reason.to_owned(),
+        };
+        self.unloads.get_or_create(&labels).inc();
     }
 
     /// Counts one eviction of `model` to make room under the budget
     /// (`locara_evictions_total{model}`).
     pub fn evicted(&self, model: &str) {
-        self.with_model(model, |m| m.evictions = m.evictions.saturating_add(1));
+        let labels = self.seen(model);
+        self.evictions.get_or_create(&labels).inc();
     }
 
     /// Counts one finished load (`locara_model_loads_total{model,result}`,
     /// `result` being `ok` or `error`) and, if it succeeded, records its
     /// duration in seconds (`locara_model_load_seconds{model}`). Failed loads
     /// are left out of the histogram: they often fail at once (a bad file, a
-    /// refused manifest) and would hide how long real loads take.
+    /// refused manifest) and would hide how long real loads take. A NaN,
+    /// infinite or negative duration is not recorded.
     pub fn load_finished(&self, model: &str, seconds: f64, ok: bool) {
-        self.with_model(model, |m| {
-            if ok {
-                m.loads_ok = m.loads_ok.saturating_add(1);
-                m.load_seconds.observe(seconds);
-            } else {
-                m.loads_failed = m.loads_failed.saturating_add(1);
-            }
-        });
+        let labels = self.seen(model);
+        let result = if ok { "ok" } else { "error" };
+        self.loads
+            .get_or_create(&LoadLabels {
+                model: labels.model.clone(),
+                result,
+            })
+            .inc();
+        if ok && observable(seconds) {
+            self.load_seconds.get_or_create(&labels).observe(seconds);
+        }
     }
 
     /// Counts one resize of the model's K/V pool
     /// (`locara_kv_pool_resizes_total{model,direction}`).
     pub fn pool_resized(&self, model: &str, grew: bool) {
+        let ModelLabels { model } = self.seen(model);
         let direction = if grew { "grow" } else { "shrink" };
-        self.with_model(model, |m| bump(&mut m.pool_resizes, direction, 1));
+        self.pool_resizes
+            .get_or_create(&ResizeLabels { model, direction })
+            .inc();
     }
 
     /// Counts one growth of the model's K/V pool that the governor refused
     /// (`locara_kv_pool_growth_refused_total{model}`).
     pub fn pool_growth_refused(&self, model: &str) {
-        self.with_model(model, |m| {
-            m.pool_growth_refused = m.pool_growth_refused.saturating_add(1)
-        });
+        let labels = self.seen(model);
+        self.pool_growth_refused.get_or_create(&labels).inc();
     }
 
     /// Counts one refused request or load (`locara_refusals_total{model,kind}`);
     /// `kind` is e.g. `insufficient_memory`, `queue_full` or `held`.
     pub fn refused(&self, model: &str, kind: &str) {
-        self.with_model(model, |m| bump(&mut m.refusals, kind, 1));
+        let ModelLabels { model } = self.seen(model);
+        let labels = RefusalLabels {
+            model,
+            kind: kind.to_owned(),
+        };
+        self.refusals.get_or_create(&labels).inc();
     }
 
     /// Compares an estimate with the footprint measured for the same model,
@@ -426,7 +554,8 @@ impl Metrics {
         // Exact to well under a part per million for any real footprint.
         let ratio =
             (estimated_footprint as f64 - measured_footprint as f64) / measured_footprint as f64;
-        self.with_model(model, |m| m.estimate_error_ratio = Some(ratio));
+        let labels = self.seen(model);
+        self.estimate_error_ratio.get_or_create(&labels).set(ratio);
     }
 
     /// Renders every metric family, the snapshot's gauges and all counters
@@ -434,755 +563,231 @@ impl Metrics {
     ///
     /// Each family has one `# HELP` and one `# TYPE` line before its samples,
     /// and families are not interleaved. A family with no samples is left out
-    /// entirely. Per-model counters without open-ended labels (tokens,
-    /// prompt tokens, loads, evictions) are exported, at 0 if need be, for
-    /// every model either in `gauges` or seen by an event, so that a rate
-    /// over them counts from the first event.
+    /// entirely. Every model in `gauges` counts as seen (see the per-model
+    /// counters that start at 0 on a model's first event).
     pub fn render(&self, gauges: &Gauges) -> String {
-        let mut snapshot: Vec<&ModelGauges> = gauges.models.iter().collect();
-        snapshot.sort_by(|a, b| a.model.cmp(&b.model));
-        snapshot.dedup_by(|later, first| later.model == first.model);
-
-        let counters = self.lock();
-        let idle = ModelCounters::new();
-        let known: BTreeSet<&str> = counters
-            .keys()
-            .map(String::as_str)
-            .chain(snapshot.iter().map(|m| m.model.as_str()))
-            .collect();
-        let counters_of = |model: &str| counters.get(model).unwrap_or(&idle);
-
+        let snapshot = Snapshot::new(gauges);
+        for m in &snapshot.0.models {
+            self.seen(&m.model);
+        }
+        let mut scrape = Registry::with_prefix("locara");
+        scrape.register_collector(Box::new(snapshot));
         let mut out = String::with_capacity(4096);
-
-        Family::new(
-            &mut out,
-            "locara_budget_bytes",
-            Kind::Gauge,
-            "Bytes the runtime may hold: the configured memory budget.",
-        )
-        .sample("", &[], gauges.budget_bytes);
-        Family::new(
-            &mut out,
-            "locara_effective_budget_bytes",
-            Kind::Gauge,
-            "Bytes the runtime may hold now: the budget after shrinking for memory pressure.",
-        )
-        .sample("", &[], gauges.effective_budget_bytes);
-        let loaded = snapshot.iter().filter(|m| m.state == "loaded").count();
-        Family::new(
-            &mut out,
-            "locara_models_loaded",
-            Kind::Gauge,
-            "Models whose engine worker is loaded and serving.",
-        )
-        .sample("", &[], loaded as u64);
-        {
-            let p = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
-            Family::new(
-                &mut out,
-                "locara_pressure_level",
-                Kind::Gauge,
-                "Memory pressure level in force: 0 normal, 1 warn, 2 critical.",
-            )
-            .sample("", &[], p.level);
-            let mut f = Family::new(
-                &mut out,
-                "locara_pressure_actions_total",
-                Kind::Counter,
-                "Actions the pressure ladder took, by action and level.",
-            );
-            for ((action, level), n) in &p.actions {
-                f.sample("", &[("action", action), ("level", level)], *n);
-            }
-            let mut f = Family::new(
-                &mut out,
-                "locara_pressure_bytes_freed_total",
-                Kind::Counter,
-                "Bytes the OS gave back after pressure unloads (the workers' measured footprints), by level.",
-            );
-            for (level, n) in &p.bytes_freed {
-                f.sample("", &[("level", level)], *n);
-            }
-        }
-
-        let mut f = Family::new(
-            &mut out,
-            "locara_model_state",
-            Kind::Gauge,
-            "Lifecycle state of each model the governor tracks (1 for its current state: loading, loaded or unloading).",
-        );
-        for m in &snapshot {
-            f.sample("", &[("model", &m.model), ("state", &m.state)], 1u64);
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_model_estimate_bytes",
-            Kind::Gauge,
-            "Footprint in bytes that admission estimated for the model (weights, KV cache, compute buffers, overhead).",
-        );
-        for m in &snapshot {
-            f.sample("", &[("model", &m.model)], m.estimate_bytes);
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_model_footprint_bytes",
-            Kind::Gauge,
-            "Measured footprint in bytes of the model's engine worker (macOS phys_footprint; Linux Anonymous + Swap from smaps_rollup).",
-        );
-        for m in &snapshot {
-            if let Some(bytes) = m.footprint_bytes {
-                f.sample("", &[("model", &m.model)], bytes);
-            }
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_model_mapped_weights_bytes",
-            Kind::Gauge,
-            "Resident bytes of the model's mmap'd GGUF weights: clean, file-backed pages, reclaimable without swap, not part of the footprint.",
-        );
-        for m in &snapshot {
-            if let Some(bytes) = m.mapped_weights_bytes {
-                f.sample("", &[("model", &m.model)], bytes);
-            }
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_kv_pool_cells",
-            Kind::Gauge,
-            "K/V cells the model's pool holds allocated (one cell: one token of one sequence); it grows with the governor's leave and shrinks when idle.",
-        );
-        for m in &snapshot {
-            if let Some(p) = m.kv_pool {
-                f.sample("", &[("model", &m.model)], u64::from(p.cells));
-            }
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_kv_pool_used_cells",
-            Kind::Gauge,
-            "K/V cells of the model's pool that live and cached sequences hold.",
-        );
-        for m in &snapshot {
-            if let Some(p) = m.kv_pool {
-                f.sample("", &[("model", &m.model)], u64::from(p.used_cells));
-            }
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_kv_cached_sequences",
-            Kind::Gauge,
-            "Finished conversations the model keeps in its K/V pool for prefix reuse.",
-        );
-        for m in &snapshot {
-            if let Some(p) = m.kv_pool {
-                f.sample("", &[("model", &m.model)], u64::from(p.cached_sequences));
-            }
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_sequences_busy",
-            Kind::Gauge,
-            "Sequences (requests) the model's engine worker is decoding now.",
-        );
-        for m in &snapshot {
-            f.sample("", &[("model", &m.model)], u64::from(m.sequences_busy));
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_queue_depth",
-            Kind::Gauge,
-            "Requests waiting for a free sequence of the model.",
-        );
-        for m in &snapshot {
-            f.sample("", &[("model", &m.model)], u64::from(m.queue_depth));
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_estimate_error_ratio",
-            Kind::Gauge,
-            "Signed error of the last estimate against the measured footprint, (estimate - footprint) / footprint; positive means the estimate was too high.",
-        );
-        for (model, c) in counters.iter() {
-            if let Some(ratio) = c.estimate_error_ratio {
-                f.sample("", &[("model", model)], ratio);
-            }
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_decode_tokens_per_second_last",
-            Kind::Gauge,
-            "Decode rate of the model's last finished request, in tokens per second.",
-        );
-        for (model, c) in counters.iter() {
-            if let Some(rate) = c.decode_tokens_per_second_last {
-                f.sample("", &[("model", model)], rate);
-            }
-        }
-
-        let mut f = Family::new(
-            &mut out,
-            "locara_prompt_tokens_total",
-            Kind::Counter,
-            "Prompt tokens processed.",
-        );
-        for &model in &known {
-            f.sample("", &[("model", model)], counters_of(model).prompt_tokens);
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_tokens_generated_total",
-            Kind::Counter,
-            "Tokens generated.",
-        );
-        for &model in &known {
-            f.sample("", &[("model", model)], counters_of(model).tokens_generated);
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_requests_total",
-            Kind::Counter,
-            "Finished requests by endpoint and outcome (stop, length, cancelled, error).",
-        );
-        for (model, c) in counters.iter() {
-            for ((endpoint, outcome), &n) in &c.requests {
-                f.sample(
-                    "",
-                    &[
-                        ("model", model),
-                        ("endpoint", endpoint),
-                        ("outcome", outcome),
-                    ],
-                    n,
-                );
-            }
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_model_loads_total",
-            Kind::Counter,
-            "Finished model loads by result (ok, error).",
-        );
-        for &model in &known {
-            let c = counters_of(model);
-            f.sample("", &[("model", model), ("result", "ok")], c.loads_ok);
-            f.sample("", &[("model", model), ("result", "error")], c.loads_failed);
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_model_unloads_total",
-            Kind::Counter,
-            "Model unloads by reason (idle, evicted, requested, worker_died, shutdown, pressure_warn, pressure_critical).",
-        );
-        for (model, c) in counters.iter() {
-            for (reason, &n) in &c.unloads {
-                f.sample("", &[("model", model), ("reason", reason)], n);
-            }
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_evictions_total",
-            Kind::Counter,
-            "Times the model was evicted to make room for another under the budget.",
-        );
-        for &model in &known {
-            f.sample("", &[("model", model)], counters_of(model).evictions);
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_kv_pool_resizes_total",
-            Kind::Counter,
-            "Resizes of the model's K/V pool, by direction (grow: the governor granted the bytes; shrink: idle or under pressure).",
-        );
-        for (model, c) in counters.iter() {
-            for (direction, &n) in &c.pool_resizes {
-                f.sample("", &[("model", model), ("direction", direction)], n);
-            }
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_kv_pool_growth_refused_total",
-            Kind::Counter,
-            "Growths of the model's K/V pool the governor refused (budget or pressure): the sequence shifted its context or ended.",
-        );
-        for (model, c) in counters.iter() {
-            if c.pool_growth_refused > 0 {
-                f.sample("", &[("model", model)], c.pool_growth_refused);
-            }
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_refusals_total",
-            Kind::Counter,
-            "Refused requests and loads by kind (insufficient_memory, queue_full, held).",
-        );
-        for (model, c) in counters.iter() {
-            for (kind, &n) in &c.refusals {
-                f.sample("", &[("model", model), ("kind", kind)], n);
-            }
-        }
-
-        let mut f = Family::new(
-            &mut out,
-            "locara_time_to_first_token_seconds",
-            Kind::Histogram,
-            "Seconds from accepting a request to its first generated token.",
-        );
-        for (model, c) in counters.iter() {
-            f.histogram(model, &c.time_to_first_token);
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_decode_tokens_per_second",
-            Kind::Histogram,
-            "Decode rate of each finished request, in tokens per second.",
-        );
-        for (model, c) in counters.iter() {
-            f.histogram(model, &c.decode_tokens_per_second);
-        }
-        let mut f = Family::new(
-            &mut out,
-            "locara_model_load_seconds",
-            Kind::Histogram,
-            "Seconds to load a model (successful loads only).",
-        );
-        for (model, c) in counters.iter() {
-            f.histogram(model, &c.load_seconds);
-        }
-
+        // The encoder fails only when its writer does; a String does not.
+        let _ = prometheus_text::encode(&mut out, &scrape)
+            .and_then(|()| prometheus_text::encode(&mut out, &self.registry));
         out
     }
 }
 
-/// A metric family's type, as the `# TYPE` line spells it.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
+/// Whether an observation can go into a histogram: a NaN, infinite or
+/// negative one would poison `_sum` for the rest of the daemon's life.
+fn observable(value: f64) -> bool {
+    value.is_finite() && value >= 0.0
 }
 
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
+/// The governor's state at one scrape, written as gauges when the scrape
+/// registry is encoded.
+#[derive(Debug)]
+struct Snapshot(Gauges);
+
+impl Snapshot {
+    /// `gauges` with each model once: its first entry after sorting by name,
+    /// because a duplicate series would make Prometheus reject the whole
+    /// scrape.
+    fn new(gauges: &Gauges) -> Snapshot {
+        let mut gauges = gauges.clone();
+        gauges.models.sort_by(|a, b| a.model.cmp(&b.model));
+        gauges
+            .models
+            .dedup_by(|later, first| later.model == first.model);
+        Snapshot(gauges)
     }
 }
 
-/// A sample value: counts stay integers, measurements are floats.
-#[derive(Debug, Clone, Copy)]
-enum Value {
-    Int(u64),
-    Float(f64),
-}
-
-impl From<u64> for Value {
-    fn from(value: u64) -> Self {
-        Value::Int(value)
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let Gauges {
+            budget_bytes,
+            effective_budget_bytes,
+            models,
+        } = &self.0;
+        let loaded = models.iter().filter(|m| m.state == "loaded").count() as u64;
+        let e = &mut encoder;
+        let none: [(&str, &str); 0] = [];
+        gauges(
+            e,
+            "budget_bytes",
+            "Bytes the runtime may hold: the configured memory budget.",
+            [(none, *budget_bytes)],
+        )?;
+        gauges(
+            e,
+            "effective_budget_bytes",
+            "Bytes the runtime may hold now: the budget after shrinking for memory pressure.",
+            [(none, *effective_budget_bytes)],
+        )?;
+        gauges(
+            e,
+            "models_loaded",
+            "Models whose engine worker is loaded and serving.",
+            [(none, loaded)],
+        )?;
+        gauges(
+            e,
+            "model_state",
+            "Lifecycle state of each model the governor tracks (1 for its current state: loading, loaded or unloading).",
+            models
+                .iter()
+                .map(|m| ([("model", m.model.as_str()), ("state", m.state.as_str())], 1u64)),
+        )?;
+        fn model(m: &ModelGauges) -> [(&'static str, &str); 1] {
+            [("model", m.model.as_str())]
+        }
+        gauges(
+            e,
+            "model_estimate_bytes",
+            "Footprint in bytes that admission estimated for the model (weights, KV cache, compute buffers, overhead).",
+            models.iter().map(|m| (model(m), m.estimate_bytes)),
+        )?;
+        gauges(
+            e,
+            "model_footprint_bytes",
+            "Measured footprint in bytes of the model's engine worker (macOS phys_footprint; Linux Anonymous + Swap from smaps_rollup).",
+            models.iter().filter_map(|m| Some((model(m), m.footprint_bytes?))),
+        )?;
+        gauges(
+            e,
+            "model_mapped_weights_bytes",
+            "Resident bytes of the model's mmap'd GGUF weights: clean, file-backed pages, reclaimable without swap, not part of the footprint.",
+            models.iter().filter_map(|m| Some((model(m), m.mapped_weights_bytes?))),
+        )?;
+        gauges(
+            e,
+            "kv_pool_cells",
+            "K/V cells the model's pool holds allocated (one cell: one token of one sequence); it grows with the governor's leave and shrinks when idle.",
+            models.iter().filter_map(|m| Some((model(m), m.kv_pool?.cells))),
+        )?;
+        gauges(
+            e,
+            "kv_pool_used_cells",
+            "K/V cells of the model's pool that live and cached sequences hold.",
+            models
+                .iter()
+                .filter_map(|m| Some((model(m), m.kv_pool?.used_cells))),
+        )?;
+        gauges(
+            e,
+            "kv_cached_sequences",
+            "Finished conversations the model keeps in its K/V pool for prefix reuse.",
+            models
+                .iter()
+                .filter_map(|m| Some((model(m), m.kv_pool?.cached_sequences))),
+        )?;
+        gauges(
+            e,
+            "sequences_busy",
+            "Sequences (requests) the model's engine worker is decoding now.",
+            models.iter().map(|m| (model(m), m.sequences_busy)),
+        )?;
+        gauges(
+            e,
+            "queue_depth",
+            "Requests waiting for a free sequence of the model.",
+            models.iter().map(|m| (model(m), m.queue_depth)),
+        )
     }
 }
 
-impl From<f64> for Value {
-    fn from(value: f64) -> Self {
-        Value::Float(value)
+/// Writes the gauge family `name`, one sample per (labels, value); nothing
+/// at all without samples.
+fn gauges<S: EncodeLabelSet, N: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (S, N)>,
+) -> fmt::Result {
+    let mut samples = samples.into_iter().peekable();
+    if samples.peek().is_none() {
+        return Ok(());
     }
-}
-
-/// Writes one family: its `# HELP` and `# TYPE` lines come before its first
-/// sample, so a family with no samples writes nothing.
-struct Family<'a> {
-    out: &'a mut String,
-    name: &'static str,
-    kind: Kind,
-    help: &'static str,
-    started: bool,
-}
-
-impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &'static str, kind: Kind, help: &'static str) -> Self {
-        Self {
-            out,
-            name,
-            kind,
-            help,
-            started: false,
-        }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        family.encode_family(&labels)?.encode_gauge(&value)?;
     }
-
-    /// Writes the sample `<family name><suffix>{labels} value`.
-    fn sample(&mut self, suffix: &str, labels: &[(&str, &str)], value: impl Into<Value>) {
-        if !self.started {
-            self.started = true;
-            self.out.push_str("# HELP ");
-            self.out.push_str(self.name);
-            self.out.push(' ');
-            escape_help(self.out, self.help);
-            self.out.push_str("\n# TYPE ");
-            self.out.push_str(self.name);
-            self.out.push(' ');
-            self.out.push_str(self.kind.as_str());
-            self.out.push('\n');
-        }
-        self.out.push_str(self.name);
-        self.out.push_str(suffix);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (name, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                self.out.push_str(name);
-                self.out.push_str("=\"");
-                escape_label_value(self.out, value);
-                self.out.push('"');
-            }
-            self.out.push('}');
-        }
-        self.out.push(' ');
-        match value.into() {
-            Value::Int(n) => {
-                let _ = write!(self.out, "{n}");
-            }
-            Value::Float(x) => write_f64(self.out, x),
-        }
-        self.out.push('\n');
-    }
-
-    /// Writes `model`'s cumulative `_bucket` samples (ending with `+Inf`,
-    /// equal to `_count`), `_sum` and `_count`; nothing before the first
-    /// observation.
-    fn histogram(&mut self, model: &str, h: &Histogram) {
-        if h.count == 0 {
-            return;
-        }
-        let mut cumulative = 0u64;
-        let mut le = String::new();
-        for (&bound, &n) in h.bounds.iter().zip(&h.counts) {
-            cumulative = cumulative.saturating_add(n);
-            le.clear();
-            write_f64(&mut le, bound);
-            self.sample("_bucket", &[("model", model), ("le", &le)], cumulative);
-        }
-        self.sample("_bucket", &[("model", model), ("le", "+Inf")], h.count);
-        self.sample("_sum", &[("model", model)], h.sum);
-        self.sample("_count", &[("model", model)], h.count);
-    }
-}
-
-/// Writes `x` the way Prometheus (Go's `ParseFloat`) reads it: `+Inf`,
-/// `-Inf`, `NaN`, or Rust's shortest round-trip decimal (`0.025`, `1`).
-fn write_f64(out: &mut String, x: f64) {
-    if x.is_nan() {
-        out.push_str("NaN");
-    } else if x == f64::INFINITY {
-        out.push_str("+Inf");
-    } else if x == f64::NEG_INFINITY {
-        out.push_str("-Inf");
-    } else {
-        let _ = write!(out, "{x}");
-    }
-}
-
-/// Label values escape backslash, double quote and line feed (format 0.0.4).
-fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// `# HELP` text escapes backslash and line feed (format 0.0.4).
-fn escape_help(out: &mut String, help: &str) {
-    for c in help.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
-    /// Label (name, value) pairs in output order.
-    type Labels = Vec<(String, String)>;
-
-    /// One parsed sample line.
-    #[derive(Debug, Clone, PartialEq)]
-    struct Sample {
-        name: String,
-        labels: Labels,
-        value: f64,
-    }
-
-    impl Sample {
-        fn label(&self, name: &str) -> Option<&str> {
-            self.labels
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        }
-    }
-
-    /// A parsed exposition: the type of each family, and the samples in order.
-    #[derive(Debug)]
-    struct Exposition {
-        kinds: BTreeMap<String, String>,
-        samples: Vec<Sample>,
-    }
-
-    impl Exposition {
-        /// The value of the one sample named `name` with exactly `labels`.
-        fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-            let mut found = self.samples.iter().filter(|s| {
-                s.name == name
-                    && s.labels.len() == labels.len()
-                    && labels.iter().all(|(n, v)| s.label(n) == Some(*v))
-            });
-            let first = found.next().map(|s| s.value);
-            assert!(found.next().is_none(), "{name} {labels:?} twice");
-            first
-        }
-
-        fn family_names(&self) -> Vec<&str> {
-            self.kinds.keys().map(String::as_str).collect()
-        }
-    }
-
-    fn valid_name(name: &str, colons: bool) -> bool {
-        let mut chars = name.chars();
-        let first_ok = chars
+    /// The value of the sample `series`, its name and labels as written
+    /// (`locara_queue_depth{model="m"}`); `None` without one. A second
+    /// sample of the series fails the test.
+    fn value(text: &str, series: &str) -> Option<f64> {
+        let mut values = text
+            .lines()
+            .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '));
+        let value = values
             .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colons && c == ':'));
-        first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colons && c == ':'))
+            .map(|v| v.parse().unwrap_or_else(|e| panic!("{series} {v:?}: {e}")));
+        assert!(values.next().is_none(), "{series} twice in\n{text}");
+        value
     }
 
-    /// A strict reader of the text format 0.0.4 as this module writes it:
-    /// panics on anything Prometheus would reject, and on the looser things
-    /// it accepts but this module promises not to do (blank lines, a sample
-    /// before its family's HELP and TYPE, interleaved families, empty
-    /// families, timestamps, NaN, duplicate series).
-    fn parse(text: &str) -> Exposition {
-        assert!(text.ends_with('\n'), "output must end with a line feed");
-        let mut helps = BTreeSet::new();
-        let mut kinds: BTreeMap<String, String> = BTreeMap::new();
-        let mut with_samples = BTreeSet::new();
-        let mut current: Option<String> = None;
-        let mut series = BTreeSet::new();
-        let mut samples = Vec::new();
-        for line in text.lines() {
-            assert!(!line.is_empty(), "blank line");
-            if let Some(rest) = line.strip_prefix("# HELP ") {
-                let (name, help) = rest.split_once(' ').expect("HELP name and text");
-                assert!(valid_name(name, true), "bad family name {name:?}");
-                assert!(!help.trim().is_empty(), "empty HELP for {name}");
-                assert!(helps.insert(name.to_owned()), "second HELP for {name}");
-                if let Some(previous) = &current {
-                    assert!(
-                        with_samples.contains(previous),
-                        "family {previous} has no samples"
-                    );
-                }
-                current = Some(name.to_owned());
-            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').expect("TYPE name and kind");
-                assert_eq!(
-                    current.as_deref(),
-                    Some(name),
-                    "TYPE {name} not right after its HELP"
-                );
-                assert!(
-                    ["counter", "gauge", "histogram"].contains(&kind),
-                    "unexpected type {kind:?} of {name}"
-                );
-                let previous = kinds.insert(name.to_owned(), kind.to_owned());
-                assert!(previous.is_none(), "second TYPE for {name}");
-            } else {
-                assert!(!line.starts_with('#'), "unexpected comment {line:?}");
-                let sample = parse_sample(line);
-                let family = family_of(&sample.name, &kinds)
-                    .unwrap_or_else(|| panic!("sample {line:?} has no TYPE before it"));
-                assert_eq!(
-                    current.as_deref(),
-                    Some(family.as_str()),
-                    "sample {line:?} interleaved into another family"
-                );
-                match kinds[&family].as_str() {
-                    "counter" => {
-                        assert!(sample.name.ends_with("_total"), "counter {line:?}");
-                        assert!(sample.value >= 0.0 && sample.value.is_finite(), "{line:?}");
-                    }
-                    "histogram" => {
-                        let is_bucket = sample.name.ends_with("_bucket");
-                        assert_eq!(is_bucket, sample.label("le").is_some(), "{line:?}");
-                    }
-                    _ => {}
-                }
-                let mut key = sample.labels.clone();
-                key.sort();
-                assert!(
-                    series.insert((sample.name.clone(), key)),
-                    "duplicate series {line:?}"
-                );
-                with_samples.insert(family);
-                samples.push(sample);
-            }
-        }
-        if let Some(last) = &current {
-            assert!(with_samples.contains(last), "family {last} has no samples");
-        }
-        assert_eq!(helps.len(), kinds.len(), "a HELP without TYPE");
-        Exposition { kinds, samples }
-    }
-
-    fn family_of(sample: &str, kinds: &BTreeMap<String, String>) -> Option<String> {
-        if let Some(kind) = kinds.get(sample) {
-            return (kind != "histogram").then(|| sample.to_owned());
-        }
-        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
-            let base = sample.strip_suffix(suffix)?;
-            (kinds.get(base)? == "histogram").then(|| base.to_owned())
+    /// The type of family `name`, from its `# TYPE` line.
+    fn kind<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+        text.lines().find_map(|line| {
+            line.strip_prefix("# TYPE ")?
+                .strip_prefix(name)?
+                .strip_prefix(' ')
         })
     }
 
-    fn parse_sample(line: &str) -> Sample {
-        let name_end = line.find(['{', ' ']).expect("sample name");
-        let name = &line[..name_end];
-        assert!(valid_name(name, true), "bad sample name in {line:?}");
-        let mut rest = &line[name_end..];
-        let mut labels = Vec::new();
-        if let Some(after_brace) = rest.strip_prefix('{') {
-            let mut chars = after_brace.char_indices();
-            loop {
-                let mut label = String::new();
-                let mut c = chars.next().expect("label").1;
-                while c != '=' {
-                    label.push(c);
-                    c = chars.next().expect("label name").1;
-                }
-                assert!(
-                    valid_name(&label, false),
-                    "bad label name {label:?} in {line:?}"
-                );
-                assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "{line:?}");
-                let mut value = String::new();
-                loop {
-                    match chars.next().expect("unterminated label value").1 {
-                        '"' => break,
-                        '\\' => match chars.next().expect("escape").1 {
-                            '\\' => value.push('\\'),
-                            '"' => value.push('"'),
-                            'n' => value.push('\n'),
-                            other => panic!("bad escape \\{other} in {line:?}"),
-                        },
-                        '\n' => panic!("raw line feed in {line:?}"),
-                        c => value.push(c),
-                    }
-                }
-                assert!(
-                    labels.iter().all(|(n, _)| n != &label),
-                    "label {label} twice in {line:?}"
-                );
-                labels.push((label, value));
-                match chars.next().expect("',' or '}'") {
-                    (_, ',') => continue,
-                    (i, '}') => {
-                        rest = &after_brace[i + 1..];
-                        break;
-                    }
-                    (_, other) => panic!("unexpected {other:?} in {line:?}"),
-                }
-            }
+    /// The sample lines of `text`, each series once: a duplicate series
+    /// makes Prometheus reject the whole scrape.
+    fn samples(text: &str) -> Vec<&str> {
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        let mut series = BTreeSet::new();
+        for line in &lines {
+            let (name_and_labels, _) = line.rsplit_once(' ').expect("a value");
+            assert!(series.insert(name_and_labels), "duplicate series {line:?}");
         }
-        let value = rest.strip_prefix(' ').expect("space before the value");
+        lines
+    }
+
+    /// Checks `model`'s series of histogram `family`: buckets in increasing
+    /// `le` order, cumulative, ending with `+Inf` equal to `_count`, and a
+    /// `_sum`.
+    fn check_histogram(text: &str, family: &str, model: &str) {
+        assert_eq!(kind(text, family), Some("histogram"));
+        let prefix = format!("{family}_bucket{{model=\"{model}\",le=\"");
+        let buckets: Vec<(f64, f64)> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .map(|rest| {
+                let (le, count) = rest.split_once("\"} ").expect("le and count");
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().expect("le")
+                };
+                (le, count.parse().expect("count"))
+            })
+            .collect();
         assert!(
-            !value.contains(' '),
-            "timestamp or junk after the value in {line:?}"
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{family} {model}: {buckets:?}"
         );
-        Sample {
-            name: name.to_owned(),
-            labels,
-            value: parse_value(value),
-        }
-    }
-
-    /// Go's `ParseFloat` spellings only: Rust also reads `inf` and `nan`,
-    /// which must not pass here.
-    fn parse_value(text: &str) -> f64 {
-        match text {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            "NaN" => panic!("NaN sample value"),
-            _ => {
-                assert!(
-                    !text.is_empty()
-                        && text
-                            .chars()
-                            .all(|c| c.is_ascii_digit() || "+-.eE".contains(c)),
-                    "bad value {text:?}"
-                );
-                text.parse()
-                    .unwrap_or_else(|e| panic!("bad value {text:?}: {e}"))
-            }
-        }
-    }
-
-    /// Checks every series of histogram `family`: buckets in increasing `le`
-    /// order, cumulative, ending with `+Inf` equal to `_count`, with a `_sum`.
-    /// Returns the number of series.
-    fn check_histogram(exp: &Exposition, family: &str) -> usize {
-        assert_eq!(exp.kinds.get(family).map(String::as_str), Some("histogram"));
-        let bucket_name = format!("{family}_bucket");
-        // Labels other than `le` -> (le, cumulative count) in output order.
-        let mut by_series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
-        for s in exp.samples.iter().filter(|s| s.name == bucket_name) {
-            let rest: Vec<_> = s
-                .labels
-                .iter()
-                .filter(|(n, _)| n != "le")
-                .cloned()
-                .collect();
-            let le = parse_value(s.label("le").expect("le"));
-            by_series.entry(rest).or_default().push((le, s.value));
-        }
-        for (labels, buckets) in &by_series {
-            let labels: Vec<(&str, &str)> = labels
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            for pair in buckets.windows(2) {
-                assert!(
-                    pair[0].0 < pair[1].0,
-                    "{family} {labels:?}: le not increasing"
-                );
-                assert!(
-                    pair[0].1 <= pair[1].1,
-                    "{family} {labels:?}: not cumulative"
-                );
-            }
-            let (last_le, last_count) = *buckets.last().expect("buckets");
-            assert_eq!(
-                last_le,
-                f64::INFINITY,
-                "{family} {labels:?}: last bucket not +Inf"
-            );
-            let count = exp.value(&format!("{family}_count"), &labels);
-            assert_eq!(
-                count,
-                Some(last_count),
-                "{family} {labels:?}: +Inf != _count"
-            );
-            assert!(exp.value(&format!("{family}_sum"), &labels).is_some());
-        }
-        by_series.len()
+        let &(last_le, last_count) = buckets.last().expect("buckets");
+        assert_eq!(last_le, f64::INFINITY, "{family} {model}: last bucket");
+        let count = value(text, &format!("{family}_count{{model=\"{model}\"}}"));
+        assert_eq!(count, Some(last_count), "{family} {model}: +Inf != _count");
+        assert!(value(text, &format!("{family}_sum{{model=\"{model}\"}}")).is_some());
     }
 
     fn model(name: &str, state: &str) -> ModelGauges {
@@ -1230,17 +835,19 @@ mod tests {
             m.pool_resized(name, false);
             m.pool_growth_refused(name);
         }
+        m.pressure_level(1);
+        m.pressure_action("unload", "critical");
+        m.pressure_freed("critical", 1024);
         m
     }
 
     #[test]
-    fn render_is_well_formed_exposition_with_every_family() {
+    fn render_has_every_family_once_with_its_type() {
         let m = busy_metrics();
         let text = m.render(&gauges(vec![
             model("smollm2:135m", "loaded"),
             model("gemma3:270m", "loading"),
         ]));
-        let exp = parse(&text);
         let expected = [
             ("locara_budget_bytes", "gauge"),
             ("locara_effective_budget_bytes", "gauge"),
@@ -1269,58 +876,63 @@ mod tests {
             ("locara_decode_tokens_per_second", "histogram"),
             ("locara_model_load_seconds", "histogram"),
             ("locara_pressure_level", "gauge"),
+            ("locara_pressure_actions_total", "counter"),
+            ("locara_pressure_bytes_freed_total", "counter"),
         ];
-        for (name, kind) in expected {
-            assert_eq!(
-                exp.kinds.get(name).map(String::as_str),
-                Some(kind),
-                "{name}"
-            );
+        for (name, expected_kind) in expected {
+            assert_eq!(kind(&text, name), Some(expected_kind), "{name}");
         }
-        assert_eq!(exp.kinds.len(), expected.len(), "{:?}", exp.family_names());
+        let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
+        assert_eq!((types, helps), (expected.len(), expected.len()), "{text}");
+        // Help texts end with one period, whoever adds it.
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with("# HELP "))
+                .all(|l| l.ends_with('.') && !l.ends_with("..")),
+            "{text}"
+        );
+        samples(&text);
         for family in [
             "locara_time_to_first_token_seconds",
             "locara_decode_tokens_per_second",
             "locara_model_load_seconds",
         ] {
-            assert_eq!(
-                check_histogram(&exp, family),
-                2,
-                "{family}: one series per model"
-            );
+            for model in ["smollm2:135m", "gemma3:270m"] {
+                check_histogram(&text, family, model);
+            }
         }
-        assert_eq!(exp.value("locara_models_loaded", &[]), Some(1.0));
+        assert_eq!(value(&text, "locara_models_loaded"), Some(1.0));
         assert_eq!(
-            exp.value("locara_effective_budget_bytes", &[]),
+            value(&text, "locara_effective_budget_bytes"),
             Some((8u64 << 30) as f64)
         );
-        let state = [("model", "gemma3:270m"), ("state", "loading")];
-        assert_eq!(exp.value("locara_model_state", &state), Some(1.0));
-        let smol = [("model", "smollm2:135m")];
-        assert_eq!(exp.value("locara_queue_depth", &smol), Some(2.0));
-        assert_eq!(exp.value("locara_sequences_busy", &smol), Some(1.0));
+        let state = r#"locara_model_state{model="gemma3:270m",state="loading"}"#;
+        assert_eq!(value(&text, state), Some(1.0));
+        let smol = |family: &str| value(&text, &format!("{family}{{model=\"smollm2:135m\"}}"));
+        assert_eq!(smol("locara_queue_depth"), Some(2.0));
+        assert_eq!(smol("locara_sequences_busy"), Some(1.0));
         assert_eq!(
-            exp.value("locara_model_mapped_weights_bytes", &smol),
+            smol("locara_model_mapped_weights_bytes"),
             Some((98u64 << 20) as f64)
         );
-        assert_eq!(
-            exp.value("locara_decode_tokens_per_second_last", &smol),
-            Some(128.0)
-        );
-        let ok = [("model", "smollm2:135m"), ("result", "ok")];
-        let error = [("model", "smollm2:135m"), ("result", "error")];
-        assert_eq!(exp.value("locara_model_loads_total", &ok), Some(1.0));
-        assert_eq!(exp.value("locara_model_loads_total", &error), Some(1.0));
+        assert_eq!(smol("locara_decode_tokens_per_second_last"), Some(128.0));
+        let loads = |result: &str| {
+            let series =
+                format!("locara_model_loads_total{{model=\"smollm2:135m\",result=\"{result}\"}}");
+            value(&text, &series)
+        };
+        assert_eq!(loads("ok"), Some(1.0));
+        assert_eq!(loads("error"), Some(1.0));
         // Only the successful load is timed.
-        assert_eq!(
-            exp.value("locara_model_load_seconds_count", &smol),
-            Some(1.0)
-        );
-        assert_eq!(exp.value("locara_model_load_seconds_sum", &smol), Some(0.7));
-        let refusal = [("model", "smollm2:135m"), ("kind", "queue_full")];
-        assert_eq!(exp.value("locara_refusals_total", &refusal), Some(1.0));
-        let unload = [("model", "smollm2:135m"), ("reason", "idle")];
-        assert_eq!(exp.value("locara_model_unloads_total", &unload), Some(1.0));
+        assert_eq!(smol("locara_model_load_seconds_count"), Some(1.0));
+        assert_eq!(smol("locara_model_load_seconds_sum"), Some(0.7));
+        let refusal = r#"locara_refusals_total{model="smollm2:135m",kind="queue_full"}"#;
+        assert_eq!(value(&text, refusal), Some(1.0));
+        let unload = r#"locara_model_unloads_total{model="smollm2:135m",reason="idle"}"#;
+        assert_eq!(value(&text, unload), Some(1.0));
+        let resize = r#"locara_kv_pool_resizes_total{model="smollm2:135m",direction="grow"}"#;
+        assert_eq!(value(&text, resize), Some(1.0));
     }
 
     #[test]
@@ -1330,16 +942,15 @@ mod tests {
         for seconds in [0.01, 0.03, 0.03, 0.1, 0.7, 100.0] {
             m.observe_time_to_first_token("smollm2:135m", seconds);
         }
-        let exp = parse(&m.render(&gauges(vec![])));
-        assert_eq!(
-            check_histogram(&exp, "locara_time_to_first_token_seconds"),
-            1
-        );
+        let text = m.render(&gauges(vec![]));
+        check_histogram(&text, "locara_time_to_first_token_seconds", "smollm2:135m");
+        // Bounds are written as Prometheus's own clients write them: "1",
+        // not "1.0".
         let bucket = |le: &str| {
-            exp.value(
-                "locara_time_to_first_token_seconds_bucket",
-                &[("model", "smollm2:135m"), ("le", le)],
-            )
+            let series = format!(
+                "locara_time_to_first_token_seconds_bucket{{model=\"smollm2:135m\",le=\"{le}\"}}"
+            );
+            value(&text, &series)
         };
         assert_eq!(bucket("0.025"), Some(1.0));
         assert_eq!(bucket("0.05"), Some(3.0));
@@ -1348,14 +959,14 @@ mod tests {
         assert_eq!(bucket("1"), Some(5.0));
         assert_eq!(bucket("30"), Some(5.0));
         assert_eq!(bucket("+Inf"), Some(6.0));
-        let smol = [("model", "smollm2:135m")];
-        assert_eq!(
-            exp.value("locara_time_to_first_token_seconds_count", &smol),
-            Some(6.0)
-        );
-        let sum = exp
-            .value("locara_time_to_first_token_seconds_sum", &smol)
-            .expect("sum");
+        let series = |suffix: &str| {
+            value(
+                &text,
+                &format!("locara_time_to_first_token_seconds_{suffix}{{model=\"smollm2:135m\"}}"),
+            )
+        };
+        assert_eq!(series("count"), Some(6.0));
+        let sum = series("sum").expect("sum");
         assert!((sum - 100.87).abs() < 1e-9, "sum {sum}");
     }
 
@@ -1370,28 +981,19 @@ mod tests {
         m.observe_decode("m", 0, 1.0);
         m.observe_decode("m", 10, f64::NAN);
         m.load_finished("m", f64::NAN, true);
-        let exp = parse(&m.render(&gauges(vec![])));
-        let labels = [("model", "m")];
+        let text = m.render(&gauges(vec![]));
+        let series = |name: &str| value(&text, &format!("{name}{{model=\"m\"}}"));
         assert_eq!(
-            exp.value("locara_time_to_first_token_seconds_count", &labels),
+            series("locara_time_to_first_token_seconds_count"),
             Some(1.0)
         );
-        assert_eq!(
-            exp.value("locara_time_to_first_token_seconds_sum", &labels),
-            Some(0.2)
-        );
-        assert_eq!(
-            exp.value("locara_decode_tokens_per_second_count", &labels),
-            None
-        );
-        assert_eq!(
-            exp.value("locara_decode_tokens_per_second_last", &labels),
-            None
-        );
+        assert_eq!(series("locara_time_to_first_token_seconds_sum"), Some(0.2));
+        assert_eq!(series("locara_decode_tokens_per_second_count"), None);
+        assert_eq!(series("locara_decode_tokens_per_second_last"), None);
         // The load still counts; its bogus duration is not timed.
-        let ok = [("model", "m"), ("result", "ok")];
-        assert_eq!(exp.value("locara_model_loads_total", &ok), Some(1.0));
-        assert_eq!(exp.value("locara_model_load_seconds_count", &labels), None);
+        let ok = r#"locara_model_loads_total{model="m",result="ok"}"#;
+        assert_eq!(value(&text, ok), Some(1.0));
+        assert_eq!(series("locara_model_load_seconds_count"), None);
     }
 
     #[test]
@@ -1399,24 +1001,20 @@ mod tests {
         let m = Metrics::new();
         m.observe_decode("m", 100, 2.0); // 50 tok/s
         m.observe_decode("m", 30, 0.1); // 300 tok/s, the last one
-        let exp = parse(&m.render(&gauges(vec![])));
-        check_histogram(&exp, "locara_decode_tokens_per_second");
-        let labels = [("model", "m")];
-        assert_eq!(
-            exp.value("locara_decode_tokens_per_second_last", &labels),
-            Some(300.0)
-        );
+        let text = m.render(&gauges(vec![]));
+        check_histogram(&text, "locara_decode_tokens_per_second", "m");
+        let last = r#"locara_decode_tokens_per_second_last{model="m"}"#;
+        assert_eq!(value(&text, last), Some(300.0));
         let bucket = |le: &str| {
-            exp.value(
-                "locara_decode_tokens_per_second_bucket",
-                &[("model", "m"), ("le", le)],
-            )
+            let series =
+                format!("locara_decode_tokens_per_second_bucket{{model=\"m\",le=\"{le}\"}}");
+            value(&text, &series)
         };
         assert_eq!(bucket("20"), Some(0.0));
         assert_eq!(bucket("50"), Some(1.0));
         assert_eq!(bucket("200"), Some(1.0));
         assert_eq!(bucket("500"), Some(2.0));
-        let sum = exp.value("locara_decode_tokens_per_second_sum", &labels);
+        let sum = value(&text, r#"locara_decode_tokens_per_second_sum{model="m"}"#);
         assert!((sum.expect("sum") - 350.0).abs() < 1e-6);
     }
 
@@ -1436,19 +1034,17 @@ mod tests {
             text.contains("locara_model_state{model=\"a\\\"b\\\\c\",state=\"loaded\"} 1\n"),
             "{text}"
         );
-        assert!(text.contains("{model=\"x\\ny\",endpoint=\"/v1/\\\"odd\\\"\",outcome=\"stop\"}"));
-        // The parser undoes the escapes: the names come back whole.
-        let exp = parse(&text);
-        assert_eq!(
-            exp.value("locara_tokens_generated_total", &[("model", tricky)]),
-            Some(3.0)
+        assert!(
+            text.contains(
+                "locara_requests_total{model=\"x\\ny\",endpoint=\"/v1/\\\"odd\\\"\",outcome=\"stop\"} 1\n"
+            ),
+            "{text}"
         );
-        let request = [
-            ("model", with_newline),
-            ("endpoint", "/v1/\"odd\""),
-            ("outcome", "stop"),
-        ];
-        assert_eq!(exp.value("locara_requests_total", &request), Some(1.0));
+        // A raw line feed would cut a sample in two.
+        assert!(
+            samples(&text).iter().all(|l| !l.starts_with("y\"")),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1471,94 +1067,95 @@ mod tests {
         m.refused("m", "insufficient_memory");
         m.refused("m", "insufficient_memory");
         m.tokens_generated("other", 4);
-        let exp = parse(&m.render(&gauges(vec![])));
-        let labels = [("model", "m")];
-        assert_eq!(
-            exp.value("locara_tokens_generated_total", &labels),
-            Some(15.0)
-        );
-        assert_eq!(
-            exp.value("locara_tokens_generated_total", &[("model", "other")]),
-            Some(4.0)
-        );
-        assert_eq!(exp.value("locara_prompt_tokens_total", &labels), Some(15.0));
-        let request = |outcome| {
-            exp.value(
-                "locara_requests_total",
-                &[
-                    ("model", "m"),
-                    ("endpoint", "/v1/chat/completions"),
-                    ("outcome", outcome),
-                ],
-            )
+        let text = m.render(&gauges(vec![]));
+        let tokens = r#"locara_tokens_generated_total{model="m"}"#;
+        assert_eq!(value(&text, tokens), Some(15.0));
+        let other = r#"locara_tokens_generated_total{model="other"}"#;
+        assert_eq!(value(&text, other), Some(4.0));
+        let prompt = r#"locara_prompt_tokens_total{model="m"}"#;
+        assert_eq!(value(&text, prompt), Some(15.0));
+        let request = |outcome: &str| {
+            let series = format!(
+                "locara_requests_total{{model=\"m\",endpoint=\"/v1/chat/completions\",outcome=\"{outcome}\"}}"
+            );
+            value(&text, &series)
         };
         assert_eq!(request("stop"), Some(2.0));
         assert_eq!(request("cancelled"), Some(1.0));
         assert_eq!(request("error"), None);
-        assert_eq!(exp.value("locara_evictions_total", &labels), Some(2.0));
-        let unloads = |reason| {
-            exp.value(
-                "locara_model_unloads_total",
-                &[("model", "m"), ("reason", reason)],
-            )
+        let evictions = r#"locara_evictions_total{model="m"}"#;
+        assert_eq!(value(&text, evictions), Some(2.0));
+        let unloads = |reason: &str| {
+            let series = format!("locara_model_unloads_total{{model=\"m\",reason=\"{reason}\"}}");
+            value(&text, &series)
         };
         assert_eq!(unloads("evicted"), Some(2.0));
         assert_eq!(unloads("pressure_critical"), Some(1.0));
-        let refusals = [("model", "m"), ("kind", "insufficient_memory")];
-        assert_eq!(exp.value("locara_refusals_total", &refusals), Some(2.0));
+        let refusals = r#"locara_refusals_total{model="m",kind="insufficient_memory"}"#;
+        assert_eq!(value(&text, refusals), Some(2.0));
         // A second scrape sees the same totals: rendering does not reset.
-        let again = parse(&m.render(&gauges(vec![])));
-        assert_eq!(
-            again.value("locara_tokens_generated_total", &labels),
-            Some(15.0)
-        );
+        let again = m.render(&gauges(vec![]));
+        assert_eq!(value(&again, tokens), Some(15.0));
     }
 
     #[test]
     fn counters_outlive_the_model_and_gauges_do_not() {
         let m = Metrics::new();
         m.tokens_generated("m", 9);
-        let loaded = parse(&m.render(&gauges(vec![model("m", "loaded")])));
-        assert!(loaded
-            .value("locara_model_footprint_bytes", &[("model", "m")])
-            .is_some());
+        let loaded = m.render(&gauges(vec![model("m", "loaded")]));
+        let footprint = r#"locara_model_footprint_bytes{model="m"}"#;
+        assert!(value(&loaded, footprint).is_some());
         m.unloaded("m", "idle");
-        let unloaded = parse(&m.render(&gauges(vec![])));
-        assert_eq!(
-            unloaded.value("locara_tokens_generated_total", &[("model", "m")]),
-            Some(9.0)
-        );
-        assert_eq!(unloaded.value("locara_models_loaded", &[]), Some(0.0));
-        assert!(!unloaded.kinds.contains_key("locara_model_footprint_bytes"));
-        assert!(!unloaded.kinds.contains_key("locara_model_state"));
+        let unloaded = m.render(&gauges(vec![]));
+        let tokens = r#"locara_tokens_generated_total{model="m"}"#;
+        assert_eq!(value(&unloaded, tokens), Some(9.0));
+        assert_eq!(value(&unloaded, "locara_models_loaded"), Some(0.0));
+        assert_eq!(kind(&unloaded, "locara_model_footprint_bytes"), None);
+        assert_eq!(kind(&unloaded, "locara_model_state"), None);
     }
 
     #[test]
     fn models_known_only_from_the_snapshot_get_zero_counters() {
         let m = Metrics::new();
-        let exp = parse(&m.render(&gauges(vec![model("fresh", "loading")])));
-        let labels = [("model", "fresh")];
-        assert_eq!(
-            exp.value("locara_tokens_generated_total", &labels),
-            Some(0.0)
-        );
-        assert_eq!(exp.value("locara_prompt_tokens_total", &labels), Some(0.0));
-        assert_eq!(exp.value("locara_evictions_total", &labels), Some(0.0));
-        let ok = [("model", "fresh"), ("result", "ok")];
-        assert_eq!(exp.value("locara_model_loads_total", &ok), Some(0.0));
+        let text = m.render(&gauges(vec![model("fresh", "loading")]));
+        for family in [
+            "locara_tokens_generated_total",
+            "locara_prompt_tokens_total",
+            "locara_evictions_total",
+        ] {
+            let series = format!("{family}{{model=\"fresh\"}}");
+            assert_eq!(value(&text, &series), Some(0.0), "{family}");
+        }
+        let ok = r#"locara_model_loads_total{model="fresh",result="ok"}"#;
+        assert_eq!(value(&text, ok), Some(0.0));
         // No observations, so no histogram and no ratio yet.
-        assert!(!exp.kinds.contains_key("locara_time_to_first_token_seconds"));
-        assert!(!exp.kinds.contains_key("locara_estimate_error_ratio"));
+        assert_eq!(kind(&text, "locara_time_to_first_token_seconds"), None);
+        assert_eq!(kind(&text, "locara_estimate_error_ratio"), None);
         // Loading is not loaded.
-        assert_eq!(exp.value("locara_models_loaded", &[]), Some(0.0));
+        assert_eq!(value(&text, "locara_models_loaded"), Some(0.0));
+    }
+
+    #[test]
+    fn a_models_first_event_of_any_kind_starts_its_counters_at_zero() {
+        let m = Metrics::new();
+        m.refused("m", "queue_full");
+        let text = m.render(&gauges(vec![]));
+        let error = r#"locara_model_loads_total{model="m",result="error"}"#;
+        assert_eq!(value(&text, error), Some(0.0));
+        let tokens = r#"locara_tokens_generated_total{model="m"}"#;
+        assert_eq!(value(&text, tokens), Some(0.0));
+        // Open-ended labels have no series to start at 0.
+        assert_eq!(kind(&text, "locara_requests_total"), None);
     }
 
     #[test]
     fn estimate_error_is_signed_and_the_last_check_wins() {
         let m = Metrics::new();
         let ratio = |m: &Metrics| {
-            parse(&m.render(&gauges(vec![])))
-                .value("locara_estimate_error_ratio", &[("model", "m")])
+            value(
+                &m.render(&gauges(vec![])),
+                r#"locara_estimate_error_ratio{model="m"}"#,
+            )
         };
         m.estimate_checked("m", 500, 400); // estimate too high
         assert_eq!(ratio(&m), Some(0.25));
@@ -1578,39 +1175,28 @@ mod tests {
         m.pressure_action("unload", "critical");
         m.pressure_freed("critical", 1000);
         m.pressure_freed("critical", 24);
-        let exp = parse(&m.render(&gauges(vec![])));
-        assert_eq!(exp.value("locara_pressure_level", &[]), Some(2.0));
-        assert_eq!(
-            exp.value(
-                "locara_pressure_actions_total",
-                &[("action", "unload"), ("level", "critical")]
-            ),
-            Some(2.0)
-        );
-        assert_eq!(
-            exp.value(
-                "locara_pressure_bytes_freed_total",
-                &[("level", "critical")]
-            ),
-            Some(1024.0)
-        );
+        let text = m.render(&gauges(vec![]));
+        assert_eq!(value(&text, "locara_pressure_level"), Some(2.0));
+        let actions = r#"locara_pressure_actions_total{action="unload",level="critical"}"#;
+        assert_eq!(value(&text, actions), Some(2.0));
+        let freed = r#"locara_pressure_bytes_freed_total{level="critical"}"#;
+        assert_eq!(value(&text, freed), Some(1024.0));
     }
 
     #[test]
     fn empty_daemon_renders_budget_gauges_and_no_model_lines() {
         let text = Metrics::new().render(&gauges(vec![]));
-        let exp = parse(&text);
         assert_eq!(
-            exp.value("locara_budget_bytes", &[]),
+            value(&text, "locara_budget_bytes"),
             Some((11u64 << 30) as f64)
         );
         assert_eq!(
-            exp.value("locara_effective_budget_bytes", &[]),
+            value(&text, "locara_effective_budget_bytes"),
             Some((8u64 << 30) as f64)
         );
-        assert_eq!(exp.value("locara_models_loaded", &[]), Some(0.0));
-        assert_eq!(exp.value("locara_pressure_level", &[]), Some(0.0));
-        assert_eq!(exp.samples.len(), 4, "{text}");
+        assert_eq!(value(&text, "locara_models_loaded"), Some(0.0));
+        assert_eq!(value(&text, "locara_pressure_level"), Some(0.0));
+        assert_eq!(samples(&text).len(), 4, "{text}");
         assert!(!text.contains("model="), "{text}");
         assert!(text.starts_with("# HELP locara_budget_bytes "), "{text}");
         assert!(
@@ -1624,31 +1210,11 @@ mod tests {
         let mut second = model("m", "unloading");
         second.queue_depth = 9;
         let text = Metrics::new().render(&gauges(vec![model("m", "loaded"), second]));
-        // `parse` panics on a duplicate series.
-        let exp = parse(&text);
-        assert_eq!(
-            exp.value("locara_queue_depth", &[("model", "m")]),
-            Some(2.0)
-        );
-        assert_eq!(exp.value("locara_models_loaded", &[]), Some(1.0));
-    }
-
-    #[test]
-    fn floats_are_written_as_prometheus_reads_them() {
-        let cases = [
-            (f64::INFINITY, "+Inf"),
-            (f64::NEG_INFINITY, "-Inf"),
-            (f64::NAN, "NaN"),
-            (1.0, "1"),
-            (0.025, "0.025"),
-            (-0.25, "-0.25"),
-            (1e-7, "0.0000001"),
-        ];
-        for (x, expected) in cases {
-            let mut out = String::new();
-            write_f64(&mut out, x);
-            assert_eq!(out, expected);
-        }
+        // `samples` fails on a duplicate series.
+        samples(&text);
+        let queue = r#"locara_queue_depth{model="m"}"#;
+        assert_eq!(value(&text, queue), Some(2.0));
+        assert_eq!(value(&text, "locara_models_loaded"), Some(1.0));
     }
 
     #[test]
@@ -1679,10 +1245,8 @@ mod tests {
         for t in threads {
             t.join().expect("thread");
         }
-        let exp = parse(&m.render(&gauges(vec![])));
-        assert_eq!(
-            exp.value("locara_tokens_generated_total", &[("model", "m")]),
-            Some(4000.0)
-        );
+        let text = m.render(&gauges(vec![]));
+        let tokens = r#"locara_tokens_generated_total{model="m"}"#;
+        assert_eq!(value(&text, tokens), Some(4000.0));
     }
 }

@@ -23,7 +23,7 @@
 //! (llama-server: `--cache-ram 0`; both: `cache_prompt: false`). One user message that a small model
 //! answers at length, `max_tokens` each, in two scenarios: **1 stream** (one
 //! request at a time), and **N concurrent streams** (`--parallel`, default
-//! 4, opened first and sent together): all their tokens over the time from
+//! 4, sent together): all their tokens over the time from
 //! the first first token to the last last token, and the median of their
 //! times to first token.
 //!
