@@ -12,7 +12,7 @@
 //! Admission follows docs/ARCHITECTURE.md: a model is loaded when its estimate fits in
 //! the effective budget less what stays loaded; otherwise idle, unpinned
 //! models are evicted in least-recently-used order until it fits; otherwise
-//! a shorter context is tried (halving, floor [`MIN_CONTEXT`]) when the
+//! a shorter context is tried (halving, floor [`DOWNSHIFT_FLOOR`]) when the
 //! request allows it; otherwise the request is refused with the numbers.
 //!
 //! ```
@@ -35,7 +35,7 @@
 //! assert_eq!(g.expire(t0 + Duration::from_secs(180))[0].model, "b");
 //! ```
 
-use crate::load::MIN_CONTEXT;
+use crate::load::DOWNSHIFT_FLOOR;
 use crate::manifest::Role;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -258,7 +258,7 @@ impl Default for Policy {
         Policy {
             keep_alive: DEFAULT_KEEP_ALIVE,
             queue_depth: 16,
-            min_context: MIN_CONTEXT,
+            min_context: DOWNSHIFT_FLOOR,
         }
     }
 }

@@ -31,6 +31,6 @@ pub use estimate::{
     EstimateError, EstimateOptions, ModelShape,
 };
 pub use load::{
-    KvType, LoadDefaults, ParseKvTypeError, PoolSize, DEFAULT_CONTEXT, MIN_CONTEXT,
-    STARTING_POOL_CELLS,
+    KvType, LoadDefaults, ParseKvTypeError, PoolSize, DEFAULT_CONTEXT, DOWNSHIFT_FLOOR,
+    LARGEST_CONTEXT, SMALLEST_CONTEXT, STARTING_POOL_CELLS,
 };

@@ -9,9 +9,19 @@ use std::str::FromStr;
 /// tens of MiB at `q8_0`.
 pub const DEFAULT_CONTEXT: u32 = 8192;
 
-/// Smallest context (tokens) the runtime will lower a load to when memory is
-/// short; below this most chat prompts no longer fit.
-pub const MIN_CONTEXT: u32 = 2048;
+/// The smallest context (tokens) anything may name: a request's `context`,
+/// a manifest's, the serve config's, `locara run --ctx`, `locara plan --ctx`.
+/// Below this a chat template and a short answer no longer fit.
+pub const SMALLEST_CONTEXT: u32 = 256;
+
+/// The largest context (tokens) anything may name; the loader clamps it to
+/// the model's trained context.
+pub const LARGEST_CONTEXT: u32 = 1_048_576;
+
+/// The floor admission lowers a load's context to when memory is short
+/// (a request that names no context); below this most chat prompts no
+/// longer fit.
+pub const DOWNSHIFT_FLOOR: u32 = 2048;
 
 /// Element type of the K and V caches.
 ///

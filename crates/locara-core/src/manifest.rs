@@ -41,7 +41,7 @@
 //! ```
 
 use crate::bytes::Bytes;
-use crate::load::KvType;
+use crate::load::{KvType, LARGEST_CONTEXT, SMALLEST_CONTEXT};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -58,15 +58,6 @@ pub const MAX_APP_NAME_CHARS: usize = 100;
 
 /// Longest version string in bytes.
 pub const MAX_VERSION_LEN: usize = 64;
-
-/// Smallest context (tokens) a manifest may declare. Small embedders use a
-/// few hundred tokens; below this no useful prompt fits.
-pub const MIN_MANIFEST_CONTEXT: u32 = 256;
-
-/// Largest context (tokens) a manifest may declare: 1 Mi tokens, the longest
-/// trained context of current open models. The runtime still clamps a load
-/// to the model's own trained context.
-pub const MAX_MANIFEST_CONTEXT: u32 = 1_048_576;
 
 /// Largest `requires.memory_gb` (GiB): no machine Locara runs on has more
 /// than 1 TiB of memory, so a bigger value is a typo.
@@ -538,7 +529,7 @@ pub enum ManifestError {
     )]
     InvalidKvQuality { field: String, value: String },
     #[error(
-        "`{field}` = {value} is out of range: a context must be {MIN_MANIFEST_CONTEXT} to {MAX_MANIFEST_CONTEXT} tokens"
+        "`{field}` = {value} is out of range: a context must be {SMALLEST_CONTEXT} to {LARGEST_CONTEXT} tokens"
     )]
     ContextOutOfRange { field: String, value: i64 },
     #[error("`{field}` declares {reference:?} as a {role} model again (first in `{first}`)")]
@@ -968,7 +959,7 @@ fn check_model(i: usize, m: &ModelDraft, errors: &mut Vec<ManifestError>) -> Opt
         None,
         errors,
         |value| match u32::try_from(value) {
-            Ok(c) if (MIN_MANIFEST_CONTEXT..=MAX_MANIFEST_CONTEXT).contains(&c) => Ok(Some(c)),
+            Ok(c) if (SMALLEST_CONTEXT..=LARGEST_CONTEXT).contains(&c) => Ok(Some(c)),
             _ => Err(Some(ManifestError::ContextOutOfRange {
                 field: at("context"),
                 value,

@@ -16,7 +16,7 @@
 
 use locara_core::governor::{KeepAlive, DEFAULT_KEEP_ALIVE, MAX_KEEP_ALIVE};
 use locara_core::ladder::LadderConfig;
-use locara_core::{KvType, DEFAULT_CONTEXT};
+use locara_core::{KvType, DEFAULT_CONTEXT, LARGEST_CONTEXT, SMALLEST_CONTEXT};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -279,8 +279,12 @@ impl ServeConfig {
             return Err(invalid("queue", queue, "at most 4096"));
         }
         let context = raw.context.unwrap_or(DEFAULT_CONTEXT);
-        if !(256..=1 << 20).contains(&context) {
-            return Err(invalid("context", context, "256 to 1048576 tokens"));
+        if !(SMALLEST_CONTEXT..=LARGEST_CONTEXT).contains(&context) {
+            return Err(invalid(
+                "context",
+                context,
+                format!("{SMALLEST_CONTEXT} to {LARGEST_CONTEXT} tokens"),
+            ));
         }
         let kv_type = match raw.kv_type.as_deref() {
             None => KvType::Q8_0,

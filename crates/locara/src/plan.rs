@@ -5,7 +5,10 @@ use crate::config::Config;
 use anyhow::{Context, Result};
 use clap::Args;
 use locara_core::estimate;
-use locara_core::{Bytes, Estimate, EstimateOptions, KvType, LoadDefaults, ModelShape};
+use locara_core::{
+    Bytes, Estimate, EstimateOptions, KvType, LoadDefaults, ModelShape, LARGEST_CONTEXT,
+    SMALLEST_CONTEXT,
+};
 use locara_platform::SystemProbe;
 use std::path::Path;
 use std::process::ExitCode;
@@ -23,7 +26,7 @@ pub struct PlanArgs {
     model: String,
     /// Context per sequence in tokens (default 8192, never more than the
     /// model's trained context).
-    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(i64::from(SMALLEST_CONTEXT)..=i64::from(LARGEST_CONTEXT)))]
     ctx: Option<u32>,
     /// K/V cache type: q8_0 (default), f16 or q4_0.
     #[arg(long, value_name = "TYPE", default_value = "q8_0")]

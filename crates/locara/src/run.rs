@@ -5,7 +5,7 @@ use crate::models;
 use crate::serve::OwnDaemon;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use locara_core::{Bytes, KvType};
+use locara_core::{Bytes, KvType, LARGEST_CONTEXT, SMALLEST_CONTEXT};
 use locara_daemon::config::{RawServeConfig, ServeConfig};
 use locara_daemon::store::{ModelName, Store, StoreError};
 use locara_engine::protocol::{
@@ -27,7 +27,7 @@ pub struct RunArgs {
     #[arg(value_name = "[MODEL] [PROMPT]")]
     words: Vec<String>,
     /// Context in tokens (default 8192, never more than the model's trained context).
-    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(i64::from(SMALLEST_CONTEXT)..=i64::from(LARGEST_CONTEXT)))]
     ctx: Option<u32>,
     /// K/V cache type: q8_0 (default), f16 or q4_0.
     #[arg(long, value_name = "TYPE", default_value = "q8_0")]

@@ -22,20 +22,13 @@
 use super::error::ApiError;
 #[cfg(doc)]
 use super::response::ContextReport;
+use locara_core::{LARGEST_CONTEXT, SMALLEST_CONTEXT};
 use locara_engine::protocol::{ChatMessage, Sampling};
 use serde_json::{Map, Value};
 use std::fmt;
 
 /// Most stop strings a request may give (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
-
-/// Smallest `context` a request may ask for, in tokens: below this a chat
-/// template and a short answer no longer fit.
-pub const MIN_CONTEXT: u32 = 256;
-
-/// Largest `context` a request may ask for, in tokens (the bound of
-/// `locara run --ctx`; the loader clamps to the model's trained context).
-pub const MAX_CONTEXT: u32 = 1_048_576;
 
 pub use locara_core::governor::MAX_KEEP_ALIVE;
 
@@ -571,7 +564,7 @@ fn parse_params(obj: &Map<String, Value>) -> Result<GenerationParams, ApiError> 
             .unwrap_or_default(),
         keep_alive: field(obj, "keep_alive").map(parse_keep_alive).transpose()?,
         context: field(obj, "context")
-            .map(|v| as_u32_in("context", v, MIN_CONTEXT, MAX_CONTEXT, ""))
+            .map(|v| as_u32_in("context", v, SMALLEST_CONTEXT, LARGEST_CONTEXT, ""))
             .transpose()?,
         stream,
         include_usage,
