@@ -37,6 +37,7 @@
 
 use crate::load::DOWNSHIFT_FLOOR;
 use crate::manifest::Role;
+use crate::text::shorten;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -226,19 +227,6 @@ fn parse_unit_pairs(s: &str) -> Option<f64> {
         rest = after;
     }
     Some(total)
-}
-
-/// `s` cut to at most `max` bytes, at a character boundary (an error quotes
-/// what it was given, not a megabyte of it), as the request parser cut it.
-fn shorten(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Settings of the policy.

@@ -989,9 +989,7 @@ mod router_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apps::{admin_token, AppRegistry};
     use crate::config::RawServeConfig;
-    use crate::metrics::Metrics;
     use crate::testing::{FakeEngine, TOO_LONG};
     use serde_json::{json, Value};
 
@@ -1012,23 +1010,17 @@ mod tests {
 
     async fn daemon(engine: Arc<FakeEngine>) -> Daemon {
         let home = tempfile::tempdir().unwrap();
-        let settings = crate::testing::synthetic_settings(
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = crate::testing::app_state(
             home.path(),
             &["m:1"],
             Arc::clone(&engine),
             RawServeConfig::default(),
-            1 << 40,
+            addr,
+            Vec::new(),
+            true,
         );
-        let store = settings.store.clone();
-        let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
-        let auth = Auth {
-            apps: AppRegistry::open(home.path()).unwrap(),
-            admin: admin_token(home.path()).unwrap(),
-            tokenless: true,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = AppState::new(runtime, store, addr, Vec::new(), auth);
         let app = router(state, 1 << 20);
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         Daemon {

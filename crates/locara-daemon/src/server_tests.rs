@@ -3,9 +3,8 @@
 //! stream whose worker dies, and `Retry-After` on 429 and 503.
 
 use super::*;
-use crate::apps::{admin_token, AppRegistry, Token};
+use crate::apps::Token;
 use crate::config::RawServeConfig;
-use crate::metrics::Metrics;
 use crate::testing::FakeEngine;
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request, StatusCode};
@@ -41,26 +40,14 @@ struct Daemon {
 impl Daemon {
     fn new(engine: Arc<FakeEngine>, tokenless: bool, extra: RawServeConfig) -> Daemon {
         let home = tempfile::tempdir().unwrap();
-        let settings = crate::testing::synthetic_settings(
+        let state = crate::testing::app_state(
             home.path(),
             &["m:1", "n:1"],
             Arc::clone(&engine),
             extra,
-            1 << 40,
-        );
-        let store = settings.store.clone();
-        let runtime = Runtime::start(settings, Arc::new(Metrics::new()));
-        let auth = Auth {
-            apps: AppRegistry::open(home.path()).unwrap(),
-            admin: admin_token(home.path()).unwrap(),
-            tokenless,
-        };
-        let state = AppState::new(
-            runtime,
-            store,
             LISTEN.parse().unwrap(),
             vec![ALLOWED_ORIGIN.to_owned()],
-            auth,
+            tokenless,
         );
         Daemon {
             router: router(Arc::clone(&state), 1 << 20),

@@ -282,3 +282,28 @@ pub(crate) fn synthetic_settings(
         ladder: locara_core::ladder::LadderConfig::default(),
     }
 }
+
+/// The server's state over a runtime of `engine`'s fake workers, with the
+/// synthetic models `names` in a store under `home`, listening (for the
+/// Host check) on `listen`, allowing `origins`; `tokenless` lets every
+/// caller in as admin.
+pub fn app_state(
+    home: &std::path::Path,
+    names: &[&str],
+    engine: Arc<FakeEngine>,
+    extra: crate::config::RawServeConfig,
+    listen: std::net::SocketAddr,
+    origins: Vec<String>,
+    tokenless: bool,
+) -> Arc<crate::server::AppState> {
+    let settings = synthetic_settings(home, names, engine, extra, 1 << 40);
+    let store = settings.store.clone();
+    let runtime =
+        crate::runtime::Runtime::start(settings, Arc::new(crate::metrics::Metrics::new()));
+    let auth = crate::server::Auth {
+        apps: crate::apps::AppRegistry::open(home).unwrap(),
+        admin: crate::apps::admin_token(home).unwrap(),
+        tokenless,
+    };
+    crate::server::AppState::new(runtime, store, listen, origins, auth)
+}

@@ -22,6 +22,7 @@
 use super::error::ApiError;
 #[cfg(doc)]
 use super::response::ContextReport;
+use locara_core::text::shorten;
 use locara_core::{LARGEST_CONTEXT, SMALLEST_CONTEXT};
 use locara_engine::protocol::{ChatMessage, Sampling};
 use serde_json::{Map, Value};
@@ -753,22 +754,10 @@ fn describe(v: &Value) -> String {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("the string {:?}", truncate(s, 40)),
+        Value::String(s) => format!("the string {:?}", shorten(s, 40)),
         Value::Array(_) => "an array".to_owned(),
         Value::Object(_) => "an object".to_owned(),
     }
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary, with `…` if cut.
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
