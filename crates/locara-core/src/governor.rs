@@ -252,11 +252,22 @@ impl Default for Policy {
 }
 
 /// Whether a model is ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    #[default]
     Loading,
     Loaded,
+}
+
+impl Phase {
+    /// `loading` or `loaded`, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Loading => "loading",
+            Phase::Loaded => "loaded",
+        }
+    }
 }
 
 /// What the OS charges a loaded model's worker, as last measured.

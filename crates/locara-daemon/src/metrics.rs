@@ -24,6 +24,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
+//! use locara_core::governor::Phase;
 //! use locara_daemon::metrics::{Gauges, Metrics, ModelGauges, CONTENT_TYPE};
 //!
 //! let metrics = Arc::new(Metrics::new());
@@ -41,7 +42,7 @@
 //!     effective_budget_bytes: 11 << 30,
 //!     models: vec![ModelGauges {
 //!         model: "smollm2:135m".into(),
-//!         state: "loaded".into(),
+//!         state: Phase::Loaded,
 //!         footprint_bytes: Some(180 << 20),
 //!         mapped_weights_bytes: Some(98 << 20),
 //!         estimate_bytes: 200 << 20,
@@ -61,6 +62,7 @@
 //! endpoint, outcome, reason and kind strings from the code, never raw
 //! request fields, or one client could grow the series without bound.
 
+use locara_core::governor::Phase;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     prometheus_text, DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet,
@@ -116,8 +118,8 @@ pub struct Gauges {
 pub struct ModelGauges {
     /// Model name, e.g. `smollm2:135m`.
     pub model: String,
-    /// Lifecycle state: `loading`, `loaded` or `unloading`.
-    pub state: String,
+    /// Lifecycle state: loading or loaded.
+    pub state: Phase,
     /// Measured footprint of the model's engine worker, in bytes; `None`
     /// until the first measurement (no sample is exported then).
     pub footprint_bytes: Option<u64>,
@@ -612,7 +614,7 @@ impl Collector for Snapshot {
             effective_budget_bytes,
             models,
         } = &self.0;
-        let loaded = models.iter().filter(|m| m.state == "loaded").count() as u64;
+        let loaded = models.iter().filter(|m| m.state == Phase::Loaded).count() as u64;
         let e = &mut encoder;
         let none: [(&str, &str); 0] = [];
         gauges(
@@ -636,7 +638,7 @@ impl Collector for Snapshot {
         gauges(
             e,
             "model_state",
-            "Lifecycle state of each model the governor tracks (1 for its current state: loading, loaded or unloading).",
+            "Lifecycle state of each model the governor tracks (1 for its current state: loading or loaded).",
             models
                 .iter()
                 .map(|m| ([("model", m.model.as_str()), ("state", m.state.as_str())], 1u64)),
@@ -790,10 +792,10 @@ mod tests {
         assert!(value(text, &format!("{family}_sum{{model=\"{model}\"}}")).is_some());
     }
 
-    fn model(name: &str, state: &str) -> ModelGauges {
+    fn model(name: &str, state: Phase) -> ModelGauges {
         ModelGauges {
             model: name.into(),
-            state: state.into(),
+            state,
             footprint_bytes: Some(180 << 20),
             mapped_weights_bytes: Some(98 << 20),
             estimate_bytes: 200 << 20,
@@ -845,8 +847,8 @@ mod tests {
     fn render_has_every_family_once_with_its_type() {
         let m = busy_metrics();
         let text = m.render(&gauges(vec![
-            model("smollm2:135m", "loaded"),
-            model("gemma3:270m", "loading"),
+            model("smollm2:135m", Phase::Loaded),
+            model("gemma3:270m", Phase::Loading),
         ]));
         let expected = [
             ("locara_budget_bytes", "gauge"),
@@ -1025,7 +1027,7 @@ mod tests {
         let m = Metrics::new();
         m.tokens_generated(tricky, 3);
         m.request_finished(with_newline, "/v1/\"odd\"", "stop");
-        let text = m.render(&gauges(vec![model(tricky, "loaded")]));
+        let text = m.render(&gauges(vec![model(tricky, Phase::Loaded)]));
         assert!(
             text.contains("locara_tokens_generated_total{model=\"a\\\"b\\\\c\"} 3\n"),
             "{text}"
@@ -1102,7 +1104,7 @@ mod tests {
     fn counters_outlive_the_model_and_gauges_do_not() {
         let m = Metrics::new();
         m.tokens_generated("m", 9);
-        let loaded = m.render(&gauges(vec![model("m", "loaded")]));
+        let loaded = m.render(&gauges(vec![model("m", Phase::Loaded)]));
         let footprint = r#"locara_model_footprint_bytes{model="m"}"#;
         assert!(value(&loaded, footprint).is_some());
         m.unloaded("m", "idle");
@@ -1117,7 +1119,7 @@ mod tests {
     #[test]
     fn models_known_only_from_the_snapshot_get_zero_counters() {
         let m = Metrics::new();
-        let text = m.render(&gauges(vec![model("fresh", "loading")]));
+        let text = m.render(&gauges(vec![model("fresh", Phase::Loading)]));
         for family in [
             "locara_tokens_generated_total",
             "locara_prompt_tokens_total",
@@ -1207,9 +1209,9 @@ mod tests {
 
     #[test]
     fn a_model_listed_twice_in_the_snapshot_is_exported_once() {
-        let mut second = model("m", "unloading");
+        let mut second = model("m", Phase::Loading);
         second.queue_depth = 9;
-        let text = Metrics::new().render(&gauges(vec![model("m", "loaded"), second]));
+        let text = Metrics::new().render(&gauges(vec![model("m", Phase::Loaded), second]));
         // `samples` fails on a duplicate series.
         samples(&text);
         let queue = r#"locara_queue_depth{model="m"}"#;

@@ -593,7 +593,7 @@ async fn generate(
             Endpoint::Chat => "chatcmpl",
             Endpoint::Completion => "cmpl",
         }),
-        created: openai::unix_now(),
+        created: locara_platform::time::unix_now_s(),
         model,
         include_usage: params.include_usage,
         tokens: 0,
@@ -803,10 +803,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
             .iter()
             .map(|m| ModelGauges {
                 model: m.name.clone(),
-                state: match m.state {
-                    locara_core::governor::Phase::Loading => "loading".into(),
-                    locara_core::governor::Phase::Loaded => "loaded".into(),
-                },
+                state: m.state,
                 footprint_bytes: m.footprint,
                 mapped_weights_bytes: m.mapped_weights,
                 estimate_bytes: m.estimate,

@@ -56,14 +56,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Now, in Unix seconds (the `created` of responses); 0 if the clock is
-/// before 1970.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A response id: `prefix`, `-`, then 24 hex digits (`chatcmpl-…`,
 /// `cmpl-…`; a trailing `-` on `prefix` is not doubled). Unique within the
 /// process (a counter through a bijective mix) and unlikely to repeat

@@ -29,7 +29,7 @@ mod status;
 mod task;
 
 pub use locara_core::controller::{AppEvent, PoolStatus, EVENTS_VERSION, POOL_IDLE_SHRINK};
-pub use status::{ModelStatus, PressureStatus, Status};
+pub use status::{LadderStage, ModelStatus, PressureStatus, Status};
 
 /// What the task needs from the outside, fixed at start.
 pub struct Settings {

@@ -12,7 +12,7 @@ use locara_platform::SystemSnapshot;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// One model in [`Status`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,8 +79,8 @@ pub struct PressureStatus {
     pub level: PressureLevel,
     /// The level last reported (by the OS or a simulation).
     pub reported: PressureLevel,
-    /// `normal`, `warn`, `critical` or `recovering`.
-    pub state: String,
+    /// Where the ladder stands.
+    pub state: LadderStage,
     /// The OS's level, when a simulation overrides it.
     pub os_level: PressureLevel,
     /// A simulated level in force, and until when (milliseconds since the
@@ -89,6 +89,17 @@ pub struct PressureStatus {
     pub simulated_until_unix_ms: Option<u64>,
     /// New loads are refused (critical).
     pub refusing_loads: bool,
+}
+
+/// Where the ladder stands: `normal`, `warn`, `critical`, or `recovering`
+/// (reports are lower, the quiet period runs before restrictions lift).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LadderStage {
+    Normal,
+    Warn,
+    Critical,
+    Recovering,
 }
 
 /// What [`build`] reads besides the controller.
@@ -102,9 +113,7 @@ pub(super) struct Sources<'a> {
 
 /// The status at `now`.
 pub(super) fn build(s: Sources<'_>, now: Instant) -> Status {
-    let unix_now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let unix_now = locara_platform::time::unix_now_ms();
     let to_unix = |t: Instant| -> u64 {
         if t >= now {
             unix_now.saturating_add((t - now).as_millis() as u64)
@@ -156,12 +165,11 @@ pub(super) fn build(s: Sources<'_>, now: Instant) -> Status {
             level: pressure.level,
             reported: pressure.reported,
             state: match pressure.state {
-                LadderState::Normal => "normal",
-                LadderState::Warn { .. } => "warn",
-                LadderState::Critical { .. } => "critical",
-                LadderState::Recovering { .. } => "recovering",
-            }
-            .to_string(),
+                LadderState::Normal => LadderStage::Normal,
+                LadderState::Warn { .. } => LadderStage::Warn,
+                LadderState::Critical { .. } => LadderStage::Critical,
+                LadderState::Recovering { .. } => LadderStage::Recovering,
+            },
             os_level: pressure.os_level,
             simulated: pressure.simulated.map(|(l, _)| l),
             simulated_until_unix_ms: pressure.simulated.and_then(|(_, u)| u).map(to_unix),
