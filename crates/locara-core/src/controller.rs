@@ -305,10 +305,13 @@ pub enum Record {
         from: PressureLevel,
         to: PressureLevel,
     },
-    /// The ladder ordered an action, at the level in force.
+    /// The ladder ordered an action, at the level in force; `bytes` is what
+    /// it is about where it has a size (the bytes a model held when it is
+    /// drained, unloaded or its idle K/V dropped, a budget set).
     Action {
         level: PressureLevel,
         action: Action,
+        bytes: Option<u64>,
     },
     /// A pressure unload's worker exited: `bytes` back to the OS, `ms`
     /// after the order.
@@ -985,9 +988,28 @@ impl Controller {
     }
 
     fn apply(&mut self, action: Action, level: PressureLevel, now: Instant, out: &mut Vec<Effect>) {
+        let held = |model: &str, instance: u64| {
+            self.governor
+                .model(model)
+                .filter(|m| m.instance == instance)
+                .map(|m| m.held())
+        };
+        let bytes = match &action {
+            Action::Unload {
+                model, instance, ..
+            }
+            | Action::DropIdleKv { model, instance }
+            | Action::Drain { model, instance } => held(model, *instance),
+            Action::SetEffectiveBudget { bytes } => Some(*bytes),
+            Action::Notify {
+                effective_budget, ..
+            } => Some(*effective_budget),
+            _ => None,
+        };
         out.push(Effect::Record(Record::Action {
             level,
             action: action.clone(),
+            bytes,
         }));
         out.push(Effect::Publish(AppEvent::Action {
             level,

@@ -395,8 +395,18 @@ impl Task {
                     PressureLevel::Critical => 2,
                 });
             }
-            Record::Action { level, action } => {
-                tracing::info!(%level, action = action.kind(), detail = %action, "pressure action");
+            Record::Action {
+                level,
+                action,
+                bytes,
+            } => {
+                tracing::info!(
+                    %level,
+                    action = action.kind(),
+                    bytes,
+                    detail = %action,
+                    "pressure action"
+                );
                 self.metrics.pressure_action(action.kind(), level.as_str());
             }
             Record::Freed {
