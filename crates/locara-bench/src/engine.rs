@@ -85,6 +85,7 @@ impl Engine {
                 gpu_layers: None,
                 pool: None,
                 pool_max: None,
+                ram_cache_bytes: 0,
             })
             .with_context(|| format!("loading {} in the engine worker", p.model.display()))?;
         Ok(Engine {

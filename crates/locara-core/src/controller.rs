@@ -104,6 +104,10 @@ pub struct PoolFigures {
     pub used_cells: u32,
     pub cached_sequences: u32,
     pub reused_tokens: u64,
+    /// Conversations kept in the worker's RAM tier, and their bytes.
+    pub ram_cached_sequences: u32,
+    pub ram_cache_bytes: u64,
+    pub ram_restores: u64,
 }
 
 /// What happened.
@@ -371,6 +375,11 @@ pub enum Effect {
         cells: u32,
         evict: Vec<Unload>,
     },
+    /// Forget the conversations this worker keeps in its RAM tier.
+    DropTier {
+        model: String,
+        instance: u64,
+    },
     /// The pool may not grow: its waiting generations shift their context
     /// or end.
     DenyGrowth {
@@ -404,6 +413,15 @@ pub struct PoolStatus {
     pub growth_refused: u32,
     /// Prompt tokens taken from cached K/V instead of prefilled, since load.
     pub reused_tokens: u64,
+    /// Finished conversations kept outside the pool, in the worker's RAM
+    /// tier, and the bytes of their saved state.
+    #[serde(default)]
+    pub ram_cached_sequences: u32,
+    #[serde(default)]
+    pub ram_cache_bytes: u64,
+    /// Conversations brought back from the RAM tier since load.
+    #[serde(default)]
+    pub ram_restores: u64,
 }
 
 /// Pressure as the controller holds it, for status.
@@ -549,12 +567,16 @@ impl Controller {
                 let loaded = m.phase == Phase::Loaded;
                 v.generating = if loaded { m.active } else { 1 };
                 v.idle_since = (loaded && m.active == 0).then_some(m.last_used);
-                // Only a pool grown past its start has cells to give back.
-                v.idle_sequences_with_cells = self
-                    .pools
-                    .get(&m.instance)
-                    .filter(|p| p.cells > p.start_cells)
-                    .map_or(0, |p| p.cached_sequences.max(1));
+                // Only a pool grown past its start has cells to give back,
+                // and a RAM tier its saved conversations.
+                v.idle_sequences_with_cells = self.pools.get(&m.instance).map_or(0, |p| {
+                    let grown = if p.cells > p.start_cells {
+                        p.cached_sequences.max(1)
+                    } else {
+                        0
+                    };
+                    grown + p.ram_cached_sequences
+                });
                 match m.measured {
                     Some(x) => {
                         v.footprint = x.footprint;
@@ -688,6 +710,9 @@ impl Controller {
                     p.used_cells = figures.used_cells;
                     p.cached_sequences = figures.cached_sequences;
                     p.reused_tokens = figures.reused_tokens;
+                    p.ram_cached_sequences = figures.ram_cached_sequences;
+                    p.ram_cache_bytes = figures.ram_cache_bytes;
+                    p.ram_restores = figures.ram_restores;
                 }
             }
             Event::OsPressure(level) => {
@@ -1037,8 +1062,18 @@ impl Controller {
                 self.draining.insert(instance);
             }
             // Idle pools give back what they grew by, now: cached
-            // conversations beyond the starting pool are dropped.
-            Action::DropIdleKv { .. } => self.shrink_idle_pools(Duration::ZERO, now, out),
+            // conversations beyond the starting pool are dropped, and so
+            // is the model's RAM tier.
+            Action::DropIdleKv { model, instance } => {
+                self.shrink_idle_pools(Duration::ZERO, now, out);
+                if self
+                    .pools
+                    .get(&instance)
+                    .is_some_and(|p| p.ram_cached_sequences > 0)
+                {
+                    out.push(Effect::DropTier { model, instance });
+                }
+            }
             Action::Unload {
                 model,
                 instance,

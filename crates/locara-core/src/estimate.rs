@@ -262,6 +262,25 @@ impl RepackRule {
 }
 
 impl Backend {
+    /// The K/V cache type a load gets when nothing asks for one.
+    ///
+    /// With a GPU (Metal) `q8_0`: half of `f16`'s bytes, and its flash
+    /// attention kernels read quantized K/V at full speed. On the CPU
+    /// backend `f16`: llama.cpp's CPU flash attention has its tiled prompt
+    /// path and its split-K/V decode path for `f16` (and `f32`) K/V only;
+    /// quantized K/V falls back to one query row at a time, which made the
+    /// time to first token of a chat's later turns 1.25x to 1.9x slower
+    /// (`locara-serve-bench --only chat8`, SmolLM2 and Gemma 3 on two x86
+    /// cores), while the K/V pool starts at 2048 cells and grows only with
+    /// what conversations use, so `f16` costs a few tens of MiB on small
+    /// models.
+    pub fn default_kv_type(&self) -> KvType {
+        match self {
+            Backend::Cpu { .. } => KvType::F16,
+            Backend::Gpu => KvType::Q8_0,
+        }
+    }
+
     /// The CPU backend of an x86-64 CPU with AVX2 (and without AVX-512):
     /// `q4_0`, `q4_K`, `iq4_nl` and `mxfp4` in 8-row groups.
     pub fn cpu_x86_avx2() -> Self {

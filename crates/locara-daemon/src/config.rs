@@ -50,8 +50,13 @@ pub struct RawServeConfig {
     pub queue: Option<u32>,
     /// Context per sequence, tokens, unless a request names one.
     pub context: Option<u32>,
-    /// K/V cache type: q8_0, f16 or q4_0.
+    /// K/V cache type: q8_0, f16 or q4_0; unset, the backend's default
+    /// (`Backend::default_kv_type`: f16 on the CPU, q8_0 with a GPU).
     pub kv_type: Option<String>,
+    /// Bytes of finished conversations each model's worker may keep
+    /// outside its K/V pool, as saved state ("512MiB"; "0" keeps none;
+    /// default: 5 % of the budget, at most 1 GiB).
+    pub kv_ram_cache: Option<String>,
     /// CPU threads per worker (default: the performance cores).
     pub threads: Option<u32>,
     /// How long in-flight responses may run on after SIGTERM ("10s").
@@ -141,6 +146,7 @@ impl RawServeConfig {
             queue: o.queue.or(self.queue),
             context: o.context.or(self.context),
             kv_type: o.kv_type.or(self.kv_type),
+            kv_ram_cache: o.kv_ram_cache.or(self.kv_ram_cache),
             threads: o.threads.or(self.threads),
             shutdown_grace: o.shutdown_grace.or(self.shutdown_grace),
             max_body_bytes: o.max_body_bytes.or(self.max_body_bytes),
@@ -171,6 +177,8 @@ pub struct ServeConfig {
     /// Context per sequence, tokens, unless a request names one.
     pub context: u32,
     pub kv_type: KvType,
+    /// Bytes of each worker's RAM tier; `None`: [`ServeConfig::kv_ram_cache_for`].
+    pub kv_ram_cache: Option<u64>,
     /// CPU threads per worker; `None`: the performance cores.
     pub threads: Option<u32>,
     pub shutdown_grace: Duration,
@@ -237,6 +245,14 @@ fn invalid(field: &'static str, value: impl ToString, limit: impl Into<String>) 
 }
 
 impl ServeConfig {
+    /// The bytes of each worker's RAM tier under a budget of `budget`
+    /// bytes: the configured figure, else 5 % of the budget, at most 1 GiB
+    /// (a few long conversations of a small model; the worker's measured
+    /// footprint includes it, so admission counts it).
+    pub fn kv_ram_cache_for(&self, budget: u64) -> u64 {
+        self.kv_ram_cache.unwrap_or((budget / 20).min(1 << 30))
+    }
+
     /// Merges the sources (each overriding the ones before it) and checks
     /// every setting.
     pub fn build(sources: &[RawServeConfig]) -> Result<ServeConfig, ConfigError> {
@@ -266,6 +282,14 @@ impl ServeConfig {
                 locara_core::bytes::parse_size(b).map_err(|e| invalid("budget", b, e.to_string()))
             })
             .transpose()?;
+        let kv_ram_cache = raw
+            .kv_ram_cache
+            .as_deref()
+            .map(|b| {
+                locara_core::bytes::parse_size(b)
+                    .map_err(|e| invalid("kv_ram_cache", b, e.to_string()))
+            })
+            .transpose()?;
         let keep_alive = match raw.keep_alive.as_deref() {
             None => DEFAULT_KEEP_ALIVE,
             Some(k) => KeepAlive::parse(k).map_err(|e| invalid("keep_alive", k, e.to_string()))?,
@@ -287,7 +311,8 @@ impl ServeConfig {
             ));
         }
         let kv_type = match raw.kv_type.as_deref() {
-            None => KvType::Q8_0,
+            // What this machine's backend runs fastest with.
+            None => locara_platform::estimate_backend().default_kv_type(),
             Some(k) => k
                 .parse()
                 .map_err(|_| invalid("kv_type", k, "q8_0, f16 or q4_0"))?,
@@ -362,6 +387,7 @@ impl ServeConfig {
             queue,
             context,
             kv_type,
+            kv_ram_cache,
             threads: raw.threads,
             shutdown_grace,
             max_body_bytes,
@@ -385,7 +411,8 @@ mod tests {
         let c = build("").unwrap();
         assert_eq!(c.listen, "127.0.0.1:11480".parse().unwrap());
         assert_eq!(c.keep_alive, DEFAULT_KEEP_ALIVE);
-        assert_eq!((c.parallel, c.context, c.kv_type), (4, 8192, KvType::Q8_0));
+        let kv = locara_platform::estimate_backend().default_kv_type();
+        assert_eq!((c.parallel, c.context, c.kv_type), (4, 8192, kv));
     }
 
     #[test]

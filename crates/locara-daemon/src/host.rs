@@ -235,6 +235,12 @@ impl WorkerHost {
         let _ = self.worker.send(&Request::DenyGrowth);
     }
 
+    /// Forgets the conversations the worker keeps in its RAM tier (memory
+    /// pressure); its figures come back as [`PoolNews::Stats`].
+    pub fn drop_tier(&self) {
+        let _ = self.worker.send(&Request::DropTier);
+    }
+
     /// Asks for the worker's figures; they come back as
     /// [`PoolNews::Stats`].
     pub fn request_stats(&self) {

@@ -21,7 +21,7 @@
 //!     path: "model.gguf".into(), context: None, kv_type: Default::default(),
 //!     parallel: 1, threads: 4, gpu_layers: None,
 //!     // The whole pool up front: no `PoolFull` to answer.
-//!     pool: None, pool_max: None,
+//!     pool: None, pool_max: None, ram_cache_bytes: 0,
 //! })?;
 //! worker.send(&Request::Generate(GenerateRequest {
 //!     id: 1,

@@ -237,6 +237,122 @@ pub fn suggest_growth(pool: u32, used: u32, needed: u32, pool_max: u32) -> u32 {
     round_cells(want).min(round_cells(pool_max))
 }
 
+/// Whether a choice continues the conversation its sequence holds (rule 1
+/// of [`choose_sequence`]): the reused prefix is at least half of what the
+/// sequence held. Anything else starts a new conversation there.
+pub fn continues(choice: Choice, cached: usize) -> bool {
+    choice.reuse > 0 && choice.reuse * 2 >= cached
+}
+
+/// A finished conversation kept outside the pool: its tokens and its
+/// sequence state as llama.cpp saved it.
+#[derive(Debug)]
+pub struct Spilled<T, S> {
+    pub tokens: Vec<T>,
+    /// Leading tokens whose K/V is exactly what a fresh prefill gives.
+    pub exact: usize,
+    /// The lowest position its sliding-window layers still held.
+    pub pos_min: i32,
+    pub state: S,
+    /// Bytes of `state`.
+    pub bytes: u64,
+    /// Use counter of its last use (higher = later).
+    pub last_used: u64,
+}
+
+/// The RAM tier: conversations that left the pool (its cells were needed,
+/// or a new conversation started and the pool was compacted), kept as
+/// saved state up to a byte budget, least recently used dropped first.
+/// Keeping finished conversations out of the pool keeps its used cells
+/// together at its start: llama.cpp's attention reads every cell up to the
+/// highest one in use, whichever sequence holds it.
+#[derive(Debug)]
+pub struct RamTier<T, S> {
+    budget: u64,
+    bytes: u64,
+    entries: Vec<Spilled<T, S>>,
+}
+
+impl<T: PartialEq, S> RamTier<T, S> {
+    /// A tier of at most `budget` bytes; 0 keeps nothing.
+    pub fn new(budget: u64) -> Self {
+        RamTier {
+            budget,
+            bytes: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Bytes of saved state held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Keeps `entry`, dropping the least recently used entries while the
+    /// tier is over its budget. An entry larger than the whole budget is
+    /// not kept. Returns how many entries were dropped (`entry` included
+    /// when it was not kept).
+    pub fn put(&mut self, entry: Spilled<T, S>) -> usize {
+        if entry.bytes > self.budget || entry.tokens.is_empty() {
+            return 1;
+        }
+        self.bytes += entry.bytes;
+        self.entries.push(entry);
+        let mut dropped = 0;
+        while self.bytes > self.budget {
+            let oldest = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(i, _)| i)
+                .expect("over budget means not empty");
+            let gone = self.entries.swap_remove(oldest);
+            self.bytes -= gone.bytes;
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Takes out the entry `prompt` continues best, if one lets it reuse
+    /// more than `at_least` tokens and at least half of what the entry
+    /// holds (as [`choose_sequence`] judges a continuation); with the
+    /// prompt tokens it may reuse.
+    pub fn take_best(
+        &mut self,
+        prompt: &[T],
+        window: Option<u32>,
+        at_least: usize,
+    ) -> Option<(Spilled<T, S>, usize)> {
+        let (i, reuse) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let reuse = reusable_prefix(&e.tokens, e.exact, prompt, window, e.pos_min);
+                (i, reuse, e)
+            })
+            .filter(|&(_, reuse, e)| reuse > at_least && reuse * 2 >= e.tokens.len())
+            .max_by_key(|&(_, reuse, e)| (reuse, e.last_used))
+            .map(|(i, reuse, _)| (i, reuse))?;
+        let entry = self.entries.swap_remove(i);
+        self.bytes -= entry.bytes;
+        Some((entry, reuse))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,5 +557,58 @@ mod tests {
         assert_eq!(suggest_growth(256, 256, 1, 32768), 512);
         assert_eq!(suggest_growth(8192, 8192, 10, 9000), 9216);
         assert_eq!(suggest_growth(8192, 8192, 10, 8192), 8192);
+    }
+
+    fn spilled(tokens: &[u32], bytes: u64, last_used: u64) -> Spilled<u32, ()> {
+        Spilled {
+            tokens: tokens.to_vec(),
+            exact: tokens.len(),
+            pos_min: 0,
+            state: (),
+            bytes,
+            last_used,
+        }
+    }
+
+    #[test]
+    fn the_ram_tier_keeps_its_budget_dropping_the_least_recently_used() {
+        let mut tier = RamTier::new(100);
+        assert_eq!(tier.put(spilled(&[1, 2], 40, 1)), 0);
+        assert_eq!(tier.put(spilled(&[3, 4], 40, 2)), 0);
+        // 120 > 100: the oldest goes.
+        assert_eq!(tier.put(spilled(&[5, 6], 40, 3)), 1);
+        assert_eq!((tier.len(), tier.bytes()), (2, 80));
+        assert!(tier.take_best(&[1, 2, 9], None, 0).is_none());
+        // Larger than the whole budget: not kept, nothing else dropped.
+        assert_eq!(tier.put(spilled(&[7], 101, 4)), 1);
+        assert_eq!((tier.len(), tier.bytes()), (2, 80));
+        // A budget of 0 keeps nothing.
+        let mut none = RamTier::new(0);
+        assert_eq!(none.put(spilled(&[1], 1, 1)), 1);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn the_ram_tier_gives_back_the_conversation_a_prompt_continues() {
+        let mut tier = RamTier::new(1000);
+        tier.put(spilled(&[1, 2, 3, 4, 5], 10, 1));
+        tier.put(spilled(&[1, 2, 7, 8, 9, 10], 10, 2));
+        // Shares only [1, 2] with each: not half of either, so no match.
+        assert!(tier.take_best(&[1, 2, 5, 6], None, 0).is_none());
+        // Continues the first: 5 tokens reused (one prompt token is left).
+        let (e, reuse) = tier.take_best(&[1, 2, 3, 4, 5, 6], None, 0).unwrap();
+        assert_eq!((e.tokens, reuse), (vec![1, 2, 3, 4, 5], 5));
+        assert_eq!((tier.len(), tier.bytes()), (1, 10));
+        // Not better than what the pool already offers: stays.
+        assert!(tier.take_best(&[1, 2, 7, 8, 9, 10, 11], None, 6).is_none());
+        assert_eq!(tier.len(), 1);
+    }
+
+    #[test]
+    fn a_choice_continues_when_it_reuses_half_of_its_sequence() {
+        let c = |reuse| Choice { seq: 0, reuse };
+        assert!(continues(c(5), 10));
+        assert!(!continues(c(4), 10));
+        assert!(!continues(c(0), 0));
     }
 }

@@ -133,6 +133,9 @@ pub enum Request {
     DenyGrowth,
     /// Ask for [`Event::Sequences`].
     Sequences,
+    /// Forget the conversations kept in the RAM tier (memory pressure) and
+    /// give their memory back to the OS. Answered by [`Event::Stats`].
+    DropTier,
     /// Unload and exit.
     Exit,
 }
@@ -175,6 +178,13 @@ pub struct LoadRequest {
     /// it.
     #[serde(default)]
     pub pool_max: Option<u32>,
+    /// Bytes of finished conversations the worker may keep outside the
+    /// pool, as saved sequence state in its own memory (the RAM tier):
+    /// cached sequences move there instead of being dropped when the pool
+    /// needs their cells or a new conversation starts, and come back when a
+    /// request continues one. 0 keeps none.
+    #[serde(default)]
+    pub ram_cache_bytes: u64,
 }
 
 /// One message of a chat.
@@ -514,6 +524,15 @@ pub struct WorkerStats {
     pub shifted_tokens_total: u64,
     /// Whether a [`Event::PoolFull`] waits for its answer.
     pub growth_pending: bool,
+    /// Conversations kept in the RAM tier (outside the pool).
+    #[serde(default)]
+    pub ram_cached_sequences: u32,
+    /// Bytes of saved state they hold.
+    #[serde(default)]
+    pub ram_cache_bytes: u64,
+    /// Conversations brought back from the RAM tier since load.
+    #[serde(default)]
+    pub ram_restores_total: u64,
 }
 
 /// Stable machine names of worker errors.

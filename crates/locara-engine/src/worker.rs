@@ -74,7 +74,9 @@ pub fn run() -> Result<(), WorkerError> {
         let Ok(req) = rx.recv() else { return Ok(()) };
         match req {
             Request::Load(load) => return serve_model(&backend, load, &rx, &mut out),
-            Request::Stats => write_frame(&mut out, &Event::Stats(WorkerStats::default()))?,
+            Request::Stats | Request::DropTier => {
+                write_frame(&mut out, &Event::Stats(WorkerStats::default()))?
+            }
             Request::Sequences => write_frame(
                 &mut out,
                 &Event::Sequences {
@@ -340,6 +342,8 @@ fn serve_model(
         resizes: 0,
         reused_total: 0,
         shifted_total: 0,
+        tier: pool::RamTier::new(load.ram_cache_bytes),
+        ram_restores: 0,
     };
     engine.serve(rx, out)
 }
@@ -537,6 +541,9 @@ struct Engine<'m> {
     resizes: u64,
     reused_total: u64,
     shifted_total: u64,
+    /// Finished conversations kept outside the pool.
+    tier: pool::RamTier<LlamaToken, SeqState>,
+    ram_restores: u64,
 }
 
 enum Control {
@@ -609,6 +616,11 @@ impl<'m> Engine<'m> {
                 write_frame(out, &Event::Sequences { sequences })?
             }
             Request::Resize { cells } => self.resize(cells, out)?,
+            Request::DropTier => {
+                self.tier = pool::RamTier::new(self.tier.budget());
+                give_back_freed_memory();
+                write_frame(out, &Event::Stats(self.stats()))?
+            }
             Request::DenyGrowth => self.deny_growth(out)?,
             Request::Load(_) => error(
                 out,
@@ -647,6 +659,9 @@ impl<'m> Engine<'m> {
             reused_tokens_total: self.reused_total,
             shifted_tokens_total: self.shifted_total,
             growth_pending: self.growth_pending,
+            ram_cached_sequences: self.tier.len() as u32,
+            ram_cache_bytes: self.tier.bytes(),
+            ram_restores_total: self.ram_restores,
         }
     }
 
@@ -703,7 +718,7 @@ impl<'m> Engine<'m> {
             return free;
         }
         for seq in pool::evict_for_room(needed, free, &self.cached()) {
-            self.clear_sequence(seq);
+            self.spill(seq);
         }
         self.free_cells()
     }
@@ -717,7 +732,14 @@ impl<'m> Engine<'m> {
             let id = req.id;
             match self.prepare(req) {
                 Ok(mut slot) => {
-                    let choice = self.choose(&slot.prompt, slot.cache_prompt);
+                    let mut choice = self.choose(&slot.prompt, slot.cache_prompt);
+                    let held = self.seqs[choice.seq].tokens.len();
+                    if !pool::continues(choice, held) {
+                        // A new conversation: the finished ones leave the
+                        // pool for the RAM tier, and one this prompt
+                        // continues comes back from it.
+                        choice = self.compact_and_restore(choice, &slot.prompt, slot.cache_prompt);
+                    }
                     self.take_sequence(choice, &mut slot);
                     self.slots.push(slot);
                 }
@@ -754,6 +776,89 @@ impl<'m> Engine<'m> {
         }
         pool::choose_sequence(&candidates)
             .expect("a free sequence exists when fewer slots than sequences run")
+    }
+
+    /// Moves cached sequence `seq` to the RAM tier (when it has room for
+    /// it) and empties its cells.
+    fn spill(&mut self, seq: usize) {
+        self.save(seq);
+        self.clear_sequence(seq);
+    }
+
+    /// Copies cached sequence `seq` into the RAM tier, leaving it in the
+    /// pool.
+    fn save(&mut self, seq: usize) {
+        if self.tier.budget() == 0 || self.seqs[seq].tokens.is_empty() {
+            return;
+        }
+        let pos_min = self.ctx().kv_cache_seq_pos_min(seq as i32);
+        let Ok(state) = self
+            .ctx()
+            .state_seq_get(seq as i32, LlamaStateSeqFlags::empty())
+        else {
+            return;
+        };
+        let s = &self.seqs[seq];
+        self.tier.put(pool::Spilled {
+            tokens: s.tokens.clone(),
+            exact: s.exact,
+            pos_min,
+            bytes: state.byte_len() as u64,
+            state,
+            last_used: s.last_used,
+        });
+    }
+
+    /// Before a new conversation starts on `choice.seq`: with a RAM tier,
+    /// every other cached sequence moves to it (so the pool's used cells stay
+    /// together: attention reads every cell up to the highest one in use),
+    /// and so does what `choice.seq` held beyond the prefix it keeps. Then
+    /// a conversation of the tier this prompt continues better than the
+    /// pool could comes back into `choice.seq`. Returns the choice to take.
+    fn compact_and_restore(
+        &mut self,
+        choice: pool::Choice,
+        prompt: &[LlamaToken],
+        reuse: bool,
+    ) -> pool::Choice {
+        // Without a tier, moving them out would lose them: they stay.
+        for other in 0..self.seqs.len() {
+            let s = &self.seqs[other];
+            if self.tier.budget() > 0
+                && other != choice.seq
+                && s.live.is_none()
+                && !s.tokens.is_empty()
+            {
+                self.spill(other);
+            }
+        }
+        if self.seqs[choice.seq].tokens.len() > choice.reuse {
+            self.save(choice.seq);
+        }
+        if !reuse {
+            return choice;
+        }
+        let Some((entry, restored)) = self.tier.take_best(prompt, self.window, choice.reuse) else {
+            return choice;
+        };
+        let seq = choice.seq;
+        self.clear_sequence(seq);
+        if self.free_cells() < entry.tokens.len()
+            || self.ctx().state_seq_set(&entry.state, seq as i32).is_err()
+        {
+            // No room for it now (or llama.cpp refused it): the prompt
+            // starts over on an empty sequence; the entry is gone.
+            let _ = self.ctx().clear_kv_cache_seq(Some(seq as u32), None, None);
+            return pool::Choice { seq, reuse: 0 };
+        }
+        self.ram_restores += 1;
+        let s = &mut self.seqs[seq];
+        s.tokens = entry.tokens;
+        s.exact = entry.exact;
+        pool::Choice {
+            seq,
+            reuse: restored,
+        }
     }
 
     /// Puts `slot` on the chosen sequence: its cells after the reused
@@ -1248,7 +1353,7 @@ impl<'m> Engine<'m> {
             .collect();
         let plan = pool::plan_resize(requested, self.pool_max, &live, &self.cached());
         for &seq in &plan.drop {
-            self.clear_sequence(seq);
+            self.spill(seq);
         }
         let previous = self.pool_cells;
         let movers: Vec<usize> = (0..self.seqs.len())
@@ -1496,6 +1601,18 @@ fn sampler_chain(model: &LlamaModel, s: &Sampling) -> LlamaSampler {
 fn random_seed() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now()) as u32
+}
+
+/// Returns the heap's free pages to the OS after a large release (the RAM
+/// tier's saved states), so the footprint the OS charges shows it: glibc
+/// keeps freed heap memory mapped otherwise.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only walks glibc's own arenas under their
+    // locks; it takes no pointer and has no precondition.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]

@@ -278,6 +278,7 @@ fn load(worker: &Worker, point: &Point, threads: u32) -> Result<LoadedInfo> {
         // lower the context to it).
         pool: point.options.pool,
         pool_max: None,
+        ram_cache_bytes: 0,
     })?)
 }
 

@@ -28,9 +28,10 @@ pub struct PlanArgs {
     /// model's trained context).
     #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(i64::from(SMALLEST_CONTEXT)..=i64::from(LARGEST_CONTEXT)))]
     ctx: Option<u32>,
-    /// K/V cache type: q8_0 (default), f16 or q4_0.
-    #[arg(long, value_name = "TYPE", default_value = "q8_0")]
-    kv: KvType,
+    /// K/V cache type: f16, q8_0 or q4_0 (default: f16 on the CPU, where
+    /// llama.cpp's attention is fastest with it; q8_0 with a GPU).
+    #[arg(long, value_name = "TYPE")]
+    kv: Option<KvType>,
     /// Sequences that generate at once; each gets the whole context.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     parallel: u32,
@@ -52,7 +53,7 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     let asked = args.ctx.unwrap_or(LoadDefaults::default().context);
     let options = EstimateOptions {
         context: asked,
-        kv_type: args.kv,
+        kv_type: args.kv.unwrap_or_else(|| backend.default_kv_type()),
         parallel: args.parallel,
         backend: backend.clone(),
         full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,

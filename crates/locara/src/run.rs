@@ -29,9 +29,10 @@ pub struct RunArgs {
     /// Context in tokens (default 8192, never more than the model's trained context).
     #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(i64::from(SMALLEST_CONTEXT)..=i64::from(LARGEST_CONTEXT)))]
     ctx: Option<u32>,
-    /// K/V cache type: q8_0 (default), f16 or q4_0.
-    #[arg(long, value_name = "TYPE", default_value = "q8_0")]
-    kv: KvType,
+    /// K/V cache type: f16, q8_0 or q4_0 (default: f16 on the CPU, where
+    /// llama.cpp's attention is fastest with it; q8_0 with a GPU).
+    #[arg(long, value_name = "TYPE")]
+    kv: Option<KvType>,
     /// Sampling temperature, 0 to 2; 0 is greedy (deterministic).
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
@@ -180,7 +181,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     // One conversation at a time: one sequence's K/V.
                     parallel: Some(1),
                     context: args.ctx,
-                    kv_type: Some(args.kv.as_str().to_string()),
+                    kv_type: args.kv.map(|k| k.as_str().to_string()),
                     threads: args.threads,
                     ..Default::default()
                 },

@@ -20,6 +20,7 @@ fn load(worker: &Worker, name: &str) -> LoadedInfo {
             gpu_layers: None,
             pool: None,
             pool_max: None,
+            ram_cache_bytes: 0,
         })
         .expect("loading the model")
 }
@@ -72,6 +73,7 @@ fn load_reports_the_defaults_and_the_models_shape() {
             gpu_layers: None,
             pool: None,
             pool_max: None,
+            ram_cache_bytes: 0,
         })
         .unwrap();
     // 8192 by default, and SmolLM2 was trained on 8192.
@@ -121,6 +123,7 @@ fn context_is_clamped_to_the_trained_context() {
             gpu_layers: None,
             pool: None,
             pool_max: None,
+            ram_cache_bytes: 0,
         })
         .unwrap();
     assert_eq!(info.context, 8192);
@@ -300,6 +303,7 @@ fn a_file_the_guard_rejects_never_reaches_llama_cpp() {
             gpu_layers: None,
             pool: None,
             pool_max: None,
+            ram_cache_bytes: 0,
         })
         .unwrap_err();
     match err {
@@ -333,6 +337,7 @@ fn concurrent_generations_share_one_worker() {
             gpu_layers: None,
             pool: None,
             pool_max: None,
+            ram_cache_bytes: 0,
         })
         .unwrap();
     worker
@@ -389,6 +394,7 @@ fn load_pool(
             gpu_layers: None,
             pool,
             pool_max: None,
+            ram_cache_bytes: 0,
         })
         .expect("loading the model")
 }
@@ -950,4 +956,81 @@ fn gemma3_multi_turn_chat_reuses_its_cache() {
     );
     assert_eq!(want.stats.prompt_cached_tokens, 0);
     assert_eq!(answer, want.text);
+}
+
+/// Conversation A, then B on the worker's only sequence (A moves to the
+/// RAM tier), then A's next turn: A comes back from the tier, prefills only
+/// its new turn, and answers as a fresh worker does.
+#[test]
+fn a_conversation_moved_to_the_ram_tier_comes_back_with_the_same_answer() {
+    for name in [SMOLLM2, GEMMA3] {
+        let load = |worker: &Worker, tier: u64| {
+            worker
+                .load(LoadRequest {
+                    path: model(name),
+                    context: Some(2048),
+                    kv_type: KvType::F16,
+                    parallel: 1,
+                    threads: TEST_THREADS,
+                    gpu_layers: None,
+                    pool: None,
+                    pool_max: None,
+                    ram_cache_bytes: tier,
+                })
+                .expect("loading the model")
+        };
+        let worker = spawn_worker();
+        load(&worker, 256 << 20);
+        let a1 = [
+            ("system", SYSTEM),
+            ("user", "What is the capital of France?"),
+        ];
+        let (first, _) = run_one(&worker, request(1, messages(&a1), 24), Growth::Deny);
+        let b1 = [("user", "Name three colours of the rainbow.")];
+        let (_, _) = run_one(&worker, request(2, messages(&b1), 24), Growth::Deny);
+        let ws = worker_stats(&worker);
+        assert_eq!(
+            (ws.ram_cached_sequences, ws.cached_sequences),
+            (1, 1),
+            "{name}: {ws:?}"
+        );
+        assert!(ws.ram_cache_bytes > 0, "{name}: {ws:?}");
+
+        let a2 = [
+            a1[0],
+            a1[1],
+            ("assistant", first.text.as_str()),
+            ("user", "And of Italy?"),
+        ];
+        let (second, _) = run_one(&worker, request(3, messages(&a2), 24), Growth::Deny);
+        let s = &second.stats;
+        eprintln!(
+            "{name}: turn 2 of A: {} prompt tokens, {} from the RAM tier ({} bytes held before)",
+            s.prompt_tokens, s.prompt_cached_tokens, ws.ram_cache_bytes
+        );
+        assert!(
+            s.prompt_cached_tokens >= first.stats.prompt_tokens + first.stats.generated_tokens - 2,
+            "{name}: {s:?}"
+        );
+        let ws = worker_stats(&worker);
+        assert_eq!(ws.ram_restores_total, 1, "{name}: {ws:?}");
+        // B went to the tier in its turn.
+        assert_eq!(ws.ram_cached_sequences, 1, "{name}: {ws:?}");
+
+        // Dropping the tier (memory pressure) forgets B.
+        worker.send(&Request::DropTier).unwrap();
+        match worker.recv().unwrap() {
+            Event::Stats(after) => {
+                assert_eq!((after.ram_cached_sequences, after.ram_cache_bytes), (0, 0))
+            }
+            other => panic!("expected stats, got {other:?}"),
+        }
+
+        let fresh = spawn_worker();
+        load(&fresh, 0);
+        let (expected, _) = run_one(&fresh, request(3, messages(&a2), 24), Growth::Deny);
+        assert_eq!(expected.stats.prompt_cached_tokens, 0, "{name}");
+        assert_eq!(second.text, expected.text, "{name}");
+        assert_eq!(second.finish, expected.finish, "{name}");
+    }
 }

@@ -358,6 +358,12 @@ impl Task {
                         });
                     }
                 }
+                Effect::DropTier { model, instance } => {
+                    if let Some(host) = self.host(&model, instance) {
+                        tracing::info!(%model, "dropping the RAM tier's conversations");
+                        host.drop_tier();
+                    }
+                }
                 Effect::DenyGrowth {
                     model,
                     instance,
@@ -630,6 +636,7 @@ impl Task {
             // the bytes (PoolFull, answered in `pool_news`).
             pool: Some(pool.start),
             pool_max: Some(pool.max),
+            ram_cache_bytes: config.kv_ram_cache_for(self.settings.budget),
         };
         let tx = self.tx.clone();
         let (model, instance) = (load.model, load.instance);
@@ -803,6 +810,9 @@ impl Task {
                     used_cells: stats.pool_used_cells,
                     cached_sequences: stats.cached_sequences,
                     reused_tokens: stats.reused_tokens_total,
+                    ram_cached_sequences: stats.ram_cached_sequences,
+                    ram_cache_bytes: stats.ram_cache_bytes,
+                    ram_restores: stats.ram_restores_total,
                 },
             }),
             PoolNews::Failed { kind, message } => {
