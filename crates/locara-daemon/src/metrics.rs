@@ -143,6 +143,9 @@ pub struct KvPoolGauges {
     pub cells: u32,
     pub used_cells: u32,
     pub cached_sequences: u32,
+    /// Conversations kept in the worker's RAM tier, and their bytes.
+    pub ram_cached_sequences: u32,
+    pub ram_cache_bytes: u64,
 }
 
 /// The daemon's Prometheus metrics: event counters, gauges and histograms,
@@ -688,6 +691,22 @@ impl Collector for Snapshot {
         )?;
         gauges(
             e,
+            "kv_ram_cached_sequences",
+            "Finished conversations the model's worker keeps outside its pool, in its RAM tier.",
+            models
+                .iter()
+                .filter_map(|m| Some((model(m), m.kv_pool?.ram_cached_sequences))),
+        )?;
+        gauges(
+            e,
+            "kv_ram_cache_bytes",
+            "Bytes of saved K/V state in the model's RAM tier (part of its worker's footprint).",
+            models
+                .iter()
+                .filter_map(|m| Some((model(m), m.kv_pool?.ram_cache_bytes))),
+        )?;
+        gauges(
+            e,
             "sequences_busy",
             "Sequences (requests) the model's engine worker is decoding now.",
             models.iter().map(|m| (model(m), m.sequences_busy)),
@@ -805,6 +824,8 @@ mod tests {
                 cells: 2048,
                 used_cells: 300,
                 cached_sequences: 1,
+                ram_cached_sequences: 2,
+                ram_cache_bytes: 5 << 20,
             }),
         }
     }
@@ -863,6 +884,8 @@ mod tests {
             ("locara_kv_pool_cells", "gauge"),
             ("locara_kv_pool_used_cells", "gauge"),
             ("locara_kv_cached_sequences", "gauge"),
+            ("locara_kv_ram_cached_sequences", "gauge"),
+            ("locara_kv_ram_cache_bytes", "gauge"),
             ("locara_kv_pool_resizes_total", "counter"),
             ("locara_kv_pool_growth_refused_total", "counter"),
             ("locara_estimate_error_ratio", "gauge"),

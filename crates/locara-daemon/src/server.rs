@@ -813,6 +813,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
                     cells: p.cells,
                     used_cells: p.used_cells,
                     cached_sequences: p.cached_sequences,
+                    ram_cached_sequences: p.ram_cached_sequences,
+                    ram_cache_bytes: p.ram_cache_bytes,
                 }),
             })
             .collect(),

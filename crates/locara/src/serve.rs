@@ -467,7 +467,11 @@ pub fn ps(json: bool) -> Result<ExitCode> {
         let (pool, cached) = match &m.pool {
             Some(p) => (
                 format!("{}/{}", p.used_cells, p.cells),
-                p.cached_sequences.to_string(),
+                if p.ram_cached_sequences > 0 {
+                    format!("{}+{}", p.cached_sequences, p.ram_cached_sequences)
+                } else {
+                    p.cached_sequences.to_string()
+                },
             ),
             None => ("-".to_string(), "-".to_string()),
         };
@@ -486,7 +490,7 @@ pub fn ps(json: bool) -> Result<ExitCode> {
             until
         );
     }
-    println!("POOL: K/V cells its sequences hold / cells allocated (it grows with the governor's leave, shrinks when idle); CACHED: finished conversations kept for reuse");
+    println!("POOL: K/V cells its sequences hold / cells allocated (it grows with the governor's leave, shrinks when idle); CACHED: finished conversations kept for reuse (in the pool + in RAM)");
     println!(
         "budget {} (effective {}), held {}",
         Bytes(status.budget),
