@@ -7,10 +7,11 @@ use locara_engine::protocol::{
     ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadedInfo, Prompt, Request,
 };
 use locara_engine::EngineError;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// A prompt holding this text is, to a fake worker, longer than the
 /// context: with the request's `truncate` it leaves out one message, as a
@@ -135,6 +136,54 @@ impl FakeWorker {
     pub fn requests(&self) -> Vec<Request> {
         lock(&self.0.taken).clone()
     }
+
+    /// Blocks until the thread that read this worker's end has finished.
+    /// For a host's routing thread that is after it reported the exit and
+    /// ended every open stream, so whatever the exit callback sent is on
+    /// its way. Panics after 10 s. In an async test, call it on a blocking
+    /// thread (`spawn_blocking`): tokio's paused clock does not move while
+    /// a blocking task runs.
+    pub fn wait_end_heard(&self) {
+        let heard = &self.0.heard;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut done = lock(&heard.done);
+        while !*done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no thread finished after reading the end of worker {}",
+                self.0.pid
+            );
+            done = heard
+                .changed
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Whether a thread that read a worker's end has finished.
+#[derive(Default)]
+struct Heard {
+    done: Mutex<bool>,
+    changed: Condvar,
+}
+
+/// Marks its [`Heard`] done when dropped: with the thread's locals, when
+/// the thread that read the end finishes.
+struct HeardBy(Arc<Heard>);
+
+impl Drop for HeardBy {
+    fn drop(&mut self) {
+        *lock(&self.0.done) = true;
+        self.0.changed.notify_all();
+    }
+}
+
+thread_local! {
+    /// The worker ends this thread has read.
+    static ENDS_READ: RefCell<Vec<HeardBy>> = const { RefCell::new(Vec::new()) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -154,6 +203,7 @@ impl Engine for FakeEngine {
             stats: self.stats.clone(),
             requests: Arc::clone(&self.requests),
             taken: Mutex::default(),
+            heard: Arc::default(),
         });
         lock(&self.links).push(Arc::clone(&link));
         Ok(link)
@@ -170,6 +220,7 @@ struct FakeLink {
     requests: Arc<Mutex<Vec<GenerateRequest>>>,
     /// Every request this worker took.
     taken: Mutex<Vec<Request>>,
+    heard: Arc<Heard>,
 }
 
 impl FakeLink {
@@ -256,7 +307,11 @@ impl WorkerLink for FakeLink {
     }
 
     fn recv(&self) -> Result<Event, EngineError> {
-        lock(&self.rx).recv().map_err(|_| self.died())
+        lock(&self.rx).recv().map_err(|_| {
+            let by = HeardBy(Arc::clone(&self.heard));
+            ENDS_READ.with(|ends| ends.borrow_mut().push(by));
+            self.died()
+        })
     }
 
     fn stop(&self, _grace: Duration) {
