@@ -412,3 +412,356 @@ impl Drop for Generation {
         }
     }
 }
+
+/// The host over fake workers driven by hand: which stream an event
+/// reaches, what the pool listener hears, and how an end is reported.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FakeEngine, FakeWorker};
+    use futures_util::FutureExt;
+    use locara_engine::protocol::ErrorKind;
+    use std::sync::mpsc as std_mpsc;
+
+    /// Long enough for a routing thread on a busy machine; a passing test
+    /// never waits it out.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    struct Started {
+        host: Arc<WorkerHost>,
+        worker: FakeWorker,
+        exits: std_mpsc::Receiver<WorkerExit>,
+        pool: std_mpsc::Receiver<PoolNews>,
+    }
+
+    /// A host over a fake worker whose generations send nothing but what
+    /// the test emits; its exit and pool news arrive on channels.
+    fn start() -> Started {
+        let (exit_tx, exits) = std_mpsc::channel();
+        let (host, worker, pool) = start_with(move |exit| exit_tx.send(exit).unwrap());
+        Started {
+            host,
+            worker,
+            exits,
+            pool,
+        }
+    }
+
+    fn start_with(
+        on_exit: impl FnOnce(WorkerExit) + Send + 'static,
+    ) -> (Arc<WorkerHost>, FakeWorker, std_mpsc::Receiver<PoolNews>) {
+        let engine = FakeEngine::stalling(0);
+        let (pool_tx, pool) = std_mpsc::channel();
+        let host = WorkerHost::start(
+            &*engine,
+            LoadRequest {
+                path: "model.gguf".into(),
+                context: Some(2048),
+                kv_type: Default::default(),
+                parallel: 2,
+                threads: 1,
+                gpu_layers: None,
+                pool: None,
+                pool_max: None,
+                ram_cache_bytes: 0,
+            },
+            on_exit,
+            Box::new(move |news| {
+                let _ = pool_tx.send(news);
+            }),
+        )
+        .unwrap();
+        (host, engine.worker(0), pool)
+    }
+
+    fn generate(host: &Arc<WorkerHost>) -> Generation {
+        host.generate(
+            Prompt::Raw { text: "x".into() },
+            Sampling::greedy(),
+            None,
+            Vec::new(),
+            true,
+            true,
+        )
+        .unwrap()
+    }
+
+    fn token(id: u64, text: &str) -> Event {
+        Event::Token {
+            id,
+            text: text.into(),
+        }
+    }
+
+    /// Everything a generation's stream still yields, to its end.
+    async fn rest(generation: &mut Generation) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        while let Some(ev) = generation.next().await {
+            events.push(ev);
+        }
+        events
+    }
+
+    fn error_kind(ev: &StreamEvent) -> &str {
+        match ev {
+            StreamEvent::Error { kind, .. } => kind,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_reach_the_generation_they_belong_to() {
+        let s = start();
+        let mut a = generate(&s.host);
+        let mut b = generate(&s.host);
+        assert_ne!(a.id, b.id);
+        let stats = GenerationStats {
+            generated_tokens: 1,
+            ..GenerationStats::default()
+        };
+        for ev in [
+            token(b.id, "b0"),
+            token(a.id, "a0"),
+            Event::Done {
+                id: b.id,
+                finish: FinishReason::Stop,
+                stats: stats.clone(),
+            },
+            // A token after its generation's end, and one of a generation
+            // this host never started, reach no stream.
+            token(b.id, "late"),
+            token(a.id.max(b.id) + 1, "stray"),
+            token(a.id, "a1"),
+            Event::Error {
+                id: Some(a.id),
+                kind: ErrorKind::DecodeFailed,
+                message: "llama_decode returned 1".into(),
+            },
+        ] {
+            s.worker.emit(ev);
+        }
+        assert_eq!(
+            rest(&mut b).await,
+            [
+                StreamEvent::Token("b0".into()),
+                StreamEvent::Done {
+                    finish: FinishReason::Stop,
+                    stats
+                },
+            ]
+        );
+        assert_eq!(
+            rest(&mut a).await,
+            [
+                StreamEvent::Token("a0".into()),
+                StreamEvent::Token("a1".into()),
+                StreamEvent::Error {
+                    kind: "decode_failed".into(),
+                    message: "llama_decode returned 1".into(),
+                },
+            ]
+        );
+        assert_eq!(s.host.open_streams(), 0);
+        // Both ended in the worker: no cancel for either.
+        assert!(
+            !s.worker
+                .requests()
+                .iter()
+                .any(|r| matches!(r, Request::Cancel { .. })),
+            "{:?}",
+            s.worker.requests()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_generation_dropped_before_its_end_is_cancelled() {
+        let s = start();
+        let mut a = generate(&s.host);
+        let b = generate(&s.host);
+        let (a_id, b_id) = (a.id, b.id);
+        drop(b);
+        assert_eq!(s.host.open_streams(), 1);
+        assert_eq!(
+            s.worker.requests().last(),
+            Some(&Request::Cancel { id: b_id })
+        );
+        a.cancel();
+        assert_eq!(s.host.open_streams(), 0);
+        assert_eq!(
+            s.worker.requests().last(),
+            Some(&Request::Cancel { id: a_id })
+        );
+        // The stream ends at once, and dropping it asks nothing more.
+        assert_eq!(a.next().await, None);
+        let asked = s.worker.requests().len();
+        drop(a);
+        assert_eq!(s.worker.requests().len(), asked);
+    }
+
+    #[test]
+    fn pool_news_reach_the_listener_and_answers_reach_the_worker() {
+        let s = start();
+        let stats = WorkerStats {
+            loaded: true,
+            pool_cells: 512,
+            ..WorkerStats::default()
+        };
+        for ev in [
+            Event::PoolFull {
+                needed_cells: 300,
+                pool_cells: 256,
+                used_cells: 256,
+                pool_max_cells: 4096,
+                suggested_cells: 512,
+                waiting: 1,
+            },
+            Event::Resized {
+                cells: 512,
+                previous_cells: 256,
+                moved_sequences: 2,
+                moved_tokens: 300,
+                dropped_sequences: 1,
+                state_bytes: 3_600_000,
+                ms: 4.5,
+            },
+            Event::Stats(stats.clone()),
+            Event::Error {
+                id: None,
+                kind: ErrorKind::ResizeFailed,
+                message: "no memory for 8192 cells".into(),
+            },
+            // Asked for by nobody once loaded: heard by nobody.
+            Event::Ready {
+                protocol: 2,
+                engine: "fake".into(),
+            },
+        ] {
+            s.worker.emit(ev);
+        }
+        let heard: Vec<PoolNews> = (0..4)
+            .map(|_| s.pool.recv_timeout(PATIENCE).unwrap())
+            .collect();
+        assert_eq!(
+            heard,
+            [
+                PoolNews::Full {
+                    needed_cells: 300,
+                    pool_cells: 256,
+                    used_cells: 256,
+                    pool_max_cells: 4096,
+                    suggested_cells: 512,
+                },
+                PoolNews::Resized {
+                    cells: 512,
+                    previous_cells: 256,
+                    moved_sequences: 2,
+                    dropped_sequences: 1,
+                    state_bytes: 3_600_000,
+                    ms: 4.5,
+                },
+                PoolNews::Stats(stats),
+                PoolNews::Failed {
+                    kind: "resize_failed".into(),
+                    message: "no memory for 8192 cells".into(),
+                },
+            ]
+        );
+        s.host.resize(1024);
+        s.host.deny_growth();
+        s.host.request_stats();
+        let asked = s.worker.requests();
+        assert_eq!(
+            asked[asked.len() - 3..],
+            [
+                Request::Resize { cells: 1024 },
+                Request::DenyGrowth,
+                Request::Stats
+            ]
+        );
+        // Nothing more comes: the listener goes with the routing thread.
+        s.worker.kill();
+        assert!(!s.exits.recv_timeout(PATIENCE).unwrap().expected);
+        assert_eq!(
+            s.pool.recv_timeout(PATIENCE),
+            Err(std_mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
+
+    /// The exit is reported before any open stream hears of it, so a client
+    /// that reads its error and asks again at once finds the death known
+    /// (the runtime's `WorkerExited` is sent first). The callback holds the
+    /// routing thread here until the streams have been looked at.
+    #[tokio::test]
+    async fn a_death_is_reported_before_the_open_streams_end() {
+        let (reported_tx, reported) = std_mpsc::channel();
+        let (go_on, hold) = std_mpsc::channel::<()>();
+        let (host, worker, _pool) = start_with(move |exit| {
+            reported_tx.send(exit).unwrap();
+            let _ = hold.recv();
+        });
+        let mut a = generate(&host);
+        let mut b = generate(&host);
+        worker.emit(token(a.id, "a0"));
+        worker.kill();
+        let exit = reported.recv_timeout(PATIENCE).unwrap();
+        assert!(!exit.expected);
+        assert!(exit.status.contains("fake worker ended"), "{}", exit.status);
+        // What the worker sent before it died has arrived; its end has not.
+        assert_eq!(a.next().await, Some(StreamEvent::Token("a0".into())));
+        assert_eq!(a.next().now_or_never(), None, "a heard before the report");
+        assert_eq!(b.next().now_or_never(), None, "b heard before the report");
+        assert_eq!(host.open_streams(), 2);
+        go_on.send(()).unwrap();
+        for g in [&mut a, &mut b] {
+            let end = rest(g).await;
+            assert_eq!(end.len(), 1, "{end:?}");
+            assert_eq!(error_kind(&end[0]), "worker_died");
+            assert!(
+                matches!(&end[0], StreamEvent::Error { message, .. } if *message == exit.status)
+            );
+        }
+        assert_eq!(host.open_streams(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stop_is_expected_and_ends_the_streams_as_unloaded() {
+        let s = start();
+        let mut a = generate(&s.host);
+        s.host.stop(Duration::from_secs(2));
+        assert!(s.exits.recv_timeout(PATIENCE).unwrap().expected);
+        let end = rest(&mut a).await;
+        assert_eq!(end.len(), 1, "{end:?}");
+        assert_eq!(error_kind(&end[0]), "model_unloaded");
+        // A generation asked of a stopped worker fails at once and leaves
+        // no stream behind.
+        let e = s
+            .host
+            .generate(
+                Prompt::Raw { text: "x".into() },
+                Sampling::greedy(),
+                None,
+                Vec::new(),
+                true,
+                true,
+            )
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), "worker_died");
+        assert_eq!(s.host.open_streams(), 0);
+    }
+
+    #[test]
+    fn a_kill_is_unexpected_but_an_end_after_the_host_is_dropped_is_expected() {
+        let s = start();
+        s.worker.kill();
+        let exit = s.exits.recv_timeout(PATIENCE).unwrap();
+        assert!(!exit.expected, "{exit:?}");
+
+        // The host went away (the task dropped it: unloaded, evicted), so
+        // the worker's end is no death.
+        let s = start();
+        drop(s.host);
+        s.worker.kill();
+        assert!(s.exits.recv_timeout(PATIENCE).unwrap().expected);
+    }
+}

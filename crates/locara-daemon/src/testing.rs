@@ -1,15 +1,17 @@
-//! Fakes for tests of the governor task and the HTTP API: an engine whose
-//! workers answer at once, with no model and no process.
+//! Fakes for tests of the governor task, the worker host and the HTTP API:
+//! an engine whose workers answer at once, with no model and no process,
+//! and which a test can drive by hand ([`FakeWorker`]).
 
 use crate::host::{Engine, WorkerLink};
 use locara_engine::protocol::{
     ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadedInfo, Prompt, Request,
 };
 use locara_engine::EngineError;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// A prompt holding this text is, to a fake worker, longer than the
 /// context: with the request's `truncate` it leaves out one message, as a
@@ -21,6 +23,8 @@ pub const TOO_LONG: &str = "<fake: longer than the context>";
 /// (`"t0 "`, `"t1 "`, ...) then ends as `length`, or, from
 /// [`FakeEngine::stalling`], stays open after them, as a long answer would.
 /// Prompts holding [`TOO_LONG`] are too long for the context.
+/// [`FakeEngine::worker`] hands a test one worker to drive: events of its
+/// choosing, a death at the point it picks.
 pub struct FakeEngine {
     pub tokens: u32,
     stall: bool,
@@ -70,10 +74,7 @@ impl FakeEngine {
 
     /// The generations asked of this engine's workers so far, in order.
     pub fn requests(&self) -> Vec<GenerateRequest> {
-        self.requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.requests).clone()
     }
 
     /// Workers started so far.
@@ -83,20 +84,110 @@ impl FakeEngine {
 
     /// Workers that have not ended.
     pub fn live(&self) -> usize {
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.links)
             .iter()
-            .filter(|l| l.tx.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+            .filter(|l| lock(&l.tx).is_some())
             .count()
     }
 
     /// Ends every worker as if it had crashed.
     pub fn kill_all(&self) {
-        for l in self.links.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            l.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for l in lock(&self.links).iter() {
+            lock(&l.tx).take();
         }
     }
+
+    /// The `n`th worker started (from 0), to drive by hand.
+    pub fn worker(&self, n: usize) -> FakeWorker {
+        let links = lock(&self.links);
+        let Some(link) = links.get(n) else {
+            panic!("worker {n} asked for; {} started", links.len());
+        };
+        FakeWorker(Arc::clone(link))
+    }
+}
+
+/// One fake worker as a test drives it: events it sends, its death, and
+/// what it was asked.
+#[derive(Clone)]
+pub struct FakeWorker(Arc<FakeLink>);
+
+impl FakeWorker {
+    pub fn pid(&self) -> u32 {
+        self.0.pid
+    }
+
+    /// Sends `event` as the worker would (a token of some generation, pool
+    /// news, ...). Nothing is sent once it has ended.
+    pub fn emit(&self, event: Event) {
+        if let Some(tx) = lock(&self.0.tx).as_ref() {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Ends the worker as if it had crashed: the events it sent before are
+    /// still read, then its end; requests fail from now on.
+    pub fn kill(&self) {
+        lock(&self.0.tx).take();
+    }
+
+    /// Every request the worker took, in order (`Load`, `Generate`,
+    /// `Cancel`, `Resize`, ...).
+    pub fn requests(&self) -> Vec<Request> {
+        lock(&self.0.taken).clone()
+    }
+
+    /// Blocks until the thread that read this worker's end has finished.
+    /// For a host's routing thread that is after it reported the exit and
+    /// ended every open stream, so whatever the exit callback sent is on
+    /// its way. Panics after 10 s. In an async test, call it on a blocking
+    /// thread (`spawn_blocking`): tokio's paused clock does not move while
+    /// a blocking task runs.
+    pub fn wait_end_heard(&self) {
+        let heard = &self.0.heard;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut done = lock(&heard.done);
+        while !*done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no thread finished after reading the end of worker {}",
+                self.0.pid
+            );
+            done = heard
+                .changed
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Whether a thread that read a worker's end has finished.
+#[derive(Default)]
+struct Heard {
+    done: Mutex<bool>,
+    changed: Condvar,
+}
+
+/// Marks its [`Heard`] done when dropped: with the thread's locals, when
+/// the thread that read the end finishes.
+struct HeardBy(Arc<Heard>);
+
+impl Drop for HeardBy {
+    fn drop(&mut self) {
+        *lock(&self.0.done) = true;
+        self.0.changed.notify_all();
+    }
+}
+
+thread_local! {
+    /// The worker ends this thread has read.
+    static ENDS_READ: RefCell<Vec<HeardBy>> = const { RefCell::new(Vec::new()) };
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Engine for FakeEngine {
@@ -111,11 +202,10 @@ impl Engine for FakeEngine {
             stall: self.stall,
             stats: self.stats.clone(),
             requests: Arc::clone(&self.requests),
+            taken: Mutex::default(),
+            heard: Arc::default(),
         });
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::clone(&link));
+        lock(&self.links).push(Arc::clone(&link));
         Ok(link)
     }
 }
@@ -128,6 +218,9 @@ struct FakeLink {
     stall: bool,
     stats: GenerationStats,
     requests: Arc<Mutex<Vec<GenerateRequest>>>,
+    /// Every request this worker took.
+    taken: Mutex<Vec<Request>>,
+    heard: Arc<Heard>,
 }
 
 impl FakeLink {
@@ -141,10 +234,11 @@ impl FakeLink {
 
 impl WorkerLink for FakeLink {
     fn send(&self, request: &Request) -> Result<(), EngineError> {
-        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = lock(&self.tx);
         let Some(tx) = guard.as_ref() else {
             return Err(self.died());
         };
+        lock(&self.taken).push(request.clone());
         let emit = |ev| {
             let _ = tx.send(ev);
         };
@@ -172,10 +266,7 @@ impl WorkerLink for FakeLink {
                 context_shift: true,
             })),
             Request::Generate(g) => {
-                self.requests
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(g.clone());
+                lock(&self.requests).push(g.clone());
                 let too_long = match &g.prompt {
                     Prompt::Chat { messages } => {
                         messages.iter().any(|m| m.content.contains(TOO_LONG))
@@ -216,15 +307,15 @@ impl WorkerLink for FakeLink {
     }
 
     fn recv(&self) -> Result<Event, EngineError> {
-        self.rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .recv()
-            .map_err(|_| self.died())
+        lock(&self.rx).recv().map_err(|_| {
+            let by = HeardBy(Arc::clone(&self.heard));
+            ENDS_READ.with(|ends| ends.borrow_mut().push(by));
+            self.died()
+        })
     }
 
     fn stop(&self, _grace: Duration) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        lock(&self.tx).take();
     }
 
     fn pid(&self) -> u32 {

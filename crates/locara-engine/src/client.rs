@@ -98,6 +98,11 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker and waits for its `Ready`.
     pub fn spawn(cmd: &WorkerCommand) -> Result<Self, EngineError> {
+        Self::spawn_within(cmd, READY_TIMEOUT)
+    }
+
+    /// [`Worker::spawn`], waiting at most `ready_timeout` for `Ready`.
+    fn spawn_within(cmd: &WorkerCommand, ready_timeout: Duration) -> Result<Self, EngineError> {
         let mut command = Command::new(&cmd.program);
         command
             .args(&cmd.args)
@@ -163,7 +168,7 @@ impl Worker {
             events: Mutex::new(events),
             engine: String::new(),
         };
-        match worker.recv_timeout(READY_TIMEOUT)? {
+        match worker.recv_timeout(ready_timeout)? {
             Some(Event::Ready { protocol, engine }) => {
                 if protocol != PROTOCOL_VERSION {
                     return Err(EngineError::ProtocolMismatch {
@@ -175,7 +180,7 @@ impl Worker {
                 Ok(worker)
             }
             Some(other) => Err(EngineError::Unexpected(format!("{other:?}"))),
-            None => Err(EngineError::Timeout(READY_TIMEOUT)),
+            None => Err(EngineError::Timeout(ready_timeout)),
         }
     }
 
@@ -323,4 +328,286 @@ fn describe(status: ExitStatus) -> String {
         }
     }
     status.to_string()
+}
+
+/// The parent's side against small shell scripts that speak (or break) the
+/// protocol: `printf` writes frames exactly as a worker does, `head -c`
+/// swallows a request of known length, and `exec cat` stands for a worker
+/// that runs until its stdin closes.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> WorkerCommand {
+        WorkerCommand {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            engine_log: false,
+        }
+    }
+
+    fn frames<T: serde::Serialize>(messages: &[T]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for m in messages {
+            write_frame(&mut bytes, m).unwrap();
+        }
+        bytes
+    }
+
+    /// A `printf` that writes these bytes, each as an octal escape (so no
+    /// byte of a frame is taken for a format directive).
+    fn printf(bytes: &[u8]) -> String {
+        let escaped: String = bytes.iter().map(|b| format!("\\{b:03o}")).collect();
+        format!("printf '{escaped}'")
+    }
+
+    fn ready() -> Event {
+        Event::Ready {
+            protocol: PROTOCOL_VERSION,
+            engine: "sh".into(),
+        }
+    }
+
+    fn load_request() -> LoadRequest {
+        LoadRequest {
+            path: "model.gguf".into(),
+            context: Some(2048),
+            kv_type: Default::default(),
+            parallel: 1,
+            threads: 1,
+            gpu_layers: None,
+            pool: None,
+            pool_max: None,
+            ram_cache_bytes: 0,
+        }
+    }
+
+    fn loaded_info() -> LoadedInfo {
+        LoadedInfo {
+            context: 2048,
+            trained_context: 8192,
+            parallel: 1,
+            kv_type: Default::default(),
+            flash_attention: true,
+            threads: 1,
+            gpu_layers: 0,
+            layers: 30,
+            embedding: 576,
+            heads: 9,
+            kv_heads: 3,
+            weights_bytes: 1 << 20,
+            parameters: 1 << 20,
+            has_chat_template: true,
+            chat_template: "chatml".into(),
+            load_ms: 1.0,
+            pool_cells: 2048,
+            pool_max_cells: 2048,
+            sliding_window: None,
+            context_shift: true,
+        }
+    }
+
+    /// A worker that says `Ready`, reads one `Load` request and answers it
+    /// with `answer`, then runs until its stdin closes.
+    fn answers_load(answer: Event) -> WorkerCommand {
+        let request = frames(&[Request::Load(load_request())]);
+        sh(&format!(
+            "{}; head -c {} >/dev/null; {}; exec cat >/dev/null",
+            printf(&frames(&[ready()])),
+            request.len(),
+            printf(&frames(&[answer])),
+        ))
+    }
+
+    /// The status of the worker's death that `result` reports.
+    #[track_caller]
+    fn died<T>(result: Result<T, EngineError>) -> String {
+        match result {
+            Err(EngineError::WorkerDied { status, .. }) => status,
+            Err(other) => panic!("expected the worker's death, got {other:?}"),
+            Ok(_) => panic!("expected the worker's death, got an answer"),
+        }
+    }
+
+    #[test]
+    fn a_worker_that_says_ready_loads_and_exits_when_stopped() {
+        let worker = Worker::spawn(&answers_load(Event::Loaded(loaded_info()))).unwrap();
+        assert_eq!(worker.engine(), "sh");
+        assert_eq!(worker.load(load_request()).unwrap(), loaded_info());
+        // `Exit` and the closed stdin end it well within the grace: the
+        // status is its own exit, not a kill.
+        worker.stop(Duration::from_secs(30));
+        assert_eq!(died(worker.recv()), "exit status: 0");
+        // Its end, once reported, stays the answer.
+        assert_eq!(died(worker.recv()), "exit status: 0");
+        assert_eq!(died(worker.send(&Request::Stats)), "exit status: 0");
+    }
+
+    #[test]
+    fn a_failed_load_is_the_workers_kind_and_message() {
+        let worker = Worker::spawn(&answers_load(Event::Error {
+            id: None,
+            kind: ErrorKind::InvalidModel,
+            message: "not a GGUF file".into(),
+        }))
+        .unwrap();
+        let e = worker.load(load_request()).unwrap_err();
+        assert_eq!(e.kind(), "invalid_model");
+        assert_eq!(e.to_string(), "not a GGUF file");
+    }
+
+    #[test]
+    fn a_load_answered_with_another_event_is_a_protocol_error() {
+        let worker = Worker::spawn(&answers_load(Event::Stats(Default::default()))).unwrap();
+        let e = worker.load(load_request()).unwrap_err();
+        assert!(
+            matches!(e, EngineError::Unexpected(ref m) if m.starts_with("Stats")),
+            "{e:?}"
+        );
+        assert_eq!(e.kind(), "protocol");
+    }
+
+    #[test]
+    fn a_worker_of_another_protocol_version_is_refused() {
+        let other = Event::Ready {
+            protocol: PROTOCOL_VERSION + 1,
+            engine: "sh".into(),
+        };
+        let script = format!("{}; exec cat >/dev/null", printf(&frames(&[other])));
+        let e = Worker::spawn(&sh(&script)).err().unwrap();
+        assert!(
+            matches!(e, EngineError::ProtocolMismatch { found, expected }
+                if found == PROTOCOL_VERSION + 1 && expected == PROTOCOL_VERSION),
+            "{e:?}"
+        );
+        assert_eq!(e.kind(), "protocol_mismatch");
+    }
+
+    #[test]
+    fn a_worker_whose_first_frame_is_not_ready_is_refused() {
+        let script = format!(
+            "{}; exec cat >/dev/null",
+            printf(&frames(&[Event::Loaded(loaded_info())]))
+        );
+        let e = Worker::spawn(&sh(&script)).err().unwrap();
+        assert!(
+            matches!(e, EngineError::Unexpected(ref m) if m.starts_with("Loaded")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_exits_before_ready_reports_its_exit_status() {
+        assert_eq!(died(Worker::spawn(&sh("exit 3"))), "exit status: 3");
+        // A frame cut short by the exit is the same end, not garbage.
+        let cut = frames(&[ready()]);
+        let script = format!("{}; exit 4", printf(&cut[..cut.len() - 1]));
+        assert_eq!(died(Worker::spawn(&sh(&script))), "exit status: 4");
+        assert_eq!(
+            died(Worker::spawn(&sh("kill -KILL $$"))),
+            "killed by SIGKILL (9)"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_writes_garbage_is_a_protocol_error() {
+        // "not " read as a little-endian length is about 519 MiB: refused
+        // before anything is allocated.
+        let status = died(Worker::spawn(&sh(
+            "printf 'not a frame'; exec cat >/dev/null",
+        )));
+        assert!(
+            status.starts_with("protocol error: frame of 544501614 bytes exceeds"),
+            "{status}"
+        );
+        // A frame of the right length that is not JSON.
+        let mut bad = 5u32.to_le_bytes().to_vec();
+        bad.extend_from_slice(b"hello");
+        let script = format!("{}; exec cat >/dev/null", printf(&bad));
+        let status = died(Worker::spawn(&sh(&script)));
+        assert!(
+            status.starts_with("protocol error: malformed frame"),
+            "{status}"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_never_says_ready_times_out() {
+        let e = Worker::spawn_within(&sh("exec cat >/dev/null"), Duration::from_millis(100))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, EngineError::Timeout(t) if t == Duration::from_millis(100)),
+            "{e:?}"
+        );
+        assert_eq!(e.kind(), "worker_timeout");
+    }
+
+    #[test]
+    fn a_program_that_cannot_start_is_a_spawn_error() {
+        let cmd = WorkerCommand {
+            program: "/nonexistent/locara".into(),
+            args: vec!["engine".into()],
+            engine_log: false,
+        };
+        let e = Worker::spawn(&cmd).err().unwrap();
+        assert!(
+            matches!(e, EngineError::Spawn { ref program, .. } if program == &cmd.program),
+            "{e:?}"
+        );
+        assert_eq!(e.kind(), "worker_spawn");
+    }
+
+    #[test]
+    fn events_before_a_death_arrive_then_the_death_names_the_signal() {
+        let token = Event::Token {
+            id: 1,
+            text: "Once".into(),
+        };
+        let script = format!(
+            "{}; kill -KILL $$",
+            printf(&frames(&[ready(), token.clone()]))
+        );
+        let worker = Worker::spawn(&sh(&script)).unwrap();
+        assert_eq!(worker.recv().unwrap(), token);
+        assert_eq!(died(worker.recv()), "killed by SIGKILL (9)");
+        assert_eq!(
+            died(worker.send(&Request::Cancel { id: 1 })),
+            "killed by SIGKILL (9)"
+        );
+    }
+
+    #[test]
+    fn stop_kills_a_worker_that_outlives_the_grace() {
+        // `sleep` neither reads `Exit` nor notices its stdin closing.
+        let script = format!("{}; exec sleep 60", printf(&frames(&[ready()])));
+        let worker = Worker::spawn(&sh(&script)).unwrap();
+        let started = Instant::now();
+        worker.stop(Duration::from_millis(50));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "waited for sleep"
+        );
+        assert_eq!(died(worker.recv()), "killed by SIGKILL (9)");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exit_statuses_name_their_signal() {
+        use std::os::unix::process::ExitStatusExt;
+        // A wait status: the low 7 bits are the signal, bits 8.. the code.
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGABRT)),
+            "killed by SIGABRT (llama.cpp aborted) (6)"
+        );
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGSEGV)),
+            "killed by SIGSEGV (11)"
+        );
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGUSR1)),
+            format!("killed by a signal ({})", libc::SIGUSR1)
+        );
+        assert_eq!(describe(ExitStatus::from_raw(2 << 8)), "exit status: 2");
+    }
 }

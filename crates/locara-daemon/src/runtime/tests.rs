@@ -1,9 +1,13 @@
 //! The governor task with fake workers and tokio's paused clock: no
 //! model, no process, no sleeps (a `sleep` here advances paused time).
+//! What a host's routing thread (a real thread) does is waited for on a
+//! blocking thread, which holds the paused clock still meanwhile.
 use super::*;
 use crate::config::RawServeConfig;
 use crate::host::StreamEvent;
 use crate::testing::FakeEngine;
+use std::future::Future;
+use std::sync::Mutex;
 
 struct Setup {
     runtime: Runtime,
@@ -42,6 +46,21 @@ fn wish(model: &str) -> ModelWish {
         model: model.into(),
         ..ModelWish::default()
     }
+}
+
+/// A generation of a few tokens on the leased worker.
+fn generate(lease: &Lease) -> crate::host::Generation {
+    lease
+        .host
+        .generate(
+            locara_engine::protocol::Prompt::Raw { text: "x".into() },
+            locara_engine::protocol::Sampling::greedy(),
+            None,
+            Vec::new(),
+            true,
+            true,
+        )
+        .unwrap()
 }
 
 async fn loaded(rt: &Runtime) -> Vec<String> {
@@ -136,73 +155,111 @@ async fn a_second_model_evicts_the_idle_first_within_the_budget() {
 
 #[tokio::test(start_paused = true)]
 async fn a_worker_that_dies_ends_its_streams_and_the_next_request_reloads() {
-    let s = setup(&["a:1"], None);
+    let s = setup_with(&["a:1"], None, FakeEngine::stalling(2));
     let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
-    let mut generation = lease
-        .host
-        .generate(
-            locara_engine::protocol::Prompt::Raw { text: "x".into() },
-            locara_engine::protocol::Sampling::greedy(),
-            Some(2),
-            Vec::new(),
-            true,
-            true,
-        )
+    let mut generation = generate(&lease);
+    for _ in 0..2 {
+        let ev = generation.next().await;
+        assert!(matches!(ev, Some(StreamEvent::Token(_))), "{ev:?}");
+    }
+    let worker = s.engine.worker(0);
+    worker.kill();
+    // The death reaches the task from the host's routing thread, a real
+    // thread; waiting for it on a blocking thread keeps the paused clock
+    // still.
+    let heard = worker.clone();
+    tokio::task::spawn_blocking(move || heard.wait_end_heard())
+        .await
         .unwrap();
-    let mut texts = Vec::new();
-    while let Some(ev) = generation.next().await {
-        texts.push(ev);
+    match generation.next().await {
+        Some(StreamEvent::Error { kind, .. }) => assert_eq!(kind, "worker_died"),
+        other => panic!("{other:?}"),
     }
-    assert_eq!(texts.len(), 3, "{texts:?}");
     drop(lease);
-    s.engine.kill_all();
-    // The death reaches the task from the worker's event thread (a real
-    // thread: poll with a real deadline); the model is gone, and comes
-    // back on the next request.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !loaded(&s.runtime).await.is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
     assert!(loaded(&s.runtime).await.is_empty());
     let m = s.runtime.metrics.render(&crate::metrics::Gauges::default());
     assert!(m.contains("reason=\"worker_died\""), "{m}");
-    drop(s.runtime.acquire(wish("a:1")).await.unwrap());
+    let next = s.runtime.acquire(wish("a:1")).await.unwrap();
+    assert_ne!(next.host.pid(), worker.pid());
     assert_eq!(s.engine.spawned(), 2);
 }
 
-#[tokio::test]
-async fn a_request_right_after_a_worker_died_mid_stream_gets_a_new_worker() {
-    // The client hears of the death from its stream and asks again at
-    // once: the task must have heard of it first, or the new request
-    // is handed the dead worker.
-    for round in 0..50 {
-        let s = setup_with(&["a:1"], None, FakeEngine::stalling(2));
-        let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
-        let dead = lease.host.pid();
-        let mut generation = lease
-            .host
-            .generate(
-                locara_engine::protocol::Prompt::Raw { text: "x".into() },
-                locara_engine::protocol::Sampling::greedy(),
-                None,
-                Vec::new(),
-                true,
-                true,
-            )
-            .unwrap();
-        for _ in 0..2 {
-            let ev = generation.next().await;
-            assert!(matches!(ev, Some(StreamEvent::Token(_))), "{ev:?}");
-        }
-        s.engine.kill_all();
-        match generation.next().await {
-            Some(StreamEvent::Error { kind, .. }) => assert_eq!(kind, "worker_died"),
-            other => panic!("round {round}: {other:?}"),
-        }
-        drop(generation);
-        drop(lease);
-        let next = s.runtime.acquire(wish("a:1")).await.unwrap();
-        assert_ne!(next.host.pid(), dead, "round {round}: the dead worker");
-        assert_eq!(s.engine.spawned(), 2, "round {round}");
+/// A client that asks for its model again the instant its stream ends:
+/// the stream's waker runs on the thread that delivers the end, and sends
+/// the new request there and then, before that thread does anything more.
+/// Whatever the thread does after ending the streams comes after the
+/// request, every time.
+struct AskAgainOnWake {
+    runtime: Runtime,
+    /// The request that is streaming; its end is released first, as the
+    /// server drops a lease before the client hears the response end.
+    lease: Mutex<Option<Lease>>,
+    /// Where the answer to the new request goes; taken by the first wake.
+    asked: Mutex<Option<oneshot::Sender<Answer>>>,
+}
+
+/// Where the task's answer to a request will come.
+type Answer = oneshot::Receiver<Result<Lease, RuntimeError>>;
+
+impl std::task::Wake for AskAgainOnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
     }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let Some(asked) = lock(&self.asked).take() else {
+            return;
+        };
+        drop(lock(&self.lease).take());
+        let (reply, answer) = oneshot::channel();
+        let _ = self.runtime.tx.send(Command::Acquire {
+            wish: wish("a:1"),
+            reply,
+        });
+        let _ = asked.send(answer);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Regression: a client that heard of its worker's death from its stream
+/// and asked again at once could be handed the dead worker, when the
+/// streams heard of the death before the task did.
+#[tokio::test(start_paused = true)]
+async fn a_request_right_after_a_worker_died_mid_stream_gets_a_new_worker() {
+    let s = setup_with(&["a:1"], None, FakeEngine::stalling(2));
+    let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
+    let dead = lease.host.pid();
+    let mut generation = generate(&lease);
+    for _ in 0..2 {
+        let ev = generation.next().await;
+        assert!(matches!(ev, Some(StreamEvent::Token(_))), "{ev:?}");
+    }
+    let (asked_tx, asked) = oneshot::channel();
+    let client = Arc::new(AskAgainOnWake {
+        runtime: s.runtime.clone(),
+        lease: Mutex::new(Some(lease)),
+        asked: Mutex::new(Some(asked_tx)),
+    });
+    let mut end = Box::pin(generation.next());
+    let waker = std::task::Waker::from(Arc::clone(&client));
+    let poll = end
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    assert!(poll.is_pending(), "{poll:?}");
+    let worker = s.engine.worker(0);
+    worker.kill();
+    tokio::task::spawn_blocking(move || worker.wait_end_heard())
+        .await
+        .unwrap();
+    let answer = asked.await.unwrap();
+    match end.await {
+        Some(StreamEvent::Error { kind, .. }) => assert_eq!(kind, "worker_died"),
+        other => panic!("{other:?}"),
+    }
+    let next = answer.await.unwrap().unwrap();
+    assert_ne!(next.host.pid(), dead, "the dead worker");
+    assert_eq!(s.engine.spawned(), 2);
 }
