@@ -11,8 +11,8 @@
 //! was started with, then every open stream gets an error event.
 
 use locara_engine::protocol::{
-    Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest, LoadedInfo, Prompt,
-    Request, Sampling, WorkerStats,
+    ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest, LoadedInfo,
+    Prompt, Request, Sampling, WorkerStats,
 };
 use locara_engine::{EngineError, Worker, WorkerCommand};
 use std::collections::HashMap;
@@ -32,8 +32,31 @@ pub enum StreamEvent {
         finish: FinishReason,
         stats: GenerationStats,
     },
-    /// The end, failed. `kind` is a stable machine string.
-    Error { kind: String, message: String },
+    /// The end, failed.
+    Error { kind: StreamError, message: String },
+}
+
+/// Why a generation's stream ended in error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamError {
+    /// The worker reported this error for the generation.
+    Worker(ErrorKind),
+    /// The model was unloaded (its worker asked to stop) while it ran.
+    Unloaded,
+    /// The worker exited unasked.
+    WorkerDied,
+}
+
+impl StreamError {
+    /// The stable machine name: the worker's kind, `model_unloaded` or
+    /// `worker_died`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamError::Worker(kind) => kind.as_str(),
+            StreamError::Unloaded => "model_unloaded",
+            StreamError::WorkerDied => "worker_died",
+        }
+    }
 }
 
 type Streams = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<StreamEvent>>>>;
@@ -64,7 +87,7 @@ pub enum PoolNews {
     Stats(WorkerStats),
     /// A failure that belongs to no generation (a resize llama.cpp could
     /// not make, say): `kind` is the worker's stable machine string.
-    Failed { kind: String, message: String },
+    Failed { kind: ErrorKind, message: String },
 }
 
 /// Hears a worker's [`PoolNews`], on the host's routing thread.
@@ -298,7 +321,7 @@ fn route(
             }) => {
                 if let Some(tx) = lock(streams).remove(&id) {
                     let _ = tx.send(StreamEvent::Error {
-                        kind: kind.as_str().to_string(),
+                        kind: StreamError::Worker(kind),
                         message,
                     });
                 }
@@ -338,10 +361,7 @@ fn route(
                 id: None,
                 kind,
                 message,
-            }) => on_pool(PoolNews::Failed {
-                kind: kind.as_str().to_string(),
-                message,
-            }),
+            }) => on_pool(PoolNews::Failed { kind, message }),
             // Nothing else is asked for once loaded.
             Ok(_) => {}
             Err(e) => break e.to_string(),
@@ -350,11 +370,11 @@ fn route(
     let expected = stopping.load(Ordering::SeqCst);
     let (kind, message) = if expected {
         (
-            "model_unloaded",
+            StreamError::Unloaded,
             "the model was unloaded while this request was running".to_string(),
         )
     } else {
-        ("worker_died", status.clone())
+        (StreamError::WorkerDied, status.clone())
     };
     // The exit is reported before any stream hears of it: a client that
     // reads its error and asks again at once must find the model gone, not
@@ -362,7 +382,7 @@ fn route(
     on_exit(WorkerExit { expected, status });
     for (_, tx) in lock(streams).drain() {
         let _ = tx.send(StreamEvent::Error {
-            kind: kind.to_string(),
+            kind,
             message: message.clone(),
         });
     }
@@ -504,7 +524,7 @@ mod tests {
 
     fn error_kind(ev: &StreamEvent) -> &str {
         match ev {
-            StreamEvent::Error { kind, .. } => kind,
+            StreamEvent::Error { kind, .. } => kind.as_str(),
             other => panic!("expected an error, got {other:?}"),
         }
     }
@@ -556,7 +576,7 @@ mod tests {
                 StreamEvent::Token("a0".into()),
                 StreamEvent::Token("a1".into()),
                 StreamEvent::Error {
-                    kind: "decode_failed".into(),
+                    kind: StreamError::Worker(ErrorKind::DecodeFailed),
                     message: "llama_decode returned 1".into(),
                 },
             ]
@@ -661,7 +681,7 @@ mod tests {
                 },
                 PoolNews::Stats(stats),
                 PoolNews::Failed {
-                    kind: "resize_failed".into(),
+                    kind: ErrorKind::ResizeFailed,
                     message: "no memory for 8192 cells".into(),
                 },
             ]

@@ -576,7 +576,7 @@ async fn generate(
                 .runtime
                 .metrics
                 .request_finished(&model, endpoint.as_str(), "error");
-            return Err(DaemonError::from_stream(&kind, message).into());
+            return Err(DaemonError::from_stream(kind, message).into());
         }
         None => return Err(DaemonError::StreamEnded.into()),
         Some(ev) => ev,
@@ -653,7 +653,7 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
             }
             Some(StreamEvent::Error { kind, message }) => {
                 run.finished(None, None);
-                return Err(DaemonError::from_stream(&kind, message).into());
+                return Err(DaemonError::from_stream(kind, message).into());
             }
             None => {
                 run.finished(None, None);
@@ -718,7 +718,7 @@ fn stream_response(
             }
             Some(StreamEvent::Error { kind, message }) => {
                 run.finished(None, None);
-                out.push(ApiError::from(DaemonError::from_stream(&kind, message)).sse_data());
+                out.push(ApiError::from(DaemonError::from_stream(kind, message)).sse_data());
             }
             None => {
                 run.finished(None, None);

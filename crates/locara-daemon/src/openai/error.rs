@@ -11,6 +11,7 @@
 //! start, built where it is checked.
 
 use crate::apps::AppError;
+use crate::host::StreamError;
 use crate::runtime::RuntimeError;
 use crate::store::StoreError;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -326,16 +327,12 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
-    /// The error of a generation's `Error` event. `kind` is a protocol
-    /// [`ErrorKind`] as the wire spells it, or the host's own
-    /// `model_unloaded` or `worker_died`. Every kind the protocol names is
-    /// read by its own serde name, so a kind added there (`pool_exhausted`,
-    /// say) is never taken for a dead worker.
-    pub fn from_stream(kind: &str, message: String) -> DaemonError {
-        match serde_json::from_value::<ErrorKind>(Value::from(kind)) {
-            Ok(kind) => DaemonError::Engine(EngineError::Worker { kind, message }),
-            Err(_) if kind == "model_unloaded" => DaemonError::Unloaded(message),
-            Err(_) => DaemonError::WorkerDied(message),
+    /// The error a generation's stream ended with.
+    pub fn from_stream(kind: StreamError, message: String) -> DaemonError {
+        match kind {
+            StreamError::Worker(kind) => DaemonError::Engine(EngineError::Worker { kind, message }),
+            StreamError::Unloaded => DaemonError::Unloaded(message),
+            StreamError::WorkerDied => DaemonError::WorkerDied(message),
         }
     }
 }
@@ -532,9 +529,12 @@ mod tests {
             (ErrorKind::PoolExhausted, 503, "pool_exhausted"),
         ];
         for (kind, status, code) in cases {
-            // An `Error` event of a stream, by its wire name, and the
-            // engine's own error: one answer.
-            let err = ApiError::from(DaemonError::from_stream(kind.as_str(), "m".into()));
+            // A stream's worker error and the engine's own error: one
+            // answer.
+            let err = ApiError::from(DaemonError::from_stream(
+                StreamError::Worker(kind),
+                "m".into(),
+            ));
             assert_eq!((err.status, err.code.as_deref()), (status, Some(code)));
             let engine = EngineError::Worker {
                 kind,
@@ -543,7 +543,7 @@ mod tests {
             assert_eq!(ApiError::from(engine), err);
         }
         let template = ApiError::from(DaemonError::from_stream(
-            "chat_template",
+            StreamError::Worker(ErrorKind::ChatTemplate),
             "no template".into(),
         ));
         assert_eq!(template.param.as_deref(), Some("messages"));
@@ -554,18 +554,15 @@ mod tests {
     }
 
     #[test]
-    fn the_hosts_own_stream_kinds_and_unknown_ones() {
-        let unloaded = DaemonError::from_stream("model_unloaded", "unloaded".into());
+    fn the_hosts_own_stream_kinds() {
+        let unloaded = DaemonError::from_stream(StreamError::Unloaded, "unloaded".into());
         assert_eq!(seen(unloaded), (503, "model_unavailable", None, None));
-        for kind in ["worker_died", "something_new"] {
-            let died = ApiError::from(DaemonError::from_stream(kind, "exited".into()));
-            assert_eq!(
-                (died.status, died.kind),
-                (502, ErrorType::WorkerDied),
-                "{kind}"
-            );
-            assert_eq!(died.message, "exited");
-        }
+        let died = ApiError::from(DaemonError::from_stream(
+            StreamError::WorkerDied,
+            "exited".into(),
+        ));
+        assert_eq!((died.status, died.kind), (502, ErrorType::WorkerDied));
+        assert_eq!(died.message, "exited");
         let ended = ApiError::from(DaemonError::StreamEnded);
         assert_eq!((ended.status, ended.kind), (502, ErrorType::WorkerDied));
         assert_eq!(ended.message, "the worker ended the stream");

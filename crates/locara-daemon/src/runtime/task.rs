@@ -816,7 +816,7 @@ impl Task {
                 },
             }),
             PoolNews::Failed { kind, message } => {
-                tracing::warn!(%model, %kind, %message, "the worker reports a failure");
+                tracing::warn!(%model, kind = kind.as_str(), %message, "the worker reports a failure");
             }
         }
     }

@@ -4,7 +4,7 @@
 //! blocking thread, which holds the paused clock still meanwhile.
 use super::*;
 use crate::config::RawServeConfig;
-use crate::host::StreamEvent;
+use crate::host::{StreamError, StreamEvent};
 use crate::testing::FakeEngine;
 use std::future::Future;
 use std::sync::Mutex;
@@ -172,7 +172,7 @@ async fn a_worker_that_dies_ends_its_streams_and_the_next_request_reloads() {
         .await
         .unwrap();
     match generation.next().await {
-        Some(StreamEvent::Error { kind, .. }) => assert_eq!(kind, "worker_died"),
+        Some(StreamEvent::Error { kind, .. }) => assert_eq!(kind, StreamError::WorkerDied),
         other => panic!("{other:?}"),
     }
     drop(lease);
@@ -256,7 +256,7 @@ async fn a_request_right_after_a_worker_died_mid_stream_gets_a_new_worker() {
         .unwrap();
     let answer = asked.await.unwrap();
     match end.await {
-        Some(StreamEvent::Error { kind, .. }) => assert_eq!(kind, "worker_died"),
+        Some(StreamEvent::Error { kind, .. }) => assert_eq!(kind, StreamError::WorkerDied),
         other => panic!("{other:?}"),
     }
     let next = answer.await.unwrap().unwrap();
