@@ -32,7 +32,7 @@ use crate::ladder::{
     self, Action, Ladder, LadderConfig, LadderConfigError, LadderState, ModelView, PressureLevel,
     RuntimeView, TokenCaps,
 };
-use crate::load::PoolSize;
+use crate::load::{PoolSize, MIN_POOL_CELLS};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -317,8 +317,10 @@ pub enum Record {
         action: Action,
         bytes: Option<u64>,
     },
-    /// A pressure unload's worker exited: `bytes` back to the OS, `ms`
-    /// after the order.
+    /// Memory back to the OS after a pressure order, `ms` after it: a
+    /// pressure unload's worker exited (`bytes`: its last footprint), or an
+    /// idle model's K/V was dropped (`bytes`: its footprint before less
+    /// after, both measured).
     Freed {
         level: PressureLevel,
         model: String,
@@ -467,6 +469,9 @@ pub struct Controller {
     pressure_unloads: HashMap<u64, (Instant, PressureLevel, u64)>,
     /// Apps over their budget now (each is told once per crossing).
     over_budget: BTreeSet<String>,
+    /// Idle K/V dropped under pressure, waiting for the worker's next
+    /// measurement: when, the level, and its footprint before.
+    pending_frees: HashMap<u64, (Instant, PressureLevel, u64)>,
 }
 
 impl Controller {
@@ -485,6 +490,7 @@ impl Controller {
             shrunk: HashMap::new(),
             pressure_unloads: HashMap::new(),
             over_budget: BTreeSet::new(),
+            pending_frees: HashMap::new(),
         })
     }
 
@@ -567,16 +573,11 @@ impl Controller {
                 let loaded = m.phase == Phase::Loaded;
                 v.generating = if loaded { m.active } else { 1 };
                 v.idle_since = (loaded && m.active == 0).then_some(m.last_used);
-                // Only a pool grown past its start has cells to give back,
-                // and a RAM tier its saved conversations.
-                v.idle_sequences_with_cells = self.pools.get(&m.instance).map_or(0, |p| {
-                    let grown = if p.cells > p.start_cells {
-                        p.cached_sequences.max(1)
-                    } else {
-                        0
-                    };
-                    grown + p.ram_cached_sequences
-                });
+                // Finished conversations kept in the pool or its RAM tier.
+                v.idle_sequences_with_cells = self
+                    .pools
+                    .get(&m.instance)
+                    .map_or(0, |p| p.cached_sequences + p.ram_cached_sequences);
                 match m.measured {
                     Some(x) => {
                         v.footprint = x.footprint;
@@ -679,6 +680,28 @@ impl Controller {
             Event::Measured(figures) => {
                 for (instance, m) in figures {
                     self.governor.measured(instance, m);
+                    if let Some((at, level, before)) = self.pending_frees.remove(&instance) {
+                        let model = self
+                            .governor
+                            .models()
+                            .find(|(_, s)| s.instance == instance)
+                            .map(|(n, _)| n.to_string())
+                            .unwrap_or_default();
+                        let bytes = before.saturating_sub(m.footprint);
+                        let ms = now.saturating_duration_since(at).as_millis() as u64;
+                        out.push(Effect::Record(Record::Freed {
+                            level,
+                            model: model.clone(),
+                            bytes,
+                            ms,
+                        }));
+                        out.push(Effect::Publish(AppEvent::Freed {
+                            level,
+                            model,
+                            bytes,
+                            ms,
+                        }));
+                    }
                 }
             }
             Event::PoolFull {
@@ -953,6 +976,7 @@ impl Controller {
         out: &mut Vec<Effect>,
     ) {
         self.draining.remove(&instance);
+        self.pending_frees.remove(&instance);
         self.pools.remove(&instance);
         self.shrunk.remove(&instance);
         if let Some((at, level, bytes)) = self.pressure_unloads.remove(&instance) {
@@ -1065,14 +1089,7 @@ impl Controller {
             // conversations beyond the starting pool are dropped, and so
             // is the model's RAM tier.
             Action::DropIdleKv { model, instance } => {
-                self.shrink_idle_pools(Duration::ZERO, now, out);
-                if self
-                    .pools
-                    .get(&instance)
-                    .is_some_and(|p| p.ram_cached_sequences > 0)
-                {
-                    out.push(Effect::DropTier { model, instance });
-                }
+                self.drop_idle_kv(model, instance, level, now, out)
             }
             Action::Unload {
                 model,
@@ -1120,6 +1137,56 @@ impl Controller {
             });
         }
         out.push(Effect::Unloaded(u));
+    }
+
+    /// Pressure's drop of idle K/V: an idle model's pool shrinks to the
+    /// smallest (its cached conversations go), and any model's RAM tier is
+    /// forgotten. The bytes that came back are published once the worker is
+    /// measured again (see [`Controller::awaits_measure`]).
+    fn drop_idle_kv(
+        &mut self,
+        model: String,
+        instance: u64,
+        level: PressureLevel,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(m) = self
+            .governor
+            .model(&model)
+            .filter(|m| m.instance == instance)
+        else {
+            return;
+        };
+        let Some(pool) = self.pools.get(&instance) else {
+            return;
+        };
+        let before = m.measured.map_or(0, |x| x.footprint);
+        let mut acted = false;
+        if m.phase == Phase::Loaded && m.active == 0 && pool.cells > MIN_POOL_CELLS {
+            out.push(Effect::Resize {
+                model: model.clone(),
+                instance,
+                cells: MIN_POOL_CELLS,
+                evict: Vec::new(),
+            });
+            self.shrunk.insert(instance, m.last_used);
+            acted = true;
+        }
+        if pool.ram_cached_sequences > 0 {
+            out.push(Effect::DropTier { model, instance });
+            acted = true;
+        }
+        if acted {
+            self.pending_frees.insert(instance, (now, level, before));
+        }
+    }
+
+    /// Whether the controller waits for a fresh measurement of this load
+    /// (idle K/V was dropped): the daemon measures it as soon as the worker
+    /// says it is done.
+    pub fn awaits_measure(&self, instance: u64) -> bool {
+        self.pending_frees.contains_key(&instance)
     }
 
     /// Pools grown past their start whose model has been idle `after`: back
@@ -1335,7 +1402,22 @@ mod tests {
             },
             t0,
         );
-        assert_eq!(c.view().models[0].idle_sequences_with_cells, 1);
+        assert_eq!(c.view().models[0].idle_sequences_with_cells, 0);
+        c.handle(
+            Event::PoolStats {
+                instance: l,
+                figures: PoolFigures {
+                    cells: 4096,
+                    used_cells: 900,
+                    cached_sequences: 1,
+                    ram_cached_sequences: 2,
+                    ..PoolFigures::default()
+                },
+            },
+            t0,
+        );
+        // One cached in the pool, two in its RAM tier.
+        assert_eq!(c.view().models[0].idle_sequences_with_cells, 3);
         assert_eq!(c.next_deadline(), Some(t0 + POOL_IDLE_SHRINK));
         let shrink = c.handle(Event::Tick, t0 + POOL_IDLE_SHRINK);
         assert!(
@@ -1463,6 +1545,79 @@ mod tests {
             })),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn warn_drops_idle_kv_before_the_grace_and_publishes_the_bytes_measured() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let t0 = Instant::now();
+        let l = load_of(&c.handle(request(1, "a", GB, None), t0)).instance;
+        c.handle(loaded("a", l), t0);
+        let measured = |footprint| {
+            Event::Measured(vec![(
+                l,
+                Measured {
+                    footprint,
+                    mapped_weights: 500 << 20,
+                },
+            )])
+        };
+        c.handle(measured(300 << 20), t0);
+        c.handle(
+            Event::PoolStats {
+                instance: l,
+                figures: PoolFigures {
+                    cells: 2048,
+                    used_cells: 700,
+                    cached_sequences: 1,
+                    ram_cached_sequences: 1,
+                    ram_cache_bytes: 20 << 20,
+                    ..PoolFigures::default()
+                },
+            },
+            t0,
+        );
+        c.handle(
+            Event::Release {
+                model: "a".into(),
+                instance: l,
+            },
+            t0,
+        );
+        // Warn 1 s later: within the 30 s grace, nothing unloads, but the
+        // idle pool shrinks to the smallest and the RAM tier goes.
+        let e = c.handle(Event::OsPressure(PressureLevel::Warn), t0 + Duration::from_secs(1));
+        assert!(!e.iter().any(|e| matches!(e, Effect::Unloaded(_))), "{e:?}");
+        assert!(
+            e.contains(&Effect::Resize {
+                model: "a".into(),
+                instance: l,
+                cells: MIN_POOL_CELLS,
+                evict: Vec::new(),
+            }),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&Effect::DropTier {
+                model: "a".into(),
+                instance: l
+            }),
+            "{e:?}"
+        );
+        assert!(c.awaits_measure(l));
+        // The worker is measured once done: 220 MiB came back.
+        let e = c.handle(measured(80 << 20), t0 + Duration::from_millis(1250));
+        assert!(
+            e.contains(&Effect::Publish(AppEvent::Freed {
+                level: PressureLevel::Warn,
+                model: "a".into(),
+                bytes: 220 << 20,
+                ms: 250,
+            })),
+            "{e:?}"
+        );
+        assert!(!c.awaits_measure(l));
+        assert!(c.holds("a"));
     }
 
     #[test]

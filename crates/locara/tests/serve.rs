@@ -756,6 +756,56 @@ fn simulated_warn_unloads_an_idle_model_tells_apps_and_lifts_after_normal() {
 }
 
 #[test]
+fn simulated_warn_drops_idle_kv_within_the_grace_and_publishes_the_bytes() {
+    // A grace long enough that nothing unloads during the test.
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(
+        &mut config,
+        b"pressure_idle_grace = \"10m\"\npressure_quiet_period = \"1s\"\n",
+    )
+    .unwrap();
+    let path = config.path().to_str().unwrap().to_string();
+    let d = Daemon::start(&["--context", "2048", "--parallel", "2", "--config", &path]);
+    let events = event_log(&d);
+    d.chat(chat_body(SMOLLM2, "Name three colours.", 8, false));
+    // The finished conversation stays cached in the pool.
+    assert!(eventually(Duration::from_secs(10), || {
+        d.model_status(SMOLLM2)
+            .is_some_and(|m| m["pool"]["cached_sequences"].as_u64() >= Some(1))
+    }));
+    let pid = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
+    simulate(&d, "warn");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            events.lock().unwrap().iter().any(|e| {
+                e["type"] == "freed" && e["model"] == SMOLLM2 && e["bytes"].as_u64() > Some(0)
+            })
+        }),
+        "no freed event: {:?}",
+        events.lock().unwrap()
+    );
+    // Still loaded, same worker, its pool at the smallest.
+    let m = d.model_status(SMOLLM2).expect("the model stays loaded");
+    assert_eq!(m["pid"].as_u64(), Some(u64::from(pid)));
+    assert_eq!(m["pool"]["cells"], 256, "{m}");
+    assert!(alive(pid));
+    let log = events.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .any(|e| e["type"] == "action" && e["action"] == "drop_idle_kv"),
+        "{log:?}"
+    );
+    assert!(!log
+        .iter()
+        .any(|e| e["type"] == "action" && e["action"] == "unload"));
+    simulate(&d, "normal");
+    assert!(eventually(Duration::from_secs(5), || d.status()
+        ["pressure"]["level"]
+        == "normal"));
+    d.chat(chat_body(SMOLLM2, "Hi", 2, false));
+}
+
+#[test]
 fn simulated_critical_caps_a_stream_in_flight_then_unloads_and_refuses_loads() {
     let (d, _config) = pressure_daemon();
     // A raw prompt a small model continues for as long as it may.

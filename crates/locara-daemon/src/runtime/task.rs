@@ -64,6 +64,11 @@ pub(super) struct Task {
     system: Option<SystemSnapshot>,
     /// When the next measure tick is due; `None` while one runs.
     next_measure: Option<Instant>,
+    /// A measurement is on a blocking thread now.
+    measuring: bool,
+    /// Measure again as soon as it is back (a worker finished dropping
+    /// K/V while it ran).
+    measure_again: bool,
 }
 
 impl Task {
@@ -111,6 +116,8 @@ impl Task {
             events,
             system,
             next_measure: None,
+            measuring: false,
+            measure_again: false,
         }
     }
 
@@ -161,9 +168,13 @@ impl Task {
                 }
             }
             Command::Measured { figures, system } => {
+                self.measuring = false;
                 self.system = system.or(self.system.take());
                 self.handle(Event::Measured(figures));
                 self.next_measure = (!self.hosts.is_empty()).then(|| self.now() + MEASURE_EVERY);
+                if std::mem::take(&mut self.measure_again) {
+                    self.measure();
+                }
             }
             Command::Release { model, instance } => self.handle(Event::Release { model, instance }),
             Command::LoadDone {
@@ -265,6 +276,11 @@ impl Task {
     /// blocking thread, and asks the workers for their pools' figures; the
     /// answers come back as commands.
     fn measure(&mut self) {
+        if self.measuring {
+            self.measure_again = true;
+            return;
+        }
+        self.measuring = true;
         self.next_measure = None;
         let workers: Vec<(u64, u32)> = self
             .hosts
@@ -802,19 +818,28 @@ impl Task {
                     previous_cells,
                     estimate,
                 });
+                // Pressure dropped its idle K/V: the bytes that came back.
+                if self.controller.awaits_measure(instance) {
+                    self.measure();
+                }
             }
-            PoolNews::Stats(stats) => self.handle(Event::PoolStats {
-                instance,
-                figures: PoolFigures {
-                    cells: stats.pool_cells,
-                    used_cells: stats.pool_used_cells,
-                    cached_sequences: stats.cached_sequences,
-                    reused_tokens: stats.reused_tokens_total,
-                    ram_cached_sequences: stats.ram_cached_sequences,
-                    ram_cache_bytes: stats.ram_cache_bytes,
-                    ram_restores: stats.ram_restores_total,
-                },
-            }),
+            PoolNews::Stats(stats) => {
+                self.handle(Event::PoolStats {
+                    instance,
+                    figures: PoolFigures {
+                        cells: stats.pool_cells,
+                        used_cells: stats.pool_used_cells,
+                        cached_sequences: stats.cached_sequences,
+                        reused_tokens: stats.reused_tokens_total,
+                        ram_cached_sequences: stats.ram_cached_sequences,
+                        ram_cache_bytes: stats.ram_cache_bytes,
+                        ram_restores: stats.ram_restores_total,
+                    },
+                });
+                if self.controller.awaits_measure(instance) {
+                    self.measure();
+                }
+            }
             PoolNews::Failed { kind, message } => {
                 tracing::warn!(%model, kind = kind.as_str(), %message, "the worker reports a failure");
             }
