@@ -1586,7 +1586,10 @@ mod tests {
         );
         // Warn 1 s later: within the 30 s grace, nothing unloads, but the
         // idle pool shrinks to the smallest and the RAM tier goes.
-        let e = c.handle(Event::OsPressure(PressureLevel::Warn), t0 + Duration::from_secs(1));
+        let e = c.handle(
+            Event::OsPressure(PressureLevel::Warn),
+            t0 + Duration::from_secs(1),
+        );
         assert!(!e.iter().any(|e| matches!(e, Effect::Unloaded(_))), "{e:?}");
         assert!(
             e.contains(&Effect::Resize {
