@@ -32,7 +32,7 @@ use crate::ladder::{
     self, Action, Ladder, LadderConfig, LadderConfigError, LadderState, ModelView, PressureLevel,
     RuntimeView, TokenCaps,
 };
-use crate::load::{PoolSize, MIN_POOL_CELLS};
+use crate::load::PoolSize;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -1139,9 +1139,11 @@ impl Controller {
         out.push(Effect::Unloaded(u));
     }
 
-    /// Pressure's drop of idle K/V: an idle model's pool shrinks to the
-    /// smallest (its cached conversations go), and any model's RAM tier is
-    /// forgotten. The bytes that came back are published once the worker is
+    /// Pressure's drop of idle K/V: an idle model's pool is freed entirely
+    /// (`Resize` to 0 cells: its cached conversations and compute buffers
+    /// go, the weights stay mapped, and the next request makes the pool
+    /// again; its estimate stays counted, so that never overcommits), and
+    /// any model's RAM tier is forgotten. The bytes that came back are published once the worker is
     /// measured again (see [`Controller::awaits_measure`]).
     fn drop_idle_kv(
         &mut self,
@@ -1163,11 +1165,11 @@ impl Controller {
         };
         let before = m.measured.map_or(0, |x| x.footprint);
         let mut acted = false;
-        if m.phase == Phase::Loaded && m.active == 0 && pool.cells > MIN_POOL_CELLS {
+        if m.phase == Phase::Loaded && m.active == 0 && pool.cells > 0 {
             out.push(Effect::Resize {
                 model: model.clone(),
                 instance,
-                cells: MIN_POOL_CELLS,
+                cells: 0,
                 evict: Vec::new(),
             });
             self.shrunk.insert(instance, m.last_used);
@@ -1585,7 +1587,7 @@ mod tests {
             t0,
         );
         // Warn 1 s later: within the 30 s grace, nothing unloads, but the
-        // idle pool shrinks to the smallest and the RAM tier goes.
+        // idle pool is freed and the RAM tier goes.
         let e = c.handle(
             Event::OsPressure(PressureLevel::Warn),
             t0 + Duration::from_secs(1),
@@ -1595,7 +1597,7 @@ mod tests {
             e.contains(&Effect::Resize {
                 model: "a".into(),
                 instance: l,
-                cells: MIN_POOL_CELLS,
+                cells: 0,
                 evict: Vec::new(),
             }),
             "{e:?}"

@@ -23,10 +23,6 @@ pub const LARGEST_CONTEXT: u32 = 1_048_576;
 /// longer fit.
 pub const DOWNSHIFT_FLOOR: u32 = 2048;
 
-/// The smallest K/V pool a worker keeps, cells: one step of its growth.
-/// Memory pressure shrinks idle pools to this.
-pub const MIN_POOL_CELLS: u32 = 256;
-
 /// Element type of the K and V caches.
 ///
 /// `q8_0` is the default: it halves the cache against `f16` with no quality

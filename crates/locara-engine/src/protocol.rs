@@ -127,6 +127,10 @@ pub enum Request {
     /// Make the K/V pool `cells` cells: the answer to a [`Event::PoolFull`]
     /// that grants growth, or a resize of the parent's own (shrinking an
     /// idle pool). Answered by [`Event::Resized`]; see the module docs.
+    /// `cells: 0` frees an idle pool entirely (memory pressure): the model
+    /// stays mapped, its cached conversations go, and the next request
+    /// makes the pool again at the size it had (another `Resized`, from 0).
+    /// A pool with a generation running stays as it is.
     Resize { cells: u32 },
     /// The answer to a [`Event::PoolFull`] that refuses growth: the held
     /// generations shift their context or end with `pool_exhausted`.

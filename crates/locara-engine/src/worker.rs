@@ -344,6 +344,7 @@ fn serve_model(
         shifted_total: 0,
         tier: pool::RamTier::new(load.ram_cache_bytes),
         ram_restores: 0,
+        asleep: None,
     };
     engine.serve(rx, out)
 }
@@ -544,6 +545,9 @@ struct Engine<'m> {
     /// Finished conversations kept outside the pool.
     tier: pool::RamTier<LlamaToken, SeqState>,
     ram_restores: u64,
+    /// The pool was freed (`Resize { cells: 0 }`): the size to make it
+    /// again at the next request.
+    asleep: Option<u32>,
 }
 
 enum Control {
@@ -667,7 +671,11 @@ impl<'m> Engine<'m> {
 
     fn sequence_infos(&mut self) -> Vec<SequenceInfo> {
         let pos_min: Vec<i32> = (0..self.seqs.len())
-            .map(|i| self.ctx().kv_cache_seq_pos_min(i as i32))
+            .map(|i| {
+                self.ctx
+                    .as_mut()
+                    .map_or(-1, |c| c.kv_cache_seq_pos_min(i as i32))
+            })
             .collect();
         self.seqs
             .iter()
@@ -725,6 +733,10 @@ impl<'m> Engine<'m> {
 
     /// Moves queued requests onto free sequences.
     fn admit(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
+        // A freed pool is made again for the first request that comes.
+        if self.asleep.is_some() && (self.queue.is_empty() || !self.wake(out)?) {
+            return Ok(());
+        }
         while self.slots.len() < self.parallel {
             let Some(req) = self.queue.pop_front() else {
                 break;
@@ -1337,7 +1349,119 @@ impl<'m> Engine<'m> {
 
     /// Makes the pool `requested` cells (see [`pool::plan_resize`]): every
     /// live sequence and the cached ones that fit move into a new context.
+    /// Frees the whole pool of an idle worker; the model stays mapped.
+    fn sleep(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let previous = self.pool_cells;
+        let dropped = self.seqs.iter().filter(|s| !s.tokens.is_empty()).count() as u32;
+        for s in &mut self.seqs {
+            s.tokens.clear();
+            s.exact = 0;
+        }
+        drop(self.ctx.take());
+        give_back_freed_memory();
+        self.asleep = Some(previous);
+        self.pool_cells = 0;
+        write_frame(
+            out,
+            &Event::Resized {
+                cells: 0,
+                previous_cells: previous,
+                moved_sequences: 0,
+                moved_tokens: 0,
+                dropped_sequences: dropped,
+                state_bytes: 0,
+                ms: started.elapsed().as_secs_f64() * 1000.0,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Makes the pool again after [`Engine::sleep`], at the size it had.
+    /// Returns false (and fails the waiting requests) when llama.cpp
+    /// cannot.
+    fn wake(&mut self, out: &mut impl Write) -> Result<bool, WorkerError> {
+        let Some(cells) = self.asleep else {
+            return Ok(true);
+        };
+        let started = Instant::now();
+        match self
+            .model
+            .new_context(self.backend, self.shape.params(cells))
+        {
+            Ok(ctx) => {
+                self.pool_cells = ctx.n_ctx();
+                self.batch = LlamaBatch::new(ctx.n_batch() as usize, self.parallel as i32);
+                self.ctx = Some(ctx);
+                self.asleep = None;
+                write_frame(
+                    out,
+                    &Event::Resized {
+                        cells: self.pool_cells,
+                        previous_cells: 0,
+                        moved_sequences: 0,
+                        moved_tokens: 0,
+                        dropped_sequences: 0,
+                        state_bytes: 0,
+                        ms: started.elapsed().as_secs_f64() * 1000.0,
+                    },
+                )?;
+                Ok(true)
+            }
+            Err(e) => {
+                for req in std::mem::take(&mut self.queue) {
+                    error(
+                        out,
+                        Some(req.id),
+                        ErrorKind::ResizeFailed,
+                        format!(
+                            "llama.cpp could not make the K/V pool of {cells} cells again: {e}"
+                        ),
+                    )?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
     fn resize(&mut self, requested: u32, out: &mut impl Write) -> Result<(), WorkerError> {
+        if requested == 0 {
+            // Only an idle pool is freed; a busy one stays as it is.
+            return if self.slots.is_empty() && self.asleep.is_none() {
+                self.sleep(out)
+            } else {
+                write_frame(
+                    out,
+                    &Event::Resized {
+                        cells: self.pool_cells,
+                        previous_cells: self.pool_cells,
+                        moved_sequences: 0,
+                        moved_tokens: 0,
+                        dropped_sequences: 0,
+                        state_bytes: 0,
+                        ms: 0.0,
+                    },
+                )?;
+                Ok(())
+            };
+        }
+        if let Some(cells) = self.asleep.as_mut() {
+            // Asleep: the next request makes the pool at this size.
+            *cells = requested;
+            write_frame(
+                out,
+                &Event::Resized {
+                    cells: 0,
+                    previous_cells: 0,
+                    moved_sequences: 0,
+                    moved_tokens: 0,
+                    dropped_sequences: 0,
+                    state_bytes: 0,
+                    ms: 0.0,
+                },
+            )?;
+            return Ok(());
+        }
         let started = Instant::now();
         self.growth_pending = false;
         let live: Vec<Held> = self

@@ -1034,3 +1034,53 @@ fn a_conversation_moved_to_the_ram_tier_comes_back_with_the_same_answer() {
         assert_eq!(second.finish, expected.finish, "{name}");
     }
 }
+
+/// Memory pressure frees an idle worker's whole pool (`Resize` to 0
+/// cells): its footprint falls, and the next request makes the pool again
+/// and answers as before.
+#[test]
+fn a_freed_pool_gives_its_memory_back_and_the_next_request_answers_as_before() {
+    for name in [SMOLLM2, GEMMA3] {
+        let worker = spawn_worker();
+        let info = load_pool(&worker, name, 2048, 2, None);
+        let ask = |id| {
+            request(
+                id,
+                messages(&[("user", "Name three colours of the rainbow.")]),
+                16,
+            )
+        };
+        let (before, _) = run_one(&worker, ask(1), Growth::Deny);
+        let loaded = locara_platform::process_footprint(worker.pid()).unwrap();
+        let (cells, previous, ..) = resize(&worker, 0);
+        assert_eq!((cells, previous), (0, info.pool_cells), "{name}");
+        let freed = locara_platform::process_footprint(worker.pid()).unwrap();
+        eprintln!(
+            "{name}: footprint loaded {} KiB, pool freed {} KiB ({:.1} %), mapped weights {} KiB",
+            loaded.footprint >> 10,
+            freed.footprint >> 10,
+            100.0 * freed.footprint as f64 / loaded.footprint as f64,
+            freed.mapped_weights >> 10
+        );
+        // The pool and the compute buffers (tens of MiB here) come back;
+        // what stays is the process, the vocabulary and any weights
+        // llama.cpp repacked into anonymous memory.
+        assert!(
+            freed.footprint + (16 << 20) < loaded.footprint,
+            "{name}: {freed:?} vs {loaded:?}"
+        );
+        assert_eq!(worker_stats(&worker).pool_cells, 0, "{name}");
+        // The next request: the pool comes back at its size first.
+        worker.send(&Request::Generate(ask(2))).unwrap();
+        match worker.recv().unwrap() {
+            Event::Resized {
+                cells,
+                previous_cells: 0,
+                ..
+            } => assert_eq!(cells, info.pool_cells, "{name}"),
+            other => panic!("{name}: expected the pool back first, got {other:?}"),
+        }
+        let (text, _, finish, _) = collect(&worker, 2);
+        assert_eq!((text, Ok(finish)), (before.text, before.finish), "{name}");
+    }
+}

@@ -784,10 +784,10 @@ fn simulated_warn_drops_idle_kv_within_the_grace_and_publishes_the_bytes() {
         "no freed event: {:?}",
         events.lock().unwrap()
     );
-    // Still loaded, same worker, its pool at the smallest.
+    // Still loaded, same worker, its pool freed.
     let m = d.model_status(SMOLLM2).expect("the model stays loaded");
     assert_eq!(m["pid"].as_u64(), Some(u64::from(pid)));
-    assert_eq!(m["pool"]["cells"], 256, "{m}");
+    assert_eq!(m["pool"]["cells"], 0, "{m}");
     assert!(alive(pid));
     let log = events.lock().unwrap().clone();
     assert!(

@@ -575,8 +575,13 @@ impl Task {
         })
     }
 
-    /// The estimate of a loaded model with a pool of `cells` cells.
+    /// The estimate of a loaded model with a pool of `cells` cells; none for
+    /// a freed pool (0 cells), whose estimate stays counted until the
+    /// next request makes it again.
     fn pool_estimate(&self, model: &str, cells: u32) -> Option<u64> {
+        if cells == 0 {
+            return None;
+        }
         let context = self.controller.governor().model(model)?.context;
         let (_, shape) = self.shapes.get(model)?;
         self.estimate_at(model, shape, context, Some(cells))
