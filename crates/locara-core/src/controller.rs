@@ -257,11 +257,14 @@ pub enum AppEvent {
         budget: u64,
         effective_budget: u64,
     },
-    /// An action of the pressure ladder.
+    /// An action of the pressure ladder; `model` names the model of a
+    /// per-model order.
     #[serde(rename = "action")]
     Action {
         level: PressureLevel,
         action: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
         detail: String,
     },
     /// Bytes the OS got back after a pressure unload, and how long it took.
@@ -282,6 +285,22 @@ pub enum AppEvent {
 }
 
 impl AppEvent {
+    /// Whether an app that declares `models` sees this event: the level
+    /// and budget settings go to every app; an order about a model, or the
+    /// bytes it freed, only to the apps that declare it; an app's budget
+    /// crossing only to that app.
+    pub fn concerns(&self, app: &str, models: &[String]) -> bool {
+        match self {
+            AppEvent::Level { .. } => true,
+            AppEvent::Action { model: None, .. } => true,
+            AppEvent::Action {
+                model: Some(model), ..
+            }
+            | AppEvent::Freed { model, .. } => models.contains(model),
+            AppEvent::BudgetExceeded { app: a, .. } => a == app,
+        }
+    }
+
     /// The event as sent: one JSON object with its `version` and `type`.
     pub fn to_json(&self) -> String {
         #[derive(Serialize)]
@@ -1063,6 +1082,7 @@ impl Controller {
         out.push(Effect::Publish(AppEvent::Action {
             level,
             action: action.kind().to_string(),
+            model: action.model().map(str::to_string),
             detail: action.to_string(),
         }));
         match action {
@@ -1623,6 +1643,39 @@ mod tests {
         );
         assert!(!c.awaits_measure(l));
         assert!(c.holds("a"));
+    }
+
+    #[test]
+    fn an_app_sees_the_level_and_its_own_models_events_only() {
+        let mine = vec!["a".to_string()];
+        let level = AppEvent::Level {
+            level: PressureLevel::Warn,
+            budget: 1,
+            effective_budget: 1,
+        };
+        let order = |model: Option<&str>| AppEvent::Action {
+            level: PressureLevel::Warn,
+            action: "unload".into(),
+            model: model.map(str::to_string),
+            detail: String::new(),
+        };
+        let freed = |model: &str| AppEvent::Freed {
+            level: PressureLevel::Warn,
+            model: model.into(),
+            bytes: 1,
+            ms: 1,
+        };
+        let over = |app: &str| AppEvent::BudgetExceeded {
+            app: app.into(),
+            share: 2,
+            budget: 1,
+        };
+        assert!(level.concerns("x", &mine));
+        assert!(order(None).concerns("x", &mine));
+        assert!(order(Some("a")).concerns("x", &mine));
+        assert!(!order(Some("b")).concerns("x", &mine));
+        assert!(freed("a").concerns("x", &mine) && !freed("b").concerns("x", &mine));
+        assert!(over("x").concerns("x", &mine) && !over("y").concerns("x", &mine));
     }
 
     #[test]

@@ -429,6 +429,16 @@ impl Action {
             Action::Notify { .. } => "notify",
         }
     }
+
+    /// The model a per-model order is about; `None` for a setting.
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Action::Drain { model, .. }
+            | Action::DropIdleKv { model, .. }
+            | Action::Unload { model, .. } => Some(model),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Action {

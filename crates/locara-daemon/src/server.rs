@@ -905,34 +905,63 @@ pub async fn shutdown_signal() {
 
 /// `GET /locara/v1/events`: server-sent events for apps, one JSON object
 /// each with a `version`: `level` (the level in force and the effective
-/// budget), `action` (each action of the pressure ladder), `freed` (bytes
-/// the OS got back after an unload, and how long it took).
+/// budget; the first event of every stream says the state as it is),
+/// `action` (each action of the pressure ladder), `freed` (bytes the OS got
+/// back, and how long it took), `budget.exceeded`. An app sees the level,
+/// the settings and the events of the models its manifest declares (and
+/// its own budget crossings), never other apps' models; the admin sees
+/// everything.
 async fn events(
     State(state): State<Arc<AppState>>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let rx = state.runtime.subscribe();
     let closing = state.closing.subscribe();
-    let stream = stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
-        loop {
-            if *closing.borrow() {
-                return None;
+    let now = state.runtime.status().await?;
+    let first = locara_core::controller::AppEvent::Level {
+        level: now.pressure.level,
+        budget: now.budget,
+        effective_budget: now.effective_budget,
+    };
+    // Whom the stream is for: `None` sees everything.
+    let app: Option<(String, Vec<String>)> = match &caller {
+        Caller::Admin => None,
+        Caller::App(m) => Some((
+            m.id.to_string(),
+            m.models.iter().map(|d| d.reference.clone()).collect(),
+        )),
+    };
+    use futures_util::StreamExt;
+    let head = stream::once(async move { Ok(SseEvent::default().data(first.to_json())) });
+    let rest = stream::unfold(
+        (rx, closing, app),
+        |(mut rx, mut closing, app)| async move {
+            loop {
+                if *closing.borrow() {
+                    return None;
+                }
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(ev) => {
+                            if let Some((id, models)) = &app {
+                                if !ev.concerns(id, models) {
+                                    continue;
+                                }
+                            }
+                            let event = SseEvent::default().data(ev.to_json());
+                            return Some((Ok(event), (rx, closing, app)));
+                        }
+                        // A slow reader misses events rather than holding memory.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    },
+                    // The daemon stops: the stream ends so the connection closes.
+                    _ = closing.changed() => return None,
+                }
             }
-            tokio::select! {
-                ev = rx.recv() => match ev {
-                    Ok(ev) => {
-                        let event = SseEvent::default().data(ev.to_json());
-                        return Some((Ok(event), (rx, closing)));
-                    }
-                    // A slow reader misses events rather than holding memory.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                },
-                // The daemon stops: the stream ends so the connection closes.
-                _ = closing.changed() => return None,
-            }
-        }
-    });
-    Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
+        },
+    );
+    Ok(Sse::new(head.chain(rest)).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
 #[derive(Deserialize)]

@@ -430,3 +430,76 @@ async fn critical_pressure_refuses_loads_with_503_and_retry_after() {
     assert_eq!(retry_after, Some(ladder.as_secs().to_string()));
     assert_eq!(d.engine.spawned(), 0, "no load under critical pressure");
 }
+
+/// The `data:` payloads that arrive on an event stream until it has been
+/// quiet for `quiet`.
+async fn events_until_quiet(body: &mut axum::body::BodyDataStream, quiet: Duration) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = tokio::time::timeout(quiet, body.next()).await {
+        let text = String::from_utf8(chunk.unwrap().to_vec()).unwrap();
+        for line in text.lines() {
+            if let Some(data) = line.strip_prefix("data:") {
+                out.push(serde_json::from_str(data.trim()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_app_hears_the_state_first_then_the_level_and_its_own_models_only() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let app = d.install(&manifest("com.example.notes", ""));
+    let admin = d.admin();
+    for model in ["m:1", "n:1"] {
+        let load = post(
+            &format!("/locara/v1/models/{model}/load"),
+            Some(&admin),
+            json!({}),
+        );
+        assert_eq!(d.send(load).await.status(), StatusCode::OK, "{model}");
+    }
+    let subscribe = |token: &str| d.send(get("/locara/v1/events", Some(token)));
+    let mut app_events = subscribe(app.as_str()).await.into_body().into_data_stream();
+    let mut all_events = subscribe(&admin).await.into_body().into_data_stream();
+    // The first event says the state as it is.
+    for stream in [&mut app_events, &mut all_events] {
+        let first = events_until_quiet(stream, Duration::from_millis(300)).await;
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(
+            (first[0]["type"].as_str(), first[0]["level"].as_str()),
+            (Some("level"), Some("normal"))
+        );
+        assert_eq!(first[0]["version"], 1);
+    }
+    // Critical: both idle models unload.
+    let simulate = post(
+        "/locara/v1/pressure/simulate",
+        Some(&admin),
+        json!({"level": "critical"}),
+    );
+    assert_eq!(d.send(simulate).await.status(), StatusCode::OK);
+    let seen = events_until_quiet(&mut app_events, Duration::from_millis(800)).await;
+    let all = events_until_quiet(&mut all_events, Duration::from_millis(300)).await;
+    let unloads = |events: &[Value]| -> Vec<String> {
+        let mut m: Vec<String> = events
+            .iter()
+            .filter(|e| e["type"] == "action" && e["action"] == "unload")
+            .map(|e| e["model"].as_str().unwrap().to_owned())
+            .collect();
+        m.sort();
+        m
+    };
+    assert_eq!(unloads(&all), ["m:1", "n:1"], "{all:?}");
+    assert_eq!(unloads(&seen), ["m:1"], "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|e| e["type"] == "level" && e["level"] == "critical"),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|e| e.to_string().contains("n:1")),
+        "another app's model reached this app: {seen:?}"
+    );
+}
