@@ -59,6 +59,8 @@ pub struct ControllerConfig {
     pub ladder: LadderConfig,
     /// How long an idle model keeps a grown K/V pool.
     pub pool_idle_shrink: Duration,
+    /// Models held unloaded (`unload --hold`), remembered across restarts.
+    pub held: Vec<String>,
 }
 
 impl ControllerConfig {
@@ -69,6 +71,7 @@ impl ControllerConfig {
             policy: Policy::default(),
             ladder: LadderConfig::default(),
             pool_idle_shrink: POOL_IDLE_SHRINK,
+            held: Vec::new(),
         }
     }
 }
@@ -495,8 +498,12 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(config: ControllerConfig) -> Result<Controller, LadderConfigError> {
+        let mut governor = Governor::new(config.budget, config.policy);
+        for model in &config.held {
+            governor.hold(model);
+        }
         Ok(Controller {
-            governor: Governor::new(config.budget, config.policy),
+            governor,
             ladder: Ladder::new(config.ladder)?,
             pool_idle_shrink: config.pool_idle_shrink,
             os_level: PressureLevel::Normal,

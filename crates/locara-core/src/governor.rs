@@ -886,6 +886,12 @@ impl Governor {
         }
     }
 
+    /// Keeps `model` from loading until [`Governor::unhold`] (a hold
+    /// remembered from before a restart).
+    pub fn hold(&mut self, model: &str) {
+        self.held.insert(model.to_string());
+    }
+
     /// Lets requests load a held model again.
     pub fn unhold(&mut self, model: &str) -> bool {
         self.held.remove(model)

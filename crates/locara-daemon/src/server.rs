@@ -827,6 +827,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
 /// directory, written at start and removed at exit.
 pub const DAEMON_FILE: &str = "daemon.json";
 
+/// The models held unloaded (`locara stop --hold`), remembered across
+/// restarts of the daemon, in the data directory.
+pub const HOLDS_FILE: &str = "holds.json";
+
 /// What `daemon.json` holds.
 #[derive(Debug, Clone, serde::Serialize, Deserialize)]
 pub struct DaemonInfo {

@@ -371,6 +371,7 @@ pub(crate) fn synthetic_settings(
             locara_platform::simulated::linux_profile(16),
         )),
         ladder: locara_core::ladder::LadderConfig::default(),
+        holds_file: Some(home.join("holds.json")),
     }
 }
 

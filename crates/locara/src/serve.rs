@@ -10,7 +10,7 @@ use locara_daemon::config::{RawServeConfig, ServeConfig};
 use locara_daemon::host::ProcessEngine;
 use locara_daemon::metrics::Metrics;
 use locara_daemon::runtime::{ModelStatus, Runtime, Settings, Status, TokioClock};
-use locara_daemon::server::{self, AppState, Auth, DaemonInfo, DAEMON_FILE};
+use locara_daemon::server::{self, AppState, Auth, DaemonInfo, DAEMON_FILE, HOLDS_FILE};
 use locara_platform::fs::{write_atomic, Access};
 use locara_platform::SystemProbe;
 use std::io::Write;
@@ -159,6 +159,7 @@ async fn run_daemon(
         backend: locara_platform::estimate_backend(),
         probe: Arc::new(SystemProbe::default()),
         ladder: config.ladder,
+        holds_file: Some(base.home.join(HOLDS_FILE)),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -48,6 +48,9 @@ pub struct Settings {
     pub probe: Arc<dyn MemoryProbe>,
     /// The pressure ladder's settings.
     pub ladder: LadderConfig,
+    /// Where the models held unloaded are remembered across restarts;
+    /// `None`: not remembered.
+    pub holds_file: Option<std::path::PathBuf>,
 }
 
 /// Where the governor task gets the time: all its decisions take `now`

@@ -88,6 +88,11 @@ impl Task {
             },
             ladder: settings.ladder,
             pool_idle_shrink: locara_core::controller::POOL_IDLE_SHRINK,
+            held: settings
+                .holds_file
+                .as_deref()
+                .map(read_holds)
+                .unwrap_or_default(),
         };
         // The ladder's settings were validated with the config; a bad set
         // falls back to the defaults rather than running without a ladder.
@@ -213,10 +218,17 @@ impl Task {
                     .iter()
                     .any(|e| matches!(e, Effect::Unloaded(u) if u.model == model));
                 self.carry_out(effects);
+                if hold {
+                    self.save_holds();
+                }
                 let _ = reply.send(was);
             }
             Command::Unhold { model, reply } => {
-                let _ = reply.send(self.controller.unhold(&model));
+                let was = self.controller.unhold(&model);
+                if was {
+                    self.save_holds();
+                }
+                let _ = reply.send(was);
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -259,6 +271,24 @@ impl Task {
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// Writes the held models to the holds file, off the task.
+    fn save_holds(&self) {
+        let Some(path) = self.settings.holds_file.clone() else {
+            return;
+        };
+        let held: Vec<&str> = self.controller.governor().held_models().collect();
+        let text = serde_json::to_string_pretty(&held).unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = locara_platform::fs::write_atomic(
+                &path,
+                text.as_bytes(),
+                locara_platform::fs::Access::Default,
+            ) {
+                tracing::warn!(error = %e, "the held models could not be remembered");
+            }
+        });
     }
 
     /// Time passed: the controller's deadlines, and the measure tick.
@@ -902,4 +932,20 @@ fn shape(settings: &Settings, model: &str) -> Result<Shape, RuntimeError> {
         message: e.to_string(),
     })?;
     Ok((entry.path, file.shape()))
+}
+
+/// The models held unloaded before a restart, from `path` (a JSON list of
+/// names); none when it is missing or unreadable (said in the log).
+fn read_holds(path: &std::path::Path) -> Vec<String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable holds file");
+            Vec::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable holds file");
+            Vec::new()
+        }
+    }
 }

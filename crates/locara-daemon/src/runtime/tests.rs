@@ -263,3 +263,43 @@ async fn a_request_right_after_a_worker_died_mid_stream_gets_a_new_worker() {
     assert_ne!(next.host.pid(), dead, "the dead worker");
     assert_eq!(s.engine.spawned(), 2);
 }
+
+#[tokio::test]
+async fn a_hold_survives_a_restart_of_the_runtime() {
+    let home = tempfile::tempdir().unwrap();
+    let start = |names: &[&str]| {
+        let settings = crate::testing::synthetic_settings(
+            home.path(),
+            names,
+            FakeEngine::new(2),
+            RawServeConfig::default(),
+            1 << 40,
+        );
+        Runtime::start(settings, Arc::new(Metrics::new()))
+    };
+    let first = start(&["a:1"]);
+    drop(first.acquire(wish("a:1")).await.unwrap());
+    assert!(first.unload("a:1", true).await.unwrap());
+    first.shutdown().await;
+    let holds = home.path().join(crate::server::HOLDS_FILE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !holds.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The model is already in the store: the second runtime imports none.
+    let second = start(&[]);
+    match second.acquire(wish("a:1")).await {
+        Err(RuntimeError::Refused(Refusal::Held { model })) => assert_eq!(model, "a:1"),
+        other => panic!("expected the hold to survive, got {:?}", other.err()),
+    }
+    assert_eq!(second.status().await.unwrap().held_unloaded, ["a:1"]);
+    // Lifted, it is forgotten on disk too.
+    second.load(wish("a:1")).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&holds).unwrap().contains("a:1")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&holds).unwrap().trim(), "[]");
+}
