@@ -70,6 +70,10 @@ pub struct Status {
     pub system: Option<SystemSnapshot>,
     pub pressure: PressureStatus,
     pub shutting_down: bool,
+    /// A model loads or serves a request, so the daemon holds an activity
+    /// that keeps macOS from idle-sleeping (a no-op elsewhere).
+    #[serde(default)]
+    pub keeping_awake: bool,
 }
 
 /// The pressure ladder in [`Status`].
@@ -109,6 +113,7 @@ pub(super) struct Sources<'a> {
     pub loads: &'a HashMap<u64, LoadMeta>,
     pub kv_type: KvType,
     pub system: Option<SystemSnapshot>,
+    pub keeping_awake: bool,
 }
 
 /// The status at `now`.
@@ -176,5 +181,6 @@ pub(super) fn build(s: Sources<'_>, now: Instant) -> Status {
             refusing_loads: pressure.refusing_loads,
         },
         shutting_down: s.controller.shutting_down(),
+        keeping_awake: s.keeping_awake,
     }
 }

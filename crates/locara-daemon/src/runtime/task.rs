@@ -69,6 +69,9 @@ pub(super) struct Task {
     /// Measure again as soon as it is back (a worker finished dropping
     /// K/V while it ran).
     measure_again: bool,
+    /// Held while a model loads or a request uses one: macOS does not
+    /// idle-sleep mid-answer (a no-op elsewhere).
+    activity: Option<locara_platform::ActivityGuard>,
 }
 
 impl Task {
@@ -123,6 +126,7 @@ impl Task {
             next_measure: None,
             measuring: false,
             measure_again: false,
+            activity: None,
         }
     }
 
@@ -142,6 +146,7 @@ impl Task {
                         c = rx.recv() => c,
                         _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
                             self.tick();
+                            self.keep_awake();
                             continue;
                         }
                     }
@@ -150,6 +155,24 @@ impl Task {
             };
             let Some(command) = command else { return };
             self.command(command);
+            self.keep_awake();
+        }
+    }
+
+    /// Takes the activity guard while any model loads or serves a request,
+    /// and lets it go when all are idle.
+    fn keep_awake(&mut self) {
+        let busy = self
+            .controller
+            .governor()
+            .models()
+            .any(|(_, m)| m.phase == locara_core::governor::Phase::Loading || m.active > 0);
+        if busy && self.activity.is_none() {
+            self.activity = Some(locara_platform::ActivityGuard::begin(
+                "Locara is loading a model or answering a request",
+            ));
+        } else if !busy {
+            self.activity = None;
         }
     }
 
@@ -901,6 +924,7 @@ impl Task {
                 loads: &self.loads,
                 kv_type: self.settings.config.kv_type,
                 system: self.system.clone(),
+                keeping_awake: self.activity.is_some(),
             },
             self.now(),
         )

@@ -303,3 +303,14 @@ async fn a_hold_survives_a_restart_of_the_runtime() {
     }
     assert_eq!(std::fs::read_to_string(&holds).unwrap().trim(), "[]");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_daemon_keeps_the_machine_awake_only_while_a_request_holds_a_model() {
+    let s = setup(&["a:1"], None);
+    assert!(!s.runtime.status().await.unwrap().keeping_awake);
+    let lease = s.runtime.acquire(wish("a:1")).await.unwrap();
+    assert!(s.runtime.status().await.unwrap().keeping_awake);
+    drop(lease);
+    // The release reaches the task before the next status.
+    assert!(!s.runtime.status().await.unwrap().keeping_awake);
+}
