@@ -410,7 +410,56 @@ async fn serve_generation(
 ) -> Result<Response, ApiError> {
     caller.may_use(&model)?;
     let (app, role) = app_claim(&state, caller, &model).await?;
-    generate(state, model, prompt, params, endpoint, app, role).await
+    let mut params = params;
+    let capped = app_keep_alive(caller, &model, &mut params, state.runtime.keep_alive());
+    let mut response = generate(state, model, prompt, params, endpoint, app, role).await?;
+    if let Some(note) = capped.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert(KEEP_ALIVE_HEADER, note);
+    }
+    Ok(response)
+}
+
+/// Set on a response whose request's `keep_alive` was capped: the value
+/// applied and why.
+pub const KEEP_ALIVE_HEADER: &str = "x-locara-keep-alive";
+
+/// An app pins a model only through its manifest (`keep_loaded = true`,
+/// which pins it for the app's requests that name no keep-alive); its
+/// request's `keep_alive` beyond the daemon's (`-1`, or longer) is capped
+/// to the daemon's. Returns the note for [`KEEP_ALIVE_HEADER`] when it
+/// capped one. The admin may pin.
+fn app_keep_alive(
+    caller: &Caller,
+    model: &str,
+    params: &mut GenerationParams,
+    daemon: KeepAlive,
+) -> Option<String> {
+    let Caller::App(manifest) = caller else {
+        return None;
+    };
+    let keep_loaded = manifest
+        .models
+        .iter()
+        .any(|d| d.reference == model && d.keep_loaded);
+    if keep_loaded {
+        params.keep_alive.get_or_insert(KeepAlive::Forever);
+        return None;
+    }
+    let asked = params.keep_alive?;
+    let longer = match (asked, daemon) {
+        (_, KeepAlive::Forever) => false,
+        (KeepAlive::Forever, _) => true,
+        (KeepAlive::For(a), KeepAlive::For(d)) => a > d,
+        (KeepAlive::For(_), KeepAlive::UnloadWhenDone) => true,
+        (KeepAlive::UnloadWhenDone, _) => false,
+    };
+    if !longer {
+        return None;
+    }
+    params.keep_alive = Some(daemon);
+    Some(format!(
+        "{daemon} (asked {asked}; capped: the app's manifest does not set keep_loaded for {model})"
+    ))
 }
 
 /// One generation, from acquiring the model to the last byte.

@@ -503,3 +503,61 @@ async fn an_app_hears_the_state_first_then_the_level_and_its_own_models_only() {
         "another app's model reached this app: {seen:?}"
     );
 }
+
+#[tokio::test]
+async fn an_app_pins_a_model_only_through_its_manifest() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let plain = d.install(&manifest("com.example.plain", ""));
+    let pinned = d.install(&manifest("com.example.pinned", "keep_loaded = true\n"));
+    let admin = d.admin();
+    let model_status = || async {
+        let r = d.send(get("/locara/v1/status", Some(&admin))).await;
+        let s: Value = serde_json::from_str(&body_text(r).await).unwrap();
+        s["models"][0].clone()
+    };
+
+    // keep_alive -1 from an app whose manifest does not ask keep_loaded:
+    // capped to the daemon's 3 minutes, and the response says so.
+    let ask = post(
+        "/v1/chat/completions",
+        Some(plain.as_str()),
+        chat("m:1", json!({"keep_alive": -1})),
+    );
+    let r = d.send(ask).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let note = r.headers()[crate::server::KEEP_ALIVE_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(note.starts_with("3m (asked -1; capped"), "{note}");
+    body_text(r).await;
+    let m = model_status().await;
+    assert_eq!(
+        (m["pinned"].as_bool(), m["keep_alive"].as_str()),
+        (Some(false), Some("3m")),
+        "{m}"
+    );
+
+    // An app whose manifest keeps the model loaded pins it without asking.
+    let ask = post(
+        "/v1/chat/completions",
+        Some(pinned.as_str()),
+        chat("m:1", json!({})),
+    );
+    let r = d.send(ask).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get(crate::server::KEEP_ALIVE_HEADER).is_none());
+    body_text(r).await;
+    assert_eq!(model_status().await["pinned"], true);
+
+    // The admin may pin; nothing is capped for it.
+    let ask = post(
+        "/v1/chat/completions",
+        Some(&admin),
+        chat("m:1", json!({"keep_alive": "1h"})),
+    );
+    let r = d.send(ask).await;
+    assert!(r.headers().get(crate::server::KEEP_ALIVE_HEADER).is_none());
+    body_text(r).await;
+    assert_eq!(model_status().await["keep_alive"], "1h");
+}

@@ -227,6 +227,8 @@ pub struct Runtime {
     /// Token caps the pressure ladder sets, read by every generation.
     caps: watch::Receiver<TokenCaps>,
     events: broadcast::Sender<AppEvent>,
+    /// The configured keep-alive of idle models.
+    keep_alive: KeepAlive,
 }
 
 impl Runtime {
@@ -234,6 +236,7 @@ impl Runtime {
     pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Runtime {
         let (tx, rx) = mpsc::unbounded_channel();
         let (caps_tx, caps) = watch::channel(TokenCaps::NONE);
+        let keep_alive = settings.config.keep_alive;
         let (events, _) = broadcast::channel(256);
         let task = task::Task::new(
             settings,
@@ -248,7 +251,14 @@ impl Runtime {
             metrics,
             caps,
             events,
+            keep_alive,
         }
+    }
+
+    /// The configured keep-alive of idle models (what an app's requests
+    /// may ask at most, unless its manifest asks to keep the model loaded).
+    pub fn keep_alive(&self) -> KeepAlive {
+        self.keep_alive
     }
 
     /// The token caps in force now (pressure).
