@@ -62,7 +62,23 @@ pub struct AppState {
     pub in_flight: AtomicUsize,
     /// Becomes true when the daemon stops: endless streams (events) end.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Each app's generations in flight, held to its manifest's
+    /// `max_concurrency`, by app id.
+    app_slots: std::sync::Mutex<std::collections::HashMap<String, AppSlots>>,
 }
+
+/// An app's share of generations: `max_concurrency` permits, and how many
+/// of its requests wait for one.
+#[derive(Clone)]
+struct AppSlots {
+    limit: u32,
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Requests of one app that may wait for one of its `max_concurrency`
+/// places; one more is answered 429.
+pub const APP_QUEUE: usize = 16;
 
 impl AppState {
     pub fn new(
@@ -81,6 +97,7 @@ impl AppState {
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             closing: tokio::sync::watch::Sender::new(false),
+            app_slots: Default::default(),
         })
     }
 }
@@ -412,11 +429,73 @@ async fn serve_generation(
     let (app, role) = app_claim(&state, caller, &model).await?;
     let mut params = params;
     let capped = app_keep_alive(caller, &model, &mut params, state.runtime.keep_alive());
-    let mut response = generate(state, model, prompt, params, endpoint, app, role).await?;
+    let place = app_place(&state, caller).await?;
+    let terms = AppTerms { app, role, place };
+    let mut response = generate(state, model, prompt, params, endpoint, terms).await?;
     if let Some(note) = capped.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
         response.headers_mut().insert(KEEP_ALIVE_HEADER, note);
     }
     Ok(response)
+}
+
+/// What the calling app's manifest brings to a generation.
+struct AppTerms {
+    /// Its budget claim (`None` for the admin or an app without a budget).
+    app: Option<AppClaim>,
+    /// The model's role in its manifest.
+    role: Role,
+    /// Its place among its `max_concurrency` (`None` for the admin).
+    place: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// One of the calling app's `max_concurrency` places for a generation,
+/// waiting for one while fewer than [`APP_QUEUE`] of its requests wait;
+/// beyond that, 429 with Retry-After. The admin has no such limit.
+async fn app_place(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    let Caller::App(manifest) = caller else {
+        return Ok(None);
+    };
+    let limit = manifest.max_concurrency.max(1);
+    let slots = {
+        let mut all = state.app_slots.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = all
+            .entry(manifest.id.to_string())
+            .or_insert_with(|| AppSlots {
+                limit,
+                permits: Arc::new(tokio::sync::Semaphore::new(limit as usize)),
+                waiting: Arc::default(),
+            });
+        // A reinstalled manifest with another limit: a fresh set of places
+        // (generations holding the old ones finish on them).
+        if entry.limit != limit {
+            *entry = AppSlots {
+                limit,
+                permits: Arc::new(tokio::sync::Semaphore::new(limit as usize)),
+                waiting: Arc::default(),
+            };
+        }
+        entry.clone()
+    };
+    if let Ok(permit) = Arc::clone(&slots.permits).try_acquire_owned() {
+        return Ok(Some(permit));
+    }
+    if slots.waiting.fetch_add(1, Ordering::SeqCst) >= APP_QUEUE {
+        slots.waiting.fetch_sub(1, Ordering::SeqCst);
+        return Err(ApiError::rate_limited(
+            format!(
+                "app {} has {limit} request(s) generating (max_concurrency of its manifest) and {APP_QUEUE} waiting; retry shortly",
+                manifest.id
+            ),
+            Some(1),
+        )
+        .with_code("app_concurrency"));
+    }
+    let permit = Arc::clone(&slots.permits).acquire_owned().await;
+    slots.waiting.fetch_sub(1, Ordering::SeqCst);
+    permit.map(Some).map_err(|_| ApiError::shutting_down())
 }
 
 /// Set on a response whose request's `keep_alive` was capped: the value
@@ -479,6 +558,8 @@ struct Run {
     // in-flight guard may outlive the run ([`Run::end`]).
     _lease: Lease,
     in_flight: InFlight,
+    /// The app's place among its `max_concurrency` (none for the admin).
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Run {
@@ -577,9 +658,9 @@ async fn generate(
     prompt: Prompt,
     params: GenerationParams,
     endpoint: Endpoint,
-    app: Option<AppClaim>,
-    role: Role,
+    terms: AppTerms,
 ) -> Result<Response, ApiError> {
+    let AppTerms { app, role, place } = terms;
     let in_flight = InFlight::enter(&state)?;
     let started = Instant::now();
     let lease = state
@@ -651,6 +732,7 @@ async fn generate(
         runtime: state.runtime.clone(),
         _lease: lease,
         in_flight,
+        _place: place,
     };
     if params.stream {
         Ok(stream_response(run, first).into_response())

@@ -561,3 +561,69 @@ async fn an_app_pins_a_model_only_through_its_manifest() {
     body_text(r).await;
     assert_eq!(model_status().await["keep_alive"], "1h");
 }
+
+#[tokio::test]
+async fn an_app_generates_at_most_max_concurrency_at_once_then_queues_then_429() {
+    let d = Daemon::new(
+        FakeEngine::stalling(1),
+        false,
+        RawServeConfig {
+            queue: Some(64),
+            parallel: Some(4),
+            ..RawServeConfig::default()
+        },
+    );
+    let app = d.install(
+        "id = \"com.example.one\"\nname = \"App\"\nversion = \"1.0.0\"\nmax_concurrency = 1\n[[models]]\nref = \"m:1\"\n",
+    );
+    let ask = || {
+        post(
+            "/v1/chat/completions",
+            Some(app.as_str()),
+            chat("m:1", json!({"stream": true})),
+        )
+    };
+    // The first stream takes the app's one place and keeps it (its worker
+    // never ends the answer).
+    let first = d.send(ask()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    // The next waits for it: no answer yet.
+    let router = d.router.clone();
+    let waiting = tokio::spawn(router.oneshot(ask()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second generation ran beside the first"
+    );
+    // Fill the queue, then one more is refused at once.
+    let mut queued = Vec::new();
+    for _ in 1..crate::server::APP_QUEUE {
+        queued.push(tokio::spawn(d.router.clone().oneshot(ask())));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, retry_after, e) = error_of(d.send(ask()).await).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(e["code"], "app_concurrency", "{e}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    // The admin is not held to the app's limit.
+    let admin = d.admin();
+    let r = d
+        .send(post(
+            "/v1/chat/completions",
+            Some(&admin),
+            chat("m:1", json!({"stream": true})),
+        ))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // The first ends: the waiting one gets its place.
+    drop(first);
+    let next = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status(), StatusCode::OK);
+    for q in queued {
+        q.abort();
+    }
+}
