@@ -34,7 +34,7 @@ use crate::ladder::{
 };
 use crate::load::PoolSize;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -494,6 +494,10 @@ pub struct Controller {
     /// Idle K/V dropped under pressure, waiting for the worker's next
     /// measurement: when, the level, and its footprint before.
     pending_frees: HashMap<u64, (Instant, PressureLevel, u64)>,
+    /// The apps with a budget, as their latest requests described them: a
+    /// pool's growth is held to the budgets of the apps that declare its
+    /// model.
+    apps: BTreeMap<String, AppClaim>,
 }
 
 impl Controller {
@@ -517,6 +521,7 @@ impl Controller {
             pressure_unloads: HashMap::new(),
             over_budget: BTreeSet::new(),
             pending_frees: HashMap::new(),
+            apps: BTreeMap::new(),
         })
     }
 
@@ -794,6 +799,11 @@ impl Controller {
     fn acquire(&mut self, request: Request, now: Instant, out: &mut Vec<Effect>) {
         let Request { ticket, wish, app } = request;
         let model = wish.model.clone();
+        // What the app's request says of the registry, for its budget
+        // and for growth of the models it declares.
+        if let Some(claim) = app.as_ref().filter(|c| c.budget.is_some()) {
+            self.apps.insert(claim.id.clone(), claim.clone());
+        }
         let deny = |denial: Denial| Effect::Deny {
             ticket,
             model: model.clone(),
@@ -959,6 +969,8 @@ impl Controller {
             Err("the daemon is stopping".to_string())
         } else if level != PressureLevel::Normal {
             Err(format!("memory pressure is {level}"))
+        } else if let Some(why) = estimate.and_then(|e| self.growth_over_app_budget(&model, e)) {
+            Err(why)
         } else if let Some(estimate) = estimate {
             self.governor
                 .grow(&model, instance, estimate)
@@ -991,6 +1003,39 @@ impl Controller {
                 });
             }
         }
+    }
+
+    /// Why growing `model` to `estimate` bytes would take an app that
+    /// declares it over its budget, if it would: each app's share grows by
+    /// its part of the growth.
+    fn growth_over_app_budget(&self, model: &str, estimate: u64) -> Option<String> {
+        let held = self.governor.model(model)?.held();
+        let grows_by = estimate.saturating_sub(held);
+        for claim in self.apps.values() {
+            let Some(budget) = claim.budget else { continue };
+            let declares = |(_, models): &&(String, Vec<String>)| models.iter().any(|m| m == model);
+            if !claim
+                .uses
+                .iter()
+                .filter(declares)
+                .any(|(a, _)| *a == claim.id)
+            {
+                continue;
+            }
+            let users = claim.uses.iter().filter(declares).count().max(1) as u64;
+            let share = self.app_share(&claim.id, &claim.uses);
+            let after = share.saturating_add(grows_by / users);
+            if after > budget {
+                return Some(format!(
+                    "app {} may hold {} (requires.memory_gb of its manifest); it holds {} and the growth would add {}",
+                    claim.id,
+                    Bytes(budget),
+                    Bytes(share),
+                    Bytes(grows_by / users)
+                ));
+            }
+        }
+        None
     }
 
     fn worker_exited(
@@ -1467,6 +1512,35 @@ mod tests {
     }
 
     #[test]
+    fn growth_is_held_to_the_budget_of_the_apps_that_declare_the_model() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let now = Instant::now();
+        let uses: &[(&str, &[&str])] = &[("app", &["a"])];
+        let l = load_of(&c.handle(
+            request(1, "a", 3 * GB, Some(claim("app", 4 * GB, uses))),
+            now,
+        ))
+        .instance;
+        c.handle(loaded("a", l), now);
+        let grow = |estimate| Event::PoolFull {
+            model: "a".into(),
+            instance: l,
+            cells: 4096,
+            estimate: Some(estimate),
+        };
+        let e = c.handle(grow(5 * GB), now);
+        assert!(
+            matches!(&e[..], [Effect::DenyGrowth { why, .. }] if why.contains("app app may hold 4.0 GiB")),
+            "{e:?}"
+        );
+        let e = c.handle(grow(4 * GB), now);
+        assert!(
+            matches!(&e[..], [Effect::Resize { cells: 4096, .. }]),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn growth_is_refused_under_pressure_and_counted() {
         let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
         let now = Instant::now();
@@ -1769,6 +1843,9 @@ mod tests {
         /// Requests by ticket: the app, when one asked.
         apps: BTreeMap<Ticket, Option<AppClaim>>,
         refusing: bool,
+        /// Apps whose requests the controller has seen (it holds growth to
+        /// their budgets).
+        seen_apps: BTreeSet<String>,
         /// Per-instance ladder orders seen (unload, drain) in this episode.
         ordered: BTreeSet<(&'static str, u64)>,
     }
@@ -1794,6 +1871,16 @@ mod tests {
                 .collect();
             let ticket_app = match &event {
                 Event::Acquire(r) => Some((r.ticket, r.app.clone())),
+                _ => None,
+            };
+            if let Event::Acquire(Request {
+                app: Some(claim), ..
+            }) = &event
+            {
+                self.seen_apps.insert(claim.id.clone());
+            }
+            let grown = match &event {
+                Event::PoolFull { model, .. } => Some(model.clone()),
                 _ => None,
             };
             let effects = c.handle(event, now);
@@ -1853,6 +1940,25 @@ mod tests {
                         if !evict.is_empty() {
                             let held: u64 = c.governor().models().map(|(_, m)| m.held()).sum();
                             prop_assert!(held <= c.governor().effective_budget);
+                        }
+                        // A growth keeps every app that declares the model
+                        // within its budget.
+                        if let Some(model) = &grown {
+                            for claim in [app(1), app(2)].into_iter().flatten() {
+                                let declares = claim
+                                    .uses
+                                    .iter()
+                                    .any(|(a, ms)| *a == claim.id && ms.contains(model));
+                                let share = c.app_share(&claim.id, &claim.uses);
+                                prop_assert!(
+                                    !declares
+                                        || !self.seen_apps.contains(&claim.id)
+                                        || share <= claim.budget.unwrap(),
+                                    "growth of {model} took {} to {share} over {:?}",
+                                    claim.id,
+                                    claim.budget
+                                );
+                            }
                         }
                     }
                     Effect::Unloaded(u) => {
