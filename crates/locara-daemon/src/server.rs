@@ -428,6 +428,7 @@ async fn serve_generation(
     caller.may_use(&model)?;
     let (app, role) = app_claim(&state, caller, &model).await?;
     let mut params = params;
+    app_context(caller, &model, &mut params)?;
     let capped = app_keep_alive(caller, &model, &mut params, state.runtime.keep_alive());
     let place = app_place(&state, caller).await?;
     let terms = AppTerms { app, role, place };
@@ -436,6 +437,43 @@ async fn serve_generation(
         response.headers_mut().insert(KEEP_ALIVE_HEADER, note);
     }
     Ok(response)
+}
+
+/// An app's request gets at most the context its manifest declares for the
+/// model: a request naming more is refused with the limit; one naming none
+/// asks for the declared context (the model loads with it when not loaded
+/// yet).
+fn app_context(
+    caller: &Caller,
+    model: &str,
+    params: &mut GenerationParams,
+) -> Result<(), ApiError> {
+    let Caller::App(manifest) = caller else {
+        return Ok(());
+    };
+    let Some(limit) = manifest
+        .models
+        .iter()
+        .filter(|d| d.reference == model)
+        .filter_map(|d| d.context)
+        .max()
+    else {
+        return Ok(());
+    };
+    match params.context {
+        Some(asked) if asked > limit => Err(ApiError::invalid(
+            "context",
+            format!(
+                "context {asked} is more than app {} may use with {model}: its manifest declares context = {limit}",
+                manifest.id
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => {
+            params.context = Some(limit);
+            Ok(())
+        }
+    }
 }
 
 /// What the calling app's manifest brings to a generation.

@@ -627,3 +627,34 @@ async fn an_app_generates_at_most_max_concurrency_at_once_then_queues_then_429()
         q.abort();
     }
 }
+
+#[tokio::test]
+async fn an_app_asks_at_most_the_context_its_manifest_declares() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let app = d.install(&manifest("com.example.short", "context = 1024\n"));
+    let ask = |extra| {
+        post(
+            "/v1/chat/completions",
+            Some(app.as_str()),
+            chat("m:1", extra),
+        )
+    };
+    let (status, _, e) = error_of(d.send(ask(json!({"context": 2048}))).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(e["param"], "context");
+    assert!(
+        e["message"].as_str().unwrap().contains("context = 1024"),
+        "{e}"
+    );
+    assert_eq!(d.engine.spawned(), 0);
+    // Naming none, the model loads with the declared context.
+    let r = d.send(ask(json!({}))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    body_text(r).await;
+    let admin = d.admin();
+    let s: Value = serde_json::from_str(
+        &body_text(d.send(get("/locara/v1/status", Some(&admin))).await).await,
+    )
+    .unwrap();
+    assert_eq!(s["models"][0]["context"], 1024, "{s}");
+}
