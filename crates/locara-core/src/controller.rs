@@ -1105,6 +1105,53 @@ impl Controller {
         for action in actions {
             self.apply(action, level, now, out);
         }
+        if before == PressureLevel::Normal && level != PressureLevel::Normal {
+            self.shed_over_budget_apps(level, now, out);
+        }
+    }
+
+    /// When pressure starts, the idle, unpinned models of apps over their
+    /// budget go first, without the grace others get (a model another app
+    /// within its budget also declares stays).
+    fn shed_over_budget_apps(&mut self, level: PressureLevel, now: Instant, out: &mut Vec<Effect>) {
+        let mut within: BTreeSet<&str> = BTreeSet::new();
+        let mut over: BTreeSet<&str> = BTreeSet::new();
+        for claim in self.apps.values() {
+            let mine = claim
+                .uses
+                .iter()
+                .filter(|(a, _)| *a == claim.id)
+                .flat_map(|(_, models)| models.iter().map(String::as_str));
+            if self.over_budget.contains(&claim.id) {
+                over.extend(mine);
+            } else {
+                within.extend(mine);
+            }
+        }
+        let shed: Vec<(String, u64)> = self
+            .governor
+            .models()
+            .filter(|(name, m)| {
+                over.contains(name)
+                    && !within.contains(name)
+                    && m.phase == Phase::Loaded
+                    && m.active == 0
+                    && !m.pinned()
+            })
+            .map(|(name, m)| (name.to_string(), m.instance))
+            .collect();
+        for (model, instance) in shed {
+            self.apply(
+                Action::Unload {
+                    model,
+                    instance,
+                    level,
+                },
+                level,
+                now,
+                out,
+            );
+        }
     }
 
     fn apply(&mut self, action: Action, level: PressureLevel, now: Instant, out: &mut Vec<Effect>) {
@@ -1538,6 +1585,50 @@ mod tests {
             matches!(&e[..], [Effect::Resize { cells: 4096, .. }]),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn at_warn_an_over_budget_apps_idle_models_go_first() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let now = Instant::now();
+        let uses: &[(&str, &[&str])] = &[("big", &["a"]), ("small", &["b"])];
+        for (ticket, model, app) in [(1, "a", "big"), (2, "b", "small")] {
+            let l = load_of(&c.handle(
+                request(ticket, model, 3 * GB, Some(claim(app, 4 * GB, uses))),
+                now,
+            ))
+            .instance;
+            c.handle(loaded(model, l), now);
+            c.handle(
+                Event::Release {
+                    model: model.into(),
+                    instance: l,
+                },
+                now,
+            );
+        }
+        // "big" is over its budget now (its budget lowered by a reinstall).
+        c.handle(request(3, "a", 0, Some(claim("big", GB, uses))), now);
+        c.handle(
+            Event::Release {
+                model: "a".into(),
+                instance: c.governor().model("a").unwrap().instance,
+            },
+            now,
+        );
+        let e = c.handle(
+            Event::OsPressure(PressureLevel::Warn),
+            now + Duration::from_secs(1),
+        );
+        let unloaded: Vec<&str> = e
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Unloaded(u) => Some(u.model.as_str()),
+                _ => None,
+            })
+            .collect();
+        // Within the grace: only the over-budget app's model goes.
+        assert_eq!(unloaded, ["a"], "{e:?}");
     }
 
     #[test]
