@@ -12,7 +12,7 @@
 
 use locara_engine::protocol::{
     ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest, LoadedInfo,
-    Prompt, Request, Sampling, WorkerStats,
+    Prompt, Request, Sampling,
 };
 use locara_engine::{EngineError, Worker, WorkerCommand};
 use std::collections::HashMap;
@@ -61,34 +61,14 @@ impl StreamError {
 
 type Streams = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<StreamEvent>>>>;
 
-/// What a worker says of its K/V pool (engine protocol v2), for the
-/// governor: growth it needs, resizes done, and its figures.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PoolNews {
-    /// Live sequences need more cells than the pool has; generations wait
-    /// for [`WorkerHost::resize`] or [`WorkerHost::deny_growth`].
-    Full {
-        needed_cells: u32,
-        pool_cells: u32,
-        used_cells: u32,
-        pool_max_cells: u32,
-        suggested_cells: u32,
-    },
-    /// A resize is done: the pool is `cells` cells.
-    Resized {
-        cells: u32,
-        previous_cells: u32,
-        moved_sequences: u32,
-        dropped_sequences: u32,
-        state_bytes: u64,
-        ms: f64,
-    },
-    /// The answer to [`WorkerHost::request_stats`].
-    Stats(WorkerStats),
-    /// A failure that belongs to no generation (a resize llama.cpp could
-    /// not make, say): `kind` is the worker's stable machine string.
-    Failed { kind: ErrorKind, message: String },
-}
+/// What a worker says of its K/V pool, for the governor, as the protocol
+/// says it: [`Event::PoolFull`] (live sequences need more cells; generations
+/// wait for [`WorkerHost::resize`] or [`WorkerHost::deny_growth`]),
+/// [`Event::Resized`], [`Event::Stats`] (the answer to
+/// [`WorkerHost::request_stats`]) and an [`Event::Error`] of no generation
+/// (a resize llama.cpp could not make, say). The host passes no other
+/// event here.
+pub type PoolNews = Event;
 
 /// Hears a worker's [`PoolNews`], on the host's routing thread.
 pub type PoolListener = Box<dyn Fn(PoolNews) + Send + 'static>;
@@ -326,42 +306,12 @@ fn route(
                     });
                 }
             }
-            Ok(Event::PoolFull {
-                needed_cells,
-                pool_cells,
-                used_cells,
-                pool_max_cells,
-                suggested_cells,
-                ..
-            }) => on_pool(PoolNews::Full {
-                needed_cells,
-                pool_cells,
-                used_cells,
-                pool_max_cells,
-                suggested_cells,
-            }),
-            Ok(Event::Resized {
-                cells,
-                previous_cells,
-                moved_sequences,
-                dropped_sequences,
-                state_bytes,
-                ms,
-                ..
-            }) => on_pool(PoolNews::Resized {
-                cells,
-                previous_cells,
-                moved_sequences,
-                dropped_sequences,
-                state_bytes,
-                ms,
-            }),
-            Ok(Event::Stats(stats)) => on_pool(PoolNews::Stats(stats)),
-            Ok(Event::Error {
-                id: None,
-                kind,
-                message,
-            }) => on_pool(PoolNews::Failed { kind, message }),
+            Ok(
+                news @ (Event::PoolFull { .. }
+                | Event::Resized { .. }
+                | Event::Stats(_)
+                | Event::Error { id: None, .. }),
+            ) => on_pool(news),
             // Nothing else is asked for once loaded.
             Ok(_) => {}
             Err(e) => break e.to_string(),
@@ -621,12 +571,12 @@ mod tests {
     #[test]
     fn pool_news_reach_the_listener_and_answers_reach_the_worker() {
         let s = start();
-        let stats = WorkerStats {
+        let stats = locara_engine::protocol::WorkerStats {
             loaded: true,
             pool_cells: 512,
-            ..WorkerStats::default()
+            ..locara_engine::protocol::WorkerStats::default()
         };
-        for ev in [
+        let news = [
             Event::PoolFull {
                 needed_cells: 300,
                 pool_cells: 256,
@@ -650,42 +600,20 @@ mod tests {
                 kind: ErrorKind::ResizeFailed,
                 message: "no memory for 8192 cells".into(),
             },
+        ];
+        for ev in news.iter().cloned().chain([
             // Asked for by nobody once loaded: heard by nobody.
             Event::Ready {
                 protocol: 2,
                 engine: "fake".into(),
             },
-        ] {
+        ]) {
             s.worker.emit(ev);
         }
         let heard: Vec<PoolNews> = (0..4)
             .map(|_| s.pool.recv_timeout(PATIENCE).unwrap())
             .collect();
-        assert_eq!(
-            heard,
-            [
-                PoolNews::Full {
-                    needed_cells: 300,
-                    pool_cells: 256,
-                    used_cells: 256,
-                    pool_max_cells: 4096,
-                    suggested_cells: 512,
-                },
-                PoolNews::Resized {
-                    cells: 512,
-                    previous_cells: 256,
-                    moved_sequences: 2,
-                    dropped_sequences: 1,
-                    state_bytes: 3_600_000,
-                    ms: 4.5,
-                },
-                PoolNews::Stats(stats),
-                PoolNews::Failed {
-                    kind: ErrorKind::ResizeFailed,
-                    message: "no memory for 8192 cells".into(),
-                },
-            ]
-        );
+        assert_eq!(heard, news);
         s.host.resize(1024);
         s.host.deny_growth();
         s.host.request_stats();

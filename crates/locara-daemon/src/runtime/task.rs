@@ -825,12 +825,13 @@ impl Task {
             return;
         }
         match news {
-            PoolNews::Full {
+            PoolNews::PoolFull {
                 needed_cells,
                 pool_cells,
                 used_cells,
                 pool_max_cells,
                 suggested_cells,
+                ..
             } => {
                 tracing::debug!(
                     %model,
@@ -856,6 +857,7 @@ impl Task {
                 dropped_sequences,
                 state_bytes,
                 ms,
+                ..
             } => {
                 tracing::info!(
                     %model,
@@ -898,9 +900,11 @@ impl Task {
                     self.measure();
                 }
             }
-            PoolNews::Failed { kind, message } => {
+            PoolNews::Error { kind, message, .. } => {
                 tracing::warn!(%model, kind = kind.as_str(), %message, "the worker reports a failure");
             }
+            // The host passes pool news only.
+            _ => {}
         }
     }
 
