@@ -7,9 +7,12 @@
 //!   first token of Locara's HTTP API against `llama-server`, one stream and
 //!   several concurrent ones at equal settings; and, both servers at their
 //!   defaults, time to first token turn by turn in an 8-turn conversation
-//!   ([`chat`]) and the footprint after one chat.
+//!   ([`chat`]) and the footprint after one chat;
+//! * `locara-pressure-bench` (`src/bin/pressure_bench.rs`): what a daemon
+//!   holding models under real memory pressure costs a neighbouring process
+//!   ([`pressure`]), with its governor on and with the OS's pressure ignored.
 //!
-//! Both alternate the two sides, report medians, ranges and ratios, and say
+//! All alternate the two sides, report medians, ranges and ratios, and say
 //! how much CPU other processes took while they measured ([`noise`]); see
 //! docs/ARCHITECTURE.md, "Build, tests, CI". This library holds what they share.
 //!
@@ -36,6 +39,7 @@ pub mod llama_bench;
 pub mod llama_server;
 pub mod locara_server;
 pub mod noise;
+pub mod pressure;
 pub mod report;
 pub mod scenario;
 pub mod sdist;

@@ -76,6 +76,10 @@ pub struct RawServeConfig {
     pub pressure_max_tokens: Option<u32>,
     /// Tokens in-flight responses may still generate at critical.
     pub pressure_remaining_tokens: Option<u32>,
+    /// Whether the daemon watches the OS's memory pressure: "watch"
+    /// (default) or "ignore" (no OS watch; only a simulation moves the
+    /// ladder).
+    pub pressure: Option<String>,
 }
 
 impl RawServeConfig {
@@ -158,6 +162,7 @@ impl RawServeConfig {
             pressure_remaining_tokens: o
                 .pressure_remaining_tokens
                 .or(self.pressure_remaining_tokens),
+            pressure: o.pressure.or(self.pressure),
         }
     }
 }
@@ -186,10 +191,35 @@ pub struct ServeConfig {
     pub max_body_bytes: u64,
     /// The pressure ladder's settings.
     pub ladder: LadderConfig,
+    /// Whether the OS's memory pressure reaches the ladder.
+    pub os_pressure: OsPressure,
     /// Web origins allowed to call the API (none by default).
     pub allowed_origins: Vec<String>,
     /// Requests need no token (single-user set-up; off by default).
     pub tokenless: bool,
+}
+
+/// Whether the daemon listens to the OS's memory pressure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OsPressure {
+    /// The OS's pressure level drives the ladder (the default).
+    #[default]
+    Watch,
+    /// No OS watch is started: the ladder moves only when a simulation
+    /// (`locara pressure simulate`) tells it to. For measuring what the
+    /// governor's response is worth to other processes, and for machines
+    /// whose pressure readings mislead.
+    Ignore,
+}
+
+impl OsPressure {
+    /// The setting's word: `watch` or `ignore`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OsPressure::Watch => "watch",
+            OsPressure::Ignore => "ignore",
+        }
+    }
 }
 
 /// A setting that cannot be used.
@@ -379,6 +409,11 @@ impl ServeConfig {
             value: e.value.clone(),
             limit: e.limit.to_string(),
         })?;
+        let os_pressure = match raw.pressure.as_deref() {
+            None | Some("watch") => OsPressure::Watch,
+            Some("ignore") => OsPressure::Ignore,
+            Some(other) => return Err(invalid("pressure", other, "watch or ignore")),
+        };
         Ok(ServeConfig {
             listen,
             budget,
@@ -392,6 +427,7 @@ impl ServeConfig {
             shutdown_grace,
             max_body_bytes,
             ladder,
+            os_pressure,
             allowed_origins,
             tokenless: raw.tokenless.unwrap_or(false),
         })
@@ -447,6 +483,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("LOCARA_PORT") && e.contains("65535"), "{e}");
+    }
+
+    #[test]
+    fn os_pressure_is_watched_unless_ignored() {
+        assert_eq!(build("").unwrap().os_pressure, OsPressure::Watch);
+        assert_eq!(
+            build("pressure = \"watch\"").unwrap().os_pressure,
+            OsPressure::Watch
+        );
+        let flags = RawServeConfig {
+            pressure: Some("ignore".into()),
+            ..Default::default()
+        };
+        let file: RawServeConfig = toml::from_str("pressure = \"watch\"").unwrap();
+        let c = ServeConfig::build(&[file, flags]).unwrap();
+        assert_eq!(c.os_pressure, OsPressure::Ignore);
+        assert_eq!(c.os_pressure.as_str(), "ignore");
+        let e = build("pressure = \"off\"").unwrap_err().to_string();
+        assert_eq!(e, "pressure = \"off\" is not allowed: watch or ignore");
     }
 
     #[test]

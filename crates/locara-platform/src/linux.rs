@@ -10,7 +10,7 @@ use crate::{
     ProcessFootprint, ProgramProcess, Psi, PsiAverages, PsiTriggerSpec, SystemSnapshot,
     ThermalState, Thresholds,
 };
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, PipeReader, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -475,6 +475,44 @@ impl PsiTrigger {
     }
 }
 
+/// Checks the PSI trigger's wakes against the `some` stall total. A trigger
+/// registered without CAP_SYS_RESOURCE (one the kernel updates with the
+/// averages, every 2 s) was seen to fire once, about 2 s after it was
+/// registered, with no new stall at all, whenever the stall since boot was
+/// above its threshold (Linux 6.18, `some 300000 2000000`): every daemon
+/// started after any memory stall went to warn for a quiet period for
+/// nothing. A wake counts only when the total grew by the trigger's stall
+/// time within its window (or up to one reading more).
+#[derive(Debug)]
+struct StallWindow {
+    spec: PsiTriggerSpec,
+    /// (when, `some` total in microseconds) of recent readings, oldest
+    /// first; the oldest is the newest one at least a window old, if any.
+    readings: VecDeque<(Duration, u64)>,
+}
+
+impl StallWindow {
+    /// A window whose first reading, at `now`, found `total_us`.
+    fn new(spec: PsiTriggerSpec, now: Duration, total_us: u64) -> Self {
+        StallWindow {
+            spec,
+            readings: VecDeque::from([(now, total_us)]),
+        }
+    }
+
+    /// Records a reading of `total_us` at `now`; whether a wake of the
+    /// trigger at `now` is backed by stall.
+    fn confirms(&mut self, now: Duration, total_us: u64) -> bool {
+        let window = Duration::from_micros(self.spec.window_us);
+        while self.readings.len() >= 2 && self.readings[1].0 + window <= now {
+            self.readings.pop_front();
+        }
+        let base = self.readings.front().map_or(total_us, |r| r.1);
+        self.readings.push_back((now, total_us));
+        total_us.saturating_sub(base) >= self.spec.stall_us
+    }
+}
+
 enum Wake {
     /// The watch was dropped.
     Stop,
@@ -551,11 +589,19 @@ pub(crate) fn watch(config: &PressureConfig) -> Result<PressureWatch, PlatformEr
         ),
         Err(e) => format!("{polled} (no PSI trigger: {e})"),
     };
+    let stalls = match (&trigger, first.psi) {
+        (Ok(t), Some(psi)) => Some(StallWindow::new(
+            t.spec(),
+            Duration::ZERO,
+            psi.some.total_us,
+        )),
+        _ => None,
+    };
     let (stop_rx, stop_tx) = std::io::pipe().map_err(io_error("a pipe for the pressure thread"))?;
     let (tx, rx) = channel();
     let thread = std::thread::Builder::new()
         .name("locara-pressure".into())
-        .spawn(move || watch_loop(deriver, start, trigger.ok(), stop_rx, interval, tx))
+        .spawn(move || watch_loop(deriver, start, trigger.ok(), stalls, stop_rx, interval, tx))
         .map_err(io_error("starting the pressure thread"))?;
     // Closing the pipe's writing end wakes the thread's poll() with POLLHUP.
     let stop = Box::new(move || drop(stop_tx));
@@ -572,6 +618,7 @@ fn watch_loop(
     mut deriver: LevelDeriver,
     start: Instant,
     mut trigger: Option<PsiTrigger>,
+    mut stalls: Option<StallWindow>,
     stop: PipeReader,
     interval: Duration,
     events: Sender<PressureEvent>,
@@ -588,10 +635,14 @@ fn watch_loop(
         };
         // A failed read (a cgroup file vanishing mid-read) is skipped; the
         // next interval reads again.
-        let Ok((sample, _)) = pressure_sample(fired) else {
+        let Ok((mut sample, _)) = pressure_sample(fired) else {
             continue;
         };
-        if let Some(change) = deriver.observe(&sample, start.elapsed()) {
+        let now = start.elapsed();
+        if let (Some(stalls), Some(psi)) = (stalls.as_mut(), sample.psi) {
+            sample.psi_trigger_fired &= stalls.confirms(now, psi.some.total_us);
+        }
+        if let Some(change) = deriver.observe(&sample, now) {
             let event = PressureEvent::seen_now(change);
             if events.send(event).is_err() {
                 return;
@@ -1379,6 +1430,32 @@ Hugepagesize:       2048 kB
             "drop took {:?}",
             started.elapsed()
         );
+    }
+
+    /// Regression: a trigger registered without CAP_SYS_RESOURCE fired
+    /// about 2 s after registration with a few milliseconds of new stall,
+    /// because the stall since boot was above its threshold; each fresh
+    /// daemon went to warn for nothing.
+    #[test]
+    fn a_trigger_wake_without_new_stall_is_not_pressure() {
+        let spec = PsiTriggerSpec {
+            stall_us: 300_000,
+            window_us: 2_000_000,
+        };
+        let s = Duration::from_secs;
+        // 2.36 s of stall since boot; 3 ms more by the wake.
+        let mut w = StallWindow::new(spec, s(0), 2_361_107);
+        assert!(!w.confirms(s(1), 2_362_315));
+        assert!(!w.confirms(Duration::from_millis(2_800), 2_364_464));
+        // Real stall: 400 ms within the window.
+        assert!(w.confirms(s(4), 2_764_464));
+        assert!(w.confirms(s(5), 2_800_000), "still within a window of it");
+        // Two quiet seconds later the window has moved past it.
+        assert!(!w.confirms(s(7), 2_800_000));
+        assert!(!w.confirms(s(8), 2_900_000));
+        // 300 ms spread over just over a window (readings 1 s apart) counts.
+        assert!(w.confirms(s(9), 3_100_000));
+        assert!(w.readings.len() <= 4, "old readings are dropped");
     }
 
     fn is_root() -> bool {

@@ -61,6 +61,17 @@ pub struct SystemSnapshot {
     pub cgroup: Option<CgroupMemory>,
 }
 
+impl SystemSnapshot {
+    /// The memory `available` is a share of, bytes: `total`, or the
+    /// cgroup's limit where that is lower (the pressure level's "usable
+    /// memory", docs/ARCHITECTURE.md 3.3).
+    pub fn usable(&self) -> u64 {
+        self.cgroup
+            .as_ref()
+            .map_or(self.total, |c| c.limit.min(self.total))
+    }
+}
+
 /// One line of a PSI file: the share of wall time in which tasks stalled on
 /// memory, in percent, averaged over 10, 60 and 300 seconds, and the total
 /// stall time in microseconds.

@@ -1,6 +1,9 @@
 //! Fakes for tests of crates that use this one (feature `testing`).
 //! [`SimulatedProbe`](crate::SimulatedProbe) is the scriptable machine; these
-//! are the pieces only a test wants.
+//! are the pieces only a test wants, and [`hog`] makes real memory pressure
+//! for tests and benchmarks.
+
+pub mod hog;
 
 use crate::{
     time::unix_now_ms, HardwareProbe, HardwareProfile, MemoryProbe, PlatformError, PowerState,

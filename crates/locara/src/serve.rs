@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use locara_core::Bytes;
 use locara_daemon::apps::{admin_token, AppRegistry};
-use locara_daemon::config::{RawServeConfig, ServeConfig};
+use locara_daemon::config::{OsPressure, RawServeConfig, ServeConfig};
 use locara_daemon::host::ProcessEngine;
 use locara_daemon::metrics::Metrics;
 use locara_daemon::runtime::{ModelStatus, Runtime, Settings, Status, TokioClock};
@@ -24,7 +24,9 @@ use std::time::Duration;
     after_help = "Settings come from the config file, then the environment (LOCARA_HOST, \
 LOCARA_PORT, LOCARA_BUDGET, LOCARA_KEEP_ALIVE, LOCARA_PARALLEL, LOCARA_CONTEXT, LOCARA_KV_TYPE), \
 then these flags; later ones win. Config file keys: host, port, allow_non_loopback, budget, \
-keep_alive, parallel, queue, context, kv_type, kv_ram_cache, threads, shutdown_grace, max_body_bytes.\n\n\
+keep_alive, parallel, queue, context, kv_type, kv_ram_cache, threads, shutdown_grace, max_body_bytes, \
+tokenless, allowed_origins, pressure, pressure_idle_grace, pressure_quiet_period, pressure_max_tokens, \
+pressure_remaining_tokens.\n\n\
 The first line on stdout is `listening on http://ADDRESS`; the address is also written to \
 daemon.json in the data directory, where `locara ps`, `load` and `stop` find it.\n\n\
 Examples:\n  locara serve\n  locara serve --port 0 --budget 4GiB\n  locara serve --config ~/.config/locara/serve.toml"
@@ -67,6 +69,11 @@ pub struct ServeArgs {
     /// CPU threads per worker (default: the performance cores).
     #[arg(long, value_name = "N")]
     threads: Option<u32>,
+    /// Memory pressure from the OS: watch (default: the pressure ladder
+    /// unloads and restricts when the OS is short of memory) or ignore (the
+    /// OS is not watched; only `locara pressure simulate` moves the ladder).
+    #[arg(long, value_name = "MODE", value_parser = ["watch", "ignore"])]
+    pressure: Option<String>,
     /// Pass llama.cpp's own log through to stderr.
     #[arg(long)]
     engine_log: bool,
@@ -102,6 +109,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         context: args.context,
         kv_type: args.kv,
         threads: args.threads,
+        pressure: args.pressure,
         ..Default::default()
     });
     let config = ServeConfig::build(&sources)?;
@@ -193,7 +201,12 @@ async fn run_daemon(
         config.kv_type.as_str(),
         config.keep_alive
     );
-    watch_pressure(runtime.clone());
+    match config.os_pressure {
+        OsPressure::Watch => watch_pressure(runtime.clone()),
+        OsPressure::Ignore => tracing::warn!(
+            "pressure = ignore: the OS's memory pressure is not watched; only `locara pressure simulate` moves the ladder"
+        ),
+    }
     let state = AppState::new(runtime, store, addr, config.allowed_origins.clone(), auth);
     listening(&url);
     let served = server::serve(

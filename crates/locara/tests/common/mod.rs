@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use locara_engine::client::{Worker, WorkerCommand};
 use std::path::PathBuf;
 use std::process::Command;
