@@ -10,6 +10,7 @@
 //! * [`client`]: the parent's side ([`Worker`]);
 //! * [`pool`]: the K/V pool's decisions (which sequence a request reuses,
 //!   what a context shift drops, what a resize keeps), as plain functions;
+//! * [`disk`]: the disk tier's files (format, checks, index, room);
 //! * `worker` (feature `llama`): the worker itself, over `llama-cpp-2`.
 //!
 //! ```no_run
@@ -40,6 +41,7 @@
 //! ```
 
 pub mod client;
+pub mod disk;
 pub mod pool;
 pub mod protocol;
 pub mod stop;
