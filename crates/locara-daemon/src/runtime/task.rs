@@ -637,6 +637,9 @@ impl Task {
             pool: Some(pool.start),
             pool_max: Some(pool.max),
             ram_cache_bytes: config.kv_ram_cache_for(self.settings.budget),
+            disk_cache_dir: None,
+            disk_cache_bytes: 0,
+            model_sha256: None,
         };
         let tx = self.tx.clone();
         let (model, instance) = (load.model, load.instance);
