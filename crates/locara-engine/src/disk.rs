@@ -432,7 +432,13 @@ impl DiskTier {
         cap: u64,
         expected: Expected,
     ) -> io::Result<(DiskTier, Vec<Rejection>)> {
-        fs::create_dir_all(dir)?;
+        // The files hold conversations: the owner's alone, like the files
+        // themselves (mode 0600).
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
         let mut tier = DiskTier {
             dir: dir.to_path_buf(),
             cap,
@@ -1052,6 +1058,19 @@ mod tests {
         assert_eq!(tier.entries().len(), 1);
         assert_eq!(tier.entries()[0].tokens, [5, 5]);
         assert_eq!(names(dir.path()).len(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_directory_and_its_files_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join("kv-cache").join("a".repeat(64));
+        let (mut tier, _) = DiskTier::open(&dir, 1 << 20, expected()).unwrap();
+        assert!(write(&mut tier, &[1], b"x", 1));
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(file_name(&[1]))), 0o600);
     }
 
     #[test]

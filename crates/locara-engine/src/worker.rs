@@ -1147,6 +1147,7 @@ impl<'m> Engine<'m> {
             }
         };
         let now = SystemTime::now();
+        let mut left_out = 0;
         for (rank, (_, held)) in order.into_iter().enumerate() {
             let pool_state;
             let (tokens, exact, pos_min, state): (&[LlamaToken], usize, i32, &[u8]) = match held {
@@ -1179,11 +1180,29 @@ impl<'m> Engine<'m> {
             };
             // The order of use survives in the files' mtimes.
             let used = now - Duration::from_millis(rank as u64);
-            if let Err(e) = disk.write(&header, state, used, &mut space) {
-                // The disk is full or failing: the rest would fail too.
-                let _ = error(out, None, ErrorKind::DiskCache, e.to_string());
-                break;
+            match disk.write(&header, state, used, &mut space) {
+                Ok(true) => {}
+                Ok(false) => left_out += 1,
+                Err(e) => {
+                    // The disk is full or failing: the rest would fail too.
+                    let _ = error(out, None, ErrorKind::DiskCache, e.to_string());
+                    break;
+                }
             }
+        }
+        if left_out > 0 {
+            let _ = error(
+                out,
+                None,
+                ErrorKind::DiskCache,
+                format!(
+                    "{left_out} conversations were not written to {}: they do not fit in its cap of \
+                     {} bytes, or would leave less than {} bytes of the disk free",
+                    disk.dir().display(),
+                    disk.cap(),
+                    disk::free_floor(space.total)
+                ),
+            );
         }
         WRITING_DISK_TIER.store(false, Ordering::SeqCst);
     }
