@@ -360,6 +360,9 @@ pub struct Stored {
     pub bytes: u64,
     /// Its last use: written or restored (the file's mtime).
     pub used: SystemTime,
+    /// Restored by this worker: a conversation it writes that goes on
+    /// from it replaces it (see [`DiskTier::write`]).
+    pub restored: bool,
 }
 
 /// A file that was skipped and deleted, and why.
@@ -526,6 +529,7 @@ impl DiskTier {
                     pos_min: h.pos_min,
                     bytes: meta.len(),
                     used: meta.modified().unwrap_or(now),
+                    restored: false,
                 }),
                 Err(reason) => {
                     let _ = fs::remove_file(&path);
@@ -584,6 +588,7 @@ impl DiskTier {
                 file.truncate(range.end);
                 file.drain(..range.start);
                 self.touch(i);
+                self.entries[i].restored = true;
                 Ok((self.entries[i].clone(), file))
             }
             Err(reason) => {
@@ -662,8 +667,24 @@ impl DiskTier {
             pos_min: header.pos_min,
             bytes,
             used,
+            restored: false,
         });
         self.set_used(self.entries.len() - 1, used);
+        // A conversation restored from a file and gone on since holds all
+        // that file did, as reusable: the file goes. (Not for a
+        // sliding-window model whose window has moved past it: the old file
+        // still serves a prompt that leaves the conversation early.)
+        let superseded: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| {
+                let e = &self.entries[i];
+                e.restored
+                    && e.tokens.len() < header.tokens.len()
+                    && header.tokens.starts_with(&e.tokens)
+                    && header.exact as usize >= e.exact
+                    && header.pos_min <= e.pos_min
+            })
+            .collect();
+        self.remove_all(superseded);
         Ok(true)
     }
 
@@ -1071,6 +1092,35 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join(file_name(&[1]))), 0o600);
+    }
+
+    #[test]
+    fn a_restored_conversation_that_went_on_replaces_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut tier, _) = DiskTier::open(dir.path(), 1 << 20, expected()).unwrap();
+        assert!(write(&mut tier, &[1, 2, 3], b"three", 1));
+        assert!(write(&mut tier, &[1, 2], b"two", 2));
+        assert!(write(&mut tier, &[7, 8], b"other", 3));
+        let (mut tier, _) = DiskTier::open(dir.path(), 1 << 20, expected()).unwrap();
+        let (i, _) = tier.best(&[1, 2, 3, 4], None, 0).unwrap();
+        tier.read(i).unwrap();
+        // [1, 2, 3] went on to [1, 2, 3, 4, 5]: its file goes; [1, 2] was not
+        // restored and stays, as does [7, 8].
+        assert!(write(&mut tier, &[1, 2, 3, 4, 5], b"five", 4));
+        let mut left: Vec<Vec<i32>> = tier.entries().iter().map(|e| e.tokens.clone()).collect();
+        left.sort();
+        assert_eq!(left, [vec![1, 2], vec![1, 2, 3, 4, 5], vec![7, 8]]);
+        assert_eq!(names(dir.path()).len(), 3);
+        // A sliding-window conversation whose window moved on keeps the old
+        // file: it still serves a prompt that leaves early.
+        let (i, _) = tier.best(&[1, 2, 3, 4, 5, 6], None, 0).unwrap();
+        tier.read(i).unwrap();
+        let moved = Header {
+            pos_min: 3,
+            ..header(&[1, 2, 3, 4, 5, 6, 7], 5)
+        };
+        assert!(tier.write(&moved, b"seven", at(5), &mut space()).unwrap());
+        assert_eq!(tier.entries().len(), 4);
     }
 
     #[test]

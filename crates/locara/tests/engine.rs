@@ -1274,6 +1274,13 @@ fn a_conversation_continues_from_disk_after_its_model_was_unloaded() {
             "{name}: {ws:?}"
         );
         unload(worker);
+        // Both went on from their files: the new files replace them.
+        let after = kv_files(dir.path());
+        assert_eq!(after.len(), 2, "{name}: {after:?}");
+        assert!(
+            after.iter().all(|f| !files.contains(f)),
+            "{name}: {after:?}"
+        );
 
         // A worker that was never unloaded: the same answers, turn by turn.
         let uninterrupted = spawn_worker();
