@@ -86,6 +86,9 @@ impl Engine {
                 pool: None,
                 pool_max: None,
                 ram_cache_bytes: 0,
+                disk_cache_dir: None,
+                disk_cache_bytes: 0,
+                model_sha256: None,
             })
             .with_context(|| format!("loading {} in the engine worker", p.model.display()))?;
         Ok(Engine {

@@ -25,6 +25,12 @@ use std::time::Duration;
 /// The port the daemon listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 11480;
 
+/// Bytes of finished conversations each model keeps on disk by default: a
+/// few dozen long conversations of a small model (a 4k-token SmolLM2 135M
+/// conversation is about 50 MB at q8_0), never more than the free-space
+/// floor allows (`locara_engine::disk::free_floor`).
+pub const DEFAULT_KV_DISK_CACHE: u64 = 2 << 30;
+
 /// The largest request body, bytes: a long chat history fits many times.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
 
@@ -57,6 +63,10 @@ pub struct RawServeConfig {
     /// outside its K/V pool, as saved state ("512MiB"; "0" keeps none;
     /// default: 5 % of the budget, at most 1 GiB).
     pub kv_ram_cache: Option<String>,
+    /// Bytes of finished conversations each model may keep on disk, in
+    /// `<home>/kv-cache/<model sha256>/`, written when its worker unloads
+    /// ("2GiB", the default; "0" keeps none).
+    pub kv_disk_cache: Option<String>,
     /// CPU threads per worker (default: the performance cores).
     pub threads: Option<u32>,
     /// How long in-flight responses may run on after SIGTERM ("10s").
@@ -151,6 +161,7 @@ impl RawServeConfig {
             context: o.context.or(self.context),
             kv_type: o.kv_type.or(self.kv_type),
             kv_ram_cache: o.kv_ram_cache.or(self.kv_ram_cache),
+            kv_disk_cache: o.kv_disk_cache.or(self.kv_disk_cache),
             threads: o.threads.or(self.threads),
             shutdown_grace: o.shutdown_grace.or(self.shutdown_grace),
             max_body_bytes: o.max_body_bytes.or(self.max_body_bytes),
@@ -184,6 +195,9 @@ pub struct ServeConfig {
     pub kv_type: KvType,
     /// Bytes of each worker's RAM tier; `None`: [`ServeConfig::kv_ram_cache_for`].
     pub kv_ram_cache: Option<u64>,
+    /// Bytes of each model's disk tier (0: none);
+    /// [`DEFAULT_KV_DISK_CACHE`] unless set.
+    pub kv_disk_cache: u64,
     /// CPU threads per worker; `None`: the performance cores.
     pub threads: Option<u32>,
     pub shutdown_grace: Duration,
@@ -266,6 +280,16 @@ fn duration(
     }
 }
 
+/// A tier's size: a size such as "512MiB", or "0" for none (which
+/// `parse_size` refuses: a budget of 0 bytes is a mistake, a tier of 0 a
+/// choice).
+fn cache_size(field: &'static str, text: &str) -> Result<u64, ConfigError> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    locara_core::bytes::parse_size(text).map_err(|e| invalid(field, text, e.to_string()))
+}
+
 fn invalid(field: &'static str, value: impl ToString, limit: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
@@ -315,11 +339,12 @@ impl ServeConfig {
         let kv_ram_cache = raw
             .kv_ram_cache
             .as_deref()
-            .map(|b| {
-                locara_core::bytes::parse_size(b)
-                    .map_err(|e| invalid("kv_ram_cache", b, e.to_string()))
-            })
+            .map(|b| cache_size("kv_ram_cache", b))
             .transpose()?;
+        let kv_disk_cache = match raw.kv_disk_cache.as_deref() {
+            None => DEFAULT_KV_DISK_CACHE,
+            Some(b) => cache_size("kv_disk_cache", b)?,
+        };
         let keep_alive = match raw.keep_alive.as_deref() {
             None => DEFAULT_KEEP_ALIVE,
             Some(k) => KeepAlive::parse(k).map_err(|e| invalid("keep_alive", k, e.to_string()))?,
@@ -423,6 +448,7 @@ impl ServeConfig {
             context,
             kv_type,
             kv_ram_cache,
+            kv_disk_cache,
             threads: raw.threads,
             shutdown_grace,
             max_body_bytes,
@@ -502,6 +528,20 @@ mod tests {
         assert_eq!(c.os_pressure.as_str(), "ignore");
         let e = build("pressure = \"off\"").unwrap_err().to_string();
         assert_eq!(e, "pressure = \"off\" is not allowed: watch or ignore");
+    }
+
+    #[test]
+    fn the_disk_tier_is_2_gib_unless_set_and_0_turns_it_off() {
+        assert_eq!(build("").unwrap().kv_disk_cache, 2 << 30);
+        assert_eq!(
+            build("kv_disk_cache = \"512MiB\"").unwrap().kv_disk_cache,
+            512 << 20
+        );
+        assert_eq!(build("kv_disk_cache = \"0\"").unwrap().kv_disk_cache, 0);
+        let e = build("kv_disk_cache = \"lots\"").unwrap_err().to_string();
+        assert!(e.starts_with("kv_disk_cache = \"lots\""), "{e}");
+        // The RAM tier's "0" keeps none too, as its setting says.
+        assert_eq!(build("kv_ram_cache = \"0\"").unwrap().kv_ram_cache, Some(0));
     }
 
     #[test]

@@ -434,6 +434,9 @@ mod tests {
                 pool: None,
                 pool_max: None,
                 ram_cache_bytes: 0,
+                disk_cache_dir: None,
+                disk_cache_bytes: 0,
+                model_sha256: None,
             },
             on_exit,
             Box::new(move |news| {

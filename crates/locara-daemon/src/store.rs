@@ -318,6 +318,14 @@ impl Store {
         })
     }
 
+    /// The disk tier's directory of the model whose file has `sha256`:
+    /// `<home>/kv-cache/<sha256>/` (by content, so a model renamed or
+    /// imported again keeps its conversations, and another file under the
+    /// same name never sees them). The worker creates it.
+    pub fn kv_cache_dir(&self, sha256: &str) -> PathBuf {
+        self.root.join("kv-cache").join(sha256)
+    }
+
     fn model_dir(&self, name: &ModelName) -> PathBuf {
         self.root.join("models").join(name.dir_name())
     }

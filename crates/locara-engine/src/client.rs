@@ -379,6 +379,9 @@ mod tests {
             pool: None,
             pool_max: None,
             ram_cache_bytes: 0,
+            disk_cache_dir: None,
+            disk_cache_bytes: 0,
+            model_sha256: None,
         }
     }
 

@@ -10,6 +10,7 @@
 //! * [`client`]: the parent's side ([`Worker`]);
 //! * [`pool`]: the K/V pool's decisions (which sequence a request reuses,
 //!   what a context shift drops, what a resize keeps), as plain functions;
+//! * [`disk`]: the disk tier's files (format, checks, index, room);
 //! * `worker` (feature `llama`): the worker itself, over `llama-cpp-2`.
 //!
 //! ```no_run
@@ -22,6 +23,7 @@
 //!     parallel: 1, threads: 4, gpu_layers: None,
 //!     // The whole pool up front: no `PoolFull` to answer.
 //!     pool: None, pool_max: None, ram_cache_bytes: 0,
+//!     disk_cache_dir: None, disk_cache_bytes: 0, model_sha256: None,
 //! })?;
 //! worker.send(&Request::Generate(GenerateRequest {
 //!     id: 1,
@@ -40,6 +42,7 @@
 //! ```
 
 pub mod client;
+pub mod disk;
 pub mod pool;
 pub mod protocol;
 pub mod stop;

@@ -326,6 +326,16 @@ impl<T: PartialEq, S> RamTier<T, S> {
         dropped
     }
 
+    /// The entries, in no particular order (to write them to the disk tier).
+    pub fn entries(&self) -> &[Spilled<T, S>] {
+        &self.entries
+    }
+
+    /// What [`RamTier::take_best`] would reuse, leaving the entry in.
+    pub fn best_reuse(&self, prompt: &[T], window: Option<u32>, at_least: usize) -> Option<usize> {
+        self.best(prompt, window, at_least).map(|(_, reuse)| reuse)
+    }
+
     /// Takes out the entry `prompt` continues best, if one lets it reuse
     /// more than `at_least` tokens and at least half of what the entry
     /// holds (as [`choose_sequence`] judges a continuation); with the
@@ -336,8 +346,14 @@ impl<T: PartialEq, S> RamTier<T, S> {
         window: Option<u32>,
         at_least: usize,
     ) -> Option<(Spilled<T, S>, usize)> {
-        let (i, reuse) = self
-            .entries
+        let (i, reuse) = self.best(prompt, window, at_least)?;
+        let entry = self.entries.swap_remove(i);
+        self.bytes -= entry.bytes;
+        Some((entry, reuse))
+    }
+
+    fn best(&self, prompt: &[T], window: Option<u32>, at_least: usize) -> Option<(usize, usize)> {
+        self.entries
             .iter()
             .enumerate()
             .map(|(i, e)| {
@@ -346,10 +362,7 @@ impl<T: PartialEq, S> RamTier<T, S> {
             })
             .filter(|&(_, reuse, e)| reuse > at_least && reuse * 2 >= e.tokens.len())
             .max_by_key(|&(_, reuse, e)| (reuse, e.last_used))
-            .map(|(i, reuse, _)| (i, reuse))?;
-        let entry = self.entries.swap_remove(i);
-        self.bytes -= entry.bytes;
-        Some((entry, reuse))
+            .map(|(i, reuse, _)| (i, reuse))
     }
 }
 
@@ -596,6 +609,8 @@ mod tests {
         // Shares only [1, 2] with each: not half of either, so no match.
         assert!(tier.take_best(&[1, 2, 5, 6], None, 0).is_none());
         // Continues the first: 5 tokens reused (one prompt token is left).
+        assert_eq!(tier.best_reuse(&[1, 2, 3, 4, 5, 6], None, 0), Some(5));
+        assert_eq!(tier.len(), 2);
         let (e, reuse) = tier.take_best(&[1, 2, 3, 4, 5, 6], None, 0).unwrap();
         assert_eq!((e.tokens, reuse), (vec![1, 2, 3, 4, 5], 5));
         assert_eq!((tier.len(), tier.bytes()), (1, 10));

@@ -34,7 +34,7 @@
 //! parent: Sequences               worker: Sequences{...}   (what each sequence holds; for tests and debugging)
 //! parent: Resize{cells}           worker: Resized{...}     (at any time; see "The K/V pool")
 //! worker: PoolFull{...}           parent: Resize{cells} | DenyGrowth   (exactly one answer each)
-//! parent: Exit (or closes stdin)  worker exits; unloading a model ends its worker
+//! parent: Exit (or closes stdin)  worker writes its disk tier (if any), exits; unloading a model ends its worker
 //! ```
 //! Several generations may run at once (up to `Load.parallel`); their events
 //! interleave and carry the request's `id`.
@@ -57,6 +57,20 @@
 //! [`crate::pool::choose_sequence`]. Cached sequences are idle memory: the
 //! worker drops them, least recently used first, whenever live sequences
 //! need their cells.
+//!
+//! **Tiers.** With `Load.ram_cache_bytes` a cached sequence that leaves the
+//! pool is kept as saved state in the worker's memory (the RAM tier) and
+//! comes back when a request continues it. With `Load.disk_cache_dir`,
+//! `disk_cache_bytes` and `model_sha256` the worker also writes every
+//! cached conversation (pool and RAM tier) to a file of that directory when
+//! it exits, most recently used first, and at load indexes the files there
+//! (see [`crate::disk`]). A new conversation whose prompt continues a
+//! stored one further than the pool and the RAM tier can is restored from
+//! its file. If the file holds more tokens than the pool can free, the
+//! worker first sends [`Event::PoolFull`] (`waiting: 1`) and the request
+//! waits for the answer: `Resize` restores it, `DenyGrowth` prefills it. A
+//! file that does not match the worker or is damaged is deleted and
+//! reported as `Error{id: None, kind: disk_cache}`.
 //!
 //! **Growth is the parent's.** When the live sequences need more cells than
 //! the pool has even after every cached sequence is dropped, the worker
@@ -189,6 +203,20 @@ pub struct LoadRequest {
     /// request continues one. 0 keeps none.
     #[serde(default)]
     pub ram_cache_bytes: u64,
+    /// The directory of this model's disk tier (the daemon's
+    /// `<home>/kv-cache/<model sha256>/`): the worker writes its cached
+    /// conversations there when it exits and restores them from there when
+    /// a request continues one (see [`crate::disk`]). `None` keeps none.
+    #[serde(default)]
+    pub disk_cache_dir: Option<PathBuf>,
+    /// Most bytes of files in `disk_cache_dir`; 0 keeps none.
+    #[serde(default)]
+    pub disk_cache_bytes: u64,
+    /// sha256 of the model file, lowercase hex, as the store recorded it
+    /// (the worker never hashes a model): a disk-tier file is used only by
+    /// the model it was saved from. `None` turns the disk tier off.
+    #[serde(default)]
+    pub model_sha256: Option<String>,
 }
 
 /// One message of a chat.
@@ -537,6 +565,19 @@ pub struct WorkerStats {
     /// Conversations brought back from the RAM tier since load.
     #[serde(default)]
     pub ram_restores_total: u64,
+    /// Conversations stored in the disk tier's directory (as indexed).
+    #[serde(default)]
+    pub disk_cached_sequences: u32,
+    /// Bytes of their files.
+    #[serde(default)]
+    pub disk_cache_bytes: u64,
+    /// Conversations restored from the disk tier since load.
+    #[serde(default)]
+    pub disk_restores_total: u64,
+    /// Disk-tier files skipped and deleted since load (another model or
+    /// llama.cpp build, another K/V type, damaged).
+    #[serde(default)]
+    pub disk_rejected_total: u64,
 }
 
 /// Stable machine names of worker errors.
@@ -560,6 +601,10 @@ pub enum ErrorKind {
     PoolExhausted,
     /// A resize could not create the new context; the pool is unchanged.
     ResizeFailed,
+    /// A file of the disk tier was skipped and deleted (it does not match
+    /// this worker, or it is damaged), or the tier could not be read or
+    /// written. Always `id: None`: the worker goes on without the file.
+    DiskCache,
 }
 
 impl ErrorKind {
@@ -573,6 +618,7 @@ impl ErrorKind {
             ErrorKind::DecodeFailed => "decode_failed",
             ErrorKind::PoolExhausted => "pool_exhausted",
             ErrorKind::ResizeFailed => "resize_failed",
+            ErrorKind::DiskCache => "disk_cache",
         }
     }
 }
@@ -689,6 +735,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!((l.pool, l.pool_max), (None, None));
+        assert_eq!(
+            (
+                l.ram_cache_bytes,
+                l.disk_cache_dir,
+                l.disk_cache_bytes,
+                l.model_sha256
+            ),
+            (0, None, 0, None)
+        );
         let s: GenerationStats = serde_json::from_str(
             r#"{"prompt_tokens":3,"generated_tokens":1,"prefill_ms":1.0,"decode_ms":0.0}"#,
         )

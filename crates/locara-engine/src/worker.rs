@@ -14,7 +14,13 @@
 //! context with one of the new size and move every sequence across with
 //! llama.cpp's per-sequence state save/restore. The decisions themselves
 //! are in [`crate::pool`].
+//!
+//! Two tiers keep finished conversations outside the pool as that same
+//! saved state: the RAM tier ([`pool::RamTier`], the worker's memory) and
+//! the disk tier ([`crate::disk`], files the worker writes when it exits and
+//! restores from when a new worker of the model continues a conversation).
 
+use crate::disk::{self, DiskTier};
 use crate::pool::{self, Candidate, Held};
 use crate::protocol::{
     read_frame, write_frame, ChatMessage, ErrorKind, Event, FinishReason, GenerateRequest,
@@ -37,8 +43,19 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::num::NonZeroU32;
 use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Set while the main thread writes the disk tier on its way out: the
+/// reader thread then lets it finish instead of ending the process.
+static WRITING_DISK_TIER: AtomicBool = AtomicBool::new(false);
+
+/// Longest the disk tier's writing may delay the exit of a worker whose
+/// parent is gone (a parent that is still there kills it after its own
+/// grace). Files go most recently used first, each whole, so a cut-short
+/// write loses only the oldest conversations.
+const DISK_WRITE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Errors that end the worker.
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +152,14 @@ fn spawn_reader() -> Receiver<Request> {
                     Ok(Request::Exit) | Err(_) => {
                         let _ = tx.send(Request::Exit);
                         // Give the main thread a moment to exit cleanly if it
-                        // is idle; a busy one is cut short.
-                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        // is idle; a busy one is cut short. One that is
+                        // writing the disk tier is let finish, within a bound.
+                        std::thread::sleep(Duration::from_millis(200));
+                        let deadline = Instant::now() + DISK_WRITE_LIMIT;
+                        while WRITING_DISK_TIER.load(Ordering::SeqCst) && Instant::now() < deadline
+                        {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
                         // SAFETY: `_exit` ends the process without running
                         // atexit handlers; nothing is left to flush.
                         unsafe { libc::_exit(0) };
@@ -345,8 +368,16 @@ fn serve_model(
         tier: pool::RamTier::new(load.ram_cache_bytes),
         ram_restores: 0,
         asleep: None,
+        disk: None,
+        disk_restores: 0,
+        disk_rejected: 0,
+        disk_growth: None,
     };
-    engine.serve(rx, out)
+    engine.open_disk_tier(&load, out)?;
+    let served = engine.serve(rx, out);
+    // Unloading (Exit, or the parent gone): the conversations go to disk.
+    engine.write_disk_tier(out);
+    served
 }
 
 /// Whether llama.cpp can shift this model's positions (`seq_add` on its
@@ -542,12 +573,20 @@ struct Engine<'m> {
     resizes: u64,
     reused_total: u64,
     shifted_total: u64,
-    /// Finished conversations kept outside the pool.
-    tier: pool::RamTier<LlamaToken, SeqState>,
+    /// Finished conversations kept outside the pool, as saved state.
+    tier: pool::RamTier<LlamaToken, Vec<u8>>,
     ram_restores: u64,
     /// The pool was freed (`Resize { cells: 0 }`): the size to make it
     /// again at the next request.
     asleep: Option<u32>,
+    /// Conversations kept on disk across workers.
+    disk: Option<DiskTier>,
+    disk_restores: u64,
+    /// Disk-tier files skipped and deleted.
+    disk_rejected: u64,
+    /// The request waiting for the pool to grow so that a stored
+    /// conversation it continues can be restored from the disk tier.
+    disk_growth: Option<u64>,
 }
 
 enum Control {
@@ -666,6 +705,10 @@ impl<'m> Engine<'m> {
             ram_cached_sequences: self.tier.len() as u32,
             ram_cache_bytes: self.tier.bytes(),
             ram_restores_total: self.ram_restores,
+            disk_cached_sequences: self.disk.as_ref().map_or(0, |d| d.entries().len() as u32),
+            disk_cache_bytes: self.disk.as_ref().map_or(0, |d| d.bytes()),
+            disk_restores_total: self.disk_restores,
+            disk_rejected_total: self.disk_rejected,
         }
     }
 
@@ -742,15 +785,30 @@ impl<'m> Engine<'m> {
                 break;
             };
             let id = req.id;
+            // Kept only while a restore from disk may have to wait for room.
+            let original = self.disk.is_some().then(|| req.clone());
             match self.prepare(req) {
                 Ok(mut slot) => {
                     let mut choice = self.choose(&slot.prompt, slot.cache_prompt);
                     let held = self.seqs[choice.seq].tokens.len();
                     if !pool::continues(choice, held) {
+                        if slot.cache_prompt
+                            && self.wait_for_disk_room(id, choice, &slot.prompt, out)?
+                        {
+                            // Back to the front until the parent answers.
+                            self.queue
+                                .push_front(original.expect("only the disk tier waits"));
+                            break;
+                        }
                         // A new conversation: the finished ones leave the
                         // pool for the RAM tier, and one this prompt
-                        // continues comes back from it.
-                        choice = self.compact_and_restore(choice, &slot.prompt, slot.cache_prompt);
+                        // continues comes back from the disk tier or the
+                        // RAM tier.
+                        choice =
+                            self.compact_and_restore(choice, &slot.prompt, slot.cache_prompt, out)?;
+                    }
+                    if self.disk_growth == Some(id) {
+                        self.disk_growth = None;
                     }
                     self.take_sequence(choice, &mut slot);
                     self.slots.push(slot);
@@ -804,10 +862,7 @@ impl<'m> Engine<'m> {
             return;
         }
         let pos_min = self.ctx().kv_cache_seq_pos_min(seq as i32);
-        let Ok(state) = self
-            .ctx()
-            .state_seq_get(seq as i32, LlamaStateSeqFlags::empty())
-        else {
+        let Some(state) = seq_state(self.ctx(), seq) else {
             return;
         };
         let s = &self.seqs[seq];
@@ -815,7 +870,7 @@ impl<'m> Engine<'m> {
             tokens: s.tokens.clone(),
             exact: s.exact,
             pos_min,
-            bytes: state.byte_len() as u64,
+            bytes: state.len() as u64,
             state,
             last_used: s.last_used,
         });
@@ -825,14 +880,17 @@ impl<'m> Engine<'m> {
     /// every other cached sequence moves to it (so the pool's used cells stay
     /// together: attention reads every cell up to the highest one in use),
     /// and so does what `choice.seq` held beyond the prefix it keeps. Then
-    /// a conversation of the tier this prompt continues better than the
-    /// pool could comes back into `choice.seq`. Returns the choice to take.
+    /// a conversation this prompt continues further than the pool could
+    /// comes back into `choice.seq`: from the disk tier if it has the one
+    /// that goes furthest, else from the RAM tier. Returns the choice to
+    /// take.
     fn compact_and_restore(
         &mut self,
         choice: pool::Choice,
         prompt: &[LlamaToken],
         reuse: bool,
-    ) -> pool::Choice {
+        out: &mut impl Write,
+    ) -> Result<pool::Choice, WorkerError> {
         // Without a tier, moving them out would lose them: they stay.
         for other in 0..self.seqs.len() {
             let s = &self.seqs[other];
@@ -848,29 +906,317 @@ impl<'m> Engine<'m> {
             self.save(choice.seq);
         }
         if !reuse {
-            return choice;
+            return Ok(choice);
+        }
+        if let Some(taken) = self.restore_from_disk(choice, prompt, out)? {
+            return Ok(taken);
         }
         let Some((entry, restored)) = self.tier.take_best(prompt, self.window, choice.reuse) else {
-            return choice;
+            return Ok(choice);
         };
         let seq = choice.seq;
         self.clear_sequence(seq);
-        if self.free_cells() < entry.tokens.len()
-            || self.ctx().state_seq_set(&entry.state, seq as i32).is_err()
-        {
+        if self.free_cells() < entry.tokens.len() || !set_seq_state(self.ctx(), &entry.state, seq) {
             // No room for it now (or llama.cpp refused it): the prompt
             // starts over on an empty sequence; the entry is gone.
             let _ = self.ctx().clear_kv_cache_seq(Some(seq as u32), None, None);
-            return pool::Choice { seq, reuse: 0 };
+            return Ok(pool::Choice { seq, reuse: 0 });
         }
         self.ram_restores += 1;
         let s = &mut self.seqs[seq];
         s.tokens = entry.tokens;
         s.exact = entry.exact;
-        pool::Choice {
+        Ok(pool::Choice {
             seq,
             reuse: restored,
+        })
+    }
+
+    /// Opens the disk tier the load asks for, indexing its directory; the
+    /// files it deletes are reported.
+    fn open_disk_tier(
+        &mut self,
+        load: &LoadRequest,
+        out: &mut impl Write,
+    ) -> Result<(), WorkerError> {
+        let (Some(dir), Some(sha256)) = (&load.disk_cache_dir, &load.model_sha256) else {
+            return Ok(());
+        };
+        if load.disk_cache_bytes == 0 {
+            return Ok(());
         }
+        let expected = disk::Expected {
+            model_sha256: sha256.clone(),
+            engine: engine_description(),
+            kv_type: load.kv_type,
+            layout: disk::Layout::WORKER,
+        };
+        match DiskTier::open(dir, load.disk_cache_bytes, expected) {
+            Ok((tier, rejected)) => {
+                self.disk = Some(tier);
+                self.report_rejected(rejected, out)
+            }
+            Err(e) => error(
+                out,
+                None,
+                ErrorKind::DiskCache,
+                format!(
+                    "the disk tier is off: {} cannot be used: {e}",
+                    dir.display()
+                ),
+            ),
+        }
+    }
+
+    fn report_rejected(
+        &mut self,
+        rejected: Vec<disk::Rejection>,
+        out: &mut impl Write,
+    ) -> Result<(), WorkerError> {
+        for r in rejected {
+            self.disk_rejected += 1;
+            error(out, None, ErrorKind::DiskCache, r.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The stored conversation `prompt` continues further than `choice`
+    /// and the RAM tier do: its index in the disk tier, the prompt tokens it
+    /// gives, and the tokens it holds. Files other workers of the model
+    /// wrote since the last look are indexed first.
+    fn disk_candidate(
+        &mut self,
+        choice: pool::Choice,
+        prompt: &[LlamaToken],
+        out: &mut impl Write,
+    ) -> Result<Option<(usize, usize, usize)>, WorkerError> {
+        let Some(disk) = self.disk.as_mut() else {
+            return Ok(None);
+        };
+        let rejected = disk.rescan();
+        self.report_rejected(rejected, out)?;
+        let ram = self
+            .tier
+            .best_reuse(prompt, self.window, choice.reuse)
+            .unwrap_or(0);
+        let ids: Vec<i32> = prompt.iter().map(|t| t.0).collect();
+        let disk = self.disk.as_ref().expect("checked above");
+        Ok(disk
+            .best(&ids, self.window, choice.reuse.max(ram))
+            .map(|(i, reuse)| (i, reuse, disk.entries()[i].tokens.len())))
+    }
+
+    /// Cells live sequences hold.
+    fn live_cells(&self) -> usize {
+        self.seqs
+            .iter()
+            .filter(|s| s.live.is_some())
+            .map(|s| s.tokens.len())
+            .sum()
+    }
+
+    /// Whether request `id` must wait before it starts: a stored
+    /// conversation it continues holds more tokens than the pool can free,
+    /// and the pool may grow. The first time, this asks the parent for
+    /// growth (`PoolFull`); the request then waits for the answer, once.
+    fn wait_for_disk_room(
+        &mut self,
+        id: u64,
+        choice: pool::Choice,
+        prompt: &[LlamaToken],
+        out: &mut impl Write,
+    ) -> Result<bool, WorkerError> {
+        if self.disk_growth == Some(id) {
+            // Asked already: wait for the answer, then go on with what
+            // there is.
+            return Ok(self.growth_pending);
+        }
+        if self.growth_pending || self.pool_cells >= self.pool_max {
+            return Ok(false);
+        }
+        let Some((_, _, tokens)) = self.disk_candidate(choice, prompt, out)? else {
+            return Ok(false);
+        };
+        let live = self.live_cells();
+        let room = (self.pool_cells as usize).saturating_sub(live);
+        if tokens <= room || live + tokens > self.pool_max as usize {
+            return Ok(false);
+        }
+        // `needed` is beyond the `room` the pool can free; as the pool's
+        // own shortage is beyond a full pool, the suggestion is the pool
+        // plus it (at least half again).
+        let needed = u32::try_from(tokens - room).unwrap_or(u32::MAX);
+        let live = u32::try_from(live).unwrap_or(u32::MAX);
+        self.growth_pending = true;
+        self.disk_growth = Some(id);
+        write_frame(
+            out,
+            &Event::PoolFull {
+                needed_cells: needed,
+                pool_cells: self.pool_cells,
+                used_cells: live,
+                pool_max_cells: self.pool_max,
+                suggested_cells: pool::suggest_growth(
+                    self.pool_cells,
+                    self.pool_cells,
+                    needed,
+                    self.pool_max,
+                ),
+                waiting: 1,
+            },
+        )?;
+        Ok(true)
+    }
+
+    /// Restores the stored conversation `prompt` continues furthest into
+    /// `choice.seq`, if the disk tier has one that beats the pool and the
+    /// RAM tier and the pool can make room for it. `None`: nothing was
+    /// touched. A file that fails its checks is deleted and reported; so is
+    /// one llama.cpp refuses, and then the sequence is left empty.
+    fn restore_from_disk(
+        &mut self,
+        choice: pool::Choice,
+        prompt: &[LlamaToken],
+        out: &mut impl Write,
+    ) -> Result<Option<pool::Choice>, WorkerError> {
+        let Some((i, reuse, tokens)) = self.disk_candidate(choice, prompt, out)? else {
+            return Ok(None);
+        };
+        // Every cell but the live sequences' may be had.
+        if tokens > (self.pool_cells as usize).saturating_sub(self.live_cells()) {
+            return Ok(None);
+        }
+        let disk = self.disk.as_mut().expect("a candidate came from it");
+        let (entry, state) = match disk.read(i) {
+            Ok(read) => read,
+            Err(rejected) => {
+                self.report_rejected(vec![rejected], out)?;
+                return Ok(None);
+            }
+        };
+        let seq = choice.seq;
+        self.clear_sequence(seq);
+        self.make_room(tokens);
+        if self.free_cells() < tokens || !set_seq_state(self.ctx(), &state, seq) {
+            let _ = self.ctx().clear_kv_cache_seq(Some(seq as u32), None, None);
+            if let Some(disk) = self.disk.as_mut() {
+                disk.forget(&entry.path);
+            }
+            self.disk_rejected += 1;
+            error(
+                out,
+                None,
+                ErrorKind::DiskCache,
+                format!(
+                    "K/V cache file {} skipped and deleted: llama.cpp refused its state",
+                    entry.path.display()
+                ),
+            )?;
+            return Ok(Some(pool::Choice { seq, reuse: 0 }));
+        }
+        self.disk_restores += 1;
+        let s = &mut self.seqs[seq];
+        s.tokens = entry.tokens.into_iter().map(LlamaToken).collect();
+        s.exact = entry.exact;
+        Ok(Some(pool::Choice { seq, reuse }))
+    }
+
+    /// On the way out: writes every cached conversation, in the pool and in
+    /// the RAM tier, to the disk tier, the most recently used first (a
+    /// parent that kills the worker mid-way loses the oldest). Failures are
+    /// reported; none stops the exit.
+    fn write_disk_tier(&mut self, out: &mut impl Write) {
+        let Some(mut disk) = self.disk.take() else {
+            return;
+        };
+        enum Held {
+            Pool(usize),
+            Ram(usize),
+        }
+        let mut order: Vec<(u64, Held)> = self
+            .cached()
+            .into_iter()
+            .map(|h| (h.last_used, Held::Pool(h.seq)))
+            .chain(
+                self.tier
+                    .entries()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (e.last_used, Held::Ram(i))),
+            )
+            .collect();
+        if order.is_empty() {
+            return;
+        }
+        order.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+        WRITING_DISK_TIER.store(true, Ordering::SeqCst);
+        let mut space = match locara_platform::disk_space(disk.dir()) {
+            Ok(space) => space,
+            Err(e) => {
+                let _ = error(out, None, ErrorKind::DiskCache, e.to_string());
+                WRITING_DISK_TIER.store(false, Ordering::SeqCst);
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        let mut left_out = 0;
+        for (rank, (_, held)) in order.into_iter().enumerate() {
+            let pool_state;
+            let (tokens, exact, pos_min, state): (&[LlamaToken], usize, i32, &[u8]) = match held {
+                Held::Pool(seq) => {
+                    let Some(state) = seq_state(self.ctx(), seq) else {
+                        continue;
+                    };
+                    pool_state = state;
+                    let pos_min = self.ctx().kv_cache_seq_pos_min(seq as i32);
+                    let s = &self.seqs[seq];
+                    (&s.tokens, s.exact, pos_min, &pool_state)
+                }
+                Held::Ram(i) => {
+                    let e = &self.tier.entries()[i];
+                    (&e.tokens, e.exact, e.pos_min, &e.state)
+                }
+            };
+            let expected = disk.expected();
+            let header = disk::Header {
+                model_sha256: expected.model_sha256.clone(),
+                engine: expected.engine.clone(),
+                kv_type: expected.kv_type,
+                layout: expected.layout,
+                context: self.context,
+                parallel: self.parallel as u32,
+                tokens: tokens.iter().map(|t| t.0).collect(),
+                exact: exact as u32,
+                pos_min,
+                payload_bytes: state.len() as u64,
+            };
+            // The order of use survives in the files' mtimes.
+            let used = now - Duration::from_millis(rank as u64);
+            match disk.write(&header, state, used, &mut space) {
+                Ok(true) => {}
+                Ok(false) => left_out += 1,
+                Err(e) => {
+                    // The disk is full or failing: the rest would fail too.
+                    let _ = error(out, None, ErrorKind::DiskCache, e.to_string());
+                    break;
+                }
+            }
+        }
+        if left_out > 0 {
+            let _ = error(
+                out,
+                None,
+                ErrorKind::DiskCache,
+                format!(
+                    "{left_out} conversations were not written to {}: they do not fit in its cap of \
+                     {} bytes, or would leave less than {} bytes of the disk free",
+                    disk.dir().display(),
+                    disk.cap(),
+                    disk::free_floor(space.total)
+                ),
+            );
+        }
+        WRITING_DISK_TIER.store(false, Ordering::SeqCst);
     }
 
     /// Puts `slot` on the chosen sequence: its cells after the reused
@@ -1725,6 +2071,35 @@ fn sampler_chain(model: &LlamaModel, s: &Sampling) -> LlamaSampler {
 fn random_seed() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now()) as u32
+}
+
+/// Sequence `seq`'s state as llama.cpp serializes it
+/// (`llama_state_seq_get_data_ext`), as plain bytes the tiers can keep and
+/// write (llama-cpp-2's `SeqState` keeps its bytes to itself). `None` when
+/// llama.cpp gives none.
+fn seq_state(ctx: &LlamaContext, seq: usize) -> Option<Vec<u8>> {
+    let flags = LlamaStateSeqFlags::empty();
+    let size = ctx.state_seq_get_size_ext(seq as i32, flags);
+    let mut bytes = vec![0u8; size];
+    // SAFETY: `bytes` holds `size` bytes, the size llama.cpp just gave for
+    // this sequence's state; nothing ran on the context in between (it
+    // lives on this thread), so the copy writes exactly that many, which
+    // the returned count confirms.
+    let written = unsafe { ctx.state_seq_get_data_ext(bytes.as_mut_ptr(), seq as i32, flags) };
+    (size > 0 && written == size).then_some(bytes)
+}
+
+/// Puts a saved state into sequence `seq`; whether llama.cpp took it.
+fn set_seq_state(ctx: &mut LlamaContext, state: &[u8], seq: usize) -> bool {
+    // SAFETY: llama.cpp reads at most `state.len()` bytes (its reader checks
+    // every read against the buffer's end and fails the call past it) and
+    // checks what it reads (layer count, K/V types, row sizes, cell count)
+    // before it writes a cell, failing the call on a mismatch. The bytes
+    // are its own output for this model: a RAM-tier entry from
+    // `seq_state`, or the payload of a disk-tier file whose header names
+    // this model, llama.cpp build, K/V type and cache layout and whose
+    // sha256 matched.
+    unsafe { ctx.state_seq_set_data_ext(state, seq as i32, LlamaStateSeqFlags::empty()) }
 }
 
 /// Returns the heap's free pages to the OS after a large release (the RAM

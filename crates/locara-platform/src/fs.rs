@@ -3,7 +3,8 @@
 //!
 //! [`write_atomic`] writes the bytes to a temporary file beside the target
 //! (same directory, so the same file system), flushes it to disk, then
-//! renames it over the target; [`create_atomic`] does the same but links it
+//! renames it over the target ([`write_atomic_parts`]: of several buffers
+//! in a row); [`create_atomic`] does the same but links it
 //! into place, so it never replaces a file another process made first.
 //! [`Access::Private`] makes the file the owner's alone (mode 0600), for
 //! files that hold secrets.
@@ -48,7 +49,13 @@ pub struct WriteError {
 /// `path`. The directory must exist. On failure `path` is as it was and no
 /// temporary file is left.
 pub fn write_atomic(path: &Path, bytes: &[u8], access: Access) -> Result<(), WriteError> {
-    let tmp = write_temporary(path, bytes, access)?;
+    write_atomic_parts(path, &[bytes], access)
+}
+
+/// [`write_atomic`] of the concatenation of `parts`, without copying them
+/// into one buffer first (a large payload behind a small header).
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]], access: Access) -> Result<(), WriteError> {
+    let tmp = write_temporary(path, parts, access)?;
     fs::rename(&tmp, path).map_err(|error| {
         let _ = fs::remove_file(&tmp);
         write_error(path, error)
@@ -60,7 +67,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], access: Access) -> Result<(), Wri
 /// created `path`. When two processes create the same file at once, the
 /// first one wins and the other gets `false`.
 pub fn create_atomic(path: &Path, bytes: &[u8], access: Access) -> Result<bool, WriteError> {
-    let tmp = write_temporary(path, bytes, access)?;
+    let tmp = write_temporary(path, &[bytes], access)?;
     // A hard link, unlike a rename, never replaces what is there.
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
@@ -77,7 +84,7 @@ const TEMPORARY_ATTEMPTS: u32 = 64;
 
 /// Writes `bytes` to a new file beside `path`, flushed to disk, and returns
 /// its path. Its name starts with a dot and ends with `.tmp`.
-fn write_temporary(path: &Path, bytes: &[u8], access: Access) -> Result<PathBuf, WriteError> {
+fn write_temporary(path: &Path, parts: &[&[u8]], access: Access) -> Result<PathBuf, WriteError> {
     let Some(name) = path.file_name() else {
         return Err(write_error(
             path,
@@ -91,7 +98,7 @@ fn write_temporary(path: &Path, bytes: &[u8], access: Access) -> Result<PathBuf,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(write_error(path, e)),
         };
-        return match fill(&mut file, bytes) {
+        return match fill(&mut file, parts) {
             Ok(()) => Ok(tmp),
             Err(e) => {
                 drop(file);
@@ -109,8 +116,10 @@ fn write_temporary(path: &Path, bytes: &[u8], access: Access) -> Result<PathBuf,
     ))
 }
 
-fn fill(file: &mut File, bytes: &[u8]) -> io::Result<()> {
-    file.write_all(bytes)?;
+fn fill(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
+    for part in parts {
+        file.write_all(part)?;
+    }
     file.sync_all()
 }
 
@@ -177,6 +186,9 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"second, longer\n");
         write_atomic(&path, b"", Access::Default).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"");
+        assert_eq!(names(dir.path()), ["profile.json"]);
+        write_atomic_parts(&path, &[b"head ", b"", b"body\n"], Access::Default).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"head body\n");
         assert_eq!(names(dir.path()), ["profile.json"]);
     }
 

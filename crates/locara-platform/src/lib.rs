@@ -213,6 +213,21 @@ pub fn physical_memory() -> Result<u64, PlatformError> {
     os::physical_memory()
 }
 
+/// Space of the file system a path is on, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Size of the file system.
+    pub total: u64,
+    /// Bytes an unprivileged process may still write (`f_bavail`: the
+    /// blocks reserved for root are not counted).
+    pub available: u64,
+}
+
+/// The size and free space of the file system `path` is on (`statvfs`).
+pub fn disk_space(path: &Path) -> Result<DiskSpace, PlatformError> {
+    os::disk_space(path)
+}
+
 /// A running process of a given program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramProcess {

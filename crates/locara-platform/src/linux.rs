@@ -1,8 +1,9 @@
 //! Linux probes: `/proc` and `/sys`.
 //!
 //! The parsers are pure functions over the files' text, tested on recorded
-//! samples; the readers around them are thin. The two `unsafe` calls are
-//! `sched_getaffinity`/`sysconf` and the `poll()` of the pressure thread.
+//! samples; the readers around them are thin. The `unsafe` calls are
+//! `sched_getaffinity`/`sysconf`, the `poll()` of the pressure thread and
+//! `statvfs` (free disk space).
 
 use crate::{
     assess, time::unix_now_ms, CgroupEvents, CgroupMemory, HardwareProfile, LevelDeriver,
@@ -1021,6 +1022,34 @@ impl Activity {
     }
 }
 
+/// `statvfs(2)` of `path`.
+// The field types differ between systems (u32 block counts on macOS, u64
+// on Linux); `u64::from` widens either, and is the identity on some.
+#[allow(clippy::useless_conversion)]
+pub(crate) fn disk_space(path: &Path) -> Result<crate::DiskSpace, PlatformError> {
+    use std::os::unix::ffi::OsStrExt;
+    let io = |source| PlatformError::Io {
+        what: format!("the file system of {}", path.display()),
+        source,
+    };
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call;
+    // `statvfs` only writes the plain-data struct it is given.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c_path.as_ptr(), &mut st) != 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        st
+    };
+    let block = u64::from(st.f_frsize);
+    Ok(crate::DiskSpace {
+        total: u64::from(st.f_blocks).saturating_mul(block),
+        available: u64::from(st.f_bavail).saturating_mul(block),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1065,6 +1094,13 @@ KReclaimable:     189980 kB
 HugePages_Total:       0
 Hugepagesize:       2048 kB
 ";
+
+    #[test]
+    fn disk_space_of_a_directory_and_of_a_missing_path() {
+        let here = disk_space(Path::new("/")).unwrap();
+        assert!(here.total > 0 && here.available <= here.total, "{here:?}");
+        assert!(disk_space(Path::new("/no/such/dir")).is_err());
+    }
 
     #[test]
     fn smaps_rollup_is_split_into_footprint_and_mapped_weights() {

@@ -41,6 +41,10 @@ pub(crate) fn check_supported() -> Result<(), PlatformError> {
     ))
 }
 
+pub(crate) fn disk_space(_path: &Path) -> Result<crate::DiskSpace, PlatformError> {
+    Err(PlatformError::Unsupported("disk space"))
+}
+
 pub(crate) fn processes_of(_exe: &Path) -> Result<Vec<ProgramProcess>, PlatformError> {
     Err(PlatformError::Unsupported("process list"))
 }

@@ -279,6 +279,9 @@ fn load(worker: &Worker, point: &Point, threads: u32) -> Result<LoadedInfo> {
         pool: point.options.pool,
         pool_max: None,
         ram_cache_bytes: 0,
+        disk_cache_dir: None,
+        disk_cache_bytes: 0,
+        model_sha256: None,
     })?)
 }
 

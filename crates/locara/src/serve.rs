@@ -24,9 +24,9 @@ use std::time::Duration;
     after_help = "Settings come from the config file, then the environment (LOCARA_HOST, \
 LOCARA_PORT, LOCARA_BUDGET, LOCARA_KEEP_ALIVE, LOCARA_PARALLEL, LOCARA_CONTEXT, LOCARA_KV_TYPE), \
 then these flags; later ones win. Config file keys: host, port, allow_non_loopback, budget, \
-keep_alive, parallel, queue, context, kv_type, kv_ram_cache, threads, shutdown_grace, max_body_bytes, \
-tokenless, allowed_origins, pressure, pressure_idle_grace, pressure_quiet_period, pressure_max_tokens, \
-pressure_remaining_tokens.\n\n\
+keep_alive, parallel, queue, context, kv_type, kv_ram_cache, kv_disk_cache, threads, shutdown_grace, \
+max_body_bytes, tokenless, allowed_origins, pressure, pressure_idle_grace, pressure_quiet_period, \
+pressure_max_tokens, pressure_remaining_tokens.\n\n\
 The first line on stdout is `listening on http://ADDRESS`; the address is also written to \
 daemon.json in the data directory, where `locara ps`, `load` and `stop` find it.\n\n\
 Examples:\n  locara serve\n  locara serve --port 0 --budget 4GiB\n  locara serve --config ~/.config/locara/serve.toml"

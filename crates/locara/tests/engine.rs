@@ -21,6 +21,9 @@ fn load(worker: &Worker, name: &str) -> LoadedInfo {
             pool: None,
             pool_max: None,
             ram_cache_bytes: 0,
+            disk_cache_dir: None,
+            disk_cache_bytes: 0,
+            model_sha256: None,
         })
         .expect("loading the model")
 }
@@ -74,6 +77,9 @@ fn load_reports_the_defaults_and_the_models_shape() {
             pool: None,
             pool_max: None,
             ram_cache_bytes: 0,
+            disk_cache_dir: None,
+            disk_cache_bytes: 0,
+            model_sha256: None,
         })
         .unwrap();
     // 8192 by default, and SmolLM2 was trained on 8192.
@@ -124,6 +130,9 @@ fn context_is_clamped_to_the_trained_context() {
             pool: None,
             pool_max: None,
             ram_cache_bytes: 0,
+            disk_cache_dir: None,
+            disk_cache_bytes: 0,
+            model_sha256: None,
         })
         .unwrap();
     assert_eq!(info.context, 8192);
@@ -304,6 +313,9 @@ fn a_file_the_guard_rejects_never_reaches_llama_cpp() {
             pool: None,
             pool_max: None,
             ram_cache_bytes: 0,
+            disk_cache_dir: None,
+            disk_cache_bytes: 0,
+            model_sha256: None,
         })
         .unwrap_err();
     match err {
@@ -338,6 +350,9 @@ fn concurrent_generations_share_one_worker() {
             pool: None,
             pool_max: None,
             ram_cache_bytes: 0,
+            disk_cache_dir: None,
+            disk_cache_bytes: 0,
+            model_sha256: None,
         })
         .unwrap();
     worker
@@ -395,6 +410,9 @@ fn load_pool(
             pool,
             pool_max: None,
             ram_cache_bytes: 0,
+            disk_cache_dir: None,
+            disk_cache_bytes: 0,
+            model_sha256: None,
         })
         .expect("loading the model")
 }
@@ -445,6 +463,8 @@ struct Seen {
     pool_full: u32,
     /// (cells, previous_cells, moved_sequences, moved_tokens, state_bytes, ms)
     resized: Vec<(u32, u32, u32, u32, u64, f64)>,
+    /// Messages of the disk tier's errors (files skipped and deleted).
+    disk_errors: Vec<String>,
 }
 
 /// Runs generations `ids` to their ends, answering every `PoolFull` as
@@ -483,6 +503,11 @@ fn run_all(worker: &Worker, ids: &[u64], growth: Growth) -> (Vec<Ended>, Seen) {
                     },
                 );
             }
+            Some(Event::Error {
+                id: None,
+                kind: ErrorKind::DiskCache,
+                message,
+            }) => seen.disk_errors.push(message),
             Some(Event::PoolFull {
                 suggested_cells,
                 needed_cells,
@@ -976,6 +1001,9 @@ fn a_conversation_moved_to_the_ram_tier_comes_back_with_the_same_answer() {
                     pool: None,
                     pool_max: None,
                     ram_cache_bytes: tier,
+                    disk_cache_dir: None,
+                    disk_cache_bytes: 0,
+                    model_sha256: None,
                 })
                 .expect("loading the model")
         };
@@ -1083,4 +1111,528 @@ fn a_freed_pool_gives_its_memory_back_and_the_next_request_answers_as_before() {
         let (text, _, finish, _) = collect(&worker, 2);
         assert_eq!((text, Ok(finish)), (before.text, before.finish), "{name}");
     }
+}
+
+// --- The disk tier: conversations kept across workers ---
+
+/// The sha256 the store recorded for a test model, as the daemon passes it.
+fn model_sha256(name: &str) -> String {
+    let info = model(name).with_file_name("info.json");
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(info).unwrap()).unwrap();
+    info["sha256"].as_str().unwrap().to_string()
+}
+
+/// A worker's tiers, as the daemon sets them.
+#[derive(Clone)]
+struct Tiers {
+    dir: std::path::PathBuf,
+    /// The disk tier's cap; 0 turns it off.
+    disk: u64,
+    ram: u64,
+    kv: KvType,
+    sha256: String,
+    pool: Option<u32>,
+}
+
+impl Tiers {
+    fn new(name: &str, dir: &std::path::Path) -> Tiers {
+        Tiers {
+            dir: dir.to_path_buf(),
+            disk: 1 << 30,
+            ram: 256 << 20,
+            kv: KvType::F16,
+            sha256: model_sha256(name),
+            pool: None,
+        }
+    }
+
+    fn with_ram(self, ram: u64) -> Tiers {
+        Tiers { ram, ..self }
+    }
+
+    /// No tier at all: the uninterrupted reference.
+    fn none(name: &str) -> Tiers {
+        Tiers {
+            disk: 0,
+            ram: 0,
+            ..Tiers::new(name, std::path::Path::new("/nonexistent"))
+        }
+    }
+}
+
+fn load_tiers(worker: &Worker, name: &str, tiers: &Tiers) -> LoadedInfo {
+    worker
+        .load(LoadRequest {
+            path: model(name),
+            context: Some(2048),
+            kv_type: tiers.kv,
+            parallel: 1,
+            threads: TEST_THREADS,
+            gpu_layers: None,
+            pool: tiers.pool,
+            pool_max: None,
+            ram_cache_bytes: tiers.ram,
+            disk_cache_dir: (tiers.disk > 0).then(|| tiers.dir.clone()),
+            disk_cache_bytes: tiers.disk,
+            model_sha256: Some(tiers.sha256.clone()),
+        })
+        .expect("loading the model")
+}
+
+/// The disk tier's errors since load (files skipped and deleted), and the
+/// worker's stats after them.
+fn disk_news(worker: &Worker) -> (Vec<String>, WorkerStats) {
+    worker.send(&Request::Stats).unwrap();
+    let mut errors = Vec::new();
+    loop {
+        match worker.recv().unwrap() {
+            Event::Error {
+                id: None,
+                kind: ErrorKind::DiskCache,
+                message,
+            } => errors.push(message),
+            Event::Stats(stats) => return (errors, stats),
+            other => panic!("expected disk-tier errors and stats, got {other:?}"),
+        }
+    }
+}
+
+/// Unloads a worker as the daemon does (`Exit`, then a grace before a
+/// kill); returns how long it took to exit, which must be less than the
+/// grace (a killed worker may not have written its files).
+fn unload(worker: Worker) -> Duration {
+    let grace = Duration::from_secs(30);
+    let started = Instant::now();
+    worker.shutdown(grace);
+    let took = started.elapsed();
+    assert!(took < grace, "the worker was killed after {took:?}");
+    took
+}
+
+/// The disk tier's files in `dir`, with their lengths.
+fn kv_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "kv"))
+        .map(|p| {
+            let len = std::fs::metadata(&p).unwrap().len();
+            (p, len)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn owned_messages(turns: &[(&str, String)]) -> Prompt {
+    let borrowed: Vec<(&str, &str)> = turns.iter().map(|(r, c)| (*r, c.as_str())).collect();
+    messages(&borrowed)
+}
+
+/// Two conversations on a worker of one sequence (A moves to the RAM tier,
+/// B stays in the pool); the worker exits, which writes both to disk; a new
+/// worker of the model continues each from its file, prefilling only the
+/// new turn, with the answers of a worker that was never unloaded.
+#[test]
+fn a_conversation_continues_from_disk_after_its_model_was_unloaded() {
+    for name in [SMOLLM2, GEMMA3] {
+        let dir = tempfile::tempdir().unwrap();
+        let tiers = Tiers::new(name, dir.path());
+        let a1 = vec![
+            ("system", SYSTEM.to_string()),
+            ("user", "What is the capital of France?".to_string()),
+        ];
+        let b1 = vec![("user", "Name three colours of the rainbow.".to_string())];
+        let next = |turns: &[(&'static str, String)], answer: &str, ask: &str| {
+            let mut t = turns.to_vec();
+            t.push(("assistant", answer.to_string()));
+            t.push(("user", ask.to_string()));
+            t
+        };
+
+        let worker = spawn_worker();
+        load_tiers(&worker, name, &tiers);
+        let (errors, stats) = disk_news(&worker);
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+        assert_eq!(stats.disk_cached_sequences, 0, "{name}");
+        let (first_a, _) = run_one(&worker, request(1, owned_messages(&a1), 24), Growth::Deny);
+        let (first_b, _) = run_one(&worker, request(2, owned_messages(&b1), 24), Growth::Deny);
+        let ws = worker_stats(&worker);
+        assert_eq!(
+            (ws.ram_cached_sequences, ws.cached_sequences),
+            (1, 1),
+            "{name}: {ws:?}"
+        );
+        let took = unload(worker);
+        let files = kv_files(dir.path());
+        let bytes: u64 = files.iter().map(|f| f.1).sum();
+        eprintln!(
+            "{name}: unloading wrote {} conversations, {bytes} bytes, exiting in {took:?}",
+            files.len()
+        );
+        assert_eq!(files.len(), 2, "{name}: {files:?}");
+
+        let worker = spawn_worker();
+        load_tiers(&worker, name, &tiers);
+        let (errors, stats) = disk_news(&worker);
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+        assert_eq!(
+            (stats.disk_cached_sequences, stats.disk_cache_bytes),
+            (2, bytes),
+            "{name}"
+        );
+        let a2 = next(&a1, &first_a.text, "And of Italy?");
+        let b2 = next(&b1, &first_b.text, "Name three more.");
+        let mut restored = Vec::new();
+        for (id, (turn, first)) in [(&a2, &first_a), (&b2, &first_b)].into_iter().enumerate() {
+            let (second, seen) = run_one(
+                &worker,
+                request(3 + id as u64, owned_messages(turn), 24),
+                Growth::Deny,
+            );
+            assert!(
+                seen.disk_errors.is_empty(),
+                "{name}: {:?}",
+                seen.disk_errors
+            );
+            let s = &second.stats;
+            eprintln!(
+                "{name}: turn 2 after a reload: {} prompt tokens, {} restored from disk, {} prefilled in {:.1} ms",
+                s.prompt_tokens,
+                s.prompt_cached_tokens,
+                s.prompt_tokens - s.prompt_cached_tokens,
+                s.prefill_ms
+            );
+            // All of turn 1 (but the answer's last token, never decoded)
+            // comes from disk; only the new turn is prefilled.
+            assert!(
+                s.prompt_cached_tokens
+                    >= first.stats.prompt_tokens + first.stats.generated_tokens - 2,
+                "{name}: {s:?} after {:?}",
+                first.stats
+            );
+            assert!(
+                s.prompt_tokens - s.prompt_cached_tokens <= 16,
+                "{name}: {s:?}"
+            );
+            restored.push(second);
+        }
+        let ws = worker_stats(&worker);
+        assert_eq!(
+            (ws.disk_restores_total, ws.ram_restores_total),
+            (2, 0),
+            "{name}: {ws:?}"
+        );
+        unload(worker);
+        // Both went on from their files: the new files replace them.
+        let after = kv_files(dir.path());
+        assert_eq!(after.len(), 2, "{name}: {after:?}");
+        assert!(
+            after.iter().all(|f| !files.contains(f)),
+            "{name}: {after:?}"
+        );
+
+        // A worker that was never unloaded: the same answers, turn by turn.
+        let uninterrupted = spawn_worker();
+        load_tiers(&uninterrupted, name, &Tiers::none(name));
+        for (id, (turn1, turn2, first, second)) in [
+            (&a1, &a2, &first_a, &restored[0]),
+            (&b1, &b2, &first_b, &restored[1]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = 10 * (id as u64 + 1);
+            let (want1, _) = run_one(
+                &uninterrupted,
+                request(id, owned_messages(turn1), 24),
+                Growth::Deny,
+            );
+            let (want2, _) = run_one(
+                &uninterrupted,
+                request(id + 1, owned_messages(turn2), 24),
+                Growth::Deny,
+            );
+            assert!(want2.stats.prompt_cached_tokens > 0, "{name}");
+            assert_eq!(first.text, want1.text, "{name}");
+            assert_eq!(second.text, want2.text, "{name}");
+            assert_eq!(second.finish, want2.finish, "{name}");
+        }
+    }
+}
+
+/// A stored conversation longer than the pool: the new worker asks for
+/// growth first (`PoolFull`), and once it is granted restores it.
+#[test]
+fn a_stored_conversation_larger_than_the_pool_waits_for_growth() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiers = Tiers {
+        pool: Some(256),
+        ..Tiers::new(SMOLLM2, dir.path())
+    };
+    let turn1 = vec![
+        ("system", LONG_SYSTEM.to_string()),
+        (
+            "user",
+            format!("My notes: {LONG_SYSTEM} {LONG_SYSTEM} What do I grow?"),
+        ),
+    ];
+    let worker = spawn_worker();
+    load_tiers(&worker, SMOLLM2, &tiers);
+    let (first, seen) = run_one(
+        &worker,
+        request(1, owned_messages(&turn1), 16),
+        Growth::Grant,
+    );
+    assert!(seen.pool_full >= 1, "{seen:?}");
+    let held = first.stats.prompt_tokens + first.stats.generated_tokens;
+    assert!(held > 300, "{:?}", first.stats);
+    unload(worker);
+    assert_eq!(kv_files(dir.path()).len(), 1);
+
+    let mut turn2 = turn1.clone();
+    turn2.push(("assistant", first.text.clone()));
+    turn2.push(("user", "Why?".to_string()));
+    let worker = spawn_worker();
+    assert_eq!(load_tiers(&worker, SMOLLM2, &tiers).pool_cells, 256);
+    let (second, seen) = run_one(
+        &worker,
+        request(2, owned_messages(&turn2), 16),
+        Growth::Grant,
+    );
+    assert_eq!(seen.pool_full, 1, "{seen:?}");
+    assert!(seen.resized[0].0 >= held, "{seen:?}");
+    assert!(
+        second.stats.prompt_cached_tokens >= held - 2,
+        "{:?}",
+        second.stats
+    );
+    assert_eq!(worker_stats(&worker).disk_restores_total, 1);
+
+    // A worker never unloaded, its pool growing the same way (llama.cpp's
+    // logits depend on the pool's size: a reference with the whole 2048
+    // cells from the start answered differently after a few tokens).
+    let uninterrupted = spawn_worker();
+    load_tiers(
+        &uninterrupted,
+        SMOLLM2,
+        &Tiers {
+            pool: Some(256),
+            ..Tiers::none(SMOLLM2)
+        },
+    );
+    let (want1, seen1) = run_one(
+        &uninterrupted,
+        request(1, owned_messages(&turn1), 16),
+        Growth::Grant,
+    );
+    let (want, seen2) = run_one(
+        &uninterrupted,
+        request(2, owned_messages(&turn2), 16),
+        Growth::Grant,
+    );
+    eprintln!("uninterrupted: {seen1:?} {seen2:?} {:?}", want.stats);
+    assert_eq!(first.text, want1.text);
+    assert_eq!(second.text, want.text);
+}
+
+/// Every kind of bad file in a model's directory is skipped, deleted and
+/// reported, and the worker goes on: at load (another model's, another
+/// K/V type's, another format version, a truncated one) or when it is read
+/// (a bit flipped in the payload: the prompt is prefilled instead).
+#[test]
+fn bad_disk_tier_files_are_skipped_deleted_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiers = Tiers::new(SMOLLM2, dir.path());
+    let x1 = vec![("user", "What is two plus two?".to_string())];
+    let y1 = vec![("user", "Which planet is closest to the sun?".to_string())];
+    let worker = spawn_worker();
+    load_tiers(&worker, SMOLLM2, &tiers);
+    let (first_x, _) = run_one(&worker, request(1, owned_messages(&x1), 16), Growth::Deny);
+    let x_file = dir.path().join(locara_engine::disk::file_name(
+        &sequences(&worker)[0].tokens,
+    ));
+    let (first_y, _) = run_one(&worker, request(2, owned_messages(&y1), 16), Growth::Deny);
+    let y_file = dir.path().join(locara_engine::disk::file_name(
+        &sequences(&worker)[0].tokens,
+    ));
+    unload(worker);
+    let good = kv_files(dir.path());
+    assert_eq!(good.len(), 2);
+
+    // Real files of other workers, moved in: the same model with another
+    // K/V type, and another model.
+    for (name, kv, file) in [
+        (SMOLLM2, KvType::Q8_0, "other-kv-type.kv"),
+        (GEMMA3, KvType::F16, "other-model.kv"),
+    ] {
+        let elsewhere = tempfile::tempdir().unwrap();
+        let worker = spawn_worker();
+        load_tiers(
+            &worker,
+            name,
+            &Tiers {
+                kv,
+                ..Tiers::new(name, elsewhere.path())
+            },
+        );
+        run_one(&worker, request(1, owned_messages(&x1), 4), Growth::Deny);
+        unload(worker);
+        let written = kv_files(elsewhere.path());
+        assert_eq!(written.len(), 1);
+        std::fs::rename(&written[0].0, dir.path().join(file)).unwrap();
+    }
+    // Damaged copies of a good file: another format version, cut short.
+    assert!(x_file.exists() && y_file.exists(), "{good:?}");
+    let mut bytes = std::fs::read(&y_file).unwrap();
+    bytes[8..12].copy_from_slice(&(locara_engine::disk::FORMAT_VERSION + 1).to_le_bytes());
+    std::fs::write(dir.path().join("newer-version.kv"), &bytes).unwrap();
+    let bytes = std::fs::read(&y_file).unwrap();
+    std::fs::write(dir.path().join("truncated.kv"), &bytes[..bytes.len() / 2]).unwrap();
+    // X's own file: one bit flipped in the middle of its payload.
+    let mut bytes = std::fs::read(&x_file).unwrap();
+    let middle = bytes.len() - 32 - 1000;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&x_file, &bytes).unwrap();
+
+    let worker = spawn_worker();
+    load_tiers(&worker, SMOLLM2, &tiers);
+    let (errors, stats) = disk_news(&worker);
+    eprintln!("{errors:#?}");
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    for (file, why) in [
+        ("other-kv-type.kv", "K/V type q8_0, this worker's is f16"),
+        ("other-model.kv", "saved for another model"),
+        (
+            "newer-version.kv",
+            "format version 2, this worker reads version 1",
+        ),
+        ("truncated.kv", "truncated"),
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(file) && e.contains(why)),
+            "{file}: {why} not in {errors:?}"
+        );
+        assert!(!dir.path().join(file).exists(), "{file} was not deleted");
+    }
+    assert_eq!(
+        (stats.disk_cached_sequences, stats.disk_rejected_total),
+        (2, 4)
+    );
+
+    // X's next turn: its file fails its checksum, is deleted, and the
+    // prompt is prefilled whole.
+    let mut x2 = x1.clone();
+    x2.push(("assistant", first_x.text.clone()));
+    x2.push(("user", "And three plus three?".to_string()));
+    let (second_x, seen) = run_one(&worker, request(3, owned_messages(&x2), 16), Growth::Deny);
+    assert_eq!(seen.disk_errors.len(), 1, "{seen:?}");
+    assert!(seen.disk_errors[0].contains("checksum"), "{seen:?}");
+    assert!(!x_file.exists());
+    assert_eq!(second_x.stats.prompt_cached_tokens, 0);
+    assert!(!second_x.text.trim().is_empty());
+    // Y's comes back from its file.
+    let mut y2 = y1.clone();
+    y2.push(("assistant", first_y.text.clone()));
+    y2.push(("user", "And the farthest?".to_string()));
+    let (second_y, seen) = run_one(&worker, request(4, owned_messages(&y2), 16), Growth::Deny);
+    assert!(seen.disk_errors.is_empty(), "{seen:?}");
+    assert!(second_y.stats.prompt_cached_tokens > first_y.stats.prompt_tokens);
+    let ws = worker_stats(&worker);
+    assert_eq!((ws.disk_restores_total, ws.disk_rejected_total), (1, 5));
+}
+
+/// Conversation after conversation, unload after unload: the directory
+/// never holds more than its cap, and the most recent conversations are
+/// the ones kept.
+#[test]
+fn the_disk_tier_stays_within_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tiers = Tiers::new(SMOLLM2, dir.path());
+    let conversation = |n: usize| vec![("user", format!("{} (question {n})", QUESTIONS[n % 4]))];
+    // One worker, two conversations, to learn what a file takes.
+    let worker = spawn_worker();
+    load_tiers(&worker, SMOLLM2, &tiers);
+    for n in 0..2 {
+        run_one(
+            &worker,
+            request(n as u64, owned_messages(&conversation(n)), 16),
+            Growth::Deny,
+        );
+    }
+    unload(worker);
+    let largest = kv_files(dir.path()).iter().map(|f| f.1).max().unwrap();
+    // Room for two and a half files.
+    tiers.disk = largest * 5 / 2;
+    let mut n = 2;
+    for round in 0..3 {
+        let worker = spawn_worker();
+        load_tiers(&worker, SMOLLM2, &tiers);
+        let (_, stats) = disk_news(&worker);
+        assert!(stats.disk_cache_bytes <= tiers.disk, "{stats:?}");
+        let mut last = None;
+        for _ in 0..2 {
+            let prompt = conversation(n);
+            run_one(
+                &worker,
+                request(n as u64, owned_messages(&prompt), 16),
+                Growth::Deny,
+            );
+            last = Some(sequences(&worker)[0].tokens.clone());
+            n += 1;
+        }
+        unload(worker);
+        let files = kv_files(dir.path());
+        let bytes: u64 = files.iter().map(|f| f.1).sum();
+        eprintln!(
+            "round {round}: {} files, {bytes} bytes, cap {}",
+            files.len(),
+            tiers.disk
+        );
+        assert!(bytes <= tiers.disk, "{bytes} > {}", tiers.disk);
+        // Eight conversations written in all, two or three kept.
+        assert!((2..=3).contains(&files.len()), "{files:?}");
+        // The conversation used last is one of them.
+        let name = locara_engine::disk::file_name(&last.unwrap());
+        assert!(files.iter().any(|(p, _)| p.ends_with(&name)), "{files:?}");
+    }
+}
+
+/// Conversation after conversation on a worker with a small RAM tier: the
+/// tier's bytes never exceed its budget, and it is used.
+#[test]
+fn the_ram_tier_stays_within_its_budget() {
+    let conversation = |n: usize| vec![("user", format!("{} (question {n})", QUESTIONS[n % 4]))];
+    // What one conversation's state takes.
+    let worker = spawn_worker();
+    load_tiers(&worker, SMOLLM2, &Tiers::none(SMOLLM2).with_ram(256 << 20));
+    for n in 0..2 {
+        run_one(
+            &worker,
+            request(n as u64, owned_messages(&conversation(n)), 16),
+            Growth::Deny,
+        );
+    }
+    let one = worker_stats(&worker).ram_cache_bytes;
+    assert!(one > 0);
+    // Room for about two and a half.
+    let budget = one * 5 / 2;
+    let worker = spawn_worker();
+    load_tiers(&worker, SMOLLM2, &Tiers::none(SMOLLM2).with_ram(budget));
+    let mut most = 0;
+    for n in 0..6 {
+        run_one(
+            &worker,
+            request(n as u64, owned_messages(&conversation(n)), 16),
+            Growth::Deny,
+        );
+        let ws = worker_stats(&worker);
+        eprintln!(
+            "conversation {n}: {} in the RAM tier, {} bytes of {budget}",
+            ws.ram_cached_sequences, ws.ram_cache_bytes
+        );
+        assert!(ws.ram_cache_bytes <= budget, "{ws:?}");
+        most = most.max(ws.ram_cached_sequences);
+    }
+    assert!(most >= 2, "the tier was never used to its budget");
 }

@@ -365,6 +365,74 @@ fn load_unload_and_hold_through_the_api_and_the_cli() {
     d.chat(chat_body(SMOLLM2, "Hi", 2, false));
 }
 
+/// A conversation goes on after its model was unloaded: the worker wrote
+/// it to the model's disk tier (`<home>/kv-cache/<sha256>/`) on its way
+/// out, and the next worker restores it, prefilling only the new turn.
+#[test]
+fn a_conversation_continues_after_its_model_was_unloaded() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let turn = |messages: &Value| {
+        d.chat(json!({
+            "model": SMOLLM2,
+            "messages": messages,
+            "max_tokens": 16,
+            "temperature": 0,
+        }))
+    };
+    let mut messages = json!([
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]);
+    let first = turn(&messages);
+    let answer = first["choices"][0]["message"]["content"].clone();
+    let out = d.cli().args(["stop", SMOLLM2]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(
+        &std::fs::read(d.home.path().join("models/smollm2+135m/info.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = d
+        .home
+        .path()
+        .join("kv-cache")
+        .join(info["sha256"].as_str().unwrap());
+    let written = || {
+        std::fs::read_dir(&dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "kv"))
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || d
+            .model_status(SMOLLM2)
+            .is_none()
+            && written()),
+        "no conversation in {}",
+        dir.display()
+    );
+    messages
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "assistant", "content": answer}));
+    messages
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "user", "content": "And of Italy?"}));
+    let second = turn(&messages);
+    let prompt = second["usage"]["prompt_tokens"].as_u64().unwrap();
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let before = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(cached >= before, "{}", second["usage"]);
+    assert!(prompt - cached <= 16, "{}", second["usage"]);
+}
+
 #[test]
 fn sigterm_lets_a_stream_finish_then_stops_the_workers() {
     let mut d = Daemon::start(&["--context", "2048", "--parallel", "1"]);

@@ -403,9 +403,12 @@ impl From<DaemonError> for ApiError {
                     ErrorKind::InvalidModel | ErrorKind::LoadFailed => {
                         ApiError::model_unavailable(message)
                     }
-                    ErrorKind::BadRequest | ErrorKind::DecodeFailed | ErrorKind::ResizeFailed => {
-                        ApiError::server_error(message)
-                    }
+                    // A disk-tier failure never ends a generation; mapped
+                    // only so the match is total.
+                    ErrorKind::BadRequest
+                    | ErrorKind::DecodeFailed
+                    | ErrorKind::ResizeFailed
+                    | ErrorKind::DiskCache => ApiError::server_error(message),
                     // The K/V pool may not grow (engine protocol v2): memory,
                     // like a load that does not fit.
                     ErrorKind::PoolExhausted => {
@@ -526,6 +529,7 @@ mod tests {
             (ErrorKind::BadRequest, 500, "bad_request"),
             (ErrorKind::DecodeFailed, 500, "decode_failed"),
             (ErrorKind::ResizeFailed, 500, "resize_failed"),
+            (ErrorKind::DiskCache, 500, "disk_cache"),
             (ErrorKind::PoolExhausted, 503, "pool_exhausted"),
         ];
         for (kind, status, code) in cases {

@@ -711,12 +711,28 @@ impl Task {
             pool: Some(pool.start),
             pool_max: Some(pool.max),
             ram_cache_bytes: config.kv_ram_cache_for(self.settings.budget),
+            // The directory and the sha256 come from the store's entry, read
+            // on the blocking thread below.
+            disk_cache_dir: None,
+            disk_cache_bytes: config.kv_disk_cache,
+            model_sha256: None,
         };
         let tx = self.tx.clone();
         let (model, instance) = (load.model, load.instance);
         tokio::task::spawn_blocking(move || {
             for host in evicted {
                 host.stop(STOP_GRACE);
+            }
+            let mut request = request;
+            // The disk tier belongs to the model file, by the sha256 the
+            // store recorded when it was pulled or imported.
+            let entry = model
+                .parse()
+                .ok()
+                .and_then(|n| settings.store.get(&n).ok().flatten());
+            if let Some(entry) = entry.filter(|_| request.disk_cache_bytes > 0) {
+                request.disk_cache_dir = Some(settings.store.kv_cache_dir(&entry.sha256));
+                request.model_sha256 = Some(entry.sha256);
             }
             let started = Instant::now();
             let exit_tx = tx.clone();
