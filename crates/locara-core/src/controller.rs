@@ -111,6 +111,11 @@ pub struct PoolFigures {
     pub ram_cached_sequences: u32,
     pub ram_cache_bytes: u64,
     pub ram_restores: u64,
+    /// Conversations in the model's disk tier, their bytes, and how many
+    /// came back from it since load.
+    pub disk_cached_sequences: u32,
+    pub disk_cache_bytes: u64,
+    pub disk_restores: u64,
 }
 
 /// What happened.
@@ -446,6 +451,15 @@ pub struct PoolStatus {
     /// Conversations brought back from the RAM tier since load.
     #[serde(default)]
     pub ram_restores: u64,
+    /// Conversations in the model's disk tier (kept across unloads), and
+    /// their bytes.
+    #[serde(default)]
+    pub disk_cached_sequences: u32,
+    #[serde(default)]
+    pub disk_cache_bytes: u64,
+    /// Conversations brought back from the disk tier since load.
+    #[serde(default)]
+    pub disk_restores: u64,
 }
 
 /// Pressure as the controller holds it, for status.
@@ -767,6 +781,9 @@ impl Controller {
                     p.ram_cached_sequences = figures.ram_cached_sequences;
                     p.ram_cache_bytes = figures.ram_cache_bytes;
                     p.ram_restores = figures.ram_restores;
+                    p.disk_cached_sequences = figures.disk_cached_sequences;
+                    p.disk_cache_bytes = figures.disk_cache_bytes;
+                    p.disk_restores = figures.disk_restores;
                 }
             }
             Event::OsPressure(level) => {

@@ -910,6 +910,9 @@ impl Task {
                         ram_cached_sequences: stats.ram_cached_sequences,
                         ram_cache_bytes: stats.ram_cache_bytes,
                         ram_restores: stats.ram_restores_total,
+                        disk_cached_sequences: stats.disk_cached_sequences,
+                        disk_cache_bytes: stats.disk_cache_bytes,
+                        disk_restores: stats.disk_restores_total,
                     },
                 });
                 if self.controller.awaits_measure(instance) {
