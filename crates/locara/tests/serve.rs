@@ -737,15 +737,22 @@ fn simulated_critical_caps_a_stream_in_flight_then_unloads_and_refuses_loads() {
     assert_eq!(d.status()["pressure"]["refusing_loads"], true);
 }
 
-/// A raw HTTP/1.1 request with the headers given; the status code.
+/// A raw HTTP/1.1 request with the headers given; the status code. The
+/// request is written on a thread of its own while the answer is read: a
+/// daemon that refuses a body too large answers and closes before it has
+/// read it all, and the rest of the write then fails (broken pipe).
 fn raw_status(d: &Daemon, request: &str) -> u16 {
     use std::io::Write;
     let addr = d.url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(request.replace("ADDR", addr).as_bytes())
-        .unwrap();
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let bytes = request.replace("ADDR", addr).into_bytes();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&bytes);
+    });
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).unwrap();
+    let _ = writer.join();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
