@@ -404,10 +404,13 @@ pub enum Effect {
         cells: u32,
         evict: Vec<Unload>,
     },
-    /// Forget the conversations this worker keeps in its RAM tier.
+    /// Forget the conversations this worker keeps in its RAM tier; at
+    /// warn (`spill`) it writes them to its disk tier first, at critical it
+    /// does not take the time.
     DropTier {
         model: String,
         instance: u64,
+        spill: bool,
     },
     /// The pool may not grow: its waiting generations shift their context
     /// or end.
@@ -1312,7 +1315,11 @@ impl Controller {
             acted = true;
         }
         if pool.ram_cached_sequences > 0 {
-            out.push(Effect::DropTier { model, instance });
+            out.push(Effect::DropTier {
+                model,
+                instance,
+                spill: level == PressureLevel::Warn,
+            });
             acted = true;
         }
         if acted {
@@ -1814,7 +1821,8 @@ mod tests {
         assert!(
             e.contains(&Effect::DropTier {
                 model: "a".into(),
-                instance: l
+                instance: l,
+                spill: true,
             }),
             "{e:?}"
         );

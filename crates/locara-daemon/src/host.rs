@@ -239,9 +239,10 @@ impl WorkerHost {
     }
 
     /// Forgets the conversations the worker keeps in its RAM tier (memory
-    /// pressure); its figures come back as [`PoolNews::Stats`].
-    pub fn drop_tier(&self) {
-        let _ = self.worker.send(&Request::DropTier);
+    /// pressure), writing them to its disk tier first when `spill`; its
+    /// figures come back as [`PoolNews::Stats`].
+    pub fn drop_tier(&self, spill: bool) {
+        let _ = self.worker.send(&Request::DropTier { spill });
     }
 
     /// Asks for the worker's figures; they come back as

@@ -153,7 +153,11 @@ pub enum Request {
     Sequences,
     /// Forget the conversations kept in the RAM tier (memory pressure) and
     /// give their memory back to the OS. Answered by [`Event::Stats`].
-    DropTier,
+    DropTier {
+        /// Write them to the disk tier first (warn); critical drops them
+        /// without the writing.
+        spill: bool,
+    },
     /// Unload and exit.
     Exit,
 }

@@ -91,7 +91,7 @@ pub fn run() -> Result<(), WorkerError> {
         let Ok(req) = rx.recv() else { return Ok(()) };
         match req {
             Request::Load(load) => return serve_model(&backend, load, &rx, &mut out),
-            Request::Stats | Request::DropTier => {
+            Request::Stats | Request::DropTier { .. } => {
                 write_frame(&mut out, &Event::Stats(WorkerStats::default()))?
             }
             Request::Sequences => write_frame(
@@ -659,7 +659,10 @@ impl<'m> Engine<'m> {
                 write_frame(out, &Event::Sequences { sequences })?
             }
             Request::Resize { cells } => self.resize(cells, out)?,
-            Request::DropTier => {
+            Request::DropTier { spill } => {
+                if spill {
+                    self.write_disk_tier(out);
+                }
                 self.tier = pool::RamTier::new(self.tier.budget());
                 give_back_freed_memory();
                 write_frame(out, &Event::Stats(self.stats()))?
@@ -1121,14 +1124,19 @@ impl<'m> Engine<'m> {
         Ok(Some(pool::Choice { seq, reuse }))
     }
 
-    /// On the way out: writes every cached conversation, in the pool and in
-    /// the RAM tier, to the disk tier, the most recently used first (a
-    /// parent that kills the worker mid-way loses the oldest). Failures are
-    /// reported; none stops the exit.
+    /// Writes every cached conversation, in the pool and in the RAM tier, to
+    /// the disk tier, the most recently used first (a parent that kills the
+    /// worker mid-way loses the oldest): on the way out, and before memory
+    /// pressure drops them. Failures are reported; none stops the exit.
     fn write_disk_tier(&mut self, out: &mut impl Write) {
         let Some(mut disk) = self.disk.take() else {
             return;
         };
+        self.write_to_disk(&mut disk, out);
+        self.disk = Some(disk);
+    }
+
+    fn write_to_disk(&mut self, disk: &mut DiskTier, out: &mut impl Write) {
         enum Held {
             Pool(usize),
             Ram(usize),
@@ -1698,6 +1706,9 @@ impl<'m> Engine<'m> {
     /// Frees the whole pool of an idle worker; the model stays mapped.
     fn sleep(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
         let started = Instant::now();
+        // The cached conversations go to the disk tier first, where there
+        // is one: the next turn of a chat comes back from there.
+        self.write_disk_tier(out);
         let previous = self.pool_cells;
         let dropped = self.seqs.iter().filter(|s| !s.tokens.is_empty()).count() as u32;
         for s in &mut self.seqs {

@@ -1046,7 +1046,7 @@ fn a_conversation_moved_to_the_ram_tier_comes_back_with_the_same_answer() {
         assert_eq!(ws.ram_cached_sequences, 1, "{name}: {ws:?}");
 
         // Dropping the tier (memory pressure) forgets B.
-        worker.send(&Request::DropTier).unwrap();
+        worker.send(&Request::DropTier { spill: false }).unwrap();
         match worker.recv().unwrap() {
             Event::Stats(after) => {
                 assert_eq!((after.ram_cached_sequences, after.ram_cache_bytes), (0, 0))
@@ -1635,4 +1635,66 @@ fn the_ram_tier_stays_within_its_budget() {
         most = most.max(ws.ram_cached_sequences);
     }
     assert!(most >= 2, "the tier was never used to its budget");
+}
+
+/// At warn, a freed pool writes its cached conversation to the disk tier
+/// first, and a RAM tier dropped with `spill` does too; at critical the RAM
+/// tier goes without the writing.
+#[test]
+fn pressure_spills_conversations_to_disk_at_warn_and_not_at_critical() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiers = Tiers::new(SMOLLM2, dir.path());
+    let worker = spawn_worker();
+    load_tiers(&worker, SMOLLM2, &tiers);
+    let ask = |id, q: &str| request(id, messages(&[("user", q)]), 8);
+    run_one(
+        &worker,
+        ask(1, "Name three colours of the rainbow."),
+        Growth::Deny,
+    );
+    // A new conversation moves the first to the RAM tier.
+    run_one(&worker, ask(2, "What is two plus two?"), Growth::Deny);
+    // What a DropTier answers: the disk tier's complaints, then the figures.
+    let drop_tier = |spill| {
+        worker.send(&Request::DropTier { spill }).unwrap();
+        let mut errors = Vec::new();
+        loop {
+            match worker.recv().unwrap() {
+                Event::Error {
+                    id: None, message, ..
+                } => errors.push(message),
+                Event::Stats(stats) => return (errors, stats),
+                other => panic!("expected the tier's figures, got {other:?}"),
+            }
+        }
+    };
+    // Critical: the RAM tier goes, nothing is written.
+    let (errors, stats) = drop_tier(false);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        (stats.ram_cached_sequences, stats.disk_cached_sequences),
+        (0, 0)
+    );
+    assert!(kv_files(dir.path()).is_empty());
+    // Another one into the RAM tier, then warn: spilled, then dropped.
+    run_one(
+        &worker,
+        ask(3, "Which planet is closest to the sun?"),
+        Growth::Deny,
+    );
+    let (errors, stats) = drop_tier(true);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(stats.ram_cached_sequences, 0, "{stats:?}");
+    assert!(stats.disk_cached_sequences >= 1, "{stats:?}");
+    // Both written: the pool's and the RAM tier's.
+    assert_eq!(kv_files(dir.path()).len(), 2, "{:?}", kv_files(dir.path()));
+    // Warn frees an idle pool: its new conversation is written first.
+    run_one(
+        &worker,
+        ask(4, "Write one sentence about cats."),
+        Growth::Deny,
+    );
+    let (cells, ..) = resize(&worker, 0);
+    assert_eq!(cells, 0);
+    assert_eq!(kv_files(dir.path()).len(), 3, "{:?}", kv_files(dir.path()));
 }

@@ -427,10 +427,14 @@ impl Task {
                         });
                     }
                 }
-                Effect::DropTier { model, instance } => {
+                Effect::DropTier {
+                    model,
+                    instance,
+                    spill,
+                } => {
                     if let Some(host) = self.host(&model, instance) {
-                        tracing::info!(%model, "dropping the RAM tier's conversations");
-                        host.drop_tier();
+                        tracing::info!(%model, spill, "dropping the RAM tier's conversations");
+                        host.drop_tier(spill);
                     }
                 }
                 Effect::DenyGrowth {
