@@ -2,6 +2,7 @@
 //! (built llama.cpp tools).
 
 use anyhow::{ensure, Context, Result};
+use std::fs;
 use std::path::PathBuf;
 
 /// The default model's place in the store, under the data directory.
@@ -53,6 +54,41 @@ pub fn cache_dir() -> Result<PathBuf> {
         None => home_dir()?.join(".cache"),
     };
     Ok(base.join("locara").join("bench"))
+}
+
+/// A benchmark's working directory (its servers' logs and data
+/// directories): `<temp>/<name>-<pid>`, made empty at the start and removed
+/// when dropped unless `keep` is set then.
+pub struct WorkDir {
+    pub path: PathBuf,
+    pub keep: bool,
+    /// What it holds, for the line that says where it was kept.
+    what: &'static str,
+}
+
+impl WorkDir {
+    pub fn create(name: &str, what: &'static str, keep: bool) -> Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        if path.exists() {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(WorkDir { path, keep, what })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.keep {
+            crate::progress(&format!(
+                "the working directory ({}) is kept in {}",
+                self.what,
+                self.path.display()
+            ));
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 fn home_dir() -> Result<PathBuf> {

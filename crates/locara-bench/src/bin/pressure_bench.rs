@@ -44,7 +44,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use locara_bench::dirs::data_dir;
+use locara_bench::dirs::{data_dir, WorkDir};
 use locara_bench::http::{self, BaseUrl};
 use locara_bench::locara_server::Locara;
 use locara_bench::noise::CpuSnapshot;
@@ -210,38 +210,6 @@ fn as_probe(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// A working directory: the daemon's data directory and each run's log.
-/// Removed when dropped unless kept.
-struct WorkDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl WorkDir {
-    fn create(keep: bool) -> Result<WorkDir> {
-        let path =
-            std::env::temp_dir().join(format!("locara-pressure-bench-{}", std::process::id()));
-        if path.exists() {
-            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(WorkDir { path, keep })
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if self.keep {
-            progress(&format!(
-                "the working directory (daemon logs) is kept in {}",
-                self.path.display()
-            ));
-        } else {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 /// A child process of this program's (the hog, the probe); killed if it is
 /// still running when dropped.
 struct Helper {
@@ -335,7 +303,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     let plan = HogPlan::below_warn(usable, warn_fraction).map_err(|e| anyhow::anyhow!("{e}"))?;
     let hold = Duration::from_secs(cli.hold);
 
-    let mut work = WorkDir::create(cli.keep_work_dir)?;
+    let mut work = WorkDir::create("locara-pressure-bench", "daemon logs", cli.keep_work_dir)?;
     let mut home = work.path.clone();
     for (path, name) in &models {
         home = locara.prepare_home(&work.path, path, name)?;

@@ -68,7 +68,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use locara_bench::chat::{self, TURNS};
 use locara_bench::chat_report::{self, ChatReport, ChatTurn, FootprintGoal, Footprints};
-use locara_bench::dirs::{cache_dir, model_path};
+use locara_bench::dirs::{cache_dir, model_path, WorkDir};
 use locara_bench::http::{BaseUrl, StreamResult};
 use locara_bench::llama_server::{self, LlamaServer, ServeParams};
 use locara_bench::locara_server::{self, Locara};
@@ -566,37 +566,6 @@ fn engine_version(locara: Option<&Locara>, side: &mut Side) {
     }
 }
 
-/// A working directory of this run: server logs and Locara's data
-/// directory. Removed when dropped unless kept.
-struct WorkDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl WorkDir {
-    fn create(keep: bool) -> Result<WorkDir> {
-        let path = std::env::temp_dir().join(format!("locara-serve-bench-{}", std::process::id()));
-        if path.exists() {
-            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(WorkDir { path, keep })
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if self.keep {
-            progress(&format!(
-                "the working directory (server logs) is kept in {}",
-                self.path.display()
-            ));
-        } else {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 fn run(config: &Config) -> Result<ExitCode> {
     let llama = LlamaServer::locate(&config.llama_server)?;
     progress(&format!(
@@ -624,7 +593,7 @@ fn run(config: &Config) -> Result<ExitCode> {
     }
 
     // Declared first, dropped last: the servers end before their logs go.
-    let mut work = WorkDir::create(config.keep_work_dir)?;
+    let mut work = WorkDir::create("locara-serve-bench", "server logs", config.keep_work_dir)?;
     let result = measure_all(config, &llama, locara.as_ref(), &work.path);
     if result.is_err() {
         work.keep = true;
