@@ -48,6 +48,8 @@ mod watch;
 
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+mod unix;
 #[cfg(target_os = "linux")]
 use linux as os;
 #[cfg(target_os = "macos")]
