@@ -1701,8 +1701,6 @@ impl<'m> Engine<'m> {
         Ok(())
     }
 
-    /// Makes the pool `requested` cells (see [`pool::plan_resize`]): every
-    /// live sequence and the cached ones that fit move into a new context.
     /// Frees the whole pool of an idle worker; the model stays mapped.
     fn sleep(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
         let started = Instant::now();
@@ -1719,19 +1717,7 @@ impl<'m> Engine<'m> {
         give_back_freed_memory();
         self.asleep = Some(previous);
         self.pool_cells = 0;
-        write_frame(
-            out,
-            &Event::Resized {
-                cells: 0,
-                previous_cells: previous,
-                moved_sequences: 0,
-                moved_tokens: 0,
-                dropped_sequences: dropped,
-                state_bytes: 0,
-                ms: started.elapsed().as_secs_f64() * 1000.0,
-            },
-        )?;
-        Ok(())
+        resized_in_place(out, 0, previous, dropped, started)
     }
 
     /// Makes the pool again after [`Engine::sleep`], at the size it had.
@@ -1751,18 +1737,7 @@ impl<'m> Engine<'m> {
                 self.batch = LlamaBatch::new(ctx.n_batch() as usize, self.parallel as i32);
                 self.ctx = Some(ctx);
                 self.asleep = None;
-                write_frame(
-                    out,
-                    &Event::Resized {
-                        cells: self.pool_cells,
-                        previous_cells: 0,
-                        moved_sequences: 0,
-                        moved_tokens: 0,
-                        dropped_sequences: 0,
-                        state_bytes: 0,
-                        ms: started.elapsed().as_secs_f64() * 1000.0,
-                    },
-                )?;
+                resized_in_place(out, self.pool_cells, 0, 0, started)?;
                 Ok(true)
             }
             Err(e) => {
@@ -1781,43 +1756,22 @@ impl<'m> Engine<'m> {
         }
     }
 
+    /// Makes the pool `requested` cells (see [`pool::plan_resize`]): every
+    /// live sequence and the cached ones that fit move into a new context.
+    /// 0 frees an idle pool ([`Engine::sleep`]).
     fn resize(&mut self, requested: u32, out: &mut impl Write) -> Result<(), WorkerError> {
         if requested == 0 {
             // Only an idle pool is freed; a busy one stays as it is.
             return if self.slots.is_empty() && self.asleep.is_none() {
                 self.sleep(out)
             } else {
-                write_frame(
-                    out,
-                    &Event::Resized {
-                        cells: self.pool_cells,
-                        previous_cells: self.pool_cells,
-                        moved_sequences: 0,
-                        moved_tokens: 0,
-                        dropped_sequences: 0,
-                        state_bytes: 0,
-                        ms: 0.0,
-                    },
-                )?;
-                Ok(())
+                resized_in_place(out, self.pool_cells, self.pool_cells, 0, Instant::now())
             };
         }
         if let Some(cells) = self.asleep.as_mut() {
             // Asleep: the next request makes the pool at this size.
             *cells = requested;
-            write_frame(
-                out,
-                &Event::Resized {
-                    cells: 0,
-                    previous_cells: 0,
-                    moved_sequences: 0,
-                    moved_tokens: 0,
-                    dropped_sequences: 0,
-                    state_bytes: 0,
-                    ms: 0.0,
-                },
-            )?;
-            return Ok(());
+            return resized_in_place(out, 0, 0, 0, Instant::now());
         }
         let started = Instant::now();
         self.growth_pending = false;
@@ -2111,6 +2065,31 @@ fn set_seq_state(ctx: &mut LlamaContext, state: &[u8], seq: usize) -> bool {
     // this model, llama.cpp build, K/V type and cache layout and whose
     // sha256 matched.
     unsafe { ctx.state_seq_set_data_ext(state, seq as i32, LlamaStateSeqFlags::empty()) }
+}
+
+/// Tells the parent its pool is `cells` cells, from `previous`, with no
+/// sequence moved (`dropped` left out): a pool freed or made again, or a
+/// resize with nothing to do. `ms` from `started`.
+fn resized_in_place(
+    out: &mut impl Write,
+    cells: u32,
+    previous: u32,
+    dropped: u32,
+    started: Instant,
+) -> Result<(), WorkerError> {
+    write_frame(
+        out,
+        &Event::Resized {
+            cells,
+            previous_cells: previous,
+            moved_sequences: 0,
+            moved_tokens: 0,
+            dropped_sequences: dropped,
+            state_bytes: 0,
+            ms: started.elapsed().as_secs_f64() * 1000.0,
+        },
+    )?;
+    Ok(())
 }
 
 /// Returns the heap's free pages to the OS after a large release (the RAM
