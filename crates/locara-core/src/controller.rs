@@ -1098,7 +1098,7 @@ impl Controller {
         for u in self.governor.expire(now) {
             self.unloaded(u, out);
         }
-        self.shrink_idle_pools(self.pool_idle_shrink, now, out);
+        self.shrink_idle_pools(now, out);
         if let Some((_, Some(until))) = self.simulated {
             if until <= now {
                 self.simulated = None;
@@ -1334,17 +1334,18 @@ impl Controller {
         self.pending_frees.contains_key(&instance)
     }
 
-    /// Pools grown past their start whose model has been idle `after`: back
+    /// Pools grown past their start whose model has been idle the pool
+    /// idle time (`pool_idle_shrink`): back
     /// to the starting size (the worker keeps the most recent cached
     /// conversations that fit).
-    fn shrink_idle_pools(&mut self, after: Duration, now: Instant, out: &mut Vec<Effect>) {
+    fn shrink_idle_pools(&mut self, now: Instant, out: &mut Vec<Effect>) {
         for (name, m) in self.governor.models() {
             let Some(pool) = self.pools.get(&m.instance) else {
                 continue;
             };
             let idle = m.phase == Phase::Loaded
                 && m.active == 0
-                && now.saturating_duration_since(m.last_used) >= after;
+                && now.saturating_duration_since(m.last_used) >= self.pool_idle_shrink;
             let asked = self.shrunk.get(&m.instance) == Some(&m.last_used);
             if idle && !asked && pool.cells > pool.start_cells {
                 out.push(Effect::Resize {

@@ -563,12 +563,11 @@ fn app_keep_alive(
         return None;
     }
     let asked = params.keep_alive?;
-    let longer = match (asked, daemon) {
-        (_, KeepAlive::Forever) => false,
-        (KeepAlive::Forever, _) => true,
-        (KeepAlive::For(a), KeepAlive::For(d)) => a > d,
-        (KeepAlive::For(_), KeepAlive::UnloadWhenDone) => true,
-        (KeepAlive::UnloadWhenDone, _) => false,
+    // `idle_limit`: `None` is forever.
+    let longer = match (asked.idle_limit(), daemon.idle_limit()) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(a), Some(d)) => a > d,
     };
     if !longer {
         return None;
