@@ -25,6 +25,7 @@ pub mod ladder;
 pub mod load;
 pub mod manifest;
 pub mod text;
+pub mod threads;
 
 pub use bytes::Bytes;
 pub use estimate::{
