@@ -42,6 +42,7 @@
 
 use crate::bytes::Bytes;
 use crate::load::{KvType, LARGEST_CONTEXT, SMALLEST_CONTEXT};
+use crate::threads::Priority;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -80,6 +81,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "speculative",
     "requires",
     "max_concurrency",
+    "priority",
 ];
 
 /// Keys of one `[[models]]` table.
@@ -366,6 +368,10 @@ pub struct Manifest {
     pub requires: Requires,
     /// Requests of this app in flight at once (1 to 64; 1 when unsaid).
     pub max_concurrency: u32,
+    /// How its requests weigh against other work for the CPU
+    /// (`interactive` when unsaid): background requests run at lower CPU
+    /// priority and give way to interactive ones (`crate::threads`).
+    pub priority: Priority,
 }
 
 /// Models that are budgeted together: a speculative target and its draft run
@@ -484,6 +490,7 @@ pub struct ManifestDraft {
     pub speculative: Field<SpeculativeDraft>,
     pub requires: Field<RequiresDraft>,
     pub max_concurrency: Field<i64>,
+    pub priority: Field<String>,
 }
 
 /// A problem with a manifest. Each one names its field as a key path
@@ -547,6 +554,10 @@ pub enum ManifestError {
         "`max_concurrency` = {value} is out of range: it must be 1 to {MAX_CONCURRENCY} requests"
     )]
     ConcurrencyOutOfRange { value: i64 },
+    #[error(
+        "`priority` = {value:?} is not a priority: expected \"interactive\" (the default: someone waits for the answer) or \"background\" (lower CPU priority, gives way to interactive requests)"
+    )]
+    InvalidPriority { value: String },
     #[error("`{field}` = {reference:?} is not one of the models declared in [[models]]")]
     SpeculativeNotDeclared { field: String, reference: String },
     #[error(
@@ -610,6 +621,7 @@ impl ManifestError {
             ManifestError::DuplicateModel { .. } => "duplicate_model",
             ManifestError::MemoryOutOfRange { .. } => "memory_out_of_range",
             ManifestError::ConcurrencyOutOfRange { .. } => "concurrency_out_of_range",
+            ManifestError::InvalidPriority { .. } => "invalid_priority",
             ManifestError::SpeculativeNotDeclared { .. } => "speculative_not_declared",
             ManifestError::SpeculativeWrongRole { .. } => "speculative_wrong_role",
             ManifestError::SpeculativeSameModel { .. } => "speculative_same_model",
@@ -638,6 +650,7 @@ impl ManifestError {
             ManifestError::NoModels => "models",
             ManifestError::MemoryOutOfRange { .. } => "requires.memory_gb",
             ManifestError::ConcurrencyOutOfRange { .. } => "max_concurrency",
+            ManifestError::InvalidPriority { .. } => "priority",
             ManifestError::SpeculativeSameModel { .. } => "speculative.draft",
         }
     }
@@ -711,6 +724,9 @@ pub fn suggest_key(key: &str, allowed: &[&'static str]) -> Option<&'static str> 
         ("draft_model", "draft"),
         ("model_draft", "draft"),
         ("main", "target"),
+        ("nice", "priority"),
+        ("qos", "priority"),
+        ("cpu_priority", "priority"),
     ];
     let key = normalize_key(key);
     if let Some(exact) = allowed.iter().find(|a| **a == key) {
@@ -868,8 +884,21 @@ impl ManifestDraft {
                     _ => Err(Some(ManifestError::ConcurrencyOutOfRange { value: n })),
                 },
             );
+        let priority = optional(self.priority, Priority::default(), e, |value| {
+            value
+                .parse::<Priority>()
+                .map_err(|_| Some(ManifestError::InvalidPriority { value }))
+        });
 
-        match (id, name, version, speculative, requires, max_concurrency) {
+        match (
+            id,
+            name,
+            version,
+            speculative,
+            requires,
+            max_concurrency,
+            priority,
+        ) {
             (
                 Some(id),
                 Some(name),
@@ -877,6 +906,7 @@ impl ManifestDraft {
                 Some(speculative),
                 Some(requires),
                 Some(max_concurrency),
+                Some(priority),
             ) if errors.is_empty() && !models.is_empty() && models.iter().all(Option::is_some) => {
                 Ok(Manifest {
                     id,
@@ -886,6 +916,7 @@ impl ManifestDraft {
                     speculative,
                     requires,
                     max_concurrency,
+                    priority,
                 })
             }
             // Where no error of ours explains the refusal, a field was
@@ -1133,6 +1164,30 @@ mod tests {
         assert!(m.declares("big:7b"));
         assert!(!m.declares("other:1b"));
         assert!(m.model("small:0.5b", Role::Chat).is_none());
+    }
+
+    #[test]
+    fn priority_is_interactive_unless_background_is_asked() {
+        assert_eq!(draft().validate().unwrap().priority, Priority::Interactive);
+        let m = ManifestDraft {
+            priority: Field::Given("background".into()),
+            ..draft()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(m.priority, Priority::Background);
+        let err = only_error(ManifestDraft {
+            priority: Field::Given("low".into()),
+            ..draft()
+        });
+        assert_eq!(err.kind(), "invalid_priority");
+        assert_eq!(err.field(), "priority");
+        let msg = err.to_string();
+        assert!(msg.contains("\"low\""), "{msg}");
+        assert!(msg.contains("\"interactive\"") && msg.contains("\"background\""), "{msg}");
+        // Other runtimes' words for it find the key.
+        assert_eq!(suggest_key("nice", TOP_LEVEL_KEYS), Some("priority"));
+        assert_eq!(suggest_key("Priority", TOP_LEVEL_KEYS), Some("priority"));
     }
 
     #[test]
@@ -1568,7 +1623,7 @@ mod tests {
             allowed: TOP_LEVEL_KEYS,
         };
         assert!(without.to_string().ends_with(
-            "allowed here: id, name, version, models, speculative, requires, max_concurrency"
+            "allowed here: id, name, version, models, speculative, requires, max_concurrency, priority"
         ));
     }
 

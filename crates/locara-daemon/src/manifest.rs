@@ -259,6 +259,7 @@ impl Reader {
                 "speculative" => draft.speculative = self.speculative(&path, value),
                 "requires" => draft.requires = self.requires(&path, value),
                 "max_concurrency" => draft.max_concurrency = self.integer(&path, value),
+                "priority" => draft.priority = self.string(&path, value),
                 // `known_keys` gives only keys of TOP_LEVEL_KEYS, each handled
                 // above (the example-file test uses every one).
                 _ => {}
@@ -655,6 +656,7 @@ mod tests {
         assert_eq!(m.version, "1.4.0");
         assert_eq!(m.max_concurrency, 2);
         assert_eq!(m.requires.memory_gb, Some(8.0));
+        assert_eq!(m.priority, locara_core::threads::Priority::Interactive);
         assert_eq!(m.models.len(), 3);
         let chat = &m.models[0];
         assert_eq!(chat.reference, "qwen2.5:7b-instruct");
@@ -697,6 +699,7 @@ mod tests {
         assert!(!m.models[0].keep_loaded);
         assert_eq!(m.max_concurrency, 1);
         assert_eq!(m.requires.memory_gb, None);
+        assert_eq!(m.priority, locara_core::threads::Priority::Interactive);
         assert_eq!(m.speculative, None);
     }
 
@@ -719,7 +722,7 @@ mod tests {
         assert_eq!(line, Some(4));
         assert_eq!(
             msg,
-            "unknown key `description`; allowed here: id, name, version, models, speculative, requires, max_concurrency"
+            "unknown key `description`; allowed here: id, name, version, models, speculative, requires, max_concurrency, priority"
         );
 
         let (line, _, msg) = only_problem(&format!(
@@ -779,6 +782,25 @@ mod tests {
         ));
         assert_eq!((line, kind), (Some(8), "forbidden_key"));
         assert!(msg.starts_with("`requires.use_mlock`"), "{msg}");
+    }
+
+    #[test]
+    fn a_priority_is_read_and_checked_with_its_line() {
+        let m = parse_manifest(
+            &format!("{HEAD}priority = \"background\"\n[[models]]\nref = \"a\"\n"),
+            "a",
+        )
+        .unwrap();
+        assert_eq!(m.priority, locara_core::threads::Priority::Background);
+        let (line, kind, msg) = only_problem(&format!(
+            "{HEAD}priority = \"urgent\"\n[[models]]\nref = \"a\"\n"
+        ));
+        assert_eq!((line, kind), (Some(4), "invalid_priority"));
+        assert!(msg.starts_with("`priority` = \"urgent\" is not a priority"), "{msg}");
+        let (line, kind, msg) =
+            only_problem(&format!("{HEAD}priority = 1\n[[models]]\nref = \"a\"\n"));
+        assert_eq!((line, kind), (Some(4), "wrong_type"));
+        assert_eq!(msg, "`priority` must be a string, found an integer");
     }
 
     #[test]
