@@ -33,6 +33,7 @@ use crate::ladder::{
     RuntimeView, TokenCaps,
 };
 use crate::load::PoolSize;
+use crate::threads::{CpuBudget, Priority, Share};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -61,6 +62,8 @@ pub struct ControllerConfig {
     pub pool_idle_shrink: Duration,
     /// Models held unloaded (`unload --hold`), remembered across restarts.
     pub held: Vec<String>,
+    /// Performance cores the busy workers share (`crate::threads`).
+    pub cores: u32,
 }
 
 impl ControllerConfig {
@@ -72,6 +75,7 @@ impl ControllerConfig {
             ladder: LadderConfig::default(),
             pool_idle_shrink: POOL_IDLE_SHRINK,
             held: Vec::new(),
+            cores: 1,
         }
     }
 }
@@ -123,8 +127,13 @@ pub struct PoolFigures {
 pub enum Event {
     /// A request wants a model.
     Acquire(Request),
-    /// A request that had its model ended.
-    Release { model: String, instance: u64 },
+    /// A request that had its model ended (`priority`: the one it was
+    /// acquired with).
+    Release {
+        model: String,
+        instance: u64,
+        priority: Priority,
+    },
     /// A load finished: the worker runs, with a pool of `pool.start` cells
     /// that may grow to `pool.max`.
     Loaded {
@@ -419,6 +428,14 @@ pub enum Effect {
         instance: u64,
         why: String,
     },
+    /// The worker's threads per decode and their priority from now on
+    /// (`crate::threads`): a worker became busy or idle, or its priority
+    /// changed.
+    SetThreads {
+        model: String,
+        instance: u64,
+        share: Share,
+    },
     /// Token caps from now on.
     SetCaps(TokenCaps),
     Publish(AppEvent),
@@ -515,6 +532,8 @@ pub struct Controller {
     /// pool's growth is held to the budgets of the apps that declare its
     /// model.
     apps: BTreeMap<String, AppClaim>,
+    /// The cores the busy workers share, and what each was told.
+    cpu: CpuBudget,
 }
 
 impl Controller {
@@ -539,6 +558,7 @@ impl Controller {
             over_budget: BTreeSet::new(),
             pending_frees: HashMap::new(),
             apps: BTreeMap::new(),
+            cpu: CpuBudget::new(config.cores),
         })
     }
 
@@ -555,6 +575,12 @@ impl Controller {
     /// needs no estimate.
     pub fn holds(&self, model: &str) -> bool {
         self.governor.model(model).is_some()
+    }
+
+    /// The threads this load's worker computes with and their class, while
+    /// it is busy (`None`: idle, holding no threads).
+    pub fn threads(&self, instance: u64) -> Option<Share> {
+        self.cpu.share(instance)
     }
 
     /// The pool of this load of a model, once loaded.
@@ -663,7 +689,12 @@ impl Controller {
         let mut out = Vec::new();
         match event {
             Event::Acquire(request) => self.acquire(request, now, &mut out),
-            Event::Release { model, instance } => {
+            Event::Release {
+                model,
+                instance,
+                priority,
+            } => {
+                self.cpu.release(instance, priority);
                 if let Some(u) = self.governor.release(&model, instance, now) {
                     self.unloaded(u, &mut out);
                 }
@@ -680,9 +711,11 @@ impl Controller {
                 let waiting = self.waiting.remove(&instance).unwrap_or_default();
                 if !self.governor.loaded(instance, measured, now) {
                     // Unloaded while it loaded: its requests were answered then.
+                    self.cpu.forget(instance);
                     out.push(Effect::StopWorker { model, instance });
                     return out;
                 }
+                self.cpu.loaded(instance);
                 self.pools.insert(
                     instance,
                     PoolStatus {
@@ -704,6 +737,7 @@ impl Controller {
                 message,
             } => {
                 self.governor.load_failed(instance);
+                self.cpu.forget(instance);
                 for ticket in self.waiting.remove(&instance).unwrap_or_default() {
                     out.push(Effect::Deny {
                         ticket,
@@ -813,7 +847,27 @@ impl Controller {
                 }
             }
         }
+        self.reassign_threads(&mut out);
         out
+    }
+
+    /// Tells the workers whose share of the cores changed (one became busy
+    /// or idle, or its priority changed): see `crate::threads`.
+    fn reassign_threads(&mut self, out: &mut Vec<Effect>) {
+        for (instance, share) in self.cpu.changes() {
+            let model = self
+                .governor
+                .models()
+                .find(|(_, m)| m.instance == instance)
+                .map(|(name, _)| name.to_string());
+            if let Some(model) = model {
+                out.push(Effect::SetThreads {
+                    model,
+                    instance,
+                    share,
+                });
+            }
+        }
     }
 
     fn acquire(&mut self, request: Request, now: Instant, out: &mut Vec<Effect>) {
@@ -848,6 +902,7 @@ impl Controller {
         match self.governor.acquire(&wish, now) {
             Acquire::Ready => {
                 let instance = self.governor.model(&model).map_or(0, |m| m.instance);
+                self.cpu.place(instance, wish.priority);
                 out.push(Effect::Admit {
                     ticket,
                     model,
@@ -856,9 +911,11 @@ impl Controller {
             }
             Acquire::Wait => {
                 let instance = self.governor.model(&model).map_or(0, |m| m.instance);
+                self.cpu.place(instance, wish.priority);
                 self.waiting.entry(instance).or_default().push(ticket);
             }
             Acquire::Load(load) => {
+                self.cpu.place(load.instance, wish.priority);
                 self.waiting.insert(load.instance, vec![ticket]);
                 let pool = PoolSize::new(load.context, load.parallel);
                 out.push(Effect::Load { load, pool });
@@ -1067,6 +1124,7 @@ impl Controller {
         out: &mut Vec<Effect>,
     ) {
         self.draining.remove(&instance);
+        self.cpu.forget(instance);
         self.pending_frees.remove(&instance);
         self.pools.remove(&instance);
         self.shrunk.remove(&instance);
@@ -1266,6 +1324,9 @@ impl Controller {
     /// A model left the governor: its waiting requests are answered and
     /// its worker stops.
     fn unloaded(&mut self, u: Unload, out: &mut Vec<Effect>) {
+        // Its worker stops: what it computes now ends with it, so the
+        // others get the cores back at once.
+        self.cpu.forget(u.instance);
         for ticket in self.waiting.remove(&u.instance).unwrap_or_default() {
             out.push(Effect::Deny {
                 ticket,
@@ -1380,6 +1441,7 @@ mod tests {
     use super::*;
     use crate::governor::KeepAlive;
     use crate::manifest::Role;
+    use crate::threads::ThreadClass;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -1421,6 +1483,88 @@ mod tests {
                 .map(|(a, ms)| (a.to_string(), ms.iter().map(|m| m.to_string()).collect()))
                 .collect(),
         }
+    }
+
+    fn threads_of(effects: &[Effect]) -> Vec<(&str, u32, ThreadClass)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::SetThreads { model, share, .. } => {
+                    Some((model.as_str(), share.threads, share.class))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn release(model: &str, instance: u64, priority: Priority) -> Event {
+        Event::Release {
+            model: model.into(),
+            instance,
+            priority,
+        }
+    }
+
+    #[test]
+    fn busy_workers_share_the_cores_and_idle_ones_give_them_back() {
+        let mut c = Controller::new(ControllerConfig {
+            cores: 4,
+            ..ControllerConfig::new(100 * GB)
+        })
+        .unwrap();
+        let now = Instant::now();
+        let a = load_of(&c.handle(request(1, "a", GB, None), now)).instance;
+        // Started with every core, which is its share alone: nothing to say.
+        assert_eq!(threads_of(&c.handle(loaded("a", a), now)), vec![]);
+        assert_eq!(c.threads(a).map(|s| s.threads), Some(4));
+        let b = load_of(&c.handle(request(2, "b", GB, None), now)).instance;
+        // Both busy: half each.
+        assert_eq!(
+            threads_of(&c.handle(loaded("b", b), now)),
+            vec![
+                ("a", 2, ThreadClass::Interactive),
+                ("b", 2, ThreadClass::Interactive)
+            ]
+        );
+        // `a` idle: it holds nothing, and `b` gets every core.
+        assert_eq!(
+            threads_of(&c.handle(release("a", a, Priority::Interactive), now)),
+            vec![("b", 4, ThreadClass::Interactive)]
+        );
+        assert_eq!(c.threads(a), None);
+        // A background request on `a` yields to `b`'s interactive one.
+        let mut wish = Wish::new("a", vec![]);
+        wish.priority = Priority::Background;
+        let effects = c.handle(
+            Event::Acquire(Request {
+                ticket: 3,
+                wish,
+                app: None,
+            }),
+            now,
+        );
+        assert_eq!(threads_of(&effects), vec![("a", 1, ThreadClass::Yield)]);
+        // `b` done: the background work gets the cores, at background
+        // priority.
+        assert_eq!(
+            threads_of(&c.handle(release("b", b, Priority::Interactive), now)),
+            vec![("a", 4, ThreadClass::Background)]
+        );
+        // A worker that exits holds nothing, and a late release of it
+        // changes nothing.
+        c.handle(
+            Event::WorkerExited {
+                model: "a".into(),
+                instance: a,
+                expected: false,
+            },
+            now,
+        );
+        assert_eq!(c.threads(a), None);
+        assert_eq!(
+            threads_of(&c.handle(release("a", a, Priority::Background), now)),
+            vec![]
+        );
     }
 
     #[test]
@@ -1545,6 +1689,7 @@ mod tests {
             Event::Release {
                 model: "a".into(),
                 instance: l,
+                priority: Priority::Interactive,
             },
             t0,
         );
@@ -1628,6 +1773,7 @@ mod tests {
                 Event::Release {
                     model: model.into(),
                     instance: l,
+                    priority: Priority::Interactive,
                 },
                 now,
             );
@@ -1638,6 +1784,7 @@ mod tests {
             Event::Release {
                 model: "a".into(),
                 instance: c.governor().model("a").unwrap().instance,
+                priority: Priority::Interactive,
             },
             now,
         );
@@ -1734,6 +1881,7 @@ mod tests {
             Event::Release {
                 model: "a".into(),
                 instance: l,
+                priority: Priority::Interactive,
             },
             t0,
         );
@@ -1800,6 +1948,7 @@ mod tests {
             Event::Release {
                 model: "a".into(),
                 instance: l,
+                priority: Priority::Interactive,
             },
             t0,
         );
@@ -1951,6 +2100,16 @@ mod tests {
 
     /// The daemon's side, as the task keeps it: leases, loads in flight,
     /// workers asked to stop.
+    /// The first model's requests are background work, the others'
+    /// interactive.
+    fn priority_of(model: &str) -> Priority {
+        if model == MODELS[0].0 {
+            Priority::Background
+        } else {
+            Priority::Interactive
+        }
+    }
+
     #[derive(Default)]
     struct World {
         leases: Vec<(String, u64)>,
@@ -2135,6 +2294,41 @@ mod tests {
                     _ => {}
                 }
             }
+            self.check_threads(c)
+        }
+
+        /// The CPU budget: every busy running worker has a share, idle
+        /// ones none; the ones competing for the cores hold them and no
+        /// more (one each past that); only background work yields, while
+        /// interactive work runs.
+        fn check_threads(&self, c: &Controller) -> Result<(), TestCaseError> {
+            let cores = 4;
+            let mut competing = Vec::new();
+            let mut interactive_busy = false;
+            let mut yielding = false;
+            for (name, m) in c.governor().models() {
+                let share = c.threads(m.instance);
+                let running_busy = m.phase == Phase::Loaded && m.active > 0;
+                prop_assert_eq!(share.is_some(), running_busy, "{} {:?}", name, share);
+                let Some(share) = share else { continue };
+                prop_assert!(share.threads >= 1);
+                match share.class {
+                    ThreadClass::Yield => {
+                        prop_assert_eq!(priority_of(name), Priority::Background);
+                        prop_assert_eq!(share.threads, 1);
+                        yielding = true;
+                    }
+                    class => {
+                        interactive_busy |= class == ThreadClass::Interactive;
+                        competing.push(share.threads);
+                    }
+                }
+            }
+            prop_assert!(!yielding || interactive_busy);
+            let n = competing.len() as u32;
+            if n > 0 {
+                prop_assert_eq!(competing.iter().sum::<u32>(), cores.max(n), "{:?}", competing);
+            }
             Ok(())
         }
     }
@@ -2149,6 +2343,7 @@ mod tests {
         fn the_controller_keeps_its_promises(ops in proptest::collection::vec(op(), 1..80)) {
             let mut config = ControllerConfig::new(16 * GB);
             config.policy.keep_alive = KeepAlive::For(Duration::from_secs(300));
+            config.cores = 4;
             let mut c = Controller::new(config).unwrap();
             let mut w = World::default();
             let mut now = Instant::now();
@@ -2159,6 +2354,7 @@ mod tests {
                         let held = c.holds(name);
                         let mut wish = Wish::new(name, if held { Vec::new() } else { vec![(8192, bytes), (4096, bytes * 3 / 4)] });
                         wish.parallel = 2;
+                        wish.priority = priority_of(name);
                         if pin {
                             wish.keep_alive = Some(KeepAlive::Forever);
                         }
@@ -2169,7 +2365,12 @@ mod tests {
                     }
                     Op::Release(i) if !w.leases.is_empty() => {
                         let (model, instance) = w.leases.remove(i % w.leases.len());
-                        Event::Release { model, instance }
+                        let priority = priority_of(&model);
+                        Event::Release {
+                            model,
+                            instance,
+                            priority,
+                        }
                     }
                     Op::FinishLoad { index, fail } if !w.loading.is_empty() => {
                         let (model, instance) = w.loading.remove(index % w.loading.len());

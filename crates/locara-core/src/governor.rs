@@ -37,6 +37,7 @@
 
 use crate::load::DOWNSHIFT_FLOOR;
 use crate::manifest::Role;
+use crate::threads::Priority;
 use crate::text::shorten;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -355,6 +356,8 @@ pub struct Wish {
     pub keep_alive: Option<KeepAlive>,
     /// What the model is for, when this wish loads it.
     pub role: Role,
+    /// How the request weighs for the CPU (its app's manifest says).
+    pub priority: Priority,
 }
 
 impl Wish {
@@ -366,6 +369,7 @@ impl Wish {
             parallel: 1,
             keep_alive: None,
             role: Role::Chat,
+            priority: Priority::Interactive,
         }
     }
 }
@@ -853,6 +857,7 @@ impl Governor {
             parallel: m.parallel,
             keep_alive: None,
             role: m.role,
+            priority: Priority::Interactive,
         };
         // Admission sees this model as not held: take it out for the check.
         let me = self.models.remove(model).expect("found above");
