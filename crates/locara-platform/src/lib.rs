@@ -209,6 +209,20 @@ pub fn performance_cores() -> u32 {
     os::performance_cores().unwrap_or(logical).clamp(1, logical)
 }
 
+/// Sets the calling thread's CPU priority for work of `class`: Linux
+/// `SCHED_OTHER`, `SCHED_BATCH` with nice 10, or `SCHED_IDLE`; macOS QoS
+/// user-initiated, utility or background. Threads the caller creates after
+/// this start with it (ggml's worker threads are created per graph by the
+/// thread that decodes).
+///
+/// On Linux an unprivileged thread cannot take back a raised nice value or
+/// leave `SCHED_IDLE`, so lower classes are for threads made for the work
+/// (the engine worker decodes background batches on a thread of their own);
+/// asking a thread for `Interactive` after that fails with the OS's error.
+pub fn set_thread_class(class: locara_core::threads::ThreadClass) -> Result<(), PlatformError> {
+    os::set_thread_class(class)
+}
+
 /// Physical memory of the machine in bytes (or of the memory-limited cgroup
 /// the process runs in, on Linux, when that is smaller).
 pub fn physical_memory() -> Result<u64, PlatformError> {

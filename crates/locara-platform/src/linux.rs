@@ -2,8 +2,9 @@
 //!
 //! The parsers are pure functions over the files' text, tested on recorded
 //! samples; the readers around them are thin. The `unsafe` calls are
-//! `sched_getaffinity`/`sysconf`, the `poll()` of the pressure thread and
-//! `statvfs` (free disk space).
+//! `sched_getaffinity`/`sysconf`, the `poll()` of the pressure thread,
+//! `statvfs` (free disk space) and a thread's scheduling policy and nice
+//! value (`sched_setscheduler`, `setpriority`).
 
 pub(crate) use crate::unix::disk_space;
 use crate::{
@@ -12,6 +13,7 @@ use crate::{
     ProcessFootprint, ProgramProcess, Psi, PsiAverages, PsiTriggerSpec, SystemSnapshot,
     ThermalState, Thresholds,
 };
+use locara_core::threads::ThreadClass;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, PipeReader, Write};
@@ -1008,6 +1010,52 @@ pub(crate) fn processes_of(exe: &Path) -> Result<Vec<ProgramProcess>, PlatformEr
     Ok(found)
 }
 
+// ---------------------------------------------------------------- thread priority
+
+/// Nice value of background work: below the user's programs (0) without
+/// starving it when they are busy (nice 19 gets about 1.5 % of a core
+/// beside one normal thread; nice 10 about 10 %, by the kernel's weight
+/// table, `sched_prio_to_weight`).
+const BACKGROUND_NICE: libc::c_int = 10;
+
+pub(crate) fn set_thread_class(class: ThreadClass) -> Result<(), PlatformError> {
+    let policy = match class {
+        ThreadClass::Interactive => libc::SCHED_OTHER,
+        ThreadClass::Background => libc::SCHED_BATCH,
+        ThreadClass::Yield => libc::SCHED_IDLE,
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread (Linux schedules threads, not
+    // processes); `param` is a valid sched_param for the call's duration.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(PlatformError::Io {
+            what: format!("setting this thread's scheduling policy to {class}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    if class == ThreadClass::Background {
+        // SAFETY: `gettid` has no preconditions.
+        let tid = unsafe { libc::gettid() } as libc::id_t;
+        // On Linux the nice value is per thread, and PRIO_PROCESS with a
+        // thread id sets that thread's. An unprivileged thread may raise
+        // its nice value but never lower it, so this never goes below what
+        // the thread has.
+        // SAFETY: plain syscalls on our own thread id; getpriority returns
+        // -1 both as a value and for errors, which only matters for
+        // reading an error as nice -1 (then 10 is still a raise).
+        let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+        let nice = now.max(BACKGROUND_NICE);
+        // SAFETY: as above.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            return Err(PlatformError::Io {
+                what: format!("setting this thread's nice value to {nice}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- activity
 
 /// No-op: see [`crate::ActivityGuard`].
@@ -1026,6 +1074,46 @@ impl Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This thread's scheduling policy and nice value.
+    fn thread_priority() -> (libc::c_int, libc::c_int) {
+        // SAFETY: queries of the calling thread (pid 0, its own tid).
+        unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            (
+                libc::sched_getscheduler(0),
+                libc::getpriority(libc::PRIO_PROCESS, tid),
+            )
+        }
+    }
+
+    #[test]
+    fn background_and_yield_lower_the_thread_and_the_threads_it_starts() {
+        let main_before = thread_priority();
+        std::thread::spawn(|| {
+            set_thread_class(ThreadClass::Background).unwrap();
+            let (policy, nice) = thread_priority();
+            assert_eq!(policy, libc::SCHED_BATCH);
+            assert!(nice >= BACKGROUND_NICE, "nice {nice}");
+            // ggml's workers are started by the decoding thread: they
+            // inherit both.
+            let child = std::thread::spawn(thread_priority).join().unwrap();
+            assert_eq!(child, (policy, nice));
+            // Back to the normal policy (the nice value stays raised).
+            set_thread_class(ThreadClass::Interactive).unwrap();
+            assert_eq!(thread_priority().0, libc::SCHED_OTHER);
+        })
+        .join()
+        .unwrap();
+        std::thread::spawn(|| {
+            set_thread_class(ThreadClass::Yield).unwrap();
+            assert_eq!(thread_priority().0, libc::SCHED_IDLE);
+        })
+        .join()
+        .unwrap();
+        // Only the threads that asked.
+        assert_eq!(thread_priority(), main_before);
+    }
     use crate::{PressureLevel, PressureSource, SystemProbe};
 
     const SMAPS: &str = "55d0c6a2d000-7ffc3b9f9000 ---p 00000000 00:00 0    [rollup]

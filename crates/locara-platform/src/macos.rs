@@ -14,6 +14,7 @@ use crate::{
     PowerState, PressureConfig, PressureEvent, PressureLevel, PressureSample, PressureWatch,
     ProcessFootprint, ProgramProcess, SystemSnapshot, ThermalState, Thresholds, Tier,
 };
+use locara_core::threads::ThreadClass;
 use dispatch2::{
     dispatch_source_memorypressure_flags_t as Flags, DispatchObject, DispatchQoS, DispatchQueue,
     DispatchRetained, DispatchSource, GlobalQueueIdentifier,
@@ -516,6 +517,31 @@ pub(crate) fn processes_of(exe: &Path) -> Result<Vec<ProgramProcess>, PlatformEr
 }
 
 // ---------------------------------------------------------------- activity
+
+// ---------------------------------------------------------------- thread priority
+
+pub(crate) fn set_thread_class(class: ThreadClass) -> Result<(), PlatformError> {
+    // Apple's QoS classes: user-initiated for work someone waits on;
+    // utility for long work the user knows of but does not watch; and
+    // background, which the scheduler keeps to the efficiency cores and
+    // runs last. A thread may move its own QoS either way, and threads it
+    // creates (ggml's workers) start at its class.
+    let qos = match class {
+        ThreadClass::Interactive => libc::qos_class_t::QOS_CLASS_USER_INITIATED,
+        ThreadClass::Background => libc::qos_class_t::QOS_CLASS_UTILITY,
+        ThreadClass::Yield => libc::qos_class_t::QOS_CLASS_BACKGROUND,
+    };
+    // SAFETY: sets the calling thread's own QoS; relative priority 0 is in
+    // the allowed range (QOS_MIN_RELATIVE_PRIORITY..=0).
+    let ret = unsafe { libc::pthread_set_qos_class_self_np(qos, 0) };
+    if ret != 0 {
+        return Err(PlatformError::Io {
+            what: format!("setting this thread's QoS class for {class} work"),
+            source: std::io::Error::from_raw_os_error(ret),
+        });
+    }
+    Ok(())
+}
 
 /// An `NSProcessInfo` activity, ended on drop.
 pub(crate) struct Activity {

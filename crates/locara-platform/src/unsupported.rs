@@ -41,6 +41,12 @@ pub(crate) fn check_supported() -> Result<(), PlatformError> {
     ))
 }
 
+pub(crate) fn set_thread_class(
+    _class: locara_core::threads::ThreadClass,
+) -> Result<(), PlatformError> {
+    Err(PlatformError::Unsupported("thread priority"))
+}
+
 pub(crate) fn disk_space(_path: &Path) -> Result<crate::DiskSpace, PlatformError> {
     Err(PlatformError::Unsupported("disk space"))
 }
