@@ -245,6 +245,15 @@ impl WorkerHost {
         let _ = self.worker.send(&Request::DropTier { spill });
     }
 
+    /// Tells the worker its share of the cores: threads per decode and
+    /// their CPU priority, from its next decode on.
+    pub fn set_threads(&self, share: locara_core::threads::Share) {
+        let _ = self.worker.send(&Request::SetThreads {
+            threads: share.threads,
+            class: share.class,
+        });
+    }
+
     /// Asks for the worker's figures; they come back as
     /// [`PoolNews::Stats`].
     pub fn request_stats(&self) {
@@ -608,7 +617,7 @@ mod tests {
         for ev in news.iter().cloned().chain([
             // Asked for by nobody once loaded: heard by nobody.
             Event::Ready {
-                protocol: 2,
+                protocol: locara_engine::protocol::PROTOCOL_VERSION,
                 engine: "fake".into(),
             },
         ]) {

@@ -39,6 +39,7 @@ use futures_util::stream::{self, Stream};
 use locara_core::controller::AppClaim;
 use locara_core::governor::KeepAlive;
 use locara_core::manifest::Role;
+use locara_core::threads::Priority;
 use locara_engine::protocol::{FinishReason, GenerationStats, Prompt};
 use serde::Deserialize;
 use std::convert::Infallible;
@@ -431,7 +432,16 @@ async fn serve_generation(
     app_context(caller, &model, &mut params)?;
     let capped = app_keep_alive(caller, &model, &mut params, state.runtime.keep_alive());
     let place = app_place(&state, caller).await?;
-    let terms = AppTerms { app, role, place };
+    let priority = match caller {
+        Caller::App(manifest) => manifest.priority,
+        Caller::Admin => Priority::Interactive,
+    };
+    let terms = AppTerms {
+        app,
+        role,
+        place,
+        priority,
+    };
     let mut response = generate(state, model, prompt, params, endpoint, terms).await?;
     if let Some(note) = capped.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
         response.headers_mut().insert(KEEP_ALIVE_HEADER, note);
@@ -484,6 +494,8 @@ struct AppTerms {
     role: Role,
     /// Its place among its `max_concurrency` (`None` for the admin).
     place: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// How its requests weigh for the CPU (interactive for the admin).
+    priority: Priority,
 }
 
 /// One of the calling app's `max_concurrency` places for a generation,
@@ -697,7 +709,12 @@ async fn generate(
     endpoint: Endpoint,
     terms: AppTerms,
 ) -> Result<Response, ApiError> {
-    let AppTerms { app, role, place } = terms;
+    let AppTerms {
+        app,
+        role,
+        place,
+        priority,
+    } = terms;
     let in_flight = InFlight::enter(&state)?;
     let started = Instant::now();
     let lease = state
@@ -708,6 +725,7 @@ async fn generate(
             keep_alive: params.keep_alive,
             role,
             app,
+            priority,
         })
         .await?;
     let context = lease.host.info.context;

@@ -10,6 +10,7 @@ use locara_core::controller::{Controller, ControllerConfig, Effect, Event, Recor
 use locara_core::governor::{KeepAlive, Measured, Wish};
 use locara_core::ladder::PressureLevel;
 use locara_core::PoolSize;
+use locara_core::threads::Priority;
 use locara_platform::{LevelDeriver, PressureConfig, PressureSample};
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,7 @@ fn the_64_gb_incident_reaches_warn_then_critical_and_sheds_in_order() {
             Event::Release {
                 model: name.into(),
                 instance,
+                priority: Priority::Interactive,
             },
             at(0),
         );
@@ -173,6 +175,7 @@ fn the_64_gb_incident_reaches_warn_then_critical_and_sheds_in_order() {
                 Event::Release {
                     model: "big:35b".into(),
                     instance: big,
+                    priority: Priority::Interactive,
                 },
                 155,
             );

@@ -11,7 +11,8 @@
 //! * [`pool`]: the K/V pool's decisions (which sequence a request reuses,
 //!   what a context shift drops, what a resize keeps), as plain functions;
 //! * [`disk`]: the disk tier's files (format, checks, index, room);
-//! * `worker` (feature `llama`): the worker itself, over `llama-cpp-2`.
+//! * `worker` (feature `llama`): the worker itself, over `llama-cpp-2`;
+//!   `cpu` its threads per decode and their CPU priority.
 //!
 //! ```no_run
 //! use locara_engine::client::{Worker, WorkerCommand};
@@ -42,6 +43,8 @@
 //! ```
 
 pub mod client;
+#[cfg(feature = "llama")]
+mod cpu;
 pub mod disk;
 pub mod pool;
 pub mod protocol;

@@ -119,7 +119,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 /// Version of this protocol; see the module docs.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame either side accepts, in bytes. A prompt of the longest
 /// context we load (128k tokens) is well under 4 MiB of text; 64 MiB leaves
@@ -157,6 +157,14 @@ pub enum Request {
         /// Write them to the disk tier first (warn); critical drops them
         /// without the writing.
         spill: bool,
+    },
+    /// Compute with `threads` threads per decode, at the CPU priority of
+    /// `class`, from the next decode on (the daemon's share of the cores
+    /// for this worker: `locara_core::threads`). Nothing answers it;
+    /// [`WorkerStats::threads`] and [`WorkerStats::thread_class`] show it.
+    SetThreads {
+        threads: u32,
+        class: locara_core::threads::ThreadClass,
     },
     /// Unload and exit.
     Exit,
@@ -582,6 +590,12 @@ pub struct WorkerStats {
     /// llama.cpp build, another K/V type, damaged).
     #[serde(default)]
     pub disk_rejected_total: u64,
+    /// Threads per decode now (the load's, or the last `SetThreads`).
+    #[serde(default)]
+    pub threads: u32,
+    /// The CPU priority its decodes run at now.
+    #[serde(default)]
+    pub thread_class: locara_core::threads::ThreadClass,
 }
 
 /// Stable machine names of worker errors.
@@ -783,6 +797,14 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Resize { cells: 512 }).unwrap(),
             r#"{"type":"resize","cells":512}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::SetThreads {
+                threads: 3,
+                class: locara_core::threads::ThreadClass::Yield
+            })
+            .unwrap(),
+            r#"{"type":"set_threads","threads":3,"class":"yield"}"#
         );
         assert_eq!(
             serde_json::to_string(&Request::DenyGrowth).unwrap(),

@@ -37,6 +37,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel, RopeTy
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
+use locara_core::threads::ThreadClass;
 use locara_core::{KvType, LoadDefaults};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -78,6 +79,11 @@ pub fn run() -> Result<(), WorkerError> {
     if std::env::var_os("LOCARA_ENGINE_LOG").is_none() {
         backend.void_logs();
     }
+    // Decodes of interactive work run on this thread (macOS: QoS
+    // user-initiated; on Linux this is the normal policy it has anyway).
+    if let Err(e) = locara_platform::set_thread_class(ThreadClass::Interactive) {
+        eprintln!("locara engine: {e}");
+    }
     write_frame(
         &mut out,
         &Event::Ready {
@@ -113,7 +119,9 @@ pub fn run() -> Result<(), WorkerError> {
                 ErrorKind::BadRequest,
                 "no model is loaded, so there is no K/V pool to resize",
             )?,
-            Request::Cancel { .. } => {}
+            // Threads matter from the first decode, after a load (which
+            // brings its own count).
+            Request::Cancel { .. } | Request::SetThreads { .. } => {}
         }
     }
 }
@@ -372,6 +380,7 @@ fn serve_model(
         disk_restores: 0,
         disk_rejected: 0,
         disk_growth: None,
+        class: ThreadClass::Interactive,
     };
     engine.open_disk_tier(&load, out)?;
     let served = engine.serve(rx, out);
@@ -587,6 +596,9 @@ struct Engine<'m> {
     /// The request waiting for the pool to grow so that a stored
     /// conversation it continues can be restored from the disk tier.
     disk_growth: Option<u64>,
+    /// The CPU priority decodes run at (the daemon's `SetThreads`); the
+    /// thread count is `shape.threads`.
+    class: ThreadClass,
 }
 
 enum Control {
@@ -668,6 +680,7 @@ impl<'m> Engine<'m> {
                 write_frame(out, &Event::Stats(self.stats()))?
             }
             Request::DenyGrowth => self.deny_growth(out)?,
+            Request::SetThreads { threads, class } => self.set_threads(threads, class, out)?,
             Request::Load(_) => error(
                 out,
                 None,
@@ -712,7 +725,28 @@ impl<'m> Engine<'m> {
             disk_cache_bytes: self.disk.as_ref().map_or(0, |d| d.bytes()),
             disk_restores_total: self.disk_restores,
             disk_rejected_total: self.disk_rejected,
+            threads: u32::try_from(self.shape.threads).unwrap_or(0),
+            thread_class: self.class,
         }
+    }
+
+    /// The daemon's share of the cores for this worker, from the next
+    /// decode on; a new context (a resize) is made with it too.
+    fn set_threads(
+        &mut self,
+        threads: u32,
+        class: ThreadClass,
+        out: &mut impl Write,
+    ) -> Result<(), WorkerError> {
+        let threads = i32::try_from(threads.max(1)).unwrap_or(i32::MAX);
+        self.class = class;
+        self.shape.threads = threads;
+        if let Some(ctx) = self.ctx.as_mut() {
+            if let Err(e) = crate::cpu::set_threads(ctx, threads) {
+                error(out, None, ErrorKind::BadRequest, e.to_string())?;
+            }
+        }
+        Ok(())
     }
 
     fn sequence_infos(&mut self) -> Vec<SequenceInfo> {
@@ -1541,11 +1575,11 @@ impl<'m> Engine<'m> {
                 Ok(false)
             };
         }
-        let decoded = self
-            .ctx
-            .as_mut()
-            .expect("the pool exists outside a resize")
-            .decode(&mut self.batch);
+        let decoded = crate::cpu::decode(
+            self.ctx.as_mut().expect("the pool exists outside a resize"),
+            &mut self.batch,
+            self.class,
+        );
         if let Err(e) = decoded {
             // Every generation in the batch is lost; tell each of them.
             let lost: Vec<(u64, usize)> = self.slots.drain(..).map(|s| (s.id, s.seq)).collect();

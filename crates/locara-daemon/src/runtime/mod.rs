@@ -19,6 +19,7 @@ use crate::store::Store;
 use locara_core::controller::{AppClaim, Denial};
 use locara_core::governor::{KeepAlive, Measured, Refusal};
 use locara_core::ladder::{LadderConfig, PressureLevel, Role, TokenCaps};
+use locara_core::threads::Priority;
 use locara_core::Backend;
 use locara_platform::MemoryProbe;
 use std::sync::Arc;
@@ -41,7 +42,8 @@ pub struct Settings {
     pub engine: Arc<dyn Engine>,
     /// The time, for every decision.
     pub clock: Arc<dyn Clock>,
-    /// CPU threads per worker.
+    /// Performance cores the busy workers share (`locara_core::threads`);
+    /// a worker starts with all of them.
     pub threads: u32,
     /// The memory layout llama.cpp will use here, for estimates.
     pub backend: Backend,
@@ -132,6 +134,9 @@ pub struct ModelWish {
     /// The calling app, held to its budget in the same step as admission;
     /// `None` for the admin and tokenless callers.
     pub app: Option<AppClaim>,
+    /// How the request weighs for the CPU (the calling app's manifest
+    /// says; interactive otherwise).
+    pub priority: Priority,
 }
 
 /// A request's hold on a loaded model. Dropping it ends the hold.
@@ -139,6 +144,8 @@ pub struct Lease {
     pub host: Arc<WorkerHost>,
     pub model: String,
     pub instance: u64,
+    /// The request's priority, which its release gives back.
+    priority: Priority,
     tx: mpsc::UnboundedSender<Command>,
 }
 
@@ -147,11 +154,36 @@ impl Drop for Lease {
         let _ = self.tx.send(Command::Release {
             model: std::mem::take(&mut self.model),
             instance: self.instance,
+            priority: self.priority,
         });
     }
 }
 
-type Reply = oneshot::Sender<Result<Lease, RuntimeError>>;
+/// Where a request's answer goes, with the priority its lease carries: the
+/// lease takes it before it is sent, so a requester that left meanwhile
+/// (the lease dropped undelivered) still releases what it held.
+struct Reply {
+    tx: oneshot::Sender<Result<Lease, RuntimeError>>,
+    priority: Priority,
+}
+
+impl Reply {
+    fn new(priority: Priority) -> (Reply, oneshot::Receiver<Result<Lease, RuntimeError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Reply { tx, priority }, rx)
+    }
+
+    fn send(
+        self,
+        answer: Result<Lease, RuntimeError>,
+    ) -> Result<(), Result<Lease, RuntimeError>> {
+        let answer = answer.map(|mut lease| {
+            lease.priority = self.priority;
+            lease
+        });
+        self.tx.send(answer)
+    }
+}
 
 enum Command {
     Acquire {
@@ -172,6 +204,7 @@ enum Command {
     Release {
         model: String,
         instance: u64,
+        priority: Priority,
     },
     LoadDone {
         model: String,
@@ -302,7 +335,7 @@ impl Runtime {
     /// Waits until the model is loaded (loading it if needed) and a place
     /// in it is held.
     pub async fn acquire(&self, wish: ModelWish) -> Result<Lease, RuntimeError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = Reply::new(wish.priority);
         self.tx
             .send(Command::Acquire { wish, reply })
             .map_err(|_| RuntimeError::Stopped)?;

@@ -96,6 +96,7 @@ impl Task {
                 .as_deref()
                 .map(read_holds)
                 .unwrap_or_default(),
+            cores: settings.threads,
         };
         // The ladder's settings were validated with the config; a bad set
         // falls back to the defaults rather than running without a ladder.
@@ -204,7 +205,15 @@ impl Task {
                     self.measure();
                 }
             }
-            Command::Release { model, instance } => self.handle(Event::Release { model, instance }),
+            Command::Release {
+                model,
+                instance,
+                priority,
+            } => self.handle(Event::Release {
+                model,
+                instance,
+                priority,
+            }),
             Command::LoadDone {
                 model,
                 instance,
@@ -451,6 +460,11 @@ impl Task {
                         host.deny_growth();
                     }
                 }
+                Effect::SetThreads {
+                    model,
+                    instance,
+                    share,
+                } => self.set_threads(&model, instance, share),
                 Effect::SetCaps(caps) => {
                     self.caps.send_replace(caps);
                 }
@@ -556,6 +570,7 @@ impl Task {
                 parallel: self.settings.config.parallel,
                 keep_alive: wish.keep_alive,
                 role: wish.role,
+                priority: wish.priority,
             },
             app: wish.app,
         };
@@ -652,6 +667,8 @@ impl Task {
                 host,
                 model: model.to_string(),
                 instance,
+                // The reply gives it the request's (`Reply::send`).
+                priority: Default::default(),
                 tx: self.tx.clone(),
             }),
             None => Err(RuntimeError::UnloadedWhileLoading {
@@ -928,6 +945,14 @@ impl Task {
             }
             // The host passes pool news only.
             _ => {}
+        }
+    }
+
+    /// Tells a worker its share of the cores (`locara_core::threads`).
+    fn set_threads(&self, model: &str, instance: u64, share: locara_core::threads::Share) {
+        if let Some(host) = self.host(model, instance) {
+            tracing::debug!(%model, threads = share.threads, class = %share.class, "CPU share");
+            host.set_threads(share);
         }
     }
 

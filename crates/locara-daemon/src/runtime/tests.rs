@@ -211,7 +211,7 @@ impl std::task::Wake for AskAgainOnWake {
             return;
         };
         drop(lock(&self.lease).take());
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = Reply::new(Priority::Interactive);
         let _ = self.runtime.tx.send(Command::Acquire {
             wish: wish("a:1"),
             reply,
@@ -313,4 +313,66 @@ async fn the_daemon_keeps_the_machine_awake_only_while_a_request_holds_a_model()
     drop(lease);
     // The release reaches the task before the next status.
     assert!(!s.runtime.status().await.unwrap().keeping_awake);
+}
+
+/// The `SetThreads` a fake worker was sent, in order.
+fn thread_orders(engine: &FakeEngine, n: usize) -> Vec<(u32, locara_core::threads::ThreadClass)> {
+    engine
+        .worker(n)
+        .requests()
+        .into_iter()
+        .filter_map(|r| match r {
+            locara_engine::protocol::Request::SetThreads { threads, class } => {
+                Some((threads, class))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn workers_are_told_their_share_of_the_cores_as_they_become_busy_or_idle() {
+    use locara_core::threads::ThreadClass::{Interactive, Yield};
+    let home = tempfile::tempdir().unwrap();
+    let engine = FakeEngine::new(3);
+    let mut settings = crate::testing::synthetic_settings(
+        home.path(),
+        &["a:1", "b:1"],
+        Arc::clone(&engine),
+        RawServeConfig::default(),
+        1 << 40,
+    );
+    settings.threads = 2;
+    let rt = Runtime::start(settings, Arc::new(Metrics::new()));
+    // Alone, `a` keeps the two threads it started with.
+    let a = rt.acquire(wish("a:1")).await.unwrap();
+    let b = rt.acquire(wish("b:1")).await.unwrap();
+    // Both busy: one core each.
+    assert_eq!(thread_orders(&engine, 0), vec![(1, Interactive)]);
+    assert_eq!(thread_orders(&engine, 1), vec![(1, Interactive)]);
+    // `a` done: `b` gets both; `a` is told nothing (it holds none).
+    drop(a);
+    rt.status().await.unwrap();
+    assert_eq!(thread_orders(&engine, 1), vec![(1, Interactive), (2, Interactive)]);
+    assert_eq!(thread_orders(&engine, 0), vec![(1, Interactive)]);
+    // Background work on `a` yields to `b`'s interactive request, and the
+    // release of its lease gives back a background place.
+    let background = rt
+        .acquire(ModelWish {
+            priority: Priority::Background,
+            ..wish("a:1")
+        })
+        .await
+        .unwrap();
+    assert_eq!(thread_orders(&engine, 0), vec![(1, Interactive), (1, Yield)]);
+    drop(b);
+    rt.status().await.unwrap();
+    assert_eq!(
+        thread_orders(&engine, 0).last(),
+        Some(&(2, locara_core::threads::ThreadClass::Background))
+    );
+    drop(background);
+    let again = rt.acquire(wish("a:1")).await.unwrap();
+    assert_eq!(thread_orders(&engine, 0).last(), Some(&(2, Interactive)));
+    drop(again);
 }
