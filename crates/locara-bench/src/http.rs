@@ -14,6 +14,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most bytes of an error body quoted in a message.
@@ -118,6 +119,18 @@ pub fn get(base: &BaseUrl, path: &str, timeout: Duration) -> Result<(u16, String
 /// included). The clock starts when the request's last byte is written:
 /// connecting is not part of the time to first token.
 pub fn stream_chat(base: &BaseUrl, body: &[u8], timeout: Duration) -> Result<StreamResult> {
+    stream_chat_until(base, body, timeout, &AtomicBool::new(false))
+}
+
+/// [`stream_chat`], but it stops reading (and closes the connection, which
+/// cancels the generation) at the first event after `stop` is set, with the
+/// tokens read so far.
+pub fn stream_chat_until(
+    base: &BaseUrl,
+    body: &[u8],
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<StreamResult> {
     let path = "/v1/chat/completions";
     let what = || format!("POST {base}{path}");
     let sent = Cell::new(None);
@@ -150,6 +163,9 @@ pub fn stream_chat(base: &BaseUrl, body: &[u8], timeout: Duration) -> Result<Str
             break;
         }
         if events.line(line.trim_end_matches(['\r', '\n']), Instant::now())? {
+            break;
+        }
+        if stop.load(Ordering::SeqCst) {
             break;
         }
     }
@@ -281,6 +297,7 @@ impl StreamEvents {
             finish_reason: self.finish_reason,
             text: self.text,
             cached_prompt_tokens: self.cached_prompt_tokens,
+            token_times: self.tokens,
         })
     }
 }
@@ -305,6 +322,9 @@ pub struct StreamResult {
     /// Prompt tokens the server reused from its cache rather than
     /// prefilled, where it says (llama-server does; see [`StreamEvents`]).
     pub cached_prompt_tokens: Option<u32>,
+    /// When each chunk with text arrived, in order (the first is
+    /// `first_token`, the last `last_token`).
+    pub token_times: Vec<Instant>,
 }
 
 impl StreamResult {

@@ -10,7 +10,10 @@
 //!   ([`chat`]) and the footprint after one chat;
 //! * `locara-pressure-bench` (`src/bin/pressure_bench.rs`): what a daemon
 //!   holding models under real memory pressure costs a neighbouring process
-//!   ([`pressure`]), with its governor on and with the OS's pressure ignored.
+//!   ([`pressure`]), with its governor on and with the OS's pressure ignored;
+//! * `locara-cpu-bench` (`src/bin/cpu_bench.rs`): two models decoding at
+//!   once through the daemon against each alone, and an interactive stream
+//!   beside a background one ([`cpu_share`]).
 //!
 //! All alternate the two sides, report medians, ranges and ratios, and say
 //! how much CPU other processes took while they measured ([`noise`]); see
@@ -32,6 +35,7 @@
 
 pub mod chat;
 pub mod chat_report;
+pub mod cpu_share;
 pub mod dirs;
 pub mod engine;
 pub mod http;

@@ -10,7 +10,7 @@
 //! directory:
 //!
 //! ```text
-//! <cache>/llama-cpp-python-<version>/
+//! <cache>/llama-cpp-python-<version>-threadpool/
 //!     sdist/llama_cpp_python-<version>.tar.gz   what pip downloaded
 //!     llama-bench, llama-server                 the built binaries
 //!     tree.json                                 which llama.cpp they were built from
@@ -53,8 +53,9 @@ const CMAKE_OPTIONS: &[&str] = &[
     // The workspace builds with `-C target-cpu=native`, which llama-cpp-sys-2
     // turns into GGML_NATIVE=ON (see .cargo/config.toml).
     "-DGGML_NATIVE=ON",
-    // The workspace enables llama-cpp-2's `openmp` feature: GGML_OPENMP=ON.
-    "-DGGML_OPENMP=ON",
+    // The workspace leaves llama-cpp-2's `openmp` feature off: ggml's own
+    // thread pool, GGML_OPENMP=OFF (the cache directory says so: [`THREADING`]).
+    "-DGGML_OPENMP=OFF",
     // llama-cpp-sys-2 links llama.cpp statically; so does this, which also
     // makes the cached binary independent of the build directory.
     "-DBUILD_SHARED_LIBS=OFF",
@@ -69,6 +70,12 @@ const CMAKE_OPTIONS: &[&str] = &[
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_OPENSSL=OFF",
 ];
+
+/// How the tools' ggml runs its threads, as the engine's does: its own
+/// thread pool (`GGML_OPENMP=OFF`). Part of the cache directory's name, so
+/// that a binary built with OpenMP (as the engine was before it shared the
+/// cores between workers) is never taken for one built the engine's way.
+pub const THREADING: &str = "threadpool";
 
 /// The CMake include that every llama.cpp build of the engine gets
 /// (`.cargo/config.toml`): options that depend on the target CPU.
@@ -162,7 +169,7 @@ impl Source {
                 cache,
                 jobs,
             } => {
-                let dir = cache.join(format!("llama-cpp-python-{version}"));
+                let dir = cache.join(format!("llama-cpp-python-{version}-{THREADING}"));
                 let binary = dir.join(tool.name());
                 if !binary.is_file() {
                     build_from_sdist(tool, version, &dir, *jobs)?;
@@ -533,10 +540,13 @@ mod tests {
         let mut options: Vec<&str> = CMAKE_OPTIONS.to_vec();
         options.extend(Tool::LlamaBench.cmake_options());
         options.sort_unstable();
+        // As before, but ggml's own thread pool, as the engine has (and a
+        // cache directory of its own, so no OpenMP build is reused).
+        assert_eq!(THREADING, "threadpool");
         let mut before = vec![
             "-DCMAKE_BUILD_TYPE=Release",
             "-DGGML_NATIVE=ON",
-            "-DGGML_OPENMP=ON",
+            "-DGGML_OPENMP=OFF",
             "-DBUILD_SHARED_LIBS=OFF",
             "-DLLAMA_BUILD_TOOLS=ON",
             "-DLLAMA_BUILD_COMMON=ON",

@@ -1532,7 +1532,7 @@ mod tests {
             vec![("b", 4, ThreadClass::Interactive)]
         );
         assert_eq!(c.threads(a), None);
-        // A background request on `a` yields to `b`'s interactive one.
+        // A background request on `a` waits for `b`'s interactive one.
         let mut wish = Wish::new("a", vec![]);
         wish.priority = Priority::Background;
         let effects = c.handle(
@@ -1543,7 +1543,11 @@ mod tests {
             }),
             now,
         );
-        assert_eq!(threads_of(&effects), vec![("a", 1, ThreadClass::Yield)]);
+        assert_eq!(
+            threads_of(&effects),
+            vec![("a", 0, ThreadClass::Background)],
+            "paused"
+        );
         // `b` done: the background work gets the cores, at background
         // priority.
         assert_eq!(
@@ -2299,24 +2303,22 @@ mod tests {
 
         /// The CPU budget: every busy running worker has a share, idle
         /// ones none; the ones competing for the cores hold them and no
-        /// more (one each past that); only background work yields, while
+        /// more (one each past that); only background work waits, while
         /// interactive work runs.
         fn check_threads(&self, c: &Controller) -> Result<(), TestCaseError> {
             let cores = 4;
             let mut competing = Vec::new();
             let mut interactive_busy = false;
-            let mut yielding = false;
+            let mut paused = false;
             for (name, m) in c.governor().models() {
                 let share = c.threads(m.instance);
                 let running_busy = m.phase == Phase::Loaded && m.active > 0;
                 prop_assert_eq!(share.is_some(), running_busy, "{} {:?}", name, share);
                 let Some(share) = share else { continue };
-                prop_assert!(share.threads >= 1);
                 match share.class {
-                    ThreadClass::Yield => {
+                    _ if share.is_paused() => {
                         prop_assert_eq!(priority_of(name), Priority::Background);
-                        prop_assert_eq!(share.threads, 1);
-                        yielding = true;
+                        paused = true;
                     }
                     class => {
                         interactive_busy |= class == ThreadClass::Interactive;
@@ -2324,7 +2326,7 @@ mod tests {
                     }
                 }
             }
-            prop_assert!(!yielding || interactive_busy);
+            prop_assert!(!paused || interactive_busy);
             let n = competing.len() as u32;
             if n > 0 {
                 prop_assert_eq!(competing.iter().sum::<u32>(), cores.max(n), "{:?}", competing);

@@ -11,7 +11,7 @@
 //! scheduling policy, nice value (Linux) or QoS class (macOS). So a decode
 //! at a lower class runs on a thread made for it, which lowers itself
 //! first: on Linux an unprivileged thread can never raise its priority back
-//! (a nice value once raised, `SCHED_IDLE` once entered), and the main
+//! (a nice value once raised), and the main
 //! thread must stay at full priority for the interactive work that follows.
 
 use llama_cpp_2::context::LlamaContext;

@@ -160,7 +160,9 @@ pub enum Request {
     },
     /// Compute with `threads` threads per decode, at the CPU priority of
     /// `class`, from the next decode on (the daemon's share of the cores
-    /// for this worker: `locara_core::threads`). Nothing answers it;
+    /// for this worker: `locara_core::threads`); 0 threads pauses it: its
+    /// generations wait (cancels, stats and the rest are still answered)
+    /// until a share with threads comes. Nothing answers it;
     /// [`WorkerStats::threads`] and [`WorkerStats::thread_class`] show it.
     SetThreads {
         threads: u32,
@@ -590,7 +592,8 @@ pub struct WorkerStats {
     /// llama.cpp build, another K/V type, damaged).
     #[serde(default)]
     pub disk_rejected_total: u64,
-    /// Threads per decode now (the load's, or the last `SetThreads`).
+    /// Threads per decode now (the load's, or the last `SetThreads`; 0:
+    /// paused).
     #[serde(default)]
     pub threads: u32,
     /// The CPU priority its decodes run at now.
@@ -801,10 +804,10 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::SetThreads {
                 threads: 3,
-                class: locara_core::threads::ThreadClass::Yield
+                class: locara_core::threads::ThreadClass::Background
             })
             .unwrap(),
-            r#"{"type":"set_threads","threads":3,"class":"yield"}"#
+            r#"{"type":"set_threads","threads":3,"class":"background"}"#
         );
         assert_eq!(
             serde_json::to_string(&Request::DenyGrowth).unwrap(),

@@ -381,6 +381,7 @@ fn serve_model(
         disk_rejected: 0,
         disk_growth: None,
         class: ThreadClass::Interactive,
+        paused: false,
     };
     engine.open_disk_tier(&load, out)?;
     let served = engine.serve(rx, out);
@@ -599,6 +600,8 @@ struct Engine<'m> {
     /// The CPU priority decodes run at (the daemon's `SetThreads`); the
     /// thread count is `shape.threads`.
     class: ThreadClass,
+    /// Told 0 threads: nothing decodes until a share with threads comes.
+    paused: bool,
 }
 
 enum Control {
@@ -613,9 +616,10 @@ impl<'m> Engine<'m> {
 
     fn serve(&mut self, rx: &Receiver<Request>, out: &mut impl Write) -> Result<(), WorkerError> {
         loop {
-            // Idle, or waiting for the parent (a PoolFull answer, a cancel):
-            // block for a message. Busy: take what has arrived, then step.
-            if (self.slots.is_empty() && self.queue.is_empty()) || self.stalled {
+            // Idle, waiting for the parent (a PoolFull answer, a cancel), or
+            // paused (background work while interactive work runs): block
+            // for a message. Busy: take what has arrived, then step.
+            if (self.slots.is_empty() && self.queue.is_empty()) || self.stalled || self.paused {
                 let Ok(req) = rx.recv() else { return Ok(()) };
                 self.stalled = false;
                 if let Control::Exit = self.handle(req, out)? {
@@ -632,6 +636,9 @@ impl<'m> Engine<'m> {
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return Ok(()),
                 }
+            }
+            if self.paused {
+                continue;
             }
             self.admit(out)?;
             if !self.slots.is_empty() {
@@ -725,21 +732,30 @@ impl<'m> Engine<'m> {
             disk_cache_bytes: self.disk.as_ref().map_or(0, |d| d.bytes()),
             disk_restores_total: self.disk_restores,
             disk_rejected_total: self.disk_rejected,
-            threads: u32::try_from(self.shape.threads).unwrap_or(0),
+            threads: if self.paused {
+                0
+            } else {
+                u32::try_from(self.shape.threads).unwrap_or(0)
+            },
             thread_class: self.class,
         }
     }
 
     /// The daemon's share of the cores for this worker, from the next
-    /// decode on; a new context (a resize) is made with it too.
+    /// decode on; a new context (a resize) is made with it too. 0 threads
+    /// pauses the worker (the context keeps its last count).
     fn set_threads(
         &mut self,
         threads: u32,
         class: ThreadClass,
         out: &mut impl Write,
     ) -> Result<(), WorkerError> {
-        let threads = i32::try_from(threads.max(1)).unwrap_or(i32::MAX);
         self.class = class;
+        self.paused = threads == 0;
+        if self.paused {
+            return Ok(());
+        }
+        let threads = i32::try_from(threads).unwrap_or(i32::MAX);
         self.shape.threads = threads;
         if let Some(ctx) = self.ctx.as_mut() {
             if let Err(e) = crate::cpu::set_threads(ctx, threads) {

@@ -210,15 +210,15 @@ pub fn performance_cores() -> u32 {
 }
 
 /// Sets the calling thread's CPU priority for work of `class`: Linux
-/// `SCHED_OTHER`, `SCHED_BATCH` with nice 10, or `SCHED_IDLE`; macOS QoS
-/// user-initiated, utility or background. Threads the caller creates after
-/// this start with it (ggml's worker threads are created per graph by the
-/// thread that decodes).
+/// `SCHED_OTHER`, or `SCHED_BATCH` with nice 10; macOS QoS user-initiated or
+/// utility. Threads the caller creates after this start with it (ggml's
+/// worker threads are created per graph by the thread that decodes).
 ///
-/// On Linux an unprivileged thread cannot take back a raised nice value or
-/// leave `SCHED_IDLE`, so lower classes are for threads made for the work
+/// On Linux an unprivileged thread cannot take back a raised nice value,
+/// so the background class is for threads made for the work
 /// (the engine worker decodes background batches on a thread of their own);
-/// asking a thread for `Interactive` after that fails with the OS's error.
+/// asking a thread for `Interactive` after that gives it the normal policy
+/// but leaves its nice value raised.
 pub fn set_thread_class(class: locara_core::threads::ThreadClass) -> Result<(), PlatformError> {
     os::set_thread_class(class)
 }

@@ -1022,7 +1022,6 @@ pub(crate) fn set_thread_class(class: ThreadClass) -> Result<(), PlatformError> 
     let policy = match class {
         ThreadClass::Interactive => libc::SCHED_OTHER,
         ThreadClass::Background => libc::SCHED_BATCH,
-        ThreadClass::Yield => libc::SCHED_IDLE,
     };
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread (Linux schedules threads, not
@@ -1088,7 +1087,7 @@ mod tests {
     }
 
     #[test]
-    fn background_and_yield_lower_the_thread_and_the_threads_it_starts() {
+    fn background_lowers_the_thread_and_the_threads_it_starts() {
         let main_before = thread_priority();
         std::thread::spawn(|| {
             set_thread_class(ThreadClass::Background).unwrap();
@@ -1102,12 +1101,6 @@ mod tests {
             // Back to the normal policy (the nice value stays raised).
             set_thread_class(ThreadClass::Interactive).unwrap();
             assert_eq!(thread_priority().0, libc::SCHED_OTHER);
-        })
-        .join()
-        .unwrap();
-        std::thread::spawn(|| {
-            set_thread_class(ThreadClass::Yield).unwrap();
-            assert_eq!(thread_priority().0, libc::SCHED_IDLE);
         })
         .join()
         .unwrap();

@@ -522,14 +522,12 @@ pub(crate) fn processes_of(exe: &Path) -> Result<Vec<ProgramProcess>, PlatformEr
 
 pub(crate) fn set_thread_class(class: ThreadClass) -> Result<(), PlatformError> {
     // Apple's QoS classes: user-initiated for work someone waits on;
-    // utility for long work the user knows of but does not watch; and
-    // background, which the scheduler keeps to the efficiency cores and
-    // runs last. A thread may move its own QoS either way, and threads it
-    // creates (ggml's workers) start at its class.
+    // utility for long work the user knows of but does not watch. A thread
+    // may move its own QoS either way, and threads it creates (ggml's
+    // workers) start at its class.
     let qos = match class {
         ThreadClass::Interactive => libc::qos_class_t::QOS_CLASS_USER_INITIATED,
         ThreadClass::Background => libc::qos_class_t::QOS_CLASS_UTILITY,
-        ThreadClass::Yield => libc::qos_class_t::QOS_CLASS_BACKGROUND,
     };
     // SAFETY: sets the calling thread's own QoS; relative priority 0 is in
     // the allowed range (QOS_MIN_RELATIVE_PRIORITY..=0).

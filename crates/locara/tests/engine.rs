@@ -1698,3 +1698,69 @@ fn pressure_spills_conversations_to_disk_at_warn_and_not_at_critical() {
     assert_eq!(cells, 0);
     assert_eq!(kv_files(dir.path()).len(), 3, "{:?}", kv_files(dir.path()));
 }
+
+/// The daemon's share of the cores reaches llama.cpp between decodes:
+/// the worker reports it, and decodes at a lowered priority (on a thread
+/// of their own) give the same greedy answer as on the main thread.
+#[test]
+fn set_threads_changes_the_threads_and_priority_of_the_next_decodes() {
+    use locara_core::threads::ThreadClass;
+    let worker = spawn_worker();
+    load(&worker, SMOLLM2);
+    let prompt = || Prompt::Raw {
+        text: "The capital of France is".into(),
+    };
+    let stats = worker_stats(&worker);
+    assert_eq!(
+        (stats.threads, stats.thread_class),
+        (TEST_THREADS, ThreadClass::Interactive)
+    );
+    worker.send(&generate(1, prompt(), 24)).unwrap();
+    let (interactive, ..) = collect(&worker, 1);
+    let mut answers = Vec::new();
+    for class in [ThreadClass::Background, ThreadClass::Interactive] {
+        worker
+            .send(&Request::SetThreads {
+                threads: TEST_THREADS,
+                class,
+            })
+            .unwrap();
+        // An error (the context not reachable) would come before the stats.
+        let stats = worker_stats(&worker);
+        assert_eq!((stats.threads, stats.thread_class), (TEST_THREADS, class));
+        worker.send(&generate(2, prompt(), 24)).unwrap();
+        answers.push(collect(&worker, 2).0);
+    }
+    assert_eq!(answers, [interactive.clone(), interactive]);
+    // Another count works from the next decode on.
+    worker
+        .send(&Request::SetThreads {
+            threads: 2,
+            class: ThreadClass::Interactive,
+        })
+        .unwrap();
+    assert_eq!(worker_stats(&worker).threads, 2);
+    worker.send(&generate(3, prompt(), 8)).unwrap();
+    let (text, ..) = collect(&worker, 3);
+    assert!(!text.trim().is_empty());
+    // 0 threads pauses: a generation waits (stats are still answered)
+    // until a share with threads comes.
+    worker
+        .send(&Request::SetThreads {
+            threads: 0,
+            class: ThreadClass::Background,
+        })
+        .unwrap();
+    worker.send(&generate(4, prompt(), 8)).unwrap();
+    let paused = worker_stats(&worker);
+    assert_eq!((paused.threads, paused.active), (0, 0), "{paused:?}");
+    assert_eq!(worker.recv_timeout(Duration::from_millis(500)).unwrap(), None);
+    worker
+        .send(&Request::SetThreads {
+            threads: 1,
+            class: ThreadClass::Interactive,
+        })
+        .unwrap();
+    let (text, ..) = collect(&worker, 4);
+    assert!(!text.trim().is_empty());
+}

@@ -332,7 +332,7 @@ fn thread_orders(engine: &FakeEngine, n: usize) -> Vec<(u32, locara_core::thread
 
 #[tokio::test(start_paused = true)]
 async fn workers_are_told_their_share_of_the_cores_as_they_become_busy_or_idle() {
-    use locara_core::threads::ThreadClass::{Interactive, Yield};
+    use locara_core::threads::ThreadClass::{Background, Interactive};
     let home = tempfile::tempdir().unwrap();
     let engine = FakeEngine::new(3);
     let mut settings = crate::testing::synthetic_settings(
@@ -355,7 +355,7 @@ async fn workers_are_told_their_share_of_the_cores_as_they_become_busy_or_idle()
     rt.status().await.unwrap();
     assert_eq!(thread_orders(&engine, 1), vec![(1, Interactive), (2, Interactive)]);
     assert_eq!(thread_orders(&engine, 0), vec![(1, Interactive)]);
-    // Background work on `a` yields to `b`'s interactive request, and the
+    // Background work on `a` waits for `b`'s interactive request, and the
     // release of its lease gives back a background place.
     let background = rt
         .acquire(ModelWish {
@@ -364,13 +364,13 @@ async fn workers_are_told_their_share_of_the_cores_as_they_become_busy_or_idle()
         })
         .await
         .unwrap();
-    assert_eq!(thread_orders(&engine, 0), vec![(1, Interactive), (1, Yield)]);
+    assert_eq!(
+        thread_orders(&engine, 0),
+        vec![(1, Interactive), (0, Background)]
+    );
     drop(b);
     rt.status().await.unwrap();
-    assert_eq!(
-        thread_orders(&engine, 0).last(),
-        Some(&(2, locara_core::threads::ThreadClass::Background))
-    );
+    assert_eq!(thread_orders(&engine, 0).last(), Some(&(2, Background)));
     drop(background);
     let again = rt.acquire(wish("a:1")).await.unwrap();
     assert_eq!(thread_orders(&engine, 0).last(), Some(&(2, Interactive)));
