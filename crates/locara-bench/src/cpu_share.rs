@@ -107,10 +107,17 @@ mod tests {
     fn a_rate_within_a_span() {
         let t0 = Instant::now();
         let b = times(t0, 0, 20, 100);
-        let r = rate_within(&b, t0 + Duration::from_millis(500), t0 + Duration::from_millis(1500));
+        let r = rate_within(
+            &b,
+            t0 + Duration::from_millis(500),
+            t0 + Duration::from_millis(1500),
+        );
         assert!((r.unwrap() - 50.0).abs() < 1e-9);
         // A paused stream: nothing in the span.
-        assert_eq!(rate_within(&b, t0 + Duration::from_secs(5), t0 + Duration::from_secs(6)), Some(0.0));
+        assert_eq!(
+            rate_within(&b, t0 + Duration::from_secs(5), t0 + Duration::from_secs(6)),
+            Some(0.0)
+        );
         assert_eq!(rate_within(&b, t0, t0), None);
     }
 

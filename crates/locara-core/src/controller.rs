@@ -2329,7 +2329,12 @@ mod tests {
             prop_assert!(!paused || interactive_busy);
             let n = competing.len() as u32;
             if n > 0 {
-                prop_assert_eq!(competing.iter().sum::<u32>(), cores.max(n), "{:?}", competing);
+                prop_assert_eq!(
+                    competing.iter().sum::<u32>(),
+                    cores.max(n),
+                    "{:?}",
+                    competing
+                );
             }
             Ok(())
         }

@@ -37,8 +37,8 @@
 
 use crate::load::DOWNSHIFT_FLOOR;
 use crate::manifest::Role;
-use crate::threads::Priority;
 use crate::text::shorten;
+use crate::threads::Priority;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1184,7 +1184,10 @@ mod tests {
         assert_eq!(err.field(), "priority");
         let msg = err.to_string();
         assert!(msg.contains("\"low\""), "{msg}");
-        assert!(msg.contains("\"interactive\"") && msg.contains("\"background\""), "{msg}");
+        assert!(
+            msg.contains("\"interactive\"") && msg.contains("\"background\""),
+            "{msg}"
+        );
         // Other runtimes' words for it find the key.
         assert_eq!(suggest_key("nice", TOP_LEVEL_KEYS), Some("priority"));
         assert_eq!(suggest_key("Priority", TOP_LEVEL_KEYS), Some("priority"));

@@ -796,7 +796,10 @@ mod tests {
             "{HEAD}priority = \"urgent\"\n[[models]]\nref = \"a\"\n"
         ));
         assert_eq!((line, kind), (Some(4), "invalid_priority"));
-        assert!(msg.starts_with("`priority` = \"urgent\" is not a priority"), "{msg}");
+        assert!(
+            msg.starts_with("`priority` = \"urgent\" is not a priority"),
+            "{msg}"
+        );
         let (line, kind, msg) =
             only_problem(&format!("{HEAD}priority = 1\n[[models]]\nref = \"a\"\n"));
         assert_eq!((line, kind), (Some(4), "wrong_type"));

@@ -9,8 +9,8 @@
 use locara_core::controller::{Controller, ControllerConfig, Effect, Event, Record, Request};
 use locara_core::governor::{KeepAlive, Measured, Wish};
 use locara_core::ladder::PressureLevel;
-use locara_core::PoolSize;
 use locara_core::threads::Priority;
+use locara_core::PoolSize;
 use locara_platform::{LevelDeriver, PressureConfig, PressureSample};
 use std::time::{Duration, Instant};
 

@@ -26,7 +26,10 @@ pub(crate) struct NoContextAddress(String);
 
 /// Sets the threads of `ctx`'s next decodes, single-token and batched
 /// alike (`llama_set_n_threads`).
-pub(crate) fn set_threads(ctx: &mut LlamaContext<'_>, threads: i32) -> Result<(), NoContextAddress> {
+pub(crate) fn set_threads(
+    ctx: &mut LlamaContext<'_>,
+    threads: i32,
+) -> Result<(), NoContextAddress> {
     let raw = context_address(ctx)?;
     // SAFETY: `raw` is the `llama_context *` this `LlamaContext` owns (see
     // `context_address`), alive for the borrow; `&mut` means no decode runs

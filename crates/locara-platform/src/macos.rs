@@ -14,11 +14,11 @@ use crate::{
     PowerState, PressureConfig, PressureEvent, PressureLevel, PressureSample, PressureWatch,
     ProcessFootprint, ProgramProcess, SystemSnapshot, ThermalState, Thresholds, Tier,
 };
-use locara_core::threads::ThreadClass;
 use dispatch2::{
     dispatch_source_memorypressure_flags_t as Flags, DispatchObject, DispatchQoS, DispatchQueue,
     DispatchRetained, DispatchSource, GlobalQueueIdentifier,
 };
+use locara_core::threads::ThreadClass;
 use objc2::rc::{autoreleasepool, Retained};
 use objc2::runtime::{NSObjectProtocol, ProtocolObject};
 use objc2_foundation::{NSActivityOptions, NSProcessInfo, NSProcessInfoThermalState, NSString};

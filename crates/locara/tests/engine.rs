@@ -1754,7 +1754,10 @@ fn set_threads_changes_the_threads_and_priority_of_the_next_decodes() {
     worker.send(&generate(4, prompt(), 8)).unwrap();
     let paused = worker_stats(&worker);
     assert_eq!((paused.threads, paused.active), (0, 0), "{paused:?}");
-    assert_eq!(worker.recv_timeout(Duration::from_millis(500)).unwrap(), None);
+    assert_eq!(
+        worker.recv_timeout(Duration::from_millis(500)).unwrap(),
+        None
+    );
     worker
         .send(&Request::SetThreads {
             threads: 1,

@@ -74,6 +74,9 @@ const BACKGROUND_APP: &str = "com.locara.bench.background";
 const STREAM_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the daemon may take to start listening.
 const SERVE_DEADLINE: Duration = Duration::from_secs(60);
+/// Tokens the background stream may generate: the context (2048) less room
+/// for the prompt; it is cut off long before.
+const BACKGROUND_MAX_TOKENS: u32 = 1900;
 /// How long the background stream runs before the interactive one starts:
 /// past its prefill, into its decoding.
 const BACKGROUND_HEAD_START: Duration = Duration::from_millis(1500);
@@ -137,8 +140,9 @@ struct Rep {
 fn run(args: Args) -> Result<bool> {
     ensure!(args.reps >= 1, "--reps must be at least 1");
     ensure!(
-        args.max_tokens >= 64,
-        "--max-tokens must be at least 64, so that streams share a window worth measuring"
+        (64..=1024).contains(&args.max_tokens),
+        "--max-tokens must be 64 to 1024: enough for streams to share a window worth \
+         measuring, and within the 2048-token context"
     );
     let model_a = model(args.model_a, "smollm2+135m")?;
     let model_b = model(args.model_b, "gemma3+270m")?;
@@ -147,7 +151,11 @@ fn run(args: Args) -> Result<bool> {
         .unwrap_or_else(locara_platform::performance_cores);
     let locara = Locara::locate(args.locara)?;
     progress(&format!("locara: {}", locara.describe()));
-    let work = WorkDir::create("locara-cpu-bench", "the daemon's log and data", args.keep_work)?;
+    let work = WorkDir::create(
+        "locara-cpu-bench",
+        "the daemon's log and data",
+        args.keep_work,
+    )?;
     let home = locara.prepare_home(&work.path, &model_a, MODEL_A)?;
     locara.prepare_home(&work.path, &model_b, MODEL_B)?;
     let background_token = install_background_app(&locara.path, &home, &work.path)?;
@@ -251,8 +259,12 @@ fn install_background_app(locara: &Path, home: &Path, work: &Path) -> Result<Str
 
 /// One greedy stream of up to `max_tokens` tokens.
 fn stream(base: &BaseUrl, model: &str, max_tokens: u32) -> Result<StreamResult> {
-    http::stream_chat(base, &chat_body(model, PROMPT, max_tokens, &[]), STREAM_TIMEOUT)
-        .with_context(|| format!("a stream on {model}"))
+    http::stream_chat(
+        base,
+        &chat_body(model, PROMPT, max_tokens, &[]),
+        STREAM_TIMEOUT,
+    )
+    .with_context(|| format!("a stream on {model}"))
 }
 
 fn decode_rate(s: &StreamResult) -> Result<f64> {
@@ -287,8 +299,9 @@ fn beside(interactive: &BaseUrl, background: &BaseUrl, max_tokens: u32) -> Resul
     let stop = AtomicBool::new(false);
     let (a, b) = std::thread::scope(|s| {
         let b = s.spawn(|| {
-            // Longer than A's, so that it runs through the whole of A's.
-            let body = chat_body(MODEL_B, PROMPT, max_tokens.saturating_mul(8), &[]);
+            // Longer than A's, so that it runs through the whole of A's
+            // (it pauses meanwhile), within the context.
+            let body = chat_body(MODEL_B, PROMPT, BACKGROUND_MAX_TOKENS, &[]);
             http::stream_chat_until(background, &body, STREAM_TIMEOUT, &stop)
                 .context("the background stream")
         });
@@ -342,7 +355,10 @@ fn report(reps: &[Rep], threads: u32, a: &Path, b: &Path, locara: &str) -> Resul
         ),
         None => println!("  {name:<34} no figures"),
     };
-    println!("locara-cpu-bench: {} reps, {threads} cores shared", reps.len());
+    println!(
+        "locara-cpu-bench: {} reps, {threads} cores shared",
+        reps.len()
+    );
     println!("  locara: {locara}");
     println!("  A: {}", a.display());
     println!("  B: {}", b.display());
@@ -350,7 +366,10 @@ fn report(reps: &[Rep], threads: u32, a: &Path, b: &Path, locara: &str) -> Resul
     line("B alone", col(|r| r.alone_b));
     line("A beside B (both interactive)", col(|r| r.together_a));
     line("B beside A (both interactive)", col(|r| r.together_b));
-    line("A interactive beside B background", col(|r| r.interactive_a));
+    line(
+        "A interactive beside B background",
+        col(|r| r.interactive_a),
+    );
     line("B background beside A interactive", col(|r| r.background_b));
     let others: Vec<f64> = reps.iter().filter_map(|r| r.others).collect();
     if let Some(o) = Summary::of(&others) {

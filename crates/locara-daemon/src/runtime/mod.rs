@@ -173,10 +173,7 @@ impl Reply {
         (Reply { tx, priority }, rx)
     }
 
-    fn send(
-        self,
-        answer: Result<Lease, RuntimeError>,
-    ) -> Result<(), Result<Lease, RuntimeError>> {
+    fn send(self, answer: Result<Lease, RuntimeError>) -> Result<(), Result<Lease, RuntimeError>> {
         let answer = answer.map(|mut lease| {
             lease.priority = self.priority;
             lease

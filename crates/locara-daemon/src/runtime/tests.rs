@@ -353,7 +353,10 @@ async fn workers_are_told_their_share_of_the_cores_as_they_become_busy_or_idle()
     // `a` done: `b` gets both; `a` is told nothing (it holds none).
     drop(a);
     rt.status().await.unwrap();
-    assert_eq!(thread_orders(&engine, 1), vec![(1, Interactive), (2, Interactive)]);
+    assert_eq!(
+        thread_orders(&engine, 1),
+        vec![(1, Interactive), (2, Interactive)]
+    );
     assert_eq!(thread_orders(&engine, 0), vec![(1, Interactive)]);
     // Background work on `a` waits for `b`'s interactive request, and the
     // release of its lease gives back a background place.
