@@ -38,7 +38,8 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use locara_core::controller::AppClaim;
 use locara_core::governor::KeepAlive;
-use locara_core::manifest::Role;
+use locara_core::manifest::{ModelDecl, Role};
+use locara_core::KvType;
 use locara_engine::protocol::{FinishReason, GenerationStats, Prompt};
 use serde::Deserialize;
 use std::convert::Infallible;
@@ -274,48 +275,66 @@ async fn admin_only(
     }
 }
 
-/// What admission needs to know of the calling app: its id, its budget
-/// (`requires.memory_gb` of its manifest) and the models every installed
-/// app declares (a shared model's bytes are split among them), and the
-/// role its manifest gives `model`. The registry is read on a blocking
-/// thread; the budget itself is checked by the controller, in the same step
-/// as admission.
-async fn app_claim(
+/// What admission needs to know of the calling app: the role and K/V type
+/// its manifest gives `model`, and for its budget (`requires.memory_gb`)
+/// its id and the loads every installed app uses (a shared load's bytes
+/// are split among them). The registry is read on a blocking thread; the
+/// budget itself is checked by the controller, in the same step as
+/// admission. The place among the app's `max_concurrency` comes later.
+async fn app_terms(
     state: &Arc<AppState>,
     caller: &Caller,
     model: &str,
-) -> Result<(Option<AppClaim>, Role), ApiError> {
+) -> Result<AppTerms, ApiError> {
     let Caller::App(manifest) = caller else {
-        return Ok((None, Role::Chat));
+        return Ok(AppTerms::default());
     };
-    let roles: Vec<Role> = manifest
+    let decls: Vec<&ModelDecl> = manifest
         .models
         .iter()
         .filter(|d| d.reference == model)
-        .map(|d| d.role)
         .collect();
-    let role = if roles.contains(&Role::Chat) {
+    let role = if decls.iter().any(|d| d.role == Role::Chat) {
         Role::Chat
     } else {
-        roles.first().copied().unwrap_or(Role::Chat)
+        decls.first().map_or(Role::Chat, |d| d.role)
     };
+    // A model declared twice (two roles) loads once: with f16 when either
+    // declaration asks for it (the only type a manifest can ask for).
+    let kv_type = decls.iter().filter_map(|d| d.kv_type).next();
     let Some(budget) = manifest.requires.memory_bytes().map(|b| b.0) else {
-        return Ok((None, role));
+        return Ok(AppTerms {
+            role,
+            kv_type,
+            ..AppTerms::default()
+        });
     };
-    let state = Arc::clone(state);
-    let installed = tokio::task::spawn_blocking(move || state.auth.apps.list())
+    let runtime_state = Arc::clone(state);
+    let installed = tokio::task::spawn_blocking(move || runtime_state.auth.apps.list())
         .await
         .map_err(|e| ApiError::server_error(format!("reading the app registry: {e}")))??;
     let uses = installed
         .iter()
-        .map(|a| (a.id.to_string(), a.models.clone()))
+        .map(|a| {
+            let loads = a
+                .models
+                .iter()
+                .map(|d| state.runtime.load_name(&d.reference, d.kv_type))
+                .collect();
+            (a.id.to_string(), loads)
+        })
         .collect();
     let claim = AppClaim {
         id: manifest.id.to_string(),
         budget: Some(budget),
         uses,
     };
-    Ok((Some(claim), role))
+    Ok(AppTerms {
+        app: Some(claim),
+        role,
+        kv_type,
+        place: None,
+    })
 }
 
 /// Whether a `Host` header names the daemon: a loopback name or address
@@ -426,12 +445,11 @@ async fn serve_generation(
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     caller.may_use(&model)?;
-    let (app, role) = app_claim(&state, caller, &model).await?;
+    let mut terms = app_terms(&state, caller, &model).await?;
     let mut params = params;
     app_context(caller, &model, &mut params)?;
     let capped = app_keep_alive(caller, &model, &mut params, state.runtime.keep_alive());
-    let place = app_place(&state, caller).await?;
-    let terms = AppTerms { app, role, place };
+    terms.place = app_place(&state, caller).await?;
     let mut response = generate(state, model, prompt, params, endpoint, terms).await?;
     if let Some(note) = capped.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
         response.headers_mut().insert(KEEP_ALIVE_HEADER, note);
@@ -477,11 +495,15 @@ fn app_context(
 }
 
 /// What the calling app's manifest brings to a generation.
+#[derive(Default)]
 struct AppTerms {
     /// Its budget claim (`None` for the admin or an app without a budget).
     app: Option<AppClaim>,
     /// The model's role in its manifest.
     role: Role,
+    /// The K/V type its manifest asks for (`kv_quality = "high"`: f16);
+    /// `None`: the daemon's.
+    kv_type: Option<KvType>,
     /// Its place among its `max_concurrency` (`None` for the admin).
     place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -697,7 +719,12 @@ async fn generate(
     endpoint: Endpoint,
     terms: AppTerms,
 ) -> Result<Response, ApiError> {
-    let AppTerms { app, role, place } = terms;
+    let AppTerms {
+        app,
+        role,
+        kv_type,
+        place,
+    } = terms;
     let in_flight = InFlight::enter(&state)?;
     let started = Instant::now();
     let lease = state
@@ -705,6 +732,7 @@ async fn generate(
         .acquire(ModelWish {
             model: model.clone(),
             context: params.context,
+            kv_type,
             keep_alive: params.keep_alive,
             role,
             app,

@@ -376,7 +376,8 @@ pub(crate) fn synthetic_settings(
 }
 
 /// The server's state over a runtime of `engine`'s fake workers, with the
-/// synthetic models `names` in a store under `home`, listening (for the
+/// synthetic models `names` in a store under `home`, a budget of 1 TiB
+/// unless `extra` names one, listening (for the
 /// Host check) on `listen`, allowing `origins`; `tokenless` lets every
 /// caller in as admin.
 pub fn app_state(
@@ -388,7 +389,9 @@ pub fn app_state(
     origins: Vec<String>,
     tokenless: bool,
 ) -> Arc<crate::server::AppState> {
-    let settings = synthetic_settings(home, names, engine, extra, 1 << 40);
+    let mut settings = synthetic_settings(home, names, engine, extra, 1 << 40);
+    // A configured budget stands in for the machine's, as in `locara serve`.
+    settings.budget = settings.config.budget.unwrap_or(settings.budget);
     let store = settings.store.clone();
     let runtime =
         crate::runtime::Runtime::start(settings, Arc::new(crate::metrics::Metrics::new()));

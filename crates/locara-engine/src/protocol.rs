@@ -208,7 +208,7 @@ pub struct LoadRequest {
     #[serde(default)]
     pub ram_cache_bytes: u64,
     /// The directory of this model's disk tier (the daemon's
-    /// `<home>/kv-cache/<model sha256>/`): the worker writes its cached
+    /// `<home>/kv-cache/<model sha256>/<kv_type>/`): the worker writes its cached
     /// conversations there when it exits and restores them from there when
     /// a request continues one (see [`crate::disk`]). `None` keeps none.
     #[serde(default)]

@@ -366,7 +366,7 @@ fn load_unload_and_hold_through_the_api_and_the_cli() {
 }
 
 /// A conversation goes on after its model was unloaded: the worker wrote
-/// it to the model's disk tier (`<home>/kv-cache/<sha256>/`) on its way
+/// it to the model's disk tier (`<home>/kv-cache/<sha256>/<kv_type>/`) on its way
 /// out, and the next worker restores it, prefilling only the new turn.
 #[test]
 fn a_conversation_continues_after_its_model_was_unloaded() {
@@ -385,6 +385,10 @@ fn a_conversation_continues_after_its_model_was_unloaded() {
     ]);
     let first = turn(&messages);
     let answer = first["choices"][0]["message"]["content"].clone();
+    let kv_type = d.model_status(SMOLLM2).unwrap()["kv_type"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = d.cli().args(["stop", SMOLLM2]).output().unwrap();
     assert!(
         out.status.success(),
@@ -399,7 +403,8 @@ fn a_conversation_continues_after_its_model_was_unloaded() {
         .home
         .path()
         .join("kv-cache")
-        .join(info["sha256"].as_str().unwrap());
+        .join(info["sha256"].as_str().unwrap())
+        .join(kv_type);
     let written = || {
         std::fs::read_dir(&dir).is_ok_and(|entries| {
             entries
