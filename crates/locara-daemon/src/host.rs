@@ -12,7 +12,7 @@
 
 use locara_engine::protocol::{
     ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest, LoadedInfo,
-    Prompt, Request, Sampling,
+    Prompt, Request, Sampling, TokenLogprobs,
 };
 use locara_engine::{EngineError, Worker, WorkerCommand};
 use std::collections::HashMap;
@@ -27,6 +27,10 @@ use tokio::sync::mpsc;
 pub enum StreamEvent {
     /// Text of one or more tokens.
     Token(String),
+    /// The log-probabilities of tokens drawn since the last `Token` (only
+    /// when the request asked); their text is in the next `Token`, or
+    /// never sent (a stop string).
+    Logprobs(Vec<TokenLogprobs>),
     /// The end, with the worker's figures.
     Done {
         finish: FinishReason,
@@ -288,6 +292,11 @@ fn route(
             Ok(Event::Token { id, text }) => {
                 if let Some(tx) = lock(streams).get(&id) {
                     let _ = tx.send(StreamEvent::Token(text));
+                }
+            }
+            Ok(Event::Logprobs { id, tokens }) => {
+                if let Some(tx) = lock(streams).get(&id) {
+                    let _ = tx.send(StreamEvent::Logprobs(tokens));
                 }
             }
             Ok(Event::Done { id, finish, stats }) => {

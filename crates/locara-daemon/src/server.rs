@@ -39,7 +39,8 @@ use futures_util::stream::{self, Stream};
 use locara_core::controller::AppClaim;
 use locara_core::governor::KeepAlive;
 use locara_core::manifest::Role;
-use locara_engine::protocol::{FinishReason, GenerationStats, Prompt};
+use locara_engine::protocol::{FinishReason, GenerationStats, Prompt, TokenLogprobs};
+use serde_json::Value;
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -585,6 +586,14 @@ struct Run {
     created: u64,
     model: String,
     include_usage: bool,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
+    /// Log-probabilities not yet sent: a stream sends them with the next
+    /// text (or the last chunk), a whole answer with everything.
+    pending_logprobs: Vec<TokenLogprobs>,
+    /// Characters of text the legacy (`/v1/completions`) log-probabilities
+    /// have covered: their `text_offset`.
+    text_offset: usize,
     /// Tokens streamed so far, and the most allowed once the pressure
     /// ladder caps the remaining tokens of in-flight responses.
     tokens: u32,
@@ -649,10 +658,23 @@ impl Run {
         }
     }
 
-    /// A chunk of generated text.
-    fn chunk(&self, text: &str) -> String {
-        match self.endpoint {
-            Endpoint::Chat => openai::chat_chunk(
+    /// The `logprobs` of the pending tokens in the endpoint's shape (and
+    /// they are no longer pending); `None` when the request did not ask.
+    fn take_logprobs(&mut self) -> Option<Value> {
+        if !self.logprobs {
+            return None;
+        }
+        let tokens = std::mem::take(&mut self.pending_logprobs);
+        Some(match self.endpoint {
+            Endpoint::Chat => openai::chat_logprobs(&tokens),
+            Endpoint::Completion => openai::text_logprobs(&tokens, &mut self.text_offset),
+        })
+    }
+
+    /// A chunk of generated text, with the log-probabilities of its tokens.
+    fn chunk(&mut self, text: &str) -> String {
+        let mut chunk = match self.endpoint {
+            Endpoint::Chat => openai::chat_chunk_json(
                 &self.id,
                 self.created,
                 &self.model,
@@ -660,21 +682,32 @@ impl Run {
                 None,
             ),
             Endpoint::Completion => {
-                openai::text_chunk(&self.id, self.created, &self.model, text, None)
+                openai::text_chunk_json(&self.id, self.created, &self.model, text, None)
             }
+        };
+        if let Some(logprobs) = self.take_logprobs() {
+            openai::set_logprobs(&mut chunk, logprobs);
         }
+        chunk.to_string()
     }
 
-    /// The chunk with the finish reason, and what was left out.
-    fn last_chunk(&self, finish: &str, report: ContextReport) -> String {
-        match self.endpoint {
+    /// The chunk with the finish reason, and what was left out (and the
+    /// log-probabilities of tokens whose text was never sent).
+    fn last_chunk(&mut self, finish: &str, report: ContextReport) -> String {
+        let mut chunk = match self.endpoint {
             Endpoint::Chat => {
-                openai::chat_last_chunk(&self.id, self.created, &self.model, finish, report)
+                openai::chat_last_chunk_json(&self.id, self.created, &self.model, finish, report)
             }
             Endpoint::Completion => {
-                openai::text_last_chunk(&self.id, self.created, &self.model, finish, report)
+                openai::text_last_chunk_json(&self.id, self.created, &self.model, finish, report)
+            }
+        };
+        if !self.pending_logprobs.is_empty() {
+            if let Some(logprobs) = self.take_logprobs() {
+                openai::set_logprobs(&mut chunk, logprobs);
             }
         }
+        chunk.to_string()
     }
 
     fn usage_chunk(&self, usage: Usage, report: ContextReport) -> String {
@@ -725,6 +758,7 @@ async fn generate(
             ));
         }
     }
+    let logprobs = params.sampling.logprobs.is_some();
     let mut generation = lease.host.generate(
         prompt,
         params.sampling,
@@ -763,6 +797,9 @@ async fn generate(
         created: locara_platform::time::unix_now_s(),
         model,
         include_usage: params.include_usage,
+        logprobs,
+        pending_logprobs: Vec::new(),
+        text_offset: 0,
         tokens: 0,
         token_limit: None,
         generation,
@@ -784,12 +821,13 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
     loop {
         match next {
             Some(StreamEvent::Token(t)) => text.push_str(&t),
+            Some(StreamEvent::Logprobs(tokens)) => run.pending_logprobs.extend(tokens),
             Some(StreamEvent::Done { finish, stats }) => {
                 run.finished(Some(finish), Some(&stats));
                 let usage = Usage::from_stats(&stats);
                 let report = ContextReport::from_stats(&stats);
                 let reason = openai::finish_reason(finish);
-                let body = match run.endpoint {
+                let mut body = match run.endpoint {
                     Endpoint::Chat => openai::chat_completion(
                         &run.id,
                         run.created,
@@ -809,6 +847,9 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
                         report,
                     ),
                 };
+                if let Some(logprobs) = run.take_logprobs() {
+                    openai::set_logprobs(&mut body, logprobs);
+                }
                 let mut response = Json(body).into_response();
                 // Digits, letters, `_`, `=`, `,` and spaces: always a valid value.
                 if let Some(value) = report
@@ -850,7 +891,7 @@ fn stream_response(
     // are yielded: a client that reads `[DONE]` and asks again at once finds
     // the model's sequence free, as with a whole answer.
     let events = stream::unfold(Phase::Start(run, first), |phase| async move {
-        let (run, event, mut out): (Run, Option<StreamEvent>, Vec<String>) = match phase {
+        let (mut run, event, mut out): (Run, Option<StreamEvent>, Vec<String>) = match phase {
             Phase::Ended { .. } => return None,
             Phase::Start(run, first) => {
                 let mut out = Vec::new();
@@ -873,6 +914,11 @@ fn stream_response(
         match event {
             Some(StreamEvent::Token(t)) => {
                 out.push(run.chunk(&t));
+                return Some((out, Phase::Next(run)));
+            }
+            // Sent with the text they belong to.
+            Some(StreamEvent::Logprobs(tokens)) => {
+                run.pending_logprobs.extend(tokens);
                 return Some((out, Phase::Next(run)));
             }
             Some(StreamEvent::Done { finish, stats }) => {
