@@ -377,7 +377,7 @@ impl Generation {
         }
         let ev = self.events.recv().await;
         match &ev {
-            Some(StreamEvent::Token(_)) => {}
+            Some(StreamEvent::Token(_) | StreamEvent::Logprobs(_)) => {}
             Some(_) | None => self.finished = true,
         }
         ev

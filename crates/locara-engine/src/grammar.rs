@@ -152,11 +152,9 @@ impl From<&serde_json::Value> for Json {
             serde_json::Value::Number(n) => Json::Number(n.clone()),
             serde_json::Value::String(s) => Json::String(s.clone()),
             serde_json::Value::Array(a) => Json::Array(a.iter().map(Json::from).collect()),
-            serde_json::Value::Object(o) => Json::Object(
-                o.iter()
-                    .map(|(k, v)| (k.clone(), Json::from(v)))
-                    .collect(),
-            ),
+            serde_json::Value::Object(o) => {
+                Json::Object(o.iter().map(|(k, v)| (k.clone(), Json::from(v))).collect())
+            }
         }
     }
 }
@@ -481,9 +479,11 @@ fn count(schema: &Json, key: &str, path: &str, limit: u64) -> Result<Option<u64>
         return Ok(None);
     };
     let n = match v {
-        Json::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|x| *x >= 0.0 && x.fract() == 0.0).map(|x| x as u64)),
+        Json::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|x| *x >= 0.0 && x.fract() == 0.0)
+                .map(|x| x as u64)
+        }),
         _ => None,
     };
     let Some(n) = n else {
@@ -601,7 +601,8 @@ impl Builder<'_> {
 
     /// `type`, as a list; `None` when absent.
     fn types(&self, schema: &Json, path: &str) -> Result<Option<Vec<Type>>, SchemaError> {
-        let one = |v: &Json| match v {
+        let one = |v: &Json| {
+            match v {
             Json::String(s) => Type::parse(s).ok_or_else(|| {
                 invalid(
                     path,
@@ -609,6 +610,7 @@ impl Builder<'_> {
                 )
             }),
             _ => Err(invalid(path, "type must be a string or an array of strings")),
+        }
         };
         match schema.get("type") {
             None => Ok(None),
@@ -766,7 +768,12 @@ impl Builder<'_> {
                 return kinds;
             }
         }
-        match self.types(schema, "").ok().flatten().or_else(|| inferred(schema)) {
+        match self
+            .types(schema, "")
+            .ok()
+            .flatten()
+            .or_else(|| inferred(schema))
+        {
             Some(types) => types.iter().map(|t| t.kind()).collect(),
             None => ALL_KINDS.to_vec(),
         }
@@ -987,8 +994,14 @@ mod tests {
             r#"{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},
                 "required":["name"]}"#,
         );
-        assert!(g.contains(r#"kv-0 ::= "\"name\"" ws ":" ws string ws"#), "{g}");
-        assert!(g.contains(r#"kv-1 ::= "\"age\"" ws ":" ws integer ws"#), "{g}");
+        assert!(
+            g.contains(r#"kv-0 ::= "\"name\"" ws ":" ws string ws"#),
+            "{g}"
+        );
+        assert!(
+            g.contains(r#"kv-1 ::= "\"age\"" ws ":" ws integer ws"#),
+            "{g}"
+        );
         // name is required: the first member is always it.
         assert!(g.contains("first-4 ::= kv-0 more-3\n"), "{g}");
         // age is optional after it.
@@ -1005,16 +1018,36 @@ mod tests {
                 ".properties.when",
                 "format",
             ),
-            (r#"{"type":"array","items":{"type":"number","minimum":0}}"#, ".items", "minimum"),
-            (r#"{"anyOf":[{"type":"string"},{"allOf":[]}]}"#, ".anyOf[1]", "allOf"),
+            (
+                r#"{"type":"array","items":{"type":"number","minimum":0}}"#,
+                ".items",
+                "minimum",
+            ),
+            (
+                r#"{"anyOf":[{"type":"string"},{"allOf":[]}]}"#,
+                ".anyOf[1]",
+                "allOf",
+            ),
             (r#"{"not":{"type":"null"}}"#, "", "not"),
-            (r#"{"type":"object","additionalProperties":{"type":"string"}}"#, "", "additionalProperties"),
-            (r#"{"type":"array","items":[{"type":"string"}]}"#, "", "items"),
+            (
+                r#"{"type":"object","additionalProperties":{"type":"string"}}"#,
+                "",
+                "additionalProperties",
+            ),
+            (
+                r#"{"type":"array","items":[{"type":"string"}]}"#,
+                "",
+                "items",
+            ),
             (r#"{"$ref":"https://example.com/s.json"}"#, "", "$ref"),
             (r#"{"type":"object","nullable":true}"#, "", "nullable"),
         ] {
             let e = error(text);
-            assert_eq!((e.path(), e.keyword()), (path, Some(keyword)), "{text}: {e}");
+            assert_eq!(
+                (e.path(), e.keyword()),
+                (path, Some(keyword)),
+                "{text}: {e}"
+            );
             assert!(e.to_string().contains(keyword), "{e}");
         }
     }
@@ -1025,7 +1058,11 @@ mod tests {
             ("false", "", "allows no value"),
             (r#"{"type":"text"}"#, "", "not a JSON Schema type"),
             (r#"{"type":"array","maxItems":101}"#, "", "at most 100"),
-            (r#"{"type":"string","maxLength":2,"minLength":3}"#, "", "less than"),
+            (
+                r#"{"type":"string","maxLength":2,"minLength":3}"#,
+                "",
+                "less than",
+            ),
             (r#"{"type":"string","enum":[1,2]}"#, "", "no value of enum"),
             (
                 r#"{"type":"object","required":["x"],"additionalProperties":false}"#,
@@ -1037,8 +1074,16 @@ mod tests {
                 "",
                 "branches 0 and 1 can both be a number",
             ),
-            (r#"{"type":"string","anyOf":[{"type":"string"}]}"#, "", "type beside anyOf"),
-            (r#"{"enum":["a"],"minLength":1}"#, "", "minLength beside enum"),
+            (
+                r#"{"type":"string","anyOf":[{"type":"string"}]}"#,
+                "",
+                "type beside anyOf",
+            ),
+            (
+                r#"{"enum":["a"],"minLength":1}"#,
+                "",
+                "minLength beside enum",
+            ),
         ] {
             let e = error(text);
             assert_eq!(e.path(), path, "{text}");
@@ -1079,9 +1124,14 @@ mod tests {
 
     #[test]
     fn arrays_and_strings_take_their_bounds() {
-        let g = grammar(r#"{"type":"array","items":{"type":"string","maxLength":5},"minItems":1,"maxItems":3}"#);
+        let g = grammar(
+            r#"{"type":"array","items":{"type":"string","maxLength":5},"minItems":1,"maxItems":3}"#,
+        );
         assert!(g.contains(r#"str-0 ::= "\"" char{0,5} "\"""#), "{g}");
-        assert!(g.contains(r#"arr-3 ::= "[" ws item-1 items-2{0,2} "]""#), "{g}");
+        assert!(
+            g.contains(r#"arr-3 ::= "[" ws item-1 items-2{0,2} "]""#),
+            "{g}"
+        );
         let g = grammar(r#"{"type":"array","maxItems":2}"#);
         assert!(g.contains(r#"( item-0 items-1{0,1} )?"#), "{g}");
         let g = grammar(r#"{"type":"array","maxItems":0}"#);
@@ -1095,7 +1145,9 @@ mod tests {
         for text in ["true", "{}", r#"{"description":"anything"}"#] {
             assert!(grammar(text).starts_with("root ::= value\n"), "{text}");
         }
-        assert!(grammar(r#"{"type":["string","null"]}"#).starts_with("root ::= ( string | null )\n"));
+        assert!(
+            grammar(r#"{"type":["string","null"]}"#).starts_with("root ::= ( string | null )\n")
+        );
         assert!(json_object().starts_with("root ::= object\n"));
     }
 

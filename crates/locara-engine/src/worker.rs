@@ -1586,8 +1586,19 @@ impl<'m> Engine<'m> {
             let vocab = self.model.vocab();
             if let (Some(top), false) = (slot.logprobs, vocab.is_eog(token)) {
                 let ctx = self.ctx.as_ref().expect("the pool exists outside a resize");
-                let tokens = vec![token_logprobs(self.model, ctx.get_logits_ith(at), token, top)];
-                write_frame(out, &Event::Logprobs { id: slot.id, tokens })?;
+                let tokens = vec![token_logprobs(
+                    self.model,
+                    ctx.get_logits_ith(at),
+                    token,
+                    top,
+                )];
+                write_frame(
+                    out,
+                    &Event::Logprobs {
+                        id: slot.id,
+                        tokens,
+                    },
+                )?;
             }
             let mut finish = None;
             if vocab.is_eog(token) {
@@ -2110,7 +2121,12 @@ fn sampler_chain(
 
 /// The drawn token's log-probability and the `top` most likely tokens',
 /// from the raw logits (see [`TokenProb::logprob`]).
-fn token_logprobs(model: &LlamaModel, logits: &[f32], chosen: LlamaToken, top: u32) -> TokenLogprobs {
+fn token_logprobs(
+    model: &LlamaModel,
+    logits: &[f32],
+    chosen: LlamaToken,
+    top: u32,
+) -> TokenLogprobs {
     let log_z = log_sum_exp(logits);
     let prob = |token: usize| {
         let bytes = model
@@ -2119,9 +2135,9 @@ fn token_logprobs(model: &LlamaModel, logits: &[f32], chosen: LlamaToken, top: u
         TokenProb {
             token: String::from_utf8_lossy(&bytes).into_owned(),
             bytes,
-            logprob: logits.get(token).map_or(f32::NEG_INFINITY, |&l| {
-                (f64::from(l) - log_z) as f32
-            }),
+            logprob: logits
+                .get(token)
+                .map_or(f32::NEG_INFINITY, |&l| (f64::from(l) - log_z) as f32),
         }
     };
     TokenLogprobs {

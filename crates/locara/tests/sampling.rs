@@ -126,7 +126,10 @@ fn a_schema_grammar_makes_output_that_parses_and_matches() {
     assert!(o["age"].is_i64() || o["age"].is_u64(), "{v}");
     let pets = o["pets"].as_array().unwrap();
     assert!(pets.len() <= 3 && pets.iter().all(|p| p.is_string()), "{v}");
-    assert!(["happy", "sad"].contains(&o["mood"].as_str().unwrap()), "{v}");
+    assert!(
+        ["happy", "sad"].contains(&o["mood"].as_str().unwrap()),
+        "{v}"
+    );
     // The properties come in the schema's order.
     let at = |k: &str| a.text.find(&format!("\"{k}\"")).unwrap();
     assert!(at("name") < at("age") && at("age") < at("pets") && at("pets") < at("mood"));
@@ -208,8 +211,14 @@ fn logprobs_report_each_token_with_sane_alternatives() {
     assert_eq!(String::from_utf8(joined).unwrap(), a.text);
     for t in &a.logprobs {
         assert_eq!(t.top.len(), 3);
-        assert!(t.chosen.logprob <= 0.0 && t.chosen.logprob.is_finite(), "{t:?}");
-        assert!(t.top.windows(2).all(|w| w[0].logprob >= w[1].logprob), "{t:?}");
+        assert!(
+            t.chosen.logprob <= 0.0 && t.chosen.logprob.is_finite(),
+            "{t:?}"
+        );
+        assert!(
+            t.top.windows(2).all(|w| w[0].logprob >= w[1].logprob),
+            "{t:?}"
+        );
         // Greedy draws the most likely token.
         assert_eq!(t.top[0].token, t.chosen.token, "{t:?}");
         assert_eq!(t.top[0].logprob, t.chosen.logprob, "{t:?}");
@@ -227,7 +236,13 @@ fn a_logit_bias_forces_a_token_and_one_outside_the_vocabulary_is_refused() {
         ..Sampling::greedy()
     };
     // Token 1000 (some word piece) is drawn though the model would not.
-    let a = run(&worker, 1, "What is the capital of France?", sampling(1000), 2);
+    let a = run(
+        &worker,
+        1,
+        "What is the capital of France?",
+        sampling(1000),
+        2,
+    );
     a.end.unwrap();
     let first = &a.logprobs[0];
     assert!(

@@ -1457,15 +1457,19 @@ mod tests {
             grammar(json!({"response_format": {"type": "json_object"}})),
             Some(grammar::json_object())
         );
-        let g = grammar(json!({"response_format": {"type": "json_schema", "json_schema": {
-            "name": "person", "strict": true,
-            "schema": {"type": "object", "properties": {"name": {"type": "string"}},
-                       "required": ["name"], "additionalProperties": false},
-        }}}))
+        let g = grammar(
+            json!({"response_format": {"type": "json_schema", "json_schema": {
+                "name": "person", "strict": true,
+                "schema": {"type": "object", "properties": {"name": {"type": "string"}},
+                           "required": ["name"], "additionalProperties": false},
+            }}}),
+        )
         .unwrap();
         assert!(g.contains(r#""\"name\"" ws ":" ws string ws"#), "{g}");
         // No schema: any JSON value, as OpenAI's schema is optional.
-        let g = grammar(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "any"}}}));
+        let g = grammar(
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "any"}}}),
+        );
         assert!(g.unwrap().starts_with("root ::= value\n"));
         // The completion endpoint takes it too.
         assert_eq!(
@@ -1488,7 +1492,12 @@ mod tests {
         assert!(g.find("zeta").unwrap() < g.find("alpha").unwrap(), "{g}");
         // from_json has only serde_json's sorted order.
         let v: Value = serde_json::from_slice(body).unwrap();
-        let g = ChatRequest::from_json(&v).unwrap().params.sampling.grammar.unwrap();
+        let g = ChatRequest::from_json(&v)
+            .unwrap()
+            .params
+            .sampling
+            .grammar
+            .unwrap();
         assert!(g.find("alpha").unwrap() < g.find("zeta").unwrap(), "{g}");
     }
 
@@ -1512,11 +1521,16 @@ mod tests {
             err.message
         );
         assert_eq!(err.code.as_deref(), Some("unsupported_parameter"));
-        let err = chat_with(json!({"response_format": {"type": "json_schema", "json_schema": {
-            "name": "n", "schema": {"type": "array", "maxItems": 1000},
-        }}}))
+        let err = chat_with(
+            json!({"response_format": {"type": "json_schema", "json_schema": {
+                "name": "n", "schema": {"type": "array", "maxItems": 1000},
+            }}}),
+        )
         .unwrap_err();
-        assert_eq!(err.param.as_deref(), Some("response_format.json_schema.schema"));
+        assert_eq!(
+            err.param.as_deref(),
+            Some("response_format.json_schema.schema")
+        );
         assert!(err.message.contains("at most 100"), "{}", err.message);
     }
 
@@ -1563,8 +1577,14 @@ mod tests {
         assert_eq!(
             bias,
             [
-                LogitBias { token: 7, bias: 2.5 },
-                LogitBias { token: 50256, bias: -100.0 }
+                LogitBias {
+                    token: 7,
+                    bias: 2.5
+                },
+                LogitBias {
+                    token: 50256,
+                    bias: -100.0
+                }
             ]
         );
         assert_invalid(
@@ -1590,7 +1610,10 @@ mod tests {
         assert_eq!(chat(json!({})).unwrap(), None);
         assert_eq!(chat(json!({"logprobs": false})).unwrap(), None);
         assert_eq!(chat(json!({"logprobs": true})).unwrap(), Some(0));
-        assert_eq!(chat(json!({"logprobs": true, "top_logprobs": 20})).unwrap(), Some(20));
+        assert_eq!(
+            chat(json!({"logprobs": true, "top_logprobs": 20})).unwrap(),
+            Some(20)
+        );
         assert_eq!(chat(json!({"top_logprobs": 0})).unwrap(), None);
         assert_invalid(
             chat(json!({"top_logprobs": 3})),
