@@ -486,16 +486,17 @@ fn kill_9_of_the_daemon_leaves_no_worker() {
     );
 }
 
-/// The official `openai` Python client, from a virtualenv the test command
-/// makes (`LOCARA_TEST_PYTHON`, set by scripts/test.sh).
-#[test]
-fn the_openai_python_client_streams_and_gets_a_whole_answer() {
+/// Runs `script` (in tests/) with the official `openai` Python client,
+/// from a virtualenv the test command makes (`LOCARA_TEST_PYTHON`, set by
+/// scripts/test.sh), against `d`; its standard output, once it succeeded.
+fn python_client(d: &Daemon, script: &str) -> String {
     let python = std::env::var("LOCARA_TEST_PYTHON").expect(
         "LOCARA_TEST_PYTHON is not set: run the suite with scripts/test.sh, which makes a \
          virtualenv with the openai client",
     );
-    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
     let out = std::process::Command::new(python)
         .arg(script)
         .arg(format!("{}/v1", d.url))
@@ -503,16 +504,43 @@ fn the_openai_python_client_streams_and_gets_a_whole_answer() {
         .arg(&d.token)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn the_openai_python_client_streams_and_gets_a_whole_answer() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let stdout = python_client(&d, "openai_client.py");
     assert!(
         stdout.contains("stream ok") && stdout.contains("whole ok"),
         "{stdout}"
     );
+}
+
+/// Structured output (validated with `jsonschema`), log-probabilities and
+/// penalties, as the official client asks for them.
+#[test]
+fn the_openai_python_client_gets_structured_output_logprobs_and_penalties() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let stdout = python_client(&d, "openai_sampling.py");
+    for part in [
+        "json_schema ok",
+        "json_object ok",
+        "parse ok",
+        "logprobs ok",
+        "streamed logprobs ok",
+        "legacy logprobs ok",
+        "penalties ok",
+        "refusal ok",
+    ] {
+        assert!(stdout.contains(part), "{part} missing:\n{stdout}");
+    }
 }
 
 #[test]
