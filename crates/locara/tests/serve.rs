@@ -815,8 +815,8 @@ fn web_pages_cannot_reach_the_api() {
     assert_eq!(status, 413);
     let deep = format!(
         "{{\"model\":\"m\",\"messages\":{}{}}}",
-        "[".repeat(40),
-        "]".repeat(40)
+        "[".repeat(70),
+        "]".repeat(70)
     );
     let e = d
         .post(
@@ -829,7 +829,7 @@ fn web_pages_cannot_reach_the_api() {
     };
     let body: Value = r.into_json().unwrap();
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("41 levels deep"), "{message}");
+    assert!(message.contains("71 levels deep"), "{message}");
 }
 
 /// Installs an app from manifest text in the daemon's data directory; its
