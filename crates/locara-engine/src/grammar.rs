@@ -509,7 +509,7 @@ fn repeat(min: u64, max: Option<u64>) -> String {
     }
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
     /// Adds a rule named after `hint`; returns its name.
     fn rule(&mut self, hint: &str, body: String) -> String {
         let name = self.reserve(hint);
@@ -636,22 +636,7 @@ impl Builder<'_> {
         if let Some(name) = self.refs.get(pointer) {
             return Ok(name.clone());
         }
-        let (resolved, hint, at) = if pointer == "#" {
-            (Some(self.root), "root-ref".to_owned(), String::new())
-        } else {
-            let found = ["$defs", "definitions"].iter().find_map(|defs| {
-                let name = pointer.strip_prefix(&format!("#/{defs}/"))?;
-                // JSON Pointer escapes (RFC 6901): ~1 is /, ~0 is ~.
-                let name = name.replace("~1", "/").replace("~0", "~");
-                let schema = self.root.get(defs)?.get(&name)?;
-                Some((schema, format!(".{defs}.{name}")))
-            });
-            match found {
-                Some((schema, at)) => (Some(schema), "def".to_owned(), at),
-                None => (None, String::new(), String::new()),
-            }
-        };
-        let Some(resolved) = resolved else {
+        let Some((resolved, at)) = self.resolve(pointer) else {
             return Err(unsupported(
                 path,
                 "$ref",
@@ -660,7 +645,8 @@ impl Builder<'_> {
                 ),
             ));
         };
-        let name = self.reserve(&hint);
+        let hint = if pointer == "#" { "root-ref" } else { "def" };
+        let name = self.reserve(hint);
         self.refs.insert(pointer.clone(), name.clone());
         let body = self.visit(resolved, &at)?;
         self.define(&name, body);
@@ -721,7 +707,7 @@ impl Builder<'_> {
     /// allows; `None` for any other schema.
     fn literal_values<'s>(&'s self, schema: &'s Json) -> Option<Vec<&'s Json>> {
         if let Some(Json::String(pointer)) = schema.get("$ref") {
-            let target = self.resolve(pointer)?;
+            let (target, _) = self.resolve(pointer)?;
             return self.literal_values(target);
         }
         match (schema.get("const"), schema.get("enum")) {
@@ -731,13 +717,18 @@ impl Builder<'_> {
         }
     }
 
-    fn resolve(&self, pointer: &str) -> Option<&Json> {
+    /// The schema a `$ref` names, and its path: `#` (the root),
+    /// `#/$defs/NAME` or `#/definitions/NAME`.
+    fn resolve(&self, pointer: &str) -> Option<(&'a Json, String)> {
         if pointer == "#" {
-            return Some(self.root);
+            return Some((self.root, String::new()));
         }
         ["$defs", "definitions"].iter().find_map(|defs| {
             let name = pointer.strip_prefix(&format!("#/{defs}/"))?;
-            self.root.get(defs)?.get(name)
+            // JSON Pointer escapes (RFC 6901): ~1 is /, ~0 is ~.
+            let name = name.replace("~1", "/").replace("~0", "~");
+            let schema = self.root.get(defs)?.get(&name)?;
+            Some((schema, format!(".{defs}.{name}")))
         })
     }
 
@@ -755,7 +746,7 @@ impl Builder<'_> {
         if let Some(Json::String(pointer)) = schema.get("$ref") {
             return self
                 .resolve(pointer)
-                .map_or(ALL_KINDS.to_vec(), |s| self.kinds(s, depth + 1));
+                .map_or(ALL_KINDS.to_vec(), |(s, _)| self.kinds(s, depth + 1));
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(Json::Array(branches)) = schema.get(key) {
