@@ -12,7 +12,7 @@
 
 use locara_engine::protocol::{
     ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest, LoadedInfo,
-    Prompt, Request, Sampling,
+    Prompt, Request, Sampling, TokenLogprobs,
 };
 use locara_engine::{EngineError, Worker, WorkerCommand};
 use std::collections::HashMap;
@@ -27,6 +27,10 @@ use tokio::sync::mpsc;
 pub enum StreamEvent {
     /// Text of one or more tokens.
     Token(String),
+    /// The log-probabilities of tokens drawn since the last `Token` (only
+    /// when the request asked); their text is in the next `Token`, or
+    /// never sent (a stop string).
+    Logprobs(Vec<TokenLogprobs>),
     /// The end, with the worker's figures.
     Done {
         finish: FinishReason,
@@ -290,6 +294,11 @@ fn route(
                     let _ = tx.send(StreamEvent::Token(text));
                 }
             }
+            Ok(Event::Logprobs { id, tokens }) => {
+                if let Some(tx) = lock(streams).get(&id) {
+                    let _ = tx.send(StreamEvent::Logprobs(tokens));
+                }
+            }
             Ok(Event::Done { id, finish, stats }) => {
                 if let Some(tx) = lock(streams).remove(&id) {
                     let _ = tx.send(StreamEvent::Done { finish, stats });
@@ -368,7 +377,7 @@ impl Generation {
         }
         let ev = self.events.recv().await;
         match &ev {
-            Some(StreamEvent::Token(_)) => {}
+            Some(StreamEvent::Token(_) | StreamEvent::Logprobs(_)) => {}
             Some(_) | None => self.finished = true,
         }
         ev

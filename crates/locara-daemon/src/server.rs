@@ -40,8 +40,9 @@ use locara_core::controller::AppClaim;
 use locara_core::governor::KeepAlive;
 use locara_core::manifest::{ModelDecl, Role};
 use locara_core::KvType;
-use locara_engine::protocol::{FinishReason, GenerationStats, Prompt};
+use locara_engine::protocol::{FinishReason, GenerationStats, Prompt, TokenLogprobs};
 use serde::Deserialize;
+use serde_json::Value;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -607,6 +608,14 @@ struct Run {
     created: u64,
     model: String,
     include_usage: bool,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
+    /// Log-probabilities not yet sent: a stream sends them with the next
+    /// text (or the last chunk), a whole answer with everything.
+    pending_logprobs: Vec<TokenLogprobs>,
+    /// Characters of text the legacy (`/v1/completions`) log-probabilities
+    /// have covered: their `text_offset`.
+    text_offset: usize,
     /// Tokens streamed so far, and the most allowed once the pressure
     /// ladder caps the remaining tokens of in-flight responses.
     tokens: u32,
@@ -671,10 +680,23 @@ impl Run {
         }
     }
 
-    /// A chunk of generated text.
-    fn chunk(&self, text: &str) -> String {
-        match self.endpoint {
-            Endpoint::Chat => openai::chat_chunk(
+    /// The `logprobs` of the pending tokens in the endpoint's shape (and
+    /// they are no longer pending); `None` when the request did not ask.
+    fn take_logprobs(&mut self) -> Option<Value> {
+        if !self.logprobs {
+            return None;
+        }
+        let tokens = std::mem::take(&mut self.pending_logprobs);
+        Some(match self.endpoint {
+            Endpoint::Chat => openai::chat_logprobs(&tokens),
+            Endpoint::Completion => openai::text_logprobs(&tokens, &mut self.text_offset),
+        })
+    }
+
+    /// A chunk of generated text, with the log-probabilities of its tokens.
+    fn chunk(&mut self, text: &str) -> String {
+        let mut chunk = match self.endpoint {
+            Endpoint::Chat => openai::chat_chunk_json(
                 &self.id,
                 self.created,
                 &self.model,
@@ -682,21 +704,32 @@ impl Run {
                 None,
             ),
             Endpoint::Completion => {
-                openai::text_chunk(&self.id, self.created, &self.model, text, None)
+                openai::text_chunk_json(&self.id, self.created, &self.model, text, None)
             }
+        };
+        if let Some(logprobs) = self.take_logprobs() {
+            openai::set_logprobs(&mut chunk, logprobs);
         }
+        chunk.to_string()
     }
 
-    /// The chunk with the finish reason, and what was left out.
-    fn last_chunk(&self, finish: &str, report: ContextReport) -> String {
-        match self.endpoint {
+    /// The chunk with the finish reason, and what was left out (and the
+    /// log-probabilities of tokens whose text was never sent).
+    fn last_chunk(&mut self, finish: &str, report: ContextReport) -> String {
+        let mut chunk = match self.endpoint {
             Endpoint::Chat => {
-                openai::chat_last_chunk(&self.id, self.created, &self.model, finish, report)
+                openai::chat_last_chunk_json(&self.id, self.created, &self.model, finish, report)
             }
             Endpoint::Completion => {
-                openai::text_last_chunk(&self.id, self.created, &self.model, finish, report)
+                openai::text_last_chunk_json(&self.id, self.created, &self.model, finish, report)
+            }
+        };
+        if !self.pending_logprobs.is_empty() {
+            if let Some(logprobs) = self.take_logprobs() {
+                openai::set_logprobs(&mut chunk, logprobs);
             }
         }
+        chunk.to_string()
     }
 
     fn usage_chunk(&self, usage: Usage, report: ContextReport) -> String {
@@ -753,6 +786,7 @@ async fn generate(
             ));
         }
     }
+    let logprobs = params.sampling.logprobs.is_some();
     let mut generation = lease.host.generate(
         prompt,
         params.sampling,
@@ -776,7 +810,8 @@ async fn generate(
         None => return Err(DaemonError::StreamEnded.into()),
         Some(ev) => ev,
     };
-    if matches!(first, StreamEvent::Token(_)) {
+    // A drawn token's log-probabilities come just before its text.
+    if matches!(first, StreamEvent::Token(_) | StreamEvent::Logprobs(_)) {
         state
             .runtime
             .metrics
@@ -791,6 +826,9 @@ async fn generate(
         created: locara_platform::time::unix_now_s(),
         model,
         include_usage: params.include_usage,
+        logprobs,
+        pending_logprobs: Vec::new(),
+        text_offset: 0,
         tokens: 0,
         token_limit: None,
         generation,
@@ -812,12 +850,13 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
     loop {
         match next {
             Some(StreamEvent::Token(t)) => text.push_str(&t),
+            Some(StreamEvent::Logprobs(tokens)) => run.pending_logprobs.extend(tokens),
             Some(StreamEvent::Done { finish, stats }) => {
                 run.finished(Some(finish), Some(&stats));
                 let usage = Usage::from_stats(&stats);
                 let report = ContextReport::from_stats(&stats);
                 let reason = openai::finish_reason(finish);
-                let body = match run.endpoint {
+                let mut body = match run.endpoint {
                     Endpoint::Chat => openai::chat_completion(
                         &run.id,
                         run.created,
@@ -837,6 +876,9 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
                         report,
                     ),
                 };
+                if let Some(logprobs) = run.take_logprobs() {
+                    openai::set_logprobs(&mut body, logprobs);
+                }
                 let mut response = Json(body).into_response();
                 // Digits, letters, `_`, `=`, `,` and spaces: always a valid value.
                 if let Some(value) = report
@@ -878,7 +920,7 @@ fn stream_response(
     // are yielded: a client that reads `[DONE]` and asks again at once finds
     // the model's sequence free, as with a whole answer.
     let events = stream::unfold(Phase::Start(run, first), |phase| async move {
-        let (run, event, mut out): (Run, Option<StreamEvent>, Vec<String>) = match phase {
+        let (mut run, event, mut out): (Run, Option<StreamEvent>, Vec<String>) = match phase {
             Phase::Ended { .. } => return None,
             Phase::Start(run, first) => {
                 let mut out = Vec::new();
@@ -901,6 +943,11 @@ fn stream_response(
         match event {
             Some(StreamEvent::Token(t)) => {
                 out.push(run.chunk(&t));
+                return Some((out, Phase::Next(run)));
+            }
+            // Sent with the text they belong to.
+            Some(StreamEvent::Logprobs(tokens)) => {
+                run.pending_logprobs.extend(tokens);
                 return Some((out, Phase::Next(run)));
             }
             Some(StreamEvent::Done { finish, stats }) => {
@@ -1545,5 +1592,187 @@ mod tests {
         let lan = "192.168.1.5:11480".parse().unwrap();
         assert!(host_allowed(Some("192.168.1.5:11480"), lan));
         assert!(!host_allowed(Some("192.168.1.6:11480"), lan));
+    }
+
+    #[tokio::test]
+    async fn sampling_fields_and_the_schema_grammar_reach_the_worker() {
+        let d = daemon(FakeEngine::new(3)).await;
+        let a = d
+            .post(
+                "/v1/chat/completions",
+                chat(json!({
+                    "frequency_penalty": 0.5, "presence_penalty": 1.25,
+                    "logit_bias": {"5": -100},
+                    "response_format": {"type": "json_schema", "json_schema": {
+                        "name": "answer", "strict": true,
+                        "schema": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}},
+                                   "required": ["city"], "additionalProperties": false},
+                    }},
+                })),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let s = d.engine.requests().last().unwrap().sampling.clone();
+        assert_eq!((s.frequency_penalty, s.presence_penalty), (0.5, 1.25));
+        assert_eq!(
+            s.logit_bias,
+            [locara_engine::protocol::LogitBias {
+                token: 5,
+                bias: -100.0
+            }]
+        );
+        let grammar = s.grammar.unwrap();
+        assert!(
+            grammar.contains(r#"( "\"Paris\"" | "\"Rome\"" )"#),
+            "{grammar}"
+        );
+        assert_eq!(s.logprobs, None);
+        // Answers without logprobs say null, as OpenAI's.
+        assert_eq!(a.json()["choices"][0]["logprobs"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn a_schema_keyword_we_cannot_enforce_is_a_400_before_the_worker() {
+        let d = daemon(FakeEngine::new(3)).await;
+        for stream in [false, true] {
+            let a = d
+                .post(
+                    "/v1/chat/completions",
+                    chat(json!({"stream": stream, "response_format": {"type": "json_schema", "json_schema": {
+                        "name": "n",
+                        "schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}},
+                    }}})),
+                )
+                .await;
+            assert_eq!(a.status, 400, "{}", a.body);
+            let e = &a.json()["error"];
+            assert_eq!(
+                e["param"],
+                "response_format.json_schema.schema.properties.n"
+            );
+            assert_eq!(e["code"], "unsupported_parameter");
+            assert!(
+                e["message"].as_str().unwrap().contains("\"minimum\""),
+                "{e}"
+            );
+        }
+        assert!(d.engine.requests().is_empty(), "refused before the worker");
+    }
+
+    #[tokio::test]
+    async fn a_logit_bias_token_outside_the_vocabulary_is_a_400() {
+        let d = daemon(FakeEngine::new(3)).await;
+        for stream in [false, true] {
+            let a = d
+                .post(
+                    "/v1/chat/completions",
+                    chat(json!({"stream": stream, "logit_bias": {"999999": 1}})),
+                )
+                .await;
+            assert_eq!(a.status, 400, "{}", a.body);
+            let e = &a.json()["error"];
+            assert_eq!(e["type"], "invalid_request_error");
+            assert_eq!(e["code"], "invalid_sampling");
+            assert!(
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("logit_bias names token 999999"),
+                "{e}"
+            );
+        }
+    }
+
+    /// A NUL byte was a 500 from the worker; now a 400 that never reaches it.
+    #[tokio::test]
+    async fn a_nul_byte_in_a_message_is_a_400_not_a_500() {
+        let d = daemon(FakeEngine::new(3)).await;
+        let mut body = chat(json!({}));
+        body["messages"][1]["content"] = json!("a\u{0}b");
+        let a = d.post("/v1/chat/completions", body).await;
+        assert_eq!(a.status, 400, "{}", a.body);
+        assert_eq!(a.json()["error"]["param"], "messages[1].content");
+        let a = d
+            .post(
+                "/v1/completions",
+                json!({"model": "m:1", "prompt": "\u{0}"}),
+            )
+            .await;
+        assert_eq!(a.status, 400, "{}", a.body);
+        assert_eq!(a.json()["error"]["param"], "prompt");
+        assert!(d.engine.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn chat_logprobs_come_whole_and_with_each_streamed_text() {
+        let d = daemon(FakeEngine::new(3)).await;
+        let asked = json!({"logprobs": true, "top_logprobs": 2});
+        let a = d.post("/v1/chat/completions", chat(asked.clone())).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(
+            d.engine.requests().last().unwrap().sampling.logprobs,
+            Some(2)
+        );
+        let lp = &a.json()["choices"][0]["logprobs"];
+        assert_eq!(lp["refusal"], Value::Null);
+        let content = lp["content"].as_array().unwrap();
+        assert_eq!(content.len(), 3, "{lp}");
+        assert_eq!(
+            content[1],
+            json!({"token": "t1 ", "logprob": -0.2f32, "bytes": [116, 49, 32], "top_logprobs": [
+                {"token": "a0", "logprob": -0.05f32, "bytes": [97, 48]},
+                {"token": "a1", "logprob": -1.05f32, "bytes": [97, 49]},
+            ]})
+        );
+
+        let mut body = chat(asked);
+        body["stream"] = json!(true);
+        let events = d.post("/v1/chat/completions", body).await.events();
+        let texts: Vec<&Value> = events
+            .iter()
+            .filter(|e| {
+                e["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|t| !t.is_empty())
+            })
+            .collect();
+        assert_eq!(texts.len(), 3);
+        for (i, e) in texts.iter().enumerate() {
+            let choice = &e["choices"][0];
+            let content = choice["logprobs"]["content"].as_array().unwrap();
+            assert_eq!(content.len(), 1, "{e}");
+            assert_eq!(content[0]["token"], choice["delta"]["content"], "{e}");
+            assert_eq!(content[0]["token"], format!("t{i} "));
+        }
+    }
+
+    #[tokio::test]
+    async fn completion_logprobs_take_the_legacy_shape_with_offsets() {
+        let d = daemon(FakeEngine::new(3)).await;
+        let body = json!({"model": "m:1", "prompt": "Once", "logprobs": 1});
+        let a = d.post("/v1/completions", body.clone()).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let lp = &a.json()["choices"][0]["logprobs"];
+        assert_eq!(lp["tokens"], json!(["t0 ", "t1 ", "t2 "]));
+        assert_eq!(lp["text_offset"], json!([0, 3, 6]));
+        assert_eq!(lp["token_logprobs"], json!([-0.1f32, -0.2f32, -0.3f32]));
+        assert_eq!(
+            lp["top_logprobs"][2],
+            json!({"a0": -0.05f32, "t2 ": -0.3f32})
+        );
+
+        let mut body = body;
+        body["stream"] = json!(true);
+        let events = d.post("/v1/completions", body).await.events();
+        let offsets: Vec<Value> = events
+            .iter()
+            .filter(|e| {
+                e["choices"][0]["text"]
+                    .as_str()
+                    .is_some_and(|t| !t.is_empty())
+            })
+            .map(|e| e["choices"][0]["logprobs"]["text_offset"][0].clone())
+            .collect();
+        assert_eq!(offsets, [json!(0), json!(3), json!(6)]);
     }
 }

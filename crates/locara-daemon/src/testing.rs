@@ -5,6 +5,7 @@
 use crate::host::{Engine, WorkerLink};
 use locara_engine::protocol::{
     ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadedInfo, Prompt, Request,
+    TokenLogprobs, TokenProb,
 };
 use locara_engine::EngineError;
 use std::cell::RefCell;
@@ -18,6 +19,27 @@ use std::time::{Duration, Instant};
 /// real worker drops the oldest ones (`dropped_messages: 1` in its stats);
 /// with `truncate: false` it answers `prompt_too_long`, as a real one does.
 pub const TOO_LONG: &str = "<fake: longer than the context>";
+
+/// Tokens in a fake worker's vocabulary: a `logit_bias` naming one at or
+/// past it is answered `invalid_sampling`, as a real worker does.
+pub const FAKE_VOCAB: u32 = 1000;
+
+/// What a fake worker reports for token `i` of an answer when asked for
+/// log-probabilities: `"t{i} "` with logprob `-(i + 1) / 10`, and `top`
+/// alternatives `"a0"`, `"a1"`, ... with logprobs -0.05, -1.05, ...
+pub fn fake_logprobs(i: u32, top: u32) -> TokenLogprobs {
+    let prob = |token: String, logprob: f32| TokenProb {
+        bytes: token.clone().into_bytes(),
+        token,
+        logprob,
+    };
+    TokenLogprobs {
+        chosen: prob(format!("t{i} "), -(i as f32 + 1.0) / 10.0),
+        top: (0..top)
+            .map(|j| prob(format!("a{j}"), -0.05 - j as f32))
+            .collect(),
+    }
+}
 
 /// An engine of fake workers. Each generation yields `tokens` tokens
 /// (`"t0 "`, `"t1 "`, ...) then ends as `length`, or, from
@@ -281,8 +303,26 @@ impl WorkerLink for FakeLink {
                     });
                     return Ok(());
                 }
+                if let Some(b) = g.sampling.logit_bias.iter().find(|b| b.token >= FAKE_VOCAB) {
+                    emit(Event::Error {
+                        id: Some(g.id),
+                        kind: ErrorKind::InvalidSampling,
+                        message: format!(
+                            "logit_bias names token {}, outside the model's vocabulary of {FAKE_VOCAB} tokens (0 to {})",
+                            b.token,
+                            FAKE_VOCAB - 1
+                        ),
+                    });
+                    return Ok(());
+                }
                 let n = g.max_tokens.unwrap_or(self.tokens).min(self.tokens);
                 for i in 0..n {
+                    if let Some(top) = g.sampling.logprobs {
+                        emit(Event::Logprobs {
+                            id: g.id,
+                            tokens: vec![fake_logprobs(i, top)],
+                        });
+                    }
                     emit(Event::Token {
                         id: g.id,
                         text: format!("t{i} "),

@@ -43,6 +43,7 @@
 
 pub mod client;
 pub mod disk;
+pub mod grammar;
 pub mod pool;
 pub mod protocol;
 pub mod stop;

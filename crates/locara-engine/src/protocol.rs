@@ -28,7 +28,7 @@
 //! worker: Ready{protocol, engine}
 //! parent: Load{path, context, kv_type, pool, pool_max, ...}   worker: Loaded{...} | Error
 //! parent: Generate{id, prompt, sampling, n_keep, truncate, ...}
-//!                                 worker: Token{id, text}* then Done{id, finish, stats} | Error{id}
+//!                                 worker: (Logprobs{id, tokens}? Token{id, text})* then Done{id, finish, stats} | Error{id}
 //! parent: Cancel{id}              (the generation ends before its next token: Done{finish: cancelled})
 //! parent: Stats                   worker: Stats{...}
 //! parent: Sequences               worker: Sequences{...}   (what each sequence holds; for tests and debugging)
@@ -119,7 +119,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 /// Version of this protocol; see the module docs.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame either side accepts, in bytes. A prompt of the longest
 /// context we load (128k tokens) is well under 4 MiB of text; 64 MiB leaves
@@ -241,8 +241,13 @@ pub enum Prompt {
     Raw { text: String },
 }
 
-/// Sampling settings. With `temperature == 0` decoding is greedy and the
-/// other settings are ignored.
+/// Sampling settings. With `temperature == 0` decoding is greedy and
+/// `top_p`, `top_k`, `min_p` and `seed` are ignored; the penalties, the
+/// logit bias and the grammar apply either way.
+///
+/// The worker's sampler chain, in order: `logit_bias`, the repeat penalty,
+/// the frequency and presence penalties, the grammar, then top-k, top-p,
+/// min-p, temperature and a seeded draw (or the most likely token).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Sampling {
@@ -257,8 +262,64 @@ pub struct Sampling {
     pub repeat_penalty: f32,
     /// Window of the repeat penalty, in tokens.
     pub repeat_last_n: u32,
+    /// OpenAI's `frequency_penalty`: subtracted from a token's logit once
+    /// for every time the generation has produced it so far (the prompt
+    /// does not count, as with vLLM); 0 disables it.
+    pub frequency_penalty: f32,
+    /// OpenAI's `presence_penalty`: subtracted from the logit of every
+    /// token the generation has produced so far; 0 disables it.
+    pub presence_penalty: f32,
+    /// Added to these tokens' logits before anything else (OpenAI's
+    /// `logit_bias`). A token outside the model's vocabulary is an
+    /// `Error{kind: invalid_sampling}`.
+    pub logit_bias: Vec<LogitBias>,
+    /// A GBNF grammar (llama.cpp's format, start rule `root`) every answer
+    /// must match: only tokens that keep the output inside it are drawn,
+    /// and an end-of-generation token only where the grammar is complete.
+    /// Made from a JSON Schema by [`crate::grammar`]. One llama.cpp cannot
+    /// parse is an `Error{kind: invalid_sampling}`.
+    pub grammar: Option<String>,
+    /// Report the log-probability of each drawn token, with this many of
+    /// the most likely alternatives (0 to [`MAX_TOP_LOGPROBS`]), as
+    /// [`Event::Logprobs`]; `None` reports nothing. Not a sampling setting,
+    /// but it reads the same logits at the same moment.
+    pub logprobs: Option<u32>,
     /// Seed of the sampler; `None` = a random one.
     pub seed: Option<u32>,
+}
+
+/// Most alternatives [`Sampling::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// A bias added to one token's logit.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LogitBias {
+    /// The token id in the model's vocabulary.
+    pub token: u32,
+    /// Added to its logit; OpenAI's range is -100 to 100 (-100 bans it in
+    /// practice, 100 all but forces it).
+    pub bias: f32,
+}
+
+/// One token as [`Event::Logprobs`] reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenProb {
+    /// Its text (invalid UTF-8, a piece of a character, is replaced).
+    pub token: String,
+    /// Its bytes, exactly.
+    pub bytes: Vec<u8>,
+    /// Natural log of its probability under the model: the softmax of the
+    /// raw logits, before any penalty, bias, grammar or temperature (what
+    /// OpenAI reports and vLLM reports by default).
+    pub logprob: f32,
+}
+
+/// A drawn token, and the most likely tokens at its place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    pub chosen: TokenProb,
+    /// Most likely first, at most `Sampling.logprobs` of them.
+    pub top: Vec<TokenProb>,
 }
 
 impl Default for Sampling {
@@ -272,6 +333,11 @@ impl Default for Sampling {
             min_p: 0.05,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: Vec::new(),
+            grammar: None,
+            logprobs: None,
             seed: None,
         }
     }
@@ -340,6 +406,16 @@ pub enum Event {
     Token {
         id: u64,
         text: String,
+    },
+    /// The log-probabilities of tokens drawn since the last `Token` (only
+    /// when `Sampling.logprobs` asked), sent before the `Token` that
+    /// carries their text. A token's text may come later than its entry
+    /// (text that might begin a stop string is held back); the end token
+    /// has none; the tokens of a stop string have theirs though their text
+    /// is never sent.
+    Logprobs {
+        id: u64,
+        tokens: Vec<TokenLogprobs>,
     },
     Done {
         id: u64,
@@ -609,6 +685,9 @@ pub enum ErrorKind {
     /// this worker, or it is damaged), or the tier could not be read or
     /// written. Always `id: None`: the worker goes on without the file.
     DiskCache,
+    /// The sampling settings do not fit the model: a `logit_bias` token
+    /// outside its vocabulary, a grammar llama.cpp cannot parse.
+    InvalidSampling,
 }
 
 impl ErrorKind {
@@ -623,6 +702,7 @@ impl ErrorKind {
             ErrorKind::PoolExhausted => "pool_exhausted",
             ErrorKind::ResizeFailed => "resize_failed",
             ErrorKind::DiskCache => "disk_cache",
+            ErrorKind::InvalidSampling => "invalid_sampling",
         }
     }
 }
@@ -753,6 +833,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.prompt_cached_tokens, 0);
+    }
+
+    #[test]
+    fn sampling_fields_of_version_3_default_to_off_and_round_trip() {
+        let s: Sampling = serde_json::from_str(r#"{"temperature":0}"#).unwrap();
+        assert_eq!(
+            (s.frequency_penalty, s.presence_penalty, s.logit_bias.len()),
+            (0.0, 0.0, 0)
+        );
+        assert_eq!((s.grammar, s.logprobs), (None, None));
+        let s = Sampling {
+            frequency_penalty: 0.5,
+            presence_penalty: -1.0,
+            logit_bias: vec![LogitBias {
+                token: 7,
+                bias: -100.0,
+            }],
+            grammar: Some("root ::= \"a\"".into()),
+            logprobs: Some(2),
+            ..Sampling::greedy()
+        };
+        let back: Sampling = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let ev = Event::Logprobs {
+            id: 3,
+            tokens: vec![TokenLogprobs {
+                chosen: TokenProb {
+                    token: "\u{fffd}".into(),
+                    bytes: vec![0xe2, 0x9c],
+                    logprob: -0.25,
+                },
+                top: vec![],
+            }],
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &ev).unwrap();
+        assert_eq!(read_frame::<_, Event>(&mut &buf[..]).unwrap(), ev);
     }
 
     #[test]

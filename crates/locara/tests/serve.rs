@@ -491,16 +491,17 @@ fn kill_9_of_the_daemon_leaves_no_worker() {
     );
 }
 
-/// The official `openai` Python client, from a virtualenv the test command
-/// makes (`LOCARA_TEST_PYTHON`, set by scripts/test.sh).
-#[test]
-fn the_openai_python_client_streams_and_gets_a_whole_answer() {
+/// Runs `script` (in tests/) with the official `openai` Python client,
+/// from a virtualenv the test command makes (`LOCARA_TEST_PYTHON`, set by
+/// scripts/test.sh), against `d`; its standard output, once it succeeded.
+fn python_client(d: &Daemon, script: &str) -> String {
     let python = std::env::var("LOCARA_TEST_PYTHON").expect(
         "LOCARA_TEST_PYTHON is not set: run the suite with scripts/test.sh, which makes a \
          virtualenv with the openai client",
     );
-    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
     let out = std::process::Command::new(python)
         .arg(script)
         .arg(format!("{}/v1", d.url))
@@ -508,16 +509,43 @@ fn the_openai_python_client_streams_and_gets_a_whole_answer() {
         .arg(&d.token)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn the_openai_python_client_streams_and_gets_a_whole_answer() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let stdout = python_client(&d, "openai_client.py");
     assert!(
         stdout.contains("stream ok") && stdout.contains("whole ok"),
         "{stdout}"
     );
+}
+
+/// Structured output (validated with `jsonschema`), log-probabilities and
+/// penalties, as the official client asks for them.
+#[test]
+fn the_openai_python_client_gets_structured_output_logprobs_and_penalties() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let stdout = python_client(&d, "openai_sampling.py");
+    for part in [
+        "json_schema ok",
+        "json_object ok",
+        "parse ok",
+        "logprobs ok",
+        "streamed logprobs ok",
+        "legacy logprobs ok",
+        "penalties ok",
+        "refusal ok",
+    ] {
+        assert!(stdout.contains(part), "{part} missing:\n{stdout}");
+    }
 }
 
 #[test]
@@ -792,8 +820,8 @@ fn web_pages_cannot_reach_the_api() {
     assert_eq!(status, 413);
     let deep = format!(
         "{{\"model\":\"m\",\"messages\":{}{}}}",
-        "[".repeat(40),
-        "]".repeat(40)
+        "[".repeat(70),
+        "]".repeat(70)
     );
     let e = d
         .post(
@@ -806,7 +834,7 @@ fn web_pages_cannot_reach_the_api() {
     };
     let body: Value = r.into_json().unwrap();
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("41 levels deep"), "{message}");
+    assert!(message.contains("71 levels deep"), "{message}");
 }
 
 /// Installs an app from manifest text in the daemon's data directory; its
