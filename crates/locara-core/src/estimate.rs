@@ -53,8 +53,8 @@ pub const CELL_PAD: u32 = 256;
 /// The most tokens one input of an embedding request may hold (and the
 /// cells of the worker's embedding context, at most the model's context).
 /// OpenAI's own embedding models take 8191; 2048 covers the passages that
-/// retrieval apps embed while keeping the context's K/V small (25 MiB for
-/// SmolLM2-135M at q8_0, 11 MiB for Gemma 3 270M).
+/// retrieval apps embed while keeping the context's K/V small (24 MiB for
+/// SmolLM2-135M at q8_0, 9 MiB for Gemma 3 270M).
 pub const EMBED_MAX_TOKENS: u32 = 2048;
 
 /// Tokens per decode of the embedding context. llama.cpp computes logits for

@@ -374,5 +374,13 @@ async fn ollama_load_without_a_prompt_and_unload_with_keep_alive_zero() {
     )
     .await;
     assert_eq!(body["done_reason"], "unload", "{body}");
-    assert_eq!(d.engine.live(), 0);
+    // The worker is stopped on a blocking thread: poll with a deadline.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while d.engine.live() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

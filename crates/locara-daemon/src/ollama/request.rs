@@ -295,16 +295,13 @@ fn common(obj: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
             let Some(v) = field(options, ollama) else {
                 continue;
             };
-            match *ollama {
-                // -1: until the model stops; -2: until the context is full.
-                // Both are "no limit" here (the context bounds every answer).
-                "num_predict" => {
-                    if as_integer("options.num_predict", v)? < 0 {
-                        continue;
-                    }
-                }
-                "stop" if v.as_array().is_some_and(Vec::is_empty) => continue,
-                _ => {}
+            // num_predict -1: until the model stops; -2: until the context
+            // is full. Both are "no limit" here (the context bounds every
+            // answer).
+            let unlimited = *ollama == "num_predict" && as_integer("options.num_predict", v)? < 0;
+            let no_stop = *ollama == "stop" && v.as_array().is_some_and(Vec::is_empty);
+            if unlimited || no_stop {
+                continue;
             }
             out.insert((*ours).into(), v.clone());
         }
