@@ -17,8 +17,8 @@
 //! Ollama ignores options it does not know.
 
 use crate::openai::{
-    self, as_bool, as_integer, as_object, as_str, describe, field, parse_body, parse_keep_alive,
-    parse_model, ApiError, GenerationParams, KeepAlive,
+    self, as_bool, as_integer, as_object, as_str, describe, field, no_nul, parse_body,
+    parse_keep_alive, parse_model, refuse_if_set, ApiError, GenerationParams, KeepAlive,
 };
 use locara_core::manifest::forbidden_key_reason;
 use locara_engine::protocol::{ChatMessage, EmbedInput, Prompt};
@@ -184,7 +184,7 @@ pub fn parse_generate(body: &[u8]) -> Result<GenerateBody, ApiError> {
         } else {
             let mut messages = Vec::new();
             if let Some(system) = system.filter(|s| !s.is_empty()) {
-                openai_check_text("system", &system)?;
+                no_nul("system", &system)?;
                 messages.push(ChatMessage {
                     role: "system".into(),
                     content: system,
@@ -212,15 +212,7 @@ pub fn parse_embed(body: &[u8]) -> Result<EmbedBody, ApiError> {
         check_options(options)?;
     }
     let dimensions = field(obj, "dimensions")
-        .map(|v| {
-            let n = as_integer("dimensions", v)?;
-            u32::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| {
-                ApiError::invalid(
-                    "dimensions",
-                    format!("dimensions {n} is out of range: a positive integer"),
-                )
-            })
-        })
+        .map(openai::parse_dimensions)
         .transpose()?;
     if let Some(v) = field(obj, "truncate") {
         as_bool("truncate", v)?;
@@ -231,17 +223,6 @@ pub fn parse_embed(body: &[u8]) -> Result<EmbedBody, ApiError> {
         keep_alive: keep_alive(obj)?,
         dimensions,
     })
-}
-
-/// A NUL byte in text is a 400 naming the field (llama.cpp takes C strings).
-fn openai_check_text(param: &str, text: &str) -> Result<(), ApiError> {
-    match text.find('\0') {
-        Some(at) => Err(ApiError::invalid(
-            param,
-            format!("{param} holds a NUL byte (at byte {at}): text must not contain U+0000"),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Ollama's `keep_alive`: seconds or a duration string; negative is forever.
@@ -404,22 +385,6 @@ fn finish(
         params,
         stream,
     })
-}
-
-/// Refuses `name` when set to anything but a neutral value.
-fn refuse_if_set(obj: &Map<String, Value>, name: &str, why: &str) -> Result<(), ApiError> {
-    let neutral = match field(obj, name) {
-        None => true,
-        Some(Value::Bool(b)) => !b,
-        Some(Value::Array(a)) => a.is_empty(),
-        Some(Value::Object(o)) => o.is_empty(),
-        Some(_) => false,
-    };
-    if neutral {
-        Ok(())
-    } else {
-        Err(ApiError::unsupported(name, why))
-    }
 }
 
 /// An error of the OpenAI parser, named as the Ollama client sent it.

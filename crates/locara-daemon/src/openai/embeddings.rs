@@ -63,17 +63,7 @@ pub fn parse_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
             }
         },
     };
-    let dimensions = field(obj, "dimensions")
-        .map(|v| {
-            let n = as_integer("dimensions", v)?;
-            u32::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| {
-                ApiError::invalid(
-                    "dimensions",
-                    format!("dimensions {n} is out of range: a positive integer"),
-                )
-            })
-        })
-        .transpose()?;
+    let dimensions = field(obj, "dimensions").map(parse_dimensions).transpose()?;
     let keep_alive = field(obj, "keep_alive").map(parse_keep_alive).transpose()?;
     Ok(EmbeddingsRequest {
         model,
@@ -175,6 +165,18 @@ fn tokens_input(param: &str, ids: &[Value]) -> Result<EmbedInput, ApiError> {
         })
         .collect::<Result<Vec<u32>, _>>()
         .map(EmbedInput::Tokens)
+}
+
+/// `dimensions` as a request sends it: a positive integer (held to the
+/// model's width by [`check_dimensions`]).
+pub fn parse_dimensions(v: &Value) -> Result<u32, ApiError> {
+    let n = as_integer("dimensions", v)?;
+    u32::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| {
+        ApiError::invalid(
+            "dimensions",
+            format!("dimensions {n} is out of range: a positive integer"),
+        )
+    })
 }
 
 /// `dimensions` is accepted only as the model's own width.

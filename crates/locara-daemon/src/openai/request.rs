@@ -270,7 +270,11 @@ pub(crate) fn parse_model(obj: &Map<String, Value>) -> Result<String, ApiError> 
 
 /// Refuses `name` when it is set to anything but a neutral value (null,
 /// false, an empty array or object).
-fn refuse_if_set(obj: &Map<String, Value>, name: &str, why: &str) -> Result<(), ApiError> {
+pub(crate) fn refuse_if_set(
+    obj: &Map<String, Value>,
+    name: &str,
+    why: &str,
+) -> Result<(), ApiError> {
     let neutral = match field(obj, name) {
         None => true,
         Some(Value::Bool(b)) => !b,
