@@ -4,7 +4,9 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | chat through the model's template; SSE with `stream: true` |
 //! | `POST /v1/completions` | raw text completion |
+//! | `POST /v1/embeddings` | vectors of a string or a batch |
 //! | `GET /v1/models` | the models in the store |
+//! | `/api/...` | Ollama's API ([`crate::ollama`]) |
 //! | `GET /locara/v1/status` | budget, models (state, estimate, footprint, ...), system memory |
 //! | `POST /locara/v1/models/{name}/load` | load and keep loaded (idle) |
 //! | `POST /locara/v1/models/{name}/unload[?hold=true]` | unload (and keep unloaded) |
@@ -23,11 +25,11 @@
 //! never buffered. A client that goes away drops its stream, which cancels
 //! the generation in the worker and frees its sequence.
 
-use crate::host::{Generation, StreamEvent};
+use crate::host::{Embedded, Generation, StreamEvent};
 use crate::metrics::{Gauges, KvPoolGauges, ModelGauges, CONTENT_TYPE};
 use crate::openai::{self, ApiError, ContextReport, DaemonError, Delta, GenerationParams, Usage};
 use crate::runtime::{Lease, ModelWish, Runtime, Status};
-use crate::store::Store;
+use crate::store::{Catalog, Store};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header;
@@ -40,7 +42,7 @@ use locara_core::controller::AppClaim;
 use locara_core::governor::KeepAlive;
 use locara_core::manifest::{ModelDecl, Role};
 use locara_core::KvType;
-use locara_engine::protocol::{FinishReason, GenerationStats, Prompt, TokenLogprobs};
+use locara_engine::protocol::{EmbedInput, FinishReason, GenerationStats, Prompt, TokenLogprobs};
 use serde::Deserialize;
 use serde_json::Value;
 use std::convert::Infallible;
@@ -52,6 +54,8 @@ use std::time::Instant;
 pub struct AppState {
     pub runtime: Runtime,
     pub store: Store,
+    /// The models a pull may fetch (`/api/pull`; `locara pull`'s catalog).
+    pub catalog: Catalog,
     /// The address the daemon listens on (for the `Host` check).
     pub listen: std::net::SocketAddr,
     /// Web origins allowed to call the API.
@@ -86,6 +90,7 @@ impl AppState {
     pub fn new(
         runtime: Runtime,
         store: Store,
+        catalog: Catalog,
         listen: std::net::SocketAddr,
         allowed_origins: Vec<String>,
         auth: Auth,
@@ -93,6 +98,7 @@ impl AppState {
         Arc::new(AppState {
             runtime,
             store,
+            catalog,
             listen,
             allowed_origins,
             auth,
@@ -159,6 +165,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let apps = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/locara/v1/status", get(status))
         .route("/locara/v1/events", get(events))
@@ -167,9 +174,18 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             Arc::clone(&state),
             app_or_admin,
         ));
+    let ollama = crate::ollama::routes(&state)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            app_or_admin,
+        ))
+        .layer(axum::middleware::map_response(
+            crate::ollama::reshape_errors,
+        ));
     Router::new()
         .merge(management)
         .merge(apps)
+        .merge(ollama)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -282,7 +298,7 @@ async fn admin_only(
 /// are split among them). The registry is read on a blocking thread; the
 /// budget itself is checked by the controller, in the same step as
 /// admission. The place among the app's `max_concurrency` comes later.
-async fn app_terms(
+pub(crate) async fn app_terms(
     state: &Arc<AppState>,
     caller: &Caller,
     model: &str,
@@ -360,7 +376,7 @@ async fn not_found() -> ApiError {
 }
 
 /// Counts a generation request in flight for as long as it lives.
-struct InFlight(Arc<AppState>);
+pub(crate) struct InFlight(Arc<AppState>);
 
 impl InFlight {
     fn enter(state: &Arc<AppState>) -> Result<InFlight, ApiError> {
@@ -379,8 +395,10 @@ impl Drop for InFlight {
     }
 }
 
+/// Which kind of generation a request is (the metrics' `endpoint` label;
+/// Ollama's `/api/chat` and `/api/generate` count as chat and completions).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
+pub(crate) enum Endpoint {
     Chat,
     Completion,
 }
@@ -445,17 +463,165 @@ async fn serve_generation(
     params: GenerationParams,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
+    let stream = params.stream;
+    let started = start_generation(state, caller, model, prompt, params, endpoint).await?;
+    let mut response = if stream {
+        stream_response(started.run, started.first).into_response()
+    } else {
+        collect_response(started.run, started.first).await?
+    };
+    add_keep_alive_note(&mut response, started.keep_alive_note);
+    Ok(response)
+}
+
+/// A generation that has begun: its run, its first event (a token or the
+/// end: an error first is answered as an error), and the note for
+/// [`KEEP_ALIVE_HEADER`] when the request's `keep_alive` was capped.
+pub(crate) struct Started {
+    pub(crate) run: Run,
+    pub(crate) first: StreamEvent,
+    pub(crate) keep_alive_note: Option<String>,
+}
+
+/// What every generation route does once the body is read (the OpenAI
+/// routes and Ollama's alike): check that the caller may use the model and
+/// that its app budget allows it, acquire it, start the generation and
+/// wait for its first event.
+pub(crate) async fn start_generation(
+    state: Arc<AppState>,
+    caller: &Caller,
+    model: String,
+    prompt: Prompt,
+    params: GenerationParams,
+    endpoint: Endpoint,
+) -> Result<Started, ApiError> {
     caller.may_use(&model)?;
     let mut terms = app_terms(&state, caller, &model).await?;
     let mut params = params;
     app_context(caller, &model, &mut params)?;
-    let capped = app_keep_alive(caller, &model, &mut params, state.runtime.keep_alive());
+    let capped = app_keep_alive(
+        caller,
+        &model,
+        &mut params.keep_alive,
+        state.runtime.keep_alive(),
+    );
     terms.place = app_place(&state, caller).await?;
-    let mut response = generate(state, model, prompt, params, endpoint, terms).await?;
-    if let Some(note) = capped.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
+    let (run, first) = generate(state, model, prompt, params, endpoint, terms).await?;
+    Ok(Started {
+        run,
+        first,
+        keep_alive_note: capped,
+    })
+}
+
+/// Sets [`KEEP_ALIVE_HEADER`] to `note`, when there is one.
+pub(crate) fn add_keep_alive_note(response: &mut Response, note: Option<String>) {
+    if let Some(note) = note.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
         response.headers_mut().insert(KEEP_ALIVE_HEADER, note);
     }
-    Ok(response)
+}
+
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let answer = async {
+        let r = openai::parse_embeddings(&body)?;
+        let done = serve_embeddings(
+            &state,
+            &caller,
+            r.model,
+            r.inputs,
+            r.keep_alive,
+            r.dimensions,
+        )
+        .await?;
+        let body = openai::embeddings_response(
+            &done.model,
+            &done.embedded.vectors,
+            r.encoding,
+            done.embedded.prompt_tokens,
+        );
+        let mut response = Json(body).into_response();
+        add_keep_alive_note(&mut response, done.keep_alive_note);
+        Ok::<_, ApiError>(response)
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// An embedding request's answer, with what the handlers report of it.
+pub(crate) struct EmbeddingsDone {
+    pub(crate) model: String,
+    pub(crate) embedded: Embedded,
+    /// From the request's start to the answer.
+    pub(crate) elapsed: std::time::Duration,
+    pub(crate) keep_alive_note: Option<String>,
+}
+
+/// What both embedding routes (`/v1/embeddings`, Ollama's `/api/embed`)
+/// do: the checks of a generation (the model declared, the app's budget,
+/// its place, `keep_alive` capped), then the model's worker computes the
+/// vectors (`locara_engine::embed`). A manifest that declares the model
+/// with role `embedding` loads it as such.
+pub(crate) async fn serve_embeddings(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    model: String,
+    inputs: Vec<EmbedInput>,
+    keep_alive: Option<KeepAlive>,
+    dimensions: Option<u32>,
+) -> Result<EmbeddingsDone, ApiError> {
+    caller.may_use(&model)?;
+    let AppTerms {
+        app,
+        mut role,
+        kv_type,
+        ..
+    } = app_terms(state, caller, &model).await?;
+    if let Caller::App(manifest) = caller {
+        if manifest
+            .models
+            .iter()
+            .any(|d| d.reference == model && d.role == Role::Embedding)
+        {
+            role = Role::Embedding;
+        }
+    }
+    let mut keep_alive = keep_alive;
+    let capped = app_keep_alive(caller, &model, &mut keep_alive, state.runtime.keep_alive());
+    let _place = app_place(state, caller).await?;
+    let _in_flight = InFlight::enter(state)?;
+    let started = Instant::now();
+    let lease = state
+        .runtime
+        .acquire(ModelWish {
+            model: model.clone(),
+            context: None,
+            kv_type,
+            keep_alive,
+            role,
+            app,
+        })
+        .await?;
+    openai::check_dimensions(dimensions, &model, lease.host.info.embedding)?;
+    let metrics = &state.runtime.metrics;
+    match lease.host.embed(inputs).await {
+        Ok(embedded) => {
+            metrics.request_finished(&model, "embeddings", "stop");
+            metrics.prompt_tokens(&model, embedded.prompt_tokens.into());
+            Ok(EmbeddingsDone {
+                model,
+                embedded,
+                elapsed: started.elapsed(),
+                keep_alive_note: capped,
+            })
+        }
+        Err((kind, message)) => {
+            metrics.request_finished(&model, "embeddings", "error");
+            Err(DaemonError::from_stream(kind, message).into())
+        }
+    }
 }
 
 /// An app's request gets at most the context its manifest declares for the
@@ -497,16 +663,16 @@ fn app_context(
 
 /// What the calling app's manifest brings to a generation.
 #[derive(Default)]
-struct AppTerms {
+pub(crate) struct AppTerms {
     /// Its budget claim (`None` for the admin or an app without a budget).
-    app: Option<AppClaim>,
+    pub(crate) app: Option<AppClaim>,
     /// The model's role in its manifest.
-    role: Role,
+    pub(crate) role: Role,
     /// The K/V type its manifest asks for (`kv_quality = "high"`: f16);
     /// `None`: the daemon's.
-    kv_type: Option<KvType>,
+    pub(crate) kv_type: Option<KvType>,
     /// Its place among its `max_concurrency` (`None` for the admin).
-    place: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub(crate) place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// One of the calling app's `max_concurrency` places for a generation,
@@ -571,7 +737,7 @@ pub const KEEP_ALIVE_HEADER: &str = "x-locara-keep-alive";
 fn app_keep_alive(
     caller: &Caller,
     model: &str,
-    params: &mut GenerationParams,
+    keep_alive: &mut Option<KeepAlive>,
     daemon: KeepAlive,
 ) -> Option<String> {
     let Caller::App(manifest) = caller else {
@@ -582,10 +748,10 @@ fn app_keep_alive(
         .iter()
         .any(|d| d.reference == model && d.keep_loaded);
     if keep_loaded {
-        params.keep_alive.get_or_insert(KeepAlive::Forever);
+        keep_alive.get_or_insert(KeepAlive::Forever);
         return None;
     }
-    let asked = params.keep_alive?;
+    let asked = (*keep_alive)?;
     // `idle_limit`: `None` is forever.
     let longer = match (asked.idle_limit(), daemon.idle_limit()) {
         (_, None) => false,
@@ -595,18 +761,18 @@ fn app_keep_alive(
     if !longer {
         return None;
     }
-    params.keep_alive = Some(daemon);
+    *keep_alive = Some(daemon);
     Some(format!(
         "{daemon} (asked {asked}; capped: the app's manifest does not set keep_loaded for {model})"
     ))
 }
 
 /// One generation, from acquiring the model to the last byte.
-struct Run {
+pub(crate) struct Run {
     endpoint: Endpoint,
     id: String,
     created: u64,
-    model: String,
+    pub(crate) model: String,
     include_usage: bool,
     /// Whether the request asked for log-probabilities.
     logprobs: bool,
@@ -633,7 +799,7 @@ struct Run {
 impl Run {
     /// The next event, ending the generation early (as `length`) once the
     /// pressure ladder's cap on remaining tokens is used up.
-    async fn next(&mut self) -> Option<StreamEvent> {
+    pub(crate) async fn next(&mut self) -> Option<StreamEvent> {
         if let Some(cap) = self.runtime.caps().remaining_tokens {
             let limit = *self
                 .token_limit
@@ -659,11 +825,13 @@ impl Run {
 
     /// Releases the model's sequence (the lease and the generation go);
     /// the in-flight guard stays with the caller.
-    fn end(self) -> InFlight {
+    pub(crate) fn end(self) -> InFlight {
         self.in_flight
     }
 
-    fn finished(&self, finish: Option<FinishReason>, stats: Option<&GenerationStats>) {
+    /// Counts the end of the generation in the metrics: its outcome and
+    /// figures (`None`: it failed).
+    pub(crate) fn finished(&self, finish: Option<FinishReason>, stats: Option<&GenerationStats>) {
         let m = &self.runtime.metrics;
         let outcome = finish.map_or("error", FinishReason::as_str);
         m.request_finished(&self.model, self.endpoint.as_str(), outcome);
@@ -751,7 +919,7 @@ async fn generate(
     params: GenerationParams,
     endpoint: Endpoint,
     terms: AppTerms,
-) -> Result<Response, ApiError> {
+) -> Result<(Run, StreamEvent), ApiError> {
     let AppTerms {
         app,
         role,
@@ -837,11 +1005,7 @@ async fn generate(
         in_flight,
         _place: place,
     };
-    if params.stream {
-        Ok(stream_response(run, first).into_response())
-    } else {
-        collect_response(run, first).await
-    }
+    Ok((run, first))
 }
 
 async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, ApiError> {

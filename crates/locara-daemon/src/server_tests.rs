@@ -12,6 +12,10 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tower::ServiceExt;
 
+// `/v1/embeddings` and Ollama's routes, with these helpers.
+#[path = "api_tests.rs"]
+mod api_tests;
+
 /// The address the daemon says it listens on; nothing is bound.
 const LISTEN: &str = "127.0.0.1:11480";
 

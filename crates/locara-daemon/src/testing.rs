@@ -4,8 +4,8 @@
 
 use crate::host::{Engine, WorkerLink};
 use locara_engine::protocol::{
-    ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadedInfo, Prompt, Request,
-    TokenLogprobs, TokenProb,
+    EmbedInput, ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadedInfo,
+    Prompt, Request, TokenLogprobs, TokenProb,
 };
 use locara_engine::EngineError;
 use std::cell::RefCell;
@@ -39,6 +39,37 @@ pub fn fake_logprobs(i: u32, top: u32) -> TokenLogprobs {
             .map(|j| prob(format!("a{j}"), -0.05 - j as f32))
             .collect(),
     }
+}
+
+/// Width of a fake worker's embeddings (its `LoadedInfo.embedding`).
+pub const FAKE_EMBEDDING: u32 = 64;
+
+/// A fake worker's embedding of one input: a unit vector of
+/// [`FAKE_EMBEDDING`] values that depends on the input's bytes (equal
+/// inputs, equal vectors), and its token count (a token per 4 bytes,
+/// rounded up; a token array counts its ids).
+pub fn fake_embedding(input: &EmbedInput) -> (Vec<f32>, u32) {
+    let (bytes, tokens): (Vec<u8>, usize) = match input {
+        EmbedInput::Text(t) => (t.as_bytes().to_vec(), t.len().div_ceil(4)),
+        EmbedInput::Tokens(ids) => (
+            ids.iter().flat_map(|i| i.to_le_bytes()).collect(),
+            ids.len(),
+        ),
+    };
+    let mut v: Vec<f32> = (0..FAKE_EMBEDDING as usize)
+        .map(|i| {
+            let b = bytes.get(i % bytes.len().max(1)).copied().unwrap_or(0);
+            f32::from(b) - 64.0 + i as f32
+        })
+        .collect();
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.iter_mut().for_each(|x| *x /= norm);
+    (v, u32::try_from(tokens).unwrap_or(u32::MAX))
 }
 
 /// An engine of fake workers. Each generation yields `tokens` tokens
@@ -274,7 +305,7 @@ impl WorkerLink for FakeLink {
                 threads: load.threads,
                 gpu_layers: 0,
                 layers: 1,
-                embedding: 64,
+                embedding: FAKE_EMBEDDING,
                 heads: 4,
                 kv_heads: 2,
                 weights_bytes: 0,
@@ -339,6 +370,27 @@ impl WorkerLink for FakeLink {
                         dropped_messages: self.stats.dropped_messages + u32::from(too_long),
                         ..self.stats.clone()
                     },
+                });
+            }
+            Request::Embed(e) => {
+                if let Some(i) = e
+                    .inputs
+                    .iter()
+                    .position(|x| matches!(x, EmbedInput::Text(t) if t.contains(TOO_LONG)))
+                {
+                    emit(Event::Error {
+                        id: Some(e.id),
+                        kind: ErrorKind::PromptTooLong,
+                        message: format!("input {i} is 4096 tokens; an input to embed may hold at most 2048 with this model"),
+                    });
+                    return Ok(());
+                }
+                let (vectors, counts): (Vec<_>, Vec<_>) =
+                    e.inputs.iter().map(fake_embedding).unzip();
+                emit(Event::Embeddings {
+                    id: e.id,
+                    vectors,
+                    prompt_tokens: counts.iter().sum(),
                 });
             }
             _ => {}
@@ -440,5 +492,6 @@ pub fn app_state(
         admin: crate::apps::admin_token(home).unwrap(),
         tokenless,
     };
-    crate::server::AppState::new(runtime, store, listen, origins, auth)
+    let catalog = crate::store::Catalog::builtin().unwrap();
+    crate::server::AppState::new(runtime, store, catalog, listen, origins, auth)
 }

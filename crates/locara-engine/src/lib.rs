@@ -43,6 +43,8 @@
 
 pub mod client;
 pub mod disk;
+#[cfg(feature = "llama")]
+pub mod embed;
 pub mod grammar;
 pub mod pool;
 pub mod protocol;

@@ -29,6 +29,7 @@
 //! parent: Load{path, context, kv_type, pool, pool_max, ...}   worker: Loaded{...} | Error
 //! parent: Generate{id, prompt, sampling, n_keep, truncate, ...}
 //!                                 worker: (Logprobs{id, tokens}? Token{id, text})* then Done{id, finish, stats} | Error{id}
+//! parent: Embed{id, inputs}       worker: Embeddings{id, vectors, prompt_tokens} | Error{id}
 //! parent: Cancel{id}              (the generation ends before its next token: Done{finish: cancelled})
 //! parent: Stats                   worker: Stats{...}
 //! parent: Sequences               worker: Sequences{...}   (what each sequence holds; for tests and debugging)
@@ -134,6 +135,9 @@ pub enum Request {
     Load(LoadRequest),
     /// Start a generation.
     Generate(GenerateRequest),
+    /// Compute embeddings of `inputs` (see [`crate::embed`]); answered by
+    /// [`Event::Embeddings`] or an [`Event::Error`] with the request's id.
+    Embed(EmbedRequest),
     /// Stop generation `id` before its next token.
     Cancel { id: u64 },
     /// Ask for [`Event::Stats`].
@@ -390,6 +394,26 @@ fn yes() -> bool {
     true
 }
 
+/// Embeddings to compute: one vector per input, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    /// Chosen by the parent, from the same counter as generations; the
+    /// answer carries it.
+    pub id: u64,
+    pub inputs: Vec<EmbedInput>,
+}
+
+/// One input of an embedding request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedInput {
+    /// Text, tokenized by the model (its BOS token first, special tokens
+    /// read as text).
+    Text(String),
+    /// Token ids as they are; each must be below the vocabulary's size.
+    Tokens(Vec<u32>),
+}
+
 /// Worker → parent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -423,6 +447,14 @@ pub enum Event {
         stats: GenerationStats,
     },
     Stats(WorkerStats),
+    /// The answer to [`Request::Embed`].
+    Embeddings {
+        id: u64,
+        /// One L2-normalized vector per input, in the request's order.
+        vectors: Vec<Vec<f32>>,
+        /// Tokens of all inputs together.
+        prompt_tokens: u32,
+    },
     /// The live sequences need `needed_cells` more cells than the pool has
     /// free, after every cached sequence was dropped; generations that need
     /// room wait for the parent's `Resize` or `DenyGrowth` (see the module
@@ -688,6 +720,10 @@ pub enum ErrorKind {
     /// The sampling settings do not fit the model: a `logit_bias` token
     /// outside its vocabulary, a grammar llama.cpp cannot parse.
     InvalidSampling,
+    /// An embedding request's input cannot be embedded: empty, a token id
+    /// outside the vocabulary, or a model that gives no embeddings (a
+    /// reranker). The message names the input and the limit.
+    InvalidInput,
 }
 
 impl ErrorKind {
@@ -703,6 +739,7 @@ impl ErrorKind {
             ErrorKind::ResizeFailed => "resize_failed",
             ErrorKind::DiskCache => "disk_cache",
             ErrorKind::InvalidSampling => "invalid_sampling",
+            ErrorKind::InvalidInput => "invalid_input",
         }
     }
 }
@@ -905,6 +942,40 @@ mod tests {
             serde_json::to_string(&Request::DenyGrowth).unwrap(),
             r#"{"type":"deny_growth"}"#
         );
+    }
+
+    #[test]
+    fn embed_messages_round_trip() {
+        let req = Request::Embed(EmbedRequest {
+            id: 9,
+            inputs: vec![
+                EmbedInput::Text("hi".into()),
+                EmbedInput::Tokens(vec![1, 2]),
+            ],
+        });
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"type":"embed","id":9,"inputs":[{"text":"hi"},{"tokens":[1,2]}]}"#
+        );
+        let ev = Event::Embeddings {
+            id: 9,
+            vectors: vec![vec![0.6, -0.8], vec![1.0, 0.0]],
+            prompt_tokens: 4,
+        };
+        for frame in [
+            serde_json::to_value(&req).unwrap(),
+            serde_json::to_value(&ev).unwrap(),
+        ] {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &frame).unwrap();
+            assert_eq!(
+                read_frame::<_, serde_json::Value>(&mut &buf[..]).unwrap(),
+                frame
+            );
+        }
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &ev).unwrap();
+        assert_eq!(read_frame::<_, Event>(&mut &buf[..]).unwrap(), ev);
     }
 
     #[test]

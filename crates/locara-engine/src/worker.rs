@@ -21,6 +21,7 @@
 //! restores from when a new worker of the model continues a conversation).
 
 use crate::disk::{self, DiskTier};
+use crate::embed::{EmbedShape, Embedder};
 use crate::pool::{self, Candidate, Held};
 use crate::protocol::{
     read_frame, write_frame, ChatMessage, ErrorKind, Event, FinishReason, GenerateRequest,
@@ -105,6 +106,12 @@ pub fn run() -> Result<(), WorkerError> {
             Request::Generate(g) => error(
                 &mut out,
                 Some(g.id),
+                ErrorKind::BadRequest,
+                "no model is loaded",
+            )?,
+            Request::Embed(e) => error(
+                &mut out,
+                Some(e.id),
                 ErrorKind::BadRequest,
                 "no model is loaded",
             )?,
@@ -373,6 +380,12 @@ fn serve_model(
         disk_restores: 0,
         disk_rejected: 0,
         disk_growth: None,
+        embedder: Embedder {
+            shape: EmbedShape::of(&gguf),
+            kv_type: kv_cache_type(load.kv_type),
+            threads: shape.threads,
+            max_tokens: context.min(crate::embed::EMBED_MAX_TOKENS),
+        },
     };
     engine.open_disk_tier(&load, out)?;
     let served = engine.serve(rx, out);
@@ -591,6 +604,8 @@ struct Engine<'m> {
     /// The request waiting for the pool to grow so that a stored
     /// conversation it continues can be restored from the disk tier.
     disk_growth: Option<u64>,
+    /// Embedding requests, each in a context of its own ([`crate::embed`]).
+    embedder: Embedder,
 }
 
 enum Control {
@@ -639,6 +654,18 @@ impl<'m> Engine<'m> {
     fn handle(&mut self, req: Request, out: &mut impl Write) -> Result<Control, WorkerError> {
         match req {
             Request::Generate(g) => self.queue.push_back(g),
+            // Answered at once, between two generation steps (crate::embed says why).
+            Request::Embed(e) => match self.embedder.embed(self.backend, self.model, &e) {
+                Ok((vectors, prompt_tokens)) => write_frame(
+                    out,
+                    &Event::Embeddings {
+                        id: e.id,
+                        vectors,
+                        prompt_tokens,
+                    },
+                )?,
+                Err((kind, message)) => error(out, Some(e.id), kind, message)?,
+            },
             Request::Cancel { id } => {
                 if let Some(i) = self.slots.iter().position(|s| s.id == id) {
                     self.finish(i, FinishReason::Cancelled, out)?;

@@ -410,7 +410,12 @@ mod tests {
             .collect();
         let row = |id: &str, name: &str, version: &str, models: &[&str]| {
             let models = models.iter().map(|m| m.to_string()).collect();
-            (id.to_string(), name.to_string(), version.to_string(), models)
+            (
+                id.to_string(),
+                name.to_string(),
+                version.to_string(),
+                models,
+            )
         };
         assert_eq!(
             listed,

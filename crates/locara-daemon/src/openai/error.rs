@@ -398,6 +398,10 @@ impl From<DaemonError> for ApiError {
                     ErrorKind::PromptTooLong | ErrorKind::InvalidSampling => {
                         ApiError::new(ErrorType::InvalidRequest, message)
                     }
+                    // An embedding input the worker cannot embed: the client's.
+                    ErrorKind::InvalidInput => {
+                        ApiError::new(ErrorType::InvalidRequest, message).with_param("input")
+                    }
                     ErrorKind::ChatTemplate => ApiError::new(
                         ErrorType::InvalidRequest,
                         format!(
@@ -537,6 +541,7 @@ mod tests {
             (ErrorKind::ResizeFailed, 500, "resize_failed"),
             (ErrorKind::DiskCache, 500, "disk_cache"),
             (ErrorKind::PoolExhausted, 503, "pool_exhausted"),
+            (ErrorKind::InvalidInput, 400, "invalid_input"),
         ];
         for (kind, status, code) in cases {
             // A stream's worker error and the engine's own error: one

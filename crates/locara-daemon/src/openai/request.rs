@@ -197,7 +197,7 @@ pub fn json_depth(body: &[u8]) -> usize {
     deepest
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid_body(
             "request body is empty; expected a JSON object",
@@ -213,7 +213,7 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))
 }
 
-fn as_object(v: &Value) -> Result<&Map<String, Value>, ApiError> {
+pub(crate) fn as_object(v: &Value) -> Result<&Map<String, Value>, ApiError> {
     v.as_object().ok_or_else(|| {
         ApiError::invalid_body(format!(
             "request body must be a JSON object, got {}",
@@ -297,11 +297,11 @@ impl CompletionRequest {
 }
 
 /// A field, with `null` counted as absent.
-fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     obj.get(name).filter(|v| !v.is_null())
 }
 
-fn parse_model(obj: &Map<String, Value>) -> Result<String, ApiError> {
+pub(crate) fn parse_model(obj: &Map<String, Value>) -> Result<String, ApiError> {
     let v = field(obj, "model")
         .ok_or_else(|| ApiError::invalid("model", "model is required: the name of a model"))?;
     let name = as_str("model", v)?.trim();
@@ -313,7 +313,11 @@ fn parse_model(obj: &Map<String, Value>) -> Result<String, ApiError> {
 
 /// Refuses `name` when it is set to anything but a neutral value (null,
 /// false, an empty array or object).
-fn refuse_if_set(obj: &Map<String, Value>, name: &str, why: &str) -> Result<(), ApiError> {
+pub(crate) fn refuse_if_set(
+    obj: &Map<String, Value>,
+    name: &str,
+    why: &str,
+) -> Result<(), ApiError> {
     let neutral = match field(obj, name) {
         None => true,
         Some(Value::Bool(b)) => !b,
@@ -485,7 +489,7 @@ fn parse_logprobs(obj: &Map<String, Value>, route: Route) -> Result<Option<u32>,
 
 const ROLES: &str = "system, user, assistant, tool or developer";
 
-fn parse_messages(obj: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
+pub(crate) fn parse_messages(obj: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
     let v = field(obj, "messages").ok_or_else(|| {
         ApiError::invalid(
             "messages",
@@ -568,7 +572,7 @@ fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
 /// A NUL byte is the client's input, refused here: llama.cpp's tokenizer
 /// and chat templates take C strings, and the worker answered it with an
 /// internal error (a 500 for what is a bad request).
-fn no_nul(param: &str, text: &str) -> Result<(), ApiError> {
+pub(crate) fn no_nul(param: &str, text: &str) -> Result<(), ApiError> {
     match text.find('\0') {
         Some(at) => Err(ApiError::invalid(
             param,
@@ -769,14 +773,14 @@ fn parse_params(
 }
 
 /// `-1` is llama.cpp's "random seed"; anything else must fit a u32.
-fn parse_seed(v: &Value) -> Result<Option<u32>, ApiError> {
+pub(crate) fn parse_seed(v: &Value) -> Result<Option<u32>, ApiError> {
     if as_integer("seed", v)? == -1 {
         return Ok(None);
     }
     as_u32_in("seed", v, 0, u32::MAX, " (or -1 for a random seed)").map(Some)
 }
 
-fn parse_stop(v: &Value) -> Result<Vec<String>, ApiError> {
+pub(crate) fn parse_stop(v: &Value) -> Result<Vec<String>, ApiError> {
     match v {
         Value::String(s) if s.is_empty() => Err(ApiError::invalid(
             "stop",
@@ -818,7 +822,7 @@ fn parse_stop(v: &Value) -> Result<Vec<String>, ApiError> {
 
 /// A closed or half-open range of numbers, for range checks and messages.
 #[derive(Debug, Clone, Copy)]
-struct Bounds {
+pub(crate) struct Bounds {
     low: f64,
     low_inclusive: bool,
     high: f64,
@@ -826,7 +830,7 @@ struct Bounds {
 
 impl Bounds {
     /// `low..=high`.
-    fn closed(low: f64, high: f64) -> Self {
+    pub(crate) fn closed(low: f64, high: f64) -> Self {
         Self {
             low,
             low_inclusive: true,
@@ -835,7 +839,7 @@ impl Bounds {
     }
 
     /// Above `low`, up to `high` inclusive.
-    fn open_low(low: f64, high: f64) -> Self {
+    pub(crate) fn open_low(low: f64, high: f64) -> Self {
         Self {
             low,
             low_inclusive: false,
@@ -863,7 +867,7 @@ impl fmt::Display for Bounds {
     }
 }
 
-fn as_bool(param: &str, v: &Value) -> Result<bool, ApiError> {
+pub(crate) fn as_bool(param: &str, v: &Value) -> Result<bool, ApiError> {
     v.as_bool().ok_or_else(|| {
         ApiError::invalid(
             param,
@@ -872,7 +876,7 @@ fn as_bool(param: &str, v: &Value) -> Result<bool, ApiError> {
     })
 }
 
-fn as_str<'a>(param: &str, v: &'a Value) -> Result<&'a str, ApiError> {
+pub(crate) fn as_str<'a>(param: &str, v: &'a Value) -> Result<&'a str, ApiError> {
     v.as_str().ok_or_else(|| {
         ApiError::invalid(
             param,
@@ -881,7 +885,7 @@ fn as_str<'a>(param: &str, v: &'a Value) -> Result<&'a str, ApiError> {
     })
 }
 
-fn as_number(param: &str, v: &Value, bounds: Bounds) -> Result<f64, ApiError> {
+pub(crate) fn as_number(param: &str, v: &Value, bounds: Bounds) -> Result<f64, ApiError> {
     let Value::Number(n) = v else {
         return Err(ApiError::invalid(
             param,
@@ -899,7 +903,7 @@ fn as_number(param: &str, v: &Value, bounds: Bounds) -> Result<f64, ApiError> {
 
 /// An integer, as i128 so every JSON integer fits. `2.0` counts (Python's
 /// `json` writes floats that way); `2.5` does not.
-fn as_integer(param: &str, v: &Value) -> Result<i128, ApiError> {
+pub(crate) fn as_integer(param: &str, v: &Value) -> Result<i128, ApiError> {
     let not_integer = || {
         ApiError::invalid(
             param,
@@ -923,7 +927,13 @@ fn as_integer(param: &str, v: &Value) -> Result<i128, ApiError> {
 }
 
 /// An integer in `low..=high`; `note` is appended to the range message.
-fn as_u32_in(param: &str, v: &Value, low: u32, high: u32, note: &str) -> Result<u32, ApiError> {
+pub(crate) fn as_u32_in(
+    param: &str,
+    v: &Value,
+    low: u32,
+    high: u32,
+    note: &str,
+) -> Result<u32, ApiError> {
     let i = as_integer(param, v)?;
     u32::try_from(i)
         .ok()
@@ -937,7 +947,7 @@ fn as_u32_in(param: &str, v: &Value, low: u32, high: u32, note: &str) -> Result<
 }
 
 /// A JSON value as an error message shows it.
-fn describe(v: &Value) -> String {
+pub(crate) fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => b.to_string(),
