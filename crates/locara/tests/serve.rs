@@ -1054,3 +1054,116 @@ fn a_refused_growth_ends_in_a_context_shift_not_a_failure() {
     );
     assert_eq!(pool["cells"], 2048, "{pool}");
 }
+
+/// `POST path` with an app's token.
+#[allow(clippy::result_large_err)]
+fn post_as(
+    d: &Daemon,
+    token: &str,
+    path: &str,
+    body: &Value,
+) -> Result<ureq::Response, ureq::Error> {
+    ureq::post(&format!("{}{path}", d.url))
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(300))
+        .send_json(body.clone())
+}
+
+/// `kv_quality = "high"` on a daemon whose K/V type is q8_0: the app's
+/// requests go to a load of their own, whose worker reports f16, while an
+/// app that leaves the quality to the runtime shares the q8_0 load.
+#[test]
+fn an_app_that_asks_for_f16_gets_a_worker_that_reports_f16() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1", "--kv", "q8_0"]);
+    let app = |id: &str, extra: &str| {
+        install_app(
+            &d,
+            &format!(
+                "id = \"{id}\"\nname = \"App\"\nversion = \"1.0.0\"\n\n[[models]]\nref = \"{SMOLLM2}\"\ncontext = 2048\n{extra}"
+            ),
+        )
+    };
+    let high = app("com.example.high", "kv_quality = \"high\"\n");
+    let plain = app("com.example.plain", "");
+    for token in [&high, &plain] {
+        let r: Value = post_as(
+            &d,
+            token,
+            "/v1/chat/completions",
+            &chat_body(SMOLLM2, "Hi", 4, false),
+        )
+        .unwrap_or_else(|e| panic!("{}", describe(e)))
+        .into_json()
+        .unwrap();
+        assert!(
+            r["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
+            "{r}"
+        );
+    }
+    let f16 = d
+        .model_status(&format!("{SMOLLM2}@f16"))
+        .expect("the app's own load");
+    assert_eq!(f16["kv_type"], "f16", "{f16}");
+    let q8 = d.model_status(SMOLLM2).expect("the runtime's load");
+    assert_eq!(q8["kv_type"], "q8_0", "{q8}");
+    assert_ne!(f16["pid"], q8["pid"], "two workers");
+}
+
+/// An app with `max_concurrency = 1` generates one answer at a time: its
+/// second request starts only once the first has ended, though the model
+/// has room for two.
+#[test]
+fn an_app_generates_one_answer_at_a_time_with_max_concurrency_1() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "2"]);
+    let token = install_app(
+        &d,
+        &format!(
+            "id = \"com.example.one\"\nname = \"One\"\nversion = \"1.0.0\"\nmax_concurrency = 1\n\n[[models]]\nref = \"{SMOLLM2}\"\ncontext = 2048\n"
+        ),
+    );
+    let body = json!({
+        "model": SMOLLM2,
+        "messages": [{"role": "user", "content": "Count from one to one hundred."}],
+        "max_tokens": 48,
+        "temperature": 0,
+        "stream": true,
+    });
+    let first = post_as(&d, &token, "/v1/chat/completions", &body)
+        .unwrap_or_else(|e| panic!("{}", describe(e)));
+    let mut sse = Sse::new(first);
+    assert!(sse.next_data().is_some(), "the first answer started");
+    // The second request, on a thread: its answer starts when the app's
+    // one place is free.
+    let second = {
+        let (url, token, body) = (d.url.clone(), token.clone(), body.clone());
+        std::thread::spawn(move || {
+            let r = ureq::post(&format!("{url}/v1/chat/completions"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .timeout(Duration::from_secs(300))
+                .send_json(body)
+                .unwrap_or_else(|e| panic!("{}", describe(e)));
+            let started = Instant::now();
+            let (text, finish, _, done) = Sse::new(r).collect();
+            (started, text, finish, done)
+        })
+    };
+    let mut busy_most = 0;
+    let mut last_token = Instant::now();
+    while let Some(data) = sse.next_data() {
+        if data == "[DONE]" {
+            break;
+        }
+        last_token = Instant::now();
+        let busy = d
+            .model_status(SMOLLM2)
+            .map_or(0, |m| m["sequences_busy"].as_u64().unwrap_or(0));
+        busy_most = busy_most.max(busy);
+    }
+    let (started, text, finish, done) = second.join().unwrap();
+    assert_eq!(busy_most, 1, "the app held one sequence at a time");
+    assert!(
+        started >= last_token,
+        "the second answer started before the first ended"
+    );
+    assert!(done && !text.is_empty(), "{text:?} {finish:?}");
+}
