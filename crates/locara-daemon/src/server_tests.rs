@@ -834,3 +834,46 @@ async fn an_app_that_installs_is_admitted_on_an_idle_daemon() {
     }
     assert_eq!(d.engine.spawned(), 2);
 }
+
+/// The role an app's manifest gives a model reaches the pressure ladder:
+/// at critical, its idle embedding model unloads before its idle chat
+/// model, though the chat model was used less recently.
+#[tokio::test]
+async fn a_models_role_from_the_manifest_orders_the_unloads_under_pressure() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let app = d.install(
+        "id = \"com.example.both\"\nname = \"App\"\nversion = \"1.0.0\"\n\
+         [[models]]\nref = \"m:1\"\n[[models]]\nref = \"n:1\"\nrole = \"embedding\"\n",
+    );
+    for model in ["m:1", "n:1"] {
+        let r = d
+            .send(post(
+                "/v1/chat/completions",
+                Some(app.as_str()),
+                chat(model, json!({})),
+            ))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{model}");
+        body_text(r).await;
+    }
+    let admin = d.admin();
+    let mut events = d
+        .send(get("/locara/v1/events", Some(&admin)))
+        .await
+        .into_body()
+        .into_data_stream();
+    events_until_quiet(&mut events, Duration::from_millis(300)).await;
+    let simulate = post(
+        "/locara/v1/pressure/simulate",
+        Some(&admin),
+        json!({"level": "critical"}),
+    );
+    assert_eq!(d.send(simulate).await.status(), StatusCode::OK);
+    let seen = events_until_quiet(&mut events, Duration::from_millis(800)).await;
+    let unloads: Vec<&str> = seen
+        .iter()
+        .filter(|e| e["type"] == "action" && e["action"] == "unload")
+        .map(|e| e["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(unloads, ["n:1", "m:1"], "{seen:?}");
+}
