@@ -30,8 +30,14 @@ pub struct InstalledApp {
     pub id: AppId,
     pub name: String,
     pub version: String,
-    /// The models it declares, in manifest order.
+    /// The models it declares, in manifest order (listed by their
+    /// references).
+    #[serde(serialize_with = "references")]
     pub models: Vec<ModelDecl>,
+}
+
+fn references<S: serde::Serializer>(models: &[ModelDecl], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(models.iter().map(|m| &m.reference))
 }
 
 /// The installed apps under one data directory.
