@@ -19,11 +19,12 @@ mkdir -p "$LOCARA_TEST_MODELS"
 ln -sf "$LOCARA_TEST_HOME/models/smollm2+135m/model.gguf" "$LOCARA_TEST_MODELS/smollm2-135m.gguf"
 ln -sf "$LOCARA_TEST_HOME/models/gemma3+270m/model.gguf" "$LOCARA_TEST_MODELS/gemma3-270m.gguf"
 
-# The official openai Python client, for the API compatibility test.
+# The official openai and ollama Python clients and a JSON Schema validator,
+# for the API compatibility tests (crates/locara/tests/serve.rs, clients.rs).
 venv="$LOCARA_TEST_HOME/venv"
-if ! "$venv/bin/python" -c "import openai" >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c "import openai, ollama, jsonschema" >/dev/null 2>&1; then
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet "openai==2.8.1"
+  "$venv/bin/python" -m pip install --quiet "openai==2.8.1" "ollama==0.6.3" "jsonschema==4.25.1"
 fi
 export LOCARA_TEST_PYTHON="$venv/bin/python"
 

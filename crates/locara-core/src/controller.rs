@@ -313,7 +313,9 @@ impl AppEvent {
             AppEvent::Action {
                 model: Some(model), ..
             }
-            | AppEvent::Freed { model, .. } => models.contains(model),
+            | AppEvent::Freed { model, .. } => {
+                models.iter().any(|m| m == crate::load::model_of(model))
+            }
             AppEvent::BudgetExceeded { app: a, .. } => a == app,
         }
     }

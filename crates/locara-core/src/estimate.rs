@@ -50,6 +50,21 @@ pub const UBATCH_TOKENS: u32 = 512;
 /// (`llama_kv_cache_iswa::llama_kv_cache_iswa`, `src/llama-kv-cache-iswa.cpp`).
 pub const CELL_PAD: u32 = 256;
 
+/// The most tokens one input of an embedding request may hold (and the
+/// cells of the worker's embedding context, at most the model's context).
+/// OpenAI's own embedding models take 8191; 2048 covers the passages that
+/// retrieval apps embed while keeping the context's K/V small (24 MiB for
+/// SmolLM2-135M at q8_0, 9 MiB for Gemma 3 270M).
+pub const EMBED_MAX_TOKENS: u32 = 2048;
+
+/// Tokens per decode of the embedding context. llama.cpp computes logits for
+/// every token of an embedding context (`n_vocab` f32 each, in the output
+/// buffer and again in the compute buffer) even though only the hidden
+/// states are read; decoding an input in micro-batches of this many tokens
+/// bounds that to `2 × 32 × n_vocab × 4` bytes (12 MiB for SmolLM2's 49k
+/// vocabulary, 64 MiB for Gemma 3's 262k) instead of 512 rows' worth.
+pub const EMBED_CHUNK_TOKENS: u32 = 32;
+
 /// Architectures llama.cpp runs with a recurrent state instead of (or beside)
 /// a K/V cache: `llm_arch_is_recurrent` and `llm_arch_is_hybrid` in
 /// `src/llama-arch.cpp`. Their state is sized by other rules
@@ -408,6 +423,12 @@ pub struct Estimate {
     /// graph objects, the validated GGUF metadata, the sampler's and the CPU
     /// backend's working arrays) and thread stacks.
     pub overhead: u64,
+    /// The embedding context at its largest ([`embedding_context`]): it
+    /// exists only while the worker serves an embedding request, so it is
+    /// not part of [`Estimate::footprint`] (what a worker is measured
+    /// against after load), but admission counts it in [`Estimate::total`]:
+    /// any loaded model may be asked for embeddings.
+    pub embedding_context: u64,
 }
 
 impl Estimate {
@@ -426,7 +447,9 @@ impl Estimate {
     /// resident reads them from disk for every token (and on Apple Silicon
     /// the GPU wires them).
     pub fn total(&self) -> u64 {
-        self.mapped_weights.saturating_add(self.footprint())
+        self.mapped_weights
+            .saturating_add(self.footprint())
+            .saturating_add(self.embedding_context)
     }
 }
 
@@ -689,7 +712,55 @@ pub fn estimate_filled(
         output_buffer,
         compute_buffers,
         overhead,
+        embedding_context: embedding_context(shape, options.kv_type, context),
     })
+}
+
+/// Bytes of the engine worker's embedding context (`crates/locara-engine/src/embed.rs`)
+/// for a model loaded with `context` tokens per sequence: a second llama.cpp
+/// context over the same mapped weights, with embeddings on, one sequence of
+/// at most [`EMBED_MAX_TOKENS`] cells, decoding [`EMBED_CHUNK_TOKENS`] tokens
+/// at a time. Its parts, sized as for the pool above: the K/V cache of its
+/// cells (window layers: the window plus one micro-batch), the output buffer
+/// (logits and hidden states of every token of a micro-batch), the compute
+/// buffer that a micro-batch writes (activations, the attention mask, the
+/// logits again) and the cell bookkeeping.
+pub fn embedding_context(shape: &ModelShape, kv_type: KvType, context: u32) -> u64 {
+    let chunk = u64::from(EMBED_CHUNK_TOKENS);
+    let cells = pool_cells(context.clamp(1, EMBED_MAX_TOKENS));
+    let window = shape
+        .sliding_window
+        .filter(|_| shape.has_window_layers())
+        .map(|w| pad(u64::from(w) + chunk, CELL_PAD.into()).min(cells));
+    let mut kv_cache = 0u64;
+    for (il, &kv_heads) in shape.head_count_kv.iter().enumerate() {
+        if kv_heads == 0 {
+            continue;
+        }
+        let layer_cells = match window {
+            Some(w) if shape.is_window_layer(il) => w,
+            _ => cells,
+        };
+        let k = kv_row_bytes(kv_type, u64::from(kv_heads) * u64::from(shape.key_length));
+        let v = kv_row_bytes(kv_type, u64::from(kv_heads) * u64::from(shape.value_length));
+        kv_cache = kv_cache.saturating_add((k + v).saturating_mul(layer_cells));
+    }
+    let n_vocab = u64::from(shape.vocab_size);
+    let n_embd = u64::from(shape.embedding_length);
+    let n_ff = if shape.feed_forward_length > 0 {
+        u64::from(shape.feed_forward_length)
+    } else {
+        4 * n_embd
+    };
+    let output_buffer = chunk * (n_vocab + n_embd) * 4;
+    let activations = chunk * 4 * (3 * n_ff + 3 * n_embd);
+    let masks = (cells + window.unwrap_or(0)) * chunk * 2;
+    let logits = chunk * n_vocab * 4;
+    let all_cells = cells + window.unwrap_or(0);
+    kv_cache
+        .saturating_add(output_buffer)
+        .saturating_add(activations + masks + logits)
+        .saturating_add(all_cells * (CELL_BYTES + USED_CELL_BYTES))
 }
 
 /// The K/V caches of one sequence: cells, and cells the graph attends over
@@ -1188,6 +1259,35 @@ mod tests {
             )
     }
 
+    #[test]
+    fn the_embedding_context_is_its_cache_and_a_micro_batch_of_logits() {
+        // SmolLM2 at q8_0: 30 layers × 2 × 204 bytes per cell × 2048 cells
+        // of K/V; 32 rows of 49152 logits, twice (output and compute buffer).
+        let e = estimate(&smollm2(), &options(8192, KvType::Q8_0, 1)).unwrap();
+        let kv = 30 * 2 * 204 * 2048;
+        let logits = 2 * 32 * 49152 * 4;
+        assert!(e.embedding_context > kv + logits, "{}", e.embedding_context);
+        assert!(
+            e.embedding_context < kv + logits + 4 * MIB,
+            "{}",
+            e.embedding_context
+        );
+        // A short context shortens it; the footprint never holds it.
+        let short = estimate(&smollm2(), &options(512, KvType::Q8_0, 1)).unwrap();
+        assert!(short.embedding_context < e.embedding_context - kv / 2);
+        assert_eq!(
+            e.total(),
+            e.mapped_weights + e.footprint() + e.embedding_context
+        );
+        // Gemma 3: its 262k vocabulary's logits dominate; window layers keep a window.
+        let g = estimate(&gemma3(), &options(8192, KvType::Q8_0, 1)).unwrap();
+        assert!(
+            g.embedding_context > 64 * MIB && g.embedding_context < 80 * MIB,
+            "{}",
+            g.embedding_context
+        );
+    }
+
     proptest! {
         #[test]
         fn the_estimate_grows_with_the_context(
@@ -1230,7 +1330,7 @@ mod tests {
         fn the_parts_add_up(shape in any_shape(), kv in any_kv(), context in 1u32..140_000) {
             let e = estimate(&shape, &options(context, kv, 1)).unwrap();
             prop_assert_eq!(e.total(), e.mapped_weights + e.repacked_weights + e.kv_cache
-                + e.output_buffer + e.compute_buffers + e.overhead);
+                + e.output_buffer + e.compute_buffers + e.overhead + e.embedding_context);
             prop_assert!(e.context <= 131_072);
             prop_assert!(u64::from(e.cells) >= u64::from(e.context));
         }

@@ -608,9 +608,11 @@ impl Governor {
 
     /// A request wants `wish.model`.
     pub fn acquire(&mut self, wish: &Wish, now: Instant) -> Acquire {
-        if self.held.contains(&wish.model) {
+        // A hold names a model and covers each of its loads.
+        let model = crate::load::model_of(&wish.model);
+        if self.held.contains(model) {
             return Acquire::Refused(Refusal::Held {
-                model: wish.model.clone(),
+                model: model.to_string(),
             });
         }
         let queue_depth = self.policy.queue_depth;
@@ -797,7 +799,7 @@ impl Governor {
     /// caller ends its requests.
     pub fn unload(&mut self, model: &str, hold: bool) -> Option<Unload> {
         if hold {
-            self.held.insert(model.to_string());
+            self.held.insert(crate::load::model_of(model).to_string());
         }
         self.remove(model, UnloadReason::Requested)
     }
@@ -894,12 +896,12 @@ impl Governor {
     /// Keeps `model` from loading until [`Governor::unhold`] (a hold
     /// remembered from before a restart).
     pub fn hold(&mut self, model: &str) {
-        self.held.insert(model.to_string());
+        self.held.insert(crate::load::model_of(model).to_string());
     }
 
     /// Lets requests load a held model again.
     pub fn unhold(&mut self, model: &str) -> bool {
-        self.held.remove(model)
+        self.held.remove(crate::load::model_of(model))
     }
 
     /// A worker died: its model is gone and so is its memory.
@@ -1237,6 +1239,26 @@ mod tests {
         ));
         assert!(g.unhold("a"));
         assert!(matches!(g.acquire(&w, t), Acquire::Load(_)));
+    }
+
+    #[test]
+    fn a_hold_covers_every_load_of_the_model() {
+        let t = Instant::now();
+        let mut g = Governor::new(1000, Policy::default());
+        load(&mut g, "a@f16", 100, t);
+        assert!(g.unload("a@f16", true).is_some());
+        for name in ["a", "a@f16"] {
+            let w = Wish::new(name, vec![(8192, 100)]);
+            assert!(
+                matches!(g.acquire(&w, t), Acquire::Refused(Refusal::Held { ref model }) if model == "a"),
+                "{name}"
+            );
+        }
+        assert!(g.unhold("a"));
+        assert!(matches!(
+            g.acquire(&Wish::new("a@f16", vec![(8192, 100)]), t),
+            Acquire::Load(_)
+        ));
     }
 
     #[test]

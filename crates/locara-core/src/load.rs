@@ -86,6 +86,34 @@ impl FromStr for KvType {
     }
 }
 
+/// The name of one load of a model. Apps that opt in to a K/V type other
+/// than the runtime's default (`kv_quality = "high"` on a machine whose
+/// default is q8_0) get a load of their own, budgeted like any other:
+/// llama.cpp fixes a context's K/V type when it is made, so one load
+/// cannot serve both. The load with the default type keeps the model's
+/// name; another is `model@type` (`smollm2:135m@f16`). Model names have no
+/// `@`, so [`model_of`] and [`kv_type_of`] read the parts back.
+pub fn load_name(model: &str, kv_type: KvType, default: KvType) -> String {
+    if kv_type == default {
+        model.to_string()
+    } else {
+        format!("{model}@{kv_type}")
+    }
+}
+
+/// The model a load (see [`load_name`]) is of.
+pub fn model_of(load: &str) -> &str {
+    load.split_once('@').map_or(load, |(model, _)| model)
+}
+
+/// The K/V type of a load (see [`load_name`]): the one its name carries,
+/// else the runtime's `default`.
+pub fn kv_type_of(load: &str, default: KvType) -> KvType {
+    load.split_once('@')
+        .and_then(|(_, kv)| kv.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The load defaults of docs/ARCHITECTURE.md, in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadDefaults {
@@ -180,6 +208,19 @@ mod tests {
         assert_eq!(d.context_for(Some(512), 8192), 512);
         assert_eq!(d.context_for(Some(0), 8192), 1);
         assert_eq!(d.context_for(None, 0), 8192);
+    }
+
+    #[test]
+    fn a_load_name_carries_a_kv_type_other_than_the_default() {
+        let plain = load_name("smollm2:135m", KvType::Q8_0, KvType::Q8_0);
+        assert_eq!(plain, "smollm2:135m");
+        let high = load_name("smollm2:135m", KvType::F16, KvType::Q8_0);
+        assert_eq!(high, "smollm2:135m@f16");
+        for name in [&plain, &high] {
+            assert_eq!(model_of(name), "smollm2:135m");
+        }
+        assert_eq!(kv_type_of(&plain, KvType::Q8_0), KvType::Q8_0);
+        assert_eq!(kv_type_of(&high, KvType::Q8_0), KvType::F16);
     }
 
     #[test]

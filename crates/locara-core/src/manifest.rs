@@ -31,7 +31,7 @@
 //! };
 //! let manifest = draft.validate().unwrap();
 //! assert_eq!(manifest.models[0].role, Role::Chat);
-//! assert_eq!(manifest.models[0].kv_type, KvType::F16);
+//! assert_eq!(manifest.models[0].kv_type, Some(KvType::F16));
 //! assert_eq!(manifest.max_concurrency, 1);
 //!
 //! let bad = ManifestDraft { id: Field::Given("Notes".into()), ..ManifestDraft::default() };
@@ -41,7 +41,7 @@
 //! ```
 
 use crate::bytes::Bytes;
-use crate::load::{KvType, LARGEST_CONTEXT, SMALLEST_CONTEXT};
+use crate::load::{KvType, LoadDefaults, LARGEST_CONTEXT, SMALLEST_CONTEXT};
 use crate::threads::Priority;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -134,13 +134,14 @@ impl fmt::Display for Role {
 }
 
 /// The K/V cache quality an app may ask for, by the words of manifests:
-/// `standard` is the `q8_0` default, `high` the `f16` opt-in (docs/ARCHITECTURE.md
-/// defaults). `q4_0` is the runtime's own choice for tight machines, never an
-/// app's.
-fn kv_type_for_quality(quality: &str) -> Option<KvType> {
+/// `standard` leaves the K/V type to the runtime (`None`: its default, f16
+/// on a CPU-only machine and q8_0 with a GPU, `Backend::default_kv_type`),
+/// `high` is the `f16` opt-in. `q4_0` is the runtime's own choice for tight
+/// machines, never an app's.
+fn kv_type_for_quality(quality: &str) -> Option<Option<KvType>> {
     match quality {
-        "standard" => Some(KvType::Q8_0),
-        "high" => Some(KvType::F16),
+        "standard" => Some(None),
+        "high" => Some(Some(KvType::F16)),
         _ => None,
     }
 }
@@ -319,12 +320,26 @@ pub struct ModelDecl {
     /// Context length in tokens the app wants; `None` leaves it to the
     /// runtime default (8192, clamped to the model's trained context).
     pub context: Option<u32>,
-    /// Element type of the K/V cache: `q8_0` unless the app opted in to
-    /// `kv_quality = "high"` (`f16`).
-    pub kv_type: KvType,
+    /// Element type of the K/V cache: `Some(f16)` when the app opted in to
+    /// `kv_quality = "high"`, `None` for the runtime's default
+    /// (`kv_quality = "standard"`, or unsaid).
+    pub kv_type: Option<KvType>,
     /// The app's wish to keep the model loaded when idle (a pin); memory
     /// pressure at critical overrides it.
     pub keep_loaded: bool,
+}
+
+impl ModelDecl {
+    /// The context (tokens per sequence) and K/V type this model loads with
+    /// for the app, given the runtime's `defaults`: what the app declared,
+    /// else the runtime's. The install-time fit check and run-time
+    /// admission both take their numbers from here, so they agree.
+    pub fn load_terms(&self, defaults: &LoadDefaults) -> LoadDefaults {
+        LoadDefaults {
+            context: self.context.unwrap_or(defaults.context),
+            kv_type: self.kv_type.unwrap_or(defaults.kv_type),
+        }
+    }
 }
 
 /// A speculative-decoding pair: `draft` proposes tokens, `target` checks
@@ -997,7 +1012,7 @@ fn check_model(i: usize, m: &ModelDraft, errors: &mut Vec<ManifestError>) -> Opt
             })),
         },
     );
-    let kv_type = optional(m.kv_quality.clone(), KvType::Q8_0, errors, |value| {
+    let kv_type = optional(m.kv_quality.clone(), None, errors, |value| {
         kv_type_for_quality(&value).ok_or(Some(ManifestError::InvalidKvQuality {
             field: at("kv_quality"),
             value,
@@ -1158,7 +1173,7 @@ mod tests {
         assert_eq!(m.max_concurrency, DEFAULT_MAX_CONCURRENCY);
         assert_eq!(m.requires.memory_gb, None);
         assert_eq!(m.models[0].context, None);
-        assert_eq!(m.models[0].kv_type, KvType::Q8_0);
+        assert_eq!(m.models[0].kv_type, None);
         assert!(!m.models[0].keep_loaded);
         assert_eq!(m.models[1].role, Role::Draft);
         assert!(m.declares("big:7b"));
@@ -1363,7 +1378,7 @@ mod tests {
 
     #[test]
     fn kv_quality_maps_to_kv_types() {
-        for (quality, kv) in [("standard", KvType::Q8_0), ("high", KvType::F16)] {
+        for (quality, kv) in [("standard", None), ("high", Some(KvType::F16))] {
             let mut m = model("big:7b", "chat");
             m.kv_quality = Field::Given(quality.into());
             m.keep_loaded = Field::Given(true);

@@ -16,7 +16,7 @@
 
 use locara_core::governor::{KeepAlive, DEFAULT_KEEP_ALIVE, MAX_KEEP_ALIVE};
 use locara_core::ladder::LadderConfig;
-use locara_core::{KvType, DEFAULT_CONTEXT, LARGEST_CONTEXT, SMALLEST_CONTEXT};
+use locara_core::{KvType, LoadDefaults, DEFAULT_CONTEXT, LARGEST_CONTEXT, SMALLEST_CONTEXT};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -64,7 +64,7 @@ pub struct RawServeConfig {
     /// default: 5 % of the budget, at most 1 GiB).
     pub kv_ram_cache: Option<String>,
     /// Bytes of finished conversations each model may keep on disk, in
-    /// `<home>/kv-cache/<model sha256>/`, written when its worker unloads
+    /// `<home>/kv-cache/<model sha256>/<kv_type>/`, written when its worker unloads
     /// ("2GiB", the default; "0" keeps none).
     pub kv_disk_cache: Option<String>,
     /// CPU threads per worker (default: the performance cores).
@@ -305,6 +305,15 @@ impl ServeConfig {
     /// footprint includes it, so admission counts it).
     pub fn kv_ram_cache_for(&self, budget: u64) -> u64 {
         self.kv_ram_cache.unwrap_or((budget / 20).min(1 << 30))
+    }
+
+    /// The context and K/V type a load gets when the app (or request) names
+    /// none.
+    pub fn load_defaults(&self) -> LoadDefaults {
+        LoadDefaults {
+            context: self.context,
+            kv_type: self.kv_type,
+        }
     }
 
     /// Merges the sources (each overriding the ones before it) and checks

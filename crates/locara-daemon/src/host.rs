@@ -11,8 +11,8 @@
 //! was started with, then every open stream gets an error event.
 
 use locara_engine::protocol::{
-    ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadRequest, LoadedInfo,
-    Prompt, Request, Sampling,
+    EmbedInput, EmbedRequest, ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats,
+    LoadRequest, LoadedInfo, Prompt, Request, Sampling, TokenLogprobs,
 };
 use locara_engine::{EngineError, Worker, WorkerCommand};
 use std::collections::HashMap;
@@ -27,6 +27,10 @@ use tokio::sync::mpsc;
 pub enum StreamEvent {
     /// Text of one or more tokens.
     Token(String),
+    /// The log-probabilities of tokens drawn since the last `Token` (only
+    /// when the request asked); their text is in the next `Token`, or
+    /// never sent (a stop string).
+    Logprobs(Vec<TokenLogprobs>),
     /// The end, with the worker's figures.
     Done {
         finish: FinishReason,
@@ -60,6 +64,23 @@ impl StreamError {
 }
 
 type Streams = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<StreamEvent>>>>;
+
+/// What an embedding request gets: the vectors and the tokens counted, or
+/// how it failed.
+pub type EmbedAnswer = Result<Embedded, (StreamError, String)>;
+
+/// The worker's answer to an embedding request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    /// One L2-normalized vector per input, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens of all inputs together.
+    pub prompt_tokens: u32,
+}
+
+/// Embedding requests waiting for their answer, by id (the same counter as
+/// generations, so an `Error { id }` names one or the other).
+type Embeds = Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<EmbedAnswer>>>>;
 
 /// What a worker says of its K/V pool, for the governor, as the protocol
 /// says it: [`Event::PoolFull`] (live sequences need more cells; generations
@@ -132,6 +153,7 @@ pub struct WorkerHost {
     /// What the worker loaded.
     pub info: LoadedInfo,
     streams: Streams,
+    embeds: Embeds,
     next_id: AtomicU64,
     stopping: Arc<AtomicBool>,
 }
@@ -157,18 +179,23 @@ impl WorkerHost {
             other => return Err(EngineError::Unexpected(format!("{other:?}"))),
         };
         let streams: Streams = Arc::default();
+        let embeds: Embeds = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
         let host = Arc::new(WorkerHost {
             worker: Arc::clone(&worker),
             info,
             streams: Arc::clone(&streams),
+            embeds: Arc::clone(&embeds),
             next_id: AtomicU64::new(1),
             stopping: Arc::clone(&stopping),
         });
         let pid = worker.pid();
         thread::Builder::new()
             .name(format!("worker-{pid}-events"))
-            .spawn(move || route(&*worker, &streams, &stopping, on_exit, on_pool))
+            .spawn(move || {
+                let waiting = Waiting { streams, embeds };
+                route(&*worker, &waiting, &stopping, on_exit, on_pool)
+            })
             .map_err(|source| EngineError::Spawn {
                 program: format!("the event thread of worker {pid}").into(),
                 source,
@@ -222,6 +249,28 @@ impl WorkerHost {
             events: rx,
             host: Arc::clone(self),
             finished: false,
+        })
+    }
+
+    /// Computes embeddings of `inputs` in the worker (in a context of its
+    /// own: `locara_engine::embed`). The answer comes when all are done; a
+    /// worker that ends first answers with its end.
+    pub async fn embed(&self, inputs: Vec<EmbedInput>) -> EmbedAnswer {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.embeds).insert(id, tx);
+        if let Err(e) = self
+            .worker
+            .send(&Request::Embed(EmbedRequest { id, inputs }))
+        {
+            lock(&self.embeds).remove(&id);
+            return Err((StreamError::WorkerDied, e.to_string()));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err((
+                StreamError::WorkerDied,
+                "the worker's event thread ended".into(),
+            ))
         })
     }
 
@@ -284,19 +333,43 @@ impl Drop for WorkerHost {
     }
 }
 
+/// Who waits for a worker's events: generations and embedding requests.
+struct Waiting {
+    streams: Streams,
+    embeds: Embeds,
+}
+
 /// The routing thread: worker events to generation streams.
 fn route(
     worker: &dyn WorkerLink,
-    streams: &Streams,
+    waiting: &Waiting,
     stopping: &AtomicBool,
     on_exit: impl FnOnce(WorkerExit),
     on_pool: PoolListener,
 ) {
+    let streams = &waiting.streams;
     let status = loop {
         match worker.recv() {
+            Ok(Event::Embeddings {
+                id,
+                vectors,
+                prompt_tokens,
+            }) => {
+                if let Some(tx) = lock(&waiting.embeds).remove(&id) {
+                    let _ = tx.send(Ok(Embedded {
+                        vectors,
+                        prompt_tokens,
+                    }));
+                }
+            }
             Ok(Event::Token { id, text }) => {
                 if let Some(tx) = lock(streams).get(&id) {
                     let _ = tx.send(StreamEvent::Token(text));
+                }
+            }
+            Ok(Event::Logprobs { id, tokens }) => {
+                if let Some(tx) = lock(streams).get(&id) {
+                    let _ = tx.send(StreamEvent::Logprobs(tokens));
                 }
             }
             Ok(Event::Done { id, finish, stats }) => {
@@ -314,6 +387,8 @@ fn route(
                         kind: StreamError::Worker(kind),
                         message,
                     });
+                } else if let Some(tx) = lock(&waiting.embeds).remove(&id) {
+                    let _ = tx.send(Err((StreamError::Worker(kind), message)));
                 }
             }
             Ok(
@@ -346,6 +421,9 @@ fn route(
             message: message.clone(),
         });
     }
+    for (_, tx) in lock(&waiting.embeds).drain() {
+        let _ = tx.send(Err((kind, message.clone())));
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -377,7 +455,7 @@ impl Generation {
         }
         let ev = self.events.recv().await;
         match &ev {
-            Some(StreamEvent::Token(_)) => {}
+            Some(StreamEvent::Token(_) | StreamEvent::Logprobs(_)) => {}
             Some(_) | None => self.finished = true,
         }
         ev

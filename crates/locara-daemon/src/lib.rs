@@ -20,6 +20,7 @@ pub mod config;
 pub mod host;
 pub mod manifest;
 pub mod metrics;
+pub mod ollama;
 pub mod openai;
 pub mod runtime;
 pub mod server;

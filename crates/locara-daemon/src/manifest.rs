@@ -662,9 +662,9 @@ mod tests {
         assert_eq!(chat.reference, "qwen2.5:7b-instruct");
         assert_eq!(chat.role, Role::Chat);
         assert_eq!(chat.context, Some(16384));
-        assert_eq!(chat.kv_type, KvType::Q8_0);
+        assert_eq!(chat.kv_type, None);
         assert!(chat.keep_loaded);
-        assert_eq!(m.models[2].kv_type, KvType::F16);
+        assert_eq!(m.models[2].kv_type, Some(KvType::F16));
         let units = m.budgeted_models();
         assert_eq!(units.len(), 2);
         assert!(matches!(units[0], BudgetUnit::Speculative { target, draft }
@@ -695,7 +695,7 @@ mod tests {
             parse_manifest(&format!("{HEAD}[[models]]\nref = \"smollm2:135m\"\n"), "a").unwrap();
         assert_eq!(m.models[0].role, Role::Chat);
         assert_eq!(m.models[0].context, None);
-        assert_eq!(m.models[0].kv_type, KvType::Q8_0);
+        assert_eq!(m.models[0].kv_type, None);
         assert!(!m.models[0].keep_loaded);
         assert_eq!(m.max_concurrency, 1);
         assert_eq!(m.requires.memory_gb, None);

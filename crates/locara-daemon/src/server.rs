@@ -4,7 +4,9 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | chat through the model's template; SSE with `stream: true` |
 //! | `POST /v1/completions` | raw text completion |
+//! | `POST /v1/embeddings` | vectors of a string or a batch |
 //! | `GET /v1/models` | the models in the store |
+//! | `/api/...` | Ollama's API ([`crate::ollama`]) |
 //! | `GET /locara/v1/status` | budget, models (state, estimate, footprint, ...), system memory |
 //! | `POST /locara/v1/models/{name}/load` | load and keep loaded (idle) |
 //! | `POST /locara/v1/models/{name}/unload[?hold=true]` | unload (and keep unloaded) |
@@ -23,11 +25,11 @@
 //! never buffered. A client that goes away drops its stream, which cancels
 //! the generation in the worker and frees its sequence.
 
-use crate::host::{Generation, StreamEvent};
+use crate::host::{Embedded, Generation, StreamEvent};
 use crate::metrics::{Gauges, KvPoolGauges, ModelGauges, CONTENT_TYPE};
 use crate::openai::{self, ApiError, ContextReport, DaemonError, Delta, GenerationParams, Usage};
 use crate::runtime::{Lease, ModelWish, Runtime, Status};
-use crate::store::Store;
+use crate::store::{Catalog, Store};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header;
@@ -38,10 +40,12 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use locara_core::controller::AppClaim;
 use locara_core::governor::KeepAlive;
-use locara_core::manifest::Role;
+use locara_core::manifest::{ModelDecl, Role};
 use locara_core::threads::Priority;
-use locara_engine::protocol::{FinishReason, GenerationStats, Prompt};
+use locara_core::KvType;
+use locara_engine::protocol::{EmbedInput, FinishReason, GenerationStats, Prompt, TokenLogprobs};
 use serde::Deserialize;
+use serde_json::Value;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -51,6 +55,8 @@ use std::time::Instant;
 pub struct AppState {
     pub runtime: Runtime,
     pub store: Store,
+    /// The models a pull may fetch (`/api/pull`; `locara pull`'s catalog).
+    pub catalog: Catalog,
     /// The address the daemon listens on (for the `Host` check).
     pub listen: std::net::SocketAddr,
     /// Web origins allowed to call the API.
@@ -85,6 +91,7 @@ impl AppState {
     pub fn new(
         runtime: Runtime,
         store: Store,
+        catalog: Catalog,
         listen: std::net::SocketAddr,
         allowed_origins: Vec<String>,
         auth: Auth,
@@ -92,6 +99,7 @@ impl AppState {
         Arc::new(AppState {
             runtime,
             store,
+            catalog,
             listen,
             allowed_origins,
             auth,
@@ -158,6 +166,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let apps = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/locara/v1/status", get(status))
         .route("/locara/v1/events", get(events))
@@ -166,9 +175,18 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             Arc::clone(&state),
             app_or_admin,
         ));
+    let ollama = crate::ollama::routes(&state)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            app_or_admin,
+        ))
+        .layer(axum::middleware::map_response(
+            crate::ollama::reshape_errors,
+        ));
     Router::new()
         .merge(management)
         .merge(apps)
+        .merge(ollama)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -275,48 +293,69 @@ async fn admin_only(
     }
 }
 
-/// What admission needs to know of the calling app: its id, its budget
-/// (`requires.memory_gb` of its manifest) and the models every installed
-/// app declares (a shared model's bytes are split among them), and the
-/// role its manifest gives `model`. The registry is read on a blocking
-/// thread; the budget itself is checked by the controller, in the same step
-/// as admission.
-async fn app_claim(
+/// What admission needs to know of the calling app: the role and K/V type
+/// its manifest gives `model`, and for its budget (`requires.memory_gb`)
+/// its id and the loads every installed app uses (a shared load's bytes
+/// are split among them), and its `priority` for the CPU. The registry is
+/// read on a blocking thread; the budget itself is checked by the
+/// controller, in the same step as admission. The place among the app's
+/// `max_concurrency` comes later.
+pub(crate) async fn app_terms(
     state: &Arc<AppState>,
     caller: &Caller,
     model: &str,
-) -> Result<(Option<AppClaim>, Role), ApiError> {
+) -> Result<AppTerms, ApiError> {
     let Caller::App(manifest) = caller else {
-        return Ok((None, Role::Chat));
+        return Ok(AppTerms::default());
     };
-    let roles: Vec<Role> = manifest
+    let decls: Vec<&ModelDecl> = manifest
         .models
         .iter()
         .filter(|d| d.reference == model)
-        .map(|d| d.role)
         .collect();
-    let role = if roles.contains(&Role::Chat) {
+    let role = if decls.iter().any(|d| d.role == Role::Chat) {
         Role::Chat
     } else {
-        roles.first().copied().unwrap_or(Role::Chat)
+        decls.first().map_or(Role::Chat, |d| d.role)
     };
+    // A model declared twice (two roles) loads once: with f16 when either
+    // declaration asks for it (the only type a manifest can ask for).
+    let kv_type = decls.iter().filter_map(|d| d.kv_type).next();
     let Some(budget) = manifest.requires.memory_bytes().map(|b| b.0) else {
-        return Ok((None, role));
+        return Ok(AppTerms {
+            role,
+            kv_type,
+            priority: manifest.priority,
+            ..AppTerms::default()
+        });
     };
-    let state = Arc::clone(state);
-    let installed = tokio::task::spawn_blocking(move || state.auth.apps.list())
+    let runtime_state = Arc::clone(state);
+    let installed = tokio::task::spawn_blocking(move || runtime_state.auth.apps.list())
         .await
         .map_err(|e| ApiError::server_error(format!("reading the app registry: {e}")))??;
     let uses = installed
         .iter()
-        .map(|a| (a.id.to_string(), a.models.clone()))
+        .map(|a| {
+            let loads = a
+                .models
+                .iter()
+                .map(|d| state.runtime.load_name(&d.reference, d.kv_type))
+                .collect();
+            (a.id.to_string(), loads)
+        })
         .collect();
     let claim = AppClaim {
         id: manifest.id.to_string(),
         budget: Some(budget),
         uses,
     };
-    Ok((Some(claim), role))
+    Ok(AppTerms {
+        app: Some(claim),
+        role,
+        kv_type,
+        place: None,
+        priority: manifest.priority,
+    })
 }
 
 /// Whether a `Host` header names the daemon: a loopback name or address
@@ -341,7 +380,7 @@ async fn not_found() -> ApiError {
 }
 
 /// Counts a generation request in flight for as long as it lives.
-struct InFlight(Arc<AppState>);
+pub(crate) struct InFlight(Arc<AppState>);
 
 impl InFlight {
     fn enter(state: &Arc<AppState>) -> Result<InFlight, ApiError> {
@@ -360,8 +399,10 @@ impl Drop for InFlight {
     }
 }
 
+/// Which kind of generation a request is (the metrics' `endpoint` label;
+/// Ollama's `/api/chat` and `/api/generate` count as chat and completions).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
+pub(crate) enum Endpoint {
     Chat,
     Completion,
 }
@@ -426,27 +467,167 @@ async fn serve_generation(
     params: GenerationParams,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
+    let stream = params.stream;
+    let started = start_generation(state, caller, model, prompt, params, endpoint).await?;
+    let mut response = if stream {
+        stream_response(started.run, started.first).into_response()
+    } else {
+        collect_response(started.run, started.first).await?
+    };
+    add_keep_alive_note(&mut response, started.keep_alive_note);
+    Ok(response)
+}
+
+/// A generation that has begun: its run, its first event (a token or the
+/// end: an error first is answered as an error), and the note for
+/// [`KEEP_ALIVE_HEADER`] when the request's `keep_alive` was capped.
+pub(crate) struct Started {
+    pub(crate) run: Run,
+    pub(crate) first: StreamEvent,
+    pub(crate) keep_alive_note: Option<String>,
+}
+
+/// What every generation route does once the body is read (the OpenAI
+/// routes and Ollama's alike): check that the caller may use the model and
+/// that its app budget allows it, acquire it, start the generation and
+/// wait for its first event.
+pub(crate) async fn start_generation(
+    state: Arc<AppState>,
+    caller: &Caller,
+    model: String,
+    prompt: Prompt,
+    params: GenerationParams,
+    endpoint: Endpoint,
+) -> Result<Started, ApiError> {
     caller.may_use(&model)?;
-    let (app, role) = app_claim(&state, caller, &model).await?;
+    let mut terms = app_terms(&state, caller, &model).await?;
     let mut params = params;
     app_context(caller, &model, &mut params)?;
-    let capped = app_keep_alive(caller, &model, &mut params, state.runtime.keep_alive());
-    let place = app_place(&state, caller).await?;
-    let priority = match caller {
-        Caller::App(manifest) => manifest.priority,
-        Caller::Admin => Priority::Interactive,
-    };
-    let terms = AppTerms {
-        app,
-        role,
-        place,
-        priority,
-    };
-    let mut response = generate(state, model, prompt, params, endpoint, terms).await?;
-    if let Some(note) = capped.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
+    let capped = app_keep_alive(
+        caller,
+        &model,
+        &mut params.keep_alive,
+        state.runtime.keep_alive(),
+    );
+    terms.place = app_place(&state, caller).await?;
+    let (run, first) = generate(state, model, prompt, params, endpoint, terms).await?;
+    Ok(Started {
+        run,
+        first,
+        keep_alive_note: capped,
+    })
+}
+
+/// Sets [`KEEP_ALIVE_HEADER`] to `note`, when there is one.
+pub(crate) fn add_keep_alive_note(response: &mut Response, note: Option<String>) {
+    if let Some(note) = note.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
         response.headers_mut().insert(KEEP_ALIVE_HEADER, note);
     }
-    Ok(response)
+}
+
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let answer = async {
+        let r = openai::parse_embeddings(&body)?;
+        let done = serve_embeddings(
+            &state,
+            &caller,
+            r.model,
+            r.inputs,
+            r.keep_alive,
+            r.dimensions,
+        )
+        .await?;
+        let body = openai::embeddings_response(
+            &done.model,
+            &done.embedded.vectors,
+            r.encoding,
+            done.embedded.prompt_tokens,
+        );
+        let mut response = Json(body).into_response();
+        add_keep_alive_note(&mut response, done.keep_alive_note);
+        Ok::<_, ApiError>(response)
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// An embedding request's answer, with what the handlers report of it.
+pub(crate) struct EmbeddingsDone {
+    pub(crate) model: String,
+    pub(crate) embedded: Embedded,
+    /// From the request's start to the answer.
+    pub(crate) elapsed: std::time::Duration,
+    pub(crate) keep_alive_note: Option<String>,
+}
+
+/// What both embedding routes (`/v1/embeddings`, Ollama's `/api/embed`)
+/// do: the checks of a generation (the model declared, the app's budget,
+/// its place, `keep_alive` capped), then the model's worker computes the
+/// vectors (`locara_engine::embed`). A manifest that declares the model
+/// with role `embedding` loads it as such.
+pub(crate) async fn serve_embeddings(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    model: String,
+    inputs: Vec<EmbedInput>,
+    keep_alive: Option<KeepAlive>,
+    dimensions: Option<u32>,
+) -> Result<EmbeddingsDone, ApiError> {
+    caller.may_use(&model)?;
+    let AppTerms {
+        app,
+        mut role,
+        kv_type,
+        priority,
+        ..
+    } = app_terms(state, caller, &model).await?;
+    if let Caller::App(manifest) = caller {
+        if manifest
+            .models
+            .iter()
+            .any(|d| d.reference == model && d.role == Role::Embedding)
+        {
+            role = Role::Embedding;
+        }
+    }
+    let mut keep_alive = keep_alive;
+    let capped = app_keep_alive(caller, &model, &mut keep_alive, state.runtime.keep_alive());
+    let _place = app_place(state, caller).await?;
+    let _in_flight = InFlight::enter(state)?;
+    let started = Instant::now();
+    let lease = state
+        .runtime
+        .acquire(ModelWish {
+            model: model.clone(),
+            context: None,
+            kv_type,
+            keep_alive,
+            role,
+            app,
+            priority,
+        })
+        .await?;
+    openai::check_dimensions(dimensions, &model, lease.host.info.embedding)?;
+    let metrics = &state.runtime.metrics;
+    match lease.host.embed(inputs).await {
+        Ok(embedded) => {
+            metrics.request_finished(&model, "embeddings", "stop");
+            metrics.prompt_tokens(&model, embedded.prompt_tokens.into());
+            Ok(EmbeddingsDone {
+                model,
+                embedded,
+                elapsed: started.elapsed(),
+                keep_alive_note: capped,
+            })
+        }
+        Err((kind, message)) => {
+            metrics.request_finished(&model, "embeddings", "error");
+            Err(DaemonError::from_stream(kind, message).into())
+        }
+    }
 }
 
 /// An app's request gets at most the context its manifest declares for the
@@ -487,15 +668,19 @@ fn app_context(
 }
 
 /// What the calling app's manifest brings to a generation.
-struct AppTerms {
+#[derive(Default)]
+pub(crate) struct AppTerms {
     /// Its budget claim (`None` for the admin or an app without a budget).
-    app: Option<AppClaim>,
+    pub(crate) app: Option<AppClaim>,
     /// The model's role in its manifest.
-    role: Role,
+    pub(crate) role: Role,
+    /// The K/V type its manifest asks for (`kv_quality = "high"`: f16);
+    /// `None`: the daemon's.
+    pub(crate) kv_type: Option<KvType>,
     /// Its place among its `max_concurrency` (`None` for the admin).
-    place: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub(crate) place: Option<tokio::sync::OwnedSemaphorePermit>,
     /// How its requests weigh for the CPU (interactive for the admin).
-    priority: Priority,
+    pub(crate) priority: Priority,
 }
 
 /// One of the calling app's `max_concurrency` places for a generation,
@@ -560,7 +745,7 @@ pub const KEEP_ALIVE_HEADER: &str = "x-locara-keep-alive";
 fn app_keep_alive(
     caller: &Caller,
     model: &str,
-    params: &mut GenerationParams,
+    keep_alive: &mut Option<KeepAlive>,
     daemon: KeepAlive,
 ) -> Option<String> {
     let Caller::App(manifest) = caller else {
@@ -571,10 +756,10 @@ fn app_keep_alive(
         .iter()
         .any(|d| d.reference == model && d.keep_loaded);
     if keep_loaded {
-        params.keep_alive.get_or_insert(KeepAlive::Forever);
+        keep_alive.get_or_insert(KeepAlive::Forever);
         return None;
     }
-    let asked = params.keep_alive?;
+    let asked = (*keep_alive)?;
     // `idle_limit`: `None` is forever.
     let longer = match (asked.idle_limit(), daemon.idle_limit()) {
         (_, None) => false,
@@ -584,19 +769,27 @@ fn app_keep_alive(
     if !longer {
         return None;
     }
-    params.keep_alive = Some(daemon);
+    *keep_alive = Some(daemon);
     Some(format!(
         "{daemon} (asked {asked}; capped: the app's manifest does not set keep_loaded for {model})"
     ))
 }
 
 /// One generation, from acquiring the model to the last byte.
-struct Run {
+pub(crate) struct Run {
     endpoint: Endpoint,
     id: String,
     created: u64,
-    model: String,
+    pub(crate) model: String,
     include_usage: bool,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
+    /// Log-probabilities not yet sent: a stream sends them with the next
+    /// text (or the last chunk), a whole answer with everything.
+    pending_logprobs: Vec<TokenLogprobs>,
+    /// Characters of text the legacy (`/v1/completions`) log-probabilities
+    /// have covered: their `text_offset`.
+    text_offset: usize,
     /// Tokens streamed so far, and the most allowed once the pressure
     /// ladder caps the remaining tokens of in-flight responses.
     tokens: u32,
@@ -614,7 +807,7 @@ struct Run {
 impl Run {
     /// The next event, ending the generation early (as `length`) once the
     /// pressure ladder's cap on remaining tokens is used up.
-    async fn next(&mut self) -> Option<StreamEvent> {
+    pub(crate) async fn next(&mut self) -> Option<StreamEvent> {
         if let Some(cap) = self.runtime.caps().remaining_tokens {
             let limit = *self
                 .token_limit
@@ -640,11 +833,13 @@ impl Run {
 
     /// Releases the model's sequence (the lease and the generation go);
     /// the in-flight guard stays with the caller.
-    fn end(self) -> InFlight {
+    pub(crate) fn end(self) -> InFlight {
         self.in_flight
     }
 
-    fn finished(&self, finish: Option<FinishReason>, stats: Option<&GenerationStats>) {
+    /// Counts the end of the generation in the metrics: its outcome and
+    /// figures (`None`: it failed).
+    pub(crate) fn finished(&self, finish: Option<FinishReason>, stats: Option<&GenerationStats>) {
         let m = &self.runtime.metrics;
         let outcome = finish.map_or("error", FinishReason::as_str);
         m.request_finished(&self.model, self.endpoint.as_str(), outcome);
@@ -661,10 +856,23 @@ impl Run {
         }
     }
 
-    /// A chunk of generated text.
-    fn chunk(&self, text: &str) -> String {
-        match self.endpoint {
-            Endpoint::Chat => openai::chat_chunk(
+    /// The `logprobs` of the pending tokens in the endpoint's shape (and
+    /// they are no longer pending); `None` when the request did not ask.
+    fn take_logprobs(&mut self) -> Option<Value> {
+        if !self.logprobs {
+            return None;
+        }
+        let tokens = std::mem::take(&mut self.pending_logprobs);
+        Some(match self.endpoint {
+            Endpoint::Chat => openai::chat_logprobs(&tokens),
+            Endpoint::Completion => openai::text_logprobs(&tokens, &mut self.text_offset),
+        })
+    }
+
+    /// A chunk of generated text, with the log-probabilities of its tokens.
+    fn chunk(&mut self, text: &str) -> String {
+        let mut chunk = match self.endpoint {
+            Endpoint::Chat => openai::chat_chunk_json(
                 &self.id,
                 self.created,
                 &self.model,
@@ -672,21 +880,32 @@ impl Run {
                 None,
             ),
             Endpoint::Completion => {
-                openai::text_chunk(&self.id, self.created, &self.model, text, None)
+                openai::text_chunk_json(&self.id, self.created, &self.model, text, None)
             }
+        };
+        if let Some(logprobs) = self.take_logprobs() {
+            openai::set_logprobs(&mut chunk, logprobs);
         }
+        chunk.to_string()
     }
 
-    /// The chunk with the finish reason, and what was left out.
-    fn last_chunk(&self, finish: &str, report: ContextReport) -> String {
-        match self.endpoint {
+    /// The chunk with the finish reason, and what was left out (and the
+    /// log-probabilities of tokens whose text was never sent).
+    fn last_chunk(&mut self, finish: &str, report: ContextReport) -> String {
+        let mut chunk = match self.endpoint {
             Endpoint::Chat => {
-                openai::chat_last_chunk(&self.id, self.created, &self.model, finish, report)
+                openai::chat_last_chunk_json(&self.id, self.created, &self.model, finish, report)
             }
             Endpoint::Completion => {
-                openai::text_last_chunk(&self.id, self.created, &self.model, finish, report)
+                openai::text_last_chunk_json(&self.id, self.created, &self.model, finish, report)
+            }
+        };
+        if !self.pending_logprobs.is_empty() {
+            if let Some(logprobs) = self.take_logprobs() {
+                openai::set_logprobs(&mut chunk, logprobs);
             }
         }
+        chunk.to_string()
     }
 
     fn usage_chunk(&self, usage: Usage, report: ContextReport) -> String {
@@ -708,10 +927,11 @@ async fn generate(
     params: GenerationParams,
     endpoint: Endpoint,
     terms: AppTerms,
-) -> Result<Response, ApiError> {
+) -> Result<(Run, StreamEvent), ApiError> {
     let AppTerms {
         app,
         role,
+        kv_type,
         place,
         priority,
     } = terms;
@@ -722,6 +942,7 @@ async fn generate(
         .acquire(ModelWish {
             model: model.clone(),
             context: params.context,
+            kv_type,
             keep_alive: params.keep_alive,
             role,
             app,
@@ -743,6 +964,7 @@ async fn generate(
             ));
         }
     }
+    let logprobs = params.sampling.logprobs.is_some();
     let mut generation = lease.host.generate(
         prompt,
         params.sampling,
@@ -766,7 +988,8 @@ async fn generate(
         None => return Err(DaemonError::StreamEnded.into()),
         Some(ev) => ev,
     };
-    if matches!(first, StreamEvent::Token(_)) {
+    // A drawn token's log-probabilities come just before its text.
+    if matches!(first, StreamEvent::Token(_) | StreamEvent::Logprobs(_)) {
         state
             .runtime
             .metrics
@@ -781,6 +1004,9 @@ async fn generate(
         created: locara_platform::time::unix_now_s(),
         model,
         include_usage: params.include_usage,
+        logprobs,
+        pending_logprobs: Vec::new(),
+        text_offset: 0,
         tokens: 0,
         token_limit: None,
         generation,
@@ -789,11 +1015,7 @@ async fn generate(
         in_flight,
         _place: place,
     };
-    if params.stream {
-        Ok(stream_response(run, first).into_response())
-    } else {
-        collect_response(run, first).await
-    }
+    Ok((run, first))
 }
 
 async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, ApiError> {
@@ -802,12 +1024,13 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
     loop {
         match next {
             Some(StreamEvent::Token(t)) => text.push_str(&t),
+            Some(StreamEvent::Logprobs(tokens)) => run.pending_logprobs.extend(tokens),
             Some(StreamEvent::Done { finish, stats }) => {
                 run.finished(Some(finish), Some(&stats));
                 let usage = Usage::from_stats(&stats);
                 let report = ContextReport::from_stats(&stats);
                 let reason = openai::finish_reason(finish);
-                let body = match run.endpoint {
+                let mut body = match run.endpoint {
                     Endpoint::Chat => openai::chat_completion(
                         &run.id,
                         run.created,
@@ -827,6 +1050,9 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
                         report,
                     ),
                 };
+                if let Some(logprobs) = run.take_logprobs() {
+                    openai::set_logprobs(&mut body, logprobs);
+                }
                 let mut response = Json(body).into_response();
                 // Digits, letters, `_`, `=`, `,` and spaces: always a valid value.
                 if let Some(value) = report
@@ -868,7 +1094,7 @@ fn stream_response(
     // are yielded: a client that reads `[DONE]` and asks again at once finds
     // the model's sequence free, as with a whole answer.
     let events = stream::unfold(Phase::Start(run, first), |phase| async move {
-        let (run, event, mut out): (Run, Option<StreamEvent>, Vec<String>) = match phase {
+        let (mut run, event, mut out): (Run, Option<StreamEvent>, Vec<String>) = match phase {
             Phase::Ended { .. } => return None,
             Phase::Start(run, first) => {
                 let mut out = Vec::new();
@@ -891,6 +1117,11 @@ fn stream_response(
         match event {
             Some(StreamEvent::Token(t)) => {
                 out.push(run.chunk(&t));
+                return Some((out, Phase::Next(run)));
+            }
+            // Sent with the text they belong to.
+            Some(StreamEvent::Logprobs(tokens)) => {
+                run.pending_logprobs.extend(tokens);
                 return Some((out, Phase::Next(run)));
             }
             Some(StreamEvent::Done { finish, stats }) => {
@@ -1535,5 +1766,187 @@ mod tests {
         let lan = "192.168.1.5:11480".parse().unwrap();
         assert!(host_allowed(Some("192.168.1.5:11480"), lan));
         assert!(!host_allowed(Some("192.168.1.6:11480"), lan));
+    }
+
+    #[tokio::test]
+    async fn sampling_fields_and_the_schema_grammar_reach_the_worker() {
+        let d = daemon(FakeEngine::new(3)).await;
+        let a = d
+            .post(
+                "/v1/chat/completions",
+                chat(json!({
+                    "frequency_penalty": 0.5, "presence_penalty": 1.25,
+                    "logit_bias": {"5": -100},
+                    "response_format": {"type": "json_schema", "json_schema": {
+                        "name": "answer", "strict": true,
+                        "schema": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}},
+                                   "required": ["city"], "additionalProperties": false},
+                    }},
+                })),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let s = d.engine.requests().last().unwrap().sampling.clone();
+        assert_eq!((s.frequency_penalty, s.presence_penalty), (0.5, 1.25));
+        assert_eq!(
+            s.logit_bias,
+            [locara_engine::protocol::LogitBias {
+                token: 5,
+                bias: -100.0
+            }]
+        );
+        let grammar = s.grammar.unwrap();
+        assert!(
+            grammar.contains(r#"( "\"Paris\"" | "\"Rome\"" )"#),
+            "{grammar}"
+        );
+        assert_eq!(s.logprobs, None);
+        // Answers without logprobs say null, as OpenAI's.
+        assert_eq!(a.json()["choices"][0]["logprobs"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn a_schema_keyword_we_cannot_enforce_is_a_400_before_the_worker() {
+        let d = daemon(FakeEngine::new(3)).await;
+        for stream in [false, true] {
+            let a = d
+                .post(
+                    "/v1/chat/completions",
+                    chat(json!({"stream": stream, "response_format": {"type": "json_schema", "json_schema": {
+                        "name": "n",
+                        "schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}},
+                    }}})),
+                )
+                .await;
+            assert_eq!(a.status, 400, "{}", a.body);
+            let e = &a.json()["error"];
+            assert_eq!(
+                e["param"],
+                "response_format.json_schema.schema.properties.n"
+            );
+            assert_eq!(e["code"], "unsupported_parameter");
+            assert!(
+                e["message"].as_str().unwrap().contains("\"minimum\""),
+                "{e}"
+            );
+        }
+        assert!(d.engine.requests().is_empty(), "refused before the worker");
+    }
+
+    #[tokio::test]
+    async fn a_logit_bias_token_outside_the_vocabulary_is_a_400() {
+        let d = daemon(FakeEngine::new(3)).await;
+        for stream in [false, true] {
+            let a = d
+                .post(
+                    "/v1/chat/completions",
+                    chat(json!({"stream": stream, "logit_bias": {"999999": 1}})),
+                )
+                .await;
+            assert_eq!(a.status, 400, "{}", a.body);
+            let e = &a.json()["error"];
+            assert_eq!(e["type"], "invalid_request_error");
+            assert_eq!(e["code"], "invalid_sampling");
+            assert!(
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("logit_bias names token 999999"),
+                "{e}"
+            );
+        }
+    }
+
+    /// A NUL byte was a 500 from the worker; now a 400 that never reaches it.
+    #[tokio::test]
+    async fn a_nul_byte_in_a_message_is_a_400_not_a_500() {
+        let d = daemon(FakeEngine::new(3)).await;
+        let mut body = chat(json!({}));
+        body["messages"][1]["content"] = json!("a\u{0}b");
+        let a = d.post("/v1/chat/completions", body).await;
+        assert_eq!(a.status, 400, "{}", a.body);
+        assert_eq!(a.json()["error"]["param"], "messages[1].content");
+        let a = d
+            .post(
+                "/v1/completions",
+                json!({"model": "m:1", "prompt": "\u{0}"}),
+            )
+            .await;
+        assert_eq!(a.status, 400, "{}", a.body);
+        assert_eq!(a.json()["error"]["param"], "prompt");
+        assert!(d.engine.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn chat_logprobs_come_whole_and_with_each_streamed_text() {
+        let d = daemon(FakeEngine::new(3)).await;
+        let asked = json!({"logprobs": true, "top_logprobs": 2});
+        let a = d.post("/v1/chat/completions", chat(asked.clone())).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(
+            d.engine.requests().last().unwrap().sampling.logprobs,
+            Some(2)
+        );
+        let lp = &a.json()["choices"][0]["logprobs"];
+        assert_eq!(lp["refusal"], Value::Null);
+        let content = lp["content"].as_array().unwrap();
+        assert_eq!(content.len(), 3, "{lp}");
+        assert_eq!(
+            content[1],
+            json!({"token": "t1 ", "logprob": -0.2f32, "bytes": [116, 49, 32], "top_logprobs": [
+                {"token": "a0", "logprob": -0.05f32, "bytes": [97, 48]},
+                {"token": "a1", "logprob": -1.05f32, "bytes": [97, 49]},
+            ]})
+        );
+
+        let mut body = chat(asked);
+        body["stream"] = json!(true);
+        let events = d.post("/v1/chat/completions", body).await.events();
+        let texts: Vec<&Value> = events
+            .iter()
+            .filter(|e| {
+                e["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|t| !t.is_empty())
+            })
+            .collect();
+        assert_eq!(texts.len(), 3);
+        for (i, e) in texts.iter().enumerate() {
+            let choice = &e["choices"][0];
+            let content = choice["logprobs"]["content"].as_array().unwrap();
+            assert_eq!(content.len(), 1, "{e}");
+            assert_eq!(content[0]["token"], choice["delta"]["content"], "{e}");
+            assert_eq!(content[0]["token"], format!("t{i} "));
+        }
+    }
+
+    #[tokio::test]
+    async fn completion_logprobs_take_the_legacy_shape_with_offsets() {
+        let d = daemon(FakeEngine::new(3)).await;
+        let body = json!({"model": "m:1", "prompt": "Once", "logprobs": 1});
+        let a = d.post("/v1/completions", body.clone()).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let lp = &a.json()["choices"][0]["logprobs"];
+        assert_eq!(lp["tokens"], json!(["t0 ", "t1 ", "t2 "]));
+        assert_eq!(lp["text_offset"], json!([0, 3, 6]));
+        assert_eq!(lp["token_logprobs"], json!([-0.1f32, -0.2f32, -0.3f32]));
+        assert_eq!(
+            lp["top_logprobs"][2],
+            json!({"a0": -0.05f32, "t2 ": -0.3f32})
+        );
+
+        let mut body = body;
+        body["stream"] = json!(true);
+        let events = d.post("/v1/completions", body).await.events();
+        let offsets: Vec<Value> = events
+            .iter()
+            .filter(|e| {
+                e["choices"][0]["text"]
+                    .as_str()
+                    .is_some_and(|t| !t.is_empty())
+            })
+            .map(|e| e["choices"][0]["logprobs"]["text_offset"][0].clone())
+            .collect();
+        assert_eq!(offsets, [json!(0), json!(3), json!(6)]);
     }
 }

@@ -12,6 +12,10 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tower::ServiceExt;
 
+// `/v1/embeddings` and Ollama's routes, with these helpers.
+#[path = "api_tests.rs"]
+mod api_tests;
+
 /// The address the daemon says it listens on; nothing is bound.
 const LISTEN: &str = "127.0.0.1:11480";
 
@@ -657,4 +661,219 @@ async fn an_app_asks_at_most_the_context_its_manifest_declares() {
     )
     .unwrap();
     assert_eq!(s["models"][0]["context"], 1024, "{s}");
+}
+
+/// Imports a synthetic model whose heads are wide enough for a q8_0 K/V
+/// cache (32; the plain synthetic model's 16 take f16 only) as `name`.
+fn import_wide_model(d: &Daemon, name: &str) {
+    let file = d._home.path().join("wide.gguf");
+    let bytes = locara_gguf::testing::GgufBuilder::synthetic()
+        .set("llama.attention.key_length", locara_gguf::Value::U32(32))
+        .set("llama.attention.value_length", locara_gguf::Value::U32(32))
+        .build();
+    std::fs::write(&file, bytes).unwrap();
+    d.state
+        .store
+        .import(&file, &name.parse().unwrap(), &mut crate::store::NoProgress)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_app_that_opts_in_to_f16_gets_a_load_of_its_own() {
+    let d = Daemon::new(
+        FakeEngine::new(2),
+        false,
+        RawServeConfig {
+            kv_type: Some("q8_0".into()),
+            ..RawServeConfig::default()
+        },
+    );
+    import_wide_model(&d, "w:1");
+    let app = |id: &str, extra: &str| {
+        d.install(&format!(
+            "id = \"{id}\"\nname = \"App\"\nversion = \"1.0.0\"\n[[models]]\nref = \"w:1\"\n{extra}"
+        ))
+    };
+    let plain = app("com.example.plain", "");
+    let high = app("com.example.high", "kv_quality = \"high\"\n");
+    for token in [&plain, &high, &plain] {
+        let r = d
+            .send(post(
+                "/v1/chat/completions",
+                Some(token.as_str()),
+                chat("w:1", json!({})),
+            ))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        body_text(r).await;
+    }
+    assert_eq!(d.engine.spawned(), 2, "one load per K/V type");
+    let admin = d.admin();
+    let status = || async {
+        let s: Value = serde_json::from_str(
+            &body_text(d.send(get("/locara/v1/status", Some(&admin))).await).await,
+        )
+        .unwrap();
+        let mut loads: Vec<(String, String)> = s["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let name = m["name"].as_str().unwrap().to_owned();
+                (name, m["kv_type"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        loads.sort();
+        loads
+    };
+    assert_eq!(
+        status().await,
+        [
+            ("w:1".to_owned(), "q8_0".to_owned()),
+            ("w:1@f16".to_owned(), "f16".to_owned())
+        ]
+    );
+    // The model's name unloads (and holds) each of its loads.
+    let r = d
+        .send(request(
+            Method::POST,
+            "/locara/v1/models/w:1/unload?hold=true",
+            Some(&admin),
+            None,
+        ))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(status().await, []);
+    let (status_code, _, e) = error_of(
+        d.send(post(
+            "/v1/chat/completions",
+            Some(high.as_str()),
+            chat("w:1", json!({})),
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(status_code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e["code"], "model_held", "{e}");
+}
+
+/// An app that installs never gets `insufficient_memory` on an otherwise
+/// idle daemon: the install-time fit check and run-time admission take
+/// their numbers from the same place (the app's context and K/V type, the
+/// daemon's defaults otherwise). The budget is exactly what the fit check
+/// says the app needs; a byte less and it does not install.
+#[tokio::test]
+async fn an_app_that_installs_is_admitted_on_an_idle_daemon() {
+    use crate::apps::{model_costs, FitError};
+    use locara_core::fit::{judge_fit, MachineLimits};
+    let text = "id = \"com.example.both\"\nname = \"App\"\nversion = \"1.0.0\"\n\
+                max_concurrency = 2\n[[models]]\nref = \"m:1\"\ncontext = 1024\n\
+                [[models]]\nref = \"n:1\"\nrole = \"embedding\"\n";
+    let needs = {
+        let probe = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+        let manifest = crate::manifest::parse_manifest(text, "app.toml").unwrap();
+        let defaults = probe.state.runtime.load_defaults();
+        let costs = model_costs(
+            &manifest,
+            &probe.state.store,
+            &locara_core::Backend::cpu_plain(),
+            &defaults,
+        )
+        .unwrap();
+        costs.iter().map(|c| c.estimate).sum::<u64>()
+    };
+    let d = Daemon::new(
+        FakeEngine::stalling(1),
+        false,
+        RawServeConfig {
+            budget: Some(needs.to_string()),
+            ..RawServeConfig::default()
+        },
+    );
+    let defaults = d.state.runtime.load_defaults();
+    let store = &d.state.store;
+    let fit = |budget: u64| {
+        let defaults = &defaults;
+        move |m: &locara_core::manifest::Manifest| -> Result<(), FitError> {
+            let machine = MachineLimits {
+                budget,
+                budget_basis: "given".into(),
+                physical_memory: 16 << 30,
+            };
+            let costs = model_costs(m, store, &locara_core::Backend::cpu_plain(), defaults)?;
+            judge_fit(m, costs, &machine)?;
+            Ok(())
+        }
+    };
+    assert!(
+        d.state
+            .auth
+            .apps
+            .install(text, "app.toml", fit(needs - 1))
+            .is_err(),
+        "a byte short, the app does not install"
+    );
+    let (_, token) = d
+        .state
+        .auth
+        .apps
+        .install(text, "app.toml", fit(needs))
+        .unwrap();
+    // Both models loaded at once, a generation of the app's two on each.
+    let mut streams = Vec::new();
+    for model in ["m:1", "n:1"] {
+        let r = d
+            .send(post(
+                "/v1/chat/completions",
+                Some(token.as_str()),
+                chat(model, json!({"stream": true})),
+            ))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{model}");
+        streams.push(r);
+    }
+    assert_eq!(d.engine.spawned(), 2);
+}
+
+/// The role an app's manifest gives a model reaches the pressure ladder:
+/// at critical, its idle embedding model unloads before its idle chat
+/// model, though the chat model was used less recently.
+#[tokio::test]
+async fn a_models_role_from_the_manifest_orders_the_unloads_under_pressure() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let app = d.install(
+        "id = \"com.example.both\"\nname = \"App\"\nversion = \"1.0.0\"\n\
+         [[models]]\nref = \"m:1\"\n[[models]]\nref = \"n:1\"\nrole = \"embedding\"\n",
+    );
+    for model in ["m:1", "n:1"] {
+        let r = d
+            .send(post(
+                "/v1/chat/completions",
+                Some(app.as_str()),
+                chat(model, json!({})),
+            ))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{model}");
+        body_text(r).await;
+    }
+    let admin = d.admin();
+    let mut events = d
+        .send(get("/locara/v1/events", Some(&admin)))
+        .await
+        .into_body()
+        .into_data_stream();
+    events_until_quiet(&mut events, Duration::from_millis(300)).await;
+    let simulate = post(
+        "/locara/v1/pressure/simulate",
+        Some(&admin),
+        json!({"level": "critical"}),
+    );
+    assert_eq!(d.send(simulate).await.status(), StatusCode::OK);
+    let seen = events_until_quiet(&mut events, Duration::from_millis(800)).await;
+    let unloads: Vec<&str> = seen
+        .iter()
+        .filter(|e| e["type"] == "action" && e["action"] == "unload")
+        .map(|e| e["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(unloads, ["n:1", "m:1"], "{seen:?}");
 }

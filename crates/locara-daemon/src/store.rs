@@ -14,6 +14,7 @@
 //! half-made model behind (its staging directory is swept by the next try).
 //! Every file passes the GGUF guard before it is stored.
 
+use locara_core::KvType;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -318,12 +319,17 @@ impl Store {
         })
     }
 
-    /// The disk tier's directory of the model whose file has `sha256`:
-    /// `<home>/kv-cache/<sha256>/` (by content, so a model renamed or
-    /// imported again keeps its conversations, and another file under the
-    /// same name never sees them). The worker creates it.
-    pub fn kv_cache_dir(&self, sha256: &str) -> PathBuf {
-        self.root.join("kv-cache").join(sha256)
+    /// The disk tier's directory of the model whose file has `sha256`, for
+    /// its loads with `kv_type`: `<home>/kv-cache/<sha256>/<kv_type>/` (by
+    /// content, so a model renamed or imported again keeps its
+    /// conversations, and another file under the same name never sees
+    /// them; by K/V type, because a tier deletes files of another type and
+    /// a model may have a load of each). The worker creates it.
+    pub fn kv_cache_dir(&self, sha256: &str, kv_type: KvType) -> PathBuf {
+        self.root
+            .join("kv-cache")
+            .join(sha256)
+            .join(kv_type.as_str())
     }
 
     fn model_dir(&self, name: &ModelName) -> PathBuf {

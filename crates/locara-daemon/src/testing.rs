@@ -4,7 +4,8 @@
 
 use crate::host::{Engine, WorkerLink};
 use locara_engine::protocol::{
-    ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadedInfo, Prompt, Request,
+    EmbedInput, ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadedInfo,
+    Prompt, Request, TokenLogprobs, TokenProb,
 };
 use locara_engine::EngineError;
 use std::cell::RefCell;
@@ -18,6 +19,58 @@ use std::time::{Duration, Instant};
 /// real worker drops the oldest ones (`dropped_messages: 1` in its stats);
 /// with `truncate: false` it answers `prompt_too_long`, as a real one does.
 pub const TOO_LONG: &str = "<fake: longer than the context>";
+
+/// Tokens in a fake worker's vocabulary: a `logit_bias` naming one at or
+/// past it is answered `invalid_sampling`, as a real worker does.
+pub const FAKE_VOCAB: u32 = 1000;
+
+/// What a fake worker reports for token `i` of an answer when asked for
+/// log-probabilities: `"t{i} "` with logprob `-(i + 1) / 10`, and `top`
+/// alternatives `"a0"`, `"a1"`, ... with logprobs -0.05, -1.05, ...
+pub fn fake_logprobs(i: u32, top: u32) -> TokenLogprobs {
+    let prob = |token: String, logprob: f32| TokenProb {
+        bytes: token.clone().into_bytes(),
+        token,
+        logprob,
+    };
+    TokenLogprobs {
+        chosen: prob(format!("t{i} "), -(i as f32 + 1.0) / 10.0),
+        top: (0..top)
+            .map(|j| prob(format!("a{j}"), -0.05 - j as f32))
+            .collect(),
+    }
+}
+
+/// Width of a fake worker's embeddings (its `LoadedInfo.embedding`).
+pub const FAKE_EMBEDDING: u32 = 64;
+
+/// A fake worker's embedding of one input: a unit vector of
+/// [`FAKE_EMBEDDING`] values that depends on the input's bytes (equal
+/// inputs, equal vectors), and its token count (a token per 4 bytes,
+/// rounded up; a token array counts its ids).
+pub fn fake_embedding(input: &EmbedInput) -> (Vec<f32>, u32) {
+    let (bytes, tokens): (Vec<u8>, usize) = match input {
+        EmbedInput::Text(t) => (t.as_bytes().to_vec(), t.len().div_ceil(4)),
+        EmbedInput::Tokens(ids) => (
+            ids.iter().flat_map(|i| i.to_le_bytes()).collect(),
+            ids.len(),
+        ),
+    };
+    let mut v: Vec<f32> = (0..FAKE_EMBEDDING as usize)
+        .map(|i| {
+            let b = bytes.get(i % bytes.len().max(1)).copied().unwrap_or(0);
+            f32::from(b) - 64.0 + i as f32
+        })
+        .collect();
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.iter_mut().for_each(|x| *x /= norm);
+    (v, u32::try_from(tokens).unwrap_or(u32::MAX))
+}
 
 /// An engine of fake workers. Each generation yields `tokens` tokens
 /// (`"t0 "`, `"t1 "`, ...) then ends as `length`, or, from
@@ -252,7 +305,7 @@ impl WorkerLink for FakeLink {
                 threads: load.threads,
                 gpu_layers: 0,
                 layers: 1,
-                embedding: 64,
+                embedding: FAKE_EMBEDDING,
                 heads: 4,
                 kv_heads: 2,
                 weights_bytes: 0,
@@ -281,8 +334,26 @@ impl WorkerLink for FakeLink {
                     });
                     return Ok(());
                 }
+                if let Some(b) = g.sampling.logit_bias.iter().find(|b| b.token >= FAKE_VOCAB) {
+                    emit(Event::Error {
+                        id: Some(g.id),
+                        kind: ErrorKind::InvalidSampling,
+                        message: format!(
+                            "logit_bias names token {}, outside the model's vocabulary of {FAKE_VOCAB} tokens (0 to {})",
+                            b.token,
+                            FAKE_VOCAB - 1
+                        ),
+                    });
+                    return Ok(());
+                }
                 let n = g.max_tokens.unwrap_or(self.tokens).min(self.tokens);
                 for i in 0..n {
+                    if let Some(top) = g.sampling.logprobs {
+                        emit(Event::Logprobs {
+                            id: g.id,
+                            tokens: vec![fake_logprobs(i, top)],
+                        });
+                    }
                     emit(Event::Token {
                         id: g.id,
                         text: format!("t{i} "),
@@ -299,6 +370,27 @@ impl WorkerLink for FakeLink {
                         dropped_messages: self.stats.dropped_messages + u32::from(too_long),
                         ..self.stats.clone()
                     },
+                });
+            }
+            Request::Embed(e) => {
+                if let Some(i) = e
+                    .inputs
+                    .iter()
+                    .position(|x| matches!(x, EmbedInput::Text(t) if t.contains(TOO_LONG)))
+                {
+                    emit(Event::Error {
+                        id: Some(e.id),
+                        kind: ErrorKind::PromptTooLong,
+                        message: format!("input {i} is 4096 tokens; an input to embed may hold at most 2048 with this model"),
+                    });
+                    return Ok(());
+                }
+                let (vectors, counts): (Vec<_>, Vec<_>) =
+                    e.inputs.iter().map(fake_embedding).unzip();
+                emit(Event::Embeddings {
+                    id: e.id,
+                    vectors,
+                    prompt_tokens: counts.iter().sum(),
                 });
             }
             _ => {}
@@ -376,7 +468,8 @@ pub(crate) fn synthetic_settings(
 }
 
 /// The server's state over a runtime of `engine`'s fake workers, with the
-/// synthetic models `names` in a store under `home`, listening (for the
+/// synthetic models `names` in a store under `home`, a budget of 1 TiB
+/// unless `extra` names one, listening (for the
 /// Host check) on `listen`, allowing `origins`; `tokenless` lets every
 /// caller in as admin.
 pub fn app_state(
@@ -388,7 +481,9 @@ pub fn app_state(
     origins: Vec<String>,
     tokenless: bool,
 ) -> Arc<crate::server::AppState> {
-    let settings = synthetic_settings(home, names, engine, extra, 1 << 40);
+    let mut settings = synthetic_settings(home, names, engine, extra, 1 << 40);
+    // A configured budget stands in for the machine's, as in `locara serve`.
+    settings.budget = settings.config.budget.unwrap_or(settings.budget);
     let store = settings.store.clone();
     let runtime =
         crate::runtime::Runtime::start(settings, Arc::new(crate::metrics::Metrics::new()));
@@ -397,5 +492,6 @@ pub fn app_state(
         admin: crate::apps::admin_token(home).unwrap(),
         tokenless,
     };
-    crate::server::AppState::new(runtime, store, listen, origins, auth)
+    let catalog = crate::store::Catalog::builtin().unwrap();
+    crate::server::AppState::new(runtime, store, catalog, listen, origins, auth)
 }

@@ -3,7 +3,7 @@
 //! loaded again, prefilling only its new turn.
 //!
 //! A worker given a directory (the daemon's `<home>/kv-cache/<model
-//! sha256>/`) writes every cached conversation it holds, in its pool or its
+//! sha256>/<kv_type>/`) writes every cached conversation it holds, in its pool or its
 //! RAM tier, to a file of its own there when it exits, the most recently
 //! used first (so a parent that kills it mid-way loses the oldest ones). At
 //! load it indexes the directory, reading headers only; a new conversation

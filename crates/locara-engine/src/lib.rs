@@ -46,6 +46,9 @@ pub mod client;
 #[cfg(feature = "llama")]
 mod cpu;
 pub mod disk;
+#[cfg(feature = "llama")]
+pub mod embed;
+pub mod grammar;
 pub mod pool;
 pub mod protocol;
 pub mod stop;

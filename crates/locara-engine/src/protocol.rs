@@ -28,7 +28,8 @@
 //! worker: Ready{protocol, engine}
 //! parent: Load{path, context, kv_type, pool, pool_max, ...}   worker: Loaded{...} | Error
 //! parent: Generate{id, prompt, sampling, n_keep, truncate, ...}
-//!                                 worker: Token{id, text}* then Done{id, finish, stats} | Error{id}
+//!                                 worker: (Logprobs{id, tokens}? Token{id, text})* then Done{id, finish, stats} | Error{id}
+//! parent: Embed{id, inputs}       worker: Embeddings{id, vectors, prompt_tokens} | Error{id}
 //! parent: Cancel{id}              (the generation ends before its next token: Done{finish: cancelled})
 //! parent: Stats                   worker: Stats{...}
 //! parent: Sequences               worker: Sequences{...}   (what each sequence holds; for tests and debugging)
@@ -134,6 +135,9 @@ pub enum Request {
     Load(LoadRequest),
     /// Start a generation.
     Generate(GenerateRequest),
+    /// Compute embeddings of `inputs` (see [`crate::embed`]); answered by
+    /// [`Event::Embeddings`] or an [`Event::Error`] with the request's id.
+    Embed(EmbedRequest),
     /// Stop generation `id` before its next token.
     Cancel { id: u64 },
     /// Ask for [`Event::Stats`].
@@ -218,7 +222,7 @@ pub struct LoadRequest {
     #[serde(default)]
     pub ram_cache_bytes: u64,
     /// The directory of this model's disk tier (the daemon's
-    /// `<home>/kv-cache/<model sha256>/`): the worker writes its cached
+    /// `<home>/kv-cache/<model sha256>/<kv_type>/`): the worker writes its cached
     /// conversations there when it exits and restores them from there when
     /// a request continues one (see [`crate::disk`]). `None` keeps none.
     #[serde(default)]
@@ -251,8 +255,13 @@ pub enum Prompt {
     Raw { text: String },
 }
 
-/// Sampling settings. With `temperature == 0` decoding is greedy and the
-/// other settings are ignored.
+/// Sampling settings. With `temperature == 0` decoding is greedy and
+/// `top_p`, `top_k`, `min_p` and `seed` are ignored; the penalties, the
+/// logit bias and the grammar apply either way.
+///
+/// The worker's sampler chain, in order: `logit_bias`, the repeat penalty,
+/// the frequency and presence penalties, the grammar, then top-k, top-p,
+/// min-p, temperature and a seeded draw (or the most likely token).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Sampling {
@@ -267,8 +276,64 @@ pub struct Sampling {
     pub repeat_penalty: f32,
     /// Window of the repeat penalty, in tokens.
     pub repeat_last_n: u32,
+    /// OpenAI's `frequency_penalty`: subtracted from a token's logit once
+    /// for every time the generation has produced it so far (the prompt
+    /// does not count, as with vLLM); 0 disables it.
+    pub frequency_penalty: f32,
+    /// OpenAI's `presence_penalty`: subtracted from the logit of every
+    /// token the generation has produced so far; 0 disables it.
+    pub presence_penalty: f32,
+    /// Added to these tokens' logits before anything else (OpenAI's
+    /// `logit_bias`). A token outside the model's vocabulary is an
+    /// `Error{kind: invalid_sampling}`.
+    pub logit_bias: Vec<LogitBias>,
+    /// A GBNF grammar (llama.cpp's format, start rule `root`) every answer
+    /// must match: only tokens that keep the output inside it are drawn,
+    /// and an end-of-generation token only where the grammar is complete.
+    /// Made from a JSON Schema by [`crate::grammar`]. One llama.cpp cannot
+    /// parse is an `Error{kind: invalid_sampling}`.
+    pub grammar: Option<String>,
+    /// Report the log-probability of each drawn token, with this many of
+    /// the most likely alternatives (0 to [`MAX_TOP_LOGPROBS`]), as
+    /// [`Event::Logprobs`]; `None` reports nothing. Not a sampling setting,
+    /// but it reads the same logits at the same moment.
+    pub logprobs: Option<u32>,
     /// Seed of the sampler; `None` = a random one.
     pub seed: Option<u32>,
+}
+
+/// Most alternatives [`Sampling::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// A bias added to one token's logit.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LogitBias {
+    /// The token id in the model's vocabulary.
+    pub token: u32,
+    /// Added to its logit; OpenAI's range is -100 to 100 (-100 bans it in
+    /// practice, 100 all but forces it).
+    pub bias: f32,
+}
+
+/// One token as [`Event::Logprobs`] reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenProb {
+    /// Its text (invalid UTF-8, a piece of a character, is replaced).
+    pub token: String,
+    /// Its bytes, exactly.
+    pub bytes: Vec<u8>,
+    /// Natural log of its probability under the model: the softmax of the
+    /// raw logits, before any penalty, bias, grammar or temperature (what
+    /// OpenAI reports and vLLM reports by default).
+    pub logprob: f32,
+}
+
+/// A drawn token, and the most likely tokens at its place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    pub chosen: TokenProb,
+    /// Most likely first, at most `Sampling.logprobs` of them.
+    pub top: Vec<TokenProb>,
 }
 
 impl Default for Sampling {
@@ -282,6 +347,11 @@ impl Default for Sampling {
             min_p: 0.05,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: Vec::new(),
+            grammar: None,
+            logprobs: None,
             seed: None,
         }
     }
@@ -334,6 +404,26 @@ fn yes() -> bool {
     true
 }
 
+/// Embeddings to compute: one vector per input, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    /// Chosen by the parent, from the same counter as generations; the
+    /// answer carries it.
+    pub id: u64,
+    pub inputs: Vec<EmbedInput>,
+}
+
+/// One input of an embedding request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedInput {
+    /// Text, tokenized by the model (its BOS token first, special tokens
+    /// read as text).
+    Text(String),
+    /// Token ids as they are; each must be below the vocabulary's size.
+    Tokens(Vec<u32>),
+}
+
 /// Worker → parent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -351,12 +441,30 @@ pub enum Event {
         id: u64,
         text: String,
     },
+    /// The log-probabilities of tokens drawn since the last `Token` (only
+    /// when `Sampling.logprobs` asked), sent before the `Token` that
+    /// carries their text. A token's text may come later than its entry
+    /// (text that might begin a stop string is held back); the end token
+    /// has none; the tokens of a stop string have theirs though their text
+    /// is never sent.
+    Logprobs {
+        id: u64,
+        tokens: Vec<TokenLogprobs>,
+    },
     Done {
         id: u64,
         finish: FinishReason,
         stats: GenerationStats,
     },
     Stats(WorkerStats),
+    /// The answer to [`Request::Embed`].
+    Embeddings {
+        id: u64,
+        /// One L2-normalized vector per input, in the request's order.
+        vectors: Vec<Vec<f32>>,
+        /// Tokens of all inputs together.
+        prompt_tokens: u32,
+    },
     /// The live sequences need `needed_cells` more cells than the pool has
     /// free, after every cached sequence was dropped; generations that need
     /// room wait for the parent's `Resize` or `DenyGrowth` (see the module
@@ -626,6 +734,13 @@ pub enum ErrorKind {
     /// this worker, or it is damaged), or the tier could not be read or
     /// written. Always `id: None`: the worker goes on without the file.
     DiskCache,
+    /// The sampling settings do not fit the model: a `logit_bias` token
+    /// outside its vocabulary, a grammar llama.cpp cannot parse.
+    InvalidSampling,
+    /// An embedding request's input cannot be embedded: empty, a token id
+    /// outside the vocabulary, or a model that gives no embeddings (a
+    /// reranker). The message names the input and the limit.
+    InvalidInput,
 }
 
 impl ErrorKind {
@@ -640,6 +755,8 @@ impl ErrorKind {
             ErrorKind::PoolExhausted => "pool_exhausted",
             ErrorKind::ResizeFailed => "resize_failed",
             ErrorKind::DiskCache => "disk_cache",
+            ErrorKind::InvalidSampling => "invalid_sampling",
+            ErrorKind::InvalidInput => "invalid_input",
         }
     }
 }
@@ -773,6 +890,43 @@ mod tests {
     }
 
     #[test]
+    fn sampling_fields_of_version_3_default_to_off_and_round_trip() {
+        let s: Sampling = serde_json::from_str(r#"{"temperature":0}"#).unwrap();
+        assert_eq!(
+            (s.frequency_penalty, s.presence_penalty, s.logit_bias.len()),
+            (0.0, 0.0, 0)
+        );
+        assert_eq!((s.grammar, s.logprobs), (None, None));
+        let s = Sampling {
+            frequency_penalty: 0.5,
+            presence_penalty: -1.0,
+            logit_bias: vec![LogitBias {
+                token: 7,
+                bias: -100.0,
+            }],
+            grammar: Some("root ::= \"a\"".into()),
+            logprobs: Some(2),
+            ..Sampling::greedy()
+        };
+        let back: Sampling = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let ev = Event::Logprobs {
+            id: 3,
+            tokens: vec![TokenLogprobs {
+                chosen: TokenProb {
+                    token: "\u{fffd}".into(),
+                    bytes: vec![0xe2, 0x9c],
+                    logprob: -0.25,
+                },
+                top: vec![],
+            }],
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &ev).unwrap();
+        assert_eq!(read_frame::<_, Event>(&mut &buf[..]).unwrap(), ev);
+    }
+
+    #[test]
     fn pool_messages_round_trip() {
         for ev in [
             Event::PoolFull {
@@ -813,6 +967,40 @@ mod tests {
             serde_json::to_string(&Request::DenyGrowth).unwrap(),
             r#"{"type":"deny_growth"}"#
         );
+    }
+
+    #[test]
+    fn embed_messages_round_trip() {
+        let req = Request::Embed(EmbedRequest {
+            id: 9,
+            inputs: vec![
+                EmbedInput::Text("hi".into()),
+                EmbedInput::Tokens(vec![1, 2]),
+            ],
+        });
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"type":"embed","id":9,"inputs":[{"text":"hi"},{"tokens":[1,2]}]}"#
+        );
+        let ev = Event::Embeddings {
+            id: 9,
+            vectors: vec![vec![0.6, -0.8], vec![1.0, 0.0]],
+            prompt_tokens: 4,
+        };
+        for frame in [
+            serde_json::to_value(&req).unwrap(),
+            serde_json::to_value(&ev).unwrap(),
+        ] {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &frame).unwrap();
+            assert_eq!(
+                read_frame::<_, serde_json::Value>(&mut &buf[..]).unwrap(),
+                frame
+            );
+        }
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &ev).unwrap();
+        assert_eq!(read_frame::<_, Event>(&mut &buf[..]).unwrap(), ev);
     }
 
     #[test]

@@ -21,11 +21,12 @@
 //! restores from when a new worker of the model continues a conversation).
 
 use crate::disk::{self, DiskTier};
+use crate::embed::{EmbedShape, Embedder};
 use crate::pool::{self, Candidate, Held};
 use crate::protocol::{
     read_frame, write_frame, ChatMessage, ErrorKind, Event, FinishReason, GenerateRequest,
-    GenerationStats, LoadRequest, LoadedInfo, Prompt, Request, Sampling, SequenceInfo, WorkerStats,
-    PROTOCOL_VERSION,
+    GenerationStats, LoadRequest, LoadedInfo, Prompt, Request, Sampling, SequenceInfo,
+    TokenLogprobs, TokenProb, WorkerStats, PROTOCOL_VERSION,
 };
 use crate::stop::{StopMatcher, StopStep};
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
@@ -35,6 +36,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel, RopeType};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use locara_core::threads::ThreadClass;
@@ -110,6 +112,12 @@ pub fn run() -> Result<(), WorkerError> {
             Request::Generate(g) => error(
                 &mut out,
                 Some(g.id),
+                ErrorKind::BadRequest,
+                "no model is loaded",
+            )?,
+            Request::Embed(e) => error(
+                &mut out,
+                Some(e.id),
                 ErrorKind::BadRequest,
                 "no model is loaded",
             )?,
@@ -382,6 +390,12 @@ fn serve_model(
         disk_growth: None,
         class: ThreadClass::Interactive,
         paused: false,
+        embedder: Embedder {
+            shape: EmbedShape::of(&gguf),
+            kv_type: kv_cache_type(load.kv_type),
+            threads: shape.threads,
+            max_tokens: context.min(crate::embed::EMBED_MAX_TOKENS),
+        },
     };
     engine.open_disk_tier(&load, out)?;
     let served = engine.serve(rx, out);
@@ -488,6 +502,9 @@ struct Slot {
     /// It needed cells this step and did not get them all.
     held: bool,
     picker: Picker,
+    /// Alternatives to report with each drawn token's log-probability;
+    /// `None`: report none.
+    logprobs: Option<u32>,
     utf8: encoding_rs::Decoder,
     stop: StopMatcher,
     max_tokens: u32,
@@ -602,6 +619,8 @@ struct Engine<'m> {
     class: ThreadClass,
     /// Told 0 threads: nothing decodes until a share with threads comes.
     paused: bool,
+    /// Embedding requests, each in a context of its own ([`crate::embed`]).
+    embedder: Embedder,
 }
 
 enum Control {
@@ -654,6 +673,18 @@ impl<'m> Engine<'m> {
     fn handle(&mut self, req: Request, out: &mut impl Write) -> Result<Control, WorkerError> {
         match req {
             Request::Generate(g) => self.queue.push_back(g),
+            // Answered at once, between two generation steps (crate::embed says why).
+            Request::Embed(e) => match self.embedder.embed(self.backend, self.model, &e) {
+                Ok((vectors, prompt_tokens)) => write_frame(
+                    out,
+                    &Event::Embeddings {
+                        id: e.id,
+                        vectors,
+                        prompt_tokens,
+                    },
+                )?,
+                Err((kind, message)) => error(out, Some(e.id), kind, message)?,
+            },
             Request::Cancel { id } => {
                 if let Some(i) = self.slots.iter().position(|s| s.id == id) {
                     self.finish(i, FinishReason::Cancelled, out)?;
@@ -1466,7 +1497,9 @@ impl<'m> Engine<'m> {
             next: None,
             logits_at: None,
             held: false,
-            picker: Picker::new(self.model, &req.sampling),
+            // The frequency and presence penalties count the whole answer.
+            picker: Picker::new(self.model, &req.sampling, max_tokens.min(self.context))?,
+            logprobs: req.sampling.logprobs,
             utf8: encoding_rs::UTF_8.new_decoder(),
             stop: StopMatcher::new(&req.stop),
             max_tokens,
@@ -1628,6 +1661,22 @@ impl<'m> Engine<'m> {
             slot.generated += 1;
             self.generated_total += 1;
             let vocab = self.model.vocab();
+            if let (Some(top), false) = (slot.logprobs, vocab.is_eog(token)) {
+                let ctx = self.ctx.as_ref().expect("the pool exists outside a resize");
+                let tokens = vec![token_logprobs(
+                    self.model,
+                    ctx.get_logits_ith(at),
+                    token,
+                    top,
+                )];
+                write_frame(
+                    out,
+                    &Event::Logprobs {
+                        id: slot.id,
+                        tokens,
+                    },
+                )?;
+            }
             let mut finish = None;
             if vocab.is_eog(token) {
                 finish = Some(FinishReason::Stop);
@@ -2013,22 +2062,29 @@ impl<'m> Engine<'m> {
 
 /// How one generation picks its next token.
 enum Picker {
-    /// Temperature 0: the token with the highest logit, the first of equals
-    /// (as llama.cpp's greedy sampler). Read straight from the logits: the
-    /// sampler API would first copy all of them into a fresh candidate array
-    /// every token, which measured about 1 % of decode time on a 49k-token
-    /// vocabulary.
+    /// Temperature 0 and nothing else that changes the logits: the token
+    /// with the highest logit, the first of equals (as llama.cpp's greedy
+    /// sampler). Read straight from the logits: the sampler API would first
+    /// copy all of them into a fresh candidate array every token, which
+    /// measured about 1 % of decode time on a 49k-token vocabulary.
     Greedy,
-    /// llama.cpp's sampler chain.
+    /// llama.cpp's sampler chain (see [`sampler_chain`]).
     Chain(LlamaSampler),
 }
 
 impl Picker {
-    fn new(model: &LlamaModel, s: &Sampling) -> Picker {
-        if s.temperature <= 0.0 {
-            Picker::Greedy
+    /// `window`: the most tokens the answer may have, which the frequency
+    /// and presence penalties look back over.
+    fn new(model: &LlamaModel, s: &Sampling, window: u32) -> Result<Picker, (ErrorKind, String)> {
+        let plain = s.logit_bias.is_empty()
+            && s.repeat_penalty == 1.0
+            && s.frequency_penalty == 0.0
+            && s.presence_penalty == 0.0
+            && s.grammar.is_none();
+        if s.temperature <= 0.0 && plain {
+            Ok(Picker::Greedy)
         } else {
-            Picker::Chain(sampler_chain(model, s))
+            sampler_chain(model, s, window).map(Picker::Chain)
         }
     }
 
@@ -2055,18 +2111,75 @@ fn argmax(values: &[f32]) -> i32 {
     i32::try_from(best).unwrap_or(0)
 }
 
-/// The sampler chain for one generation, in llama.cpp's usual order:
-/// penalties, top-k, top-p, min-p, temperature, then a seeded draw.
-fn sampler_chain(model: &LlamaModel, s: &Sampling) -> LlamaSampler {
+/// The sampler chain for one generation, in llama.cpp's usual order: the
+/// logit bias, the penalties, the grammar, then top-k, top-p, min-p,
+/// temperature and a seeded draw, or, at temperature 0, the most likely
+/// token. The grammar comes before the truncating samplers so that they
+/// choose among allowed tokens only; the bias (at most ±100, finite) comes
+/// before it so that no bias can bring back a token the grammar ruled out.
+///
+/// The repeat penalty looks back `repeat_last_n` tokens; the frequency and
+/// presence penalties (a second penalties sampler) over `window` tokens,
+/// the whole answer as OpenAI defines them. Both count generated tokens
+/// only: the chain sees the tokens it draws, not the prompt.
+fn sampler_chain(
+    model: &LlamaModel,
+    s: &Sampling,
+    window: u32,
+) -> Result<LlamaSampler, (ErrorKind, String)> {
+    let n_vocab = model.n_vocab();
     let mut chain = Vec::new();
+    if !s.logit_bias.is_empty() {
+        let mut biases = Vec::with_capacity(s.logit_bias.len());
+        for b in &s.logit_bias {
+            match i32::try_from(b.token) {
+                Ok(token) if token < n_vocab => {
+                    biases.push(LlamaLogitBias::new(LlamaToken(token), b.bias));
+                }
+                _ => {
+                    return Err((
+                        ErrorKind::InvalidSampling,
+                        format!(
+                            "logit_bias names token {}, outside the model's vocabulary of {n_vocab} tokens (0 to {})",
+                            b.token,
+                            n_vocab - 1
+                        ),
+                    ))
+                }
+            }
+        }
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
+    }
     if s.repeat_penalty != 1.0 {
         chain.push(LlamaSampler::penalties(
-            model.n_vocab(),
+            n_vocab,
             s.repeat_last_n as i32,
             s.repeat_penalty,
             0.0,
             0.0,
         ));
+    }
+    if s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            i32::try_from(window.max(1)).unwrap_or(i32::MAX),
+            1.0,
+            s.frequency_penalty,
+            s.presence_penalty,
+        ));
+    }
+    if let Some(grammar) = &s.grammar {
+        let sampler = LlamaSampler::grammar(model, grammar, crate::grammar::ROOT).map_err(|e| {
+            (
+                ErrorKind::InvalidSampling,
+                format!("llama.cpp could not use the output grammar ({e}); see the worker's log"),
+            )
+        })?;
+        chain.push(sampler);
+    }
+    if s.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+        return Ok(LlamaSampler::chain_simple(chain));
     }
     if s.top_k > 0 {
         chain.push(LlamaSampler::top_k(s.top_k as i32));
@@ -2080,7 +2193,73 @@ fn sampler_chain(model: &LlamaModel, s: &Sampling) -> LlamaSampler {
     chain.push(LlamaSampler::temp(s.temperature));
     let seed = s.seed.unwrap_or_else(random_seed);
     chain.push(LlamaSampler::dist(seed));
-    LlamaSampler::chain_simple(chain)
+    Ok(LlamaSampler::chain_simple(chain))
+}
+
+/// The drawn token's log-probability and the `top` most likely tokens',
+/// from the raw logits (see [`TokenProb::logprob`]).
+fn token_logprobs(
+    model: &LlamaModel,
+    logits: &[f32],
+    chosen: LlamaToken,
+    top: u32,
+) -> TokenLogprobs {
+    let log_z = log_sum_exp(logits);
+    let prob = |token: usize| {
+        let bytes = model
+            .vocab()
+            .token_to_piece(LlamaToken(token as i32), false, None);
+        TokenProb {
+            token: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+            logprob: logits
+                .get(token)
+                .map_or(f32::NEG_INFINITY, |&l| (f64::from(l) - log_z) as f32),
+        }
+    };
+    TokenLogprobs {
+        chosen: prob(chosen.0.max(0) as usize),
+        top: top_indices(logits, top as usize)
+            .into_iter()
+            .map(prob)
+            .collect(),
+    }
+}
+
+/// ln Σ exp(x), without overflow (the largest value factored out).
+fn log_sum_exp(values: &[f32]) -> f64 {
+    let max = values
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return f64::from(max);
+    }
+    let sum: f64 = values
+        .iter()
+        .filter(|v| !v.is_nan())
+        .map(|&v| (f64::from(v) - f64::from(max)).exp())
+        .sum();
+    f64::from(max) + sum.ln()
+}
+
+/// Indices of the `k` largest values, largest first, the first of equals
+/// first; NaNs never count. One pass, keeping `k` candidates.
+fn top_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
+    }
+    for (i, &v) in values.iter().enumerate() {
+        if v.is_nan() || (best.len() == k && v <= values[best[k - 1]]) {
+            continue;
+        }
+        let at = best.partition_point(|&j| values[j] >= v);
+        best.insert(at, i);
+        best.truncate(k);
+    }
+    best
 }
 
 fn random_seed() -> u32 {
@@ -2156,7 +2335,26 @@ fn give_back_freed_memory() {
 
 #[cfg(test)]
 mod tests {
-    use super::argmax;
+    use super::{argmax, log_sum_exp, top_indices};
+
+    #[test]
+    fn top_indices_are_the_largest_first_of_equals_first() {
+        let v = [0.5, 3.0, f32::NAN, 3.0, -1.0, 2.0];
+        assert_eq!(top_indices(&v, 3), [1, 3, 5]);
+        assert_eq!(top_indices(&v, 0), Vec::<usize>::new());
+        assert_eq!(top_indices(&v, 10), [1, 3, 5, 0, 4]);
+    }
+
+    #[test]
+    fn log_sum_exp_normalises_without_overflow() {
+        // Probabilities from it sum to 1 even for logits exp() overflows on.
+        let logits = [1000.0f32, 1000.0, 999.0];
+        let z = log_sum_exp(&logits);
+        let total: f64 = logits.iter().map(|&l| (f64::from(l) - z).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        assert!((log_sum_exp(&[0.0, 0.0]) - 2f64.ln()).abs() < 1e-12);
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY]), f64::NEG_INFINITY);
+    }
 
     #[test]
     fn argmax_takes_the_first_of_the_largest() {

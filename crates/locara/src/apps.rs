@@ -8,10 +8,11 @@ use crate::config::Config;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use locara_core::manifest::AppId;
-use locara_core::Bytes;
+use locara_core::{Bytes, LoadDefaults};
 use locara_daemon::apps::{
     self, AppError, AppRegistry, Fit, FitError, LimitError, MachineLimits, ModelCost,
 };
+use locara_daemon::config::{RawServeConfig, ServeConfig};
 use locara_daemon::manifest::read_manifest;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -120,7 +121,7 @@ fn check(file: &Path, fit: bool) -> Result<ExitCode> {
     }
     let config = Config::load(false)?;
     let machine = machine_limits()?;
-    match apps::check_fit(&manifest, &config.store()?, &machine) {
+    match apps::check_fit(&manifest, &config.store()?, &machine, &load_defaults()?) {
         Ok(fit) => {
             print_costs(&fit.models, &mut std::io::stdout());
             println!("{}", fits_line(&fit, &machine));
@@ -144,9 +145,10 @@ fn install(path: &Path) -> Result<ExitCode> {
     let registry = registry(&config)?;
     let store = config.store()?;
     let machine = machine_limits()?;
+    let defaults = load_defaults()?;
     let mut fit = None;
     let installed = registry.install(&text, &path.display().to_string(), |m| {
-        fit = Some(apps::check_fit(m, &store, &machine)?);
+        fit = Some(apps::check_fit(m, &store, &machine, &defaults)?);
         Ok(())
     });
     let (manifest, token) = match installed {
@@ -199,7 +201,11 @@ fn list(json: bool) -> Result<ExitCode> {
             a.id,
             a.name,
             a.version,
-            a.models.join(", ")
+            a.models
+                .iter()
+                .map(|m| m.reference.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -244,6 +250,16 @@ fn machine_limits() -> Result<MachineLimits> {
         budget_basis: budget.basis,
         physical_memory,
     })
+}
+
+/// The context and K/V type the daemon gives a model an app declares
+/// without them: its defaults as `LOCARA_CONTEXT` and `LOCARA_KV_TYPE` set
+/// them (a `locara serve` started with other flags or a config file
+/// decides for itself; its admission takes the same numbers from the same
+/// place, `ModelDecl::load_terms`).
+fn load_defaults() -> Result<LoadDefaults> {
+    let env = RawServeConfig::from_env(|k| std::env::var(k).ok())?;
+    Ok(ServeConfig::build(&[env])?.load_defaults())
 }
 
 /// Prints why an app does not fit (with its models' estimates where that

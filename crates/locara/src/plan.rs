@@ -353,6 +353,7 @@ mod tests {
             output_buffer: 0,
             compute_buffers: 0,
             overhead: 0,
+            embedding_context: 0,
         };
         let largest = [
             (KvType::F16, Some(8192)),

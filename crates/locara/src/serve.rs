@@ -207,7 +207,14 @@ async fn run_daemon(
             "pressure = ignore: the OS's memory pressure is not watched; only `locara pressure simulate` moves the ladder"
         ),
     }
-    let state = AppState::new(runtime, store, addr, config.allowed_origins.clone(), auth);
+    let state = AppState::new(
+        runtime,
+        store,
+        base.catalog.clone(),
+        addr,
+        config.allowed_origins.clone(),
+        auth,
+    );
     listening(&url);
     let served = server::serve(
         listener,

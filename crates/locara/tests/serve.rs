@@ -366,7 +366,7 @@ fn load_unload_and_hold_through_the_api_and_the_cli() {
 }
 
 /// A conversation goes on after its model was unloaded: the worker wrote
-/// it to the model's disk tier (`<home>/kv-cache/<sha256>/`) on its way
+/// it to the model's disk tier (`<home>/kv-cache/<sha256>/<kv_type>/`) on its way
 /// out, and the next worker restores it, prefilling only the new turn.
 #[test]
 fn a_conversation_continues_after_its_model_was_unloaded() {
@@ -385,6 +385,10 @@ fn a_conversation_continues_after_its_model_was_unloaded() {
     ]);
     let first = turn(&messages);
     let answer = first["choices"][0]["message"]["content"].clone();
+    let kv_type = d.model_status(SMOLLM2).unwrap()["kv_type"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = d.cli().args(["stop", SMOLLM2]).output().unwrap();
     assert!(
         out.status.success(),
@@ -399,7 +403,8 @@ fn a_conversation_continues_after_its_model_was_unloaded() {
         .home
         .path()
         .join("kv-cache")
-        .join(info["sha256"].as_str().unwrap());
+        .join(info["sha256"].as_str().unwrap())
+        .join(kv_type);
     let written = || {
         std::fs::read_dir(&dir).is_ok_and(|entries| {
             entries
@@ -486,16 +491,17 @@ fn kill_9_of_the_daemon_leaves_no_worker() {
     );
 }
 
-/// The official `openai` Python client, from a virtualenv the test command
-/// makes (`LOCARA_TEST_PYTHON`, set by scripts/test.sh).
-#[test]
-fn the_openai_python_client_streams_and_gets_a_whole_answer() {
+/// Runs `script` (in tests/) with the official `openai` Python client,
+/// from a virtualenv the test command makes (`LOCARA_TEST_PYTHON`, set by
+/// scripts/test.sh), against `d`; its standard output, once it succeeded.
+fn python_client(d: &Daemon, script: &str) -> String {
     let python = std::env::var("LOCARA_TEST_PYTHON").expect(
         "LOCARA_TEST_PYTHON is not set: run the suite with scripts/test.sh, which makes a \
          virtualenv with the openai client",
     );
-    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
     let out = std::process::Command::new(python)
         .arg(script)
         .arg(format!("{}/v1", d.url))
@@ -503,16 +509,43 @@ fn the_openai_python_client_streams_and_gets_a_whole_answer() {
         .arg(&d.token)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn the_openai_python_client_streams_and_gets_a_whole_answer() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let stdout = python_client(&d, "openai_client.py");
     assert!(
         stdout.contains("stream ok") && stdout.contains("whole ok"),
         "{stdout}"
     );
+}
+
+/// Structured output (validated with `jsonschema`), log-probabilities and
+/// penalties, as the official client asks for them.
+#[test]
+fn the_openai_python_client_gets_structured_output_logprobs_and_penalties() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let stdout = python_client(&d, "openai_sampling.py");
+    for part in [
+        "json_schema ok",
+        "json_object ok",
+        "parse ok",
+        "logprobs ok",
+        "streamed logprobs ok",
+        "legacy logprobs ok",
+        "penalties ok",
+        "refusal ok",
+    ] {
+        assert!(stdout.contains(part), "{part} missing:\n{stdout}");
+    }
 }
 
 #[test]
@@ -787,8 +820,8 @@ fn web_pages_cannot_reach_the_api() {
     assert_eq!(status, 413);
     let deep = format!(
         "{{\"model\":\"m\",\"messages\":{}{}}}",
-        "[".repeat(40),
-        "]".repeat(40)
+        "[".repeat(70),
+        "]".repeat(70)
     );
     let e = d
         .post(
@@ -801,7 +834,7 @@ fn web_pages_cannot_reach_the_api() {
     };
     let body: Value = r.into_json().unwrap();
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("41 levels deep"), "{message}");
+    assert!(message.contains("71 levels deep"), "{message}");
 }
 
 /// Installs an app from manifest text in the daemon's data directory; its
@@ -993,10 +1026,10 @@ fn concurrent_conversations_grow_the_kv_pool_and_answer_as_alone() {
 #[test]
 fn a_refused_growth_ends_in_a_context_shift_not_a_failure() {
     // The starting pool of SmolLM2 with 4 sequences and q8_0 K/V is
-    // estimated at about 157 MiB (mapped weights included); growing by half
-    // is about 165 MiB. (The K/V type is named: the default is the
-    // backend's.)
-    let d = Daemon::start(&["--budget", "160MiB", "--kv", "q8_0"]);
+    // estimated at about 194 MiB (mapped weights and the 37 MiB embedding
+    // context included); growing by half is about 202 MiB. (The K/V type
+    // is named: the default is the backend's.)
+    let d = Daemon::start(&["--budget", "198MiB", "--kv", "q8_0"]);
     let model = SMOLLM2;
     let answers = four_long_chats_at_once(&d, model);
     for a in &answers {
@@ -1020,4 +1053,117 @@ fn a_refused_growth_ends_in_a_context_shift_not_a_failure() {
         "growth should have been refused: {pool}"
     );
     assert_eq!(pool["cells"], 2048, "{pool}");
+}
+
+/// `POST path` with an app's token.
+#[allow(clippy::result_large_err)]
+fn post_as(
+    d: &Daemon,
+    token: &str,
+    path: &str,
+    body: &Value,
+) -> Result<ureq::Response, ureq::Error> {
+    ureq::post(&format!("{}{path}", d.url))
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(300))
+        .send_json(body.clone())
+}
+
+/// `kv_quality = "high"` on a daemon whose K/V type is q8_0: the app's
+/// requests go to a load of their own, whose worker reports f16, while an
+/// app that leaves the quality to the runtime shares the q8_0 load.
+#[test]
+fn an_app_that_asks_for_f16_gets_a_worker_that_reports_f16() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1", "--kv", "q8_0"]);
+    let app = |id: &str, extra: &str| {
+        install_app(
+            &d,
+            &format!(
+                "id = \"{id}\"\nname = \"App\"\nversion = \"1.0.0\"\n\n[[models]]\nref = \"{SMOLLM2}\"\ncontext = 2048\n{extra}"
+            ),
+        )
+    };
+    let high = app("com.example.high", "kv_quality = \"high\"\n");
+    let plain = app("com.example.plain", "");
+    for token in [&high, &plain] {
+        let r: Value = post_as(
+            &d,
+            token,
+            "/v1/chat/completions",
+            &chat_body(SMOLLM2, "Hi", 4, false),
+        )
+        .unwrap_or_else(|e| panic!("{}", describe(e)))
+        .into_json()
+        .unwrap();
+        assert!(
+            r["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
+            "{r}"
+        );
+    }
+    let f16 = d
+        .model_status(&format!("{SMOLLM2}@f16"))
+        .expect("the app's own load");
+    assert_eq!(f16["kv_type"], "f16", "{f16}");
+    let q8 = d.model_status(SMOLLM2).expect("the runtime's load");
+    assert_eq!(q8["kv_type"], "q8_0", "{q8}");
+    assert_ne!(f16["pid"], q8["pid"], "two workers");
+}
+
+/// An app with `max_concurrency = 1` generates one answer at a time: its
+/// second request starts only once the first has ended, though the model
+/// has room for two.
+#[test]
+fn an_app_generates_one_answer_at_a_time_with_max_concurrency_1() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "2"]);
+    let token = install_app(
+        &d,
+        &format!(
+            "id = \"com.example.one\"\nname = \"One\"\nversion = \"1.0.0\"\nmax_concurrency = 1\n\n[[models]]\nref = \"{SMOLLM2}\"\ncontext = 2048\n"
+        ),
+    );
+    let body = json!({
+        "model": SMOLLM2,
+        "messages": [{"role": "user", "content": "Count from one to one hundred."}],
+        "max_tokens": 48,
+        "temperature": 0,
+        "stream": true,
+    });
+    let first = post_as(&d, &token, "/v1/chat/completions", &body)
+        .unwrap_or_else(|e| panic!("{}", describe(e)));
+    let mut sse = Sse::new(first);
+    assert!(sse.next_data().is_some(), "the first answer started");
+    // The second request, on a thread: its answer starts when the app's
+    // one place is free.
+    let second = {
+        let (url, token, body) = (d.url.clone(), token.clone(), body.clone());
+        std::thread::spawn(move || {
+            let r = ureq::post(&format!("{url}/v1/chat/completions"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .timeout(Duration::from_secs(300))
+                .send_json(body)
+                .unwrap_or_else(|e| panic!("{}", describe(e)));
+            let started = Instant::now();
+            let (text, finish, _, done) = Sse::new(r).collect();
+            (started, text, finish, done)
+        })
+    };
+    let mut busy_most = 0;
+    let mut last_token = Instant::now();
+    while let Some(data) = sse.next_data() {
+        if data == "[DONE]" {
+            break;
+        }
+        last_token = Instant::now();
+        let busy = d
+            .model_status(SMOLLM2)
+            .map_or(0, |m| m["sequences_busy"].as_u64().unwrap_or(0));
+        busy_most = busy_most.max(busy);
+    }
+    let (started, text, finish, done) = second.join().unwrap();
+    assert_eq!(busy_most, 1, "the app held one sequence at a time");
+    assert!(
+        started >= last_token,
+        "the second answer started before the first ended"
+    );
+    assert!(done && !text.is_empty(), "{text:?} {finish:?}");
 }

@@ -6,7 +6,7 @@ use crate::store::{ModelName, Store, StoreError};
 use locara_core::estimate::{self, Backend, EstimateError, EstimateOptions};
 use locara_core::fit::{check_requirement, judge_fit, Fit, LimitError, MachineLimits, ModelCost};
 use locara_core::manifest::{AppId, Manifest};
-use locara_core::DEFAULT_CONTEXT;
+use locara_core::LoadDefaults;
 use std::path::PathBuf;
 
 /// Why an app cannot be installed on this machine.
@@ -68,15 +68,25 @@ fn not_in_store(app: &AppId, models: &[ModelName]) -> String {
 
 /// Whether this machine can hold `manifest`'s app: its `requires.memory_gb`
 /// within the machine's memory, and every model it declares (both of a
-/// speculative pair), at its declared context and K/V type with the app's
-/// concurrency, within the budget at once. Every model must be in `store`.
+/// speculative pair), at the context and K/V type it loads with for the
+/// app (declared, else the runtime's `defaults`: [`ModelDecl::load_terms`],
+/// as run-time admission takes them) with the app's concurrency, within the
+/// budget at once. Every model must be in `store`.
+///
+/// [`ModelDecl::load_terms`]: locara_core::manifest::ModelDecl::load_terms
 pub fn check_fit(
     manifest: &Manifest,
     store: &Store,
     machine: &MachineLimits,
+    defaults: &LoadDefaults,
 ) -> Result<Fit, FitError> {
     check_requirement(manifest, machine)?;
-    let costs = model_costs(manifest, store, &locara_platform::estimate_backend())?;
+    let costs = model_costs(
+        manifest,
+        store,
+        &locara_platform::estimate_backend(),
+        defaults,
+    )?;
     Ok(judge_fit(manifest, costs, machine)?)
 }
 
@@ -86,6 +96,7 @@ pub fn model_costs(
     manifest: &Manifest,
     store: &Store,
     backend: &Backend,
+    defaults: &LoadDefaults,
 ) -> Result<Vec<ModelCost>, FitError> {
     let mut missing = Vec::new();
     let mut entries = Vec::new();
@@ -112,9 +123,10 @@ pub fn model_costs(
                 path: entry.path.clone(),
                 source: Box::new(source),
             })?;
+        let terms = decl.load_terms(defaults);
         let options = EstimateOptions {
-            context: decl.context.unwrap_or(DEFAULT_CONTEXT),
-            kv_type: decl.kv_type,
+            context: terms.context,
+            kv_type: terms.kv_type,
             parallel: manifest.max_concurrency,
             backend: backend.clone(),
             full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
@@ -130,7 +142,7 @@ pub fn model_costs(
             reference: decl.reference.clone(),
             role: decl.role,
             context: est.context,
-            kv_type: decl.kv_type,
+            kv_type: terms.kv_type,
             parallel: est.parallel,
             estimate: est.total(),
         });
@@ -152,7 +164,13 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let store = Store::open(home.path()).unwrap();
         let manifest = parse_manifest(MAIL, "a").unwrap();
-        let err = model_costs(&manifest, &store, &Backend::Cpu { repack: vec![] }).unwrap_err();
+        let err = model_costs(
+            &manifest,
+            &store,
+            &Backend::Cpu { repack: vec![] },
+            &LoadDefaults::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), "model_not_in_store");
         assert_eq!(
             err.to_string(),

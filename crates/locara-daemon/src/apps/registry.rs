@@ -5,7 +5,7 @@
 use super::token::{has_token_form, Token, TokenHash, APP_TOKEN_PREFIX};
 use super::{io_err, AppError, FitError};
 use crate::manifest::{parse_manifest, read_manifest};
-use locara_core::manifest::{AppId, Manifest};
+use locara_core::manifest::{AppId, Manifest, ModelDecl};
 use locara_platform::fs::{write_atomic, Access};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -30,8 +30,14 @@ pub struct InstalledApp {
     pub id: AppId,
     pub name: String,
     pub version: String,
-    /// The references of the models it declares, in manifest order.
-    pub models: Vec<String>,
+    /// The models it declares, in manifest order (listed by their
+    /// references).
+    #[serde(serialize_with = "references")]
+    pub models: Vec<ModelDecl>,
+}
+
+fn references<S: serde::Serializer>(models: &[ModelDecl], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(models.iter().map(|m| &m.reference))
 }
 
 /// The installed apps under one data directory.
@@ -159,11 +165,7 @@ impl AppRegistry {
                 id: id.clone(),
                 name: manifest.name.clone(),
                 version: manifest.version.clone(),
-                models: manifest
-                    .models
-                    .iter()
-                    .map(|m| m.reference.clone())
-                    .collect(),
+                models: manifest.models.clone(),
             });
         }
         Ok(out)
@@ -403,21 +405,34 @@ mod tests {
         let (_, mail_token) = install(&registry, MAIL);
         assert_ne!(notes_token, mail_token);
         assert!(has_token_form(notes_token.as_str(), APP_TOKEN_PREFIX));
+        let listed: Vec<(String, String, String, Vec<String>)> = registry
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|a| {
+                let models = a.models.into_iter().map(|m| m.reference).collect();
+                (a.id.to_string(), a.name, a.version, models)
+            })
+            .collect();
+        let row = |id: &str, name: &str, version: &str, models: &[&str]| {
+            let models = models.iter().map(|m| m.to_string()).collect();
+            (
+                id.to_string(),
+                name.to_string(),
+                version.to_string(),
+                models,
+            )
+        };
         assert_eq!(
-            registry.list().unwrap(),
+            listed,
             [
-                InstalledApp {
-                    id: id("com.example.mail"),
-                    name: "Mail".into(),
-                    version: "2.1.0".into(),
-                    models: vec!["gemma3:270m".into(), "smollm2:135m".into()],
-                },
-                InstalledApp {
-                    id: id("com.example.notes"),
-                    name: "Notes".into(),
-                    version: "1.0.0".into(),
-                    models: vec!["smollm2:135m".into()],
-                },
+                row(
+                    "com.example.mail",
+                    "Mail",
+                    "2.1.0",
+                    &["gemma3:270m", "smollm2:135m"]
+                ),
+                row("com.example.notes", "Notes", "1.0.0", &["smollm2:135m"]),
             ]
         );
         assert_eq!(

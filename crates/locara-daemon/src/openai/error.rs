@@ -354,6 +354,7 @@ impl From<DaemonError> for ApiError {
     /// | runtime `Stopped` | `server_error` | 500 | |
     /// | app registry, store | `server_error` | 500 | |
     /// | worker `prompt_too_long` | `invalid_request_error` | 400 | `context_length_exceeded` (OpenAI's) |
+    /// | worker `invalid_sampling` (a `logit_bias` token outside the vocabulary) | `invalid_request_error` | 400 | `invalid_sampling` |
     /// | worker `chat_template` | `invalid_request_error` (use /v1/completions), param `messages` | 400 | `chat_template` |
     /// | worker `invalid_model`, `load_failed` | `model_unavailable` | 503 | the kind |
     /// | worker `bad_request`, `decode_failed`, `resize_failed` | `server_error` | 500 | the kind |
@@ -392,7 +393,15 @@ impl From<DaemonError> for ApiError {
             DaemonError::Apps(_) | DaemonError::Store(_) => ApiError::server_error(message),
             DaemonError::Engine(EngineError::Worker { kind, .. }) => {
                 let err = match kind {
-                    ErrorKind::PromptTooLong => ApiError::new(ErrorType::InvalidRequest, message),
+                    // The message names the field (logit_bias, the
+                    // grammar of response_format).
+                    ErrorKind::PromptTooLong | ErrorKind::InvalidSampling => {
+                        ApiError::new(ErrorType::InvalidRequest, message)
+                    }
+                    // An embedding input the worker cannot embed: the client's.
+                    ErrorKind::InvalidInput => {
+                        ApiError::new(ErrorType::InvalidRequest, message).with_param("input")
+                    }
                     ErrorKind::ChatTemplate => ApiError::new(
                         ErrorType::InvalidRequest,
                         format!(
@@ -527,10 +536,12 @@ mod tests {
             (ErrorKind::InvalidModel, 503, "invalid_model"),
             (ErrorKind::LoadFailed, 503, "load_failed"),
             (ErrorKind::BadRequest, 500, "bad_request"),
+            (ErrorKind::InvalidSampling, 400, "invalid_sampling"),
             (ErrorKind::DecodeFailed, 500, "decode_failed"),
             (ErrorKind::ResizeFailed, 500, "resize_failed"),
             (ErrorKind::DiskCache, 500, "disk_cache"),
             (ErrorKind::PoolExhausted, 503, "pool_exhausted"),
+            (ErrorKind::InvalidInput, 400, "invalid_input"),
         ];
         for (kind, status, code) in cases {
             // A stream's worker error and the engine's own error: one

@@ -13,6 +13,8 @@
 //!   fields take llama.cpp's defaults (temperature 0.8), not OpenAI's.
 //! * `response.rs`: whole answers, stream chunks and the model list, in
 //!   OpenAI's shapes plus Locara's `locara` field ([`ContextReport`]).
+//! * `embeddings.rs`: [`parse_embeddings`] and [`embeddings_response`] for
+//!   `POST /v1/embeddings`.
 //! * `error.rs`: [`ApiError`] with its stable [`ErrorType`]; its
 //!   `IntoResponse` gives the status, `{"error":{"message","type","param",
 //!   "code"}}` and `Retry-After`. The daemon's own errors
@@ -44,10 +46,12 @@
 //! # Ok::<(), locara_daemon::openai::ApiError>(())
 //! ```
 
+mod embeddings;
 mod error;
 mod request;
 mod response;
 
+pub use embeddings::*;
 pub use error::*;
 pub use request::*;
 pub use response::*;

@@ -5,9 +5,18 @@
 //! `null` counts as absent (many clients send `"stop": null`). Every known
 //! field is type- and range-checked; the error names the field (as `param`),
 //! the value and the limit: `temperature 3.5 is out of range: 0 to 2`.
-//! Features Locara does not have (`tools`, `logprobs`, JSON mode, `n > 1`,
-//! ...) are refused by name rather than silently ignored, so a client never
-//! gets an answer that looks like what it asked for and is not.
+//! Features Locara does not have (`tools`, `n > 1`, a JSON Schema keyword
+//! it cannot enforce, ...) are refused by name rather than silently
+//! ignored, so a client never gets an answer that looks like what it asked
+//! for and is not.
+//!
+//! Structured output: `response_format` `json_object` or `json_schema`
+//! becomes a GBNF grammar here ([`locara_engine::grammar`], which says what
+//! subset of JSON Schema it enforces), so a schema it cannot take is a 400
+//! naming the keyword and its place
+//! (`response_format.json_schema.schema.properties.when`) before any model
+//! is loaded. Both endpoints take it (on `/v1/completions` it is
+//! llama-server's extension, not OpenAI's).
 //!
 //! Locara's own fields: `keep_alive`, `context` and `truncate` (whether a
 //! prompt or an answer too long for the context may be shortened; see
@@ -24,7 +33,8 @@ use super::error::ApiError;
 use super::response::ContextReport;
 use locara_core::text::shorten;
 use locara_core::{LARGEST_CONTEXT, SMALLEST_CONTEXT};
-use locara_engine::protocol::{ChatMessage, Sampling};
+use locara_engine::grammar::{self, Json, SchemaError};
+use locara_engine::protocol::{ChatMessage, LogitBias, Sampling, MAX_TOP_LOGPROBS};
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -70,9 +80,9 @@ pub struct GenerationParams {
     /// context is full. `max_completion_tokens` wins over `max_tokens`.
     pub max_tokens: Option<u32>,
     /// [`Sampling::default`] for every field the request omits (module docs
-    /// say why the temperature default is 0.8, not OpenAI's 1.0).
-    /// `frequency_penalty` and `presence_penalty` are range-checked and then
-    /// ignored: the worker has llama.cpp's `repeat_penalty` instead.
+    /// say why the temperature default is 0.8, not OpenAI's 1.0), with
+    /// `frequency_penalty`, `presence_penalty`, `logit_bias`, the grammar of
+    /// `response_format` and the log-probabilities asked for.
     pub sampling: Sampling,
     /// Generation ends before any of these; at most [`MAX_STOP`], none empty.
     pub stop: Vec<String>,
@@ -120,19 +130,45 @@ pub struct CompletionRequest {
 
 /// Parses and checks a chat completion request body.
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    ChatRequest::from_json(&parse_body(body)?)
+    ChatRequest::read(&parse_body(body)?, ordered_schema(body))
 }
 
 /// Parses and checks a text completion request body.
 pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
-    CompletionRequest::from_json(&parse_body(body)?)
+    CompletionRequest::read(&parse_body(body)?, ordered_schema(body))
+}
+
+/// `response_format.json_schema.schema` with its keys in the order the
+/// body has them (`serde_json::Value` sorts them, and a schema's
+/// properties are generated in their order); `None` when there is none or
+/// the body is not shaped for it (the checks then say what is wrong).
+fn ordered_schema(body: &[u8]) -> Option<Json> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        response_format: Option<Format>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Format {
+        json_schema: Option<Schema>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Schema {
+        schema: Option<Json>,
+    }
+    serde_json::from_slice::<Body>(body)
+        .ok()?
+        .response_format?
+        .json_schema?
+        .schema
 }
 
 /// The body as JSON; the JSON error (with line and column) otherwise.
 /// The deepest JSON nesting a request body may have: a chat request needs
-/// four levels (body, messages, message, content parts); the cap keeps a
-/// hostile body from costing stack or time.
-pub const MAX_JSON_DEPTH: usize = 16;
+/// four levels (body, messages, message, content parts), a JSON Schema in
+/// `response_format` four more and two per level of the answer it
+/// describes (`properties`, the property); the cap keeps a hostile body
+/// from costing stack or time.
+pub const MAX_JSON_DEPTH: usize = 64;
 
 /// The nesting depth of a JSON text, counted without parsing it (brackets
 /// inside strings do not count).
@@ -161,7 +197,7 @@ pub fn json_depth(body: &[u8]) -> usize {
     deepest
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid_body(
             "request body is empty; expected a JSON object",
@@ -177,7 +213,7 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))
 }
 
-fn as_object(v: &Value) -> Result<&Map<String, Value>, ApiError> {
+pub(crate) fn as_object(v: &Value) -> Result<&Map<String, Value>, ApiError> {
     v.as_object().ok_or_else(|| {
         ApiError::invalid_body(format!(
             "request body must be a JSON object, got {}",
@@ -187,8 +223,14 @@ fn as_object(v: &Value) -> Result<&Map<String, Value>, ApiError> {
 }
 
 impl ChatRequest {
-    /// Checks an already-parsed body.
+    /// Checks an already-parsed body (a JSON Schema's properties are
+    /// generated in `serde_json`'s sorted order: [`parse_chat`] keeps the
+    /// body's).
     pub fn from_json(v: &Value) -> Result<Self, ApiError> {
+        Self::read(v, None)
+    }
+
+    fn read(v: &Value, schema: Option<Json>) -> Result<Self, ApiError> {
         let obj = as_object(v)?;
         let model = parse_model(obj)?;
         refuse_if_set(obj, "tools", "Locara generates plain text (no tool calls)")?;
@@ -197,10 +239,8 @@ impl ChatRequest {
             "functions",
             "Locara generates plain text (no function calls)",
         )?;
-        refuse_if_set(obj, "logprobs", "Locara does not return log probabilities")?;
-        check_response_format(obj)?;
         let messages = parse_messages(obj)?;
-        let params = parse_params(obj)?;
+        let params = parse_params(obj, Route::Chat, schema)?;
         Ok(Self {
             model,
             messages,
@@ -210,11 +250,14 @@ impl ChatRequest {
 }
 
 impl CompletionRequest {
-    /// Checks an already-parsed body.
+    /// Checks an already-parsed body (see [`ChatRequest::from_json`]).
     pub fn from_json(v: &Value) -> Result<Self, ApiError> {
+        Self::read(v, None)
+    }
+
+    fn read(v: &Value, schema: Option<Json>) -> Result<Self, ApiError> {
         let obj = as_object(v)?;
         let model = parse_model(obj)?;
-        refuse_if_set(obj, "logprobs", "Locara does not return log probabilities")?;
         if let Some(v) = field(obj, "echo") {
             if as_bool("echo", v)? {
                 return Err(ApiError::unsupported(
@@ -244,7 +287,7 @@ impl CompletionRequest {
             }
         }
         let prompt = parse_prompt(obj)?;
-        let params = parse_params(obj)?;
+        let params = parse_params(obj, Route::Completion, schema)?;
         Ok(Self {
             model,
             prompt,
@@ -254,11 +297,11 @@ impl CompletionRequest {
 }
 
 /// A field, with `null` counted as absent.
-fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     obj.get(name).filter(|v| !v.is_null())
 }
 
-fn parse_model(obj: &Map<String, Value>) -> Result<String, ApiError> {
+pub(crate) fn parse_model(obj: &Map<String, Value>) -> Result<String, ApiError> {
     let v = field(obj, "model")
         .ok_or_else(|| ApiError::invalid("model", "model is required: the name of a model"))?;
     let name = as_str("model", v)?.trim();
@@ -270,7 +313,11 @@ fn parse_model(obj: &Map<String, Value>) -> Result<String, ApiError> {
 
 /// Refuses `name` when it is set to anything but a neutral value (null,
 /// false, an empty array or object).
-fn refuse_if_set(obj: &Map<String, Value>, name: &str, why: &str) -> Result<(), ApiError> {
+pub(crate) fn refuse_if_set(
+    obj: &Map<String, Value>,
+    name: &str,
+    why: &str,
+) -> Result<(), ApiError> {
     let neutral = match field(obj, name) {
         None => true,
         Some(Value::Bool(b)) => !b,
@@ -285,28 +332,164 @@ fn refuse_if_set(obj: &Map<String, Value>, name: &str, why: &str) -> Result<(), 
     }
 }
 
-fn check_response_format(obj: &Map<String, Value>) -> Result<(), ApiError> {
+/// Which endpoint a body is for, where their fields differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Chat,
+    Completion,
+}
+
+/// Most alternatives the legacy `logprobs` of `/v1/completions` may ask
+/// for (OpenAI's limit).
+pub const MAX_LEGACY_LOGPROBS: u32 = 5;
+
+/// `response_format` as the grammar that enforces it; `None` for `text`
+/// or no format. `ordered` is the schema with the body's key order.
+fn parse_response_format(
+    obj: &Map<String, Value>,
+    ordered: Option<Json>,
+) -> Result<Option<String>, ApiError> {
     let Some(v) = field(obj, "response_format") else {
-        return Ok(());
+        return Ok(None);
     };
-    let kind = v.get("type").and_then(Value::as_str);
-    if kind == Some("text") {
-        return Ok(());
+    let Value::Object(format) = v else {
+        return Err(ApiError::invalid(
+            "response_format",
+            format!(
+                "response_format must be an object such as {{\"type\": \"json_object\"}}, got {}",
+                describe(v)
+            ),
+        ));
+    };
+    let kind = field(format, "type").ok_or_else(|| {
+        ApiError::invalid(
+            "response_format.type",
+            "response_format.type is required: text, json_object or json_schema",
+        )
+    })?;
+    match as_str("response_format.type", kind)? {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(grammar::json_object())),
+        "json_schema" => {
+            let at = "response_format.json_schema";
+            let Some(Value::Object(spec)) = field(format, "json_schema") else {
+                return Err(ApiError::invalid(
+                    at,
+                    format!("{at} is required with type json_schema: an object with name and schema"),
+                ));
+            };
+            let name_at = "response_format.json_schema.name";
+            let name = field(spec, "name")
+                .ok_or_else(|| ApiError::invalid(name_at, format!("{name_at} is required")))?;
+            let name = as_str(name_at, name)?;
+            // OpenAI's rule for the name.
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ApiError::invalid(
+                    name_at,
+                    format!(
+                        "{name_at} {:?} must be 1 to 64 of a-z, A-Z, 0-9, _ and -",
+                        shorten(name, 40)
+                    ),
+                ));
+            }
+            if let Some(strict) = field(spec, "strict") {
+                // Either way the schema is enforced.
+                as_bool("response_format.json_schema.strict", strict)?;
+            }
+            let schema_at = "response_format.json_schema.schema";
+            let schema = match (ordered, field(spec, "schema")) {
+                (_, None) => Json::Bool(true),
+                (Some(ordered), Some(_)) => ordered,
+                (None, Some(v)) => Json::from(v),
+            };
+            grammar::json_schema(&schema).map(Some).map_err(|e| {
+                let param = format!("{schema_at}{}", e.path());
+                let message = format!("{param} {e}");
+                match e {
+                    SchemaError::Unsupported { .. } => {
+                        ApiError::invalid(param, message).with_code("unsupported_parameter")
+                    }
+                    SchemaError::Invalid { .. } => ApiError::invalid(param, message),
+                }
+            })
+        }
+        other => Err(ApiError::invalid(
+            "response_format.type",
+            format!(
+                "response_format.type {other:?} is not supported: use text, json_object or json_schema"
+            ),
+        )
+        .with_code("unsupported_parameter")),
     }
-    let shown = match kind {
-        Some(k) => format!("type {k:?}"),
-        None => describe(v),
+}
+
+/// `logit_bias`: token ids (as the object's keys) to a bias of -100 to
+/// 100. Whether each id is in the model's vocabulary the worker checks.
+fn parse_logit_bias(v: &Value) -> Result<Vec<LogitBias>, ApiError> {
+    let Value::Object(map) = v else {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            format!(
+                "logit_bias must be an object of token ids to biases, got {}",
+                describe(v)
+            ),
+        ));
     };
-    Err(ApiError::invalid(
-        "response_format",
-        format!("response_format {shown} is not supported: Locara generates plain text"),
-    )
-    .with_code("unsupported_parameter"))
+    map.iter()
+        .map(|(key, bias)| {
+            let token = key.trim().parse::<u32>().map_err(|_| {
+                ApiError::invalid(
+                    "logit_bias",
+                    format!(
+                        "logit_bias key {:?} is not a token id: keys are the ids of the model's tokens, as strings",
+                        shorten(key, 40)
+                    ),
+                )
+            })?;
+            let at = format!("logit_bias.{token}");
+            let bias = as_number(&at, bias, Bounds::closed(-100.0, 100.0))? as f32;
+            Ok(LogitBias { token, bias })
+        })
+        .collect()
+}
+
+/// How many alternatives to report with each token's log-probability;
+/// `None`: no log-probabilities. Chat: `logprobs` (bool) and
+/// `top_logprobs` (0 to 20); completions: `logprobs` (0 to 5), OpenAI's
+/// legacy field.
+fn parse_logprobs(obj: &Map<String, Value>, route: Route) -> Result<Option<u32>, ApiError> {
+    match route {
+        Route::Chat => {
+            let wanted = field(obj, "logprobs")
+                .map(|v| as_bool("logprobs", v))
+                .transpose()?
+                .unwrap_or(false);
+            let top = field(obj, "top_logprobs")
+                .map(|v| as_u32_in("top_logprobs", v, 0, MAX_TOP_LOGPROBS, ""))
+                .transpose()?;
+            match (wanted, top) {
+                (false, Some(n)) if n > 0 => Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!("top_logprobs {n} needs logprobs: true"),
+                )),
+                (false, _) => Ok(None),
+                (true, top) => Ok(Some(top.unwrap_or(0))),
+            }
+        }
+        Route::Completion => field(obj, "logprobs")
+            .map(|v| as_u32_in("logprobs", v, 0, MAX_LEGACY_LOGPROBS, ""))
+            .transpose(),
+    }
 }
 
 const ROLES: &str = "system, user, assistant, tool or developer";
 
-fn parse_messages(obj: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
+pub(crate) fn parse_messages(obj: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
     let v = field(obj, "messages").ok_or_else(|| {
         ApiError::invalid(
             "messages",
@@ -389,7 +572,7 @@ fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
 /// A NUL byte is the client's input, refused here: llama.cpp's tokenizer
 /// and chat templates take C strings, and the worker answered it with an
 /// internal error (a 500 for what is a bad request).
-fn no_nul(param: &str, text: &str) -> Result<(), ApiError> {
+pub(crate) fn no_nul(param: &str, text: &str) -> Result<(), ApiError> {
     match text.find('\0') {
         Some(at) => Err(ApiError::invalid(
             param,
@@ -487,7 +670,11 @@ fn parse_prompt(obj: &Map<String, Value>) -> Result<String, ApiError> {
     Ok(prompt.to_owned())
 }
 
-fn parse_params(obj: &Map<String, Value>) -> Result<GenerationParams, ApiError> {
+fn parse_params(
+    obj: &Map<String, Value>,
+    route: Route,
+    schema: Option<Json>,
+) -> Result<GenerationParams, ApiError> {
     let get_f32 = |name: &str, bounds: Bounds| -> Result<Option<f32>, ApiError> {
         field(obj, name)
             .map(|v| as_number(name, v, bounds).map(|x| x as f32))
@@ -509,8 +696,6 @@ fn parse_params(obj: &Map<String, Value>) -> Result<GenerationParams, ApiError> 
             .with_code("unsupported_parameter"));
         }
     }
-    refuse_if_set(obj, "logit_bias", "Locara does not bias tokens by id")?;
-
     let mut sampling = Sampling::default();
     if let Some(t) = get_f32("temperature", Bounds::closed(0.0, 2.0))? {
         sampling.temperature = t;
@@ -527,10 +712,17 @@ fn parse_params(obj: &Map<String, Value>) -> Result<GenerationParams, ApiError> 
     if let Some(p) = get_f32("repeat_penalty", Bounds::open_low(0.0, 10.0))? {
         sampling.repeat_penalty = p;
     }
-    // Checked so a client learns of a typo'd value, then ignored: see
-    // `GenerationParams::sampling`.
-    get_f32("frequency_penalty", Bounds::closed(-2.0, 2.0))?;
-    get_f32("presence_penalty", Bounds::closed(-2.0, 2.0))?;
+    if let Some(p) = get_f32("frequency_penalty", Bounds::closed(-2.0, 2.0))? {
+        sampling.frequency_penalty = p;
+    }
+    if let Some(p) = get_f32("presence_penalty", Bounds::closed(-2.0, 2.0))? {
+        sampling.presence_penalty = p;
+    }
+    if let Some(v) = field(obj, "logit_bias") {
+        sampling.logit_bias = parse_logit_bias(v)?;
+    }
+    sampling.logprobs = parse_logprobs(obj, route)?;
+    sampling.grammar = parse_response_format(obj, schema)?;
     if let Some(v) = field(obj, "seed") {
         sampling.seed = parse_seed(v)?;
     }
@@ -581,14 +773,14 @@ fn parse_params(obj: &Map<String, Value>) -> Result<GenerationParams, ApiError> 
 }
 
 /// `-1` is llama.cpp's "random seed"; anything else must fit a u32.
-fn parse_seed(v: &Value) -> Result<Option<u32>, ApiError> {
+pub(crate) fn parse_seed(v: &Value) -> Result<Option<u32>, ApiError> {
     if as_integer("seed", v)? == -1 {
         return Ok(None);
     }
     as_u32_in("seed", v, 0, u32::MAX, " (or -1 for a random seed)").map(Some)
 }
 
-fn parse_stop(v: &Value) -> Result<Vec<String>, ApiError> {
+pub(crate) fn parse_stop(v: &Value) -> Result<Vec<String>, ApiError> {
     match v {
         Value::String(s) if s.is_empty() => Err(ApiError::invalid(
             "stop",
@@ -630,7 +822,7 @@ fn parse_stop(v: &Value) -> Result<Vec<String>, ApiError> {
 
 /// A closed or half-open range of numbers, for range checks and messages.
 #[derive(Debug, Clone, Copy)]
-struct Bounds {
+pub(crate) struct Bounds {
     low: f64,
     low_inclusive: bool,
     high: f64,
@@ -638,7 +830,7 @@ struct Bounds {
 
 impl Bounds {
     /// `low..=high`.
-    fn closed(low: f64, high: f64) -> Self {
+    pub(crate) fn closed(low: f64, high: f64) -> Self {
         Self {
             low,
             low_inclusive: true,
@@ -647,7 +839,7 @@ impl Bounds {
     }
 
     /// Above `low`, up to `high` inclusive.
-    fn open_low(low: f64, high: f64) -> Self {
+    pub(crate) fn open_low(low: f64, high: f64) -> Self {
         Self {
             low,
             low_inclusive: false,
@@ -675,7 +867,7 @@ impl fmt::Display for Bounds {
     }
 }
 
-fn as_bool(param: &str, v: &Value) -> Result<bool, ApiError> {
+pub(crate) fn as_bool(param: &str, v: &Value) -> Result<bool, ApiError> {
     v.as_bool().ok_or_else(|| {
         ApiError::invalid(
             param,
@@ -684,7 +876,7 @@ fn as_bool(param: &str, v: &Value) -> Result<bool, ApiError> {
     })
 }
 
-fn as_str<'a>(param: &str, v: &'a Value) -> Result<&'a str, ApiError> {
+pub(crate) fn as_str<'a>(param: &str, v: &'a Value) -> Result<&'a str, ApiError> {
     v.as_str().ok_or_else(|| {
         ApiError::invalid(
             param,
@@ -693,7 +885,7 @@ fn as_str<'a>(param: &str, v: &'a Value) -> Result<&'a str, ApiError> {
     })
 }
 
-fn as_number(param: &str, v: &Value, bounds: Bounds) -> Result<f64, ApiError> {
+pub(crate) fn as_number(param: &str, v: &Value, bounds: Bounds) -> Result<f64, ApiError> {
     let Value::Number(n) = v else {
         return Err(ApiError::invalid(
             param,
@@ -711,7 +903,7 @@ fn as_number(param: &str, v: &Value, bounds: Bounds) -> Result<f64, ApiError> {
 
 /// An integer, as i128 so every JSON integer fits. `2.0` counts (Python's
 /// `json` writes floats that way); `2.5` does not.
-fn as_integer(param: &str, v: &Value) -> Result<i128, ApiError> {
+pub(crate) fn as_integer(param: &str, v: &Value) -> Result<i128, ApiError> {
     let not_integer = || {
         ApiError::invalid(
             param,
@@ -735,7 +927,13 @@ fn as_integer(param: &str, v: &Value) -> Result<i128, ApiError> {
 }
 
 /// An integer in `low..=high`; `note` is appended to the range message.
-fn as_u32_in(param: &str, v: &Value, low: u32, high: u32, note: &str) -> Result<u32, ApiError> {
+pub(crate) fn as_u32_in(
+    param: &str,
+    v: &Value,
+    low: u32,
+    high: u32,
+    note: &str,
+) -> Result<u32, ApiError> {
     let i = as_integer(param, v)?;
     u32::try_from(i)
         .ok()
@@ -749,7 +947,7 @@ fn as_u32_in(param: &str, v: &Value, low: u32, high: u32, note: &str) -> Result<
 }
 
 /// A JSON value as an error message shows it.
-fn describe(v: &Value) -> String {
+pub(crate) fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => b.to_string(),
@@ -799,11 +997,11 @@ mod tests {
     #[test]
     fn deeply_nested_bodies_are_refused_with_the_limit() {
         assert_eq!(json_depth(br#"{"a":[{"b":"[[[[{{"}]}"#), 3);
-        let deep = format!("{}{}", "[".repeat(17), "]".repeat(17));
+        let deep = format!("{}{}", "[".repeat(64), "]".repeat(64));
         let body = format!(r#"{{"model":"m","messages":{deep}}}"#);
         let e = parse_chat(body.as_bytes()).unwrap_err();
         assert!(
-            e.message.contains("18 levels deep") && e.message.contains("16"),
+            e.message.contains("65 levels deep") && e.message.contains("64"),
             "{}",
             e.message
         );
@@ -853,6 +1051,8 @@ mod tests {
                 top_k: 7,
                 min_p: 0.1,
                 repeat_penalty: 1.1,
+                frequency_penalty: 0.5,
+                presence_penalty: -0.5,
                 seed: Some(42),
                 ..Sampling::default()
             }
@@ -1247,8 +1447,6 @@ mod tests {
                 json!([{"type": "function", "function": {"name": "f"}}]),
             ),
             ("functions", json!([{"name": "f"}])),
-            ("logprobs", json!(true)),
-            ("logit_bias", json!({"50256": -100})),
         ] {
             let err = chat_with(json!({ name: value })).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(name), "{err:?}");
@@ -1259,12 +1457,197 @@ mod tests {
             );
             assert_eq!(err.code.as_deref(), Some("unsupported_parameter"));
         }
-        assert_invalid(
-            chat_with(json!({"response_format": {"type": "json_object"}})),
-            "response_format",
-            "response_format type \"json_object\" is not supported: Locara generates plain text",
+    }
+
+    #[test]
+    fn response_format_becomes_a_grammar() {
+        let grammar = |extra: Value| chat_with(extra).unwrap().params.sampling.grammar;
+        assert_eq!(grammar(json!({"response_format": {"type": "text"}})), None);
+        assert_eq!(
+            grammar(json!({"response_format": {"type": "json_object"}})),
+            Some(grammar::json_object())
         );
-        assert!(chat_with(json!({"response_format": {"type": "text"}})).is_ok());
+        let g = grammar(
+            json!({"response_format": {"type": "json_schema", "json_schema": {
+                "name": "person", "strict": true,
+                "schema": {"type": "object", "properties": {"name": {"type": "string"}},
+                           "required": ["name"], "additionalProperties": false},
+            }}}),
+        )
+        .unwrap();
+        assert!(g.contains(r#""\"name\"" ws ":" ws string ws"#), "{g}");
+        // No schema: any JSON value, as OpenAI's schema is optional.
+        let g = grammar(
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "any"}}}),
+        );
+        assert!(g.unwrap().starts_with("root ::= value\n"));
+        // The completion endpoint takes it too.
+        assert_eq!(
+            completion_with(json!({"response_format": {"type": "json_object"}}))
+                .unwrap()
+                .params
+                .sampling
+                .grammar,
+            Some(grammar::json_object())
+        );
+    }
+
+    #[test]
+    fn parse_chat_keeps_the_schemas_property_order() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"Hi"}],
+            "response_format":{"type":"json_schema","json_schema":{"name":"o","schema":
+            {"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}},
+             "required":["zeta","alpha"]}}}}"#;
+        let g = parse_chat(body).unwrap().params.sampling.grammar.unwrap();
+        assert!(g.find("zeta").unwrap() < g.find("alpha").unwrap(), "{g}");
+        // from_json has only serde_json's sorted order.
+        let v: Value = serde_json::from_slice(body).unwrap();
+        let g = ChatRequest::from_json(&v)
+            .unwrap()
+            .params
+            .sampling
+            .grammar
+            .unwrap();
+        assert!(g.find("alpha").unwrap() < g.find("zeta").unwrap(), "{g}");
+    }
+
+    #[test]
+    fn a_schema_keyword_locara_cannot_enforce_is_a_400_naming_it() {
+        let err = chat_with(json!({"response_format": {"type": "json_schema", "json_schema": {
+            "name": "event",
+            "schema": {"type": "object", "properties": {"when": {"type": "string", "format": "date-time"}}},
+        }}}))
+        .unwrap_err();
+        assert_eq!(err.status, 400);
+        assert_eq!(
+            err.param.as_deref(),
+            Some("response_format.json_schema.schema.properties.when")
+        );
+        assert!(
+            err.message.starts_with(
+                "response_format.json_schema.schema.properties.when uses the JSON Schema keyword \"format\", which Locara cannot enforce"
+            ),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.code.as_deref(), Some("unsupported_parameter"));
+        let err = chat_with(
+            json!({"response_format": {"type": "json_schema", "json_schema": {
+                "name": "n", "schema": {"type": "array", "maxItems": 1000},
+            }}}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.param.as_deref(),
+            Some("response_format.json_schema.schema")
+        );
+        assert!(err.message.contains("at most 100"), "{}", err.message);
+    }
+
+    #[test]
+    fn response_format_shapes_are_checked_by_name() {
+        let rf = |v: Value| chat_with(json!({ "response_format": v }));
+        assert_invalid(
+            rf(json!({"type": "xml"})),
+            "response_format.type",
+            "response_format.type \"xml\" is not supported: use text, json_object or json_schema",
+        );
+        assert_invalid(
+            rf(json!("json")),
+            "response_format",
+            "response_format must be an object such as {\"type\": \"json_object\"}, got the string \"json\"",
+        );
+        assert_invalid(
+            rf(json!({"type": "json_schema"})),
+            "response_format.json_schema",
+            "response_format.json_schema is required with type json_schema: an object with name and schema",
+        );
+        assert_invalid(
+            rf(json!({"type": "json_schema", "json_schema": {"schema": {}}})),
+            "response_format.json_schema.name",
+            "response_format.json_schema.name is required",
+        );
+        assert_invalid(
+            rf(json!({"type": "json_schema", "json_schema": {"name": "a b"}})),
+            "response_format.json_schema.name",
+            "response_format.json_schema.name \"a b\" must be 1 to 64 of a-z, A-Z, 0-9, _ and -",
+        );
+        assert_invalid(
+            rf(json!({"type": "json_schema", "json_schema": {"name": "a", "strict": "yes"}})),
+            "response_format.json_schema.strict",
+            "response_format.json_schema.strict must be true or false, got the string \"yes\"",
+        );
+    }
+
+    #[test]
+    fn logit_bias_is_read_and_checked() {
+        let req = chat_with(json!({"logit_bias": {"50256": -100, "7": 2.5}})).unwrap();
+        let mut bias = req.params.sampling.logit_bias;
+        bias.sort_by_key(|b| b.token);
+        assert_eq!(
+            bias,
+            [
+                LogitBias {
+                    token: 7,
+                    bias: 2.5
+                },
+                LogitBias {
+                    token: 50256,
+                    bias: -100.0
+                }
+            ]
+        );
+        assert_invalid(
+            chat_with(json!({"logit_bias": {"hello": 1}})),
+            "logit_bias",
+            "logit_bias key \"hello\" is not a token id: keys are the ids of the model's tokens, as strings",
+        );
+        assert_invalid(
+            chat_with(json!({"logit_bias": {"5": 101}})),
+            "logit_bias.5",
+            "logit_bias.5 101 is out of range: -100 to 100",
+        );
+        assert_invalid(
+            completion_with(json!({"logit_bias": [1]})),
+            "logit_bias",
+            "logit_bias must be an object of token ids to biases, got an array",
+        );
+    }
+
+    #[test]
+    fn logprobs_take_each_endpoints_shape() {
+        let chat = |extra: Value| chat_with(extra).map(|r| r.params.sampling.logprobs);
+        assert_eq!(chat(json!({})).unwrap(), None);
+        assert_eq!(chat(json!({"logprobs": false})).unwrap(), None);
+        assert_eq!(chat(json!({"logprobs": true})).unwrap(), Some(0));
+        assert_eq!(
+            chat(json!({"logprobs": true, "top_logprobs": 20})).unwrap(),
+            Some(20)
+        );
+        assert_eq!(chat(json!({"top_logprobs": 0})).unwrap(), None);
+        assert_invalid(
+            chat(json!({"top_logprobs": 3})),
+            "top_logprobs",
+            "top_logprobs 3 needs logprobs: true",
+        );
+        assert_invalid(
+            chat(json!({"logprobs": true, "top_logprobs": 21})),
+            "top_logprobs",
+            "top_logprobs 21 is out of range: 0 to 20",
+        );
+        assert_invalid(
+            chat(json!({"logprobs": 2})),
+            "logprobs",
+            "logprobs must be true or false, got 2",
+        );
+        let completion = |extra: Value| completion_with(extra).map(|r| r.params.sampling.logprobs);
+        assert_eq!(completion(json!({"logprobs": 2})).unwrap(), Some(2));
+        assert_eq!(completion(json!({"logprobs": 0})).unwrap(), Some(0));
+        assert_invalid(
+            completion(json!({"logprobs": 6})),
+            "logprobs",
+            "logprobs 6 is out of range: 0 to 5",
+        );
     }
 
     #[test]
@@ -1348,11 +1731,6 @@ mod tests {
             completion_with(json!({"best_of": 3})),
             "best_of",
             "best_of 3 is not supported: Locara generates one choice per request",
-        );
-        assert_invalid(
-            completion_with(json!({"logprobs": 2})),
-            "logprobs",
-            "logprobs is not supported: Locara does not return log probabilities",
         );
         let neutral =
             completion_with(json!({"echo": false, "suffix": "", "best_of": 1, "logprobs": null}))

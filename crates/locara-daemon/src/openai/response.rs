@@ -6,7 +6,7 @@
 //! reason) and its usage chunk. `usage` carries OpenAI's
 //! `prompt_tokens_details.cached_tokens`.
 
-use locara_engine::protocol::{FinishReason, GenerationStats};
+use locara_engine::protocol::{FinishReason, GenerationStats, TokenLogprobs, TokenProb};
 use serde_json::{json, Value};
 
 /// What a stream sends after its last chunk, as the `data:` of its last event.
@@ -165,7 +165,7 @@ pub fn chat_chunk(
     chat_chunk_json(id, created, model, delta, finish_reason).to_string()
 }
 
-fn chat_chunk_json(
+pub(crate) fn chat_chunk_json(
     id: &str,
     created: u64,
     model: &str,
@@ -197,9 +197,19 @@ pub fn chat_last_chunk(
     finish_reason: &str,
     report: ContextReport,
 ) -> String {
+    chat_last_chunk_json(id, created, model, finish_reason, report).to_string()
+}
+
+pub(crate) fn chat_last_chunk_json(
+    id: &str,
+    created: u64,
+    model: &str,
+    finish_reason: &str,
+    report: ContextReport,
+) -> Value {
     let mut chunk = chat_chunk_json(id, created, model, Delta::Empty, Some(finish_reason));
     chunk["locara"] = report.to_json();
-    chunk.to_string()
+    chunk
 }
 
 /// The chunk after the last when `stream_options.include_usage` is set:
@@ -262,7 +272,7 @@ pub fn text_chunk(
     text_chunk_json(id, created, model, text, finish_reason).to_string()
 }
 
-fn text_chunk_json(
+pub(crate) fn text_chunk_json(
     id: &str,
     created: u64,
     model: &str,
@@ -292,9 +302,72 @@ pub fn text_last_chunk(
     finish_reason: &str,
     report: ContextReport,
 ) -> String {
+    text_last_chunk_json(id, created, model, finish_reason, report).to_string()
+}
+
+pub(crate) fn text_last_chunk_json(
+    id: &str,
+    created: u64,
+    model: &str,
+    finish_reason: &str,
+    report: ContextReport,
+) -> Value {
     let mut chunk = text_chunk_json(id, created, model, "", Some(finish_reason));
     chunk["locara"] = report.to_json();
-    chunk.to_string()
+    chunk
+}
+
+/// Sets the `logprobs` of an answer's or a chunk's (only) choice.
+pub fn set_logprobs(answer: &mut Value, logprobs: Value) {
+    answer["choices"][0]["logprobs"] = logprobs;
+}
+
+fn token_json(t: &TokenProb) -> Value {
+    json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes})
+}
+
+/// A chat choice's `logprobs` in OpenAI's shape: `{"content": [{"token",
+/// "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}],
+/// "refusal": null}`, one entry per token.
+pub fn chat_logprobs(tokens: &[TokenLogprobs]) -> Value {
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut entry = token_json(&t.chosen);
+            entry["top_logprobs"] = t.top.iter().map(token_json).collect();
+            entry
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// A text completion choice's `logprobs` in OpenAI's legacy shape:
+/// `{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}],
+/// "text_offset"}`. As OpenAI's, each `top_logprobs` entry holds the
+/// drawn token besides the most likely ones. `offset` is where these
+/// tokens start in the answer's text, in characters; it moves past them.
+pub fn text_logprobs(tokens: &[TokenLogprobs], offset: &mut usize) -> Value {
+    let mut texts = Vec::with_capacity(tokens.len());
+    let mut logprobs = Vec::with_capacity(tokens.len());
+    let mut tops = Vec::with_capacity(tokens.len());
+    let mut offsets = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        texts.push(t.chosen.token.clone());
+        logprobs.push(t.chosen.logprob);
+        let mut top = serde_json::Map::new();
+        for p in t.top.iter().chain(std::iter::once(&t.chosen)) {
+            top.insert(p.token.clone(), json!(p.logprob));
+        }
+        tops.push(Value::Object(top));
+        offsets.push(*offset);
+        *offset += t.chosen.token.chars().count();
+    }
+    json!({
+        "tokens": texts,
+        "token_logprobs": logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    })
 }
 
 /// The usage chunk of a text completion stream (`choices: []`), with the
@@ -554,6 +627,55 @@ mod tests {
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["prompt_tokens"], 2);
         assert_eq!(usage["locara"]["shifted_tokens"], 64);
+    }
+
+    fn lp(token: &str, logprob: f32) -> TokenProb {
+        TokenProb {
+            token: token.into(),
+            bytes: token.as_bytes().to_vec(),
+            logprob,
+        }
+    }
+
+    #[test]
+    fn logprobs_shapes_are_openais() {
+        let tokens = [
+            TokenLogprobs {
+                chosen: lp("Hé", -0.5),
+                top: vec![lp("Hé", -0.5), lp("Hi", -1.0)],
+            },
+            TokenLogprobs {
+                chosen: lp("!", -2.0),
+                top: vec![lp(".", -0.25), lp("?", -1.5)],
+            },
+        ];
+        assert_eq!(
+            chat_logprobs(&tokens),
+            json!({"content": [
+                {"token": "Hé", "logprob": -0.5, "bytes": [72, 195, 169], "top_logprobs": [
+                    {"token": "Hé", "logprob": -0.5, "bytes": [72, 195, 169]},
+                    {"token": "Hi", "logprob": -1.0, "bytes": [72, 105]},
+                ]},
+                {"token": "!", "logprob": -2.0, "bytes": [33], "top_logprobs": [
+                    {"token": ".", "logprob": -0.25, "bytes": [46]},
+                    {"token": "?", "logprob": -1.5, "bytes": [63]},
+                ]},
+            ], "refusal": null})
+        );
+        let mut offset = 3;
+        assert_eq!(
+            text_logprobs(&tokens, &mut offset),
+            json!({
+                "tokens": ["Hé", "!"],
+                "token_logprobs": [-0.5, -2.0],
+                "top_logprobs": [{"Hé": -0.5, "Hi": -1.0}, {".": -0.25, "?": -1.5, "!": -2.0}],
+                "text_offset": [3, 5],
+            })
+        );
+        assert_eq!(offset, 6);
+        let mut chunk = chat_chunk_json("c", 1, "m", Delta::Content("Hé"), None);
+        set_logprobs(&mut chunk, chat_logprobs(&tokens[..1]));
+        assert_eq!(chunk["choices"][0]["logprobs"]["content"][0]["token"], "Hé");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use locara_core::controller::{AppClaim, Denial};
 use locara_core::governor::{KeepAlive, Measured, Refusal};
 use locara_core::ladder::{LadderConfig, PressureLevel, Role, TokenCaps};
 use locara_core::threads::Priority;
-use locara_core::Backend;
+use locara_core::{Backend, KvType, LoadDefaults};
 use locara_platform::MemoryProbe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,6 +127,10 @@ pub struct ModelWish {
     /// An exact context per sequence, tokens; `None`: the configured
     /// default, which may be lowered when memory is short.
     pub context: Option<u32>,
+    /// The K/V type the calling app's manifest asks for; `None`: the
+    /// configured one. A model has one load per K/V type in use
+    /// (`locara_core::load::load_name`).
+    pub kv_type: Option<KvType>,
     pub keep_alive: Option<KeepAlive>,
     /// What the model is for (the calling app's manifest says; chat
     /// otherwise): the pressure ladder unloads secondary roles first.
@@ -259,6 +263,9 @@ pub struct Runtime {
     events: broadcast::Sender<AppEvent>,
     /// The configured keep-alive of idle models.
     keep_alive: KeepAlive,
+    /// The configured context and K/V type: what a load gets unless an app
+    /// (or request) asks for another.
+    defaults: LoadDefaults,
 }
 
 impl Runtime {
@@ -267,6 +274,7 @@ impl Runtime {
         let (tx, rx) = mpsc::unbounded_channel();
         let (caps_tx, caps) = watch::channel(TokenCaps::NONE);
         let keep_alive = settings.config.keep_alive;
+        let defaults = settings.config.load_defaults();
         let (events, _) = broadcast::channel(256);
         let task = task::Task::new(
             settings,
@@ -282,7 +290,21 @@ impl Runtime {
             caps,
             events,
             keep_alive,
+            defaults,
         }
+    }
+
+    /// The configured context and K/V type (what `locara app install`'s
+    /// fit check takes for an app that declares none).
+    pub fn load_defaults(&self) -> LoadDefaults {
+        self.defaults.clone()
+    }
+
+    /// The name of the load that serves `model` with `kv_type` (`None`: the
+    /// configured type): `model`, or `model@type` for another type.
+    pub fn load_name(&self, model: &str, kv_type: Option<KvType>) -> String {
+        let default = self.defaults.kv_type;
+        locara_core::load::load_name(model, kv_type.unwrap_or(default), default)
     }
 
     /// The configured keep-alive of idle models (what an app's requests
@@ -339,7 +361,8 @@ impl Runtime {
         rx.await.map_err(|_| RuntimeError::Stopped)?
     }
 
-    /// Unloads a model; `hold` keeps it unloaded. True when it was loaded.
+    /// Unloads every load of a model (or one load, by its name); `hold`
+    /// keeps the model unloaded. True when one was loaded.
     pub async fn unload(&self, model: &str, hold: bool) -> Result<bool, RuntimeError> {
         let (reply, rx) = oneshot::channel();
         self.tx

@@ -144,7 +144,12 @@ pub(super) fn build(s: Sources<'_>, now: Instant) -> Status {
                 footprint: m.measured.map(|x| x.footprint),
                 mapped_weights: m.measured.map(|x| x.mapped_weights),
                 context: m.context,
-                kv_type: meta.map_or(s.kv_type, |l| l.kv_type),
+                // What the worker reports it made; before that, what it
+                // was asked for.
+                kv_type: host
+                    .map(|h| h.info.kv_type)
+                    .or(meta.map(|l| l.kv_type))
+                    .unwrap_or(s.kv_type),
                 parallel: m.parallel,
                 sequences_busy: m.busy(),
                 queued: m.queued(),

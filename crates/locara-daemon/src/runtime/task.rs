@@ -15,7 +15,7 @@ use locara_core::controller::{
 use locara_core::estimate::{self, ENGINE_FULL_WINDOW_CACHE};
 use locara_core::governor::{downshift_contexts, Load, Measured, Policy, Unload, Wish};
 use locara_core::ladder::{PressureLevel, TokenCaps};
-use locara_core::{Bytes, EstimateOptions, KvType, ModelShape, PoolSize};
+use locara_core::{load, Bytes, EstimateOptions, KvType, ModelShape, PoolSize};
 use locara_engine::protocol::LoadRequest;
 use locara_platform::SystemSnapshot;
 use std::collections::HashMap;
@@ -239,17 +239,34 @@ impl Task {
                 });
             }
             Command::Unload { model, hold, reply } => {
-                let effects = self.controller.handle(
-                    Event::Unload {
-                        model: model.clone(),
-                        hold,
-                    },
-                    self.now(),
-                );
-                let was = effects
-                    .iter()
-                    .any(|e| matches!(e, Effect::Unloaded(u) if u.model == model));
-                self.carry_out(effects);
+                // A model's name covers each of its loads (one per K/V
+                // type); a load's own name only that load.
+                let mut loads: Vec<String> = self
+                    .controller
+                    .governor()
+                    .models()
+                    .map(|(name, _)| name)
+                    .filter(|name| *name == model || load::model_of(name) == model)
+                    .map(str::to_string)
+                    .collect();
+                if loads.is_empty() {
+                    // Nothing loaded: a hold is still recorded.
+                    loads.push(model);
+                }
+                let mut was = false;
+                for name in loads {
+                    let effects = self.controller.handle(
+                        Event::Unload {
+                            model: name.clone(),
+                            hold,
+                        },
+                        self.now(),
+                    );
+                    was |= effects
+                        .iter()
+                        .any(|e| matches!(e, Effect::Unloaded(u) if u.model == name));
+                    self.carry_out(effects);
+                }
                 if hold {
                     self.save_holds();
                 }
@@ -541,14 +558,18 @@ impl Task {
     /// A request: its model's file is validated first (once, off the task),
     /// then the controller weighs it.
     fn acquire(&mut self, wish: ModelWish, reply: Reply) {
-        let model = wish.model.clone();
+        // The load that serves the wish: the model with the K/V type the
+        // app asked for (one load per model and K/V type).
+        let default_kv = self.settings.config.kv_type;
+        let kv_type = wish.kv_type.unwrap_or(default_kv);
+        let model = load::load_name(&wish.model, kv_type, default_kv);
         // A model held, or one the controller turns away anyway, needs no
         // estimate.
         let candidates =
             if self.controller.holds(&model) || self.controller.closed_to(&model).is_some() {
                 Vec::new()
-            } else if let Some((_, shape)) = self.shapes.get(&model) {
-                match self.candidates(&wish, &shape.clone()) {
+            } else if let Some((_, shape)) = self.shapes.get(&wish.model) {
+                match self.candidates(&wish, kv_type, &shape.clone()) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -594,11 +615,12 @@ impl Task {
         });
     }
 
-    /// The contexts admission may try for a load, each with its estimate
-    /// (mapped weights included), in bytes.
+    /// The contexts admission may try for a load with `kv_type`, each with
+    /// its estimate (mapped weights included), in bytes.
     fn candidates(
         &self,
         wish: &ModelWish,
+        kv_type: KvType,
         shape: &ModelShape,
     ) -> Result<Vec<(u32, u64)>, RuntimeError> {
         let contexts = match wish.context {
@@ -613,7 +635,7 @@ impl Task {
         };
         let mut candidates: Vec<(u32, u64)> = Vec::new();
         for context in contexts {
-            let e = self.estimate_at(&wish.model, shape, context, None)?;
+            let e = self.estimate_at(&wish.model, shape, context, kv_type, None)?;
             if !candidates.iter().any(|&(c, _)| c == e.context) {
                 candidates.push((e.context, e.total()));
             }
@@ -621,21 +643,22 @@ impl Task {
         Ok(candidates)
     }
 
-    /// The estimate of `shape` at `context` with the configured K/V type
-    /// and sequences, sharing a pool of `pool` cells (`None`: the pool's
-    /// starting size at that context).
+    /// The estimate of `shape` at `context` with `kv_type` and the
+    /// configured sequences, sharing a pool of `pool` cells (`None`: the
+    /// pool's starting size at that context).
     fn estimate_at(
         &self,
         model: &str,
         shape: &ModelShape,
         context: u32,
+        kv_type: KvType,
         pool: Option<u32>,
     ) -> Result<locara_core::Estimate, RuntimeError> {
         let config = &self.settings.config;
         let pool = pool.unwrap_or_else(|| PoolSize::new(context, config.parallel).start);
         let options = EstimateOptions {
             context,
-            kv_type: config.kv_type,
+            kv_type,
             parallel: config.parallel,
             backend: self.settings.backend.clone(),
             full_window_cache: ENGINE_FULL_WINDOW_CACHE,
@@ -655,8 +678,9 @@ impl Task {
             return None;
         }
         let context = self.controller.governor().model(model)?.context;
-        let (_, shape) = self.shapes.get(model)?;
-        self.estimate_at(model, shape, context, Some(cells))
+        let (_, shape) = self.shapes.get(load::model_of(model))?;
+        let kv_type = load::kv_type_of(model, self.settings.config.kv_type);
+        self.estimate_at(model, shape, context, kv_type, Some(cells))
             .ok()
             .map(|e| e.total())
     }
@@ -705,17 +729,18 @@ impl Task {
     fn start_load(&mut self, load: Load, pool: PoolSize) {
         let settings = Arc::clone(&self.settings);
         let config = &settings.config;
-        let Some((path, shape)) = self.shapes.get(&load.model).cloned() else {
+        let Some((path, shape)) = self.shapes.get(load::model_of(&load.model)).cloned() else {
             // The controller loads only models whose file was validated.
             return;
         };
+        let kv_type = load::kv_type_of(&load.model, config.kv_type);
         let estimated_footprint = self
-            .estimate_at(&load.model, &shape, load.context, None)
+            .estimate_at(&load.model, &shape, load.context, kv_type, None)
             .map_or(0, |e| e.footprint());
         self.loads.insert(
             load.instance,
             LoadMeta {
-                kv_type: config.kv_type,
+                kv_type,
                 estimated_footprint,
             },
         );
@@ -723,7 +748,7 @@ impl Task {
         let request = LoadRequest {
             path,
             context: Some(load.context),
-            kv_type: config.kv_type,
+            kv_type,
             parallel: load.parallel,
             threads: self.settings.threads,
             gpu_layers: None,
@@ -747,12 +772,13 @@ impl Task {
             let mut request = request;
             // The disk tier belongs to the model file, by the sha256 the
             // store recorded when it was pulled or imported.
-            let entry = model
+            let entry = load::model_of(&model)
                 .parse()
                 .ok()
                 .and_then(|n| settings.store.get(&n).ok().flatten());
             if let Some(entry) = entry.filter(|_| request.disk_cache_bytes > 0) {
-                request.disk_cache_dir = Some(settings.store.kv_cache_dir(&entry.sha256));
+                request.disk_cache_dir =
+                    Some(settings.store.kv_cache_dir(&entry.sha256, request.kv_type));
                 request.model_sha256 = Some(entry.sha256);
             }
             let started = Instant::now();

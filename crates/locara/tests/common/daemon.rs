@@ -19,9 +19,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_with_env(args, &[])
+    }
+
+    /// [`Daemon::start`] with more environment variables for the daemon
+    /// (`LOCARA_CATALOG`, say).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> Daemon {
         let home = home_with_models();
         let mut child = locara()
             .env("LOCARA_HOME", home.path())
+            .envs(env.iter().copied())
             .args(["serve", "--port", "0", "--threads", "1"])
             .args(args)
             .stdout(Stdio::piped())

@@ -1,0 +1,94 @@
+//! The official `ollama` and `openai` Python clients against the real
+//! binary and a real model: Ollama's routes and OpenAI's embeddings. The
+//! clients come from the virtualenv scripts/test.sh makes
+//! (`LOCARA_TEST_PYTHON`).
+
+mod common;
+
+use common::daemon::Daemon;
+use common::{GEMMA3, SMOLLM2};
+use std::path::Path;
+
+fn python() -> String {
+    std::env::var("LOCARA_TEST_PYTHON").expect(
+        "LOCARA_TEST_PYTHON is not set: run the suite with scripts/test.sh, which makes a \
+         virtualenv with the openai and ollama clients",
+    )
+}
+
+/// Runs `script` with `args`; its stdout, after checking it succeeded.
+fn run_script(script: &str, args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// chat (streamed and whole), generate, embed, tags, ps, show and pull:
+/// a model already stored pulls at once; an unknown name is a 404; a
+/// catalog model whose file is missing fails cleanly, with an error line
+/// naming it and nothing left in the store.
+#[test]
+fn the_ollama_python_client_chats_embeds_lists_shows_and_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("models.toml");
+    let builtin = include_str!("../../../catalog/models.toml");
+    let missing = dir.path().join("missing.gguf");
+    std::fs::write(
+        &catalog,
+        format!(
+            "{builtin}\n[[model]]\nname = \"missing:1\"\nsha256 = \"{}\"\n\n[[model.parts]]\npath = \"{}\"\n",
+            "0".repeat(64),
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with_env(
+        &["--context", "2048", "--parallel", "1"],
+        &[("LOCARA_CATALOG", &catalog)],
+    );
+    let stdout = run_script(
+        "ollama_client.py",
+        &[&d.url, SMOLLM2, &d.token, "missing:1"],
+    );
+    for line in [
+        "chat stream ok",
+        "chat whole ok",
+        "generate ok",
+        "embed ok",
+        "tags ok",
+        "ps ok",
+        "show ok",
+        "pull ok",
+        "pull failure ok",
+    ] {
+        assert!(stdout.contains(line), "{line} missing from:\n{stdout}");
+    }
+}
+
+/// A batch through the `openai` client (base64, its default), floats, and
+/// `dimensions` refused unless it is the model's width; with both test
+/// models (Gemma 3: sliding-window layers and a 262k vocabulary).
+#[test]
+fn the_openai_python_client_embeds_a_batch() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    for model in [SMOLLM2, GEMMA3] {
+        let stdout = run_script(
+            "openai_embeddings.py",
+            &[&format!("{}/v1", d.url), model, &d.token],
+        );
+        assert!(stdout.contains("embeddings ok"), "{model}: {stdout}");
+    }
+}
