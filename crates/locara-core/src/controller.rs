@@ -33,6 +33,7 @@ use crate::ladder::{
     RuntimeView, TokenCaps,
 };
 use crate::load::PoolSize;
+use crate::power::{self, PowerConfig, PowerLimits, PowerMode, PowerState, ThermalState};
 use crate::threads::{CpuBudget, Priority, Share};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -64,6 +65,8 @@ pub struct ControllerConfig {
     pub held: Vec<String>,
     /// Performance cores the busy workers share (`crate::threads`).
     pub cores: u32,
+    /// What battery, Low Power Mode and heat change (`crate::power`).
+    pub power: PowerConfig,
 }
 
 impl ControllerConfig {
@@ -76,6 +79,7 @@ impl ControllerConfig {
             pool_idle_shrink: POOL_IDLE_SHRINK,
             held: Vec::new(),
             cores: 1,
+            power: PowerConfig::default(),
         }
     }
 }
@@ -185,6 +189,15 @@ pub enum Event {
         level: PressureLevel,
         duration: Option<Duration>,
     },
+    /// The OS reports its power state (polled: the same state again
+    /// changes nothing).
+    Power(PowerState),
+    /// A simulated power mode overrides the OS's state for `duration` (or
+    /// until changed); `normal` ends a simulation.
+    SimulatePower {
+        mode: PowerMode,
+        duration: Option<Duration>,
+    },
     /// Time passed (see [`Controller::next_deadline`]).
     Tick,
     /// The daemon stops.
@@ -198,6 +211,13 @@ pub enum Denial {
     /// Pressure holds it back; retry after `retry_after`.
     Pressure {
         level: PressureLevel,
+        retry_after: Duration,
+        detail: String,
+    },
+    /// The machine is too hot for new background work; retry after
+    /// `retry_after`.
+    Thermal {
+        thermal: ThermalState,
         retry_after: Duration,
         detail: String,
     },
@@ -236,6 +256,15 @@ impl fmt::Display for Denial {
             } => write!(
                 f,
                 "memory pressure is {level}: {detail}; retry in {} s",
+                retry_after.as_secs()
+            ),
+            Denial::Thermal {
+                thermal,
+                retry_after,
+                detail,
+            } => write!(
+                f,
+                "the machine's thermal state is {thermal}: {detail}; retry in {} s",
                 retry_after.as_secs()
             ),
             Denial::Refused(r) => write!(f, "{r}"),
@@ -292,6 +321,23 @@ pub enum AppEvent {
         bytes: u64,
         ms: u64,
     },
+    /// The power state in force changed (battery, Low Power Mode, heat),
+    /// with what the runtime gives up for it; the first event of every
+    /// stream says it too.
+    #[serde(rename = "power")]
+    Power {
+        /// The strongest condition: `normal`, `battery`, `low-power`,
+        /// `thermal-serious`, `thermal-critical`.
+        mode: PowerMode,
+        /// The state in force; `None` and `unknown` where the OS does not
+        /// say (counted as mains power and cool).
+        thermal: ThermalState,
+        on_battery: Option<bool>,
+        low_power_mode: Option<bool>,
+        /// A simulation stands in for the OS's state.
+        simulated: bool,
+        limits: PowerLimits,
+    },
     /// An app's models hold more than its budget.
     #[serde(rename = "budget.exceeded")]
     BudgetExceeded {
@@ -308,7 +354,7 @@ impl AppEvent {
     /// crossing only to that app.
     pub fn concerns(&self, app: &str, models: &[String]) -> bool {
         match self {
-            AppEvent::Level { .. } => true,
+            AppEvent::Level { .. } | AppEvent::Power { .. } => true,
             AppEvent::Action { model: None, .. } => true,
             AppEvent::Action {
                 model: Some(model), ..
@@ -375,6 +421,16 @@ pub enum Record {
     },
     /// The simulated pressure ended.
     SimulationEnded,
+    /// The power state in force changed, and with it (maybe) the limits.
+    Power {
+        from: PowerMode,
+        to: PowerMode,
+        state: PowerState,
+        simulated: bool,
+        limits: PowerLimits,
+    },
+    /// The simulated power mode ended.
+    PowerSimulationEnded,
 }
 
 /// What the daemon does, in order.
@@ -438,8 +494,14 @@ pub enum Effect {
         instance: u64,
         share: Share,
     },
-    /// Token caps from now on.
+    /// Token caps from now on: the stricter of the pressure ladder's and
+    /// the power policy's.
     SetCaps(TokenCaps),
+    /// Whether workers may draft tokens speculatively from now on (off on
+    /// battery, in Low Power Mode and when hot: `crate::power`).
+    SetDrafting {
+        allowed: bool,
+    },
     Publish(AppEvent),
     Record(Record),
 }
@@ -500,6 +562,21 @@ pub struct PressureState {
     pub refusing_loads: bool,
 }
 
+/// The power policy as the controller holds it, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerStatus {
+    /// The strongest condition in force.
+    pub mode: PowerMode,
+    /// The state in force (the simulation's, or the OS's).
+    pub state: PowerState,
+    /// The OS's last reported state.
+    pub os: PowerState,
+    /// A simulated mode in force, and until when.
+    pub simulated: Option<(PowerMode, Option<Instant>)>,
+    /// What the state changes now.
+    pub limits: PowerLimits,
+}
+
 /// The daemon's policy state. See the module documentation.
 #[derive(Debug)]
 pub struct Controller {
@@ -536,6 +613,18 @@ pub struct Controller {
     apps: BTreeMap<String, AppClaim>,
     /// The cores the busy workers share, and what each was told.
     cpu: CpuBudget,
+    power_config: PowerConfig,
+    /// The power state the OS last reported.
+    power_os: PowerState,
+    /// A simulated power mode overriding it, until when.
+    power_simulated: Option<(PowerMode, Option<Instant>)>,
+    /// The power state in force and what it changes.
+    power_state: PowerState,
+    power_limits: PowerLimits,
+    /// The ladder's token caps, and the caps last told (the stricter of
+    /// the ladder's and the power policy's).
+    ladder_caps: TokenCaps,
+    caps: TokenCaps,
 }
 
 impl Controller {
@@ -561,6 +650,13 @@ impl Controller {
             pending_frees: HashMap::new(),
             apps: BTreeMap::new(),
             cpu: CpuBudget::new(config.cores),
+            power_config: config.power,
+            power_os: PowerState::default(),
+            power_simulated: None,
+            power_state: PowerState::default(),
+            power_limits: PowerLimits::default(),
+            ladder_caps: TokenCaps::NONE,
+            caps: TokenCaps::NONE,
         })
     }
 
@@ -603,6 +699,50 @@ impl Controller {
             simulated: self.simulated,
             refusing_loads: self.refusing.is_some(),
         }
+    }
+
+    /// The power policy now: the state in force and what it changes.
+    pub fn power(&self) -> PowerStatus {
+        PowerStatus {
+            mode: PowerMode::of(&self.power_state),
+            state: self.power_state,
+            os: self.power_os,
+            simulated: self.power_simulated,
+            limits: self.power_limits,
+        }
+    }
+
+    /// The power state as an event for apps (what a new events stream
+    /// says first).
+    pub fn power_event(&self) -> AppEvent {
+        AppEvent::Power {
+            mode: PowerMode::of(&self.power_state),
+            thermal: self.power_state.thermal,
+            on_battery: self.power_state.on_battery,
+            low_power_mode: self.power_state.low_power_mode,
+            simulated: self.power_simulated.is_some(),
+            limits: self.power_limits,
+        }
+    }
+
+    /// Whether workers may draft tokens speculatively now.
+    pub fn drafting_allowed(&self) -> bool {
+        self.power_limits.drafting
+    }
+
+    /// The sequences a new load gets: the configured ones, fewer on
+    /// battery or in Low Power Mode.
+    pub fn parallel_for_new_loads(&self, configured: u32) -> u32 {
+        let configured = configured.max(1);
+        self.power_limits
+            .parallel
+            .map_or(configured, |p| configured.min(p.max(1)))
+    }
+
+    /// The token caps in force: the stricter of the ladder's and the power
+    /// policy's.
+    pub fn caps(&self) -> TokenCaps {
+        self.caps
     }
 
     /// Lets requests load a held model again.
@@ -679,6 +819,7 @@ impl Controller {
             self.governor.next_deadline(),
             self.ladder.next_deadline(&self.view()),
             self.simulated.and_then(|(_, until)| until),
+            self.power_simulated.and_then(|(_, until)| until),
             self.next_pool_shrink(),
         ]
         .into_iter()
@@ -841,6 +982,15 @@ impl Controller {
                 };
                 self.pressure_step(ladder::Event::Level(reported), now, &mut out);
             }
+            Event::Power(state) => {
+                self.power_os = state;
+                self.power_step(&mut out);
+            }
+            Event::SimulatePower { mode, duration } => {
+                self.power_simulated =
+                    (mode != PowerMode::Normal).then(|| (mode, duration.map(|d| now + d)));
+                self.power_step(&mut out);
+            }
             Event::Tick => self.tick(now, &mut out),
             Event::Shutdown => {
                 self.shutting_down = true;
@@ -873,7 +1023,14 @@ impl Controller {
     }
 
     fn acquire(&mut self, request: Request, now: Instant, out: &mut Vec<Effect>) {
-        let Request { ticket, wish, app } = request;
+        let Request {
+            ticket,
+            mut wish,
+            app,
+        } = request;
+        // On battery a new load gets fewer sequences (a loaded model keeps
+        // its own).
+        wish.parallel = self.parallel_for_new_loads(wish.parallel);
         let model = wish.model.clone();
         // What the app's request says of the registry, for its budget
         // and for growth of the models it declares.
@@ -893,6 +1050,21 @@ impl Controller {
                 }));
             }
             out.push(deny(denial));
+            return;
+        }
+        if let (Priority::Background, Some(s)) = (
+            wish.priority,
+            self.power_limits.refuse_background_retry_after_s,
+        ) {
+            out.push(Effect::Record(Record::Refused {
+                model: model.clone(),
+                kind: "thermal",
+            }));
+            out.push(deny(Denial::Thermal {
+                thermal: self.power_state.thermal,
+                retry_after: Duration::from_secs(s),
+                detail: "new background work is refused until the machine cools down".into(),
+            }));
             return;
         }
         if let Some(claim) = &app {
@@ -1159,6 +1331,13 @@ impl Controller {
             self.unloaded(u, out);
         }
         self.shrink_idle_pools(now, out);
+        if let Some((_, Some(until))) = self.power_simulated {
+            if until <= now {
+                self.power_simulated = None;
+                out.push(Effect::Record(Record::PowerSimulationEnded));
+                self.power_step(out);
+            }
+        }
         if let Some((_, Some(until))) = self.simulated {
             if until <= now {
                 self.simulated = None;
@@ -1168,6 +1347,57 @@ impl Controller {
             }
         }
         self.pressure_step(ladder::Event::Tick, now, out);
+    }
+
+    /// The power state in force may have changed (an OS report, a
+    /// simulation, its end): the limits follow, and a change is logged,
+    /// counted and told to apps. The CPU budget's new shares go out with
+    /// every event's end (`reassign_threads`).
+    fn power_step(&mut self, out: &mut Vec<Effect>) {
+        let state = self
+            .power_simulated
+            .and_then(|(mode, _)| mode.state())
+            .unwrap_or(self.power_os);
+        if state == self.power_state {
+            return;
+        }
+        let from = PowerMode::of(&self.power_state);
+        let limits = power::limits(&state, self.cpu.cores(), &self.power_config);
+        let before = std::mem::replace(&mut self.power_limits, limits);
+        self.power_state = state;
+        self.cpu.set_power(limits.cores, limits.pause_background);
+        if before.drafting != limits.drafting {
+            out.push(Effect::SetDrafting {
+                allowed: limits.drafting,
+            });
+        }
+        self.tell_caps(out);
+        out.push(Effect::Record(Record::Power {
+            from,
+            to: PowerMode::of(&state),
+            state,
+            simulated: self.power_simulated.is_some(),
+            limits,
+        }));
+        out.push(Effect::Publish(self.power_event()));
+    }
+
+    /// Tells the token caps when the stricter of the ladder's and the
+    /// power policy's changed.
+    fn tell_caps(&mut self, out: &mut Vec<Effect>) {
+        let power = self.power_limits.max_tokens;
+        let queued = match (self.ladder_caps.queued_max_tokens, power) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let caps = TokenCaps {
+            queued_max_tokens: queued,
+            remaining_tokens: self.ladder_caps.remaining_tokens,
+        };
+        if caps != self.caps {
+            self.caps = caps;
+            out.push(Effect::SetCaps(caps));
+        }
     }
 
     /// One step of the pressure ladder, its actions carried out in order.
@@ -1280,7 +1510,10 @@ impl Controller {
                 self.governor.effective_budget = bytes.min(self.governor.budget);
             }
             Action::RestoreBudget => self.governor.effective_budget = self.governor.budget,
-            Action::SetTokenCaps(caps) => out.push(Effect::SetCaps(caps)),
+            Action::SetTokenCaps(caps) => {
+                self.ladder_caps = caps;
+                self.tell_caps(out);
+            }
             Action::Drain { instance, .. } => {
                 self.draining.insert(instance);
             }
@@ -1571,6 +1804,259 @@ mod tests {
             threads_of(&c.handle(release("a", a, Priority::Background), now)),
             vec![]
         );
+    }
+
+    fn background(ticket: Ticket, model: &str, bytes: u64) -> Event {
+        let mut wish = Wish::new(model, vec![(4096, bytes)]);
+        wish.priority = Priority::Background;
+        Event::Acquire(Request {
+            ticket,
+            wish,
+            app: None,
+        })
+    }
+
+    fn simulate_power(mode: PowerMode) -> Event {
+        Event::SimulatePower {
+            mode,
+            duration: None,
+        }
+    }
+
+    fn caps_of(effects: &[Effect]) -> Vec<TokenCaps> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::SetCaps(c) => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn power_events(effects: &[Effect]) -> Vec<(PowerMode, PowerLimits)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish(AppEvent::Power { mode, limits, .. }) => Some((*mode, *limits)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn capped(queued: Option<u32>) -> TokenCaps {
+        TokenCaps {
+            queued_max_tokens: queued,
+            remaining_tokens: None,
+        }
+    }
+
+    #[test]
+    fn on_battery_workers_get_fewer_cores_new_loads_fewer_sequences_and_requests_a_cap() {
+        let mut c = Controller::new(ControllerConfig {
+            cores: 4,
+            ..ControllerConfig::new(100 * GB)
+        })
+        .unwrap();
+        let now = Instant::now();
+        let a = load_of(&c.handle(request(1, "a", GB, None), now)).instance;
+        c.handle(loaded("a", a), now);
+        assert!(c.drafting_allowed());
+
+        let effects = c.handle(simulate_power(PowerMode::Battery), now);
+        // The busy worker computes on half the cores, drafting stops,
+        // requests that start are capped; it is recorded and told to apps.
+        assert_eq!(
+            threads_of(&effects),
+            vec![("a", 2, ThreadClass::Interactive)]
+        );
+        assert!(effects.contains(&Effect::SetDrafting { allowed: false }));
+        assert_eq!(caps_of(&effects), vec![capped(Some(512))]);
+        let told = power_events(&effects);
+        assert_eq!(told.len(), 1, "{effects:?}");
+        assert_eq!(told[0].0, PowerMode::Battery);
+        assert_eq!(told[0].1.parallel, Some(1));
+        assert!(effects.iter().any(|e| matches!(
+            e,
+            Effect::Record(Record::Power {
+                from: PowerMode::Normal,
+                to: PowerMode::Battery,
+                simulated: true,
+                ..
+            })
+        )));
+        assert!(!c.drafting_allowed());
+        assert_eq!(c.power().mode, PowerMode::Battery);
+        // The same state reported again changes nothing.
+        assert_eq!(c.handle(simulate_power(PowerMode::Battery), now), vec![]);
+
+        // A new load gets one sequence though four were asked for.
+        let mut wish = Wish::new("b", vec![(4096, GB)]);
+        wish.parallel = 4;
+        let effects = c.handle(
+            Event::Acquire(Request {
+                ticket: 2,
+                wish,
+                app: None,
+            }),
+            now,
+        );
+        assert_eq!(load_of(&effects).parallel, 1);
+        assert_eq!(c.parallel_for_new_loads(4), 1);
+
+        // Back on mains: everything lifts.
+        let effects = c.handle(simulate_power(PowerMode::Normal), now);
+        assert_eq!(
+            threads_of(&effects),
+            vec![("a", 4, ThreadClass::Interactive)]
+        );
+        assert!(effects.contains(&Effect::SetDrafting { allowed: true }));
+        assert_eq!(caps_of(&effects), vec![TokenCaps::NONE]);
+        assert_eq!(
+            power_events(&effects)[0],
+            (PowerMode::Normal, PowerLimits::default())
+        );
+        assert_eq!(c.parallel_for_new_loads(4), 4);
+    }
+
+    #[test]
+    fn when_hot_background_work_pauses_even_alone_and_at_critical_new_background_work_is_refused() {
+        let mut c = Controller::new(ControllerConfig {
+            cores: 2,
+            ..ControllerConfig::new(100 * GB)
+        })
+        .unwrap();
+        let now = Instant::now();
+        let a = load_of(&c.handle(background(1, "a", GB), now)).instance;
+        // Loaded with every core; background work alone gets them at
+        // background priority.
+        assert_eq!(
+            threads_of(&c.handle(loaded("a", a), now)),
+            vec![("a", 2, ThreadClass::Background)]
+        );
+        // The OS reports serious heat: the background generation pauses.
+        let hot = PowerState {
+            thermal: ThermalState::Serious,
+            low_power_mode: Some(false),
+            on_battery: Some(false),
+        };
+        let effects = c.handle(Event::Power(hot), now);
+        assert_eq!(
+            threads_of(&effects),
+            vec![("a", 0, ThreadClass::Background)]
+        );
+        assert_eq!(caps_of(&effects), vec![capped(Some(256))]);
+        // A new background request still gets its place (it waits).
+        let effects = c.handle(background(2, "a", GB), now);
+        assert!(
+            matches!(effects[..], [Effect::Admit { ticket: 2, .. }]),
+            "{effects:?}"
+        );
+
+        // Critical: new background work is refused with a Retry-After;
+        // interactive work is served.
+        let critical = PowerState {
+            thermal: ThermalState::Critical,
+            ..hot
+        };
+        c.handle(Event::Power(critical), now);
+        let effects = c.handle(background(3, "a", GB), now);
+        match &effects[..] {
+            [Effect::Record(Record::Refused {
+                kind: "thermal", ..
+            }), Effect::Deny {
+                ticket: 3,
+                denial: denial @ Denial::Thermal { retry_after, .. },
+                ..
+            }] => {
+                assert_eq!(*retry_after, Duration::from_secs(60));
+                assert!(denial.to_string().contains("critical"), "{denial}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let effects = c.handle(request(4, "a", GB, None), now);
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::Admit { ticket: 4, .. })),
+            "{effects:?}"
+        );
+        // The interactive request runs on every core; background stays
+        // paused after it ends, while it is hot.
+        assert_eq!(c.threads(a).map(|s| s.threads), Some(2));
+        let effects = c.handle(release("a", a, Priority::Interactive), now);
+        assert_eq!(
+            threads_of(&effects),
+            vec![("a", 0, ThreadClass::Background)]
+        );
+        // Cool again: the background work resumes.
+        let cool = PowerState {
+            thermal: ThermalState::Nominal,
+            ..hot
+        };
+        let effects = c.handle(Event::Power(cool), now);
+        assert_eq!(
+            threads_of(&effects),
+            vec![("a", 2, ThreadClass::Background)]
+        );
+        assert_eq!(caps_of(&effects), vec![TokenCaps::NONE]);
+    }
+
+    #[test]
+    fn a_power_simulation_overrides_the_os_until_it_ends() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let t0 = Instant::now();
+        // A VM: nothing known; the state changes nothing and says so.
+        assert_eq!(c.handle(Event::Power(PowerState::default()), t0), vec![]);
+        assert_eq!(c.power().mode, PowerMode::Normal);
+        let effects = c.handle(
+            Event::SimulatePower {
+                mode: PowerMode::LowPower,
+                duration: Some(Duration::from_secs(60)),
+            },
+            t0,
+        );
+        assert_eq!(power_events(&effects)[0].0, PowerMode::LowPower);
+        assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(60)));
+        // An OS report meanwhile is remembered, not applied.
+        let ac = PowerState {
+            thermal: ThermalState::Nominal,
+            low_power_mode: Some(false),
+            on_battery: Some(false),
+        };
+        assert_eq!(c.handle(Event::Power(ac), t0), vec![]);
+        assert_eq!(c.power().os, ac);
+        assert_eq!(c.handle(Event::Tick, t0 + Duration::from_secs(59)), vec![]);
+        let effects = c.handle(Event::Tick, t0 + Duration::from_secs(60));
+        assert!(effects.contains(&Effect::Record(Record::PowerSimulationEnded)));
+        assert_eq!(
+            power_events(&effects),
+            vec![(PowerMode::Normal, PowerLimits::default())]
+        );
+        assert_eq!(c.power().state, ac);
+        assert_eq!(c.power().simulated, None);
+        assert_eq!(c.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_stricter_of_the_ladders_and_the_power_caps_applies() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let now = Instant::now();
+        assert_eq!(
+            caps_of(&c.handle(simulate_power(PowerMode::Battery), now)),
+            vec![capped(Some(512))]
+        );
+        // Warn caps at 256: that is stricter.
+        let effects = c.handle(Event::OsPressure(PressureLevel::Warn), now);
+        assert_eq!(caps_of(&effects), vec![capped(Some(256))]);
+        // Off battery, warn's cap stays.
+        assert_eq!(
+            caps_of(&c.handle(simulate_power(PowerMode::Normal), now)),
+            vec![]
+        );
+        assert_eq!(c.caps(), capped(Some(256)));
+        // Critical's in-flight cap passes through.
+        let effects = c.handle(Event::OsPressure(PressureLevel::Critical), now);
+        assert_eq!(caps_of(&effects)[0].remaining_tokens, Some(64));
     }
 
     #[test]
@@ -2055,6 +2541,7 @@ mod tests {
         Exit(usize),
         Pressure(u8),
         Simulate(u8),
+        Power(u8),
         Advance(u16),
         Measure { index: usize, percent: u8 },
         Grow { index: usize },
@@ -2071,6 +2558,7 @@ mod tests {
             2 => (0..4usize).prop_map(Op::Exit),
             1 => (0..3u8).prop_map(Op::Pressure),
             1 => (0..3u8).prop_map(Op::Simulate),
+            1 => (0..5u8).prop_map(Op::Power),
             2 => (0..200u16).prop_map(Op::Advance),
             1 => (0..5usize, 50..150u8).prop_map(|(index, percent)| Op::Measure { index, percent }),
             1 => (0..5usize).prop_map(|index| Op::Grow { index }),
@@ -2155,6 +2643,14 @@ mod tests {
                 Event::Acquire(r) => Some((r.ticket, r.app.clone())),
                 _ => None,
             };
+            // At thermal critical a background request is never admitted.
+            let refused_background = match &event {
+                Event::Acquire(r) => {
+                    r.wish.priority == Priority::Background
+                        && c.power().limits.refuse_background_retry_after_s.is_some()
+                }
+                _ => false,
+            };
             if let Event::Acquire(Request {
                 app: Some(claim), ..
             }) = &event
@@ -2173,6 +2669,10 @@ mod tests {
                         instance,
                         ticket,
                     } => {
+                        prop_assert!(
+                            !refused_background,
+                            "a background request admitted at thermal critical"
+                        );
                         self.apps.remove(ticket);
                         self.leases.push((model.clone(), *instance));
                     }
@@ -2308,7 +2808,14 @@ mod tests {
         /// more (one each past that); only background work waits, while
         /// interactive work runs.
         fn check_threads(&self, c: &Controller) -> Result<(), TestCaseError> {
-            let cores = 4;
+            // The power policy may lower the cores and pause background
+            // work on its own.
+            let limits = c.power().limits;
+            let cores = limits.cores.unwrap_or(4);
+            // The caps are never looser than the power policy's.
+            if let Some(t) = limits.max_tokens {
+                prop_assert!(c.caps().queued_max_tokens.is_some_and(|q| q <= t));
+            }
             let mut competing = Vec::new();
             let mut interactive_busy = false;
             let mut paused = false;
@@ -2328,7 +2835,7 @@ mod tests {
                     }
                 }
             }
-            prop_assert!(!paused || interactive_busy);
+            prop_assert!(!paused || interactive_busy || limits.pause_background);
             let n = competing.len() as u32;
             if n > 0 {
                 prop_assert_eq!(
@@ -2396,6 +2903,7 @@ mod tests {
                     }
                     Op::Pressure(l) => Event::OsPressure(level(l)),
                     Op::Simulate(l) => Event::Simulate { level: level(l), duration: Some(Duration::from_secs(90)) },
+                    Op::Power(m) => Event::SimulatePower { mode: PowerMode::ALL[usize::from(m)], duration: Some(Duration::from_secs(120)) },
                     Op::Advance(s) => {
                         now += Duration::from_secs(u64::from(s));
                         Event::Tick

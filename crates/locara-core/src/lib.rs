@@ -24,6 +24,7 @@ pub mod governor;
 pub mod ladder;
 pub mod load;
 pub mod manifest;
+pub mod power;
 pub mod text;
 pub mod threads;
 

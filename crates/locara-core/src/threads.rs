@@ -183,8 +183,21 @@ impl Share {
 /// there are more of them than cores. While interactive work runs, a
 /// background-only worker is paused ([`Share::PAUSED`]).
 pub fn assign(cores: u32, demands: &[Demand]) -> Vec<Option<Share>> {
+    assign_with(cores, demands, false)
+}
+
+/// [`assign`], where `pause_background` pauses background-only workers
+/// even when no interactive work runs (the power policy's thermal serious:
+/// `crate::power`).
+pub fn assign_with(cores: u32, demands: &[Demand], pause_background: bool) -> Vec<Option<Share>> {
     let cores = cores.max(1);
     let interactive_busy = demands.iter().any(|d| d.interactive > 0);
+    if pause_background && !interactive_busy {
+        return demands
+            .iter()
+            .map(|d| d.priority().map(|_| Share::PAUSED))
+            .collect();
+    }
     let (competing, class) = if interactive_busy {
         (Priority::Interactive, ThreadClass::Interactive)
     } else {
@@ -220,6 +233,10 @@ pub fn assign(cores: u32, demands: &[Demand]) -> Vec<Option<Share>> {
 #[derive(Debug, Clone)]
 pub struct CpuBudget {
     cores: u32,
+    /// The power policy's limit on the cores shared (`None`: all of them).
+    limit: Option<u32>,
+    /// The power policy pauses background work whatever else runs.
+    pause_background: bool,
     workers: BTreeMap<u64, Worker>,
 }
 
@@ -238,12 +255,29 @@ impl CpuBudget {
     pub fn new(cores: u32) -> CpuBudget {
         CpuBudget {
             cores: cores.max(1),
+            limit: None,
+            pause_background: false,
             workers: BTreeMap::new(),
         }
     }
 
+    /// The performance cores of the machine.
     pub fn cores(&self) -> u32 {
         self.cores
+    }
+
+    /// The cores the busy workers share now: the machine's, or fewer under
+    /// the power policy's limit.
+    pub fn shared_cores(&self) -> u32 {
+        self.limit.map_or(self.cores, |l| l.clamp(1, self.cores))
+    }
+
+    /// The power policy's limits from now on (`crate::power`): at most
+    /// `limit` cores, and background work paused whatever else runs. The
+    /// next [`CpuBudget::changes`] tells the workers.
+    pub fn set_power(&mut self, limit: Option<u32>, pause_background: bool) {
+        self.limit = limit;
+        self.pause_background = pause_background;
     }
 
     /// What a worker is started with: every core, at interactive priority
@@ -317,7 +351,7 @@ impl CpuBudget {
             .map(|(&i, _)| i)
             .collect();
         let demands: Vec<Demand> = running.iter().map(|i| self.workers[i].demand).collect();
-        let shares = assign(self.cores, &demands);
+        let shares = assign_with(self.shared_cores(), &demands, self.pause_background);
         let mut out = Vec::new();
         for (instance, share) in running.into_iter().zip(shares) {
             let Some(share) = share else { continue };
@@ -500,6 +534,59 @@ mod tests {
         b.release(2, Priority::Interactive);
         assert_eq!(b.changes(), vec![]);
         assert_eq!(b.demand(2), Demand::default());
+    }
+
+    #[test]
+    fn the_power_policy_lowers_the_cores_and_pauses_background_work() {
+        // Thermal serious: background work pauses even alone; interactive
+        // work is not touched.
+        assert_eq!(
+            assign_with(4, &[B, IDLE], true),
+            vec![Some(Share::PAUSED), None]
+        );
+        assert_eq!(
+            assign_with(4, &[B, I], true),
+            vec![Some(Share::PAUSED), share(4, ThreadClass::Interactive)]
+        );
+        let mut b = CpuBudget::new(4);
+        b.loaded(1);
+        b.place(1, Priority::Interactive);
+        b.loaded(2);
+        b.place(2, Priority::Background);
+        assert_eq!(b.changes(), vec![(2, Share::PAUSED)]);
+        // On battery: half the cores for the busy workers.
+        b.set_power(Some(2), false);
+        assert_eq!(b.shared_cores(), 2);
+        assert_eq!(
+            b.changes(),
+            vec![(
+                1,
+                Share {
+                    threads: 2,
+                    class: ThreadClass::Interactive
+                }
+            )]
+        );
+        // The interactive request ends: background work gets the lowered
+        // cores, unless the machine is hot.
+        b.release(1, Priority::Interactive);
+        b.set_power(Some(2), true);
+        assert_eq!(b.changes(), vec![]);
+        assert_eq!(b.share(2), Some(Share::PAUSED));
+        b.set_power(None, false);
+        assert_eq!(
+            b.changes(),
+            vec![(
+                2,
+                Share {
+                    threads: 4,
+                    class: ThreadClass::Background
+                }
+            )]
+        );
+        // A limit above the machine's cores is the machine's cores.
+        b.set_power(Some(16), false);
+        assert_eq!(b.shared_cores(), 4);
     }
 
     fn demand() -> impl Strategy<Value = Demand> {

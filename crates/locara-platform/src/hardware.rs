@@ -182,49 +182,9 @@ impl fmt::Display for Tier {
     }
 }
 
-/// How warm the machine runs, in `NSProcessInfoThermalState`'s steps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ThermalState {
-    /// The OS cannot tell.
-    #[default]
-    Unknown,
-    Nominal,
-    /// Fans up; performance not yet reduced.
-    Fair,
-    /// The OS is throttling; generation slows down.
-    Serious,
-    /// Heavy throttling; the machine needs to cool down.
-    Critical,
-}
-
-impl ThermalState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ThermalState::Unknown => "unknown",
-            ThermalState::Nominal => "nominal",
-            ThermalState::Fair => "fair",
-            ThermalState::Serious => "serious",
-            ThermalState::Critical => "critical",
-        }
-    }
-}
-
-impl fmt::Display for ThermalState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-/// Power and heat right now. `None` means the OS does not say.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PowerState {
-    pub thermal: ThermalState,
-    /// Low Power Mode (macOS) or the ACPI `low-power` platform profile (Linux).
-    pub low_power_mode: Option<bool>,
-    /// Running from a battery rather than mains power.
-    pub on_battery: Option<bool>,
-}
+// The power words are core's: the controller's power policy decides over
+// them (`locara_core::power`).
+pub use locara_core::power::{PowerState, ThermalState};
 
 /// The memory layout llama.cpp's backend will use on this machine: Apple
 /// Silicon runs every layer on the GPU (Metal); elsewhere the CPU backend
