@@ -681,6 +681,16 @@ impl Controller {
         self.cpu.share(instance)
     }
 
+    /// The performance cores of the machine, and those the busy workers
+    /// share now (fewer under the power policy).
+    pub fn cores(&self) -> u32 {
+        self.cpu.cores()
+    }
+
+    pub fn shared_cores(&self) -> u32 {
+        self.cpu.shared_cores()
+    }
+
     /// The pool of this load of a model, once loaded.
     pub fn pool(&self, instance: u64) -> Option<&PoolStatus> {
         self.pools.get(&instance)

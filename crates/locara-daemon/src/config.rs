@@ -90,6 +90,10 @@ pub struct RawServeConfig {
     /// (default) or "ignore" (no OS watch; only a simulation moves the
     /// ladder).
     pub pressure: Option<String>,
+    /// Whether the daemon follows the machine's power and thermal state:
+    /// "watch" (default: battery, Low Power Mode and heat lower what the
+    /// runtime uses) or "ignore" (only `locara power simulate` does).
+    pub power: Option<String>,
 }
 
 impl RawServeConfig {
@@ -174,6 +178,7 @@ impl RawServeConfig {
                 .pressure_remaining_tokens
                 .or(self.pressure_remaining_tokens),
             pressure: o.pressure.or(self.pressure),
+            power: o.power.or(self.power),
         }
     }
 }
@@ -207,6 +212,10 @@ pub struct ServeConfig {
     pub ladder: LadderConfig,
     /// Whether the OS's memory pressure reaches the ladder.
     pub os_pressure: OsPressure,
+    /// The machine's power and thermal state is polled and acted on
+    /// (`power = "watch"`, the default); false: only a simulation moves the
+    /// power policy (benchmarks on a laptop on battery).
+    pub watch_power: bool,
     /// Web origins allowed to call the API (none by default).
     pub allowed_origins: Vec<String>,
     /// Requests need no token (single-user set-up; off by default).
@@ -448,7 +457,13 @@ impl ServeConfig {
             Some("ignore") => OsPressure::Ignore,
             Some(other) => return Err(invalid("pressure", other, "watch or ignore")),
         };
+        let watch_power = match raw.power.as_deref() {
+            None | Some("watch") => true,
+            Some("ignore") => false,
+            Some(other) => return Err(invalid("power", other, "watch or ignore")),
+        };
         Ok(ServeConfig {
+            watch_power,
             listen,
             budget,
             keep_alive,
@@ -537,6 +552,10 @@ mod tests {
         assert_eq!(c.os_pressure.as_str(), "ignore");
         let e = build("pressure = \"off\"").unwrap_err().to_string();
         assert_eq!(e, "pressure = \"off\" is not allowed: watch or ignore");
+        assert!(build("").unwrap().watch_power);
+        assert!(!build("power = \"ignore\"").unwrap().watch_power);
+        let e = build("power = \"off\"").unwrap_err().to_string();
+        assert_eq!(e, "power = \"off\" is not allowed: watch or ignore");
     }
 
     #[test]

@@ -178,6 +178,11 @@ pub struct Metrics {
     pool_resizes: Family<ResizeLabels, Counter>,
     pool_growth_refused: Family<ModelLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    /// Changes of the power state in force, by the mode changed to.
+    power_changes: Family<ModeLabels, Counter>,
+    /// The power mode in force: 0 normal, 1 battery, 2 low-power, 3
+    /// thermal-serious, 4 thermal-critical.
+    power_mode: Gauge<u64, AtomicU64>,
     /// Time to first token, seconds.
     time_to_first_token: Family<ModelLabels, Histogram, Buckets>,
     /// Decode rate per request, tokens per second.
@@ -233,6 +238,11 @@ struct ActionLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct LevelLabels {
     level: String,
 }
@@ -273,6 +283,8 @@ impl Metrics {
             pool_resizes: Family::default(),
             pool_growth_refused: Family::default(),
             refusals: Family::default(),
+            power_changes: Family::default(),
+            power_mode: Gauge::default(),
             time_to_first_token: Family::new_with_constructor(Buckets(TIME_TO_FIRST_TOKEN_BUCKETS)),
             decode_tokens_per_second: Family::new_with_constructor(Buckets(
                 DECODE_TOKENS_PER_SECOND_BUCKETS,
@@ -348,8 +360,18 @@ impl Metrics {
         );
         r.register(
             "refusals",
-            "Refused requests and loads by kind (insufficient_memory, queue_full, held)",
+            "Refused requests and loads by kind (insufficient_memory, queue_full, held, pressure, thermal)",
             m.refusals.clone(),
+        );
+        r.register(
+            "power_changes",
+            "Changes of the power state in force (battery, Low Power Mode, heat), by the mode changed to (normal, battery, low-power, thermal-serious, thermal-critical)",
+            m.power_changes.clone(),
+        );
+        r.register(
+            "power_mode",
+            "Power mode in force: 0 normal, 1 battery, 2 low-power, 3 thermal-serious, 4 thermal-critical",
+            m.power_mode.clone(),
         );
         r.register(
             "time_to_first_token_seconds",
@@ -416,6 +438,24 @@ impl Metrics {
     /// (`locara_pressure_level`).
     pub fn pressure_level(&self, level: u64) {
         self.pressure_level.set(level);
+    }
+
+    /// A change of the power state in force
+    /// (`locara_power_changes_total{mode}`, `locara_power_mode`).
+    pub fn power_changed(&self, mode: locara_core::power::PowerMode) {
+        use locara_core::power::PowerMode;
+        self.power_changes
+            .get_or_create(&ModeLabels {
+                mode: mode.as_str(),
+            })
+            .inc();
+        self.power_mode.set(match mode {
+            PowerMode::Normal => 0,
+            PowerMode::Battery => 1,
+            PowerMode::LowPower => 2,
+            PowerMode::ThermalSerious => 3,
+            PowerMode::ThermalCritical => 4,
+        });
     }
 
     /// Counts `n` generated tokens (`locara_tokens_generated_total{model}`).

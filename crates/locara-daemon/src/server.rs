@@ -10,8 +10,9 @@
 //! | `GET /locara/v1/status` | budget, models (state, estimate, footprint, ...), system memory |
 //! | `POST /locara/v1/models/{name}/load` | load and keep loaded (idle) |
 //! | `POST /locara/v1/models/{name}/unload[?hold=true]` | unload (and keep unloaded) |
-//! | `GET /locara/v1/events` | SSE: pressure level changes, actions, bytes freed |
+//! | `GET /locara/v1/events` | SSE: pressure level changes, actions, bytes freed, power state |
 //! | `POST /locara/v1/pressure/simulate` | `{"level": "warn", "for": "60s"}`: drive the pressure handler |
+//! | `POST /locara/v1/power/simulate` | `{"mode": "battery", "for": "60s"}`: drive the power policy |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! A generation request may set Locara's `truncate` (default true): a
@@ -159,6 +160,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/locara/v1/models/{name}/load", post(load))
         .route("/locara/v1/models/{name}/unload", post(unload))
         .route("/locara/v1/pressure/simulate", post(simulate))
+        .route("/locara/v1/power/simulate", post(simulate_power))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             admin_only,
@@ -1328,7 +1330,9 @@ pub async fn shutdown_signal() {
 /// each with a `version`: `level` (the level in force and the effective
 /// budget; the first event of every stream says the state as it is),
 /// `action` (each action of the pressure ladder), `freed` (bytes the OS got
-/// back, and how long it took), `budget.exceeded`. An app sees the level,
+/// back, and how long it took), `budget.exceeded`, `power` (the power state
+/// in force and what it changes; the second event of every stream says it
+/// as it is). An app sees the level,
 /// the settings and the events of the models its manifest declares (and
 /// its own budget crossings), never other apps' models; the admin sees
 /// everything.
@@ -1344,6 +1348,14 @@ async fn events(
         budget: now.budget,
         effective_budget: now.effective_budget,
     };
+    let power = locara_core::controller::AppEvent::Power {
+        mode: now.power.mode,
+        thermal: now.power.state.thermal,
+        on_battery: now.power.state.on_battery,
+        low_power_mode: now.power.state.low_power_mode,
+        simulated: now.power.simulated.is_some(),
+        limits: now.power.limits,
+    };
     // Whom the stream is for: `None` sees everything.
     let app: Option<(String, Vec<String>)> = match &caller {
         Caller::Admin => None,
@@ -1353,7 +1365,7 @@ async fn events(
         )),
     };
     use futures_util::StreamExt;
-    let head = stream::once(async move { Ok(SseEvent::default().data(first.to_json())) });
+    let head = stream::iter([first, power].map(|e| Ok(SseEvent::default().data(e.to_json()))));
     let rest = stream::unfold(
         (rx, closing, app),
         |(mut rx, mut closing, app)| async move {
@@ -1412,23 +1424,57 @@ async fn simulate(
             ),
         )
     })?;
-    let duration = match body.duration.as_deref() {
-        None => None,
-        Some(d) => match KeepAlive::parse(d) {
-            Ok(KeepAlive::For(d)) if d <= std::time::Duration::from_secs(24 * 3600) => Some(d),
-            _ => {
-                return Err(ApiError::invalid(
-                    "for",
-                    format!("for {d:?} is not a duration from 1s to 24h, e.g. 60s"),
-                ))
-            }
-        },
-    };
+    let duration = simulation_duration(body.duration.as_deref())?;
     state.runtime.simulate_pressure(level, duration).await?;
     Ok(Json(serde_json::json!({
         "level": level,
         "for_seconds": duration.map(|d| d.as_secs()),
     })))
+}
+
+#[derive(Deserialize)]
+struct SimulatePowerBody {
+    mode: String,
+    #[serde(default, rename = "for")]
+    duration: Option<String>,
+}
+
+/// `POST /locara/v1/power/simulate`: drives the power policy as an OS
+/// report would; `normal` ends the simulation.
+async fn simulate_power(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: SimulatePowerBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_body(format!(
+            "expected {{\"mode\": \"battery\"|\"low-power\"|\"thermal-serious\"|\"thermal-critical\"|\"normal\", \"for\": \"60s\"}}: {e}"
+        ))
+    })?;
+    let mode: locara_core::power::PowerMode = body
+        .mode
+        .parse()
+        .map_err(|e: locara_core::power::ParsePowerModeError| ApiError::invalid("mode", e.to_string()))?;
+    let duration = simulation_duration(body.duration.as_deref())?;
+    state.runtime.simulate_power(mode, duration).await?;
+    Ok(Json(serde_json::json!({
+        "mode": mode,
+        "for_seconds": duration.map(|d| d.as_secs()),
+    })))
+}
+
+/// A simulation's `for`: a duration from 1 s to 24 h; `None`: until
+/// changed.
+fn simulation_duration(d: Option<&str>) -> Result<Option<std::time::Duration>, ApiError> {
+    match d {
+        None => Ok(None),
+        Some(d) => match KeepAlive::parse(d) {
+            Ok(KeepAlive::For(d)) if d <= std::time::Duration::from_secs(24 * 3600) => Ok(Some(d)),
+            _ => Err(ApiError::invalid(
+                "for",
+                format!("for {d:?} is not a duration from 1s to 24h, e.g. 60s"),
+            )),
+        },
+    }
 }
 
 #[cfg(test)]

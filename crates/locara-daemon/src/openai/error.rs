@@ -349,6 +349,7 @@ impl From<DaemonError> for ApiError {
     /// | runtime `Refused(Held)` | `model_unavailable` | 503 | `model_held` |
     /// | runtime `InvalidModel`, `LoadFailed`, `UnloadedWhileLoading` | `model_unavailable` | 503 | |
     /// | runtime `Pressure` | `model_unavailable` | 503, `Retry-After` (at least 1 s) | `memory_pressure` |
+    /// | runtime `Thermal` (background work at thermal critical) | `model_unavailable` | 503, `Retry-After` | `thermal_critical` |
     /// | runtime `AppBudget` | `insufficient_memory` | 503 | `app_budget_exceeded` |
     /// | runtime `ShuttingDown` | `shutting_down` | 503 | |
     /// | runtime `Stopped` | `server_error` | 500 | |
@@ -383,6 +384,9 @@ impl From<DaemonError> for ApiError {
                 | RuntimeError::UnloadedWhileLoading { .. } => ApiError::model_unavailable(message),
                 RuntimeError::Pressure { retry_after, .. } => ApiError::model_unavailable(message)
                     .with_code("memory_pressure")
+                    .with_retry_after(retry_after.as_secs().max(1)),
+                RuntimeError::Thermal { retry_after, .. } => ApiError::model_unavailable(message)
+                    .with_code("thermal_critical")
                     .with_retry_after(retry_after.as_secs().max(1)),
                 RuntimeError::AppBudget(_) => {
                     ApiError::insufficient_memory(message, None).with_code("app_budget_exceeded")
@@ -672,6 +676,14 @@ mod tests {
             (
                 pressure(Duration::from_millis(200)),
                 (503, "model_unavailable", code("memory_pressure"), Some(1)),
+            ),
+            (
+                RuntimeError::Thermal {
+                    thermal: locara_core::power::ThermalState::Critical,
+                    retry_after: Duration::from_secs(60),
+                    detail: "new background work is refused".into(),
+                },
+                (503, "model_unavailable", code("thermal_critical"), Some(60)),
             ),
             (
                 RuntimeError::ShuttingDown,

@@ -19,6 +19,7 @@ use crate::store::Store;
 use locara_core::controller::{AppClaim, Denial};
 use locara_core::governor::{KeepAlive, Measured, Refusal};
 use locara_core::ladder::{LadderConfig, PressureLevel, Role, TokenCaps};
+use locara_core::power::{PowerMode, PowerState, ThermalState};
 use locara_core::threads::Priority;
 use locara_core::{Backend, KvType, LoadDefaults};
 use locara_platform::MemoryProbe;
@@ -30,7 +31,7 @@ mod status;
 mod task;
 
 pub use locara_core::controller::{AppEvent, PoolStatus, EVENTS_VERSION, POOL_IDLE_SHRINK};
-pub use status::{LadderStage, ModelStatus, PressureStatus, Status};
+pub use status::{LadderStage, ModelStatus, PowerStatus, PressureStatus, Status};
 
 /// What the task needs from the outside, fixed at start.
 pub struct Settings {
@@ -90,6 +91,13 @@ pub enum RuntimeError {
         retry_after: Duration,
         detail: String,
     },
+    /// The machine is too hot for new background work.
+    #[error("the machine's thermal state is {thermal}: {detail}; retry in {} s", retry_after.as_secs())]
+    Thermal {
+        thermal: ThermalState,
+        retry_after: Duration,
+        detail: String,
+    },
     /// Loading the model would take the calling app over its budget.
     #[error("{0}")]
     AppBudget(String),
@@ -109,6 +117,15 @@ impl From<Denial> for RuntimeError {
                 detail,
             } => RuntimeError::Pressure {
                 level,
+                retry_after,
+                detail,
+            },
+            Denial::Thermal {
+                thermal,
+                retry_after,
+                detail,
+            } => RuntimeError::Thermal {
+                thermal,
                 retry_after,
                 detail,
             },
@@ -251,6 +268,15 @@ enum Command {
         duration: Option<Duration>,
         reply: oneshot::Sender<()>,
     },
+    /// The OS's power state, polled.
+    Power { state: PowerState },
+    /// A simulated power mode, for `duration` or until changed; `normal`
+    /// ends a simulation.
+    SimulatePower {
+        mode: PowerMode,
+        duration: Option<Duration>,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The handle to the governor task.
@@ -260,6 +286,9 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// Token caps the pressure ladder sets, read by every generation.
     caps: watch::Receiver<TokenCaps>,
+    /// Whether workers may draft tokens speculatively (the power policy:
+    /// off on battery, in Low Power Mode and when hot).
+    drafting: watch::Receiver<bool>,
     events: broadcast::Sender<AppEvent>,
     /// The configured keep-alive of idle models.
     keep_alive: KeepAlive,
@@ -273,6 +302,7 @@ impl Runtime {
     pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Runtime {
         let (tx, rx) = mpsc::unbounded_channel();
         let (caps_tx, caps) = watch::channel(TokenCaps::NONE);
+        let (drafting_tx, drafting) = watch::channel(true);
         let keep_alive = settings.config.keep_alive;
         let defaults = settings.config.load_defaults();
         let (events, _) = broadcast::channel(256);
@@ -281,6 +311,7 @@ impl Runtime {
             Arc::clone(&metrics),
             tx.clone(),
             caps_tx,
+            drafting_tx,
             events.clone(),
         );
         tokio::spawn(task.run(rx));
@@ -288,6 +319,7 @@ impl Runtime {
             tx,
             metrics,
             caps,
+            drafting,
             events,
             keep_alive,
             defaults,
@@ -316,6 +348,36 @@ impl Runtime {
     /// The token caps in force now (pressure).
     pub fn caps(&self) -> TokenCaps {
         *self.caps.borrow()
+    }
+
+    /// Whether workers may draft tokens speculatively now (the power
+    /// policy turns it off on battery, in Low Power Mode and when hot).
+    pub fn drafting_allowed(&self) -> bool {
+        *self.drafting.borrow()
+    }
+
+    /// The OS's power state (polled; the same state again changes
+    /// nothing).
+    pub fn report_power(&self, state: PowerState) {
+        let _ = self.tx.send(Command::Power { state });
+    }
+
+    /// Simulates a power mode, driving exactly the handler that OS reports
+    /// drive; `normal` ends the simulation.
+    pub async fn simulate_power(
+        &self,
+        mode: PowerMode,
+        duration: Option<Duration>,
+    ) -> Result<(), RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::SimulatePower {
+                mode,
+                duration,
+                reply,
+            })
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
     }
 
     /// Sends an event to every `GET /locara/v1/events` reader.

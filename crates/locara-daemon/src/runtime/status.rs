@@ -7,6 +7,7 @@ use crate::host::WorkerHost;
 use locara_core::controller::{Controller, PoolStatus};
 use locara_core::governor::Phase;
 use locara_core::ladder::{LadderState, PressureLevel};
+use locara_core::power::{PowerLimits, PowerMode, PowerState};
 use locara_core::KvType;
 use locara_platform::SystemSnapshot;
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,9 @@ pub struct Status {
     /// The machine's memory now; `None` where it cannot be read.
     pub system: Option<SystemSnapshot>,
     pub pressure: PressureStatus,
+    /// The power and thermal state and what it changes.
+    #[serde(default)]
+    pub power: PowerStatus,
     pub shutting_down: bool,
     /// A model loads or serves a request, so the daemon holds an activity
     /// that keeps macOS from idle-sleeping (a no-op elsewhere).
@@ -93,6 +97,31 @@ pub struct PressureStatus {
     pub simulated_until_unix_ms: Option<u64>,
     /// New loads are refused (critical).
     pub refusing_loads: bool,
+}
+
+/// The power policy in [`Status`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PowerStatus {
+    /// The strongest condition in force: `normal`, `battery`,
+    /// `low-power`, `thermal-serious`, `thermal-critical`.
+    pub mode: PowerMode,
+    /// The state in force (a simulation's, or the OS's); `null` and
+    /// `unknown` where the OS does not say (counted as mains power and
+    /// cool).
+    pub state: PowerState,
+    /// The OS's last reported state, when a simulation overrides it.
+    pub os: PowerState,
+    /// A simulated mode in force, and until when (milliseconds since the
+    /// Unix epoch; `None`: until changed).
+    pub simulated: Option<PowerMode>,
+    pub simulated_until_unix_ms: Option<u64>,
+    /// What the state changes now.
+    pub limits: PowerLimits,
+    /// What the state changes, in words (`nothing` when nothing).
+    pub changes: String,
+    /// The cores the busy workers share now (of `cores`).
+    pub shared_cores: u32,
+    pub cores: u32,
 }
 
 /// Where the ladder stands: `normal`, `warn`, `critical`, or `recovering`
@@ -184,6 +213,20 @@ pub(super) fn build(s: Sources<'_>, now: Instant) -> Status {
             simulated: pressure.simulated.map(|(l, _)| l),
             simulated_until_unix_ms: pressure.simulated.and_then(|(_, u)| u).map(to_unix),
             refusing_loads: pressure.refusing_loads,
+        },
+        power: {
+            let p = s.controller.power();
+            PowerStatus {
+                mode: p.mode,
+                state: p.state,
+                os: p.os,
+                simulated: p.simulated.map(|(m, _)| m),
+                simulated_until_unix_ms: p.simulated.and_then(|(_, u)| u).map(to_unix),
+                limits: p.limits,
+                changes: p.limits.describe(),
+                shared_cores: s.controller.shared_cores(),
+                cores: s.controller.cores(),
+            }
         },
         shutting_down: s.controller.shutting_down(),
         keeping_awake: s.keeping_awake,

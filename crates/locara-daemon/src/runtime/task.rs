@@ -59,6 +59,7 @@ pub(super) struct Task {
     /// Blocking stops in flight (joined at shutdown).
     stopping: Vec<tokio::task::JoinHandle<()>>,
     caps: watch::Sender<TokenCaps>,
+    drafting: watch::Sender<bool>,
     events: broadcast::Sender<AppEvent>,
     /// The machine's memory at the last measure tick.
     system: Option<SystemSnapshot>,
@@ -80,6 +81,7 @@ impl Task {
         metrics: Arc<Metrics>,
         tx: mpsc::UnboundedSender<Command>,
         caps: watch::Sender<TokenCaps>,
+        drafting: watch::Sender<bool>,
         events: broadcast::Sender<AppEvent>,
     ) -> Task {
         let config = ControllerConfig {
@@ -97,6 +99,7 @@ impl Task {
                 .map(read_holds)
                 .unwrap_or_default(),
             cores: settings.threads,
+            power: Default::default(),
         };
         // The ladder's settings were validated with the config; a bad set
         // falls back to the defaults rather than running without a ladder.
@@ -122,6 +125,7 @@ impl Task {
             tx,
             stopping: Vec::new(),
             caps,
+            drafting,
             events,
             system,
             next_measure: None,
@@ -319,6 +323,20 @@ impl Task {
                 self.handle(Event::Simulate { level, duration });
                 let _ = reply.send(());
             }
+            Command::Power { state } => self.handle(Event::Power(state)),
+            Command::SimulatePower {
+                mode,
+                duration,
+                reply,
+            } => {
+                tracing::info!(
+                    %mode,
+                    for_s = duration.map(|d| d.as_secs()),
+                    "simulating a power state"
+                );
+                self.handle(Event::SimulatePower { mode, duration });
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -485,6 +503,9 @@ impl Task {
                 Effect::SetCaps(caps) => {
                     self.caps.send_replace(caps);
                 }
+                Effect::SetDrafting { allowed } => {
+                    self.drafting.send_replace(allowed);
+                }
                 Effect::Publish(event) => {
                     let _ = self.events.send(event);
                 }
@@ -545,6 +566,28 @@ impl Task {
                 Bytes(budget)
             ),
             Record::SimulationEnded => tracing::info!("the simulated pressure has ended"),
+            Record::Power {
+                from,
+                to,
+                state,
+                simulated,
+                limits,
+            } => {
+                tracing::info!(
+                    %from,
+                    %to,
+                    thermal = %state.thermal,
+                    on_battery = ?state.on_battery,
+                    low_power_mode = ?state.low_power_mode,
+                    simulated,
+                    "power state: {to}; changes: {}",
+                    limits.describe()
+                );
+                self.metrics.power_changed(to);
+            }
+            Record::PowerSimulationEnded => {
+                tracing::info!("the simulated power state has ended")
+            }
         }
     }
 
@@ -565,11 +608,15 @@ impl Task {
         let model = load::load_name(&wish.model, kv_type, default_kv);
         // A model held, or one the controller turns away anyway, needs no
         // estimate.
+        // Fewer sequences per new load on battery (the estimates follow).
+        let parallel = self
+            .controller
+            .parallel_for_new_loads(self.settings.config.parallel);
         let candidates =
             if self.controller.holds(&model) || self.controller.closed_to(&model).is_some() {
                 Vec::new()
             } else if let Some((_, shape)) = self.shapes.get(&wish.model) {
-                match self.candidates(&wish, kv_type, &shape.clone()) {
+                match self.candidates(&wish, kv_type, parallel, &shape.clone()) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -588,7 +635,7 @@ impl Task {
             wish: Wish {
                 model,
                 candidates,
-                parallel: self.settings.config.parallel,
+                parallel,
                 keep_alive: wish.keep_alive,
                 role: wish.role,
                 priority: wish.priority,
@@ -621,6 +668,7 @@ impl Task {
         &self,
         wish: &ModelWish,
         kv_type: KvType,
+        parallel: u32,
         shape: &ModelShape,
     ) -> Result<Vec<(u32, u64)>, RuntimeError> {
         let contexts = match wish.context {
@@ -635,7 +683,7 @@ impl Task {
         };
         let mut candidates: Vec<(u32, u64)> = Vec::new();
         for context in contexts {
-            let e = self.estimate_at(&wish.model, shape, context, kv_type, None)?;
+            let e = self.estimate_at(&wish.model, shape, context, kv_type, parallel, None)?;
             if !candidates.iter().any(|&(c, _)| c == e.context) {
                 candidates.push((e.context, e.total()));
             }
@@ -643,23 +691,23 @@ impl Task {
         Ok(candidates)
     }
 
-    /// The estimate of `shape` at `context` with `kv_type` and the
-    /// configured sequences, sharing a pool of `pool` cells (`None`: the
-    /// pool's starting size at that context).
+    /// The estimate of `shape` at `context` with `kv_type` and `parallel`
+    /// sequences, sharing a pool of `pool` cells (`None`: the pool's
+    /// starting size at that context).
     fn estimate_at(
         &self,
         model: &str,
         shape: &ModelShape,
         context: u32,
         kv_type: KvType,
+        parallel: u32,
         pool: Option<u32>,
     ) -> Result<locara_core::Estimate, RuntimeError> {
-        let config = &self.settings.config;
-        let pool = pool.unwrap_or_else(|| PoolSize::new(context, config.parallel).start);
+        let pool = pool.unwrap_or_else(|| PoolSize::new(context, parallel).start);
         let options = EstimateOptions {
             context,
             kv_type,
-            parallel: config.parallel,
+            parallel,
             backend: self.settings.backend.clone(),
             full_window_cache: ENGINE_FULL_WINDOW_CACHE,
             pool: Some(pool),
@@ -677,10 +725,11 @@ impl Task {
         if cells == 0 {
             return None;
         }
-        let context = self.controller.governor().model(model)?.context;
+        let m = self.controller.governor().model(model)?;
+        let (context, parallel) = (m.context, m.parallel);
         let (_, shape) = self.shapes.get(load::model_of(model))?;
         let kv_type = load::kv_type_of(model, self.settings.config.kv_type);
-        self.estimate_at(model, shape, context, kv_type, Some(cells))
+        self.estimate_at(model, shape, context, kv_type, parallel, Some(cells))
             .ok()
             .map(|e| e.total())
     }
@@ -735,7 +784,7 @@ impl Task {
         };
         let kv_type = load::kv_type_of(&load.model, config.kv_type);
         let estimated_footprint = self
-            .estimate_at(&load.model, &shape, load.context, kv_type, None)
+            .estimate_at(&load.model, &shape, load.context, kv_type, load.parallel, None)
             .map_or(0, |e| e.footprint());
         self.loads.insert(
             load.instance,
