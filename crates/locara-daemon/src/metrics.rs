@@ -901,6 +901,7 @@ mod tests {
         m.pressure_level(1);
         m.pressure_action("unload", "critical");
         m.pressure_freed("critical", 1024);
+        m.power_changed(locara_core::power::PowerMode::Battery);
         m
     }
 
@@ -943,6 +944,8 @@ mod tests {
             ("locara_pressure_level", "gauge"),
             ("locara_pressure_actions_total", "counter"),
             ("locara_pressure_bytes_freed_total", "counter"),
+            ("locara_power_changes_total", "counter"),
+            ("locara_power_mode", "gauge"),
         ];
         for (name, expected_kind) in expected {
             assert_eq!(kind(&text, name), Some(expected_kind), "{name}");
@@ -1249,6 +1252,21 @@ mod tests {
     }
 
     #[test]
+    fn power_changes_are_counted_by_mode_and_the_mode_in_force_is_a_gauge() {
+        use locara_core::power::PowerMode;
+        let m = Metrics::new();
+        m.power_changed(PowerMode::ThermalSerious);
+        m.power_changed(PowerMode::ThermalCritical);
+        m.power_changed(PowerMode::ThermalSerious);
+        let text = m.render(&gauges(vec![]));
+        assert_eq!(value(&text, "locara_power_mode"), Some(3.0));
+        let serious = r#"locara_power_changes_total{mode="thermal-serious"}"#;
+        assert_eq!(value(&text, serious), Some(2.0));
+        let critical = r#"locara_power_changes_total{mode="thermal-critical"}"#;
+        assert_eq!(value(&text, critical), Some(1.0));
+    }
+
+    #[test]
     fn empty_daemon_renders_budget_gauges_and_no_model_lines() {
         let text = Metrics::new().render(&gauges(vec![]));
         assert_eq!(
@@ -1261,7 +1279,8 @@ mod tests {
         );
         assert_eq!(value(&text, "locara_models_loaded"), Some(0.0));
         assert_eq!(value(&text, "locara_pressure_level"), Some(0.0));
-        assert_eq!(samples(&text).len(), 4, "{text}");
+        assert_eq!(value(&text, "locara_power_mode"), Some(0.0));
+        assert_eq!(samples(&text).len(), 5, "{text}");
         assert!(!text.contains("model="), "{text}");
         assert!(text.starts_with("# HELP locara_budget_bytes "), "{text}");
         assert!(

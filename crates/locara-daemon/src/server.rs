@@ -1450,10 +1450,12 @@ async fn simulate_power(
             "expected {{\"mode\": \"battery\"|\"low-power\"|\"thermal-serious\"|\"thermal-critical\"|\"normal\", \"for\": \"60s\"}}: {e}"
         ))
     })?;
-    let mode: locara_core::power::PowerMode = body
-        .mode
-        .parse()
-        .map_err(|e: locara_core::power::ParsePowerModeError| ApiError::invalid("mode", e.to_string()))?;
+    let mode: locara_core::power::PowerMode =
+        body.mode
+            .parse()
+            .map_err(|e: locara_core::power::ParsePowerModeError| {
+                ApiError::invalid("mode", e.to_string())
+            })?;
     let duration = simulation_duration(body.duration.as_deref())?;
     state.runtime.simulate_power(mode, duration).await?;
     Ok(Json(serde_json::json!({

@@ -467,15 +467,19 @@ async fn an_app_hears_the_state_first_then_the_level_and_its_own_models_only() {
     let subscribe = |token: &str| d.send(get("/locara/v1/events", Some(token)));
     let mut app_events = subscribe(app.as_str()).await.into_body().into_data_stream();
     let mut all_events = subscribe(&admin).await.into_body().into_data_stream();
-    // The first event says the state as it is.
+    // The first events say the state as it is: the level, then power.
     for stream in [&mut app_events, &mut all_events] {
         let first = events_until_quiet(stream, Duration::from_millis(300)).await;
-        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(first.len(), 2, "{first:?}");
         assert_eq!(
             (first[0]["type"].as_str(), first[0]["level"].as_str()),
             (Some("level"), Some("normal"))
         );
         assert_eq!(first[0]["version"], 1);
+        assert_eq!(
+            (first[1]["type"].as_str(), first[1]["mode"].as_str()),
+            (Some("power"), Some("normal"))
+        );
     }
     // Critical: both idle models unload.
     let simulate = post(
@@ -876,4 +880,191 @@ async fn a_models_role_from_the_manifest_orders_the_unloads_under_pressure() {
         .map(|e| e["model"].as_str().unwrap())
         .collect();
     assert_eq!(unloads, ["n:1", "m:1"], "{seen:?}");
+}
+
+/// An app's manifest declaring `m:1` at `priority`.
+fn manifest_with_priority(id: &str, priority: &str) -> String {
+    format!(
+        "id = \"{id}\"\nname = \"App\"\nversion = \"1.0.0\"\npriority = \"{priority}\"\n[[models]]\nref = \"m:1\"\n"
+    )
+}
+
+#[tokio::test]
+async fn at_thermal_critical_a_background_apps_request_is_503_and_an_interactive_one_is_served() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let batch = d.install(&manifest_with_priority("com.example.indexer", "background"));
+    let chat_app = d.install(&manifest_with_priority("com.example.chat", "interactive"));
+    let admin = d.admin();
+    let mut events = d
+        .send(get("/locara/v1/events", Some(batch.as_str())))
+        .await
+        .into_body()
+        .into_data_stream();
+    events_until_quiet(&mut events, Duration::from_millis(300)).await;
+
+    let simulate = post(
+        "/locara/v1/power/simulate",
+        Some(&admin),
+        json!({"mode": "thermal-critical", "for": "5m"}),
+    );
+    assert_eq!(d.send(simulate).await.status(), StatusCode::OK);
+    // Every app hears it, the background one too.
+    let heard = events_until_quiet(&mut events, Duration::from_millis(300)).await;
+    let power = heard
+        .iter()
+        .find(|e| e["type"] == "power")
+        .unwrap_or_else(|| panic!("no power event: {heard:?}"));
+    assert_eq!(power["mode"], "thermal-critical");
+    assert_eq!(power["thermal"], "critical");
+    assert_eq!(power["simulated"], true);
+    assert_eq!(power["limits"]["pause_background"], true);
+
+    let ask = |token: &Token| {
+        post(
+            "/v1/chat/completions",
+            Some(token.as_str()),
+            chat("m:1", json!({})),
+        )
+    };
+    let (status, retry_after, e) = error_of(d.send(ask(&batch)).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e["code"], "thermal_critical");
+    assert_eq!(retry_after.as_deref(), Some("60"));
+    assert!(e["message"].as_str().unwrap().contains("critical"), "{e}");
+    let served = d.send(ask(&chat_app)).await;
+    assert_eq!(served.status(), StatusCode::OK);
+    let body: Value = serde_json::from_str(&body_text(served).await).unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "t0 t1 ", "{body}");
+
+    // Status and metrics say so.
+    let status: Value = serde_json::from_str(
+        &body_text(d.send(get("/locara/v1/status", Some(&admin))).await).await,
+    )
+    .unwrap();
+    assert_eq!(status["power"]["mode"], "thermal-critical", "{status}");
+    assert_eq!(status["power"]["simulated"], "thermal-critical");
+    assert!(status["power"]["simulated_until_unix_ms"].is_u64());
+    let metrics = body_text(d.send(get("/metrics", Some(&admin))).await).await;
+    assert!(
+        metrics.contains("locara_power_changes_total{mode=\"thermal-critical\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("locara_power_mode 4"), "{metrics}");
+    assert!(
+        metrics.contains("locara_refusals_total{model=\"m:1\",kind=\"thermal\"} 1"),
+        "{metrics}"
+    );
+
+    // Cool again: the background app is served.
+    let normal = post(
+        "/locara/v1/power/simulate",
+        Some(&admin),
+        json!({"mode": "normal"}),
+    );
+    assert_eq!(d.send(normal).await.status(), StatusCode::OK);
+    assert_eq!(d.send(ask(&batch)).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn on_battery_workers_get_fewer_threads_requests_a_cap_and_drafting_stops() {
+    let extra = RawServeConfig {
+        threads: Some(4),
+        ..RawServeConfig::default()
+    };
+    let d = Daemon::new(FakeEngine::stalling(1), true, extra);
+    // A stream keeps the model busy: it computes on every core.
+    let streaming = d
+        .send(post(
+            "/v1/chat/completions",
+            None,
+            chat("m:1", json!({"stream": true})),
+        ))
+        .await;
+    assert_eq!(streaming.status(), StatusCode::OK);
+    assert!(d.state.runtime.drafting_allowed());
+
+    let simulate = post(
+        "/locara/v1/power/simulate",
+        None,
+        json!({"mode": "battery"}),
+    );
+    assert_eq!(d.send(simulate).await.status(), StatusCode::OK);
+    // The worker is told half the cores.
+    let threads = |d: &Daemon| -> Vec<u32> {
+        d.engine
+            .worker(0)
+            .requests()
+            .into_iter()
+            .filter_map(|r| match r {
+                locara_engine::protocol::Request::SetThreads { threads, .. } => Some(threads),
+                _ => None,
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while threads(&d).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(threads(&d), vec![2]);
+    assert!(!d.state.runtime.drafting_allowed());
+    // A request that starts now is capped.
+    let ask = post(
+        "/v1/completions",
+        None,
+        json!({"model": "m:1", "prompt": "Hi", "max_tokens": 1500, "stream": true}),
+    );
+    let capped = d.send(ask).await;
+    assert_eq!(capped.status(), StatusCode::OK);
+    let last = d.engine.requests().last().cloned().unwrap();
+    assert_eq!(last.max_tokens, Some(512));
+
+    let status: Value =
+        serde_json::from_str(&body_text(d.send(get("/locara/v1/status", None)).await).await)
+            .unwrap();
+    let power = &status["power"];
+    assert_eq!(power["mode"], "battery", "{status}");
+    assert_eq!(power["state"]["on_battery"], true);
+    assert_eq!(
+        (power["shared_cores"].as_u64(), power["cores"].as_u64()),
+        (Some(2), Some(4))
+    );
+    assert_eq!(power["limits"]["max_tokens"], 512);
+    assert_eq!(power["limits"]["parallel"], 1);
+    assert_eq!(power["limits"]["drafting"], false);
+    assert!(
+        power["changes"].as_str().unwrap().contains("2 core(s)"),
+        "{power}"
+    );
+    drop((streaming, capped));
+}
+
+#[tokio::test]
+async fn a_power_simulation_names_the_modes_it_takes() {
+    let d = Daemon::new(FakeEngine::new(1), true, RawServeConfig::default());
+    let (status, _, e) = error_of(
+        d.send(post(
+            "/locara/v1/power/simulate",
+            None,
+            json!({"mode": "hot"}),
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(e["param"], "mode");
+    assert!(
+        e["message"].as_str().unwrap().contains("thermal-critical"),
+        "{e}"
+    );
+    let (status, _, e) = error_of(
+        d.send(post(
+            "/locara/v1/power/simulate",
+            None,
+            json!({"mode": "battery", "for": "soon"}),
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(e["param"], "for");
 }

@@ -444,6 +444,7 @@ pub(crate) fn synthetic_settings(
             .import(&file, &n.parse().unwrap(), &mut crate::store::NoProgress)
             .unwrap();
     }
+    let extra_threads = extra.threads;
     let base = RawServeConfig {
         parallel: Some(1),
         context: Some(2048),
@@ -457,7 +458,8 @@ pub(crate) fn synthetic_settings(
         store,
         engine: engine as Arc<dyn Engine>,
         clock: Arc::new(crate::runtime::TokioClock),
-        threads: 1,
+        // One core unless `extra` names more (`threads`).
+        threads: extra_threads.unwrap_or(1),
         backend: locara_core::Backend::cpu_plain(),
         probe: Arc::new(locara_platform::SimulatedProbe::new(
             locara_platform::simulated::linux_profile(16),

@@ -269,7 +269,9 @@ enum Command {
         reply: oneshot::Sender<()>,
     },
     /// The OS's power state, polled.
-    Power { state: PowerState },
+    Power {
+        state: PowerState,
+    },
     /// A simulated power mode, for `duration` or until changed; `normal`
     /// ends a simulation.
     SimulatePower {

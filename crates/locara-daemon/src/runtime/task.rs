@@ -784,7 +784,14 @@ impl Task {
         };
         let kv_type = load::kv_type_of(&load.model, config.kv_type);
         let estimated_footprint = self
-            .estimate_at(&load.model, &shape, load.context, kv_type, load.parallel, None)
+            .estimate_at(
+                &load.model,
+                &shape,
+                load.context,
+                kv_type,
+                load.parallel,
+                None,
+            )
             .map_or(0, |e| e.footprint());
         self.loads.insert(
             load.instance,
