@@ -133,6 +133,9 @@ enum Command {
     /// Memory pressure in the running daemon.
     #[command(subcommand)]
     Pressure(PressureCommand),
+    /// Power and thermal state in the running daemon.
+    #[command(subcommand)]
+    Power(PowerCommand),
     /// Install, list and remove apps, and issue their tokens.
     ///
     /// An app is installed from a TOML manifest that declares the models it
@@ -173,6 +176,24 @@ enum PressureCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum PowerCommand {
+    /// Drive the daemon's power policy as the machine's state would:
+    /// battery and low-power give the models half the cores, one sequence
+    /// per new load, no speculative drafting and a 512-token cap on new
+    /// requests; thermal-serious pauses background generations and caps new
+    /// requests at 256 tokens; thermal-critical also refuses new background
+    /// requests (503, Retry-After); normal ends the simulation.
+    Simulate {
+        /// normal, battery, low-power, thermal-serious or thermal-critical.
+        #[arg(value_parser = ["normal", "battery", "low-power", "thermal-serious", "thermal-critical"])]
+        mode: String,
+        /// How long, e.g. 60s or 5m (default: until `simulate normal`).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
@@ -207,6 +228,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve::serve(args),
         Command::Pressure(PressureCommand::Simulate { level, duration }) => {
             serve::simulate(&level, duration.as_deref())
+        }
+        Command::Power(PowerCommand::Simulate { mode, duration }) => {
+            serve::simulate_power(&mode, duration.as_deref())
         }
         Command::Ps { json } => serve::ps(json),
         Command::Load { model } => serve::load(&model),

@@ -26,7 +26,7 @@ LOCARA_PORT, LOCARA_BUDGET, LOCARA_KEEP_ALIVE, LOCARA_PARALLEL, LOCARA_CONTEXT, 
 then these flags; later ones win. Config file keys: host, port, allow_non_loopback, budget, \
 keep_alive, parallel, queue, context, kv_type, kv_ram_cache, kv_disk_cache, threads, shutdown_grace, \
 max_body_bytes, tokenless, allowed_origins, pressure, pressure_idle_grace, pressure_quiet_period, \
-pressure_max_tokens, pressure_remaining_tokens.\n\n\
+pressure_max_tokens, pressure_remaining_tokens, power.\n\n\
 The first line on stdout is `listening on http://ADDRESS`; the address is also written to \
 daemon.json in the data directory, where `locara ps`, `load` and `stop` find it.\n\n\
 Examples:\n  locara serve\n  locara serve --port 0 --budget 4GiB\n  locara serve --config ~/.config/locara/serve.toml"
@@ -74,6 +74,11 @@ pub struct ServeArgs {
     /// OS is not watched; only `locara pressure simulate` moves the ladder).
     #[arg(long, value_name = "MODE", value_parser = ["watch", "ignore"])]
     pressure: Option<String>,
+    /// Power and thermal state: watch (default: on battery, in Low Power
+    /// Mode or when hot the runtime uses less) or ignore (only `locara power
+    /// simulate` moves the power policy).
+    #[arg(long, value_name = "MODE", value_parser = ["watch", "ignore"])]
+    power: Option<String>,
     /// Pass llama.cpp's own log through to stderr.
     #[arg(long)]
     engine_log: bool,
@@ -110,6 +115,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         kv_type: args.kv,
         threads: args.threads,
         pressure: args.pressure,
+        power: args.power,
         ..Default::default()
     });
     let config = ServeConfig::build(&sources)?;
@@ -201,6 +207,13 @@ async fn run_daemon(
         config.kv_type.as_str(),
         config.keep_alive
     );
+    if config.watch_power {
+        watch_power(runtime.clone());
+    } else {
+        tracing::warn!(
+            "power = ignore: battery, Low Power Mode and heat are not followed; only `locara power simulate` moves the power policy"
+        );
+    }
     match config.os_pressure {
         OsPressure::Watch => watch_pressure(runtime.clone()),
         OsPressure::Ignore => tracing::warn!(
@@ -333,6 +346,34 @@ fn watch_pressure(runtime: Runtime) {
             }
             while let Some(ev) = watch.recv() {
                 runtime.report_pressure(ev.level, ev.reason);
+            }
+        });
+}
+
+/// How often the machine's power and thermal state is read: a change of
+/// power source or of heat is acted on within this time. Reading is cheap
+/// on Linux (a few sysfs files); on macOS it runs `pmset` once.
+const POWER_POLL: Duration = Duration::from_secs(10);
+
+/// Polls the machine's power and thermal state from a thread of its own
+/// and passes it to the governor, which acts on changes only. Ends when
+/// the governor does.
+fn watch_power(runtime: Runtime) {
+    let first = locara_platform::HardwareProbe::power_state(&SystemProbe::default());
+    tracing::info!(
+        thermal = %first.thermal,
+        on_battery = ?first.on_battery,
+        low_power_mode = ?first.low_power_mode,
+        "following the power state (unknown parts count as mains power and cool)"
+    );
+    let _ = std::thread::Builder::new()
+        .name("locara-power".into())
+        .spawn(move || {
+            let probe = SystemProbe::default();
+            let mut state = first;
+            while runtime.report_power(state) {
+                std::thread::sleep(POWER_POLL);
+                state = locara_platform::HardwareProbe::power_state(&probe);
             }
         });
 }
@@ -521,7 +562,32 @@ pub fn ps(json: bool) -> Result<ExitCode> {
     for h in &status.held_unloaded {
         println!("{h}: held unloaded (locara load {h} to use it again)");
     }
+    println!("{}", power_line(&status.power));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The power state in force and what it changes, for `locara ps`:
+/// "power: battery (on battery, thermal nominal); changes: ...".
+fn power_line(p: &locara_daemon::runtime::PowerStatus) -> String {
+    let known = |v: Option<bool>, yes: &str, no: &str| match v {
+        Some(true) => yes.to_string(),
+        Some(false) => no.to_string(),
+        None => format!("{no} (unknown)"),
+    };
+    let state = &p.state;
+    let simulated = if p.simulated.is_some() {
+        ", simulated"
+    } else {
+        ""
+    };
+    format!(
+        "power: {} ({}, {}, thermal {}{simulated}); changes: {}",
+        p.mode,
+        known(state.on_battery, "on battery", "mains"),
+        known(state.low_power_mode, "Low Power Mode", "no Low Power Mode"),
+        state.thermal,
+        p.changes
+    )
 }
 
 fn seconds(s: u64) -> String {
@@ -564,6 +630,32 @@ pub fn stop(model: &str, hold: bool) -> Result<ExitCode> {
     if answer.is_null() {
         bail!("the daemon gave no answer");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `locara power simulate`: drives the daemon's power policy as the OS's
+/// state would.
+pub fn simulate_power(mode: &str, duration: Option<&str>) -> Result<ExitCode> {
+    let (url, auth) = require_daemon()?;
+    let mut body = serde_json::json!({ "mode": mode });
+    if let Some(d) = duration {
+        body["for"] = d.into();
+    }
+    agent()
+        .post(&format!("{url}/locara/v1/power/simulate"))
+        .set("Authorization", &auth)
+        .send_json(body)
+        .map_err(api_error)?;
+    let status = status(&url, &auth)?;
+    match duration {
+        Some(d) => println!("simulating power state {mode} for {d}"),
+        None if mode == "normal" => println!("simulation ended; the machine's power state applies"),
+        None => println!("simulating power state {mode} until `locara power simulate normal`"),
+    }
+    println!(
+        "in force: {}; changes: {}",
+        status.power.mode, status.power.changes
+    );
     Ok(ExitCode::SUCCESS)
 }
 

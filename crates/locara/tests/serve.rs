@@ -1167,3 +1167,71 @@ fn an_app_generates_one_answer_at_a_time_with_max_concurrency_1() {
     );
     assert!(done && !text.is_empty(), "{text:?} {finish:?}");
 }
+
+/// `locara power simulate` drives the daemon's power policy: on battery
+/// `locara ps` says so and what it changes, apps hear a `power` event, an
+/// answer that starts stops at the 512-token cap; `normal` lifts it.
+#[test]
+fn simulated_battery_caps_answers_and_normal_lifts_it() {
+    // The machine's own state stays out of it (`--power ignore`).
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1", "--power", "ignore"]);
+    let events = event_log(&d);
+    let out = d
+        .cli()
+        .args(["power", "simulate", "battery", "--for", "10m"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("battery for 10m") && said.contains("capped at 512 tokens"),
+        "{said}"
+    );
+    let ps = d.cli().arg("ps").output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        ps.contains("power: battery (on battery") && ps.contains("no speculative drafting"),
+        "{ps}"
+    );
+    let status = d.status();
+    assert_eq!(status["power"]["mode"], "battery", "{status}");
+    assert_eq!(status["power"]["limits"]["max_tokens"], 512, "{status}");
+
+    let answer = d.chat(chat_body(
+        SMOLLM2,
+        "Count from 1 to 1000, one number per line.",
+        1500,
+        false,
+    ));
+    let tokens = answer["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(tokens <= 512, "{tokens} tokens on battery: {answer}");
+    if answer["choices"][0]["finish_reason"] == "length" {
+        assert_eq!(tokens, 512, "{answer}");
+    }
+    assert!(eventually(Duration::from_secs(3), || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "power" && e["mode"] == "battery")
+    }));
+
+    let out = d
+        .cli()
+        .args(["power", "simulate", "normal"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let status = d.status();
+    assert_eq!(status["power"]["mode"], "normal", "{status}");
+    assert_eq!(status["power"]["changes"], "nothing", "{status}");
+    let metrics = d.metrics();
+    assert!(
+        metrics.contains("locara_power_changes_total{mode=\"battery\"} 1"),
+        "{metrics}"
+    );
+}

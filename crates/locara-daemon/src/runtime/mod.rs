@@ -359,9 +359,9 @@ impl Runtime {
     }
 
     /// The OS's power state (polled; the same state again changes
-    /// nothing).
-    pub fn report_power(&self, state: PowerState) {
-        let _ = self.tx.send(Command::Power { state });
+    /// nothing). False once the governor task has ended: stop polling.
+    pub fn report_power(&self, state: PowerState) -> bool {
+        self.tx.send(Command::Power { state }).is_ok()
     }
 
     /// Simulates a power mode, driving exactly the handler that OS reports
