@@ -190,6 +190,8 @@ impl Engine {
             truncate: false,
             // Every prefill is measured whole, never from the last one's cache.
             cache_prompt: false,
+            // llama-bench decodes one token per step; so does this side.
+            speculative: false,
         }))?;
         loop {
             match self.worker.recv()? {

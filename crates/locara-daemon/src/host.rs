@@ -156,6 +156,10 @@ pub struct WorkerHost {
     embeds: Embeds,
     next_id: AtomicU64,
     stopping: Arc<AtomicBool>,
+    /// Whether new generations may draft tokens (speculative decoding,
+    /// `GenerateRequest::speculative`); on by default, for a power policy
+    /// to turn off ([`WorkerHost::set_speculative`]).
+    speculative: AtomicBool,
 }
 
 impl WorkerHost {
@@ -187,6 +191,7 @@ impl WorkerHost {
             streams: Arc::clone(&streams),
             embeds: Arc::clone(&embeds),
             next_id: AtomicU64::new(1),
+            speculative: AtomicBool::new(true),
             stopping: Arc::clone(&stopping),
         });
         let pid = worker.pid();
@@ -206,6 +211,13 @@ impl WorkerHost {
     /// The worker's process id.
     pub fn pid(&self) -> u32 {
         self.worker.pid()
+    }
+
+    /// Lets generations started from now on draft tokens, or not. Drafted
+    /// tokens are checked by wider decodes, which a power policy may find
+    /// not worth their energy; the answers are the same either way.
+    pub fn set_speculative(&self, on: bool) {
+        self.speculative.store(on, Ordering::Relaxed);
     }
 
     /// The llama.cpp build the worker runs.
@@ -239,6 +251,7 @@ impl WorkerHost {
             n_keep: None,
             truncate,
             cache_prompt,
+            speculative: self.speculative.load(Ordering::Relaxed),
         });
         if let Err(e) = self.worker.send(&request) {
             lock(&self.streams).remove(&id);

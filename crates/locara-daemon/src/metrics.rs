@@ -171,6 +171,11 @@ pub struct Metrics {
     decode_tokens_per_second_last: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     prompt_tokens: Family<ModelLabels, Counter>,
     tokens_generated: Family<ModelLabels, Counter>,
+    /// Speculative decoding: drafted tokens the model checked, those it
+    /// kept, and the decodes generations took part in.
+    draft_tokens: Family<ModelLabels, Counter>,
+    draft_accepted_tokens: Family<ModelLabels, Counter>,
+    decode_steps: Family<ModelLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     loads: Family<LoadLabels, Counter>,
     unloads: Family<UnloadLabels, Counter>,
@@ -276,6 +281,9 @@ impl Metrics {
             decode_tokens_per_second_last: Family::default(),
             prompt_tokens: Family::default(),
             tokens_generated: Family::default(),
+            draft_tokens: Family::default(),
+            draft_accepted_tokens: Family::default(),
+            decode_steps: Family::default(),
             requests: Family::default(),
             loads: Family::default(),
             unloads: Family::default(),
@@ -327,6 +335,21 @@ impl Metrics {
             "tokens_generated",
             "Tokens generated",
             m.tokens_generated.clone(),
+        );
+        r.register(
+            "draft_tokens",
+            "Drafted tokens the model checked (speculative decoding)",
+            m.draft_tokens.clone(),
+        );
+        r.register(
+            "draft_accepted_tokens",
+            "Drafted tokens the model agreed with and kept",
+            m.draft_accepted_tokens.clone(),
+        );
+        r.register(
+            "decode_steps",
+            "Decodes that gave generations tokens; tokens generated over this is tokens per step",
+            m.decode_steps.clone(),
         );
         r.register(
             "requests",
@@ -401,6 +424,9 @@ impl Metrics {
         // `tokens_generated` is created last: once it exists, so do the rest.
         if self.tokens_generated.get(&labels).is_none() {
             drop(self.prompt_tokens.get_or_create(&labels));
+            drop(self.draft_tokens.get_or_create(&labels));
+            drop(self.draft_accepted_tokens.get_or_create(&labels));
+            drop(self.decode_steps.get_or_create(&labels));
             drop(self.evictions.get_or_create(&labels));
             for result in ["ok", "error"] {
                 drop(self.loads.get_or_create(&LoadLabels {
@@ -463,6 +489,21 @@ impl Metrics {
     pub fn tokens_generated(&self, model: &str, n: u64) {
         let labels = self.seen(model);
         self.tokens_generated.get_or_create(&labels).inc_by(n);
+    }
+
+    /// Counts one generation's speculative decoding: `drafted` tokens
+    /// checked, `accepted` of them kept, in `steps` decodes
+    /// (`locara_draft_tokens_total`, `locara_draft_accepted_tokens_total`,
+    /// `locara_decode_steps_total`, by model). The acceptance rate is the
+    /// ratio of the first two; tokens per decode step is
+    /// `locara_tokens_generated_total` over the third.
+    pub fn speculation(&self, model: &str, drafted: u64, accepted: u64, steps: u64) {
+        let labels = self.seen(model);
+        self.draft_tokens.get_or_create(&labels).inc_by(drafted);
+        self.draft_accepted_tokens
+            .get_or_create(&labels)
+            .inc_by(accepted);
+        self.decode_steps.get_or_create(&labels).inc_by(steps);
     }
 
     /// Counts `n` processed prompt tokens (`locara_prompt_tokens_total{model}`).
@@ -886,6 +927,7 @@ mod tests {
             m.load_finished(name, 0.01, false);
             m.prompt_tokens(name, 20);
             m.tokens_generated(name, 5);
+            m.speculation(name, 8, 6, 3);
             m.request_finished(name, "/v1/chat/completions", "stop");
             m.request_finished(name, "/v1/completions", "length");
             m.observe_time_to_first_token(name, 0.12);
@@ -933,6 +975,9 @@ mod tests {
             ("locara_decode_tokens_per_second_last", "gauge"),
             ("locara_prompt_tokens_total", "counter"),
             ("locara_tokens_generated_total", "counter"),
+            ("locara_draft_tokens_total", "counter"),
+            ("locara_draft_accepted_tokens_total", "counter"),
+            ("locara_decode_steps_total", "counter"),
             ("locara_requests_total", "counter"),
             ("locara_model_loads_total", "counter"),
             ("locara_model_unloads_total", "counter"),
@@ -1001,6 +1046,9 @@ mod tests {
         assert_eq!(value(&text, unload), Some(1.0));
         let resize = r#"locara_kv_pool_resizes_total{model="smollm2:135m",direction="grow"}"#;
         assert_eq!(value(&text, resize), Some(1.0));
+        assert_eq!(smol("locara_draft_tokens_total"), Some(8.0));
+        assert_eq!(smol("locara_draft_accepted_tokens_total"), Some(6.0));
+        assert_eq!(smol("locara_decode_steps_total"), Some(3.0));
     }
 
     #[test]

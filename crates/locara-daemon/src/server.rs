@@ -848,6 +848,12 @@ impl Run {
         if let Some(s) = stats {
             m.prompt_tokens(&self.model, s.prompt_tokens.into());
             m.tokens_generated(&self.model, s.generated_tokens.into());
+            m.speculation(
+                &self.model,
+                s.draft_tokens.into(),
+                s.draft_accepted_tokens.into(),
+                s.decode_steps.into(),
+            );
             if s.generated_tokens > 1 {
                 m.observe_decode(
                     &self.model,
@@ -1691,6 +1697,9 @@ mod tests {
             prompt_tokens: 40,
             prompt_cached_tokens: 12,
             kept_tokens: 9,
+            draft_tokens: 10,
+            draft_accepted_tokens: 7,
+            decode_steps: 4,
             ..GenerationStats::default()
         };
         let d = daemon(FakeEngine::reporting(3, stats)).await;
@@ -1704,6 +1713,7 @@ mod tests {
             json!({
                 "prompt_cached_tokens": 12, "dropped_messages": 1,
                 "shifted_tokens": 0, "kept_tokens": 9,
+                "speculative": {"draft_tokens": 10, "draft_accepted_tokens": 7, "decode_steps": 4},
             })
         );
         assert_eq!(v["usage"]["prompt_tokens"], 40);
@@ -1738,6 +1748,7 @@ mod tests {
         let report = json!({
             "prompt_cached_tokens": 5, "dropped_messages": 0,
             "shifted_tokens": 512, "kept_tokens": 9,
+            "speculative": {"draft_tokens": 0, "draft_accepted_tokens": 0, "decode_steps": 0},
         });
         let d = daemon(FakeEngine::reporting(3, stats)).await;
 

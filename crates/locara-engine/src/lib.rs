@@ -11,6 +11,8 @@
 //! * [`pool`]: the K/V pool's decisions (which sequence a request reuses,
 //!   what a context shift drops, what a resize keeps), as plain functions;
 //! * [`disk`]: the disk tier's files (format, checks, index, room);
+//! * [`draft`]: speculative decoding's choices (prompt lookup, the draft
+//!   length);
 //! * `worker` (feature `llama`): the worker itself, over `llama-cpp-2`;
 //!   `cpu` its threads per decode and their CPU priority.
 //!
@@ -30,7 +32,7 @@
 //!     id: 1,
 //!     prompt: Prompt::Raw { text: "Once upon a time".into() },
 //!     sampling: Sampling::greedy(), max_tokens: Some(16), stop: vec![],
-//!     n_keep: None, truncate: true, cache_prompt: true,
+//!     n_keep: None, truncate: true, cache_prompt: true, speculative: true,
 //! }))?;
 //! loop {
 //!     match worker.recv()? {
@@ -46,6 +48,7 @@ pub mod client;
 #[cfg(feature = "llama")]
 mod cpu;
 pub mod disk;
+pub mod draft;
 #[cfg(feature = "llama")]
 pub mod embed;
 pub mod grammar;

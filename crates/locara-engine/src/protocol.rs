@@ -398,6 +398,14 @@ pub struct GenerateRequest {
     /// whole prompt, as a benchmark of prefill needs.
     #[serde(default = "yes")]
     pub cache_prompt: bool,
+    /// Whether the worker may draft tokens for this generation and verify
+    /// them in one decode (speculative decoding; see [`crate::draft`]). It
+    /// does so only where the answer stays exactly what decoding one token
+    /// at a time gives: greedy sampling (temperature 0) with no logit bias,
+    /// penalties or grammar. `false` decodes one token per step, as under
+    /// low power, where the wider decodes cost more energy than they save.
+    #[serde(default = "yes")]
+    pub speculative: bool,
 }
 
 fn yes() -> bool {
@@ -579,6 +587,11 @@ pub struct SequenceInfo {
     /// Smallest position still held in every layer (-1: empty); above 0 for
     /// a sliding-window model whose window layers dropped the oldest ones.
     pub pos_min: i32,
+    /// Largest position llama.cpp holds for it (-1: empty): `tokens.len() -
+    /// 1` whenever the worker's record and the K/V agree (a drafted token
+    /// that was not kept is gone from both).
+    #[serde(default)]
+    pub pos_max: i32,
     /// Worker's use counter at its last use (higher = later).
     pub last_used: u64,
 }
@@ -625,6 +638,14 @@ pub struct GenerationStats {
     pub kept_tokens: u32,
     /// Oldest chat messages left out so the prompt fits the context.
     pub dropped_messages: u32,
+    /// Drafted tokens checked by the model (speculative decoding; 0 when
+    /// nothing was drafted).
+    pub draft_tokens: u32,
+    /// Of `draft_tokens`, those the model agreed with: each saved a decode.
+    pub draft_accepted_tokens: u32,
+    /// Decodes that gave this generation tokens, the prefill's last one
+    /// included: `generated_tokens` without drafting, fewer with it.
+    pub decode_steps: u32,
 }
 
 impl GenerationStats {
@@ -640,6 +661,20 @@ impl GenerationStats {
     /// Generated tokens per second after the first (which prefill produced).
     pub fn decode_tps(&self) -> f64 {
         per_second(self.generated_tokens.saturating_sub(1), self.decode_ms)
+    }
+
+    /// Share of drafted tokens the model accepted; `None` when nothing was
+    /// drafted.
+    pub fn acceptance_rate(&self) -> Option<f64> {
+        (self.draft_tokens > 0)
+            .then(|| f64::from(self.draft_accepted_tokens) / f64::from(self.draft_tokens))
+    }
+
+    /// Tokens per decode this generation took part in (1.0 without
+    /// drafting); `None` before any decode.
+    pub fn tokens_per_step(&self) -> Option<f64> {
+        (self.decode_steps > 0)
+            .then(|| f64::from(self.generated_tokens) / f64::from(self.decode_steps))
     }
 }
 
@@ -829,6 +864,7 @@ mod tests {
             n_keep: Some(5),
             truncate: false,
             cache_prompt: false,
+            speculative: false,
         });
         let mut buf = Vec::new();
         write_frame(&mut buf, &req).unwrap();
@@ -867,7 +903,10 @@ mod tests {
             r#"{"id":1,"prompt":{"kind":"raw","text":"hi"},"max_tokens":null}"#,
         )
         .unwrap();
-        assert_eq!((g.n_keep, g.truncate, g.cache_prompt), (None, true, true));
+        assert_eq!(
+            (g.n_keep, g.truncate, g.cache_prompt, g.speculative),
+            (None, true, true, true)
+        );
         let l: LoadRequest = serde_json::from_str(
             r#"{"path":"m.gguf","context":null,"kv_type":"q8_0","parallel":1,"threads":1,"gpu_layers":null}"#,
         )

@@ -21,6 +21,7 @@
 //! restores from when a new worker of the model continues a conversation).
 
 use crate::disk::{self, DiskTier};
+use crate::draft::{self, DraftCounts, DraftLength};
 use crate::embed::{EmbedShape, Embedder};
 use crate::pool::{self, Candidate, Held};
 use crate::protocol::{
@@ -369,6 +370,7 @@ fn serve_model(
         pool_max,
         window,
         can_shift,
+        can_draft: !model.is_recurrent() && !model.is_hybrid(),
         batch: LlamaBatch::new(ctx.n_batch() as usize, load.parallel as i32),
         ctx: Some(ctx),
         seqs: (0..parallel).map(|_| Sequence::default()).collect(),
@@ -522,6 +524,20 @@ struct Slot {
     dropped_messages: u32,
     started: Instant,
     first_token: Option<Instant>,
+    /// Whether it drafts tokens: its request allows it and its picker is
+    /// [`Picker::Greedy`], the one whose choice a drafted token can be
+    /// checked against exactly (a sampler chain keeps state, a grammar's or
+    /// the penalties', that every drawn token changes).
+    speculative: bool,
+    draft_length: DraftLength,
+    /// Tokens drafted this step, placed in the batch after `next`.
+    drafts: Vec<LlamaToken>,
+    /// Their indices in the batch, in order.
+    draft_at: Vec<i32>,
+    /// The position of `next` in its sequence this step: the drafts follow
+    /// it.
+    draft_base: usize,
+    counts: DraftCounts,
 }
 
 /// Which chat template renders chat prompts.
@@ -586,6 +602,10 @@ struct Engine<'m> {
     /// The window of sliding-window layers, tokens.
     window: Option<u32>,
     can_shift: bool,
+    /// Whether generations may draft tokens: rejected drafts are taken back
+    /// out of the K/V, which a recurrent model's state (Mamba, RWKV, and
+    /// the hybrids) cannot undo.
+    can_draft: bool,
     seqs: Vec<Sequence>,
     slots: Vec<Slot>,
     queue: VecDeque<GenerateRequest>,
@@ -804,6 +824,13 @@ impl<'m> Engine<'m> {
                     .map_or(-1, |c| c.kv_cache_seq_pos_min(i as i32))
             })
             .collect();
+        let pos_max: Vec<i32> = (0..self.seqs.len())
+            .map(|i| {
+                self.ctx
+                    .as_ref()
+                    .map_or(-1, |c| c.kv_cache_seq_pos_max(i as i32))
+            })
+            .collect();
         self.seqs
             .iter()
             .enumerate()
@@ -813,6 +840,7 @@ impl<'m> Engine<'m> {
                 tokens: s.tokens.iter().map(|t| t.0).collect(),
                 exact: s.exact as u32,
                 pos_min: pos_min[i],
+                pos_max: pos_max[i],
                 last_used: s.last_used,
             })
             .collect()
@@ -1489,6 +1517,9 @@ impl<'m> Engine<'m> {
             Some(n) => n.min(room),
             None => room,
         };
+        // The frequency and presence penalties count the whole answer.
+        let picker = Picker::new(self.model, &req.sampling, max_tokens.min(self.context))?;
+        let speculative = req.speculative && self.can_draft && matches!(picker, Picker::Greedy);
         Ok(Slot {
             id: req.id,
             seq: 0,
@@ -1497,8 +1528,7 @@ impl<'m> Engine<'m> {
             next: None,
             logits_at: None,
             held: false,
-            // The frequency and presence penalties count the whole answer.
-            picker: Picker::new(self.model, &req.sampling, max_tokens.min(self.context))?,
+            picker,
             logprobs: req.sampling.logprobs,
             utf8: encoding_rs::UTF_8.new_decoder(),
             stop: StopMatcher::new(&req.stop),
@@ -1512,6 +1542,12 @@ impl<'m> Engine<'m> {
             dropped_messages: dropped,
             started,
             first_token: None,
+            speculative,
+            draft_length: DraftLength::default(),
+            drafts: Vec::new(),
+            draft_at: Vec::new(),
+            draft_base: 0,
+            counts: DraftCounts::default(),
         })
     }
 
@@ -1560,6 +1596,8 @@ impl<'m> Engine<'m> {
         for slot in self.slots.iter_mut() {
             slot.logits_at = None;
             slot.held = false;
+            slot.drafts.clear();
+            slot.draft_at.clear();
             let Some(tok) = slot.next else { continue };
             if free == 0 {
                 slot.held = true;
@@ -1568,6 +1606,7 @@ impl<'m> Engine<'m> {
             }
             let seq = &mut self.seqs[slot.seq];
             let at = self.batch.n_tokens();
+            slot.draft_base = seq.tokens.len();
             self.batch
                 .add(tok, seq.tokens.len() as i32, &[slot.seq as i32], true)
                 .expect("the batch holds one token per sequence");
@@ -1616,6 +1655,7 @@ impl<'m> Engine<'m> {
             }
             free -= n;
         }
+        self.place_drafts(capacity, free);
         if self.batch.n_tokens() == 0 {
             // Nothing fits: everything waits for room.
             return if short > 0 {
@@ -1651,56 +1691,34 @@ impl<'m> Engine<'m> {
                 i += 1;
                 continue;
             };
-            let token = {
-                let ctx = self.ctx.as_ref().expect("the pool exists outside a resize");
-                self.slots[i].picker.pick(ctx, at)
+            self.slots[i].counts.steps += 1;
+            // The model's token after `next`, then, while it is the drafted
+            // one, the token after that draft (already in the batch), and
+            // so on: each is the argmax after the tokens before it, as
+            // decoding one at a time would pick.
+            let mut accepted = 0;
+            let (token, mut finish) = loop {
+                let at = if accepted == 0 {
+                    at
+                } else {
+                    self.slots[i].draft_at[accepted - 1]
+                };
+                let token = {
+                    let ctx = self.ctx.as_ref().expect("the pool exists outside a resize");
+                    self.slots[i].picker.pick(ctx, at)
+                };
+                let finish = self.emit(i, token, at, out)?;
+                let slot = &self.slots[i];
+                if finish.is_some()
+                    || accepted == slot.drafts.len()
+                    || token != slot.drafts[accepted]
+                {
+                    break (token, finish);
+                }
+                accepted += 1;
             };
+            self.settle_drafts(i, accepted);
             let slot = &mut self.slots[i];
-            let now = Instant::now();
-            slot.first_token.get_or_insert(now);
-            slot.generated += 1;
-            self.generated_total += 1;
-            let vocab = self.model.vocab();
-            if let (Some(top), false) = (slot.logprobs, vocab.is_eog(token)) {
-                let ctx = self.ctx.as_ref().expect("the pool exists outside a resize");
-                let tokens = vec![token_logprobs(
-                    self.model,
-                    ctx.get_logits_ith(at),
-                    token,
-                    top,
-                )];
-                write_frame(
-                    out,
-                    &Event::Logprobs {
-                        id: slot.id,
-                        tokens,
-                    },
-                )?;
-            }
-            let mut finish = None;
-            if vocab.is_eog(token) {
-                finish = Some(FinishReason::Stop);
-            } else {
-                let bytes = vocab.token_to_piece(token, false, None);
-                let mut piece = String::with_capacity(bytes.len() + 4);
-                let _ = slot.utf8.decode_to_string(&bytes, &mut piece, false);
-                match slot.stop.push(&piece) {
-                    StopStep::Emit(text) => {
-                        if !text.is_empty() {
-                            write_frame(out, &Event::Token { id: slot.id, text })?;
-                        }
-                    }
-                    StopStep::Stop(text) => {
-                        if !text.is_empty() {
-                            write_frame(out, &Event::Token { id: slot.id, text })?;
-                        }
-                        finish = Some(FinishReason::Stop);
-                    }
-                }
-                if finish.is_none() && slot.generated >= slot.max_tokens {
-                    finish = Some(FinishReason::Length);
-                }
-            }
             if finish.is_none() {
                 slot.next = Some(token);
                 // The next token needs a position inside the sequence's
@@ -1723,6 +1741,145 @@ impl<'m> Engine<'m> {
             self.pool_full(short, out)?;
         }
         Ok(true)
+    }
+
+    /// Reports `token`, drawn for slot `i` from the logits at batch index
+    /// `at`: its log-probabilities, its text (through the stop strings), and
+    /// whether it ends the generation (an end token, a stop string,
+    /// `max_tokens`).
+    fn emit(
+        &mut self,
+        i: usize,
+        token: LlamaToken,
+        at: i32,
+        out: &mut impl Write,
+    ) -> Result<Option<FinishReason>, WorkerError> {
+        let slot = &mut self.slots[i];
+        let now = Instant::now();
+        slot.first_token.get_or_insert(now);
+        slot.generated += 1;
+        self.generated_total += 1;
+        let vocab = self.model.vocab();
+        if let (Some(top), false) = (slot.logprobs, vocab.is_eog(token)) {
+            let ctx = self.ctx.as_ref().expect("the pool exists outside a resize");
+            let tokens = vec![token_logprobs(
+                self.model,
+                ctx.get_logits_ith(at),
+                token,
+                top,
+            )];
+            write_frame(
+                out,
+                &Event::Logprobs {
+                    id: slot.id,
+                    tokens,
+                },
+            )?;
+        }
+        let mut finish = None;
+        if vocab.is_eog(token) {
+            finish = Some(FinishReason::Stop);
+        } else {
+            let bytes = vocab.token_to_piece(token, false, None);
+            let mut piece = String::with_capacity(bytes.len() + 4);
+            let _ = slot.utf8.decode_to_string(&bytes, &mut piece, false);
+            match slot.stop.push(&piece) {
+                StopStep::Emit(text) => {
+                    if !text.is_empty() {
+                        write_frame(out, &Event::Token { id: slot.id, text })?;
+                    }
+                }
+                StopStep::Stop(text) => {
+                    if !text.is_empty() {
+                        write_frame(out, &Event::Token { id: slot.id, text })?;
+                    }
+                    finish = Some(FinishReason::Stop);
+                }
+            }
+            if finish.is_none() && slot.generated >= slot.max_tokens {
+                finish = Some(FinishReason::Length);
+            }
+        }
+        Ok(finish)
+    }
+
+    /// Drafts tokens for the running generations that may
+    /// ([`Slot::speculative`]) and places them in the batch after their
+    /// next token, each with its own logits. Drafts come last, so they use
+    /// only what the running tokens and the prompt chunks left of the batch
+    /// and of the free cells (`free`): drafting never holds up a prompt or
+    /// drops a cached sequence. A draft stays inside its sequence's context
+    /// and never reaches past `max_tokens`. The drafted tokens carry only
+    /// their own sequence's id, so in the unified pool no other sequence
+    /// attends to them, and [`Engine::settle_drafts`] removes the rejected
+    /// ones before the next decode.
+    fn place_drafts(&mut self, capacity: usize, mut free: usize) {
+        let mut budget = draft::MAX_DRAFTS_PER_BATCH;
+        for slot in self.slots.iter_mut() {
+            if !slot.speculative || slot.logits_at.is_none() || slot.next.is_none() {
+                continue;
+            }
+            let room = capacity.saturating_sub(self.batch.n_tokens() as usize);
+            let seq = &mut self.seqs[slot.seq];
+            // Tokens the answer may still have after `next`'s successor.
+            let answer_left = slot.max_tokens.saturating_sub(slot.generated + 1) as usize;
+            let context_left = (self.context as usize).saturating_sub(seq.tokens.len());
+            let most = room
+                .min(free)
+                .min(budget)
+                .min(answer_left)
+                .min(context_left);
+            if most == 0 || slot.draft_length.paused() {
+                // A paused generation's step still counts down.
+                slot.draft_length.want();
+                continue;
+            }
+            let want = slot.draft_length.want().min(most);
+            let found = draft::lookup(&seq.tokens, draft::NGRAM_MIN, draft::NGRAM_MAX, want);
+            if found.is_empty() {
+                continue;
+            }
+            slot.drafts.extend_from_slice(found);
+            for &tok in &slot.drafts {
+                let at = self.batch.n_tokens();
+                self.batch
+                    .add(tok, seq.tokens.len() as i32, &[slot.seq as i32], true)
+                    .expect("drafts fit the room left in the batch");
+                seq.push(tok);
+                slot.draft_at.push(at);
+            }
+            free -= slot.drafts.len();
+            budget -= slot.drafts.len();
+        }
+    }
+
+    /// After slot `i`'s step: its first `accepted` drafts were the model's
+    /// own tokens and stay; the cells of the others leave the pool, so the
+    /// sequence holds what decoding one token at a time would have put
+    /// there.
+    fn settle_drafts(&mut self, i: usize, accepted: usize) {
+        let slot = &mut self.slots[i];
+        if slot.drafts.is_empty() {
+            return;
+        }
+        let proposed = slot.drafts.len();
+        slot.draft_length.record(proposed, accepted);
+        slot.counts.proposed += proposed as u32;
+        slot.counts.accepted += accepted as u32;
+        let keep = slot.draft_base + 1 + accepted;
+        let seq_id = slot.seq;
+        let seq = &mut self.seqs[seq_id];
+        if seq.tokens.len() > keep {
+            seq.tokens.truncate(keep);
+            seq.exact = seq.exact.min(keep);
+            // llama.cpp refuses to remove part of a sequence only from a
+            // recurrent model's state, and those never draft (`can_draft`).
+            let _ = self
+                .ctx
+                .as_mut()
+                .expect("the pool exists outside a resize")
+                .kv_cache_seq_rm(seq_id as i32, Some(keep as u32), None);
+        }
     }
 
     /// Most tokens one decode may take: llama.cpp's batch, which it caps at
@@ -2047,6 +2204,9 @@ impl<'m> Engine<'m> {
             shifted_tokens: slot.shifted,
             kept_tokens: slot.n_keep as u32,
             dropped_messages: slot.dropped_messages,
+            draft_tokens: slot.counts.proposed,
+            draft_accepted_tokens: slot.counts.accepted,
+            decode_steps: slot.counts.steps,
         };
         write_frame(
             out,

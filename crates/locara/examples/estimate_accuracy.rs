@@ -350,6 +350,7 @@ fn raw(id: u64, words: u32, max_tokens: u32) -> GenerateRequest {
         truncate: false,
         // Each fill writes its own cells, as it did before prefix reuse.
         cache_prompt: false,
+        speculative: true,
     }
 }
 

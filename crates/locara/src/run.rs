@@ -377,6 +377,19 @@ impl Session<'_> {
             s.decode_tps(),
             answer.finish.as_str()
         );
+        if let Some(per_step) = s.tokens_per_step() {
+            // Speculative decoding: how many tokens each decode gave.
+            match s.acceptance_rate() {
+                Some(rate) => eprintln!(
+                    "speculative: {} drafted tokens, {} accepted ({:.0} %); {:.2} tokens per decode step",
+                    s.draft_tokens,
+                    s.draft_accepted_tokens,
+                    rate * 100.0,
+                    per_step
+                ),
+                None => eprintln!("speculative: nothing drafted; {per_step:.2} tokens per decode step"),
+            }
+        }
         let m = match crate::serve::model_status(&self.url, &self.auth, &self.model) {
             Ok(Some(m)) => m,
             Ok(None) => return eprintln!("{} is no longer loaded", self.model),
@@ -525,6 +538,11 @@ fn daemon_generate(
         if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
             stats.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as u32;
             stats.generated_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as u32;
+            let s = &v["locara"]["speculative"];
+            let count = |key: &str| s[key].as_u64().unwrap_or(0) as u32;
+            stats.draft_tokens = count("draft_tokens");
+            stats.draft_accepted_tokens = count("draft_accepted_tokens");
+            stats.decode_steps = count("decode_steps");
         }
     }
     // Times seen from here: prefill is the wait for the first text (which

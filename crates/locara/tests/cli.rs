@@ -109,6 +109,9 @@ fn run_takes_the_prompt_from_stdin_and_a_model_name_first() {
         "prefill:",
         "decode:",
         "tokens/s",
+        // Speculative decoding's figures, from the answer's `locara` field.
+        "speculative:",
+        "tokens per decode step",
         "footprint",
         "RSS",
     ] {

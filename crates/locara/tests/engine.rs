@@ -218,6 +218,7 @@ fn stop_strings_end_the_answer_before_them() {
             n_keep: None,
             truncate: true,
             cache_prompt: true,
+            speculative: true,
         }))
         .unwrap();
     let (text, _, finish, _) = collect(&worker, 1);
@@ -439,6 +440,7 @@ fn request(id: u64, prompt: Prompt, max_tokens: u32) -> GenerateRequest {
         n_keep: None,
         truncate: true,
         cache_prompt: true,
+        speculative: true,
     }
 }
 

@@ -56,6 +56,7 @@ fn run(worker: &Worker, id: u64, text: &str, sampling: Sampling, max_tokens: u32
             n_keep: None,
             truncate: true,
             cache_prompt: false,
+            speculative: true,
         }))
         .unwrap();
     let mut answer = Answer {

@@ -346,6 +346,7 @@ fn turn(worker: &Worker, id: u64, messages: &[ChatMessage], max_tokens: u32) -> 
         n_keep: None,
         truncate: false,
         cache_prompt: true,
+        speculative: true,
     }))?;
     let (mut first, mut text) = (None, String::new());
     loop {

@@ -1,6 +1,7 @@
 //! Responses in OpenAI's shapes: whole answers, stream chunks and the model
 //! list, plus Locara's `locara` field ([`ContextReport`]): the prompt tokens
-//! reused from the cache and what was left out to fit the context. A whole
+//! reused from the cache, what was left out to fit the context, and what
+//! speculative decoding drafted. A whole
 //! answer has it at the top level (and the [`CONTEXT_HEADER`] when something
 //! was left out); a stream has it in its last chunk (the one with the finish
 //! reason) and its usage chunk. `usage` carries OpenAI's
@@ -71,6 +72,11 @@ pub struct ContextReport {
     /// Tokens at the start that a context shift keeps (the system prompt,
     /// as the template renders it).
     pub kept_tokens: u32,
+    /// Speculative decoding: drafted tokens the model checked, those it
+    /// kept, and the decodes the answer took (`GenerationStats`).
+    pub draft_tokens: u32,
+    pub draft_accepted_tokens: u32,
+    pub decode_steps: u32,
 }
 
 impl ContextReport {
@@ -80,6 +86,9 @@ impl ContextReport {
             dropped_messages: stats.dropped_messages,
             shifted_tokens: stats.shifted_tokens,
             kept_tokens: stats.kept_tokens,
+            draft_tokens: stats.draft_tokens,
+            draft_accepted_tokens: stats.draft_accepted_tokens,
+            decode_steps: stats.decode_steps,
         }
     }
 
@@ -89,13 +98,19 @@ impl ContextReport {
         self.dropped_messages > 0 || self.shifted_tokens > 0
     }
 
-    /// `{"prompt_cached_tokens","dropped_messages","shifted_tokens","kept_tokens"}`.
+    /// `{"prompt_cached_tokens","dropped_messages","shifted_tokens","kept_tokens",
+    /// "speculative":{"draft_tokens","draft_accepted_tokens","decode_steps"}}`.
     pub fn to_json(self) -> Value {
         json!({
             "prompt_cached_tokens": self.prompt_cached_tokens,
             "dropped_messages": self.dropped_messages,
             "shifted_tokens": self.shifted_tokens,
             "kept_tokens": self.kept_tokens,
+            "speculative": {
+                "draft_tokens": self.draft_tokens,
+                "draft_accepted_tokens": self.draft_accepted_tokens,
+                "decode_steps": self.decode_steps,
+            },
         })
     }
 
@@ -495,10 +510,14 @@ mod tests {
             dropped_messages: 2,
             shifted_tokens: 0,
             kept_tokens: 6,
+            draft_tokens: 12,
+            draft_accepted_tokens: 9,
+            decode_steps: 5,
         };
         let locara = json!({
             "prompt_cached_tokens": 4, "dropped_messages": 2,
             "shifted_tokens": 0, "kept_tokens": 6,
+            "speculative": {"draft_tokens": 12, "draft_accepted_tokens": 9, "decode_steps": 5},
         });
         let finished = read_chunk(&chat_last_chunk(id, t, m, "stop", report));
         assert_eq!(finished["choices"], chunks[3]["choices"]);
@@ -587,6 +606,7 @@ mod tests {
                 "locara": {
                     "prompt_cached_tokens": 12, "dropped_messages": 1,
                     "shifted_tokens": 0, "kept_tokens": 7,
+                    "speculative": {"draft_tokens": 0, "draft_accepted_tokens": 0, "decode_steps": 0},
                 },
             })
         );
