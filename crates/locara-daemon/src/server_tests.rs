@@ -1015,8 +1015,11 @@ async fn on_battery_workers_get_fewer_threads_requests_a_cap_and_drafting_stops(
     );
     let capped = d.send(ask).await;
     assert_eq!(capped.status(), StatusCode::OK);
-    let last = d.engine.requests().last().cloned().unwrap();
+    let asked = d.engine.requests();
+    assert!(asked[0].speculative, "drafting is allowed on mains power");
+    let last = asked.last().cloned().unwrap();
     assert_eq!(last.max_tokens, Some(512));
+    assert!(!last.speculative, "no drafting on battery");
 
     let status: Value =
         serde_json::from_str(&body_text(d.send(get("/locara/v1/status", None)).await).await)

@@ -505,6 +505,10 @@ impl Task {
                 }
                 Effect::SetDrafting { allowed } => {
                     self.drafting.send_replace(allowed);
+                    // Generations that start from now on draft or not.
+                    for (_, host) in self.hosts.values() {
+                        host.set_speculative(allowed);
+                    }
                 }
                 Effect::Publish(event) => {
                     let _ = self.events.send(event);
@@ -909,6 +913,7 @@ impl Task {
                     .model(&model)
                     .is_some_and(|m| m.instance == instance);
                 if wanted {
+                    host.set_speculative(self.controller.drafting_allowed());
                     self.hosts.insert(model.clone(), (instance, host));
                 } else {
                     self.stopping
