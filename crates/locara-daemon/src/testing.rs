@@ -474,6 +474,7 @@ pub(crate) fn synthetic_settings(
 /// unless `extra` names one, listening (for the
 /// Host check) on `listen`, allowing `origins`; `tokenless` lets every
 /// caller in as admin.
+#[cfg(test)]
 pub fn app_state(
     home: &std::path::Path,
     names: &[&str],
