@@ -1165,9 +1165,15 @@ mod tests {
             g.contains(r#"fn-0 ::= "\"get_weather\"" ws "," ws "\"arguments\"" ws ":" ws t0-obj-"#),
             "{g}"
         );
-        assert!(g.contains(r#"t1-kv-0 ::= "\"a\"" ws ":" ws integer ws"#), "{g}");
+        assert!(
+            g.contains(r#"t1-kv-0 ::= "\"a\"" ws ":" ws integer ws"#),
+            "{g}"
+        );
         // A function without parameters takes the empty object.
-        assert!(g.contains(r#"fn-2 ::= "\"now\"" ws "," ws "\"arguments\"" ws ":" ws "{" ws "}""#), "{g}");
+        assert!(
+            g.contains(r#"fn-2 ::= "\"now\"" ws "," ws "\"arguments\"" ws ":" ws "{" ws "}""#),
+            "{g}"
+        );
         // Every rule is defined once.
         let mut names: Vec<&str> = g.lines().filter_map(|l| l.split(" ::= ").next()).collect();
         let count = names.len();
@@ -1177,29 +1183,40 @@ mod tests {
         assert!(!g.contains("text"), "{g}");
 
         let several = tool_calls(&tools, true, 4).unwrap();
-        assert!(several.starts_with("root ::= call ( ws call ){0,3} | text\n"), "{several}");
-        assert!(several.contains("text ::= | [^<] .* | \"<\" text-1\n"), "{several}");
+        assert!(
+            several.starts_with("root ::= call ( ws call ){0,3} | text\n"),
+            "{several}"
+        );
+        assert!(
+            several.contains("text ::= | [^<] .* | \"<\" text-1\n"),
+            "{several}"
+        );
         assert!(several.contains("text-10 ::= | [^>] .*\n"), "{several}");
         // The cap holds whatever is asked.
         assert!(tool_calls(&tools, false, 1000)
             .unwrap()
-            .starts_with(&format!("root ::= call ( ws call ){{0,{}}}\n", MAX_TOOL_CALLS - 1)));
+            .starts_with(&format!(
+                "root ::= call ( ws call ){{0,{}}}\n",
+                MAX_TOOL_CALLS - 1
+            )));
     }
 
     #[test]
     fn a_tool_schema_that_is_not_an_object_or_not_enforceable_names_the_function() {
         let good = schema(r#"{"type":"object"}"#);
         let text = schema(r#"{"type":"string"}"#);
-        let pattern = schema(
-            r#"{"type":"object","properties":{"id":{"type":"string","pattern":"^a"}}}"#,
-        );
+        let pattern =
+            schema(r#"{"type":"object","properties":{"id":{"type":"string","pattern":"^a"}}}"#);
         let spec = |parameters| ToolSpec {
             name: "f",
             parameters: Some(parameters),
         };
         let err = tool_calls(&[spec(&good), spec(&text)], true, 1).unwrap_err();
         assert_eq!(err.index, 1);
-        assert!(err.error.to_string().contains("must be an object schema"), "{err}");
+        assert!(
+            err.error.to_string().contains("must be an object schema"),
+            "{err}"
+        );
         let err = tool_calls(&[spec(&pattern)], true, 1).unwrap_err();
         assert_eq!(err.index, 0);
         assert_eq!(err.error.keyword(), Some("pattern"));
