@@ -414,13 +414,14 @@ fn call_text(name: &str, arguments: &str) -> String {
     )
 }
 
+/// An earlier call: its id (OpenAI's; Ollama's calls have none) and its
+/// function's name.
+pub type CallRef = (Option<String>, String);
+
 /// An assistant message's `tool_calls` (OpenAI's, arguments a JSON string,
 /// or Ollama's, arguments an object): the text the prompt shows after its
 /// content, and each call's id and name (for the results that follow).
-pub fn read_assistant_calls(
-    at: &str,
-    calls: &Value,
-) -> Result<(String, Vec<(Option<String>, String)>), ApiError> {
+pub fn read_assistant_calls(at: &str, calls: &Value) -> Result<(String, Vec<CallRef>), ApiError> {
     let at = format!("{at}.tool_calls");
     let Value::Array(calls) = calls else {
         return Err(ApiError::invalid(
@@ -496,7 +497,7 @@ pub fn tool_response(name: Option<&str>, content: &str) -> String {
 pub struct CallNames(HashMap<String, String>);
 
 impl CallNames {
-    pub fn add(&mut self, calls: &[(Option<String>, String)]) {
+    pub fn add(&mut self, calls: &[CallRef]) {
         for (id, name) in calls {
             if let Some(id) = id {
                 self.0.insert(id.clone(), name.clone());
