@@ -28,6 +28,7 @@
 
 use crate::host::{Embedded, Generation, StreamEvent};
 use crate::metrics::{Gauges, KvPoolGauges, ModelGauges, CONTENT_TYPE};
+use crate::openai::tools::{Call, CallParser, Piece};
 use crate::openai::{self, ApiError, ContextReport, DaemonError, Delta, GenerationParams, Usage};
 use crate::runtime::{Lease, ModelWish, Runtime, Status};
 use crate::store::{Catalog, Store};
@@ -792,6 +793,9 @@ pub(crate) struct Run {
     /// Characters of text the legacy (`/v1/completions`) log-probabilities
     /// have covered: their `text_offset`.
     text_offset: usize,
+    /// Reads the answer into text and tool calls, when the request has
+    /// tools.
+    calls: Option<CallParser>,
     /// Tokens streamed so far, and the most allowed once the pressure
     /// ladder caps the remaining tokens of in-flight responses.
     tokens: u32,
@@ -862,6 +866,63 @@ impl Run {
                 );
             }
         }
+    }
+
+    /// What a piece of generated text is: text, or parts of tool calls
+    /// (some text may be held back until it is known which).
+    pub(crate) fn pieces(&mut self, text: &str) -> Vec<Piece> {
+        match &mut self.calls {
+            Some(parser) => parser.feed(text),
+            None => vec![Piece::Text(text.to_owned())],
+        }
+    }
+
+    /// Text held back at the end of the answer.
+    pub(crate) fn last_pieces(&mut self) -> Vec<Piece> {
+        self.calls
+            .as_mut()
+            .map(CallParser::finish)
+            .unwrap_or_default()
+    }
+
+    /// The tool calls read from the answer so far.
+    pub(crate) fn calls(&self) -> &[Call] {
+        self.calls.as_ref().map_or(&[], CallParser::calls)
+    }
+
+    /// OpenAI's finish reason (`tool_calls` when the model ended an answer
+    /// that called tools).
+    fn finish_reason(&self, finish: FinishReason) -> &'static str {
+        openai::tool_finish_reason(finish, !self.calls().is_empty())
+    }
+
+    /// The stream chunks of a piece of the answer.
+    fn piece_chunks(&mut self, piece: &Piece) -> Option<String> {
+        match piece {
+            Piece::Text(text) => Some(self.chunk(text)),
+            Piece::CallStart { index, name } => {
+                let id = self.calls()[*index].id.clone();
+                Some(self.delta_chunk(Delta::CallStart {
+                    index: *index,
+                    id: &id,
+                    name,
+                }))
+            }
+            Piece::Arguments { index, text } => Some(self.delta_chunk(Delta::Arguments {
+                index: *index,
+                text,
+            })),
+            Piece::CallEnd { .. } => None,
+        }
+    }
+
+    /// A chat chunk, with the log-probabilities of its tokens.
+    fn delta_chunk(&mut self, delta: Delta<'_>) -> String {
+        let mut chunk = openai::chat_chunk_json(&self.id, self.created, &self.model, delta, None);
+        if let Some(logprobs) = self.take_logprobs() {
+            openai::set_logprobs(&mut chunk, logprobs);
+        }
+        chunk.to_string()
     }
 
     /// The `logprobs` of the pending tokens in the endpoint's shape (and
@@ -973,6 +1034,7 @@ async fn generate(
         }
     }
     let logprobs = params.sampling.logprobs.is_some();
+    let calls = params.tools.map(CallParser::new);
     let mut generation = lease.host.generate(
         prompt,
         params.sampling,
@@ -1015,6 +1077,7 @@ async fn generate(
         logprobs,
         pending_logprobs: Vec::new(),
         text_offset: 0,
+        calls,
         tokens: 0,
         token_limit: None,
         generation,
@@ -1031,13 +1094,24 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
     let mut next = Some(first);
     loop {
         match next {
-            Some(StreamEvent::Token(t)) => text.push_str(&t),
+            Some(StreamEvent::Token(t)) => {
+                for piece in run.pieces(&t) {
+                    if let Piece::Text(t) = piece {
+                        text.push_str(&t);
+                    }
+                }
+            }
             Some(StreamEvent::Logprobs(tokens)) => run.pending_logprobs.extend(tokens),
             Some(StreamEvent::Done { finish, stats }) => {
+                for piece in run.last_pieces() {
+                    if let Piece::Text(t) = piece {
+                        text.push_str(&t);
+                    }
+                }
                 run.finished(Some(finish), Some(&stats));
                 let usage = Usage::from_stats(&stats);
                 let report = ContextReport::from_stats(&stats);
-                let reason = openai::finish_reason(finish);
+                let reason = run.finish_reason(finish);
                 let mut body = match run.endpoint {
                     Endpoint::Chat => openai::chat_completion(
                         &run.id,
@@ -1061,6 +1135,7 @@ async fn collect_response(mut run: Run, first: StreamEvent) -> Result<Response, 
                 if let Some(logprobs) = run.take_logprobs() {
                     openai::set_logprobs(&mut body, logprobs);
                 }
+                openai::set_tool_calls(&mut body, run.calls());
                 let mut response = Json(body).into_response();
                 // Digits, letters, `_`, `=`, `,` and spaces: always a valid value.
                 if let Some(value) = report
@@ -1124,7 +1199,9 @@ fn stream_response(
         };
         match event {
             Some(StreamEvent::Token(t)) => {
-                out.push(run.chunk(&t));
+                for piece in run.pieces(&t) {
+                    out.extend(run.piece_chunks(&piece));
+                }
                 return Some((out, Phase::Next(run)));
             }
             // Sent with the text they belong to.
@@ -1133,9 +1210,13 @@ fn stream_response(
                 return Some((out, Phase::Next(run)));
             }
             Some(StreamEvent::Done { finish, stats }) => {
+                for piece in run.last_pieces() {
+                    out.extend(run.piece_chunks(&piece));
+                }
                 run.finished(Some(finish), Some(&stats));
                 let report = ContextReport::from_stats(&stats);
-                out.push(run.last_chunk(openai::finish_reason(finish), report));
+                let reason = run.finish_reason(finish);
+                out.push(run.last_chunk(reason, report));
                 if run.include_usage {
                     out.push(run.usage_chunk(Usage::from_stats(&stats), report));
                 }

@@ -16,6 +16,10 @@ use tower::ServiceExt;
 #[path = "api_tests.rs"]
 mod api_tests;
 
+// Tool calling on both APIs, with these helpers.
+#[path = "tools_tests.rs"]
+mod tools_tests;
+
 /// The address the daemon says it listens on; nothing is bound.
 const LISTEN: &str = "127.0.0.1:11480";
 

@@ -81,6 +81,9 @@ pub fn fake_embedding(input: &EmbedInput) -> (Vec<f32>, u32) {
 pub struct FakeEngine {
     pub tokens: u32,
     stall: bool,
+    /// The tokens every generation yields instead, ending as `stop` (see
+    /// [`FakeEngine::scripted`]).
+    script: Option<Vec<String>>,
     /// What every `Done` reports, but `generated_tokens` and
     /// `dropped_messages` (see [`FakeEngine::reporting`]).
     stats: GenerationStats,
@@ -96,6 +99,7 @@ impl FakeEngine {
         Arc::new(FakeEngine {
             tokens,
             stall: false,
+            script: None,
             stats: GenerationStats {
                 prompt_tokens: 1,
                 prefill_ms: 1.0,
@@ -113,6 +117,15 @@ impl FakeEngine {
     pub fn stalling(tokens: u32) -> Arc<FakeEngine> {
         let mut engine = FakeEngine::new(tokens);
         Arc::get_mut(&mut engine).expect("not shared yet").stall = true;
+        engine
+    }
+
+    /// Workers whose generations yield these tokens (a tool call, say) and
+    /// end as `stop`; as `length` when `max_tokens` cuts them first.
+    pub fn scripted(tokens: &[&str]) -> Arc<FakeEngine> {
+        let mut engine = FakeEngine::new(u32::try_from(tokens.len()).unwrap_or(u32::MAX));
+        Arc::get_mut(&mut engine).expect("not shared yet").script =
+            Some(tokens.iter().map(|t| (*t).to_owned()).collect());
         engine
     }
 
@@ -253,6 +266,7 @@ impl Engine for FakeEngine {
             pid: self.next_pid.fetch_add(1, Ordering::SeqCst),
             tokens: self.tokens,
             stall: self.stall,
+            script: self.script.clone(),
             stats: self.stats.clone(),
             requests: Arc::clone(&self.requests),
             taken: Mutex::default(),
@@ -269,6 +283,7 @@ struct FakeLink {
     pid: u32,
     tokens: u32,
     stall: bool,
+    script: Option<Vec<String>>,
     stats: GenerationStats,
     requests: Arc<Mutex<Vec<GenerateRequest>>>,
     /// Every request this worker took.
@@ -354,17 +369,23 @@ impl WorkerLink for FakeLink {
                             tokens: vec![fake_logprobs(i, top)],
                         });
                     }
-                    emit(Event::Token {
-                        id: g.id,
-                        text: format!("t{i} "),
-                    });
+                    let text = match &self.script {
+                        Some(script) => script[i as usize].clone(),
+                        None => format!("t{i} "),
+                    };
+                    emit(Event::Token { id: g.id, text });
                 }
                 if self.stall {
                     return Ok(());
                 }
+                let finished = self.script.as_ref().is_some_and(|s| n as usize == s.len());
                 emit(Event::Done {
                     id: g.id,
-                    finish: FinishReason::Length,
+                    finish: if finished {
+                        FinishReason::Stop
+                    } else {
+                        FinishReason::Length
+                    },
                     stats: GenerationStats {
                         generated_tokens: n,
                         dropped_messages: self.stats.dropped_messages + u32::from(too_long),

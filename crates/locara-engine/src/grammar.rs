@@ -42,6 +42,14 @@
 //! escapes in strings, so that every character of a string is one code
 //! point as `minLength` and `maxLength` count them).
 //!
+//! # Tool calls
+//!
+//! [`tool_calls`] builds the grammar of an answer that calls functions:
+//! `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, one or
+//! several, each function's arguments under its own parameters' schema
+//! (the same subset, rules kept apart by a prefix), optionally with plain
+//! text as the other choice (text that does not begin with the tag).
+//!
 //! ```
 //! use locara_engine::grammar::{json_schema, Json};
 //!
@@ -102,6 +110,13 @@ impl Json {
             Json::Array(_) => Kind::Array,
             Json::Object(_) => Kind::Object,
         }
+    }
+
+    /// Compact JSON text, keys in their order.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
     }
 
     /// Compact JSON text.
@@ -333,6 +348,7 @@ pub fn json_object() -> String {
 pub fn json_schema(schema: &Json) -> Result<String, SchemaError> {
     let mut b = Builder {
         root: schema,
+        prefix: "",
         rules: Vec::new(),
         refs: HashMap::new(),
     };
@@ -343,6 +359,152 @@ pub fn json_schema(schema: &Json) -> Result<String, SchemaError> {
     }
     out.push_str(BASE_RULES);
     Ok(out)
+}
+
+/// What opens a tool call in an answer (the tag of the Hermes and Qwen
+/// formats, which small instruction models have often seen).
+pub const TOOL_CALL_OPEN: &str = "<tool_call>";
+
+/// What closes a tool call.
+pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
+
+/// Most calls one answer may hold when several are allowed: the grammar
+/// must end somewhere, or a small model could call functions until its
+/// tokens run out.
+pub const MAX_TOOL_CALLS: u32 = 8;
+
+/// A function a tool call may name.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolSpec<'a> {
+    /// Its name, written as it is between quotes (the caller checks it
+    /// needs no JSON escape).
+    pub name: &'a str,
+    /// The JSON Schema of its arguments, an object schema; `None`: it takes
+    /// none (`{}`).
+    pub parameters: Option<&'a Json>,
+}
+
+/// A tool schema the converter cannot take: which function (its index in
+/// the list given to [`tool_calls`]) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("function {index}: {error}")]
+pub struct ToolSchemaError {
+    pub index: usize,
+    pub error: SchemaError,
+}
+
+/// A grammar for an answer made of tool calls, each
+/// `<tool_call>{"name": NAME, "arguments": ARGS}</tool_call>` (whitespace
+/// allowed between the parts) where NAME is one of `tools` and ARGS
+/// validates against its parameters' schema. At most `max_calls` calls
+/// (1 to [`MAX_TOOL_CALLS`]).
+///
+/// `text_allowed` (the `auto` tool choice): the answer may instead be
+/// plain text, any text that does not begin with [`TOOL_CALL_OPEN`]. So a
+/// call comes first or not at all, and once the answer begins with the
+/// tag it must be well-formed calls to its end.
+pub fn tool_calls(
+    tools: &[ToolSpec<'_>],
+    text_allowed: bool,
+    max_calls: u32,
+) -> Result<String, ToolSchemaError> {
+    assert!(!tools.is_empty(), "a tool grammar needs a function");
+    let no_arguments = Json::Object(vec![
+        ("type".to_owned(), Json::String("object".to_owned())),
+        ("properties".to_owned(), Json::Object(Vec::new())),
+        ("additionalProperties".to_owned(), Json::Bool(false)),
+    ]);
+    let mut rules: Vec<(String, String)> = Vec::new();
+    let mut functions = Vec::with_capacity(tools.len());
+    for (index, tool) in tools.iter().enumerate() {
+        let schema = tool.parameters.unwrap_or(&no_arguments);
+        let fail = |error| ToolSchemaError { index, error };
+        match schema {
+            Json::Object(_) if schema.get("type") == Some(&Json::String("object".into())) => {}
+            Json::Object(_) => {
+                return Err(fail(invalid(
+                    "",
+                    "a function's parameters must be an object schema: {\"type\": \"object\", ...}",
+                )))
+            }
+            _ => return Err(fail(invalid("", "a schema must be an object"))),
+        }
+        let prefix = format!("t{index}-");
+        let mut b = Builder {
+            root: schema,
+            prefix: &prefix,
+            rules: Vec::new(),
+            refs: HashMap::new(),
+        };
+        let arguments = b.visit(schema, "").map_err(fail)?;
+        rules.append(&mut b.rules);
+        let mut name = String::new();
+        Json::String(tool.name.to_owned()).write(&mut name);
+        let rule = format!("fn-{index}");
+        rules.push((
+            rule.clone(),
+            format!(
+                "{} ws \",\" ws \"\\\"arguments\\\"\" ws \":\" ws {arguments}",
+                literal(&name)
+            ),
+        ));
+        functions.push(rule);
+    }
+    let max_calls = max_calls.clamp(1, MAX_TOOL_CALLS);
+    let calls = if max_calls == 1 {
+        "call".to_owned()
+    } else {
+        format!("call ( ws call ){{0,{}}}", max_calls - 1)
+    };
+    let root = if text_allowed {
+        format!("{calls} | text")
+    } else {
+        calls
+    };
+    let mut out = format!("{ROOT} ::= {root}\n");
+    let _ = writeln!(
+        out,
+        "call ::= {} ws \"{{\" ws \"\\\"name\\\"\" ws \":\" ws ( {} ) ws \"}}\" ws {}",
+        literal(TOOL_CALL_OPEN),
+        functions.join(" | "),
+        literal(TOOL_CALL_CLOSE)
+    );
+    if text_allowed {
+        out.push_str(&not_beginning_with("text", TOOL_CALL_OPEN));
+    }
+    for (name, body) in &rules {
+        let _ = writeln!(out, "{name} ::= {body}");
+    }
+    out.push_str(BASE_RULES);
+    Ok(out)
+}
+
+/// Rules `{name}` (and `{name}-1`, ...) for any text that does not begin
+/// with `marker` (the empty text included): at each place of the marker
+/// the text may end, leave the marker with another character, or go on
+/// with the marker's next one; after the whole marker but its last
+/// character, only another character may follow.
+fn not_beginning_with(name: &str, marker: &str) -> String {
+    let chars: Vec<char> = marker.chars().collect();
+    let mut out = String::new();
+    for (i, c) in chars.iter().enumerate() {
+        let this = if i == 0 {
+            name.to_owned()
+        } else {
+            format!("{name}-{i}")
+        };
+        let class = match c {
+            '\\' | ']' | '^' | '-' => format!("[^\\{c}]"),
+            c => format!("[^{c}]"),
+        };
+        let go_on = if i + 1 < chars.len() {
+            format!(" | {} {name}-{}", literal(&c.to_string()), i + 1)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "{this} ::= | {class} .*{go_on}");
+    }
+    out
 }
 
 /// The JSON types, with `integer` counted as `number` (the kinds two
@@ -431,6 +593,9 @@ impl Type {
 struct Builder<'a> {
     /// The whole schema, for `$ref`.
     root: &'a Json,
+    /// Put before every rule name, so that the rules of several schemas
+    /// (a tool grammar's functions) can share one grammar.
+    prefix: &'a str,
     /// Rules made so far, in order: name, body.
     rules: Vec<(String, String)>,
     /// `$ref` targets already given a rule: pointer → rule name.
@@ -519,7 +684,7 @@ impl<'a> Builder<'a> {
 
     /// A fresh rule name (defined later with [`Builder::define`]).
     fn reserve(&mut self, hint: &str) -> String {
-        let name = format!("{hint}-{}", self.rules.len());
+        let name = format!("{}{hint}-{}", self.prefix, self.rules.len());
         self.rules.push((name.clone(), String::new()));
         name
     }
@@ -966,6 +1131,96 @@ mod tests {
 
     fn error(text: &str) -> SchemaError {
         json_schema(&schema(text)).unwrap_err()
+    }
+
+    #[test]
+    fn a_tool_grammar_names_each_function_and_keeps_their_rules_apart() {
+        let weather = schema(
+            r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#,
+        );
+        let add = schema(
+            r#"{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"}},"required":["a","b"],"additionalProperties":false}"#,
+        );
+        let tools = [
+            ToolSpec {
+                name: "get_weather",
+                parameters: Some(&weather),
+            },
+            ToolSpec {
+                name: "add",
+                parameters: Some(&add),
+            },
+            ToolSpec {
+                name: "now",
+                parameters: None,
+            },
+        ];
+        let g = tool_calls(&tools, false, 1).unwrap();
+        assert!(g.starts_with("root ::= call\n"), "{g}");
+        assert!(
+            g.contains(r#"call ::= "<tool_call>" ws "{" ws "\"name\"" ws ":" ws ( fn-0 | fn-1 | fn-2 ) ws "}" ws "</tool_call>""#),
+            "{g}"
+        );
+        assert!(
+            g.contains(r#"fn-0 ::= "\"get_weather\"" ws "," ws "\"arguments\"" ws ":" ws t0-obj-"#),
+            "{g}"
+        );
+        assert!(
+            g.contains(r#"t1-kv-0 ::= "\"a\"" ws ":" ws integer ws"#),
+            "{g}"
+        );
+        // A function without parameters takes the empty object.
+        assert!(
+            g.contains(r#"fn-2 ::= "\"now\"" ws "," ws "\"arguments\"" ws ":" ws "{" ws "}""#),
+            "{g}"
+        );
+        // Every rule is defined once.
+        let mut names: Vec<&str> = g.lines().filter_map(|l| l.split(" ::= ").next()).collect();
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "{g}");
+        assert!(!g.contains("text"), "{g}");
+
+        let several = tool_calls(&tools, true, 4).unwrap();
+        assert!(
+            several.starts_with("root ::= call ( ws call ){0,3} | text\n"),
+            "{several}"
+        );
+        assert!(
+            several.contains("text ::= | [^<] .* | \"<\" text-1\n"),
+            "{several}"
+        );
+        assert!(several.contains("text-10 ::= | [^>] .*\n"), "{several}");
+        // The cap holds whatever is asked.
+        assert!(tool_calls(&tools, false, 1000)
+            .unwrap()
+            .starts_with(&format!(
+                "root ::= call ( ws call ){{0,{}}}\n",
+                MAX_TOOL_CALLS - 1
+            )));
+    }
+
+    #[test]
+    fn a_tool_schema_that_is_not_an_object_or_not_enforceable_names_the_function() {
+        let good = schema(r#"{"type":"object"}"#);
+        let text = schema(r#"{"type":"string"}"#);
+        let pattern =
+            schema(r#"{"type":"object","properties":{"id":{"type":"string","pattern":"^a"}}}"#);
+        let spec = |parameters| ToolSpec {
+            name: "f",
+            parameters: Some(parameters),
+        };
+        let err = tool_calls(&[spec(&good), spec(&text)], true, 1).unwrap_err();
+        assert_eq!(err.index, 1);
+        assert!(
+            err.error.to_string().contains("must be an object schema"),
+            "{err}"
+        );
+        let err = tool_calls(&[spec(&pattern)], true, 1).unwrap_err();
+        assert_eq!(err.index, 0);
+        assert_eq!(err.error.keyword(), Some("pattern"));
+        assert_eq!(err.error.path(), ".properties.id");
     }
 
     #[test]

@@ -92,3 +92,42 @@ fn the_openai_python_client_embeds_a_batch() {
         assert!(stdout.contains("embeddings ok"), "{model}: {stdout}");
     }
 }
+
+/// Tool calling through the `openai` client: a forced call whose arguments
+/// validate (jsonschema) against the function's schema, a required call
+/// streamed as deltas, a round trip with the tool's result, auto, and a
+/// 400 for a keyword the grammar cannot enforce.
+#[test]
+fn the_openai_python_client_calls_tools_and_sends_their_results_back() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let stdout = run_script(
+        "openai_tools.py",
+        &[&format!("{}/v1", d.url), SMOLLM2, &d.token],
+    );
+    for part in [
+        "forced call ok",
+        "streamed call ok",
+        "round trip ok",
+        "auto ok",
+        "refusal ok",
+    ] {
+        assert!(stdout.contains(part), "{part} missing from:\n{stdout}");
+    }
+}
+
+/// Ollama's `format` (a schema, validated; "json") and `tools` (the
+/// model's choice, a call and its result in the history) through the
+/// `ollama` client.
+#[test]
+fn the_ollama_python_client_gets_structured_output_and_tools() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let stdout = run_script("ollama_tools.py", &[&d.url, SMOLLM2, &d.token]);
+    for part in [
+        "format schema ok",
+        "format json ok",
+        "tools ok",
+        "round trip ok",
+    ] {
+        assert!(stdout.contains(part), "{part} missing from:\n{stdout}");
+    }
+}

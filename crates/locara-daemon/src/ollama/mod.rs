@@ -4,8 +4,8 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /api/chat` | chat through the model's template; NDJSON stream by default |
-//! | `POST /api/generate` | a prompt through the template (`raw`: as it is) |
+//! | `POST /api/chat` | chat through the model's template; NDJSON stream by default; `format` (structured output) and `tools` (tool calls) |
+//! | `POST /api/generate` | a prompt through the template (`raw`: as it is); `format` |
 //! | `POST /api/embed` | vectors of a string or strings |
 //! | `GET /api/tags` | the stored models |
 //! | `GET /api/ps` | the loaded models |

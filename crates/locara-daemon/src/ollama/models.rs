@@ -3,6 +3,7 @@
 use super::request::{model_of, parse_chat, parse_embed, parse_generate, GenerateBody};
 use super::{resolve_name, rfc3339, OllamaError, NDJSON, OLLAMA_VERSION};
 use crate::host::StreamEvent;
+use crate::openai::tools::{Call, Piece};
 use crate::openai::{ApiError, DaemonError, ErrorType};
 use crate::runtime::ModelWish;
 use crate::server::{
@@ -197,7 +198,39 @@ fn put_text(line: &mut Map<String, Value>, endpoint: Endpoint, text: &str) {
     }
 }
 
+/// A complete call in Ollama's shape: `{"function": {"index", "name",
+/// "arguments": {object}}}`; `None` for one cut short (its arguments are
+/// no JSON object).
+fn ollama_call(index: usize, call: &Call) -> Option<Value> {
+    if !call.complete {
+        return None;
+    }
+    let arguments: Value = serde_json::from_str(&call.arguments).ok()?;
+    Some(json!({"function": {"index": index, "name": call.name, "arguments": arguments}}))
+}
+
+/// Ollama's `message.tool_calls` of the complete calls; `None` when there
+/// are none.
+fn ollama_calls(calls: &[Call]) -> Option<Value> {
+    let calls: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| ollama_call(i, c))
+        .collect();
+    (!calls.is_empty()).then_some(Value::Array(calls))
+}
+
 impl Shape {
+    /// A streamed line with one finished call (Ollama streams a call
+    /// whole, once it is complete).
+    fn call_line(&self, index: usize, call: &Call) -> Option<Value> {
+        let mut line = head(self.endpoint, &self.model);
+        put_text(&mut line, self.endpoint, "");
+        line["message"]["tool_calls"] = Value::Array(vec![ollama_call(index, call)?]);
+        line.insert("done".into(), false.into());
+        Some(Value::Object(line))
+    }
+
     fn token_line(&self, text: &str) -> Value {
         let mut line = head(self.endpoint, &self.model);
         put_text(&mut line, self.endpoint, text);
@@ -247,14 +280,26 @@ fn nanos(d: Duration) -> u64 {
 async fn whole(shape: Shape, mut run: Run, first: StreamEvent) -> Answer {
     let mut text = String::new();
     let mut next = Some(first);
+    let take_text = |text: &mut String, pieces: Vec<Piece>| {
+        for piece in pieces {
+            if let Piece::Text(t) = piece {
+                text.push_str(&t);
+            }
+        }
+    };
     loop {
         match next {
-            Some(StreamEvent::Token(t)) => text.push_str(&t),
+            Some(StreamEvent::Token(t)) => take_text(&mut text, run.pieces(&t)),
             // Ollama's requests never ask for log-probabilities.
             Some(StreamEvent::Logprobs(_)) => {}
             Some(StreamEvent::Done { finish, stats }) => {
+                take_text(&mut text, run.last_pieces());
                 run.finished(Some(finish), Some(&stats));
-                return Ok(Json(shape.done_line(&text, finish, &stats)).into_response());
+                let mut line = shape.done_line(&text, finish, &stats);
+                if let Some(calls) = ollama_calls(run.calls()) {
+                    line["message"]["tool_calls"] = calls;
+                }
+                return Ok(Json(line).into_response());
             }
             Some(StreamEvent::Error { kind, message }) => {
                 run.finished(None, None);
@@ -293,7 +338,9 @@ fn stream_lines(shape: Shape, run: Run, first: StreamEvent) -> Response {
             };
             let line = match event {
                 Some(StreamEvent::Token(t)) => {
-                    return Some((ndjson(&shape.token_line(&t)), Phase::Next(run)))
+                    let pieces = run.pieces(&t);
+                    let lines = shape.piece_lines(&run, pieces);
+                    return Some((Ok(Bytes::from(lines)), Phase::Next(run)));
                 }
                 // Ollama's requests never ask for log-probabilities; an
                 // empty piece is left out below.
@@ -301,8 +348,14 @@ fn stream_lines(shape: Shape, run: Run, first: StreamEvent) -> Response {
                     return Some((Ok(Bytes::new()), Phase::Next(run)))
                 }
                 Some(StreamEvent::Done { finish, stats }) => {
+                    let pieces = run.last_pieces();
+                    let held = shape.piece_lines(&run, pieces);
                     run.finished(Some(finish), Some(&stats));
-                    shape.done_line("", finish, &stats)
+                    let mut done = held.into_bytes();
+                    done.extend_from_slice(
+                        &ndjson(&shape.done_line("", finish, &stats)).unwrap_or_default(),
+                    );
+                    return Some((Ok(Bytes::from(done)), Phase::Ended(run.end())));
                 }
                 Some(StreamEvent::Error { kind, message }) => {
                     run.finished(None, None);
@@ -320,6 +373,26 @@ fn stream_lines(shape: Shape, run: Run, first: StreamEvent) -> Response {
     let lines =
         lines.filter(|piece| std::future::ready(piece.as_ref().is_ok_and(|b| !b.is_empty())));
     ([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(lines)).into_response()
+}
+
+impl Shape {
+    /// The NDJSON lines of pieces of an answer: text as it comes, a call
+    /// once complete.
+    fn piece_lines(&self, run: &Run, pieces: Vec<Piece>) -> String {
+        let mut out = String::new();
+        for piece in pieces {
+            let line = match piece {
+                Piece::Text(t) => Some(self.token_line(&t)),
+                Piece::CallEnd { index } => self.call_line(index, &run.calls()[index]),
+                Piece::CallStart { .. } | Piece::Arguments { .. } => None,
+            };
+            if let Some(line) = line {
+                out.push_str(&line.to_string());
+                out.push('\n');
+            }
+        }
+        out
+    }
 }
 
 fn ndjson(v: &Value) -> Result<Bytes, Infallible> {

@@ -15,12 +15,21 @@
 //! `mirostat`, `tfs_z`, `num_keep`, `penalize_newline`) are refused when set
 //! to anything but their neutral value. Other options are ignored, as
 //! Ollama ignores options it does not know.
+//!
+//! `format` (`"json"` or a JSON Schema) becomes `response_format`
+//! (`json_object`, or `json_schema` with the schema in the body's key
+//! order); `tools` on `/api/chat` are OpenAI's shape already and take the
+//! OpenAI path with `tool_choice: "auto"` (Ollama has no other choice);
+//! assistant messages' `tool_calls` (arguments as objects) and `tool`
+//! results (with `tool_name`) go back into the conversation as there.
 
 use crate::openai::{
     self, as_bool, as_integer, as_object, as_str, describe, field, no_nul, parse_body,
-    parse_keep_alive, parse_model, refuse_if_set, ApiError, GenerationParams, KeepAlive,
+    parse_keep_alive, parse_model, refuse_if_set, ApiError, GenerationParams, KeepAlive, Ordered,
+    OrderedTool,
 };
 use locara_core::manifest::forbidden_key_reason;
+use locara_engine::grammar::Json;
 use locara_engine::protocol::{ChatMessage, EmbedInput, Prompt};
 use serde_json::{Map, Value};
 
@@ -87,12 +96,10 @@ pub fn model_of(obj: &Map<String, Value>) -> Result<String, ApiError> {
 pub fn parse_chat(body: &[u8]) -> Result<GenerateBody, ApiError> {
     let v = parse_body(body)?;
     let obj = as_object(&v)?;
-    refuse_if_set(
-        obj,
-        "tools",
-        "Locara's Ollama API generates plain text (no tool calls)",
-    )?;
     let mut openai_body = common(obj)?;
+    if let Some(tools) = field(obj, "tools") {
+        openai_body.insert("tools".into(), tools.clone());
+    }
     let has_messages = matches!(field(obj, "messages"), Some(Value::Array(a)) if !a.is_empty());
     if let Some(Value::Array(messages)) = field(obj, "messages") {
         for (i, m) in messages.iter().enumerate() {
@@ -115,7 +122,8 @@ pub fn parse_chat(body: &[u8]) -> Result<GenerateBody, ApiError> {
         },
     );
     let request =
-        openai::ChatRequest::from_json(&Value::Object(openai_body)).map_err(rename_error)?;
+        openai::ChatRequest::from_json_ordered(&Value::Object(openai_body), &ordered(body))
+            .map_err(rename_error)?;
     finish(
         obj,
         request.model,
@@ -171,7 +179,8 @@ pub fn parse_generate(body: &[u8]) -> Result<GenerateBody, ApiError> {
     let text = if prompt.is_empty() { " " } else { &prompt };
     openai_body.insert("prompt".into(), Value::String(text.to_owned()));
     let request =
-        openai::CompletionRequest::from_json(&Value::Object(openai_body)).map_err(rename_error)?;
+        openai::CompletionRequest::from_json_ordered(&Value::Object(openai_body), &ordered(body))
+            .map_err(rename_error)?;
     let mut body = finish(
         obj,
         request.model,
@@ -236,24 +245,56 @@ fn placeholder() -> Value {
     serde_json::json!({"role": "user", "content": " "})
 }
 
+/// `format` and `tools[i].function.parameters` in the body's key order
+/// (see [`Ordered`]).
+fn ordered(body: &[u8]) -> Ordered {
+    #[derive(serde::Deserialize)]
+    struct Format {
+        format: Option<Json>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Tools {
+        tools: Option<Vec<OrderedTool>>,
+    }
+    Ordered {
+        response_schema: serde_json::from_slice::<Format>(body)
+            .ok()
+            .and_then(|b| b.format)
+            .filter(|f| matches!(f, Json::Object(_))),
+        tool_parameters: OrderedTool::parameters(
+            serde_json::from_slice::<Tools>(body)
+                .ok()
+                .and_then(|b| b.tools),
+        ),
+    }
+}
+
+/// Where the OpenAI parser puts the schema of `format`.
+const FORMAT_SCHEMA: &str = "response_format.json_schema.schema";
+
 /// The fields chat and generate share, as an OpenAI-shaped body: model,
 /// `format`, `think`, `keep_alive`, `stream` and the options.
 fn common(obj: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
     let model = model_of(obj)?;
-    match field(obj, "format") {
-        None => {}
-        Some(Value::String(s)) if s.is_empty() => {}
+    let response_format = match field(obj, "format") {
+        None => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) if s == "json" => Some(serde_json::json!({"type": "json_object"})),
+        Some(schema @ Value::Object(_)) => Some(serde_json::json!({
+            "type": "json_schema",
+            "json_schema": {"name": "format", "schema": schema},
+        })),
         Some(other) => {
             return Err(ApiError::invalid(
                 "format",
                 format!(
-                    "format {} is not supported: Locara's Ollama API generates plain text",
+                    "format {} is not supported: use \"json\" or a JSON Schema object",
                     describe(other)
                 ),
             )
             .with_code("unsupported_parameter"))
         }
-    }
+    };
     if let Some(v) = field(obj, "think") {
         if !matches!(v, Value::Bool(false)) {
             return Err(ApiError::unsupported(
@@ -264,6 +305,9 @@ fn common(obj: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
     }
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model));
+    if let Some(f) = response_format {
+        out.insert("response_format".into(), f);
+    }
     if let Some(v) = field(obj, "keep_alive") {
         out.insert("keep_alive".into(), v.clone());
     }
@@ -392,6 +436,19 @@ fn rename_error(mut e: ApiError) -> ApiError {
     let Some(param) = e.param.clone() else {
         return e;
     };
+    if let Some(rest) = param.strip_prefix(FORMAT_SCHEMA) {
+        let named = format!("format{rest}");
+        e.message = e.message.replacen(&param, &named, 1);
+        e.param = Some(named);
+        return e;
+    }
+    if param == "response_format" {
+        e.message = e
+            .message
+            .replacen("response_format json_object or json_schema", "format", 1);
+        e.param = Some("format".into());
+        return e;
+    }
     if let Some((ollama, ours)) = OPTION_NAMES.iter().find(|(_, ours)| *ours == param) {
         let named = format!("options.{ollama}");
         e.message = e.message.replacen(ours, &named, 1);
@@ -479,12 +536,12 @@ mod tests {
     fn features_we_lack_are_refused_by_name() {
         for (body, param) in [
             (
-                json!({"model": "m", "messages": messages(), "format": "json"}),
+                json!({"model": "m", "messages": messages(), "format": "xml"}),
                 "format",
             ),
             (
                 json!({"model": "m", "messages": messages(), "tools": [{"type": "function"}]}),
-                "tools",
+                "tools[0].function",
             ),
             (
                 json!({"model": "m", "messages": messages(), "think": true}),
@@ -523,6 +580,91 @@ mod tests {
             let err = generate(body.clone()).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{body}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn format_becomes_structured_output_named_as_ollama_names_it() {
+        let json_mode =
+            chat(json!({"model": "m", "messages": messages(), "format": "json"})).unwrap();
+        assert_eq!(
+            json_mode.params.sampling.grammar,
+            Some(locara_engine::grammar::json_object())
+        );
+        // A schema keeps the body's property order.
+        let body = br#"{"model":"m","prompt":"Ann?","stream":false,"format":{"type":"object",
+            "properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}},"required":["zeta","alpha"]}}"#;
+        let g = parse_generate(body)
+            .unwrap()
+            .params
+            .sampling
+            .grammar
+            .unwrap();
+        assert!(g.find("zeta").unwrap() < g.find("alpha").unwrap(), "{g}");
+        let err = chat(
+            json!({"model": "m", "messages": messages(), "format": {"type": "object",
+            "properties": {"when": {"type": "string", "format": "date"}}}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("format.properties.when"));
+        assert!(
+            err.message
+                .starts_with("format.properties.when uses the JSON Schema keyword \"format\""),
+            "{}",
+            err.message
+        );
+        let err = chat(
+            json!({"model": "m", "messages": messages(), "format": "json",
+            "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        )
+        .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("format"));
+        assert!(
+            err.message
+                .starts_with("format with tools is not supported"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn tools_take_the_openai_path_and_calls_go_back_into_the_conversation() {
+        let b = chat(json!({"model": "m", "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "tool_name": "get_weather", "content": "21 C"},
+        ], "tools": [{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]}))
+        .unwrap();
+        assert_eq!(
+            b.params.tools,
+            Some(openai::tools::CallFormat { text_allowed: true })
+        );
+        let Some(Prompt::Chat { messages: turns }) = b.prompt else {
+            panic!("{:?}", b.prompt)
+        };
+        let roles: Vec<&str> = turns.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert!(
+            turns[2]
+                .content
+                .contains(r#""arguments": {"city":"Paris"}"#),
+            "{}",
+            turns[2].content
+        );
+        assert!(
+            turns[3]
+                .content
+                .contains(r#""name": "get_weather", "content": "21 C""#),
+            "{}",
+            turns[3].content
+        );
+        let err = chat(json!({"model": "m", "messages": messages(), "tools": [{"type": "function", "function": {"name": "f",
+            "parameters": {"type": "object", "properties": {"x": {"type": "string", "pattern": "a"}}}}}]}))
+        .unwrap_err();
+        assert_eq!(
+            err.param.as_deref(),
+            Some("tools[0].function.parameters.properties.x")
+        );
     }
 
     #[test]

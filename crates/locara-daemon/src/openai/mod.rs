@@ -13,6 +13,9 @@
 //!   fields take llama.cpp's defaults (temperature 0.8), not OpenAI's.
 //! * `response.rs`: whole answers, stream chunks and the model list, in
 //!   OpenAI's shapes plus Locara's `locara` field ([`ContextReport`]).
+//! * `tools.rs`: tool calling: `tools` and `tool_choice` read, the prompt's
+//!   block, earlier calls and results written into the conversation, and
+//!   [`tools::CallParser`], which reads an answer back into calls.
 //! * `embeddings.rs`: [`parse_embeddings`] and [`embeddings_response`] for
 //!   `POST /v1/embeddings`.
 //! * `error.rs`: [`ApiError`] with its stable [`ErrorType`]; its
@@ -50,6 +53,7 @@ mod embeddings;
 mod error;
 mod request;
 mod response;
+pub mod tools;
 
 pub use embeddings::*;
 pub use error::*;

@@ -5,7 +5,7 @@
 //! `null` counts as absent (many clients send `"stop": null`). Every known
 //! field is type- and range-checked; the error names the field (as `param`),
 //! the value and the limit: `temperature 3.5 is out of range: 0 to 2`.
-//! Features Locara does not have (`tools`, `n > 1`, a JSON Schema keyword
+//! Features Locara does not have (`functions`, `n > 1`, a JSON Schema keyword
 //! it cannot enforce, ...) are refused by name rather than silently
 //! ignored, so a client never gets an answer that looks like what it asked
 //! for and is not.
@@ -17,6 +17,12 @@
 //! (`response_format.json_schema.schema.properties.when`) before any model
 //! is loaded. Both endpoints take it (on `/v1/completions` it is
 //! llama-server's extension, not OpenAI's).
+//!
+//! Tool calling: `tools`, `tool_choice` and `parallel_tool_calls` are read
+//! by [`super::tools`], which adds the functions to the system message and
+//! gives the grammar of the answer; earlier calls (`tool_calls` of an
+//! assistant message) and their results (`role: "tool"`) are written into
+//! the conversation in the same format.
 //!
 //! Locara's own fields: `keep_alive`, `context` and `truncate` (whether a
 //! prompt or an answer too long for the context may be shortened; see
@@ -31,6 +37,7 @@
 use super::error::ApiError;
 #[cfg(doc)]
 use super::response::ContextReport;
+use super::tools::{self, CallFormat, CallNames};
 use locara_core::text::shorten;
 use locara_core::{LARGEST_CONTEXT, SMALLEST_CONTEXT};
 use locara_engine::grammar::{self, Json, SchemaError};
@@ -107,6 +114,9 @@ pub struct GenerationParams {
     /// prompt may start from a finished conversation's cached K/V. `false`
     /// prefills it whole, as a benchmark of prefill needs. Default `true`.
     pub cache_prompt: bool,
+    /// How to read the answer into tool calls; `None`: it is text (no
+    /// tools, `tool_choice: "none"`, or the completion route).
+    pub tools: Option<CallFormat>,
 }
 
 /// A checked `POST /v1/chat/completions` body.
@@ -130,36 +140,77 @@ pub struct CompletionRequest {
 
 /// Parses and checks a chat completion request body.
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    ChatRequest::read(&parse_body(body)?, ordered_schema(body))
+    ChatRequest::read(&parse_body(body)?, &Ordered::of_openai_body(body))
 }
 
 /// Parses and checks a text completion request body.
 pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
-    CompletionRequest::read(&parse_body(body)?, ordered_schema(body))
+    CompletionRequest::read(&parse_body(body)?, &Ordered::of_openai_body(body))
 }
 
-/// `response_format.json_schema.schema` with its keys in the order the
-/// body has them (`serde_json::Value` sorts them, and a schema's
-/// properties are generated in their order); `None` when there is none or
-/// the body is not shaped for it (the checks then say what is wrong).
-fn ordered_schema(body: &[u8]) -> Option<Json> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        response_format: Option<Format>,
+/// The JSON Schemas of a body with their keys in the order the body has
+/// them (`serde_json::Value` sorts them, and a schema's properties are
+/// generated in their order). Each is `None` where the body has none or
+/// is not shaped for it (the checks then say what is wrong); the checks
+/// fall back to the sorted schema.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ordered {
+    /// `response_format.json_schema.schema`.
+    pub response_schema: Option<Json>,
+    /// Each `tools[i].function.parameters`.
+    pub tool_parameters: Vec<Option<Json>>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct OrderedTool {
+    function: Option<OrderedFunction>,
+}
+
+#[derive(serde::Deserialize)]
+struct OrderedFunction {
+    parameters: Option<Json>,
+}
+
+impl OrderedTool {
+    pub(crate) fn parameters(tools: Option<Vec<OrderedTool>>) -> Vec<Option<Json>> {
+        tools
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.function.and_then(|f| f.parameters))
+            .collect()
     }
-    #[derive(serde::Deserialize)]
-    struct Format {
-        json_schema: Option<Schema>,
+}
+
+impl Ordered {
+    fn of_openai_body(body: &[u8]) -> Ordered {
+        #[derive(serde::Deserialize)]
+        struct Format {
+            json_schema: Option<Schema>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Schema {
+            schema: Option<Json>,
+        }
+        // Read apart, so that a misshapen one keeps the other's order.
+        #[derive(serde::Deserialize)]
+        struct Formats {
+            response_format: Option<Format>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Tools {
+            tools: Option<Vec<OrderedTool>>,
+        }
+        Ordered {
+            response_schema: serde_json::from_slice::<Formats>(body)
+                .ok()
+                .and_then(|b| b.response_format?.json_schema?.schema),
+            tool_parameters: OrderedTool::parameters(
+                serde_json::from_slice::<Tools>(body)
+                    .ok()
+                    .and_then(|b| b.tools),
+            ),
+        }
     }
-    #[derive(serde::Deserialize)]
-    struct Schema {
-        schema: Option<Json>,
-    }
-    serde_json::from_slice::<Body>(body)
-        .ok()?
-        .response_format?
-        .json_schema?
-        .schema
 }
 
 /// The body as JSON; the JSON error (with line and column) otherwise.
@@ -227,20 +278,49 @@ impl ChatRequest {
     /// generated in `serde_json`'s sorted order: [`parse_chat`] keeps the
     /// body's).
     pub fn from_json(v: &Value) -> Result<Self, ApiError> {
-        Self::read(v, None)
+        Self::read(v, &Ordered::default())
     }
 
-    fn read(v: &Value, schema: Option<Json>) -> Result<Self, ApiError> {
+    /// Checks an already-parsed body whose schemas' key order was read
+    /// apart (Ollama's routes, which rename the fields that hold them).
+    pub fn from_json_ordered(v: &Value, ordered: &Ordered) -> Result<Self, ApiError> {
+        Self::read(v, ordered)
+    }
+
+    fn read(v: &Value, ordered: &Ordered) -> Result<Self, ApiError> {
         let obj = as_object(v)?;
         let model = parse_model(obj)?;
-        refuse_if_set(obj, "tools", "Locara generates plain text (no tool calls)")?;
         refuse_if_set(
             obj,
             "functions",
-            "Locara generates plain text (no function calls)",
+            "use tools (functions is OpenAI's older form of it)",
         )?;
-        let messages = parse_messages(obj)?;
-        let params = parse_params(obj, Route::Chat, schema)?;
+        refuse_if_set(
+            obj,
+            "function_call",
+            "use tool_choice (function_call is OpenAI's older form of it)",
+        )?;
+        let mut messages = parse_messages(obj)?;
+        let mut params = parse_params(obj, Route::Chat, ordered.response_schema.clone())?;
+        if let Some(setup) = tools::parse_tools(obj, &ordered.tool_parameters)? {
+            if params.sampling.grammar.is_some() {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    "response_format json_object or json_schema with tools is not supported: the answer is decoded under the tools' grammar (send tool_choice \"none\" for a structured answer)",
+                )
+                .with_code("unsupported_parameter"));
+            }
+            if !params.stop.is_empty() {
+                return Err(ApiError::invalid(
+                    "stop",
+                    "stop with tools is not supported: a stop string could end the answer inside a tool call",
+                )
+                .with_code("unsupported_parameter"));
+            }
+            tools::add_to_system(&mut messages, &setup.prompt);
+            params.sampling.grammar = Some(setup.grammar);
+            params.tools = Some(setup.format);
+        }
         Ok(Self {
             model,
             messages,
@@ -252,10 +332,15 @@ impl ChatRequest {
 impl CompletionRequest {
     /// Checks an already-parsed body (see [`ChatRequest::from_json`]).
     pub fn from_json(v: &Value) -> Result<Self, ApiError> {
-        Self::read(v, None)
+        Self::read(v, &Ordered::default())
     }
 
-    fn read(v: &Value, schema: Option<Json>) -> Result<Self, ApiError> {
+    /// See [`ChatRequest::from_json_ordered`].
+    pub fn from_json_ordered(v: &Value, ordered: &Ordered) -> Result<Self, ApiError> {
+        Self::read(v, ordered)
+    }
+
+    fn read(v: &Value, ordered: &Ordered) -> Result<Self, ApiError> {
         let obj = as_object(v)?;
         let model = parse_model(obj)?;
         if let Some(v) = field(obj, "echo") {
@@ -287,7 +372,7 @@ impl CompletionRequest {
             }
         }
         let prompt = parse_prompt(obj)?;
-        let params = parse_params(obj, Route::Completion, schema)?;
+        let params = parse_params(obj, Route::Completion, ordered.response_schema.clone())?;
         Ok(Self {
             model,
             prompt,
@@ -508,14 +593,34 @@ pub(crate) fn parse_messages(obj: &Map<String, Value>) -> Result<Vec<ChatMessage
             "messages must not be empty: give at least one message",
         ));
     }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, m)| parse_message(i, m))
-        .collect()
+    let mut names = CallNames::default();
+    let mut messages: Vec<ChatMessage> = Vec::with_capacity(items.len());
+    let mut after_result = false;
+    for (i, m) in items.iter().enumerate() {
+        let message = parse_message(i, m, &mut names)?;
+        let result = is_tool_result(m);
+        // Results of one turn's calls share one user turn.
+        match messages.last_mut() {
+            Some(last) if result && after_result => {
+                last.content.push('\n');
+                last.content.push_str(&message.content);
+            }
+            _ => messages.push(message),
+        }
+        after_result = result;
+    }
+    Ok(messages)
 }
 
-fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
+fn is_tool_result(m: &Value) -> bool {
+    m.get("role").and_then(Value::as_str) == Some("tool")
+}
+
+/// The role a tool result takes in the prompt: chat templates without
+/// tools know no `tool` role (see [`super::tools`]).
+const TOOL_RESULT_ROLE: &str = "user";
+
+fn parse_message(i: usize, m: &Value, names: &mut CallNames) -> Result<ChatMessage, ApiError> {
     let at = format!("messages[{i}]");
     let Value::Object(m) = m else {
         return Err(ApiError::invalid(
@@ -563,6 +668,44 @@ fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
         }
     };
     no_nul(&content_param, &content)?;
+    if role == "assistant" {
+        if let Some(calls) = field(m, "tool_calls") {
+            let (text, called) = tools::read_assistant_calls(&at, calls)?;
+            names.add(&called);
+            let mut content = content;
+            if !content.is_empty() && !text.is_empty() {
+                content.push('\n');
+            }
+            content.push_str(&text);
+            return Ok(ChatMessage {
+                role: role.to_owned(),
+                content,
+            });
+        }
+    }
+    if role == "tool" {
+        // OpenAI's results name their call's id; Ollama's the function
+        // (`tool_name`).
+        let mut name = None;
+        for key in ["tool_name", "name"] {
+            if let Some(v) = field(m, key) {
+                name = Some(as_str(&format!("{at}.{key}"), v)?.to_owned());
+            }
+        }
+        if let Some(id) = field(m, "tool_call_id") {
+            let id = as_str(&format!("{at}.tool_call_id"), id)?;
+            if name.is_none() {
+                name = names.get(id).map(str::to_owned);
+            }
+        }
+        if let Some(name) = &name {
+            no_nul(&format!("{at}.name"), name)?;
+        }
+        return Ok(ChatMessage {
+            role: TOOL_RESULT_ROLE.to_owned(),
+            content: tools::tool_response(name.as_deref(), &content),
+        });
+    }
     Ok(ChatMessage {
         role: role.to_owned(),
         content,
@@ -765,6 +908,7 @@ fn parse_params(
             .map(|v| as_bool("truncate", v))
             .transpose()?
             .unwrap_or(true),
+        tools: None,
         cache_prompt: field(obj, "cache_prompt")
             .map(|v| as_bool("cache_prompt", v))
             .transpose()?
@@ -1401,8 +1545,13 @@ mod tests {
         ]}))
         .unwrap();
         let roles: Vec<&str> = req.messages.iter().map(|m| m.role.as_str()).collect();
-        assert_eq!(roles, ["system", "user", "assistant", "tool"]);
+        // A tool result is a user turn (see tools.rs).
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
         assert_eq!(req.messages[2].content, "");
+        assert_eq!(
+            req.messages[3].content,
+            "<tool_response>\n{\"content\": 42}\n</tool_response>"
+        );
         assert_invalid(
             chat_with(json!({"messages": [{"role": "function", "content": "x"}]})),
             "messages[0].role",
@@ -1442,11 +1591,8 @@ mod tests {
     #[test]
     fn unsupported_features_are_refused_by_name() {
         for (name, value) in [
-            (
-                "tools",
-                json!([{"type": "function", "function": {"name": "f"}}]),
-            ),
             ("functions", json!([{"name": "f"}])),
+            ("function_call", json!("auto")),
         ] {
             let err = chat_with(json!({ name: value })).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(name), "{err:?}");
@@ -1457,6 +1603,90 @@ mod tests {
             );
             assert_eq!(err.code.as_deref(), Some("unsupported_parameter"));
         }
+    }
+
+    #[test]
+    fn tools_put_their_block_in_the_system_message_and_the_grammar_in_sampling() {
+        let body = br#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Weather?"}],
+            "tools":[{"type":"function","function":{"name":"get_weather",
+              "parameters":{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}},"required":["zeta"]}}}],
+            "tool_choice":"required"}"#;
+        let req = parse_chat(body).unwrap();
+        assert_eq!(req.messages.len(), 2);
+        assert!(req.messages[0]
+            .content
+            .starts_with("Be brief.\n\nYou can call functions"));
+        // The body's property order, in the prompt and in the grammar.
+        assert!(
+            req.messages[0]
+                .content
+                .contains(r#""properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}}"#),
+            "{}",
+            req.messages[0].content
+        );
+        let g = req.params.sampling.grammar.unwrap();
+        assert!(g.find("zeta").unwrap() < g.find("alpha").unwrap(), "{g}");
+        assert!(g.starts_with("root ::= call ( ws call )"), "{g}");
+        assert_eq!(
+            req.params.tools,
+            Some(CallFormat {
+                text_allowed: false
+            })
+        );
+        // tool_choice none: text, no block, no grammar.
+        let none = chat_with(json!({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none"}))
+            .unwrap();
+        assert_eq!(none.params.tools, None);
+        assert_eq!(none.params.sampling.grammar, None);
+        assert_eq!(none.messages.len(), 1);
+    }
+
+    #[test]
+    fn tools_refuse_what_would_break_a_call() {
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        assert_invalid(
+            chat_with(json!({"tools": tools, "stop": ["\n"]})),
+            "stop",
+            "stop with tools is not supported: a stop string could end the answer inside a tool call",
+        );
+        let err = chat_with(json!({"tools": tools, "response_format": {"type": "json_object"}}))
+            .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("response_format"));
+        assert_eq!(err.code.as_deref(), Some("unsupported_parameter"));
+        // Both are fine without a call to protect.
+        chat_with(json!({"tools": tools, "tool_choice": "none", "stop": ["\n"], "response_format": {"type": "json_object"}}))
+            .unwrap();
+    }
+
+    #[test]
+    fn earlier_calls_and_their_results_go_back_into_the_conversation() {
+        let req = chat_with(json!({"messages": [
+            {"role": "user", "content": "Weather in Paris and Rome?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "call_a", "content": "21 C"},
+            {"role": "tool", "tool_call_id": "call_b", "content": "{\"celsius\": 25}"},
+            {"role": "user", "content": "Thanks"},
+        ]}))
+        .unwrap();
+        let roles: Vec<&str> = req.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["user", "assistant", "user", "user"]);
+        assert_eq!(
+            req.messages[1].content,
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Rome\"}}\n</tool_call>"
+        );
+        assert_eq!(
+            req.messages[2].content,
+            "<tool_response>\n{\"name\": \"get_weather\", \"content\": \"21 C\"}\n</tool_response>\n<tool_response>\n{\"name\": \"get_weather\", \"content\": {\"celsius\":25}}\n</tool_response>"
+        );
+        assert_eq!(req.messages[3].content, "Thanks");
+        assert_invalid(
+            chat_with(json!({"messages": [{"role": "assistant", "tool_calls": {"id": "x"}}]})),
+            "messages[0].tool_calls",
+            "messages[0].tool_calls must be an array, got an object",
+        );
     }
 
     #[test]

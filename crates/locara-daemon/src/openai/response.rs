@@ -7,6 +7,7 @@
 //! reason) and its usage chunk. `usage` carries OpenAI's
 //! `prompt_tokens_details.cached_tokens`.
 
+use super::tools::Call;
 use locara_engine::protocol::{FinishReason, GenerationStats, TokenLogprobs, TokenProb};
 use serde_json::{json, Value};
 
@@ -141,6 +142,16 @@ pub enum Delta<'a> {
     Role,
     /// Generated text: `{"content":"..."}`.
     Content(&'a str),
+    /// A tool call begins, as OpenAI streams it: `{"tool_calls":[{"index",
+    /// "id","type":"function","function":{"name","arguments":""}}]}`.
+    CallStart {
+        index: usize,
+        id: &'a str,
+        name: &'a str,
+    },
+    /// More of a call's arguments: `{"tool_calls":[{"index",
+    /// "function":{"arguments"}}]}`.
+    Arguments { index: usize, text: &'a str },
     /// The last chunk, which carries the finish reason: `{}`.
     Empty,
 }
@@ -150,9 +161,49 @@ impl Delta<'_> {
         match self {
             Delta::Role => json!({"role": "assistant", "content": ""}),
             Delta::Content(text) => json!({ "content": text }),
+            Delta::CallStart { index, id, name } => json!({"tool_calls": [{
+                "index": index, "id": id, "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }]}),
+            Delta::Arguments { index, text } => json!({"tool_calls": [{
+                "index": index, "function": {"arguments": text},
+            }]}),
             Delta::Empty => json!({}),
         }
     }
+}
+
+/// The finish reason of an answer that called tools: OpenAI's
+/// `tool_calls` when the model ended it, else the reason as it is (an
+/// answer cut by `max_tokens` is `length` whatever it holds).
+pub fn tool_finish_reason(f: FinishReason, called: bool) -> &'static str {
+    match f {
+        FinishReason::Stop if called => "tool_calls",
+        f => finish_reason(f),
+    }
+}
+
+/// Puts an answer's calls into its (only) choice's message:
+/// `tool_calls: [{"id","type":"function","function":{"name","arguments"}}]`
+/// (arguments as JSON text), and `content: null` when there was no text,
+/// as OpenAI answers a call.
+pub fn set_tool_calls(answer: &mut Value, calls: &[Call]) {
+    if calls.is_empty() {
+        return;
+    }
+    let message = &mut answer["choices"][0]["message"];
+    if message["content"] == "" {
+        message["content"] = Value::Null;
+    }
+    message["tool_calls"] = calls
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id, "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            })
+        })
+        .collect();
 }
 
 /// OpenAI's name for why a generation ended. A cancelled generation (the
