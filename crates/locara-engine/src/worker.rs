@@ -1668,6 +1668,7 @@ impl<'m> Engine<'m> {
             self.ctx.as_mut().expect("the pool exists outside a resize"),
             &mut self.batch,
             self.class,
+            self.shape.threads,
         );
         if let Err(e) = decoded {
             // Every generation in the batch is lost; tell each of them.
