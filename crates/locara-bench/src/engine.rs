@@ -77,18 +77,9 @@ impl Engine {
         let worker = Worker::spawn(&cmd).context("starting the engine worker")?;
         let loaded = worker
             .load(LoadRequest {
-                path: p.model.to_path_buf(),
                 context: Some(p.context),
                 kv_type: p.kv_type,
-                parallel: 1,
-                threads: p.threads,
-                gpu_layers: None,
-                pool: None,
-                pool_max: None,
-                ram_cache_bytes: 0,
-                disk_cache_dir: None,
-                disk_cache_bytes: 0,
-                model_sha256: None,
+                ..LoadRequest::new(p.model.to_path_buf(), p.threads)
             })
             .with_context(|| format!("loading {} in the engine worker", p.model.display()))?;
         Ok(Engine {

@@ -237,6 +237,29 @@ pub struct LoadRequest {
     pub model_sha256: Option<String>,
 }
 
+impl LoadRequest {
+    /// A load of `path` with one sequence, the default context and K/V
+    /// type, every layer on the GPU where there is one, the whole pool up
+    /// front and no cache tiers; callers change what they need with
+    /// `LoadRequest { field, ..LoadRequest::new(path, threads) }`.
+    pub fn new(path: PathBuf, threads: u32) -> LoadRequest {
+        LoadRequest {
+            path,
+            context: None,
+            kv_type: KvType::default(),
+            parallel: 1,
+            threads,
+            gpu_layers: None,
+            pool: None,
+            pool_max: None,
+            ram_cache_bytes: 0,
+            disk_cache_dir: None,
+            disk_cache_bytes: 0,
+            model_sha256: None,
+        }
+    }
+}
+
 /// One message of a chat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {

@@ -12,18 +12,8 @@ use std::time::{Duration, Instant};
 fn load(worker: &Worker, name: &str) -> LoadedInfo {
     worker
         .load(LoadRequest {
-            path: model(name),
             context: Some(2048),
-            kv_type: KvType::Q8_0,
-            parallel: 1,
-            threads: TEST_THREADS,
-            gpu_layers: None,
-            pool: None,
-            pool_max: None,
-            ram_cache_bytes: 0,
-            disk_cache_dir: None,
-            disk_cache_bytes: 0,
-            model_sha256: None,
+            ..LoadRequest::new(model(name), TEST_THREADS)
         })
         .expect("loading the model")
 }
@@ -68,18 +58,7 @@ fn load_reports_the_defaults_and_the_models_shape() {
     let worker = spawn_worker();
     let info = worker
         .load(LoadRequest {
-            path: model(SMOLLM2),
-            context: None,
-            kv_type: KvType::default(),
-            parallel: 1,
-            threads: TEST_THREADS,
-            gpu_layers: None,
-            pool: None,
-            pool_max: None,
-            ram_cache_bytes: 0,
-            disk_cache_dir: None,
-            disk_cache_bytes: 0,
-            model_sha256: None,
+            ..LoadRequest::new(model(SMOLLM2), TEST_THREADS)
         })
         .unwrap();
     // 8192 by default, and SmolLM2 was trained on 8192.
@@ -121,18 +100,9 @@ fn context_is_clamped_to_the_trained_context() {
     let worker = spawn_worker();
     let info = worker
         .load(LoadRequest {
-            path: model(SMOLLM2),
             context: Some(1 << 20),
             kv_type: KvType::F16,
-            parallel: 1,
-            threads: TEST_THREADS,
-            gpu_layers: None,
-            pool: None,
-            pool_max: None,
-            ram_cache_bytes: 0,
-            disk_cache_dir: None,
-            disk_cache_bytes: 0,
-            model_sha256: None,
+            ..LoadRequest::new(model(SMOLLM2), TEST_THREADS)
         })
         .unwrap();
     assert_eq!(info.context, 8192);
@@ -342,18 +312,9 @@ fn concurrent_generations_share_one_worker() {
     let worker = spawn_worker();
     worker
         .load(LoadRequest {
-            path: model(SMOLLM2),
             context: Some(1024),
-            kv_type: KvType::Q8_0,
             parallel: 2,
-            threads: TEST_THREADS,
-            gpu_layers: None,
-            pool: None,
-            pool_max: None,
-            ram_cache_bytes: 0,
-            disk_cache_dir: None,
-            disk_cache_bytes: 0,
-            model_sha256: None,
+            ..LoadRequest::new(model(SMOLLM2), TEST_THREADS)
         })
         .unwrap();
     worker

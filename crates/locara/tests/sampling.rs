@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use locara_core::KvType;
 use locara_engine::grammar::{json_object, json_schema, Json};
 use locara_engine::protocol::*;
 use locara_engine::Worker;
@@ -15,18 +14,8 @@ fn loaded() -> Worker {
     let worker = spawn_worker();
     worker
         .load(LoadRequest {
-            path: model(SMOLLM2),
             context: Some(2048),
-            kv_type: KvType::Q8_0,
-            parallel: 1,
-            threads: TEST_THREADS,
-            gpu_layers: None,
-            pool: None,
-            pool_max: None,
-            ram_cache_bytes: 0,
-            disk_cache_dir: None,
-            disk_cache_bytes: 0,
-            model_sha256: None,
+            ..LoadRequest::new(model(SMOLLM2), TEST_THREADS)
         })
         .expect("loading the model");
     worker

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use locara_core::KvType;
 use locara_engine::protocol::*;
 use locara_engine::Worker;
 use std::collections::HashMap;
@@ -42,18 +41,9 @@ fn story_prompt() -> Prompt {
 fn load(worker: &Worker, name: &str, parallel: u32) -> LoadedInfo {
     worker
         .load(LoadRequest {
-            path: model(name),
             context: Some(2048),
-            kv_type: KvType::Q8_0,
             parallel,
-            threads: TEST_THREADS,
-            gpu_layers: None,
-            pool: None,
-            pool_max: None,
-            ram_cache_bytes: 0,
-            disk_cache_dir: None,
-            disk_cache_bytes: 0,
-            model_sha256: None,
+            ..LoadRequest::new(model(name), TEST_THREADS)
         })
         .expect("loading the model")
 }

@@ -162,18 +162,9 @@ fn run(cli: &Cli) -> Result<bool> {
     let worker = Worker::spawn(&cmd).context("starting an engine worker")?;
     worker
         .load(LoadRequest {
-            path: model.clone(),
             context: Some(4096),
             kv_type: cli.kv,
-            parallel: 1,
-            threads: cli.threads,
-            gpu_layers: None,
-            pool: None,
-            pool_max: None,
-            ram_cache_bytes: 0,
-            disk_cache_dir: None,
-            disk_cache_bytes: 0,
-            model_sha256: None,
+            ..LoadRequest::new(model.clone(), cli.threads)
         })
         .with_context(|| format!("loading {}", model.display()))?;
     progress(&format!(
