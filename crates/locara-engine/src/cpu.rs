@@ -8,11 +8,10 @@
 //! speed against llama-bench, which keeps one pool. So each worker keeps a
 //! pool of exactly its share of the cores ([`decode`] attaches it,
 //! `llama_attach_threadpool`, and makes it again when the share changes),
-//! whose threads poll only briefly for the next graph ([`POLL`], where
-//! llama.cpp's default spins about a hundred milliseconds) and then sleep
-//! on a condition variable: a worker between answers never spins against
-//! another worker or the user's programs, and a worker whose share is one
-//! core has no pool thread at all. Inside a graph ggml's barriers still
+//! whose threads poll for the next graph as llama.cpp's do ([`POLL`]) and
+//! then sleep on a condition variable: a worker between answers stops
+//! spinning a fraction of a second after its last graph, and a worker
+//! whose share is one core has no pool thread at all. Inside a graph ggml's barriers still
 //! spin, which is why the daemon's thread budget keeps workers' shares
 //! within the cores.
 //!
@@ -141,12 +140,15 @@ static INTERACTIVE: Mutex<Option<Pool>> = Mutex::new(None);
 static BACKGROUND: Mutex<Option<Pool>> = Mutex::new(None);
 
 /// How long a pool's threads poll for the next graph before they sleep,
-/// in ggml's units (0: sleep at once; llama.cpp's default is 50, about a
-/// hundred milliseconds of spinning here). 1 keeps them awake through the
-/// gap between two decodes of one answer (a few milliseconds at most),
-/// which is worth about 2 % of decode speed on 2 cores against sleeping,
-/// and lets them sleep soon after an answer ends.
-const POLL: u32 = 1;
+/// in ggml's units (0: sleep at once): llama.cpp's default, as llama-server
+/// and llama-bench run. Measured on 2 cores (`locara-serve-bench --only
+/// chat8`, SmolLM2): with 1 (a few milliseconds) the first token of every
+/// chat turn came 5–11 % later than llama-server's, with 50 it came 1–4 %
+/// earlier; a prefill hands the pool many graphs in a row (prompt chunks
+/// beside running answers), and each wake-up from sleep cost more than the
+/// polling. The polling ends a fraction of a second after the last graph,
+/// and a worker whose share is one core has no pool thread to poll.
+const POLL: u32 = 50;
 
 /// A pool of `threads` threads, polling [`POLL`] between graphs; `None`
 /// when ggml cannot make one (decodes then make their own).
