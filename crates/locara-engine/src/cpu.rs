@@ -141,13 +141,13 @@ static BACKGROUND: Mutex<Option<Pool>> = Mutex::new(None);
 
 /// How long a pool's threads poll for the next graph before they sleep,
 /// in ggml's units (0: sleep at once): llama.cpp's default, as llama-server
-/// and llama-bench run. Measured on 2 cores (`locara-serve-bench --only
-/// chat8`, SmolLM2): with 1 (a few milliseconds) the first token of every
-/// chat turn came 5–11 % later than llama-server's, with 50 it came 1–4 %
-/// earlier; a prefill hands the pool many graphs in a row (prompt chunks
-/// beside running answers), and each wake-up from sleep cost more than the
-/// polling. The polling ends a fraction of a second after the last graph,
-/// and a worker whose share is one core has no pool thread to poll.
+/// and llama-bench run, so the comparison with them is like for like. On 2
+/// cores, 0, 1 and 50 differed by less than the run-to-run noise in decode
+/// speed (0.956, 0.970, 0.988 of llama-bench over 3 reps) and in chat
+/// turns' first tokens (`locara-serve-bench --only chat8`: 1.05–1.11x
+/// llama-server at 1; 0.96–0.99x, then 1.04–1.08x, at 50). The polling ends
+/// a fraction of a second after the last graph, and a worker whose share
+/// is one core has no pool thread to poll.
 const POLL: u32 = 50;
 
 /// A pool of `threads` threads, polling [`POLL`] between graphs; `None`
