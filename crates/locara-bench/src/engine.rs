@@ -15,6 +15,23 @@ use locara_engine::{Worker, WorkerCommand};
 use std::path::Path;
 use std::time::Duration;
 
+/// The engine worker, when this program was started as one (its first
+/// argument is `engine`, checked before any flag parsing so clap never sees
+/// the protocol's stdin): the exit code once the worker ends. `None`: run
+/// as the benchmark `name`.
+pub fn worker_mode(name: &str) -> Option<std::process::ExitCode> {
+    if std::env::args().nth(1).as_deref() != Some("engine") {
+        return None;
+    }
+    Some(match locara_engine::worker::run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name} engine: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    })
+}
+
 /// Raw prompts for the decode test: greedy decoding continues them for
 /// hundreds of tokens without reason to stop (a small model that counts
 /// keeps counting). Tried in order when one ends early.

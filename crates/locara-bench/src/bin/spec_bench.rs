@@ -74,16 +74,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    // The hidden worker mode is an argument of its own, so clap never sees
-    // the protocol's stdin.
-    if std::env::args().nth(1).as_deref() == Some("engine") {
-        return match locara_engine::worker::run() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("locara-spec-bench engine: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(code) = locara_bench::engine::worker_mode("locara-spec-bench") {
+        return code;
     }
     match run(&Cli::parse()) {
         Ok(true) => ExitCode::SUCCESS,
