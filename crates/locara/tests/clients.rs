@@ -6,35 +6,7 @@
 mod common;
 
 use common::daemon::Daemon;
-use common::{GEMMA3, SMOLLM2};
-use std::path::Path;
-
-fn python() -> String {
-    std::env::var("LOCARA_TEST_PYTHON").expect(
-        "LOCARA_TEST_PYTHON is not set: run the suite with scripts/test.sh, which makes a \
-         virtualenv with the openai and ollama clients",
-    )
-}
-
-/// Runs `script` with `args`; its stdout, after checking it succeeded.
-fn run_script(script: &str, args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(script);
-    let out = std::process::Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("{stdout}");
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use common::{python_script, GEMMA3, SMOLLM2};
 
 /// chat (streamed and whole), generate, embed, tags, ps, show and pull:
 /// a model already stored pulls at once; an unknown name is a 404; a
@@ -59,7 +31,7 @@ fn the_ollama_python_client_chats_embeds_lists_shows_and_pulls() {
         &["--context", "2048", "--parallel", "1"],
         &[("LOCARA_CATALOG", &catalog)],
     );
-    let stdout = run_script(
+    let stdout = python_script(
         "ollama_client.py",
         &[&d.url, SMOLLM2, &d.token, "missing:1"],
     );
@@ -85,7 +57,7 @@ fn the_ollama_python_client_chats_embeds_lists_shows_and_pulls() {
 fn the_openai_python_client_embeds_a_batch() {
     let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
     for model in [SMOLLM2, GEMMA3] {
-        let stdout = run_script(
+        let stdout = python_script(
             "openai_embeddings.py",
             &[&format!("{}/v1", d.url), model, &d.token],
         );
@@ -100,7 +72,7 @@ fn the_openai_python_client_embeds_a_batch() {
 #[test]
 fn the_openai_python_client_calls_tools_and_sends_their_results_back() {
     let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
-    let stdout = run_script(
+    let stdout = python_script(
         "openai_tools.py",
         &[&format!("{}/v1", d.url), SMOLLM2, &d.token],
     );
@@ -121,7 +93,7 @@ fn the_openai_python_client_calls_tools_and_sends_their_results_back() {
 #[test]
 fn the_ollama_python_client_gets_structured_output_and_tools() {
     let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
-    let stdout = run_script("ollama_tools.py", &[&d.url, SMOLLM2, &d.token]);
+    let stdout = python_script("ollama_tools.py", &[&d.url, SMOLLM2, &d.token]);
     for part in [
         "format schema ok",
         "format json ok",

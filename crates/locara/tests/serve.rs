@@ -8,7 +8,6 @@ use common::daemon::{chat_body, describe, event_log, Daemon, Sse};
 use common::{alive, children, eventually, locara, GEMMA3, SMOLLM2};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -491,31 +490,10 @@ fn kill_9_of_the_daemon_leaves_no_worker() {
     );
 }
 
-/// Runs `script` (in tests/) with the official `openai` Python client,
-/// from a virtualenv the test command makes (`LOCARA_TEST_PYTHON`, set by
-/// scripts/test.sh), against `d`; its standard output, once it succeeded.
+/// Runs `script` (in tests/) with the official `openai` Python client
+/// against `d`'s OpenAI routes with SMOLLM2; its standard output.
 fn python_client(d: &Daemon, script: &str) -> String {
-    let python = std::env::var("LOCARA_TEST_PYTHON").expect(
-        "LOCARA_TEST_PYTHON is not set: run the suite with scripts/test.sh, which makes a \
-         virtualenv with the openai client",
-    );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(script);
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg(format!("{}/v1", d.url))
-        .arg(SMOLLM2)
-        .arg(&d.token)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    common::python_script(script, &[&format!("{}/v1", d.url), SMOLLM2, &d.token])
 }
 
 #[test]

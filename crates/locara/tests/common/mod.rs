@@ -152,3 +152,30 @@ pub fn children(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// Runs `script` (in tests/) with the official Python clients, from the
+/// virtualenv the test command makes (`LOCARA_TEST_PYTHON`, set by
+/// scripts/test.sh), with `args`; its standard output (echoed to the test's
+/// log), once it succeeded.
+pub fn python_script(script: &str, args: &[&str]) -> String {
+    let python = std::env::var("LOCARA_TEST_PYTHON").expect(
+        "LOCARA_TEST_PYTHON is not set: run the suite with scripts/test.sh, which makes a \
+         virtualenv with the openai and ollama clients",
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
