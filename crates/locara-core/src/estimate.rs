@@ -453,6 +453,41 @@ impl Estimate {
     }
 }
 
+impl Estimate {
+    /// The estimate of a worker that holds this model and `draft`, a draft
+    /// model for speculative decoding ([`draft_options`]), budgeted as one:
+    /// both models' weights, caches and buffers, and the draft's heap (its
+    /// vocabulary and llama.cpp's objects), but one process: the base of
+    /// the process and of the runtime's heap count once. The draft serves
+    /// no embeddings.
+    pub fn with_draft(&self, draft: &Estimate) -> Estimate {
+        let shared = BASE_OVERHEAD + RUNTIME_HEAP;
+        Estimate {
+            mapped_weights: self.mapped_weights.saturating_add(draft.mapped_weights),
+            repacked_weights: self.repacked_weights.saturating_add(draft.repacked_weights),
+            kv_cache: self.kv_cache.saturating_add(draft.kv_cache),
+            output_buffer: self.output_buffer.saturating_add(draft.output_buffer),
+            compute_buffers: self.compute_buffers.saturating_add(draft.compute_buffers),
+            overhead: self
+                .overhead
+                .saturating_add(draft.overhead.saturating_sub(shared)),
+            ..self.clone()
+        }
+    }
+}
+
+/// The options of a draft model beside a model loaded with `target`: one
+/// sequence (it drafts for one generation at a time) of the model's context,
+/// with its K/V type, in a pool of exactly that context (the engine's
+/// `drafter.rs`).
+pub fn draft_options(target: &EstimateOptions) -> EstimateOptions {
+    EstimateOptions {
+        parallel: 1,
+        pool: Some(target.context),
+        ..target.clone()
+    }
+}
+
 /// An estimate next to what the worker was measured to hold: the numbers
 /// the daemon records for each load and exports as the estimate's error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -970,6 +1005,27 @@ mod tests {
             full_window_cache: false,
             pool: None,
         }
+    }
+
+    #[test]
+    fn a_draft_adds_its_weights_and_one_sequence_but_not_a_second_process() {
+        let target = options(8192, KvType::Q8_0, 4);
+        let alone = estimate(&smollm2(), &target).unwrap();
+        let draft = estimate(&smollm2(), &draft_options(&target)).unwrap();
+        // One sequence of the whole context.
+        assert_eq!((draft.parallel, draft.cells), (1, 8192));
+        let pair = alone.with_draft(&draft);
+        assert_eq!(pair.mapped_weights, 2 * alone.mapped_weights);
+        assert_eq!(pair.kv_cache, alone.kv_cache + draft.kv_cache);
+        assert_eq!(
+            pair.footprint() - alone.footprint(),
+            draft.footprint() - BASE_OVERHEAD - RUNTIME_HEAP
+        );
+        assert_eq!(pair.embedding_context, alone.embedding_context);
+        assert_eq!(
+            (pair.context, pair.parallel),
+            (alone.context, alone.parallel)
+        );
     }
 
     #[test]

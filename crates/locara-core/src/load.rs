@@ -91,8 +91,10 @@ impl FromStr for KvType {
 /// default is q8_0) get a load of their own, budgeted like any other:
 /// llama.cpp fixes a context's K/V type when it is made, so one load
 /// cannot serve both. The load with the default type keeps the model's
-/// name; another is `model@type` (`smollm2:135m@f16`). Model names have no
-/// `@`, so [`model_of`] and [`kv_type_of`] read the parts back.
+/// name; another is `model@type` (`smollm2:135m@f16`). A load with a draft
+/// model (an app's `[speculative]` pair, see [`drafted`]) adds `+draft`.
+/// Model names have neither `@` nor `+`, so [`model_of`], [`kv_type_of`]
+/// and [`draft_of`] read the parts back.
 pub fn load_name(model: &str, kv_type: KvType, default: KvType) -> String {
     if kv_type == default {
         model.to_string()
@@ -101,17 +103,32 @@ pub fn load_name(model: &str, kv_type: KvType, default: KvType) -> String {
     }
 }
 
+/// The name of `load` (see [`load_name`]) with `draft` loaded beside it in
+/// the same worker, proposing the tokens speculative decoding checks
+/// (`smollm2:1.7b+smollm2:135m`). Such a load is budgeted as one: both
+/// models' weights, the model's pool and the draft's one sequence.
+pub fn drafted(load: &str, draft: &str) -> String {
+    format!("{load}+{draft}")
+}
+
 /// The model a load (see [`load_name`]) is of.
 pub fn model_of(load: &str) -> &str {
-    load.split_once('@').map_or(load, |(model, _)| model)
+    load.split(['@', '+']).next().unwrap_or(load)
 }
 
 /// The K/V type of a load (see [`load_name`]): the one its name carries,
 /// else the runtime's `default`.
 pub fn kv_type_of(load: &str, default: KvType) -> KvType {
-    load.split_once('@')
+    let without_draft = load.split_once('+').map_or(load, |(l, _)| l);
+    without_draft
+        .split_once('@')
         .and_then(|(_, kv)| kv.parse().ok())
         .unwrap_or(default)
+}
+
+/// The draft model of a load (see [`drafted`]), if it has one.
+pub fn draft_of(load: &str) -> Option<&str> {
+    load.split_once('+').map(|(_, draft)| draft)
 }
 
 /// The load defaults of docs/ARCHITECTURE.md, in one place.
@@ -180,6 +197,26 @@ impl PoolSize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_names_carry_the_kv_type_and_the_draft() {
+        let plain = load_name("smollm2:135m", KvType::Q8_0, KvType::Q8_0);
+        assert_eq!(plain, "smollm2:135m");
+        let f16 = load_name("smollm2:135m", KvType::F16, KvType::Q8_0);
+        assert_eq!(f16, "smollm2:135m@f16");
+        let pair = drafted(&f16, "smol-draft:135m");
+        assert_eq!(pair, "smollm2:135m@f16+smol-draft:135m");
+        for (load, kv, draft) in [
+            (plain.as_str(), KvType::Q8_0, None),
+            (&f16, KvType::F16, None),
+            (&pair, KvType::F16, Some("smol-draft:135m")),
+            ("smollm2:135m+d:1b", KvType::Q8_0, Some("d:1b")),
+        ] {
+            assert_eq!(model_of(load), "smollm2:135m", "{load}");
+            assert_eq!(kv_type_of(load, KvType::Q8_0), kv, "{load}");
+            assert_eq!(draft_of(load), draft, "{load}");
+        }
+    }
 
     #[test]
     fn a_pool_starts_small_and_is_capped_at_every_sequence_full() {

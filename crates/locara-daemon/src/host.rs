@@ -538,6 +538,7 @@ mod tests {
                 disk_cache_dir: None,
                 disk_cache_bytes: 0,
                 model_sha256: None,
+                draft: None,
             },
             on_exit,
             Box::new(move |news| {

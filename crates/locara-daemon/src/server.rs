@@ -324,11 +324,18 @@ pub(crate) async fn app_terms(
     // A model declared twice (two roles) loads once: with f16 when either
     // declaration asks for it (the only type a manifest can ask for).
     let kv_type = decls.iter().filter_map(|d| d.kv_type).next();
+    // The app's speculative target loads with its draft beside it.
+    let draft = manifest
+        .speculative
+        .as_ref()
+        .filter(|s| s.target == model)
+        .map(|s| s.draft.clone());
     let Some(budget) = manifest.requires.memory_bytes().map(|b| b.0) else {
         return Ok(AppTerms {
             role,
             kv_type,
             priority: manifest.priority,
+            draft,
             ..AppTerms::default()
         });
     };
@@ -339,11 +346,7 @@ pub(crate) async fn app_terms(
     let uses = installed
         .iter()
         .map(|a| {
-            let loads = a
-                .models
-                .iter()
-                .map(|d| state.runtime.load_name(&d.reference, d.kv_type))
-                .collect();
+            let loads = state.runtime.app_loads(&a.models, a.speculative.as_ref());
             (a.id.to_string(), loads)
         })
         .collect();
@@ -358,6 +361,7 @@ pub(crate) async fn app_terms(
         kv_type,
         place: None,
         priority: manifest.priority,
+        draft,
     })
 }
 
@@ -585,6 +589,7 @@ pub(crate) async fn serve_embeddings(
         mut role,
         kv_type,
         priority,
+        draft,
         ..
     } = app_terms(state, caller, &model).await?;
     if let Caller::App(manifest) = caller {
@@ -611,6 +616,7 @@ pub(crate) async fn serve_embeddings(
             role,
             app,
             priority,
+            draft,
         })
         .await?;
     openai::check_dimensions(dimensions, &model, lease.host.info.embedding)?;
@@ -684,6 +690,8 @@ pub(crate) struct AppTerms {
     pub(crate) place: Option<tokio::sync::OwnedSemaphorePermit>,
     /// How its requests weigh for the CPU (interactive for the admin).
     pub(crate) priority: Priority,
+    /// The draft model its `[speculative]` pair loads beside this model.
+    pub(crate) draft: Option<String>,
 }
 
 /// One of the calling app's `max_concurrency` places for a generation,
@@ -1003,6 +1011,7 @@ async fn generate(
         kv_type,
         place,
         priority,
+        draft,
     } = terms;
     let in_flight = InFlight::enter(&state)?;
     let started = Instant::now();
@@ -1016,6 +1025,7 @@ async fn generate(
             role,
             app,
             priority,
+            draft,
         })
         .await?;
     let context = lease.host.info.context;

@@ -332,6 +332,7 @@ impl WorkerLink for FakeLink {
                 pool_max_cells: 0,
                 sliding_window: None,
                 context_shift: true,
+                draft: None,
             })),
             Request::Generate(g) => {
                 lock(&self.requests).push(g.clone());

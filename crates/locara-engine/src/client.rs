@@ -382,6 +382,7 @@ mod tests {
             disk_cache_dir: None,
             disk_cache_bytes: 0,
             model_sha256: None,
+            draft: None,
         }
     }
 
@@ -407,6 +408,7 @@ mod tests {
             pool_max_cells: 2048,
             sliding_window: None,
             context_shift: true,
+            draft: None,
         }
     }
 

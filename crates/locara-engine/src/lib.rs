@@ -50,6 +50,8 @@ mod cpu;
 pub mod disk;
 pub mod draft;
 #[cfg(feature = "llama")]
+mod drafter;
+#[cfg(feature = "llama")]
 pub mod embed;
 pub mod grammar;
 pub mod pool;

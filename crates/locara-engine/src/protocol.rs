@@ -235,6 +235,14 @@ pub struct LoadRequest {
     /// the model it was saved from. `None` turns the disk tier off.
     #[serde(default)]
     pub model_sha256: Option<String>,
+    /// A second GGUF file, a smaller model with the same vocabulary, that
+    /// proposes the tokens speculative decoding checks (an app's
+    /// `[speculative]` pair). Validated like `path`, and its vocabulary
+    /// checked against the model's, before llama.cpp sees it. It has one
+    /// sequence of `context` cells, with the model's K/V type and threads
+    /// (see [`crate::drafter`]).
+    #[serde(default)]
+    pub draft: Option<PathBuf>,
 }
 
 impl LoadRequest {
@@ -256,6 +264,7 @@ impl LoadRequest {
             disk_cache_dir: None,
             disk_cache_bytes: 0,
             model_sha256: None,
+            draft: None,
         }
     }
 }
@@ -593,6 +602,19 @@ pub struct LoadedInfo {
     /// and recurrent models: they end instead).
     #[serde(default)]
     pub context_shift: bool,
+    /// The draft model loaded beside the model, when the load asked for one.
+    #[serde(default)]
+    pub draft: Option<DraftInfo>,
+}
+
+/// The draft model of a load ([`LoadRequest::draft`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DraftInfo {
+    /// Bytes of tensor data in its file (mapped, like the model's).
+    pub weights_bytes: u64,
+    pub parameters: u64,
+    /// Cells of its one sequence's K/V.
+    pub cells: u32,
 }
 
 /// One sequence of the pool, for [`Event::Sequences`].
@@ -765,6 +787,10 @@ pub struct WorkerStats {
     /// The CPU priority its decodes run at now.
     #[serde(default)]
     pub thread_class: locara_core::threads::ThreadClass,
+    /// Cells of the draft model's K/V (its one sequence) while it exists;
+    /// 0 with no draft model, or while the pool is freed.
+    #[serde(default)]
+    pub draft_cells: u32,
 }
 
 /// Stable machine names of worker errors.

@@ -22,12 +22,13 @@
 
 use crate::disk::{self, DiskTier};
 use crate::draft::{self, DraftCounts, DraftLength};
+use crate::drafter::Drafter;
 use crate::embed::{EmbedShape, Embedder};
 use crate::pool::{self, Candidate, Held};
 use crate::protocol::{
-    read_frame, write_frame, ChatMessage, ErrorKind, Event, FinishReason, GenerateRequest,
-    GenerationStats, LoadRequest, LoadedInfo, Prompt, Request, Sampling, SequenceInfo,
-    TokenLogprobs, TokenProb, WorkerStats, PROTOCOL_VERSION,
+    read_frame, write_frame, ChatMessage, DraftInfo, ErrorKind, Event, FinishReason,
+    GenerateRequest, GenerationStats, LoadRequest, LoadedInfo, Prompt, Request, Sampling,
+    SequenceInfo, TokenLogprobs, TokenProb, WorkerStats, PROTOCOL_VERSION,
 };
 use crate::stop::{StopMatcher, StopStep};
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
@@ -299,6 +300,18 @@ fn serve_model(
             return Ok(());
         }
     };
+    // The draft model of a speculative pair: validated, and its vocabulary
+    // checked against the model's, before llama.cpp sees it.
+    let draft_model = match &load.draft {
+        None => None,
+        Some(path) => match load_draft(backend, &gguf, path, &model_params) {
+            Ok(m) => Some(m),
+            Err((kind, message)) => {
+                error(out, None, kind, message)?;
+                return Ok(());
+            }
+        },
+    };
     let trained = model.n_ctx_train();
     let requested_context = LoadDefaults::default().context_for(load.context, trained);
     let pool_max = pool::round_cells(
@@ -329,6 +342,24 @@ fn serve_model(
             return Ok(());
         }
     };
+    let drafter = match &draft_model {
+        None => None,
+        Some((draft, _)) => {
+            let cells = pool::round_cells(context);
+            let params = PoolShape {
+                parallel: 1,
+                ..shape
+            }
+            .params(cells);
+            match Drafter::new(backend, draft, params, cells) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    error(out, None, ErrorKind::LoadFailed, e.to_string())?;
+                    return Ok(());
+                }
+            }
+        }
+    };
     let can_shift = can_shift(&model, window);
     let has_chat_template = model.chat_template(None).is_ok();
     let chat_template = ChatTemplate::choose(has_chat_template, &gguf.model.architecture);
@@ -355,6 +386,13 @@ fn serve_model(
             pool_max_cells: pool_max,
             sliding_window: window,
             context_shift: can_shift,
+            draft: draft_model
+                .as_ref()
+                .map(|(draft, weights_bytes)| DraftInfo {
+                    weights_bytes: *weights_bytes,
+                    parameters: draft.n_params(),
+                    cells: drafter.as_ref().map_or(0, Drafter::cells),
+                }),
         }),
     )?;
 
@@ -398,12 +436,47 @@ fn serve_model(
             threads: shape.threads,
             max_tokens: context.min(crate::embed::EMBED_MAX_TOKENS),
         },
+        drafter,
     };
     engine.open_disk_tier(&load, out)?;
     let served = engine.serve(rx, out);
     // Unloading (Exit, or the parent gone): the conversations go to disk.
     engine.write_disk_tier(out);
     served
+}
+
+/// The draft model at `path` for the model of `target`: the guard, the
+/// vocabulary check ([`locara_gguf::vocab::check_draft_vocabulary`]), then
+/// llama.cpp's load with the model's parameters (mapped, never locked).
+/// With its weights' bytes.
+fn load_draft(
+    backend: &LlamaBackend,
+    target: &locara_gguf::GgufFile,
+    path: &std::path::Path,
+    params: &LlamaModelParams,
+) -> Result<(LlamaModel, u64), (ErrorKind, String)> {
+    let gguf = locara_gguf::validate_file(path).map_err(|e| {
+        (
+            ErrorKind::InvalidModel,
+            format!("draft model {}: {e}", path.display()),
+        )
+    })?;
+    locara_gguf::vocab::check_draft_vocabulary(target, &gguf).map_err(|e| {
+        (
+            ErrorKind::BadRequest,
+            format!("{} cannot draft for this model: {e}", path.display()),
+        )
+    })?;
+    let model = LlamaModel::load_from_file(backend, path, params).map_err(|e| {
+        (
+            ErrorKind::LoadFailed,
+            format!(
+                "llama.cpp could not load the draft model {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    Ok((model, gguf.model.tensor_data_bytes))
 }
 
 /// Whether llama.cpp can shift this model's positions (`seq_add` on its
@@ -641,6 +714,9 @@ struct Engine<'m> {
     paused: bool,
     /// Embedding requests, each in a context of its own ([`crate::embed`]).
     embedder: Embedder,
+    /// The draft model's proposals ([`crate::drafter`]), when the load has
+    /// one; `None` also after it failed (prompt lookup goes on).
+    drafter: Option<Drafter<'m>>,
 }
 
 enum Control {
@@ -789,6 +865,7 @@ impl<'m> Engine<'m> {
                 u32::try_from(self.shape.threads).unwrap_or(0)
             },
             thread_class: self.class,
+            draft_cells: self.drafter.as_ref().map_or(0, Drafter::cells),
         }
     }
 
@@ -1816,6 +1893,15 @@ impl<'m> Engine<'m> {
     /// ones before the next decode.
     fn place_drafts(&mut self, capacity: usize, mut free: usize) {
         let mut budget = draft::MAX_DRAFTS_PER_BATCH;
+        // The draft model drafts for one generation at a time; it is free
+        // again once that one has finished.
+        if let Some(d) = self.drafter.as_mut() {
+            if d.owner
+                .is_some_and(|o| !self.slots.iter().any(|s| s.id == o))
+            {
+                d.owner = None;
+            }
+        }
         for slot in self.slots.iter_mut() {
             if !slot.speculative || slot.logits_at.is_none() || slot.next.is_none() {
                 continue;
@@ -1836,11 +1922,34 @@ impl<'m> Engine<'m> {
                 continue;
             }
             let want = slot.draft_length.want().min(most);
-            let found = draft::lookup(&seq.tokens, draft::NGRAM_MIN, draft::NGRAM_MAX, want);
-            if found.is_empty() {
+            let by_model = self
+                .drafter
+                .as_mut()
+                .filter(|d| d.owner.is_none_or(|o| o == slot.id));
+            if let Some(d) = by_model {
+                d.owner = Some(slot.id);
+                match d.propose(
+                    self.backend,
+                    &seq.tokens,
+                    want,
+                    self.class,
+                    self.shape.threads,
+                ) {
+                    Ok(proposed) => slot.drafts = proposed,
+                    Err(e) => {
+                        // The answer goes on without the draft model, and
+                        // with prompt lookup from the next step.
+                        eprintln!("locara engine: draft model turned off: {e}");
+                        self.drafter = None;
+                    }
+                }
+            } else {
+                let found = draft::lookup(&seq.tokens, draft::NGRAM_MIN, draft::NGRAM_MAX, want);
+                slot.drafts.extend_from_slice(found);
+            }
+            if slot.drafts.is_empty() {
                 continue;
             }
-            slot.drafts.extend_from_slice(found);
             for &tok in &slot.drafts {
                 let at = self.batch.n_tokens();
                 self.batch
@@ -1971,6 +2080,9 @@ impl<'m> Engine<'m> {
             s.exact = 0;
         }
         drop(self.ctx.take());
+        if let Some(d) = self.drafter.as_mut() {
+            d.sleep();
+        }
         give_back_freed_memory();
         self.asleep = Some(previous);
         self.pool_cells = 0;

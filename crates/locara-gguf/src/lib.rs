@@ -57,6 +57,7 @@ mod shape;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod value;
+pub mod vocab;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

@@ -282,6 +282,7 @@ fn load(worker: &Worker, point: &Point, threads: u32) -> Result<LoadedInfo> {
         disk_cache_dir: None,
         disk_cache_bytes: 0,
         model_sha256: None,
+        draft: None,
     })?)
 }
 

@@ -287,6 +287,7 @@ fn a_file_the_guard_rejects_never_reaches_llama_cpp() {
             disk_cache_dir: None,
             disk_cache_bytes: 0,
             model_sha256: None,
+            draft: None,
         })
         .unwrap_err();
     match err {
@@ -375,6 +376,7 @@ fn load_pool(
             disk_cache_dir: None,
             disk_cache_bytes: 0,
             model_sha256: None,
+            draft: None,
         })
         .expect("loading the model")
 }
@@ -967,6 +969,7 @@ fn a_conversation_moved_to_the_ram_tier_comes_back_with_the_same_answer() {
                     disk_cache_dir: None,
                     disk_cache_bytes: 0,
                     model_sha256: None,
+                    draft: None,
                 })
                 .expect("loading the model")
         };
@@ -1138,6 +1141,7 @@ fn load_tiers(worker: &Worker, name: &str, tiers: &Tiers) -> LoadedInfo {
             disk_cache_dir: (tiers.disk > 0).then(|| tiers.dir.clone()),
             disk_cache_bytes: tiers.disk,
             model_sha256: Some(tiers.sha256.clone()),
+            draft: None,
         })
         .expect("loading the model")
 }

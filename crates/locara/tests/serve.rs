@@ -5,7 +5,7 @@
 mod common;
 
 use common::daemon::{chat_body, describe, event_log, Daemon, Sse};
-use common::{alive, children, eventually, locara, GEMMA3, SMOLLM2};
+use common::{alive, children, eventually, locara, model, GEMMA3, SMOLLM2};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
@@ -1085,6 +1085,108 @@ fn an_app_that_asks_for_f16_gets_a_worker_that_reports_f16() {
     let q8 = d.model_status(SMOLLM2).expect("the runtime's load");
     assert_eq!(q8["kv_type"], "q8_0", "{q8}");
     assert_ne!(f16["pid"], q8["pid"], "two workers");
+}
+
+/// An app's `[speculative]` pair (SmolLM2 drafting for itself, imported
+/// under a second name: the mechanics, not the speed): its requests for the
+/// target go to one load with the draft beside it, budgeted as both, whose
+/// greedy answers are the target's alone; the acceptance rate reaches
+/// /metrics. A pair whose vocabularies differ is refused at install.
+#[test]
+fn an_app_with_a_speculative_pair_gets_one_load_with_its_draft() {
+    let d = Daemon::start(&["--context", "2048", "--parallel", "1"]);
+    let draft = "smollm2-draft:135m";
+    let out = locara()
+        .env("LOCARA_HOME", d.home.path())
+        .arg("import")
+        .arg(model(SMOLLM2))
+        .args(["--name", draft])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = |id: &str, draft: &str| {
+        format!(
+            "id = \"{id}\"\nname = \"Pair\"\nversion = \"1.0.0\"\n\n\
+             [[models]]\nref = \"{SMOLLM2}\"\ncontext = 2048\n\n\
+             [[models]]\nref = \"{draft}\"\nrole = \"draft\"\n\n\
+             [speculative]\ntarget = \"{SMOLLM2}\"\ndraft = \"{draft}\"\n"
+        )
+    };
+
+    // Gemma 3's vocabulary is not SmolLM2's.
+    let path = d.home.path().join("bad.toml");
+    std::fs::write(&path, manifest("com.example.bad", GEMMA3)).unwrap();
+    let out = locara()
+        .env("LOCARA_HOME", d.home.path())
+        .args(["app", "install"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a mismatched pair installed");
+    assert!(stderr.contains("cannot draft"), "{stderr}");
+    assert!(
+        stderr.contains(GEMMA3) && stderr.contains("tokenizer"),
+        "{stderr}"
+    );
+
+    let token = install_app(&d, &manifest("com.example.pair", draft));
+    let body = chat_body(
+        SMOLLM2,
+        "Write a short story about a lighthouse keeper.",
+        64,
+        false,
+    );
+    let answer = |token: &str| -> Value {
+        post_as(&d, token, "/v1/chat/completions", &body)
+            .unwrap_or_else(|e| panic!("{}", describe(e)))
+            .into_json()
+            .unwrap()
+    };
+    let alone = answer(&d.token);
+    let paired = answer(&token);
+    assert_eq!(
+        paired["choices"][0]["message"]["content"], alone["choices"][0]["message"]["content"],
+        "the pair answers as the target alone"
+    );
+
+    let load_name = format!("{SMOLLM2}+{draft}");
+    let pair = d.model_status(&load_name).expect("the pair's load");
+    let single = d.model_status(SMOLLM2).expect("the admin's load");
+    assert_ne!(pair["pid"], single["pid"], "two workers");
+    // The pair's estimate counts the draft's weights (SmolLM2's tensors
+    // are 92 MiB) and its K/V too.
+    let (pair_estimate, single_estimate) = (
+        pair["estimate"].as_u64().unwrap(),
+        single["estimate"].as_u64().unwrap(),
+    );
+    assert!(
+        pair_estimate >= single_estimate + (92 << 20),
+        "pair {pair_estimate} vs alone {single_estimate} ({pair})"
+    );
+    // The acceptance rate, in the answer and in /metrics (by model).
+    let spec = &paired["locara"]["speculative"];
+    let (proposed, accepted) = (
+        spec["draft_tokens"].as_u64().unwrap(),
+        spec["draft_accepted_tokens"].as_u64().unwrap(),
+    );
+    assert!(
+        proposed > 0 && accepted * 10 > proposed * 8,
+        "the draft model agrees with itself: {spec}"
+    );
+    let metrics = d.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("locara_draft_accepted_tokens_total")
+                && l.contains(SMOLLM2)
+                && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }
 
 /// An app with `max_concurrency = 1` generates one answer at a time: its

@@ -280,3 +280,110 @@ fn only_plain_greedy_generations_draft() {
         assert_eq!(a.stats.decode_steps, a.stats.generated_tokens);
     }
 }
+
+fn load_with_draft(worker: &Worker, name: &str, draft: &str, parallel: u32) -> LoadedInfo {
+    worker
+        .load(LoadRequest {
+            context: Some(2048),
+            parallel,
+            draft: Some(model(draft)),
+            ..LoadRequest::new(model(name), TEST_THREADS)
+        })
+        .expect("loading the model with its draft")
+}
+
+/// A draft-model pair (SmolLM2 drafting for itself: the mechanics, not the
+/// speed): the same greedy answers as without drafting, where prompt
+/// lookup finds little to draft (a story) as well as in a copy; the
+/// acceptance rate is reported; a second generation at the same time
+/// drafts by prompt lookup and answers as it does alone.
+#[test]
+fn a_draft_model_drafts_and_the_answers_stay_the_same() {
+    let worker = spawn_worker();
+    let info = load_with_draft(&worker, SMOLLM2, SMOLLM2, 2);
+    let draft = info.draft.expect("the draft model is reported");
+    assert!(draft.weights_bytes > 0 && draft.parameters > 0, "{draft:?}");
+    assert!(
+        draft.cells >= info.context,
+        "{draft:?} for context {}",
+        info.context
+    );
+
+    let mut id = 0;
+    for (what, prompt, max_tokens) in [("story", story_prompt(), 96), ("copy", copy_prompt(), 120)]
+    {
+        id += 2;
+        let without = one(&worker, request(id, prompt.clone(), max_tokens, false));
+        let with = one(&worker, request(id + 1, prompt, max_tokens, true));
+        assert_same(&with, &without, &format!("draft pair {what}"));
+        let s = &with.stats;
+        // A model agrees with itself wherever it is sure of its next
+        // token; where it is not, it stops drafting (MIN_CONFIDENCE).
+        assert!(
+            s.acceptance_rate().unwrap() > 0.8,
+            "draft pair {what}: acceptance {:?} ({s:?})",
+            s.acceptance_rate()
+        );
+        // It drafts wherever it is sure (in this story a third of the
+        // tokens), where prompt lookup finds almost nothing to copy.
+        assert!(
+            s.draft_tokens * 4 > s.generated_tokens,
+            "draft pair {what}: the draft model proposes a good share: {s:?}"
+        );
+        assert!(s.decode_steps < s.generated_tokens, "{what}: {s:?}");
+    }
+
+    // Two at once: the draft model serves one, prompt lookup the other;
+    // each answers as alone.
+    let story_alone = one(&worker, request(10, story_prompt(), 80, false));
+    let copy_alone = one(&worker, request(11, copy_prompt(), 100, false));
+    let both = run(
+        &worker,
+        vec![
+            request(12, story_prompt(), 80, true),
+            request(13, copy_prompt(), 100, true),
+        ],
+    );
+    assert_same(
+        &both[&12],
+        &story_alone,
+        "story beside a copy, with a draft model",
+    );
+    assert_same(
+        &both[&13],
+        &copy_alone,
+        "copy beside a story, with a draft model",
+    );
+    assert!(both[&12].stats.draft_accepted_tokens > 0 && both[&13].stats.draft_accepted_tokens > 0);
+
+    let stats = worker_stats(&worker);
+    assert_eq!(stats.draft_cells, draft.cells, "{stats:?}");
+}
+
+/// A draft whose vocabulary differs from the model's is refused before
+/// llama.cpp loads it, naming the difference.
+#[test]
+fn a_draft_of_another_vocabulary_is_refused_at_load() {
+    let worker = spawn_worker();
+    let err = worker
+        .load(LoadRequest {
+            context: Some(2048),
+            draft: Some(model(GEMMA3)),
+            ..LoadRequest::new(model(SMOLLM2), TEST_THREADS)
+        })
+        .expect_err("Gemma 3 cannot draft for SmolLM2");
+    let message = err.to_string();
+    assert!(message.contains("cannot draft for this model"), "{message}");
+    assert!(message.contains("tokenizer"), "{message}");
+}
+
+fn worker_stats(worker: &Worker) -> WorkerStats {
+    worker.send(&Request::Stats).unwrap();
+    loop {
+        match worker.recv_timeout(Duration::from_secs(30)).unwrap() {
+            Some(Event::Stats(s)) => return s,
+            Some(_) => {}
+            None => panic!("no Stats answer"),
+        }
+    }
+}

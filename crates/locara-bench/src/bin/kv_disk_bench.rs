@@ -142,6 +142,7 @@ impl Setup<'_> {
                 disk_cache_dir: dir.map(Path::to_path_buf),
                 disk_cache_bytes: if dir.is_some() { 8 << 30 } else { 0 },
                 model_sha256: Some(self.sha256.to_string()),
+                draft: None,
             })
             .with_context(|| format!("loading {}", self.model.display()))?;
         Ok(worker)

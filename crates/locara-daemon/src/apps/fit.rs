@@ -5,7 +5,7 @@
 use crate::store::{ModelName, Store, StoreError};
 use locara_core::estimate::{self, Backend, EstimateError, EstimateOptions};
 use locara_core::fit::{check_requirement, judge_fit, Fit, LimitError, MachineLimits, ModelCost};
-use locara_core::manifest::{AppId, Manifest};
+use locara_core::manifest::{AppId, Manifest, ModelDecl, Role};
 use locara_core::LoadDefaults;
 use std::path::PathBuf;
 
@@ -24,6 +24,13 @@ pub enum FitError {
         path: PathBuf,
         source: Box<locara_gguf::GgufError>,
     },
+    #[error("{app} pairs {draft} as the draft of {target}, but it cannot draft for it: {source}")]
+    DraftVocabulary {
+        app: AppId,
+        target: String,
+        draft: String,
+        source: Box<locara_gguf::vocab::VocabMismatch>,
+    },
     #[error("cannot estimate the memory of {model}, which {app} uses: {source}")]
     Estimate {
         app: AppId,
@@ -41,6 +48,7 @@ impl FitError {
             FitError::Limit(e) => e.kind(),
             FitError::NotInStore { .. } => "model_not_in_store",
             FitError::InvalidModel { .. } => "invalid_model",
+            FitError::DraftVocabulary { .. } => "draft_vocabulary",
             FitError::Estimate { .. } => "estimate_failed",
             FitError::Store(e) => e.kind(),
         }
@@ -114,7 +122,7 @@ pub fn model_costs(
             models: missing,
         });
     }
-    let mut costs = Vec::with_capacity(entries.len());
+    let mut files = Vec::with_capacity(entries.len());
     for (decl, name, entry) in entries {
         let file =
             locara_gguf::validate_file(&entry.path).map_err(|source| FitError::InvalidModel {
@@ -123,14 +131,59 @@ pub fn model_costs(
                 path: entry.path.clone(),
                 source: Box::new(source),
             })?;
+        files.push((decl, name, file));
+    }
+    // A speculative pair: the draft's tokens go to the target as they are.
+    let options_of = |decl: &ModelDecl| {
         let terms = decl.load_terms(defaults);
-        let options = EstimateOptions {
+        EstimateOptions {
             context: terms.context,
             kv_type: terms.kv_type,
             parallel: manifest.max_concurrency,
             backend: backend.clone(),
             full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
             pool: None,
+        }
+    };
+    let mut draft_options = None;
+    if let Some(pair) = &manifest.speculative {
+        let find = |reference: &str, role| {
+            files
+                .iter()
+                .find(|(d, _, _)| d.reference == reference && d.role == role)
+        };
+        if let (Some((target, _, t)), Some((_, _, d))) = (
+            find(&pair.target, Role::Chat),
+            find(&pair.draft, Role::Draft),
+        ) {
+            locara_gguf::vocab::check_draft_vocabulary(t, d).map_err(|source| {
+                FitError::DraftVocabulary {
+                    app: manifest.id.clone(),
+                    target: pair.target.clone(),
+                    draft: pair.draft.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+            // The draft loads in the target's worker, with one sequence of
+            // the target's context (`locara_core::estimate::draft_options`).
+            let target_context = estimate::estimate(&t.shape(), &options_of(target))
+                .map(|e| e.context)
+                .unwrap_or(target.load_terms(defaults).context);
+            draft_options = Some(estimate::draft_options(&EstimateOptions {
+                context: target_context,
+                ..options_of(target)
+            }));
+        }
+    }
+    let mut costs = Vec::with_capacity(files.len());
+    for (decl, name, file) in files {
+        let is_draft = manifest
+            .speculative
+            .as_ref()
+            .is_some_and(|p| p.draft == decl.reference && decl.role == Role::Draft);
+        let options = match (&draft_options, is_draft) {
+            (Some(o), true) => o.clone(),
+            _ => options_of(decl),
         };
         let est =
             estimate::estimate(&file.shape(), &options).map_err(|source| FitError::Estimate {
@@ -142,7 +195,7 @@ pub fn model_costs(
             reference: decl.reference.clone(),
             role: decl.role,
             context: est.context,
-            kv_type: terms.kv_type,
+            kv_type: options.kv_type,
             parallel: est.parallel,
             estimate: est.total(),
         });

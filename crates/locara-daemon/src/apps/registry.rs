@@ -5,7 +5,7 @@
 use super::token::{has_token_form, Token, TokenHash, APP_TOKEN_PREFIX};
 use super::{io_err, AppError, FitError};
 use crate::manifest::{parse_manifest, read_manifest};
-use locara_core::manifest::{AppId, Manifest, ModelDecl};
+use locara_core::manifest::{AppId, Manifest, ModelDecl, Speculative};
 use locara_platform::fs::{write_atomic, Access};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -34,6 +34,9 @@ pub struct InstalledApp {
     /// references).
     #[serde(serialize_with = "references")]
     pub models: Vec<ModelDecl>,
+    /// Its speculative pair, when it declares one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<Speculative>,
 }
 
 fn references<S: serde::Serializer>(models: &[ModelDecl], s: S) -> Result<S::Ok, S::Error> {
@@ -166,6 +169,7 @@ impl AppRegistry {
                 name: manifest.name.clone(),
                 version: manifest.version.clone(),
                 models: manifest.models.clone(),
+                speculative: manifest.speculative.clone(),
             });
         }
         Ok(out)

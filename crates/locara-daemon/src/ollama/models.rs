@@ -127,6 +127,7 @@ async fn load_or_unload(
             role,
             kv_type,
             priority,
+            draft,
             ..
         } = app_terms(state, caller, &model).await?;
         // Through admission like any request; the lease goes at once.
@@ -140,6 +141,7 @@ async fn load_or_unload(
                     role,
                     app,
                     priority,
+                    draft,
                     ..ModelWish::default()
                 })
                 .await?,

@@ -19,6 +19,7 @@ use crate::store::Store;
 use locara_core::controller::{AppClaim, Denial};
 use locara_core::governor::{KeepAlive, Measured, Refusal};
 use locara_core::ladder::{LadderConfig, PressureLevel, Role, TokenCaps};
+use locara_core::manifest::{ModelDecl, Speculative};
 use locara_core::power::{PowerMode, PowerState, ThermalState};
 use locara_core::threads::Priority;
 use locara_core::{Backend, KvType, LoadDefaults};
@@ -158,6 +159,10 @@ pub struct ModelWish {
     /// How the request weighs for the CPU (the calling app's manifest
     /// says; interactive otherwise).
     pub priority: Priority,
+    /// The draft model loaded beside it (the calling app's `[speculative]`
+    /// pair names this model as its target): a load of its own, both
+    /// models budgeted together (`locara_core::load::drafted`).
+    pub draft: Option<String>,
 }
 
 /// A request's hold on a loaded model. Dropping it ends the hold.
@@ -335,10 +340,36 @@ impl Runtime {
     }
 
     /// The name of the load that serves `model` with `kv_type` (`None`: the
-    /// configured type): `model`, or `model@type` for another type.
-    pub fn load_name(&self, model: &str, kv_type: Option<KvType>) -> String {
+    /// configured type) and `draft` (an app's speculative pair): `model`,
+    /// `model@type` for another type, `+draft` with a draft model.
+    pub fn load_name(&self, model: &str, kv_type: Option<KvType>, draft: Option<&str>) -> String {
         let default = self.defaults.kv_type;
-        locara_core::load::load_name(model, kv_type.unwrap_or(default), default)
+        let load = locara_core::load::load_name(model, kv_type.unwrap_or(default), default);
+        match draft {
+            Some(d) => locara_core::load::drafted(&load, d),
+            None => load,
+        }
+    }
+
+    /// The loads an app uses: one per model it declares (`models`), at its
+    /// K/V type, the target of its `speculative` pair with the draft (the
+    /// draft has no load of its own).
+    pub fn app_loads(
+        &self,
+        models: &[ModelDecl],
+        speculative: Option<&Speculative>,
+    ) -> Vec<String> {
+        let pair = speculative;
+        models
+            .iter()
+            .filter(|d| !(d.role == Role::Draft && pair.is_some_and(|s| s.draft == d.reference)))
+            .map(|d| {
+                let draft = pair
+                    .filter(|s| s.target == d.reference && d.role == Role::Chat)
+                    .map(|s| s.draft.as_str());
+                self.load_name(&d.reference, d.kv_type, draft)
+            })
+            .collect()
     }
 
     /// The configured keep-alive of idle models (what an app's requests

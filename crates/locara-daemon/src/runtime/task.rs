@@ -609,7 +609,16 @@ impl Task {
         // app asked for (one load per model and K/V type).
         let default_kv = self.settings.config.kv_type;
         let kv_type = wish.kv_type.unwrap_or(default_kv);
-        let model = load::load_name(&wish.model, kv_type, default_kv);
+        let mut model = load::load_name(&wish.model, kv_type, default_kv);
+        if let Some(draft) = &wish.draft {
+            model = load::drafted(&model, draft);
+            // Both files are validated before a drafted load is weighed.
+            if !self.shapes.contains_key(draft) {
+                let draft = draft.clone();
+                self.validate(draft, wish, reply);
+                return;
+            }
+        }
         // A model held, or one the controller turns away anyway, needs no
         // estimate.
         // Fewer sequences per new load on battery (the estimates follow).
@@ -620,7 +629,7 @@ impl Task {
             if self.controller.holds(&model) || self.controller.closed_to(&model).is_some() {
                 Vec::new()
             } else if let Some((_, shape)) = self.shapes.get(&wish.model) {
-                match self.candidates(&wish, kv_type, parallel, &shape.clone()) {
+                match self.candidates(&wish, &model, kv_type, parallel, &shape.clone()) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -628,7 +637,8 @@ impl Task {
                     }
                 }
             } else {
-                self.validate(wish, reply);
+                let file = wish.model.clone();
+                self.validate(file, wish, reply);
                 return;
             };
         let ticket = self.next_ticket;
@@ -649,10 +659,10 @@ impl Task {
         self.handle(Event::Acquire(request));
     }
 
-    /// Finds and validates the model's file on a blocking thread; the
-    /// request waits in `shaping` until the answer comes back.
-    fn validate(&mut self, wish: ModelWish, reply: Reply) {
-        let model = wish.model.clone();
+    /// Finds and validates the file of `model` (the wish's model, or its
+    /// draft) on a blocking thread; the request waits in `shaping` until
+    /// the answer comes back, then is weighed again.
+    fn validate(&mut self, model: String, wish: ModelWish, reply: Reply) {
         let waiting = self.shaping.entry(model.clone()).or_default();
         waiting.push((wish, reply));
         if waiting.len() > 1 {
@@ -666,11 +676,12 @@ impl Task {
         });
     }
 
-    /// The contexts admission may try for a load with `kv_type`, each with
+    /// The contexts admission may try for `load` with `kv_type`, each with
     /// its estimate (mapped weights included), in bytes.
     fn candidates(
         &self,
         wish: &ModelWish,
+        load: &str,
         kv_type: KvType,
         parallel: u32,
         shape: &ModelShape,
@@ -687,7 +698,7 @@ impl Task {
         };
         let mut candidates: Vec<(u32, u64)> = Vec::new();
         for context in contexts {
-            let e = self.estimate_at(&wish.model, shape, context, kv_type, parallel, None)?;
+            let e = self.estimate_at(load, shape, context, kv_type, parallel, None)?;
             if !candidates.iter().any(|&(c, _)| c == e.context) {
                 candidates.push((e.context, e.total()));
             }
@@ -695,12 +706,13 @@ impl Task {
         Ok(candidates)
     }
 
-    /// The estimate of `shape` at `context` with `kv_type` and `parallel`
-    /// sequences, sharing a pool of `pool` cells (`None`: the pool's
-    /// starting size at that context).
+    /// The estimate of `load` (its model's `shape`) at `context` with
+    /// `kv_type` and `parallel` sequences, sharing a pool of `pool` cells
+    /// (`None`: the pool's starting size at that context); with its draft
+    /// model's, when it has one (`Estimate::with_draft`).
     fn estimate_at(
         &self,
-        model: &str,
+        load: &str,
         shape: &ModelShape,
         context: u32,
         kv_type: KvType,
@@ -716,10 +728,29 @@ impl Task {
             full_window_cache: ENGINE_FULL_WINDOW_CACHE,
             pool: Some(pool),
         };
-        estimate::estimate(shape, &options).map_err(|e| RuntimeError::InvalidModel {
+        let invalid = |model: &str, e: estimate::EstimateError| RuntimeError::InvalidModel {
             model: model.to_string(),
             message: e.to_string(),
-        })
+        };
+        let alone = estimate::estimate(shape, &options).map_err(|e| invalid(load, e))?;
+        let Some(draft) = load::draft_of(load) else {
+            return Ok(alone);
+        };
+        let (_, draft_shape) =
+            self.shapes
+                .get(draft)
+                .ok_or_else(|| RuntimeError::InvalidModel {
+                    model: draft.to_string(),
+                    message: "the draft model's file was not validated".into(),
+                })?;
+        // The draft holds one sequence of the context the load ends up with.
+        let options = EstimateOptions {
+            context: alone.context,
+            ..options
+        };
+        let drafted = estimate::estimate(draft_shape, &estimate::draft_options(&options))
+            .map_err(|e| invalid(draft, e))?;
+        Ok(alone.with_draft(&drafted))
     }
 
     /// The estimate of a loaded model with a pool of `cells` cells; none for
@@ -822,6 +853,9 @@ impl Task {
             disk_cache_dir: None,
             disk_cache_bytes: config.kv_disk_cache,
             model_sha256: None,
+            draft: load::draft_of(&load.model)
+                .and_then(|d| self.shapes.get(d))
+                .map(|(path, _)| path.clone()),
         };
         let tx = self.tx.clone();
         let (model, instance) = (load.model, load.instance);
