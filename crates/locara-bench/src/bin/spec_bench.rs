@@ -13,12 +13,23 @@
 //! token event: a difference is reported and fails the run. The acceptance
 //! rate and tokens per decode step of the drafting side are reported too.
 //!
+//! With `--draft PATH` the worker loads a draft model beside the model
+//! (an app's `[speculative]` pair), which then proposes the drafts for the
+//! drafting side; `--prompt story` asks for a story instead of a copy,
+//! where prompt lookup finds little and a draft model is what drafts. The
+//! pair's figures (speed ratio, acceptance rate, tokens per step) are
+//! reported; the 1.5x goal is prompt lookup's on the copy, so a run with a
+//! draft model is held only to identical answers (a model drafting for
+//! itself, the mechanics' check, cannot be faster).
+//!
 //! ```text
 //! cargo run --release -p locara-bench --bin locara-spec-bench -- --reps 5
+//! cargo run --release -p locara-bench --bin locara-spec-bench -- --reps 5 \
+//!     --draft ~/.locara/models/smollm2+135m/model.gguf --prompt story
 //! ```
 //!
-//! Exit status: 0 when the ratio meets the goal and every answer matched,
-//! 2 when not, 1 on an error.
+//! Exit status: 0 when the ratio meets the goal (prompt lookup) and every
+//! answer matched, 2 when not, 1 on an error.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -71,6 +82,23 @@ struct Cli {
     /// Measured reps (each side once per rep).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     reps: u32,
+
+    /// A draft model (GGUF with the model's vocabulary) loaded beside the
+    /// model: it proposes the drafts instead of prompt lookup.
+    #[arg(long, value_name = "PATH")]
+    draft: Option<PathBuf>,
+
+    /// What to ask: `copy` (repeat a paragraph with an edit, where prompt
+    /// lookup pays) or `story` (new text, where only a draft model drafts).
+    #[arg(long, value_enum, default_value = "copy")]
+    prompt: Ask,
+}
+
+/// The request of each rep.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    Copy,
+    Story,
 }
 
 fn main() -> ExitCode {
@@ -95,22 +123,32 @@ struct Answer {
     stats: GenerationStats,
 }
 
-fn prompt() -> Prompt {
+fn prompt(ask: Ask) -> Prompt {
+    let content = match ask {
+        Ask::Copy => format!(
+            "Repeat the following paragraph exactly as it is, but write \"village\" \
+             instead of \"town\":\n\n{PARAGRAPH}"
+        ),
+        Ask::Story => "Write a short story about a lighthouse keeper and a storm.".into(),
+    };
     Prompt::Chat {
         messages: vec![ChatMessage {
             role: "user".into(),
-            content: format!(
-                "Repeat the following paragraph exactly as it is, but write \"village\" \
-                 instead of \"town\":\n\n{PARAGRAPH}"
-            ),
+            content,
         }],
     }
 }
 
-fn generate(worker: &Worker, id: u64, max_tokens: u32, speculative: bool) -> Result<Answer> {
+fn generate(
+    worker: &Worker,
+    ask: Ask,
+    id: u64,
+    max_tokens: u32,
+    speculative: bool,
+) -> Result<Answer> {
     worker.send(&Request::Generate(GenerateRequest {
         id,
-        prompt: prompt(),
+        prompt: prompt(ask),
         sampling: Sampling::greedy(),
         max_tokens: Some(max_tokens),
         stop: Vec::new(),
@@ -152,23 +190,35 @@ fn run(cli: &Cli) -> Result<bool> {
         engine_log: false,
     };
     let worker = Worker::spawn(&cmd).context("starting an engine worker")?;
-    worker
+    let info = worker
         .load(LoadRequest {
             context: Some(4096),
             kv_type: cli.kv,
+            draft: cli.draft.clone(),
             ..LoadRequest::new(model.clone(), cli.threads)
         })
         .with_context(|| format!("loading {}", model.display()))?;
+    let drafter = match (&cli.draft, &info.draft) {
+        (Some(path), Some(d)) => format!(
+            "draft model {} ({} parameters, {} cells)",
+            path.display(),
+            d.parameters,
+            d.cells
+        ),
+        _ => "prompt lookup".to_string(),
+    };
     progress(&format!(
-        "{}: {} reps of a {}-token copy, {} threads",
+        "{}: {} reps of a {}-token {:?}, {} threads, drafting by {drafter}",
         model.display(),
         cli.reps,
         cli.tokens,
+        cli.prompt,
         cli.threads
     ));
+    let ask = cli.prompt;
     // One unmeasured pair: page in the weights, warm the caches.
-    generate(&worker, 1, cli.tokens, true)?;
-    generate(&worker, 2, cli.tokens, false)?;
+    generate(&worker, ask, 1, cli.tokens, true)?;
+    generate(&worker, ask, 2, cli.tokens, false)?;
 
     let mut id = 10;
     let (mut with, mut without) = (Vec::new(), Vec::new());
@@ -185,7 +235,8 @@ fn run(cli: &Cli) -> Result<bool> {
         let mut pair = [None, None];
         for speculative in order {
             id += 1;
-            pair[usize::from(speculative)] = Some(generate(&worker, id, cli.tokens, speculative)?);
+            pair[usize::from(speculative)] =
+                Some(generate(&worker, ask, id, cli.tokens, speculative)?);
         }
         let [Some(plain), Some(drafted)] = pair else {
             unreachable!("both sides ran")
@@ -223,16 +274,26 @@ fn run(cli: &Cli) -> Result<bool> {
     let (with, without, ratios) = (summary(&with)?, summary(&without)?, summary(&ratios)?);
     let (acceptance, per_step) = (summary(&acceptance)?, summary(&per_step)?);
     println!("decode tokens/s, median (min-max) of {} reps", cli.reps);
+    let side = if cli.draft.is_some() {
+        "with a draft model"
+    } else {
+        "with prompt lookup"
+    };
     println!(
-        "  with prompt lookup  {:7.1} ({:.1}-{:.1})",
+        "  {side:<19} {:7.1} ({:.1}-{:.1})",
         with.median, with.min, with.max
     );
     println!(
         "  without             {:7.1} ({:.1}-{:.1})",
         without.median, without.min, without.max
     );
+    let goal = if cli.draft.is_none() && ask == Ask::Copy {
+        format!(" (goal {GOAL}x)")
+    } else {
+        String::new()
+    };
     println!(
-        "  ratio (median of pairs) {:.2}x (goal {GOAL}x); acceptance rate {:.0} %; {:.2} tokens per decode step",
+        "  ratio (median of pairs) {:.2}x{goal}; acceptance rate {:.0} %; {:.2} tokens per decode step",
         ratios.median,
         acceptance.median * 100.0,
         per_step.median
@@ -242,5 +303,6 @@ fn run(cli: &Cli) -> Result<bool> {
         cli.reps - mismatches,
         cli.reps
     );
-    Ok(ratios.median >= GOAL && mismatches == 0)
+    let fast_enough = goal.is_empty() || ratios.median >= GOAL;
+    Ok(fast_enough && mismatches == 0)
 }
