@@ -48,6 +48,7 @@
 //!         estimate_bytes: 200 << 20,
 //!         sequences_busy: 0,
 //!         queue_depth: 0,
+//!         threads: 0,
 //!         kv_pool: None,
 //!     }],
 //! });
@@ -132,6 +133,9 @@ pub struct ModelGauges {
     pub sequences_busy: u32,
     /// Requests waiting for a free sequence of this model.
     pub queue_depth: u32,
+    /// Threads its decodes run on now, from the runtime's CPU budget; 0
+    /// while idle.
+    pub threads: u32,
     /// The model's K/V pool: cells allocated, cells its sequences hold,
     /// and finished conversations kept for reuse; `None` while loading.
     pub kv_pool: Option<KvPoolGauges>,
@@ -797,6 +801,12 @@ impl Collector for Snapshot {
             "queue_depth",
             "Requests waiting for a free sequence of the model.",
             models.iter().map(|m| (model(m), m.queue_depth)),
+        )?;
+        gauges(
+            e,
+            "model_threads",
+            "Threads the model's decodes run on now, its share of the performance cores (0 while idle).",
+            models.iter().map(|m| (model(m), m.threads)),
         )
     }
 }
@@ -901,6 +911,7 @@ mod tests {
             estimate_bytes: 200 << 20,
             sequences_busy: 1,
             queue_depth: 2,
+            threads: 2,
             kv_pool: Some(KvPoolGauges {
                 cells: 2048,
                 used_cells: 300,
@@ -963,6 +974,7 @@ mod tests {
             ("locara_model_footprint_bytes", "gauge"),
             ("locara_model_mapped_weights_bytes", "gauge"),
             ("locara_sequences_busy", "gauge"),
+            ("locara_model_threads", "gauge"),
             ("locara_queue_depth", "gauge"),
             ("locara_kv_pool_cells", "gauge"),
             ("locara_kv_pool_used_cells", "gauge"),
@@ -1025,6 +1037,7 @@ mod tests {
         let smol = |family: &str| value(&text, &format!("{family}{{model=\"smollm2:135m\"}}"));
         assert_eq!(smol("locara_queue_depth"), Some(2.0));
         assert_eq!(smol("locara_sequences_busy"), Some(1.0));
+        assert_eq!(smol("locara_model_threads"), Some(2.0));
         assert_eq!(
             smol("locara_model_mapped_weights_bytes"),
             Some((98u64 << 20) as f64)

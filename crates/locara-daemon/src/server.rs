@@ -1325,6 +1325,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
                 estimate_bytes: m.estimate,
                 sequences_busy: m.sequences_busy,
                 queue_depth: m.queued,
+                threads: m.threads,
                 kv_pool: m.pool.as_ref().map(|p| KvPoolGauges {
                     cells: p.cells,
                     used_cells: p.used_cells,

@@ -495,9 +495,10 @@ pub fn ps(json: bool) -> Result<ExitCode> {
     }
     let now = locara_platform::time::unix_now_ms();
     println!(
-        "{:<20} {:<8} {:>10} {:>10} {:>10} {:>6} {:<5} {:>13} {:>6} {:>8} {:>10}",
+        "{:<20} {:<8} {:>7} {:>10} {:>10} {:>10} {:>6} {:<5} {:>13} {:>6} {:>8} {:>10}",
         "NAME",
         "STATE",
+        "THREADS",
         "FOOTPRINT",
         "MAPPED",
         "ESTIMATE",
@@ -537,10 +538,19 @@ pub fn ps(json: bool) -> Result<ExitCode> {
             ),
             None => ("-".to_string(), "-".to_string()),
         };
+        // Its share of the cores while busy; "bg" marks background work.
+        let threads = match m.thread_class {
+            Some(locara_core::threads::ThreadClass::Background) if m.threads > 0 => {
+                format!("{} bg", m.threads)
+            }
+            _ if m.threads > 0 => m.threads.to_string(),
+            _ => "-".to_string(),
+        };
         println!(
-            "{:<20} {:<8} {:>10} {:>10} {:>10} {:>6} {:<5} {:>13} {:>6} {:>8} {:>10}",
+            "{:<20} {:<8} {:>7} {:>10} {:>10} {:>10} {:>6} {:<5} {:>13} {:>6} {:>8} {:>10}",
             m.name,
             state,
+            threads,
             opt(m.footprint),
             opt(m.mapped_weights),
             Bytes(m.estimate).to_string(),
@@ -552,7 +562,7 @@ pub fn ps(json: bool) -> Result<ExitCode> {
             until
         );
     }
-    println!("POOL: K/V cells its sequences hold / cells allocated (it grows with the governor's leave, shrinks when idle); CACHED: finished conversations kept for reuse (in the pool + in RAM)");
+    println!("THREADS: its share of the cores while busy (bg: background priority); POOL: K/V cells its sequences hold / cells allocated (it grows with the governor's leave, shrinks when idle); CACHED: finished conversations kept for reuse (in the pool + in RAM); NAME+DRAFT: a speculative pair");
     println!(
         "budget {} (effective {}), held {}",
         Bytes(status.budget),

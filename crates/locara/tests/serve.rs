@@ -1158,6 +1158,10 @@ fn an_app_with_a_speculative_pair_gets_one_load_with_its_draft() {
     let pair = d.model_status(&load_name).expect("the pair's load");
     let single = d.model_status(SMOLLM2).expect("the admin's load");
     assert_ne!(pair["pid"], single["pid"], "two workers");
+    assert_eq!(pair["draft"], draft, "{pair}");
+    assert_eq!(single["draft"], Value::Null, "{single}");
+    // Idle workers hold no threads.
+    assert_eq!(pair["threads"], 0, "{pair}");
     // The pair's estimate counts the draft's weights (SmolLM2's tensors
     // are 92 MiB) and its K/V too.
     let (pair_estimate, single_estimate) = (

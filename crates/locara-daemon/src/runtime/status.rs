@@ -8,6 +8,7 @@ use locara_core::controller::{Controller, PoolStatus};
 use locara_core::governor::Phase;
 use locara_core::ladder::{LadderState, PressureLevel};
 use locara_core::power::{PowerLimits, PowerMode, PowerState};
+use locara_core::threads::ThreadClass;
 use locara_core::KvType;
 use locara_platform::SystemSnapshot;
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,15 @@ pub struct ModelStatus {
     /// The K/V pool its sequences share; `None` while it loads.
     #[serde(default)]
     pub pool: Option<PoolStatus>,
+    /// The threads its decodes run on now, and their class, from the
+    /// runtime's CPU budget (`locara_core::threads`); 0 while idle.
+    #[serde(default)]
+    pub threads: u32,
+    #[serde(default)]
+    pub thread_class: Option<ThreadClass>,
+    /// The draft model loaded beside it (an app's `[speculative]` pair).
+    #[serde(default)]
+    pub draft: Option<String>,
 }
 
 /// The runtime's state for `/locara/v1/status`, `locara ps` and metrics.
@@ -189,6 +199,9 @@ pub(super) fn build(s: Sources<'_>, now: Instant) -> Status {
                 pid: host.map(|h| h.pid()),
                 engine: host.map(|h| h.engine().to_string()),
                 pool: s.controller.pool(m.instance).cloned(),
+                threads: s.controller.threads(m.instance).map_or(0, |t| t.threads),
+                thread_class: s.controller.threads(m.instance).map(|t| t.class),
+                draft: locara_core::load::draft_of(name).map(str::to_string),
             }
         })
         .collect();
