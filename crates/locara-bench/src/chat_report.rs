@@ -24,6 +24,11 @@ pub struct ChatTurn {
     /// rather than prefilled; `None` where it does not say.
     pub llama_server_cached_tokens: Option<f64>,
     pub locara_cached_tokens: Option<f64>,
+    /// Median of each server's own time for the prompt, milliseconds,
+    /// where it says: the rest of the time to first token is the way
+    /// there and back (HTTP, tokenizing, scheduling).
+    pub llama_server_prefill_ms: Option<f64>,
+    pub locara_prefill_ms: Option<f64>,
     /// Time to first token, milliseconds: request written to first text.
     pub ttft_ms: Versus,
 }
@@ -123,8 +128,8 @@ pub fn all_pass(turns: &[ChatTurn], footprint: &FootprintGoal) -> bool {
 }
 
 /// Median of the values that are there; `None` if none is.
-pub fn median_of_known(values: &[Option<u32>]) -> Option<f64> {
-    let known: Vec<f64> = values.iter().flatten().map(|&v| f64::from(v)).collect();
+pub fn median_of_known<T: Copy + Into<f64>>(values: &[Option<T>]) -> Option<f64> {
+    let known: Vec<f64> = values.iter().flatten().map(|&v| v.into()).collect();
     Summary::of(&known).map(|s| s.median)
 }
 
@@ -168,10 +173,11 @@ impl ChatReport {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{:<6}{:>15}{:>15}{:>30}{:>28}{:>8}{:>9}",
+            "{:<6}{:>15}{:>15}{:>17}{:>30}{:>28}{:>8}{:>9}",
             "turn",
             "prompt tokens",
             "from cache",
+            "prefill ms",
             "llama-server first token ms",
             "Locara first token ms",
             "ratio",
@@ -179,19 +185,25 @@ impl ChatReport {
         );
         let _ = writeln!(
             s,
-            "{:<6}{:>15}{:>15}{:>30}{:>28}",
-            "", "(llama / Loc.)", "(llama / Loc.)", "median (range)", "median (range)"
+            "{:<6}{:>15}{:>15}{:>17}{:>30}{:>28}",
+            "",
+            "(llama / Loc.)",
+            "(llama / Loc.)",
+            "(llama / Loc.)",
+            "median (range)",
+            "median (range)"
         );
         for t in &self.turns {
             let _ = writeln!(
                 s,
-                "{:<6}{:>15}{:>15}{:>30}{:>28}{:>8.3}{:>9} {}",
+                "{:<6}{:>15}{:>15}{:>17}{:>30}{:>28}{:>8.3}{:>9} {}",
                 t.turn,
                 pair(
                     t.llama_server_prompt_tokens.map(f64::from),
                     t.locara_prompt_tokens.map(f64::from)
                 ),
                 pair(t.llama_server_cached_tokens, t.locara_cached_tokens),
+                pair(t.llama_server_prefill_ms, t.locara_prefill_ms),
                 ms_cell(&t.ttft_ms.llama_server),
                 ms_cell(&t.ttft_ms.locara),
                 t.ttft_ms.ratio,
@@ -331,6 +343,8 @@ mod tests {
             locara_prompt_tokens: Some(200 * n - 2),
             llama_server_cached_tokens: Some(f64::from(200 * (n - 1))),
             locara_cached_tokens: None,
+            llama_server_prefill_ms: None,
+            locara_prefill_ms: None,
             ttft_ms: Versus::new(llama, locara, Target::AtMost(1.0)).unwrap(),
         }
     }
@@ -409,7 +423,7 @@ mod tests {
             median_of_known(&[Some(3), None, Some(1), Some(2)]),
             Some(2.0)
         );
-        assert_eq!(median_of_known(&[None, None]), None);
+        assert_eq!(median_of_known::<u32>(&[None, None]), None);
     }
 
     #[test]

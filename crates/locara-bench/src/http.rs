@@ -201,6 +201,7 @@ pub struct StreamEvents {
     finish_reason: Option<String>,
     usage: Option<Usage>,
     cached_prompt_tokens: Option<u32>,
+    server_prefill_ms: Option<f64>,
 }
 
 /// Token counts a server reports (OpenAI's `usage`; sent in a stream when
@@ -261,6 +262,15 @@ impl StreamEvents {
         if cached.is_some() {
             self.cached_prompt_tokens = cached;
         }
+        // The server's own time for the prompt: llama-server's
+        // `timings.prompt_ms`, Locara's `locara.timings.prefill_ms`.
+        let prefill = chunk
+            .pointer("/timings/prompt_ms")
+            .or_else(|| chunk.pointer("/locara/timings/prefill_ms"))
+            .and_then(Value::as_f64);
+        if prefill.is_some() {
+            self.server_prefill_ms = prefill;
+        }
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
             let field = |name| {
                 usage
@@ -297,6 +307,7 @@ impl StreamEvents {
             finish_reason: self.finish_reason,
             text: self.text,
             cached_prompt_tokens: self.cached_prompt_tokens,
+            server_prefill_ms: self.server_prefill_ms,
             token_times: self.tokens,
         })
     }
@@ -322,6 +333,10 @@ pub struct StreamResult {
     /// Prompt tokens the server reused from its cache rather than
     /// prefilled, where it says (llama-server does; see [`StreamEvents`]).
     pub cached_prompt_tokens: Option<u32>,
+    /// The server's own time for the prompt, milliseconds, where it says
+    /// (see [`StreamEvents`]): the time to first token less the way there
+    /// and back.
+    pub server_prefill_ms: Option<f64>,
     /// When each chunk with text arrived, in order (the first is
     /// `first_token`, the last `last_token`).
     pub token_times: Vec<Instant>,
@@ -506,7 +521,7 @@ mod tests {
         "",
         r#"data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],"object":"chat.completion.chunk"}"#,
         "",
-        r#"data: {"choices":[],"usage":{"completion_tokens":3,"prompt_tokens":31,"total_tokens":34},"object":"chat.completion.chunk","timings":{"cache_n":20,"prompt_n":11}}"#,
+        r#"data: {"choices":[],"usage":{"completion_tokens":3,"prompt_tokens":31,"total_tokens":34},"object":"chat.completion.chunk","timings":{"cache_n":20,"prompt_n":11,"prompt_ms":12.5}}"#,
         "",
         "data: [DONE]",
     ];
@@ -538,6 +553,7 @@ mod tests {
             })
         );
         assert_eq!(result.cached_prompt_tokens, Some(20));
+        assert_eq!(result.server_prefill_ms, Some(12.5));
         // Tokens at lines 2, 4 and 8: 20 ms to the first, 2 more in 60 ms.
         assert!((result.ttft() - 0.020).abs() < 1e-9);
         assert!((result.decode_tps().unwrap() - 2.0 / 0.060).abs() < 1e-6);

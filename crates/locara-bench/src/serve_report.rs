@@ -356,6 +356,7 @@ mod tests {
             finish_reason: Some(finish.into()),
             text: String::new(),
             cached_prompt_tokens: None,
+            server_prefill_ms: None,
             token_times: Vec::new(),
         }
     }

@@ -1806,6 +1806,7 @@ mod tests {
                 "prompt_cached_tokens": 12, "dropped_messages": 1,
                 "shifted_tokens": 0, "kept_tokens": 9,
                 "speculative": {"draft_tokens": 10, "draft_accepted_tokens": 7, "decode_steps": 4},
+                "timings": {"prefill_ms": 0.0, "decode_ms": 0.0},
             })
         );
         assert_eq!(v["usage"]["prompt_tokens"], 40);
@@ -1841,6 +1842,7 @@ mod tests {
             "prompt_cached_tokens": 5, "dropped_messages": 0,
             "shifted_tokens": 512, "kept_tokens": 9,
             "speculative": {"draft_tokens": 0, "draft_accepted_tokens": 0, "decode_steps": 0},
+            "timings": {"prefill_ms": 0.0, "decode_ms": 0.0},
         });
         let d = daemon(FakeEngine::reporting(3, stats)).await;
 

@@ -989,6 +989,8 @@ fn measure_chat(
             locara_prompt_tokens: turn.prompt_tokens[1],
             llama_server_cached_tokens: chat_report::median_of_known(&turn.cached_tokens[0]),
             locara_cached_tokens: chat_report::median_of_known(&turn.cached_tokens[1]),
+            llama_server_prefill_ms: chat_report::median_of_known(&turn.prefill_ms[0]),
+            locara_prefill_ms: chat_report::median_of_known(&turn.prefill_ms[1]),
             ttft_ms,
         });
     }
@@ -1032,6 +1034,8 @@ struct TurnSamples {
     /// Prompt tokens each server said it took from its cache, per
     /// conversation.
     cached_tokens: [Vec<Option<u32>>; 2],
+    /// Each server's own prefill time, milliseconds, per conversation.
+    prefill_ms: [Vec<Option<f64>>; 2],
 }
 
 /// What the measured conversations found.
@@ -1131,6 +1135,7 @@ fn measure_conversations(
                     turn.prompt_tokens[i] = Some(usage.prompt_tokens);
                 }
                 turn.cached_tokens[i].push(stream.cached_prompt_tokens);
+                turn.prefill_ms[i].push(stream.server_prefill_ms);
             }
         }
     }
@@ -1340,6 +1345,8 @@ mod tests {
             locara_prompt_tokens: Some(tokens.1),
             llama_server_cached_tokens: cached,
             locara_cached_tokens: None,
+            llama_server_prefill_ms: None,
+            locara_prefill_ms: None,
             ttft_ms: Versus::new(&[100.0], &[100.0], Target::AtMost(CHAT_TTFT_GOAL)).unwrap(),
         };
         let mut notes = Vec::new();

@@ -54,6 +54,15 @@ impl Usage {
     }
 }
 
+/// Milliseconds as whole microseconds (negative or not a number: 0).
+fn micros(ms: f64) -> u64 {
+    if ms.is_finite() && ms > 0.0 {
+        (ms * 1000.0).round() as u64
+    } else {
+        0
+    }
+}
+
 /// The response header that says a request's context was shortened; sent
 /// on whole (non-streamed) answers only, as a stream's headers go out
 /// before the generation ends. See [`ContextReport::header_value`].
@@ -78,6 +87,12 @@ pub struct ContextReport {
     pub draft_tokens: u32,
     pub draft_accepted_tokens: u32,
     pub decode_steps: u32,
+    /// The worker's own time for the prompt (up to the first token's
+    /// logits) and for the rest, microseconds: what a client's time to
+    /// first token is, less the way there and back (llama-server's
+    /// `timings.prompt_ms` and `predicted_ms` say the same).
+    pub prefill_us: u64,
+    pub decode_us: u64,
 }
 
 impl ContextReport {
@@ -90,6 +105,8 @@ impl ContextReport {
             draft_tokens: stats.draft_tokens,
             draft_accepted_tokens: stats.draft_accepted_tokens,
             decode_steps: stats.decode_steps,
+            prefill_us: micros(stats.prefill_ms),
+            decode_us: micros(stats.decode_ms),
         }
     }
 
@@ -100,7 +117,8 @@ impl ContextReport {
     }
 
     /// `{"prompt_cached_tokens","dropped_messages","shifted_tokens","kept_tokens",
-    /// "speculative":{"draft_tokens","draft_accepted_tokens","decode_steps"}}`.
+    /// "speculative":{"draft_tokens","draft_accepted_tokens","decode_steps"},
+    /// "timings":{"prefill_ms","decode_ms"}}`.
     pub fn to_json(self) -> Value {
         json!({
             "prompt_cached_tokens": self.prompt_cached_tokens,
@@ -111,6 +129,10 @@ impl ContextReport {
                 "draft_tokens": self.draft_tokens,
                 "draft_accepted_tokens": self.draft_accepted_tokens,
                 "decode_steps": self.decode_steps,
+            },
+            "timings": {
+                "prefill_ms": self.prefill_us as f64 / 1000.0,
+                "decode_ms": self.decode_us as f64 / 1000.0,
             },
         })
     }
@@ -564,11 +586,14 @@ mod tests {
             draft_tokens: 12,
             draft_accepted_tokens: 9,
             decode_steps: 5,
+            prefill_us: 41_250,
+            decode_us: 0,
         };
         let locara = json!({
             "prompt_cached_tokens": 4, "dropped_messages": 2,
             "shifted_tokens": 0, "kept_tokens": 6,
             "speculative": {"draft_tokens": 12, "draft_accepted_tokens": 9, "decode_steps": 5},
+            "timings": {"prefill_ms": 41.25, "decode_ms": 0.0},
         });
         let finished = read_chunk(&chat_last_chunk(id, t, m, "stop", report));
         assert_eq!(finished["choices"], chunks[3]["choices"]);
@@ -658,6 +683,7 @@ mod tests {
                     "prompt_cached_tokens": 12, "dropped_messages": 1,
                     "shifted_tokens": 0, "kept_tokens": 7,
                     "speculative": {"draft_tokens": 0, "draft_accepted_tokens": 0, "decode_steps": 0},
+                    "timings": {"prefill_ms": 0.0, "decode_ms": 0.0},
                 },
             })
         );
