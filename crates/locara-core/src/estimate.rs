@@ -338,6 +338,16 @@ impl Backend {
         Backend::Cpu { repack: Vec::new() }
     }
 
+    /// Whether this backend copies any of `shape`'s weights into its
+    /// interleaved layout. llama.cpp's kernels for those multiply a batch
+    /// four rows at a time and the rest one by one, rounding the two ways
+    /// differently: the engine keeps a verified draft within three rows
+    /// (`locara_engine::draft::EXACT_BATCH_DRAFTS`) on such models, so that
+    /// drafting never changes a greedy answer.
+    pub fn repacks(&self, shape: &ModelShape) -> bool {
+        self.repacked_bytes(shape) > 0
+    }
+
     /// Bytes of weights this backend copies into anonymous memory.
     fn repacked_bytes(&self, shape: &ModelShape) -> u64 {
         let Backend::Cpu { repack } = self else {

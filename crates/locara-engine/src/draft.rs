@@ -47,6 +47,17 @@ pub const NGRAM_MIN: usize = 2;
 pub const MAX_DRAFT: usize = 12;
 /// Fewest tokens a generation drafts while it drafts at all.
 pub const MIN_DRAFT: usize = 2;
+/// Most tokens one generation drafts at one step on a model whose weights
+/// the CPU backend repacks (`locara_core::estimate::Backend::repacks`):
+/// llama.cpp multiplies those four batch rows at a time with a kernel that
+/// rounds differently from its one-row kernel, which takes rows past the
+/// last whole four. The model's next token and two drafts make three rows,
+/// all through the one-row kernel, as decoding one token at a time, so a
+/// draft checked that way never changes a greedy answer (measured on Gemma
+/// 3's Q4_K: with longer drafts its answers part where its top two tokens
+/// are within 0.2 nats). Three tokens a step at best is less than a long
+/// copy could give, and the same answer is worth it.
+pub const EXACT_BATCH_DRAFTS: usize = 2;
 /// Most drafted tokens in one batch, all generations together. Each one
 /// asks llama.cpp for a row of logits (`n_vocab` f32: 0.2 MiB for
 /// SmolLM2, 1 MiB for Gemma 3), so this bounds the output buffer's growth.

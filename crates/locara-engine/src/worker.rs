@@ -409,6 +409,11 @@ fn serve_model(
         window,
         can_shift,
         can_draft: !model.is_recurrent() && !model.is_hybrid(),
+        draft_cap: if locara_platform::estimate_backend().repacks(&gguf.shape()) {
+            draft::EXACT_BATCH_DRAFTS
+        } else {
+            draft::MAX_DRAFT
+        },
         batch: LlamaBatch::new(ctx.n_batch() as usize, load.parallel as i32),
         ctx: Some(ctx),
         seqs: (0..parallel).map(|_| Sequence::default()).collect(),
@@ -679,6 +684,10 @@ struct Engine<'m> {
     /// out of the K/V, which a recurrent model's state (Mamba, RWKV, and
     /// the hybrids) cannot undo.
     can_draft: bool,
+    /// Most tokens a generation drafts at one step: [`draft::MAX_DRAFT`],
+    /// or [`draft::EXACT_BATCH_DRAFTS`] where the CPU backend repacks the
+    /// model's weights.
+    draft_cap: usize,
     seqs: Vec<Sequence>,
     slots: Vec<Slot>,
     queue: VecDeque<GenerateRequest>,
@@ -1915,7 +1924,8 @@ impl<'m> Engine<'m> {
                 .min(free)
                 .min(budget)
                 .min(answer_left)
-                .min(context_left);
+                .min(context_left)
+                .min(self.draft_cap);
             if most == 0 || slot.draft_length.paused() {
                 // A paused generation's step still counts down.
                 slot.draft_length.want();
