@@ -17,6 +17,7 @@
 
 pub mod apps;
 pub mod config;
+pub mod history;
 pub mod host;
 pub mod manifest;
 pub mod metrics;

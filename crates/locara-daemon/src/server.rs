@@ -173,6 +173,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/models", get(models))
         .route("/locara/v1/status", get(status))
         .route("/locara/v1/events", get(events))
+        .route("/locara/v1/history", get(history))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -833,6 +834,7 @@ impl Run {
         let ev = self.generation.next().await;
         if matches!(ev, Some(StreamEvent::Token(_))) {
             self.tokens += 1;
+            self.runtime.history.token(&self._lease.model);
         }
         ev
     }
@@ -1267,6 +1269,45 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
 }
 
 #[derive(Deserialize)]
+struct HistoryQuery {
+    /// Milliseconds since the Unix epoch; only later samples and events.
+    #[serde(default)]
+    since: u64,
+}
+
+/// `GET /locara/v1/history?since=MS`: the samples (one a second, the last
+/// hour) and events kept after `since`. An app sees the rows and events of
+/// the models its manifest declares, its own budget events and the
+/// machine's; the admin sees everything.
+async fn history(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<HistoryQuery>,
+) -> Json<serde_json::Value> {
+    let page = state.runtime.history.since(q.since);
+    let page = match &caller {
+        Caller::Admin => page,
+        Caller::App(m) => page.only(m.id.as_str(), |load| {
+            m.declares(locara_core::load::model_of(load))
+        }),
+    };
+    Json(serde_json::json!({
+        "version": 1,
+        "sample_every_ms": crate::history::SAMPLE_EVERY.as_millis() as u64,
+        "samples": page.samples,
+        "events": page.events,
+    }))
+}
+
+#[derive(Deserialize)]
+struct LoadQuery {
+    /// How long the model stays loaded idle (`-1`/`forever` pins it); the
+    /// configured keep-alive when absent.
+    #[serde(default)]
+    keep_alive: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct UnloadQuery {
     #[serde(default)]
     hold: bool,
@@ -1275,11 +1316,18 @@ struct UnloadQuery {
 async fn load(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    Query(q): Query<LoadQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let keep_alive = q
+        .keep_alive
+        .as_deref()
+        .map(|k| KeepAlive::parse(k).map_err(|e| ApiError::invalid("keep_alive", e.to_string())))
+        .transpose()?;
     state
         .runtime
         .load(ModelWish {
             model: name.clone(),
+            keep_alive,
             ..ModelWish::default()
         })
         .await?;

@@ -12,6 +12,7 @@ mod progress;
 mod run;
 mod serve;
 mod service;
+mod top;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -116,6 +117,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of the running daemon: memory, models, pressure, events.
+    ///
+    /// A memory bar (Locara's models, the rest of the system, free), a row
+    /// per model, the pressure level and the models' footprint over the last
+    /// samples, and the last events. Keys: up/down select a model, u unloads
+    /// it, h unloads and holds it, p pins it (kept loaded while idle), l
+    /// loads it, q quits.
+    Top,
     /// Load a model in the running daemon and keep it loaded while idle
     /// (until keep_alive); also lifts a `stop --hold`.
     Load {
@@ -233,6 +242,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             serve::simulate_power(&mode, duration.as_deref())
         }
         Command::Ps { json } => serve::ps(json),
+        Command::Top => top::top(),
         Command::Load { model } => serve::load(&model),
         Command::Stop { model, hold } => serve::stop(&model, hold),
         Command::App { command } => apps::app(command),
