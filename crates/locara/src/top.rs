@@ -477,7 +477,9 @@ fn draw_timeline(frame: &mut Frame, area: Rect, data: &TopData) {
 }
 
 fn draw_events(frame: &mut Frame, area: Rect, data: &TopData) {
-    let block = Block::default().borders(Borders::ALL).title(" Events ");
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(" Events (UTC) ");
     let room = block.inner(area).height as usize;
     let lines: Vec<Line> = data
         .events
