@@ -28,3 +28,4 @@ pub mod server;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod web;

@@ -74,6 +74,8 @@ pub struct AppState {
     /// Each app's generations in flight, held to its manifest's
     /// `max_concurrency`, by app id.
     app_slots: std::sync::Mutex<std::collections::HashMap<String, AppSlots>>,
+    /// The web page's one-time login codes and sessions.
+    pub web: crate::web::WebLogins,
 }
 
 /// An app's share of generations: `max_concurrency` permits, and how many
@@ -109,6 +111,7 @@ impl AppState {
             in_flight: AtomicUsize::new(0),
             closing: tokio::sync::watch::Sender::new(false),
             app_slots: Default::default(),
+            web: Default::default(),
         })
     }
 }
@@ -162,6 +165,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/locara/v1/models/{name}/unload", post(unload))
         .route("/locara/v1/pressure/simulate", post(simulate))
         .route("/locara/v1/power/simulate", post(simulate_power))
+        .route("/locara/v1/login", post(crate::web::new_login))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             admin_only,
@@ -187,10 +191,18 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .layer(axum::middleware::map_response(
             crate::ollama::reshape_errors,
         ));
+    // The page and its files carry no data; what they show comes from the
+    // API with the session cookie `/login` sets.
+    let page = Router::new()
+        .route("/", get(crate::web::index))
+        .route("/app.js", get(crate::web::app_js))
+        .route("/app.css", get(crate::web::app_css))
+        .route("/login", get(crate::web::login));
     Router::new()
         .merge(management)
         .merge(apps)
         .merge(ollama)
+        .merge(page)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -224,7 +236,10 @@ async fn web_guard(
     }
     if let Some(origin) = request.headers().get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        if !state.allowed_origins.iter().any(|o| o == origin) {
+        // The daemon's own page (`/`) calls the API from the origin the
+        // Host check just let in.
+        let own = host.is_some_and(|h| origin.strip_prefix("http://") == Some(h));
+        if !own && !state.allowed_origins.iter().any(|o| o == origin) {
             return ApiError::forbidden(format!(
                 "Origin {origin:?} may not call this daemon; add it to allowed_origins in the serve config to let its pages in"
             ))
@@ -245,6 +260,12 @@ fn caller(state: &AppState, request: &axum::extract::Request) -> Result<Caller, 
         .map(str::trim);
     let Some(token) = token else {
         if state.auth.tokenless {
+            return Ok(Caller::Admin);
+        }
+        // The web page's session (`/login`): the admin's, in a browser.
+        if crate::web::session_cookie(request.headers())
+            .is_some_and(|s| state.web.session_valid(s, Instant::now()))
+        {
             return Ok(Caller::Admin);
         }
         return Err(ApiError::unauthorized(

@@ -6,6 +6,7 @@ mod config;
 mod inspect;
 mod mem;
 mod models;
+mod open;
 mod plan;
 mod profile;
 mod progress;
@@ -125,6 +126,16 @@ enum Command {
     /// it, h unloads and holds it, p pins it (kept loaded while idle), l
     /// loads it, q quits.
     Top,
+    /// Open the daemon's web page: memory, models and the last hour's charts.
+    ///
+    /// Prints a one-time login link (it works once, within two minutes) and
+    /// tries to open it in a browser; the link sets an HttpOnly session
+    /// cookie, so no token enters the page.
+    Open {
+        /// Only print the link.
+        #[arg(long)]
+        no_browser: bool,
+    },
     /// Load a model in the running daemon and keep it loaded while idle
     /// (until keep_alive); also lifts a `stop --hold`.
     Load {
@@ -243,6 +254,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Ps { json } => serve::ps(json),
         Command::Top => top::top(),
+        Command::Open { no_browser } => open::open(no_browser),
         Command::Load { model } => serve::load(&model),
         Command::Stop { model, hold } => serve::stop(&model, hold),
         Command::App { command } => apps::app(command),

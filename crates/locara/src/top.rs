@@ -117,27 +117,26 @@ impl TopData {
     /// sample seen.
     pub fn refresh(&mut self, client: &Client) {
         self.url = client.url.clone();
-        let since = self
-            .samples
-            .back()
-            .map(|s| s.at_unix_ms)
-            .max(self.events.back().map(|e| e.at_unix_ms))
-            .unwrap_or(0);
+        let last_sample = self.samples.back().map_or(0, |s| s.at_unix_ms);
+        // A few seconds of overlap: an event stamped just before the last
+        // sample may have been kept after it was read.
+        let since = last_sample.saturating_sub(5000);
         match client
             .status()
             .and_then(|s| Ok((s, client.history(since)?)))
         {
             Ok((status, (samples, events))) => {
                 self.status = Some(status);
-                let last_sample = self.samples.back().map_or(0, |s| s.at_unix_ms);
                 for s in samples.into_iter().filter(|s| s.at_unix_ms > last_sample) {
                     if self.samples.len() == SAMPLES_KEPT {
                         self.samples.pop_front();
                     }
                     self.samples.push_back(s);
                 }
-                let last_event = self.events.back().map_or(0, |e| e.at_unix_ms);
-                for e in events.into_iter().filter(|e| e.at_unix_ms > last_event) {
+                for e in events {
+                    if self.events.iter().rev().take(EVENTS_KEPT).any(|x| *x == e) {
+                        continue;
+                    }
                     if self.events.len() == EVENTS_KEPT {
                         self.events.pop_front();
                     }
