@@ -159,8 +159,10 @@ fn of_app_event(at: u64, event: &AppEvent) -> HistoryEvent {
             ..
         } => HistoryEvent::new(at, EventKind::Level)
             .level(*level)
-            .bytes(*effective_budget)
-            .detail(format!("pressure level {level} in force")),
+            .detail(format!(
+                "pressure level {level} in force; effective budget {}",
+                locara_core::Bytes(*effective_budget)
+            )),
         AppEvent::Action {
             level,
             action,

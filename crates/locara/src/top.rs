@@ -346,13 +346,7 @@ fn draw_memory(frame: &mut Frame, area: Rect, data: &TopData) {
     let free = sys.available;
     let label = "Memory ";
     let width = area.width.saturating_sub(label.len() as u16) as u64;
-    let cells = |b: u64| {
-        if sys.total == 0 {
-            0
-        } else {
-            (b.saturating_mul(width) / sys.total) as usize
-        }
-    };
+    let cells = |b: u64| b.saturating_mul(width).checked_div(sys.total).unwrap_or(0) as usize;
     // A model that holds anything shows as at least one cell.
     let m_cells = cells(models).max(usize::from(models > 0));
     let r_cells = cells(rest);

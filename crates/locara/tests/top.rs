@@ -81,6 +81,16 @@ fn top_shows_a_loaded_model_and_its_unload_key_unloads_it() {
     let pane = wait_pane(&session.0, "the model's row with its footprint", model_row);
     assert!(pane.contains("pressure normal"), "{pane}");
     assert!(pane.contains("Memory"), "{pane}");
+    // `LOCARA_TEST_SCREENSHOTS=DIR` keeps the screen with its colours
+    // (`top.ansi`; scripts/screenshots.sh makes the README's picture), after
+    // a few seconds of timeline.
+    if let Some(dir) = std::env::var_os("LOCARA_TEST_SCREENSHOTS") {
+        wait_pane(&session.0, "a few samples", |p| {
+            p.lines().any(|l| l.matches('▁').count() >= 8)
+        });
+        let ansi = tmux(&["capture-pane", "-p", "-e", "-t", &session.0]);
+        std::fs::write(std::path::Path::new(&dir).join("top.ansi"), ansi).unwrap();
+    }
 
     // A smaller terminal redraws at its size.
     tmux(&["resize-window", "-t", &session.0, "-x", "70", "-y", "20"]);

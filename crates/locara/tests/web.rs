@@ -313,7 +313,11 @@ fn the_page_shows_the_model_charts_and_a_warn_live() {
     );
     browser.wait_for(
         "the warn event in the list",
-        "[...document.querySelectorAll('#events li.level')].some(li => li.textContent.includes('warn'))",
+        "[...document.querySelectorAll('#events li.ev-level')].some(li => li.textContent.includes('warn'))",
+    );
+    browser.wait_for(
+        "a warn sample in the pressure chart",
+        "[...document.querySelectorAll('#pressure-chart rect.warn')].some(r => Number(r.getAttribute('x')) < 999)",
     );
     // The same document: nothing reloaded it.
     assert_eq!(browser.eval("window.locaraTestMark"), json!(42));

@@ -177,7 +177,8 @@
     }
     const withSys = samples.filter((s) => s.system);
     if (!samples.length) return;
-    const t1 = samples[samples.length - 1].at_unix_ms;
+    // One sample's width past the newest, so its strip shows.
+    const t1 = samples[samples.length - 1].at_unix_ms + 1000;
     // At least 10 s wide, so the first samples do not fill the chart.
     const t0 = Math.min(samples[0].at_unix_ms, t1 - 10 * 1000);
     const x = (t) => ((t - t0) / Math.max(1, t1 - t0)) * 1000;
@@ -214,8 +215,8 @@
       if (e.level && e.kind !== 'level') text += '  [' + e.level + ']';
       if (e.bytes !== undefined && e.bytes !== null) text += '  ' + bytes(e.bytes);
       if (e.detail) text += '  ' + e.detail;
-      const li = el('li', text, e.kind);
-      if (e.kind === 'level') li.classList.add(e.level + '-event');
+      const li = el('li', text, 'ev-' + e.kind);
+      if (e.kind === 'level') li.classList.add('ev-' + e.level);
       list.appendChild(li);
     }
   }
