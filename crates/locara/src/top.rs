@@ -511,9 +511,17 @@ fn draw_events(frame: &mut Frame, area: Rect, data: &TopData) {
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
+/// Whether the terminal is in raw mode on the alternate screen now.
+static TERMINAL_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Puts the terminal back as it was: raw mode off, the main screen, the
-/// cursor shown. Safe to call twice.
+/// cursor shown. Only the first call after taking it acts: leaving the
+/// alternate screen twice would move the cursor back over what the panic
+/// hook printed between the two.
 fn restore_terminal() {
+    if !TERMINAL_TAKEN.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let _ = crossterm::terminal::disable_raw_mode();
     let _ = crossterm::execute!(
         std::io::stdout(),
@@ -551,6 +559,7 @@ pub fn top() -> Result<ExitCode> {
         previous(info);
     }));
     crossterm::terminal::enable_raw_mode().context("switching the terminal to raw mode")?;
+    TERMINAL_TAKEN.store(true, std::sync::atomic::Ordering::SeqCst);
     let _guard = TerminalGuard;
     crossterm::execute!(
         std::io::stdout(),
