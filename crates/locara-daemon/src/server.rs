@@ -1109,6 +1109,10 @@ async fn generate(
         in_flight,
         _place: place,
     };
+    // The history's tokens per second count the first token too.
+    if matches!(first, StreamEvent::Token(_)) {
+        run.runtime.history.token(&run._lease.model);
+    }
     Ok((run, first))
 }
 

@@ -1130,6 +1130,33 @@ async fn history_keeps_samples_and_events_and_an_app_sees_its_own_models_only() 
         .collect();
     assert_eq!(loaded.len(), 2, "{all}");
 
+    // A generation's tokens show as a rate in the next sample.
+    let answer = d
+        .send(post(
+            "/v1/chat/completions",
+            Some(&admin),
+            chat("m:1", json!({})),
+        ))
+        .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let h = history_of(&d, &admin).await;
+        let rate = h["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["models"].as_array().unwrap().iter())
+            .filter(|m| m["name"] == "m:1")
+            .filter_map(|m| m["tokens_per_second"].as_f64())
+            .fold(0.0, f64::max);
+        if rate > 0.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // An unload is kept with the bytes the model held.
     let unload = post("/locara/v1/models/n:1/unload", Some(&admin), json!({}));
     assert_eq!(d.send(unload).await.status(), StatusCode::OK);
