@@ -99,7 +99,8 @@ locara_need_deps() {
 }
 
 # What only the test suite needs, beyond the build: systemd-analyze (the
-# service unit is verified with it) and shellcheck (the scripts are linted).
+# service unit is verified with it), shellcheck (the scripts are linted),
+# tmux and chromium (`locara top` and the web page, driven for real).
 # Installed on Debian; elsewhere the tests that need them say they skipped.
 locara_need_test_deps() {
   [ "$(uname -s)" = Linux ] || return 0
@@ -107,6 +108,10 @@ locara_need_test_deps() {
   local pkgs=()
   command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
   command -v shellcheck >/dev/null 2>&1 || pkgs+=(shellcheck)
+  # `locara top` runs in a real terminal (crates/locara/tests/top.rs); the
+  # daemon's web page in a headless browser (crates/locara/tests/web.rs).
+  command -v tmux >/dev/null 2>&1 || pkgs+=(tmux)
+  command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
   [ ${#pkgs[@]} -gt 0 ] || return 0
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

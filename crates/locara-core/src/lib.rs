@@ -21,6 +21,7 @@ pub mod controller;
 pub mod estimate;
 pub mod fit;
 pub mod governor;
+pub mod history;
 pub mod ladder;
 pub mod load;
 pub mod manifest;

@@ -17,6 +17,7 @@
 
 pub mod apps;
 pub mod config;
+pub mod history;
 pub mod host;
 pub mod manifest;
 pub mod metrics;
@@ -27,3 +28,4 @@ pub mod server;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod web;

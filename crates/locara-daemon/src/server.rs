@@ -74,6 +74,8 @@ pub struct AppState {
     /// Each app's generations in flight, held to its manifest's
     /// `max_concurrency`, by app id.
     app_slots: std::sync::Mutex<std::collections::HashMap<String, AppSlots>>,
+    /// The web page's one-time login codes and sessions.
+    pub web: crate::web::WebLogins,
 }
 
 /// An app's share of generations: `max_concurrency` permits, and how many
@@ -109,6 +111,7 @@ impl AppState {
             in_flight: AtomicUsize::new(0),
             closing: tokio::sync::watch::Sender::new(false),
             app_slots: Default::default(),
+            web: Default::default(),
         })
     }
 }
@@ -162,6 +165,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/locara/v1/models/{name}/unload", post(unload))
         .route("/locara/v1/pressure/simulate", post(simulate))
         .route("/locara/v1/power/simulate", post(simulate_power))
+        .route("/locara/v1/login", post(crate::web::new_login))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             admin_only,
@@ -173,6 +177,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/models", get(models))
         .route("/locara/v1/status", get(status))
         .route("/locara/v1/events", get(events))
+        .route("/locara/v1/history", get(history))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -186,10 +191,18 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .layer(axum::middleware::map_response(
             crate::ollama::reshape_errors,
         ));
+    // The page and its files carry no data; what they show comes from the
+    // API with the session cookie `/login` sets.
+    let page = Router::new()
+        .route("/", get(crate::web::index))
+        .route("/app.js", get(crate::web::app_js))
+        .route("/app.css", get(crate::web::app_css))
+        .route("/login", get(crate::web::login));
     Router::new()
         .merge(management)
         .merge(apps)
         .merge(ollama)
+        .merge(page)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -223,7 +236,10 @@ async fn web_guard(
     }
     if let Some(origin) = request.headers().get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        if !state.allowed_origins.iter().any(|o| o == origin) {
+        // The daemon's own page (`/`) calls the API from the origin the
+        // Host check just let in.
+        let own = host.is_some_and(|h| origin.strip_prefix("http://") == Some(h));
+        if !own && !state.allowed_origins.iter().any(|o| o == origin) {
             return ApiError::forbidden(format!(
                 "Origin {origin:?} may not call this daemon; add it to allowed_origins in the serve config to let its pages in"
             ))
@@ -244,6 +260,12 @@ fn caller(state: &AppState, request: &axum::extract::Request) -> Result<Caller, 
         .map(str::trim);
     let Some(token) = token else {
         if state.auth.tokenless {
+            return Ok(Caller::Admin);
+        }
+        // The web page's session (`/login`): the admin's, in a browser.
+        if crate::web::session_cookie(request.headers())
+            .is_some_and(|s| state.web.session_valid(s, Instant::now()))
+        {
             return Ok(Caller::Admin);
         }
         return Err(ApiError::unauthorized(
@@ -841,6 +863,7 @@ impl Run {
         let ev = self.generation.next().await;
         if matches!(ev, Some(StreamEvent::Token(_))) {
             self.tokens += 1;
+            self.runtime.history.token(&self._lease.model);
         }
         ev
     }
@@ -1096,6 +1119,10 @@ async fn generate(
         in_flight,
         _place: place,
     };
+    // The history's tokens per second count the first token too.
+    if matches!(first, StreamEvent::Token(_)) {
+        run.runtime.history.token(&run._lease.model);
+    }
     Ok((run, first))
 }
 
@@ -1277,6 +1304,45 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
 }
 
 #[derive(Deserialize)]
+struct HistoryQuery {
+    /// Milliseconds since the Unix epoch; only later samples and events.
+    #[serde(default)]
+    since: u64,
+}
+
+/// `GET /locara/v1/history?since=MS`: the samples (one a second, the last
+/// hour) and events kept after `since`. An app sees the rows and events of
+/// the models its manifest declares, its own budget events and the
+/// machine's; the admin sees everything.
+async fn history(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<HistoryQuery>,
+) -> Json<serde_json::Value> {
+    let page = state.runtime.history.since(q.since);
+    let page = match &caller {
+        Caller::Admin => page,
+        Caller::App(m) => page.only(m.id.as_str(), |load| {
+            m.declares(locara_core::load::model_of(load))
+        }),
+    };
+    Json(serde_json::json!({
+        "version": 1,
+        "sample_every_ms": crate::history::SAMPLE_EVERY.as_millis() as u64,
+        "samples": page.samples,
+        "events": page.events,
+    }))
+}
+
+#[derive(Deserialize)]
+struct LoadQuery {
+    /// How long the model stays loaded idle (`-1`/`forever` pins it); the
+    /// configured keep-alive when absent.
+    #[serde(default)]
+    keep_alive: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct UnloadQuery {
     #[serde(default)]
     hold: bool,
@@ -1285,11 +1351,18 @@ struct UnloadQuery {
 async fn load(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    Query(q): Query<LoadQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let keep_alive = q
+        .keep_alive
+        .as_deref()
+        .map(|k| KeepAlive::parse(k).map_err(|e| ApiError::invalid("keep_alive", e.to_string())))
+        .transpose()?;
     state
         .runtime
         .load(ModelWish {
             model: name.clone(),
+            keep_alive,
             ..ModelWish::default()
         })
         .await?;

@@ -1075,3 +1075,200 @@ async fn a_power_simulation_names_the_modes_it_takes() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(e["param"], "for");
 }
+
+/// The history's JSON, for `token`.
+async fn history_of(d: &Daemon, token: &str) -> Value {
+    let response = d.send(get("/locara/v1/history?since=0", Some(token))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    serde_json::from_str(&body_text(response).await).unwrap()
+}
+
+fn sampled_models(history: &Value) -> std::collections::BTreeSet<String> {
+    history["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["models"].as_array().unwrap().iter())
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn history_keeps_samples_and_events_and_an_app_sees_its_own_models_only() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    let app = d.install(&manifest("com.example.notes", ""));
+    let admin = d.admin();
+    for model in ["m:1", "n:1"] {
+        let load = post(
+            &format!("/locara/v1/models/{model}/load"),
+            Some(&admin),
+            json!({}),
+        );
+        assert_eq!(d.send(load).await.status(), StatusCode::OK, "{model}");
+    }
+    // One sample a second: wait for one that has both models.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let all = loop {
+        let h = history_of(&d, &admin).await;
+        if sampled_models(&h).len() == 2 {
+            break h;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(all["version"], 1);
+    assert_eq!(all["sample_every_ms"], 1000);
+    let sample = all["samples"].as_array().unwrap().last().unwrap();
+    assert_eq!(sample["level"], "normal");
+    assert!(sample["system"]["total"].as_u64().unwrap() > 0, "{sample}");
+    let loaded: Vec<&str> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "loaded")
+        .map(|e| e["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(loaded.len(), 2, "{all}");
+
+    // A generation's tokens show as a rate in the next sample.
+    let answer = d
+        .send(post(
+            "/v1/chat/completions",
+            Some(&admin),
+            chat("m:1", json!({})),
+        ))
+        .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let h = history_of(&d, &admin).await;
+        let rate = h["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["models"].as_array().unwrap().iter())
+            .filter(|m| m["name"] == "m:1")
+            .filter_map(|m| m["tokens_per_second"].as_f64())
+            .fold(0.0, f64::max);
+        if rate > 0.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An unload is kept with the bytes the model held.
+    let unload = post("/locara/v1/models/n:1/unload", Some(&admin), json!({}));
+    assert_eq!(d.send(unload).await.status(), StatusCode::OK);
+    let all = history_of(&d, &admin).await;
+    let unloaded = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "unloaded")
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(unloaded["model"], "n:1");
+    assert!(unloaded["bytes"].as_u64().unwrap() > 0, "{unloaded}");
+
+    // The app declares m:1 only.
+    let mine = history_of(&d, app.as_str()).await;
+    assert_eq!(
+        sampled_models(&mine).into_iter().collect::<Vec<_>>(),
+        ["m:1"]
+    );
+    assert!(!mine.to_string().contains("n:1"), "{mine}");
+
+    // `since` leaves out what came before.
+    let newest = all["samples"].as_array().unwrap().last().unwrap()["at_unix_ms"]
+        .as_u64()
+        .unwrap();
+    let later = d
+        .send(get(
+            &format!("/locara/v1/history?since={newest}"),
+            Some(&admin),
+        ))
+        .await;
+    let later: Value = serde_json::from_str(&body_text(later).await).unwrap();
+    assert!(later["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["at_unix_ms"].as_u64().unwrap() > newest));
+    // No token, no history.
+    let anonymous = d.send(get("/locara/v1/history", None)).await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_its_policy_and_a_login_code_works_once() {
+    let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/app.js", "text/javascript"),
+        ("/app.css", "text/css"),
+    ] {
+        let r = d.send(get(path, None)).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let h = r.headers();
+        assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with(kind));
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], crate::web::CSP);
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+    // The page has no inline script for the policy to refuse.
+    let page = body_text(d.send(get("/", None)).await).await;
+    assert!(!page.contains("<script>"), "{page}");
+
+    // A foreign origin gets nothing, the page's own origin the API.
+    let mut foreign = get("/", None);
+    foreign.headers_mut().insert(
+        header::ORIGIN,
+        HeaderValue::from_static("http://evil.example"),
+    );
+    assert_eq!(d.send(foreign).await.status(), StatusCode::FORBIDDEN);
+    let mut own = get("/locara/v1/status", Some(&d.admin()));
+    own.headers_mut().insert(
+        header::ORIGIN,
+        HeaderValue::from_str(&format!("http://{LISTEN}")).unwrap(),
+    );
+    assert_eq!(d.send(own).await.status(), StatusCode::OK);
+
+    // Codes are the admin's to ask for.
+    let app = d.install(&manifest("com.example.notes", ""));
+    let r = d
+        .send(post("/locara/v1/login", Some(app.as_str()), json!({})))
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = d
+        .send(post("/locara/v1/login", Some(&d.admin()), json!({})))
+        .await;
+    let answer: Value = serde_json::from_str(&body_text(r).await).unwrap();
+    let path = answer["path"].as_str().unwrap().to_owned();
+    let r = d.send(get(&path, None)).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let mut with_cookie = get("/locara/v1/status", None);
+    with_cookie
+        .headers_mut()
+        .insert(header::COOKIE, HeaderValue::from_str(&session).unwrap());
+    assert_eq!(d.send(with_cookie).await.status(), StatusCode::OK);
+    // The session is the admin's: management routes too.
+    let mut manage = post("/locara/v1/models/m:1/unload", None, json!({}));
+    manage
+        .headers_mut()
+        .insert(header::COOKIE, HeaderValue::from_str(&session).unwrap());
+    assert_eq!(d.send(manage).await.status(), StatusCode::OK);
+    // Used once; a made-up one never.
+    assert_eq!(
+        d.send(get(&path, None)).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let made_up = get("/login?code=lcl_0000", None);
+    assert_eq!(d.send(made_up).await.status(), StatusCode::FORBIDDEN);
+    let mut forged = get("/locara/v1/status", None);
+    forged.headers_mut().insert(
+        header::COOKIE,
+        HeaderValue::from_static("locara_session=lcs_0000"),
+    );
+    assert_eq!(d.send(forged).await.status(), StatusCode::UNAUTHORIZED);
+}

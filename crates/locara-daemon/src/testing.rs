@@ -445,8 +445,7 @@ impl WorkerLink for FakeLink {
 /// store in `home` holding the synthetic model under each of `names`, one
 /// sequence of 2048 tokens per model (`extra` overrides or adds settings),
 /// `engine`'s fake workers, a simulated 16 GB machine and this budget.
-#[cfg(test)]
-pub(crate) fn synthetic_settings(
+pub fn synthetic_settings(
     home: &std::path::Path,
     names: &[&str],
     engine: Arc<FakeEngine>,
@@ -519,4 +518,107 @@ pub fn app_state(
     };
     let catalog = crate::store::Catalog::builtin().unwrap();
     crate::server::AppState::new(runtime, store, catalog, listen, origins, auth)
+}
+
+/// A simulated 16 GB machine on which the first 64 fake workers (their
+/// pids: [`FakeEngine`] counts from 1 000 000) have footprints: 96 MiB plus
+/// 16 MiB per worker started before, with 100 MiB of mapped weights, so
+/// views of a fake daemon show figures.
+fn fake_probe() -> locara_platform::SimulatedProbe {
+    let probe = locara_platform::SimulatedProbe::new(locara_platform::simulated::linux_profile(16));
+    for i in 0..64u32 {
+        let footprint = (96 + 16 * u64::from(i)) << 20;
+        probe.set_footprint(
+            1_000_000 + i,
+            locara_platform::ProcessFootprint {
+                footprint,
+                mapped_weights: 100 << 20,
+                rss: footprint + (100 << 20),
+            },
+        );
+    }
+    probe
+}
+
+/// A daemon over `engine`'s fake workers, serving HTTP on an ephemeral
+/// loopback port from a thread of its own, for other crates' tests (the
+/// CLI's `locara top` renders what it answers). The store under `home`
+/// holds the synthetic model under each of `names`. Dropping it stops the
+/// daemon.
+pub struct FakeDaemon {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// `Bearer <admin token>`.
+    pub admin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeDaemon {
+    pub fn start(home: &std::path::Path, names: &[&str], engine: Arc<FakeEngine>) -> FakeDaemon {
+        let home = home.to_path_buf();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            rt.block_on(async move {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let mut settings =
+                    synthetic_settings(&home, &names, engine, Default::default(), 1 << 40);
+                settings.probe = Arc::new(fake_probe());
+                let store = settings.store.clone();
+                let runtime = crate::runtime::Runtime::start(
+                    settings,
+                    Arc::new(crate::metrics::Metrics::new()),
+                );
+                let auth = crate::server::Auth {
+                    apps: crate::apps::AppRegistry::open(&home).expect("the app registry"),
+                    admin: crate::apps::admin_token(&home).expect("the admin token"),
+                    tokenless: false,
+                };
+                let admin = format!("Bearer {}", auth.admin.as_str());
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("an ephemeral port");
+                let addr = listener.local_addr().expect("its address");
+                let catalog = crate::store::Catalog::builtin().expect("the catalog");
+                let state =
+                    crate::server::AppState::new(runtime, store, catalog, addr, Vec::new(), auth);
+                let _ = ready_tx.send((format!("http://{addr}"), admin));
+                let _ = crate::server::serve(
+                    listener,
+                    state,
+                    1 << 20,
+                    Duration::from_secs(1),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )
+                .await;
+            });
+        });
+        let (url, admin) = ready_rx.recv().expect("the fake daemon started");
+        FakeDaemon {
+            url,
+            admin,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeDaemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

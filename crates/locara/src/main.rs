@@ -6,12 +6,14 @@ mod config;
 mod inspect;
 mod mem;
 mod models;
+mod open;
 mod plan;
 mod profile;
 mod progress;
 mod run;
 mod serve;
 mod service;
+mod top;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -115,6 +117,24 @@ enum Command {
         /// Print JSON (the daemon's whole status).
         #[arg(long)]
         json: bool,
+    },
+    /// A live view of the running daemon: memory, models, pressure, events.
+    ///
+    /// A memory bar (Locara's models, the rest of the system, free), a row
+    /// per model, the pressure level and the models' footprint over the last
+    /// samples, and the last events. Keys: up/down select a model, u unloads
+    /// it, h unloads and holds it, p pins it (kept loaded while idle), l
+    /// loads it, q quits.
+    Top,
+    /// Open the daemon's web page: memory, models and the last hour's charts.
+    ///
+    /// Prints a one-time login link (it works once, within two minutes) and
+    /// tries to open it in a browser; the link sets an HttpOnly session
+    /// cookie, so no token enters the page.
+    Open {
+        /// Only print the link.
+        #[arg(long)]
+        no_browser: bool,
     },
     /// Load a model in the running daemon and keep it loaded while idle
     /// (until keep_alive); also lifts a `stop --hold`.
@@ -233,6 +253,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             serve::simulate_power(&mode, duration.as_deref())
         }
         Command::Ps { json } => serve::ps(json),
+        Command::Top => top::top(),
+        Command::Open { no_browser } => open::open(no_browser),
         Command::Load { model } => serve::load(&model),
         Command::Stop { model, hold } => serve::stop(&model, hold),
         Command::App { command } => apps::app(command),

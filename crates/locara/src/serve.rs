@@ -427,7 +427,7 @@ fn alive(pid: u32) -> bool {
 }
 
 /// The running daemon's address and the admin token's header value.
-fn require_daemon() -> Result<(String, String)> {
+pub(crate) fn require_daemon() -> Result<(String, String)> {
     let config = Config::load(false)?;
     let url = daemon_url(&config.home, false).context(
         "no Locara daemon is running (start one with `locara serve`; LOCARA_URL names another)",
@@ -447,14 +447,14 @@ pub fn admin_header(home: &Path) -> Result<String> {
     Ok(format!("Bearer {}", token.as_str()))
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(2))
         .build()
 }
 
 /// Reads an error answer's message (OpenAI's shape).
-fn api_error(e: ureq::Error) -> anyhow::Error {
+pub(crate) fn api_error(e: ureq::Error) -> anyhow::Error {
     match e {
         ureq::Error::Status(code, response) => {
             let body: serde_json::Value = response.into_json().unwrap_or_default();
@@ -468,7 +468,7 @@ fn api_error(e: ureq::Error) -> anyhow::Error {
     }
 }
 
-fn status(url: &str, auth: &str) -> Result<Status> {
+pub(crate) fn status(url: &str, auth: &str) -> Result<Status> {
     agent()
         .get(&format!("{url}/locara/v1/status"))
         .set("Authorization", auth)

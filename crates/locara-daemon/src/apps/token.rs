@@ -32,7 +32,7 @@ pub struct Token(String);
 
 impl Token {
     /// A new token of 32 bytes from the OS's random source.
-    pub(super) fn generate(prefix: &str) -> Result<Token, AppError> {
+    pub(crate) fn generate(prefix: &str) -> Result<Token, AppError> {
         let mut bytes = [0u8; TOKEN_BYTES];
         // The kernel's CSPRNG (getrandom(2) on Linux, getentropy(2) on
         // macOS); it never blocks once the system has booted.

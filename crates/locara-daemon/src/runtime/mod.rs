@@ -31,6 +31,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 mod status;
 mod task;
 
+use crate::history::{HistoryLog, SAMPLE_EVERY};
+
 pub use locara_core::controller::{AppEvent, PoolStatus, EVENTS_VERSION, POOL_IDLE_SHRINK};
 pub use status::{LadderStage, ModelStatus, PowerStatus, PressureStatus, Status};
 
@@ -302,6 +304,8 @@ pub struct Runtime {
     /// The configured context and K/V type: what a load gets unless an app
     /// (or request) asks for another.
     defaults: LoadDefaults,
+    /// The last hour's samples and events (`GET /locara/v1/history`).
+    pub history: Arc<HistoryLog>,
 }
 
 impl Runtime {
@@ -313,6 +317,8 @@ impl Runtime {
         let keep_alive = settings.config.keep_alive;
         let defaults = settings.config.load_defaults();
         let (events, _) = broadcast::channel(256);
+        let history = Arc::new(HistoryLog::default());
+        let probe = Arc::clone(&settings.probe);
         let task = task::Task::new(
             settings,
             Arc::clone(&metrics),
@@ -320,8 +326,10 @@ impl Runtime {
             caps_tx,
             drafting_tx,
             events.clone(),
+            Arc::clone(&history),
         );
         tokio::spawn(task.run(rx));
+        tokio::spawn(sample_history(tx.downgrade(), Arc::clone(&history), probe));
         Runtime {
             tx,
             metrics,
@@ -330,6 +338,7 @@ impl Runtime {
             events,
             keep_alive,
             defaults,
+            history,
         }
     }
 
@@ -498,6 +507,43 @@ impl Runtime {
         if self.tx.send(Command::Shutdown { reply }).is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+/// Takes a history sample every [`SAMPLE_EVERY`] from the task's status
+/// (which measures nothing), reading the machine's memory afresh where the
+/// status's snapshot is older than a sample (the measure tick runs only
+/// while a worker does). Ends with the task: it holds no sender of its own.
+async fn sample_history(
+    tx: mpsc::WeakUnboundedSender<Command>,
+    history: Arc<HistoryLog>,
+    probe: Arc<dyn MemoryProbe>,
+) {
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(tx) = tx.upgrade() else { return };
+        let (reply, rx) = oneshot::channel();
+        if tx.send(Command::Status { reply }).is_err() {
+            return;
+        }
+        drop(tx);
+        let Ok(status) = rx.await else { return };
+        let now = locara_platform::time::unix_now_ms();
+        let stale = status.system.as_ref().is_none_or(|s| {
+            now.saturating_sub(s.taken_at_unix_ms) >= SAMPLE_EVERY.as_millis() as u64
+        });
+        let fresh = if stale {
+            let probe = Arc::clone(&probe);
+            tokio::task::spawn_blocking(move || probe.snapshot().ok())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        history.push_sample(history.sample_of(now, &status, fresh.as_ref()));
     }
 }
 

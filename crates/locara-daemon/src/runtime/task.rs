@@ -6,6 +6,7 @@
 
 use super::status::{self, Sources, Status};
 use super::{Command, Lease, ModelWish, Reply, RuntimeError, Settings};
+use crate::history::HistoryLog;
 use crate::host::{PoolNews, WorkerHost};
 use crate::metrics::Metrics;
 use crate::store::{ModelName, StoreError};
@@ -14,6 +15,7 @@ use locara_core::controller::{
 };
 use locara_core::estimate::{self, ENGINE_FULL_WINDOW_CACHE};
 use locara_core::governor::{downshift_contexts, Load, Measured, Policy, Unload, Wish};
+use locara_core::history::{EventKind, HistoryEvent};
 use locara_core::ladder::{PressureLevel, TokenCaps};
 use locara_core::{load, Bytes, EstimateOptions, KvType, ModelShape, PoolSize};
 use locara_engine::protocol::LoadRequest;
@@ -73,6 +75,8 @@ pub(super) struct Task {
     /// Held while a model loads or a request uses one: macOS does not
     /// idle-sleep mid-answer (a no-op elsewhere).
     activity: Option<locara_platform::ActivityGuard>,
+    /// The last hour's events (`GET /locara/v1/history`).
+    history: Arc<HistoryLog>,
 }
 
 impl Task {
@@ -83,6 +87,7 @@ impl Task {
         caps: watch::Sender<TokenCaps>,
         drafting: watch::Sender<bool>,
         events: broadcast::Sender<AppEvent>,
+        history: Arc<HistoryLog>,
     ) -> Task {
         let config = ControllerConfig {
             budget: settings.budget,
@@ -132,6 +137,7 @@ impl Task {
             measuring: false,
             measure_again: false,
             activity: None,
+            history,
         }
     }
 
@@ -435,6 +441,12 @@ impl Task {
                 Effect::Load { load, pool } => self.start_load(load, pool),
                 Effect::Unloaded(u) => {
                     self.metrics.unloaded(&u.model, u.reason.as_str());
+                    self.history.event(|at| {
+                        HistoryEvent::new(at, EventKind::Unloaded)
+                            .model(u.model.clone())
+                            .bytes(u.held)
+                            .detail(u.reason.as_str())
+                    });
                     tracing::info!(
                         model = %u.model,
                         reason = u.reason.as_str(),
@@ -511,6 +523,7 @@ impl Task {
                     }
                 }
                 Effect::Publish(event) => {
+                    self.history.app_event(&event);
                     let _ = self.events.send(event);
                 }
                 Effect::Record(record) => self.record(record),
@@ -521,7 +534,14 @@ impl Task {
     /// Logs and counts what the controller decided.
     fn record(&self, record: Record) {
         match record {
-            Record::Refused { model, kind } => self.metrics.refused(&model, kind),
+            Record::Refused { model, kind } => {
+                self.metrics.refused(&model, kind);
+                self.history.event(|at| {
+                    HistoryEvent::new(at, EventKind::Refused)
+                        .model(model.clone())
+                        .detail(kind)
+                });
+            }
             Record::LevelInForce { from, to } => {
                 tracing::info!(%from, %to, "memory pressure level in force");
                 self.metrics.pressure_level(match to {
@@ -560,7 +580,15 @@ impl Task {
                 );
                 self.metrics.pressure_freed(level.as_str(), bytes);
             }
-            Record::WorkerDied(u) => self.metrics.unloaded(&u.model, u.reason.as_str()),
+            Record::WorkerDied(u) => {
+                self.metrics.unloaded(&u.model, u.reason.as_str());
+                self.history.event(|at| {
+                    HistoryEvent::new(at, EventKind::WorkerDied)
+                        .model(u.model.clone())
+                        .bytes(u.held)
+                        .detail(u.reason.as_str())
+                });
+            }
             Record::AppOverBudget { app, share, budget } => tracing::warn!(
                 %app,
                 share_bytes = share,
@@ -930,6 +958,15 @@ impl Task {
         match result {
             Ok((host, measured)) => {
                 self.metrics.load_finished(&model, seconds, true);
+                self.history.event(|at| {
+                    let e = HistoryEvent::new(at, EventKind::Loaded)
+                        .model(model.clone())
+                        .detail(format!("loaded in {seconds:.1} s"));
+                    match measured {
+                        Some(m) => e.bytes(m.footprint),
+                        None => e,
+                    }
+                });
                 if let (Some(m), Some(meta)) = (measured, self.loads.get(&instance)) {
                     self.metrics
                         .estimate_checked(&model, meta.estimated_footprint, m.footprint);
@@ -965,6 +1002,11 @@ impl Task {
             }
             Err(message) => {
                 self.metrics.load_finished(&model, seconds, false);
+                self.history.event(|at| {
+                    HistoryEvent::new(at, EventKind::LoadFailed)
+                        .model(model.clone())
+                        .detail(message.clone())
+                });
                 self.loads.remove(&instance);
                 tracing::warn!(%model, %message, "loading failed");
                 self.handle(Event::LoadFailed {
