@@ -14,6 +14,7 @@
 //! half-made model behind (its staging directory is swept by the next try).
 //! Every file passes the GGUF guard before it is stored.
 
+pub mod adopt;
 pub mod hub;
 
 use locara_core::KvType;
@@ -109,6 +110,16 @@ pub enum StoreError {
     },
     #[error("the disk holding {path} is full: {source}; the partial download is kept and the next pull continues it once there is room")]
     DiskFullWriting { path: PathBuf, source: io::Error },
+    #[error("no {tool} models directory found (looked in {looked}); name it with --dir")]
+    NoModelsDir { tool: &'static str, looked: String },
+    #[error("Ollama manifest {path} cannot be used: {reason}")]
+    OllamaManifest { path: PathBuf, reason: String },
+    #[error("{name} is adopted from {path}, which {reason}; it is not loaded (`locara rm {name}` forgets it, `locara import --from ...` adopts it again)")]
+    AdoptedChanged {
+        name: ModelName,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -138,6 +149,9 @@ impl StoreError {
             StoreError::HubNotFound { .. } => "hub_not_found",
             StoreError::HubChecksum { .. } => "checksum_mismatch",
             StoreError::DiskFull { .. } | StoreError::DiskFullWriting { .. } => "disk_full",
+            StoreError::NoModelsDir { .. } => "no_models_dir",
+            StoreError::OllamaManifest { .. } => "invalid_ollama_manifest",
+            StoreError::AdoptedChanged { .. } => "adopted_file_changed",
             StoreError::Io { .. } => "store_io",
         }
     }
@@ -291,6 +305,42 @@ pub struct Catalog {
     pub default: ModelName,
     #[serde(rename = "model", default)]
     pub models: Vec<CatalogEntry>,
+    /// Short names for well-known GGUF files on the Hugging Face Hub.
+    #[serde(rename = "alias", default)]
+    pub aliases: Vec<Alias>,
+}
+
+/// A short name for one GGUF file of a Hub repository (`qwen2.5:7b`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alias {
+    pub name: ModelName,
+    #[serde(default)]
+    pub description: String,
+    /// `ORG/REPO`.
+    pub repo: String,
+    /// The GGUF file's path in the repository (the first part of a split one).
+    pub file: String,
+    /// A branch, tag or commit (default `main`).
+    pub revision: Option<String>,
+    /// The file's sha256, lowercase hex, where it is pinned; without it the
+    /// sha256 the Hub's listing publishes for the file is checked.
+    pub sha256: Option<String>,
+    /// The file's size in bytes, when known.
+    pub size: Option<u64>,
+}
+
+impl Alias {
+    /// The Hub reference of this file, at `config`'s endpoint.
+    pub fn reference(&self, config: &hub::HubConfig) -> Result<hub::HubRef, StoreError> {
+        let url = format!(
+            "https://hf.co/{}/resolve/{}/{}",
+            self.repo,
+            self.revision.as_deref().unwrap_or("main"),
+            self.file
+        );
+        hub::HubRef::parse(&url, config)
+    }
 }
 
 impl Catalog {
@@ -312,8 +362,7 @@ impl Catalog {
         };
         let catalog: Catalog = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         for m in &catalog.models {
-            if m.sha256.len() != 64 || !m.sha256.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
-            {
+            if !is_sha256(&m.sha256) {
                 return Err(bad(format!(
                     "model {}: sha256 must be 64 lowercase hex digits, found {:?}",
                     m.name, m.sha256
@@ -322,6 +371,30 @@ impl Catalog {
             if m.parts.is_empty() {
                 return Err(bad(format!("model {} has no parts", m.name)));
             }
+        }
+        let hub = hub::HubConfig::new(hub::DEFAULT_ENDPOINT);
+        for a in &catalog.aliases {
+            if catalog.find(&a.name).is_some()
+                || catalog.aliases.iter().filter(|b| b.name == a.name).count() > 1
+            {
+                return Err(bad(format!("alias {} is defined twice", a.name)));
+            }
+            if let Some(sha) = &a.sha256 {
+                if !is_sha256(sha) {
+                    return Err(bad(format!(
+                        "alias {}: sha256 must be 64 lowercase hex digits, found {sha:?}",
+                        a.name
+                    )));
+                }
+            }
+            if a.repo.matches('/').count() != 1 {
+                return Err(bad(format!(
+                    "alias {}: repo must be ORG/REPO, found {:?}",
+                    a.name, a.repo
+                )));
+            }
+            a.reference(&hub)
+                .map_err(|e| bad(format!("alias {}: {e}", a.name)))?;
         }
         if catalog.find(&catalog.default).is_none() {
             return Err(bad(format!(
@@ -335,6 +408,14 @@ impl Catalog {
     pub fn find(&self, name: &ModelName) -> Option<&CatalogEntry> {
         self.models.iter().find(|m| &m.name == name)
     }
+
+    pub fn alias(&self, name: &ModelName) -> Option<&Alias> {
+        self.aliases.iter().find(|a| &a.name == name)
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
 }
 
 /// A stored model, as `info.json` records it.
@@ -363,6 +444,9 @@ pub struct ModelEntry {
     /// a model in one file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<StoredPart>,
+    /// For a model adopted from another tool: which, and how it is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<adopt::Adopted>,
 }
 
 /// One file of a split model.
@@ -712,12 +796,198 @@ impl Store {
             added: locara_platform::time::unix_now_s(),
             origin: staged.origin,
             parts: staged.parts,
+            adopted: None,
         };
         let info = staging.dir.join("info.json");
         let json = serde_json::to_vec_pretty(&entry).expect("a model entry serializes");
         fs::write(&info, json).map_err(io_err("writing", &info))?;
         staging.commit(&final_dir)?;
         Ok(entry)
+    }
+
+    /// Registers a model another tool downloaded (see [`adopt`]): the guard,
+    /// one hash of each file (checked against the tool's digest where it
+    /// has one), then a hard link to it in the store, or where that cannot
+    /// be (another file system, `reference_only`) a record of its path.
+    pub fn adopt(
+        &self,
+        found: &adopt::Found,
+        name: &ModelName,
+        reference_only: bool,
+        progress: &mut dyn Progress,
+    ) -> Result<ModelEntry, StoreError> {
+        // The files themselves, not symlinks to them: a hard link of a
+        // symlink would be a link to the symlink.
+        let files: Vec<PathBuf> = found
+            .files
+            .iter()
+            .map(|f| fs::canonicalize(f).map_err(io_err("resolving", f)))
+            .collect::<Result<_, _>>()?;
+        let gguf = validate_parts(&files)?;
+        let _lock = self.lock(name)?;
+        if self.get(name)?.is_some() {
+            return Err(StoreError::AlreadyExists(name.clone()));
+        }
+        let count = files.len();
+        let mut adopted_files = Vec::with_capacity(count);
+        for (i, path) in files.iter().enumerate() {
+            let meta = fs::metadata(path).map_err(io_err("reading", path))?;
+            let before = adopt::stamp(&meta);
+            let label = if count > 1 {
+                format!("checking {} ({}/{count})", found.label, i + 1)
+            } else {
+                format!("checking {}", found.label)
+            };
+            progress.begin(&label, Some(meta.len()));
+            let (size, sha256) = hash_file(path, progress)?;
+            progress.end();
+            let after = fs::metadata(path).map_err(io_err("reading", path))?;
+            if adopt::stamp(&after) != before || size != meta.len() {
+                return Err(StoreError::AdoptedChanged {
+                    name: name.clone(),
+                    path: path.clone(),
+                    reason: "changed while it was being hashed".to_string(),
+                });
+            }
+            adopted_files.push(adopt::AdoptedFile {
+                path: path.clone(),
+                size,
+                sha256,
+                modified_ns: before.0,
+                inode: before.1,
+            });
+        }
+        if let (Some(expected), [only]) = (&found.sha256, adopted_files.as_slice()) {
+            if &only.sha256 != expected {
+                return Err(StoreError::ChecksumMismatch {
+                    name: name.clone(),
+                    expected: expected.clone(),
+                    found: only.sha256.clone(),
+                });
+            }
+        }
+        let staging = Staging::new(&self.root, "adopt", name)?;
+        let names: Vec<String> = if count == 1 {
+            vec!["model.gguf".to_string()]
+        } else {
+            (1..=count)
+                .map(|i| format!("model-{i:05}-of-{count:05}.gguf"))
+                .collect()
+        };
+        let linked = !reference_only
+            && files
+                .iter()
+                .zip(&names)
+                .all(|(src, n)| fs::hard_link(src, staging.dir.join(n)).is_ok());
+        let final_dir = self.model_dir(name);
+        let paths: Vec<PathBuf> = if linked {
+            names.iter().map(|n| final_dir.join(n)).collect()
+        } else {
+            // A link that failed part way: the record alone is kept.
+            for n in &names {
+                let _ = fs::remove_file(staging.dir.join(n));
+            }
+            files.clone()
+        };
+        let parts = if count == 1 {
+            Vec::new()
+        } else {
+            paths
+                .iter()
+                .zip(&adopted_files)
+                .map(|(p, f)| StoredPart {
+                    path: p.clone(),
+                    size: f.size,
+                    sha256: f.sha256.clone(),
+                })
+                .collect()
+        };
+        let entry = ModelEntry {
+            name: name.clone(),
+            path: paths[0].clone(),
+            size: adopted_files.iter().map(|f| f.size).sum(),
+            sha256: adopted_files[0].sha256.clone(),
+            architecture: gguf.model.architecture.clone(),
+            quantization: gguf.model.quantization.clone(),
+            parameters: gguf.model.parameter_count,
+            trained_context: gguf.model.context_length,
+            source: found.tool.as_str().to_string(),
+            added: locara_platform::time::unix_now_s(),
+            origin: None,
+            parts,
+            adopted: Some(adopt::Adopted {
+                tool: found.tool,
+                label: found.label.clone(),
+                held: if linked {
+                    adopt::Held::HardLink
+                } else {
+                    adopt::Held::Reference
+                },
+                files: adopted_files,
+            }),
+        };
+        let info = staging.dir.join("info.json");
+        let json = serde_json::to_vec_pretty(&entry).expect("a model entry serializes");
+        fs::write(&info, json).map_err(io_err("writing", &info))?;
+        staging.commit(&final_dir)?;
+        Ok(entry)
+    }
+
+    /// What the daemon checks before it loads a stored model: an adopted
+    /// model's files are still the ones hashed (size always; sha256 again
+    /// when the modification time or inode changed), then the GGUF guard
+    /// over all of the model's files. Returns the validated header.
+    pub fn check_for_load(&self, entry: &ModelEntry) -> Result<locara_gguf::GgufFile, StoreError> {
+        if let Some(adopted) = &entry.adopted {
+            let mut restamped = None;
+            for (i, (path, file)) in entry.files().into_iter().zip(&adopted.files).enumerate() {
+                let changed = |reason: String| StoreError::AdoptedChanged {
+                    name: entry.name.clone(),
+                    path: file.path.clone(),
+                    reason,
+                };
+                let meta = fs::metadata(path)
+                    .map_err(|e| changed(format!("can no longer be read ({e})")))?;
+                if meta.len() != file.size {
+                    return Err(changed(format!(
+                        "is now {} bytes, not the {} it had when adopted",
+                        meta.len(),
+                        file.size
+                    )));
+                }
+                let now = adopt::stamp(&meta);
+                if now != (file.modified_ns, file.inode) {
+                    let (_, sha) = hash_file(path, &mut NoProgress)?;
+                    if sha != file.sha256 {
+                        return Err(changed(format!(
+                            "has sha256 {sha} now, not the {} it had when adopted",
+                            file.sha256
+                        )));
+                    }
+                    let mut updated = restamped.unwrap_or_else(|| adopted.clone());
+                    updated.files[i].modified_ns = now.0;
+                    updated.files[i].inode = now.1;
+                    restamped = Some(updated);
+                }
+            }
+            // Same bytes, new times (touched, copied back): remember them so
+            // the next load does not hash again.
+            if let Some(updated) = restamped {
+                let mut fresh = entry.clone();
+                fresh.adopted = Some(updated);
+                let info = self.model_dir(&entry.name).join("info.json");
+                let json = serde_json::to_vec_pretty(&fresh).expect("a model entry serializes");
+                if info.exists() {
+                    let _ = locara_platform::fs::write_atomic(
+                        &info,
+                        &json,
+                        locara_platform::fs::Access::Default,
+                    );
+                }
+            }
+        }
+        let files: Vec<PathBuf> = entry.files().into_iter().map(Path::to_path_buf).collect();
+        validate_parts(&files)
     }
 
     /// Serialises pulls, imports and removals of one name across processes
@@ -847,6 +1117,29 @@ impl Write for HashingFile {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+/// (size, sha256) of a file, read whole.
+fn hash_file(path: &Path, progress: &mut dyn Progress) -> Result<(u64, String), StoreError> {
+    let mut file = File::open(path).map_err(io_err("opening", path))?;
+    let mut hasher = HashSink(Sha256::new());
+    let size =
+        copy_with_progress(&mut file, &mut hasher, progress).map_err(io_err("reading", path))?;
+    Ok((size, hex::encode(hasher.0.finalize())))
+}
+
+/// A writer that only hashes.
+struct HashSink(Sha256);
+
+impl Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -40,10 +40,31 @@ enum Command {
     /// a prompt can also come on stdin. Ctrl-C stops a generation in a chat;
     /// Ctrl-D or /bye leaves it.
     Run(run::RunArgs),
-    /// Download a model from the catalog, verify its sha256, and store it.
+    /// Download a model (the catalog, or the Hugging Face Hub), verify its
+    /// sha256, and store it.
+    ///
+    /// From the Hub: `hf.co/ORG/REPO` takes the Q4_K_M file (else the
+    /// smallest of four bits or more), `hf.co/ORG/REPO:Q8_0` another
+    /// quantisation, and `https://huggingface.co/ORG/REPO/resolve/main/F.gguf`
+    /// one file. Before downloading it prints `locara plan`'s verdict for this
+    /// machine; an interrupted download continues where it stopped on the
+    /// next pull. HF_TOKEN is sent for gated repositories (never printed);
+    /// HF_ENDPOINT names a mirror.
+    #[command(after_help = "Examples:\n  locara pull smollm2:135m\n  locara pull qwen2.5:7b\n  \
+locara pull hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF\n  \
+locara pull hf.co/unsloth/gemma-3-4b-it-GGUF:Q8_0 --name gemma3:4b-q8")]
     Pull {
-        /// A catalog name, e.g. smollm2:135m or gemma3:270m.
+        /// A catalog name or alias (smollm2:135m, qwen2.5:7b), hf.co/ORG/REPO[:QUANT],
+        /// or the URL of a .gguf file on the Hub.
         name: String,
+        /// Name to store a Hub model under (default: the repository's name
+        /// and the quantisation, e.g. llama-3.2-3b-instruct:q4_k_m).
+        #[arg(long = "name", value_name = "NAME")]
+        store_as: Option<String>,
+        /// Download even when no context of the model fits this machine's
+        /// budget.
+        #[arg(long)]
+        force: bool,
     },
     /// Copy a local GGUF file into the store (it is validated first).
     Import {
@@ -217,7 +238,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Engine => engine(),
         Command::Run(args) => run::run(args),
-        Command::Pull { name } => models::pull(&name),
+        Command::Pull {
+            name,
+            store_as,
+            force,
+        } => models::pull(&name, store_as.as_deref(), force),
         Command::Import { file, name } => models::import(&file, name.as_deref()),
         Command::List { json } => models::list(json),
         Command::Rm { name } => models::rm(&name),

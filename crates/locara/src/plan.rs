@@ -139,6 +139,63 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     })
 }
 
+/// `locara plan`'s verdict for a model not downloaded yet (its header read
+/// from the Hub): one line, and whether any context fits this machine's
+/// budget at all.
+pub(crate) struct QuickVerdict {
+    pub line: String,
+    pub fits_some_context: bool,
+}
+
+/// The verdict `locara plan MODEL` would give with the default context and
+/// K/V type, for `shape` (`weights_bytes` set to what all files hold).
+pub(crate) fn quick_verdict(shape: &ModelShape) -> Result<QuickVerdict> {
+    let backend = locara_platform::estimate_backend();
+    let options = EstimateOptions {
+        context: LoadDefaults::default().context,
+        kv_type: backend.default_kv_type(),
+        parallel: 1,
+        backend: backend.clone(),
+        full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
+        pool: None,
+    };
+    let est = estimate::estimate(shape, &options).context("cannot estimate the model")?;
+    let budget = machine_budget()?;
+    let mut largest = Vec::new();
+    for kv_type in KvType::ALL {
+        let up_to_trained = EstimateOptions {
+            context: u32::MAX,
+            kv_type,
+            ..options.clone()
+        };
+        largest.push((
+            kv_type,
+            estimate::max_context_fitting(shape, &up_to_trained, budget.bytes)?,
+        ));
+    }
+    let fits_some_context = largest.iter().any(|(_, n)| n.is_some());
+    let line = if est.total() <= budget.bytes {
+        format!(
+            "fits: estimate {} at context {} with {} K/V, budget {} ({} to spare)",
+            Bytes(est.total()),
+            est.context,
+            est.kv_type,
+            Bytes(budget.bytes),
+            Bytes(budget.bytes - est.total())
+        )
+    } else {
+        format!(
+            "does not fit at context {}: {}",
+            est.context,
+            not_fitting(&est, budget.bytes, &largest)
+        )
+    };
+    Ok(QuickVerdict {
+        line,
+        fits_some_context,
+    })
+}
+
 /// Whether the load fits the budget, and the longest contexts that do.
 struct Verdict {
     budget: Budget,

@@ -343,7 +343,7 @@ pub fn quant_of(file_name: &str) -> Option<&'static str> {
 }
 
 /// `name-00001-of-00003.gguf` → (`name`, 1, 3).
-fn split_part(path: &str) -> Option<(&str, u32, u32)> {
+pub(crate) fn split_part(path: &str) -> Option<(&str, u32, u32)> {
     let stem = path.strip_suffix(".gguf")?;
     let (rest, count) = stem.rsplit_once("-of-")?;
     let (prefix, no) = rest.rsplit_once('-')?;
@@ -763,7 +763,10 @@ impl Hub {
             },
             ureq::Error::Transport(t) => StoreError::Download {
                 url: shown,
-                reason: format!("network: {}", t.to_string().replace(url, "")),
+                reason: format!(
+                    "network: {}",
+                    t.to_string().replace(url, "").trim_start_matches([':', ' '])
+                ),
             },
         }
     }
