@@ -66,13 +66,39 @@ locara pull hf.co/unsloth/gemma-3-4b-it-GGUF:Q8_0 --name gemma3:4b-q8")]
         #[arg(long)]
         force: bool,
     },
-    /// Copy a local GGUF file into the store (it is validated first).
+    /// Copy a local GGUF file into the store, or adopt the models Ollama or
+    /// LM Studio downloaded (in place, no copy).
+    ///
+    /// `--from ollama` reads Ollama's manifests ($OLLAMA_MODELS or
+    /// ~/.ollama/models); `--from lmstudio` LM Studio's models directory
+    /// (~/.lmstudio/models, or the older ~/.cache/lm-studio/models). Each
+    /// model passes the GGUF guard and is hashed once; the store then holds
+    /// a hard link to the file where the file system allows one, else a
+    /// reference to it whose size and sha256 are checked before each load.
+    /// `locara rm` of an adopted model never deletes the other tool's file.
+    #[command(after_help = "Examples:\n  locara import ./model.gguf --name my-model\n  \
+locara import --from ollama\n  locara import --from ollama llama3.2:3b\n  \
+locara import --from lmstudio bartowski/Llama-3.2-1B-Instruct-GGUF")]
     Import {
-        /// The .gguf file.
-        file: PathBuf,
-        /// Name to store it under (default: from the file name).
+        /// The .gguf file; with --from, the model to adopt (default: all):
+        /// an Ollama NAME or NAME:TAG, an LM Studio REPO, PUBLISHER/REPO or
+        /// file name.
+        #[arg(value_name = "FILE|MODEL")]
+        what: Option<String>,
+        /// Name to store it under (default: from the file or the tool's name).
         #[arg(long)]
         name: Option<String>,
+        /// Adopt from another tool's models instead of copying a file.
+        #[arg(long, value_parser = ["ollama", "lmstudio"])]
+        from: Option<String>,
+        /// The tool's models directory, where it is not in the usual place.
+        #[arg(long, value_name = "DIR", requires = "from")]
+        dir: Option<PathBuf>,
+        /// Record a reference even where a hard link is possible (a hard
+        /// link keeps the disk space in use after the other tool deletes
+        /// its copy; a reference does not).
+        #[arg(long, requires = "from")]
+        reference: bool,
     },
     /// List stored models.
     #[command(alias = "ls")]
@@ -243,7 +269,19 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             store_as,
             force,
         } => models::pull(&name, store_as.as_deref(), force),
-        Command::Import { file, name } => models::import(&file, name.as_deref()),
+        Command::Import {
+            what,
+            name,
+            from,
+            dir,
+            reference,
+        } => match from.as_deref() {
+            Some(tool) => models::adopt(tool, what.as_deref(), name.as_deref(), dir.as_deref(), reference),
+            None => match what {
+                Some(file) => models::import(std::path::Path::new(&file), name.as_deref()),
+                None => anyhow::bail!("name a .gguf file to import, or --from ollama|lmstudio"),
+            },
+        },
         Command::List { json } => models::list(json),
         Command::Rm { name } => models::rm(&name),
         Command::Inspect { model, json } => inspect::inspect(&model, json),

@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::progress::Bar;
 use anyhow::{Context, Result};
 use locara_core::Bytes;
+use locara_daemon::store::adopt::{self, Held, Tool};
 use locara_daemon::store::hub::{self, Hub, HubConfig, HubRef};
 use locara_daemon::store::{Alias, ModelEntry, ModelName, Store, StoreError};
 use std::path::Path;
@@ -154,6 +155,96 @@ pub fn import(file: &Path, name: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `locara import --from ollama|lmstudio [MODEL]`: adopts each model found
+/// (all, or the one named); one that fails is reported and the others go on.
+pub fn adopt(
+    tool: &str,
+    only: Option<&str>,
+    name: Option<&str>,
+    dir: Option<&Path>,
+    reference_only: bool,
+) -> Result<ExitCode> {
+    let config = Config::load(false)?;
+    let store = config.store()?;
+    let tool = match tool {
+        "ollama" => Tool::Ollama,
+        _ => Tool::Lmstudio,
+    };
+    let dir = tool.models_dir(dir)?;
+    let found = match tool {
+        Tool::Ollama => adopt::scan_ollama(&dir, only)?,
+        Tool::Lmstudio => adopt::scan_lmstudio(&dir, only)?,
+    };
+    if found.is_empty() {
+        let what = only.map_or_else(|| "no models".to_string(), |o| format!("no model {o:?}"));
+        anyhow::bail!("{} has {what} in {}", tool.display_name(), dir.display());
+    }
+    let name: Option<ModelName> = name.map(str::parse).transpose()?;
+    if name.is_some() && found.len() > 1 {
+        anyhow::bail!(
+            "--name names one model, but {} models were found; name the one to adopt",
+            found.len()
+        );
+    }
+    let mut failed = 0;
+    for f in &found {
+        let target = name.clone().unwrap_or_else(|| f.name.clone());
+        if let Some(existing) = store.get(&target)? {
+            let same = existing.sha256 == f.sha256.clone().unwrap_or_default()
+                || existing
+                    .adopted
+                    .as_ref()
+                    .is_some_and(|a| a.files.iter().map(|x| &x.path).eq(f.files.iter()));
+            if same {
+                println!("{target} is already here");
+            } else {
+                println!(
+                    "skipped {} {}: the name {target} is taken (`--name` gives another)",
+                    tool.display_name(),
+                    f.label
+                );
+            }
+            continue;
+        }
+        match store.adopt(f, &target, reference_only, &mut Bar::default()) {
+            Ok(entry) => println!(
+                "adopted {} {} as {} ({}, {} {}): {}",
+                tool.display_name(),
+                f.label,
+                entry.name,
+                Bytes(entry.size),
+                entry.architecture,
+                entry.quantization,
+                where_it_lives(&entry)
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {} {}: {e}", tool.display_name(), f.label);
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Where a model's bytes are: in the store, a hard link to another tool's
+/// file, or that file itself.
+fn where_it_lives(entry: &ModelEntry) -> String {
+    match &entry.adopted {
+        None => "in the store".to_string(),
+        Some(a) => {
+            let first = a.files.first().map(|f| f.path.display().to_string()).unwrap_or_default();
+            match a.held {
+                Held::HardLink => format!("hard link to {}'s {first}", a.tool.display_name()),
+                Held::Reference => format!("{}'s {first} (by reference)", a.tool.display_name()),
+            }
+        }
+    }
+}
+
 /// `My-Model.Q4_K_M.gguf` → `my-model.q4_k_m`.
 fn name_from_file(file: &Path) -> Result<ModelName> {
     let stem = file
@@ -193,17 +284,18 @@ pub fn list(json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<24} {:>10}  {:<10} {:<12} SOURCE",
-        "NAME", "SIZE", "QUANT", "ARCH"
+        "{:<32} {:>10}  {:<10} {:<12} {:<9} WHERE",
+        "NAME", "SIZE", "QUANT", "ARCH", "SOURCE"
     );
     for m in models {
         println!(
-            "{:<24} {:>10}  {:<10} {:<12} {}",
+            "{:<32} {:>10}  {:<10} {:<12} {:<9} {}",
             m.name,
             Bytes(m.size).to_string(),
             m.quantization,
             m.architecture,
-            m.source
+            m.source,
+            where_it_lives(&m)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -250,6 +250,12 @@ pub fn scan_ollama(dir: &Path, only: Option<&str>) -> Result<Vec<Found>, StoreEr
             .ok_or_else(|| bad(format!("digest {digest:?} is not sha256:<64 hex digits>")))?;
         let blob = dir.join("blobs").join(format!("sha256-{hex}"));
         let short = model.rsplit('/').next().unwrap_or(model);
+        // `hf.co/ORG/NAME-GGUF:Q4_K_M` from `ollama pull hf.co/…`.
+        let lower = short.to_ascii_lowercase();
+        let short = ["-gguf", "_gguf"]
+            .iter()
+            .find_map(|s| lower.strip_suffix(s))
+            .unwrap_or(&lower);
         found.push(Found {
             tool: Tool::Ollama,
             name: store_name(short, tag)?,
