@@ -144,8 +144,12 @@ impl StoreError {
             StoreError::MissingMember { .. } => "missing_member",
             StoreError::HubReference { .. } => "invalid_reference",
             StoreError::NoMatchingFile { .. } => "no_matching_file",
-            StoreError::HubAccess { token_sent: false, .. } => "hub_token_required",
-            StoreError::HubAccess { token_sent: true, .. } => "hub_access_denied",
+            StoreError::HubAccess {
+                token_sent: false, ..
+            } => "hub_token_required",
+            StoreError::HubAccess {
+                token_sent: true, ..
+            } => "hub_access_denied",
             StoreError::HubNotFound { .. } => "hub_not_found",
             StoreError::HubChecksum { .. } => "checksum_mismatch",
             StoreError::DiskFull { .. } | StoreError::DiskFullWriting { .. } => "disk_full",
@@ -1304,6 +1308,75 @@ mod tests {
         assert_eq!(c.default.as_str(), "smollm2:135m");
         let gemma = c.find(&"gemma3:270m".parse().unwrap()).unwrap();
         assert_eq!(gemma.parts.len(), 4);
+    }
+
+    #[test]
+    fn builtin_aliases_name_q4_k_m_files_of_hub_repositories() {
+        let c = Catalog::builtin().unwrap();
+        assert!(c.aliases.len() >= 10, "a handful of well-known models");
+        let hub = hub::HubConfig::new(hub::DEFAULT_ENDPOINT);
+        for a in &c.aliases {
+            assert!(
+                c.find(&a.name).is_none(),
+                "{} is also a catalog model",
+                a.name
+            );
+            let r = a.reference(&hub).unwrap();
+            assert_eq!(r.repo, a.repo);
+            assert_eq!(r.want, hub::Want::File(a.file.clone()));
+            assert_eq!(hub::quant_of(&a.file), Some("Q4_K_M"), "{}", a.file);
+            assert!(a.name.as_str().contains(':'), "{}", a.name);
+            assert!(!a.description.is_empty(), "{}", a.name);
+            assert!(a.sha256.as_deref().is_none_or(is_sha256), "{}", a.name);
+            assert_eq!(
+                r.resolve_url(&a.file),
+                format!("https://huggingface.co/{}/resolve/main/{}", a.repo, a.file)
+            );
+        }
+        for family in ["llama3", "qwen2.5", "gemma3", "phi", "mistral"] {
+            assert!(
+                c.aliases
+                    .iter()
+                    .any(|a| a.name.as_str().starts_with(family)),
+                "no {family} alias"
+            );
+        }
+        assert!(c.alias(&"qwen2.5:7b".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn bad_aliases_are_refused_naming_the_alias() {
+        let head = format!(
+            "default = \"x\"\n[[model]]\nname = \"x\"\nsha256 = \"{}\"\n[[model.parts]]\npath = \"/dev/null\"\n",
+            "0".repeat(64)
+        );
+        for (alias, expect) in [
+            (
+                "name = \"x\"\nrepo = \"o/r\"\nfile = \"m.gguf\"",
+                "defined twice",
+            ),
+            (
+                "name = \"a\"\nrepo = \"o/r\"\nfile = \"m.gguf\"\nsha256 = \"abc\"",
+                "64 lowercase hex",
+            ),
+            ("name = \"a\"\nrepo = \"r\"\nfile = \"m.gguf\"", "ORG/REPO"),
+            (
+                "name = \"a\"\nrepo = \"o/r\"\nfile = \"../m.gguf\"",
+                "alias a",
+            ),
+            (
+                "name = \"a\"\nrepo = \"o/r\"\nfile = \"m.bin\"",
+                "not a .gguf",
+            ),
+            (
+                "name = \"a\"\nrepo = \"o/r\"\nfile = \"m.gguf\"\nmirror = 1",
+                "mirror",
+            ),
+        ] {
+            let text = format!("{head}[[alias]]\n{alias}\n");
+            let err = Catalog::parse(&text, "t").unwrap_err();
+            assert!(err.to_string().contains(expect), "{alias}: {err}");
+        }
     }
 
     #[test]

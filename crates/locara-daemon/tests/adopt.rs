@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 /// (saying why) where the environment does not provide them.
 fn test_model(name: &str) -> Option<PathBuf> {
     let Some(dir) = std::env::var_os("LOCARA_TEST_MODELS") else {
-        eprintln!("skipped: LOCARA_TEST_MODELS is not set, so the real test models are not available");
+        eprintln!(
+            "skipped: LOCARA_TEST_MODELS is not set, so the real test models are not available"
+        );
         return None;
     };
     Some(fs::canonicalize(Path::new(&dir).join(name)).unwrap())
@@ -124,7 +126,9 @@ fn a_reference_is_checked_before_each_load() {
     let dir = ollama_dir(root.path(), &[("tiny", "latest", &model)]);
     let found = scan_ollama(&dir, Some("tiny:latest")).unwrap().remove(0);
     let store = Store::open(&root.path().join("locara")).unwrap();
-    let entry = store.adopt(&found, &found.name, true, &mut NoProgress).unwrap();
+    let entry = store
+        .adopt(&found, &found.name, true, &mut NoProgress)
+        .unwrap();
     let adopted = entry.adopted.clone().unwrap();
     assert_eq!(adopted.held, Held::Reference);
     let blob = fs::canonicalize(&found.files[0]).unwrap();
@@ -146,7 +150,10 @@ fn a_reference_is_checked_before_each_load() {
     fs::write(&blob, &changed).unwrap();
     let err = store.check_for_load(&again).unwrap_err();
     assert_eq!(err.kind(), "adopted_file_changed");
-    assert!(err.to_string().contains(&blob.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&blob.display().to_string()),
+        "{err}"
+    );
     assert!(err.to_string().contains("sha256"), "{err}");
 
     // Gone: refused, and removing the model is still possible.
@@ -172,11 +179,15 @@ fn a_blob_that_is_not_its_digest_or_not_a_model_is_not_adopted() {
     *bytes.last_mut().unwrap() ^= 1;
     fs::remove_file(&blob).unwrap();
     fs::write(&blob, &bytes).unwrap();
-    let err = store.adopt(&found, &found.name, false, &mut NoProgress).unwrap_err();
+    let err = store
+        .adopt(&found, &found.name, false, &mut NoProgress)
+        .unwrap_err();
     assert_eq!(err.kind(), "checksum_mismatch", "{err}");
 
     fs::write(&blob, b"GGUF and then nothing useful").unwrap();
-    let err = store.adopt(&found, &found.name, false, &mut NoProgress).unwrap_err();
+    let err = store
+        .adopt(&found, &found.name, false, &mut NoProgress)
+        .unwrap_err();
     assert_eq!(err.kind(), "invalid_model", "{err}");
     assert!(store.list().unwrap().is_empty());
     let staging: Vec<_> = fs::read_dir(root.path().join("locara/tmp"))
@@ -189,7 +200,9 @@ fn a_blob_that_is_not_its_digest_or_not_a_model_is_not_adopted() {
 
 #[test]
 fn lm_studio_models_are_found_by_publisher_and_repository() {
-    let Some(smol) = test_model("smollm2-135m.gguf") else { return };
+    let Some(smol) = test_model("smollm2-135m.gguf") else {
+        return;
+    };
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("lmstudio/models");
     let repo = dir.join("bartowski/SmolLM2-135M-Instruct-GGUF");
@@ -212,7 +225,9 @@ fn lm_studio_models_are_found_by_publisher_and_repository() {
     );
 
     let store = Store::open(&root.path().join("locara")).unwrap();
-    let entry = store.adopt(found, &found.name, false, &mut NoProgress).unwrap();
+    let entry = store
+        .adopt(found, &found.name, false, &mut NoProgress)
+        .unwrap();
     assert_eq!(entry.source, "lmstudio");
     assert_eq!(entry.sha256, sha_of(&smol));
     assert_eq!(entry.adopted.as_ref().unwrap().held, Held::HardLink);

@@ -172,7 +172,12 @@ fn serve(mut stream: TcpStream, port: u16, state: &Mutex<State>) {
         ["api", "models", org, repo, "tree", _rev] => {
             let Some(spec) = st.repos.get(&format!("{org}/{repo}")) else {
                 let h = [("X-Error-Code", "RepoNotFound".to_string())];
-                return respond(&mut stream, 404, &h, b"{\"error\":\"Repository not found\"}");
+                return respond(
+                    &mut stream,
+                    404,
+                    &h,
+                    b"{\"error\":\"Repository not found\"}",
+                );
             };
             let listing: Vec<serde_json::Value> = spec
                 .files
@@ -188,7 +193,12 @@ fn serve(mut stream: TcpStream, port: u16, state: &Mutex<State>) {
                 })
                 .collect();
             let body = serde_json::to_vec(&listing).unwrap();
-            respond(&mut stream, 200, &[("Content-Type", "application/json".into())], &body);
+            respond(
+                &mut stream,
+                200,
+                &[("Content-Type", "application/json".into())],
+                &body,
+            );
         }
         [org, repo, "resolve", _rev, file @ ..] => {
             let Some(spec) = st.repos.get(&format!("{org}/{repo}")) else {
@@ -199,7 +209,10 @@ fn serve(mut stream: TcpStream, port: u16, state: &Mutex<State>) {
                     None => {
                         let h = [
                             ("X-Error-Code", "GatedRepo".to_string()),
-                            ("X-Error-Message", "Access to this model is restricted".to_string()),
+                            (
+                                "X-Error-Message",
+                                "Access to this model is restricted".to_string(),
+                            ),
                         ];
                         return respond(&mut stream, 401, &h, b"");
                     }
@@ -275,7 +288,9 @@ fn serve(mut stream: TcpStream, port: u16, state: &Mutex<State>) {
 /// The real test models, or `None` (saying why) where they are not set up.
 fn test_model(name: &str) -> Option<Arc<Vec<u8>>> {
     let Some(dir) = std::env::var_os("LOCARA_TEST_MODELS") else {
-        eprintln!("skipped: LOCARA_TEST_MODELS is not set, so the real test models are not available");
+        eprintln!(
+            "skipped: LOCARA_TEST_MODELS is not set, so the real test models are not available"
+        );
         return None;
     };
     Some(Arc::new(std::fs::read(Path::new(&dir).join(name)).unwrap()))
@@ -284,7 +299,9 @@ fn test_model(name: &str) -> Option<Arc<Vec<u8>>> {
 fn leftovers(home: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for dir in [home.join("tmp"), home.join("tmp/downloads")] {
-        let Ok(items) = std::fs::read_dir(&dir) else { continue };
+        let Ok(items) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for item in items.flatten() {
             let name = item.file_name().to_string_lossy().into_owned();
             if !name.ends_with(".lock") && name != "downloads" {
@@ -314,7 +331,9 @@ fn pull(
 
 #[test]
 fn a_repository_pull_takes_the_default_quant_through_the_redirect_and_checks_it() {
-    let Some(smol) = test_model("smollm2-135m.gguf") else { return };
+    let Some(smol) = test_model("smollm2-135m.gguf") else {
+        return;
+    };
     let server = HubServer::start();
     let readme = Arc::new(b"# SmolLM2 GGUF\n".to_vec());
     let other = Arc::new(b"not the file you asked for".to_vec());
@@ -356,22 +375,43 @@ fn a_repository_pull_takes_the_default_quant_through_the_redirect_and_checks_it(
     assert_eq!(std::fs::read(&entry.path).unwrap(), *smol);
     let store = Store::open(home.path()).unwrap();
     assert_eq!(store.list().unwrap(), vec![entry]);
-    assert!(leftovers(home.path()).is_empty(), "{:?}", leftovers(home.path()));
+    assert!(
+        leftovers(home.path()).is_empty(),
+        "{:?}",
+        leftovers(home.path())
+    );
     // Every file request went through `resolve` and its redirect.
     let log = server.log();
-    assert!(log.iter().any(|l| l.path.contains("/resolve/main/SmolLM2-135M-Instruct-Q4_K_M.gguf")));
-    assert!(server.cdn_log().iter().all(|l| l.host.starts_with("localhost:")));
+    assert!(log.iter().any(|l| l
+        .path
+        .contains("/resolve/main/SmolLM2-135M-Instruct-Q4_K_M.gguf")));
+    assert!(server
+        .cdn_log()
+        .iter()
+        .all(|l| l.host.starts_with("localhost:")));
 }
 
 #[test]
 fn an_interrupted_download_continues_with_a_range_request() {
-    let Some(smol) = test_model("smollm2-135m.gguf") else { return };
+    let Some(smol) = test_model("smollm2-135m.gguf") else {
+        return;
+    };
     let server = HubServer::start();
-    server.add_repo("test/smol-GGUF", false, vec![("smol-Q4_K_M.gguf", smol.clone())]);
+    server.add_repo(
+        "test/smol-GGUF",
+        false,
+        vec![("smol-Q4_K_M.gguf", smol.clone())],
+    );
     let cut = 10 << 20;
     server.fault(&sha_hex(&smol), &[Fault::CutAfter(cut)]);
     let home = tempfile::tempdir().unwrap();
-    let entry = pull(&server, server.config(), home.path(), "hf.co/test/smol-GGUF").unwrap();
+    let entry = pull(
+        &server,
+        server.config(),
+        home.path(),
+        "hf.co/test/smol-GGUF",
+    )
+    .unwrap();
     assert_eq!(entry.sha256, sha_hex(&smol));
     let ranges: Vec<_> = server.cdn_log().into_iter().map(|l| l.range).collect();
     assert_eq!(ranges, vec![None, Some(format!("bytes={cut}-"))]);
@@ -379,9 +419,15 @@ fn an_interrupted_download_continues_with_a_range_request() {
 
 #[test]
 fn a_pull_given_up_keeps_its_partial_download_and_the_next_pull_continues_it() {
-    let Some(smol) = test_model("smollm2-135m.gguf") else { return };
+    let Some(smol) = test_model("smollm2-135m.gguf") else {
+        return;
+    };
     let server = HubServer::start();
-    server.add_repo("test/smol-GGUF", false, vec![("smol-Q4_K_M.gguf", smol.clone())]);
+    server.add_repo(
+        "test/smol-GGUF",
+        false,
+        vec![("smol-Q4_K_M.gguf", smol.clone())],
+    );
     let sha = sha_hex(&smol);
     let cut = 7 << 20;
     server.fault(&sha, &[Fault::CutAfter(cut), Fault::Status(503)]);
@@ -402,23 +448,46 @@ fn a_pull_given_up_keeps_its_partial_download_and_the_next_pull_continues_it() {
     let last = server.cdn_log().pop().unwrap();
     assert_eq!(last.range, Some(format!("bytes={cut}-")));
     assert!(!partial.exists());
-    assert!(leftovers(home.path()).is_empty(), "{:?}", leftovers(home.path()));
+    assert!(
+        leftovers(home.path()).is_empty(),
+        "{:?}",
+        leftovers(home.path())
+    );
 }
 
 #[test]
 fn a_wrong_checksum_stores_nothing_and_deletes_the_download() {
-    let Some(smol) = test_model("smollm2-135m.gguf") else { return };
+    let Some(smol) = test_model("smollm2-135m.gguf") else {
+        return;
+    };
     let server = HubServer::start();
     server.add_repo("test/smol-GGUF", false, vec![("smol-Q4_K_M.gguf", smol)]);
     let wrong = "0".repeat(64);
-    server.state.lock().unwrap().repos.get_mut("test/smol-GGUF").unwrap().files[0]
+    server
+        .state
+        .lock()
+        .unwrap()
+        .repos
+        .get_mut("test/smol-GGUF")
+        .unwrap()
+        .files[0]
         .listed_sha256 = Some(wrong.clone());
     let home = tempfile::tempdir().unwrap();
-    let err = pull(&server, server.config(), home.path(), "hf.co/test/smol-GGUF").unwrap_err();
+    let err = pull(
+        &server,
+        server.config(),
+        home.path(),
+        "hf.co/test/smol-GGUF",
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), "checksum_mismatch");
     assert!(err.to_string().contains(&wrong), "{err}");
     assert!(Store::open(home.path()).unwrap().list().unwrap().is_empty());
-    assert!(leftovers(home.path()).is_empty(), "{:?}", leftovers(home.path()));
+    assert!(
+        leftovers(home.path()).is_empty(),
+        "{:?}",
+        leftovers(home.path())
+    );
 }
 
 #[test]
@@ -427,17 +496,33 @@ fn a_file_that_fails_the_guard_is_not_stored() {
     let junk = Arc::new(b"GGUF but not really a model at all".to_vec());
     server.add_repo("test/junk-GGUF", false, vec![("junk-Q4_K_M.gguf", junk)]);
     let home = tempfile::tempdir().unwrap();
-    let err = pull(&server, server.config(), home.path(), "hf.co/test/junk-GGUF").unwrap_err();
+    let err = pull(
+        &server,
+        server.config(),
+        home.path(),
+        "hf.co/test/junk-GGUF",
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), "invalid_model", "{err}");
     assert!(Store::open(home.path()).unwrap().list().unwrap().is_empty());
-    assert!(leftovers(home.path()).is_empty(), "{:?}", leftovers(home.path()));
+    assert!(
+        leftovers(home.path()).is_empty(),
+        "{:?}",
+        leftovers(home.path())
+    );
 }
 
 #[test]
 fn a_gated_repository_needs_the_token_which_stays_on_the_hub() {
-    let Some(gemma) = test_model("gemma3-270m.gguf") else { return };
+    let Some(gemma) = test_model("gemma3-270m.gguf") else {
+        return;
+    };
     let server = HubServer::start();
-    server.add_repo("google/gemma-3-270m-GGUF", true, vec![("gemma-3-270m-Q4_K_M.gguf", gemma.clone())]);
+    server.add_repo(
+        "google/gemma-3-270m-GGUF",
+        true,
+        vec![("gemma-3-270m-Q4_K_M.gguf", gemma.clone())],
+    );
     let home = tempfile::tempdir().unwrap();
     let reference = "hf.co/google/gemma-3-270m-GGUF:Q4_K_M";
 
@@ -467,16 +552,38 @@ fn a_gated_repository_needs_the_token_which_stays_on_the_hub() {
 #[test]
 fn a_missing_repository_or_quantisation_says_which() {
     let server = HubServer::start();
-    server.add_repo("test/tiny-GGUF", false, vec![("tiny-Q8_0.gguf", Arc::new(GgufBuilder::synthetic().build()))]);
+    server.add_repo(
+        "test/tiny-GGUF",
+        false,
+        vec![("tiny-Q8_0.gguf", Arc::new(GgufBuilder::synthetic().build()))],
+    );
     let home = tempfile::tempdir().unwrap();
-    let err = pull(&server, server.config(), home.path(), "hf.co/test/nothing-here").unwrap_err();
+    let err = pull(
+        &server,
+        server.config(),
+        home.path(),
+        "hf.co/test/nothing-here",
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), "hub_not_found", "{err}");
     assert!(err.to_string().contains("hf.co/test/nothing-here"), "{err}");
-    let err = pull(&server, server.config(), home.path(), "hf.co/test/tiny-GGUF:Q5_K_M").unwrap_err();
+    let err = pull(
+        &server,
+        server.config(),
+        home.path(),
+        "hf.co/test/tiny-GGUF:Q5_K_M",
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), "no_matching_file", "{err}");
     assert!(err.to_string().contains("Q8_0"), "{err}");
     // No Q4_K_M: the only file, said so.
-    let entry = pull(&server, server.config(), home.path(), "hf.co/test/tiny-GGUF").unwrap();
+    let entry = pull(
+        &server,
+        server.config(),
+        home.path(),
+        "hf.co/test/tiny-GGUF",
+    )
+    .unwrap();
     assert_eq!(entry.name.as_str(), "tiny:q8_0");
 }
 
@@ -539,4 +646,40 @@ fn split_parts_out_of_order_fail_the_guard() {
     assert!(err.to_string().contains("b.gguf"), "{err}");
     let err = validate_parts(&[pa.clone(), pa]).unwrap_err();
     assert!(err.to_string().contains("split.no"), "{err}");
+}
+
+#[test]
+fn a_pinned_sha256_that_the_hub_contradicts_downloads_nothing() {
+    let server = HubServer::start();
+    let tiny = Arc::new(GgufBuilder::synthetic().build());
+    server.add_repo(
+        "test/tiny-GGUF",
+        false,
+        vec![("tiny-Q4_K_M.gguf", tiny.clone())],
+    );
+    let config = server.config();
+    let hub = Hub::new(config.clone()).unwrap();
+    let url = format!(
+        "{}/test/tiny-GGUF/resolve/main/tiny-Q4_K_M.gguf",
+        server.endpoint()
+    );
+    let reference = HubRef::parse(&url, &config).unwrap();
+    let mut choice = choose(&reference, &hub.list(&reference).unwrap()).unwrap();
+    let err = choice.pin(&reference, &"0".repeat(64)).unwrap_err();
+    assert!(err.to_string().contains("the catalog pins"), "{err}");
+    assert!(server.cdn_log().is_empty());
+    // The right pin passes and the pull checks against it.
+    choice.pin(&reference, &sha_hex(&tiny)).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let entry = Store::open(home.path())
+        .unwrap()
+        .pull_hub(
+            &hub,
+            &reference,
+            &choice,
+            &"tiny:q4_k_m".parse().unwrap(),
+            &mut NoProgress,
+        )
+        .unwrap();
+    assert_eq!(entry.sha256, sha_hex(&tiny));
 }

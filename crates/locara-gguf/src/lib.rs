@@ -313,7 +313,11 @@ pub fn validate_split(paths: &[std::path::PathBuf]) -> Result<GgufFile, (usize, 
                         expected,
                     }))
                 }
-                None => return Err(fail(GgufError::MissingKey { key: key.to_owned() })),
+                None => {
+                    return Err(fail(GgufError::MissingKey {
+                        key: key.to_owned(),
+                    }))
+                }
             }
         }
         for t in &parsed.tensors {
@@ -330,7 +334,12 @@ pub fn validate_split(paths: &[std::path::PathBuf]) -> Result<GgufFile, (usize, 
         }
     }
     let Some(first) = first else {
-        return Err((0, GgufError::MissingKey { key: "split.count".to_owned() }));
+        return Err((
+            0,
+            GgufError::MissingKey {
+                key: "split.count".to_owned(),
+            },
+        ));
     };
     let declared = first
         .metadata

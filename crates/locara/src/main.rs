@@ -50,9 +50,11 @@ enum Command {
     /// machine; an interrupted download continues where it stopped on the
     /// next pull. HF_TOKEN is sent for gated repositories (never printed);
     /// HF_ENDPOINT names a mirror.
-    #[command(after_help = "Examples:\n  locara pull smollm2:135m\n  locara pull qwen2.5:7b\n  \
+    #[command(
+        after_help = "Examples:\n  locara pull smollm2:135m\n  locara pull qwen2.5:7b\n  \
 locara pull hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF\n  \
-locara pull hf.co/unsloth/gemma-3-4b-it-GGUF:Q8_0 --name gemma3:4b-q8")]
+locara pull hf.co/unsloth/gemma-3-4b-it-GGUF:Q8_0 --name gemma3:4b-q8"
+    )]
     Pull {
         /// A catalog name or alias (smollm2:135m, qwen2.5:7b), hf.co/ORG/REPO[:QUANT],
         /// or the URL of a .gguf file on the Hub.
@@ -76,9 +78,11 @@ locara pull hf.co/unsloth/gemma-3-4b-it-GGUF:Q8_0 --name gemma3:4b-q8")]
     /// a hard link to the file where the file system allows one, else a
     /// reference to it whose size and sha256 are checked before each load.
     /// `locara rm` of an adopted model never deletes the other tool's file.
-    #[command(after_help = "Examples:\n  locara import ./model.gguf --name my-model\n  \
+    #[command(
+        after_help = "Examples:\n  locara import ./model.gguf --name my-model\n  \
 locara import --from ollama\n  locara import --from ollama llama3.2:3b\n  \
-locara import --from lmstudio bartowski/Llama-3.2-1B-Instruct-GGUF")]
+locara import --from lmstudio bartowski/Llama-3.2-1B-Instruct-GGUF"
+    )]
     Import {
         /// The .gguf file; with --from, the model to adopt (default: all):
         /// an Ollama NAME or NAME:TAG, an LM Studio REPO, PUBLISHER/REPO or
@@ -276,7 +280,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             dir,
             reference,
         } => match from.as_deref() {
-            Some(tool) => models::adopt(tool, what.as_deref(), name.as_deref(), dir.as_deref(), reference),
+            Some(tool) => models::adopt(
+                tool,
+                what.as_deref(),
+                name.as_deref(),
+                dir.as_deref(),
+                reference,
+            ),
             None => match what {
                 Some(file) => models::import(std::path::Path::new(&file), name.as_deref()),
                 None => anyhow::bail!("name a .gguf file to import, or --from ollama|lmstudio"),

@@ -53,19 +53,7 @@ fn pull_hub(
     let files = hub.list(reference)?;
     let mut choice = hub::choose(reference, &files)?;
     if let Some(pinned) = alias.and_then(|a| a.sha256.as_ref()) {
-        // The catalog's pin wins; a listing that disagrees means the file
-        // on the Hub is not the one the catalog names.
-        let first = &mut choice.files[0];
-        if let Some(listed) = &first.sha256 {
-            if listed != pinned {
-                anyhow::bail!(
-                    "{reference}: the Hub lists sha256 {listed} for {}, the catalog pins {pinned}; \
-                     nothing was downloaded",
-                    first.path
-                );
-            }
-        }
-        first.sha256 = Some(pinned.clone());
+        choice.pin(reference, pinned)?;
     }
     let name = match store_as {
         Some(n) => n,
@@ -76,18 +64,27 @@ fn pull_hub(
         return Ok(ExitCode::SUCCESS);
     }
     let shown = if choice.files.len() > 1 {
-        format!("{} and {} more parts", choice.files[0].path, choice.files.len() - 1)
+        format!(
+            "{} and {} more parts",
+            choice.files[0].path,
+            choice.files.len() - 1
+        )
     } else {
         choice.files[0].path.clone()
     };
     println!(
         "{reference}: {shown} ({}, {}): {}",
-        choice.quant.as_deref().unwrap_or("quantisation not in the name"),
+        choice
+            .quant
+            .as_deref()
+            .unwrap_or("quantisation not in the name"),
         Bytes(choice.size()),
         choice.reason
     );
     if choice.files.iter().any(|f| f.sha256.is_none()) {
-        println!("  the Hub publishes no sha256 for it: only its size and the GGUF guard are checked");
+        println!(
+            "  the Hub publishes no sha256 for it: only its size and the GGUF guard are checked"
+        );
     }
     match hub.header(reference, &choice.files[0]) {
         Ok(header) => {
@@ -120,11 +117,7 @@ fn pull_hub(
     } else {
         "size and GGUF guard checked"
     };
-    println!(
-        "{} ({}) stored, {checked}",
-        entry.name,
-        Bytes(entry.size)
-    );
+    println!("{} ({}) stored, {checked}", entry.name, Bytes(entry.size));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -236,7 +229,11 @@ fn where_it_lives(entry: &ModelEntry) -> String {
     match &entry.adopted {
         None => "in the store".to_string(),
         Some(a) => {
-            let first = a.files.first().map(|f| f.path.display().to_string()).unwrap_or_default();
+            let first = a
+                .files
+                .first()
+                .map(|f| f.path.display().to_string())
+                .unwrap_or_default();
             match a.held {
                 Held::HardLink => format!("hard link to {}'s {first}", a.tool.display_name()),
                 Held::Reference => format!("{}'s {first} (by reference)", a.tool.display_name()),

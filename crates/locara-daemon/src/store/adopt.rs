@@ -62,7 +62,9 @@ impl Tool {
                 return Ok(PathBuf::from(dir));
             }
         }
-        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from);
         let candidates: Vec<PathBuf> = match (self, &home) {
             (_, None) => Vec::new(),
             (Tool::Ollama, Some(h)) => vec![h.join(".ollama/models")],
@@ -240,7 +242,9 @@ pub fn scan_ollama(dir: &Path, only: Option<&str>) -> Result<Vec<Found>, StoreEr
                     .iter()
                     .find(|l| l["mediaType"] == "application/vnd.ollama.image.model")
             })
-            .ok_or_else(|| bad("no layer of media type application/vnd.ollama.image.model".into()))?;
+            .ok_or_else(|| {
+                bad("no layer of media type application/vnd.ollama.image.model".into())
+            })?;
         let digest = layer["digest"]
             .as_str()
             .ok_or_else(|| bad("the model layer has no digest".into()))?;
@@ -316,9 +320,9 @@ pub fn scan_lmstudio(dir: &Path, only: Option<&str>) -> Result<Vec<Found>, Store
                     .iter()
                     .find_map(|s| lower.strip_suffix(s))
                     .unwrap_or(&lower);
-                let tag = quant_of(&file).map(str::to_ascii_lowercase).unwrap_or_else(|| {
-                    file.trim_end_matches(".gguf").to_string()
-                });
+                let tag = quant_of(&file)
+                    .map(str::to_ascii_lowercase)
+                    .unwrap_or_else(|| file.trim_end_matches(".gguf").to_string());
                 found.push(Found {
                     tool: Tool::Lmstudio,
                     name: store_name(base, &tag)?,
@@ -382,7 +386,9 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), StoreErr
     }
     for entry in fs::read_dir(dir).map_err(io_err("listing", dir))?.flatten() {
         let path = entry.path();
-        let Ok(kind) = entry.file_type() else { continue };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
         if kind.is_dir() {
             walk(&path, depth + 1, out)?;
         } else if kind.is_file() {
@@ -398,12 +404,20 @@ mod tests {
 
     #[test]
     fn other_tools_names_become_store_names() {
-        assert_eq!(store_name("llama3.2", "3b").unwrap().as_str(), "llama3.2:3b");
         assert_eq!(
-            store_name("Llama-3.2-1B-Instruct", "Q4_K_M").unwrap().as_str(),
+            store_name("llama3.2", "3b").unwrap().as_str(),
+            "llama3.2:3b"
+        );
+        assert_eq!(
+            store_name("Llama-3.2-1B-Instruct", "Q4_K_M")
+                .unwrap()
+                .as_str(),
             "llama-3.2-1b-instruct:q4_k_m"
         );
-        assert_eq!(store_name("a/b c", "latest").unwrap().as_str(), "a-b-c:latest");
+        assert_eq!(
+            store_name("a/b c", "latest").unwrap().as_str(),
+            "a-b-c:latest"
+        );
         assert_eq!(store_name("..x", "y").unwrap().as_str(), "x:y");
     }
 

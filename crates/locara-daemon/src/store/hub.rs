@@ -292,6 +292,34 @@ pub struct HubChoice {
 }
 
 impl HubChoice {
+    /// Holds the (single) file to a sha256 pinned elsewhere (a catalog
+    /// alias). A listing that publishes another one means the file on the
+    /// Hub is not the pinned one: refused before any download.
+    pub fn pin(&mut self, reference: &HubRef, sha256: &str) -> Result<(), StoreError> {
+        let [file] = self.files.as_mut_slice() else {
+            return Err(StoreError::NoMatchingFile {
+                reference: reference.to_string(),
+                reason: format!(
+                    "a sha256 is pinned for one file, but the model has {} parts",
+                    self.files.len()
+                ),
+            });
+        };
+        if let Some(listed) = &file.sha256 {
+            if listed != sha256 {
+                return Err(StoreError::NoMatchingFile {
+                    reference: reference.to_string(),
+                    reason: format!(
+                        "the Hub lists sha256 {listed} for {}, the catalog pins {sha256}; nothing was downloaded",
+                        file.path
+                    ),
+                });
+            }
+        }
+        file.sha256 = Some(sha256.to_string());
+        Ok(())
+    }
+
     /// Bytes of all files.
     pub fn size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
@@ -411,7 +439,9 @@ pub fn choose(reference: &HubRef, files: &[HubFile]) -> Result<HubChoice, StoreE
         reason,
     };
     if candidates.is_empty() {
-        return Err(no_file("the repository lists no .gguf model file".to_string()));
+        return Err(no_file(
+            "the repository lists no .gguf model file".to_string(),
+        ));
     }
     match &reference.want {
         Want::File(file) => {
@@ -482,7 +512,10 @@ pub fn choose(reference: &HubRef, files: &[HubFile]) -> Result<HubChoice, StoreE
 /// name in lower case without a `-GGUF` suffix, tagged with the
 /// quantisation (`bartowski/Llama-3.2-1B-Instruct-GGUF`, `Q4_K_M` →
 /// `llama-3.2-1b-instruct:q4_k_m`).
-pub fn default_name(reference: &HubRef, choice: &HubChoice) -> Result<super::ModelName, StoreError> {
+pub fn default_name(
+    reference: &HubRef,
+    choice: &HubChoice,
+) -> Result<super::ModelName, StoreError> {
     let repo = reference.repo.rsplit('/').next().unwrap_or(&reference.repo);
     let lower = repo.to_ascii_lowercase();
     let base = ["-gguf", "_gguf", ".gguf"]
@@ -492,7 +525,13 @@ pub fn default_name(reference: &HubRef, choice: &HubChoice) -> Result<super::Mod
     let clean = |s: &str| -> String {
         let mapped: String = s
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect();
         let mut out = mapped.replace("..", ".");
         while out.starts_with(['.', '-', '_']) {
@@ -500,7 +539,13 @@ pub fn default_name(reference: &HubRef, choice: &HubChoice) -> Result<super::Mod
         }
         out
     };
-    let tag = clean(&choice.quant.as_deref().unwrap_or("latest").to_ascii_lowercase());
+    let tag = clean(
+        &choice
+            .quant
+            .as_deref()
+            .unwrap_or("latest")
+            .to_ascii_lowercase(),
+    );
     let mut base = clean(base);
     base.truncate(super::MAX_NAME_LEN.saturating_sub(tag.len() + 1));
     format!("{base}:{tag}").parse()
@@ -582,11 +627,9 @@ impl Hub {
             .call()
             .map_err(|e| self.http_error(reference, &url, e))?;
         let reader = BufReader::with_capacity(1 << 20, response.into_reader());
-        locara_gguf::validate_reader(reader, file.size).map_err(|source| {
-            StoreError::InvalidModel {
-                path: url.into(),
-                source,
-            }
+        locara_gguf::validate_reader(reader, file.size).map_err(|source| StoreError::InvalidModel {
+            path: url.into(),
+            source,
         })
     }
 
@@ -765,7 +808,9 @@ impl Hub {
                 url: shown,
                 reason: format!(
                     "network: {}",
-                    t.to_string().replace(url, "").trim_start_matches([':', ' '])
+                    t.to_string()
+                        .replace(url, "")
+                        .trim_start_matches([':', ' '])
                 ),
             },
         }
@@ -791,9 +836,12 @@ fn hub_message(response: ureq::Response) -> String {
 fn next_link(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
-        params
-            .contains("rel=\"next\"")
-            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+        params.contains("rel=\"next\"").then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
     })
 }
 
@@ -872,7 +920,9 @@ impl Resumable {
     }
 
     fn restart(&mut self) -> Result<(), StoreError> {
-        self.file.set_len(0).map_err(io_err("truncating", &self.path))?;
+        self.file
+            .set_len(0)
+            .map_err(io_err("truncating", &self.path))?;
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(io_err("truncating", &self.path))?;
@@ -943,8 +993,11 @@ mod tests {
 
     #[test]
     fn references_parse_into_repo_revision_and_want() {
-        let r = HubRef::parse("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:q4_k_m", &config())
-            .unwrap();
+        let r = HubRef::parse(
+            "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:q4_k_m",
+            &config(),
+        )
+        .unwrap();
         assert_eq!(r.endpoint, "https://mirror.example");
         assert_eq!(r.repo, "bartowski/Llama-3.2-1B-Instruct-GGUF");
         assert_eq!(r.revision, "main");
@@ -988,7 +1041,10 @@ mod tests {
 
     #[test]
     fn quant_labels_are_whole_tokens() {
-        assert_eq!(quant_of("Llama-3.2-1B-Instruct-Q4_K_M.gguf"), Some("Q4_K_M"));
+        assert_eq!(
+            quant_of("Llama-3.2-1B-Instruct-Q4_K_M.gguf"),
+            Some("Q4_K_M")
+        );
         assert_eq!(quant_of("model.q4_k_s.gguf"), Some("Q4_K_S"));
         assert_eq!(quant_of("model-IQ4_XS.gguf"), Some("IQ4_XS"));
         assert_eq!(quant_of("model-f16.gguf"), Some("F16"));
@@ -1092,8 +1148,9 @@ mod tests {
             files[1].sha256.as_deref(),
             Some("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
         );
-        assert!(parse_listing(r#"[{"type":"file","path":"m","lfs":{"oid":"zz","size":1}}]"#)
-            .is_err());
+        assert!(
+            parse_listing(r#"[{"type":"file","path":"m","lfs":{"oid":"zz","size":1}}]"#).is_err()
+        );
         assert_eq!(
             next_link(r#"<https://h/api/models/o/r/tree/main?cursor=abc>; rel="next""#).as_deref(),
             Some("https://h/api/models/o/r/tree/main?cursor=abc")
