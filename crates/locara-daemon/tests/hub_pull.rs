@@ -5,285 +5,11 @@
 
 use locara_daemon::store::hub::{choose, default_name, Hub, HubConfig, HubRef, HubToken};
 use locara_daemon::store::{validate_parts, NoProgress, Store, StoreError};
+use locara_daemon::testing::hub::{sha_hex, FakeHub, Fault, TOKEN as FAKE_TOKEN};
 use locara_gguf::testing::GgufBuilder;
 use locara_gguf::Value;
-use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-const TOKEN: &str = "hf_test_token_never_printed";
-
-/// What the server does with the next CDN request of an object.
-#[derive(Clone, Copy)]
-enum Fault {
-    /// Sends the headers for the whole body, then this many bytes, then
-    /// closes the connection.
-    CutAfter(u64),
-    /// Answers this status.
-    Status(u16),
-}
-
-struct HubFileSpec {
-    path: String,
-    bytes: Arc<Vec<u8>>,
-    /// What the listing says the sha256 is, when not the bytes' own.
-    listed_sha256: Option<String>,
-}
-
-struct RepoSpec {
-    files: Vec<HubFileSpec>,
-    gated: bool,
-}
-
-#[derive(Debug, Clone)]
-struct Logged {
-    path: String,
-    host: String,
-    range: Option<String>,
-    authorization: Option<String>,
-}
-
-#[derive(Default)]
-struct State {
-    repos: HashMap<String, RepoSpec>,
-    faults: HashMap<String, VecDeque<Fault>>,
-    log: Vec<Logged>,
-}
-
-struct HubServer {
-    port: u16,
-    state: Arc<Mutex<State>>,
-}
-
-impl HubServer {
-    fn start() -> HubServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let state = shared.clone();
-                std::thread::spawn(move || serve(stream, port, &state));
-            }
-        });
-        HubServer { port, state }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn config(&self) -> HubConfig {
-        let mut c = HubConfig::new(&self.endpoint());
-        c.retry_delay = Duration::from_millis(10);
-        c.read_timeout = Duration::from_secs(20);
-        c
-    }
-
-    fn add_repo(&self, name: &str, gated: bool, files: Vec<(&str, Arc<Vec<u8>>)>) {
-        let files = files
-            .into_iter()
-            .map(|(path, bytes)| HubFileSpec {
-                path: path.to_string(),
-                bytes,
-                listed_sha256: None,
-            })
-            .collect();
-        self.state
-            .lock()
-            .unwrap()
-            .repos
-            .insert(name.to_string(), RepoSpec { files, gated });
-    }
-
-    fn fault(&self, sha: &str, faults: &[Fault]) {
-        self.state
-            .lock()
-            .unwrap()
-            .faults
-            .insert(sha.to_string(), faults.iter().copied().collect());
-    }
-
-    fn cdn_log(&self) -> Vec<Logged> {
-        let state = self.state.lock().unwrap();
-        state
-            .log
-            .iter()
-            .filter(|l| l.path.starts_with("/cdn/"))
-            .cloned()
-            .collect()
-    }
-
-    fn log(&self) -> Vec<Logged> {
-        self.state.lock().unwrap().log.clone()
-    }
-}
-
-fn sha_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
-    let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body);
-}
-
-fn serve(mut stream: TcpStream, port: u16, state: &Mutex<State>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
-    let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let path = target.split('?').next().unwrap_or("/").to_string();
-    let range = headers.get("range").cloned();
-    let authorization = headers.get("authorization").cloned();
-    let host = headers.get("host").cloned().unwrap_or_default();
-    let mut st = state.lock().unwrap();
-    st.log.push(Logged {
-        path: path.clone(),
-        host,
-        range: range.clone(),
-        authorization: authorization.clone(),
-    });
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match parts.as_slice() {
-        ["api", "models", org, repo, "tree", _rev] => {
-            let Some(spec) = st.repos.get(&format!("{org}/{repo}")) else {
-                let h = [("X-Error-Code", "RepoNotFound".to_string())];
-                return respond(
-                    &mut stream,
-                    404,
-                    &h,
-                    b"{\"error\":\"Repository not found\"}",
-                );
-            };
-            let listing: Vec<serde_json::Value> = spec
-                .files
-                .iter()
-                .map(|f| {
-                    let sha = f.listed_sha256.clone().unwrap_or_else(|| sha_hex(&f.bytes));
-                    if f.path.ends_with(".gguf") {
-                        serde_json::json!({"type": "file", "oid": "0000", "size": 135, "path": f.path,
-                            "lfs": {"oid": sha, "size": f.bytes.len(), "pointerSize": 135}})
-                    } else {
-                        serde_json::json!({"type": "file", "oid": "0000", "size": f.bytes.len(), "path": f.path})
-                    }
-                })
-                .collect();
-            let body = serde_json::to_vec(&listing).unwrap();
-            respond(
-                &mut stream,
-                200,
-                &[("Content-Type", "application/json".into())],
-                &body,
-            );
-        }
-        [org, repo, "resolve", _rev, file @ ..] => {
-            let Some(spec) = st.repos.get(&format!("{org}/{repo}")) else {
-                return respond(&mut stream, 404, &[], b"");
-            };
-            if spec.gated {
-                match authorization.as_deref() {
-                    None => {
-                        let h = [
-                            ("X-Error-Code", "GatedRepo".to_string()),
-                            (
-                                "X-Error-Message",
-                                "Access to this model is restricted".to_string(),
-                            ),
-                        ];
-                        return respond(&mut stream, 401, &h, b"");
-                    }
-                    Some(a) if a != format!("Bearer {TOKEN}") => {
-                        return respond(&mut stream, 403, &[], b"");
-                    }
-                    Some(_) => {}
-                }
-            }
-            let file = file.join("/");
-            let Some(f) = spec.files.iter().find(|f| f.path == file) else {
-                let h = [("X-Error-Code", "EntryNotFound".to_string())];
-                return respond(&mut stream, 404, &h, b"");
-            };
-            // The Hub sends LFS files to a CDN on another host, with a
-            // signed query; `localhost` is another host than 127.0.0.1.
-            let location = format!(
-                "http://localhost:{port}/cdn/{}?signature=abc",
-                sha_hex(&f.bytes)
-            );
-            respond(&mut stream, 302, &[("Location", location)], b"");
-        }
-        ["cdn", sha] => {
-            let Some(bytes) = st
-                .repos
-                .values()
-                .flat_map(|r| &r.files)
-                .find(|f| sha_hex(&f.bytes) == *sha)
-                .map(|f| f.bytes.clone())
-            else {
-                return respond(&mut stream, 404, &[], b"");
-            };
-            let fault = st.faults.get_mut(*sha).and_then(|q| q.pop_front());
-            drop(st);
-            let start = range
-                .as_deref()
-                .and_then(|r| r.strip_prefix("bytes="))
-                .and_then(|r| r.strip_suffix('-'))
-                .and_then(|r| r.parse::<usize>().ok())
-                .unwrap_or(0);
-            let len = bytes.len();
-            let body = &bytes[start.min(len)..];
-            let (status, mut headers) = if range.is_some() {
-                let h = vec![(
-                    "Content-Range",
-                    format!("bytes {start}-{}/{len}", len.saturating_sub(1)),
-                )];
-                (206, h)
-            } else {
-                (200, Vec::new())
-            };
-            headers.push(("Content-Type", "application/octet-stream".to_string()));
-            match fault {
-                Some(Fault::Status(s)) => respond(&mut stream, s, &[], b""),
-                Some(Fault::CutAfter(n)) => {
-                    let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
-                    for (k, v) in &headers {
-                        head.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-                    let _ = stream.write_all(head.as_bytes());
-                    let _ = stream.write_all(&body[..(n as usize).min(body.len())]);
-                    let _ = stream.flush();
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                }
-                None => respond(&mut stream, status, &headers, body),
-            }
-        }
-        _ => respond(&mut stream, 404, &[], b""),
-    }
-}
+use std::sync::Arc;
 
 /// The real test models, or `None` (saying why) where they are not set up.
 fn test_model(name: &str) -> Option<Arc<Vec<u8>>> {
@@ -313,7 +39,7 @@ fn leftovers(home: &Path) -> Vec<String> {
 }
 
 fn pull(
-    server: &HubServer,
+    server: &FakeHub,
     config: HubConfig,
     home: &Path,
     reference: &str,
@@ -334,7 +60,7 @@ fn a_repository_pull_takes_the_default_quant_through_the_redirect_and_checks_it(
     let Some(smol) = test_model("smollm2-135m.gguf") else {
         return;
     };
-    let server = HubServer::start();
+    let server = FakeHub::start();
     let readme = Arc::new(b"# SmolLM2 GGUF\n".to_vec());
     let other = Arc::new(b"not the file you asked for".to_vec());
     server.add_repo(
@@ -396,7 +122,7 @@ fn an_interrupted_download_continues_with_a_range_request() {
     let Some(smol) = test_model("smollm2-135m.gguf") else {
         return;
     };
-    let server = HubServer::start();
+    let server = FakeHub::start();
     server.add_repo(
         "test/smol-GGUF",
         false,
@@ -422,7 +148,7 @@ fn a_pull_given_up_keeps_its_partial_download_and_the_next_pull_continues_it() {
     let Some(smol) = test_model("smollm2-135m.gguf") else {
         return;
     };
-    let server = HubServer::start();
+    let server = FakeHub::start();
     server.add_repo(
         "test/smol-GGUF",
         false,
@@ -460,18 +186,10 @@ fn a_wrong_checksum_stores_nothing_and_deletes_the_download() {
     let Some(smol) = test_model("smollm2-135m.gguf") else {
         return;
     };
-    let server = HubServer::start();
+    let server = FakeHub::start();
     server.add_repo("test/smol-GGUF", false, vec![("smol-Q4_K_M.gguf", smol)]);
     let wrong = "0".repeat(64);
-    server
-        .state
-        .lock()
-        .unwrap()
-        .repos
-        .get_mut("test/smol-GGUF")
-        .unwrap()
-        .files[0]
-        .listed_sha256 = Some(wrong.clone());
+    server.publish_sha256("test/smol-GGUF", "smol-Q4_K_M.gguf", &wrong);
     let home = tempfile::tempdir().unwrap();
     let err = pull(
         &server,
@@ -492,7 +210,7 @@ fn a_wrong_checksum_stores_nothing_and_deletes_the_download() {
 
 #[test]
 fn a_file_that_fails_the_guard_is_not_stored() {
-    let server = HubServer::start();
+    let server = FakeHub::start();
     let junk = Arc::new(b"GGUF but not really a model at all".to_vec());
     server.add_repo("test/junk-GGUF", false, vec![("junk-Q4_K_M.gguf", junk)]);
     let home = tempfile::tempdir().unwrap();
@@ -517,7 +235,7 @@ fn a_gated_repository_needs_the_token_which_stays_on_the_hub() {
     let Some(gemma) = test_model("gemma3-270m.gguf") else {
         return;
     };
-    let server = HubServer::start();
+    let server = FakeHub::start();
     server.add_repo(
         "google/gemma-3-270m-GGUF",
         true,
@@ -538,20 +256,20 @@ fn a_gated_repository_needs_the_token_which_stays_on_the_hub() {
     assert!(!err.to_string().contains("hf_wrong"), "{err}");
 
     let mut config = server.config();
-    config.token = Some(HubToken::new(TOKEN.to_string()));
+    config.token = Some(HubToken::new(FAKE_TOKEN.to_string()));
     let entry = pull(&server, config, home.path(), reference).unwrap();
     assert_eq!(entry.sha256, sha_hex(&gemma));
     assert_eq!(entry.architecture, "gemma3");
     let log = server.log();
     let resolve = log.iter().rfind(|l| l.path.contains("/resolve/")).unwrap();
-    assert_eq!(resolve.authorization, Some(format!("Bearer {TOKEN}")));
+    assert_eq!(resolve.authorization, Some(format!("Bearer {FAKE_TOKEN}")));
     // The CDN is another host: it never sees the token.
     assert!(server.cdn_log().iter().all(|l| l.authorization.is_none()));
 }
 
 #[test]
 fn a_missing_repository_or_quantisation_says_which() {
-    let server = HubServer::start();
+    let server = FakeHub::start();
     server.add_repo(
         "test/tiny-GGUF",
         false,
@@ -606,7 +324,7 @@ fn split_parts() -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn a_split_model_is_pulled_and_validated_as_one() {
     let (a, b) = split_parts();
-    let server = HubServer::start();
+    let server = FakeHub::start();
     server.add_repo(
         "test/split-GGUF",
         false,
@@ -650,7 +368,7 @@ fn split_parts_out_of_order_fail_the_guard() {
 
 #[test]
 fn a_pinned_sha256_that_the_hub_contradicts_downloads_nothing() {
-    let server = HubServer::start();
+    let server = FakeHub::start();
     let tiny = Arc::new(GgufBuilder::synthetic().build());
     server.add_repo(
         "test/tiny-GGUF",
