@@ -76,12 +76,15 @@ pub enum StoreError {
     HubReference { reference: String, reason: String },
     #[error("{reference}: {reason}")]
     NoMatchingFile { reference: String, reason: String },
-    #[error("{reference}: {url} answered {status} ({message}); {}", access_hint(*status, *token_sent))]
+    #[error("{reference}: {url} answered {status} ({message}); {}", access_hint(*status, *token_sent, *token_withheld))]
     HubAccess {
         reference: String,
         url: String,
         status: u16,
+        /// `HF_TOKEN` went with the request.
         token_sent: bool,
+        /// `HF_TOKEN` is set but the URL is not the configured endpoint's.
+        token_withheld: bool,
         message: String,
     },
     #[error("{reference}: {url} was not found ({message}); check the organisation, repository, revision and file name")]
@@ -145,11 +148,13 @@ impl StoreError {
             StoreError::HubReference { .. } => "invalid_reference",
             StoreError::NoMatchingFile { .. } => "no_matching_file",
             StoreError::HubAccess {
+                token_withheld: true,
+                ..
+            } => "hub_token_withheld",
+            StoreError::HubAccess {
                 token_sent: false, ..
             } => "hub_token_required",
-            StoreError::HubAccess {
-                token_sent: true, ..
-            } => "hub_access_denied",
+            StoreError::HubAccess { .. } => "hub_access_denied",
             StoreError::HubNotFound { .. } => "hub_not_found",
             StoreError::HubChecksum { .. } => "checksum_mismatch",
             StoreError::DiskFull { .. } | StoreError::DiskFullWriting { .. } => "disk_full",
@@ -162,8 +167,9 @@ impl StoreError {
 }
 
 /// What to do about a 401 or 403 of the Hub.
-fn access_hint(status: u16, token_sent: bool) -> &'static str {
+fn access_hint(status: u16, token_sent: bool, token_withheld: bool) -> &'static str {
     match (status, token_sent) {
+        _ if token_withheld => "HF_TOKEN is sent only to HF_ENDPOINT's host (default huggingface.co), not to this one: pull it as hf.co/ORG/REPO, or set HF_ENDPOINT to this host",
         (_, false) => "the repository is gated or private: set HF_TOKEN to an access token (https://huggingface.co/settings/tokens) of an account that was granted access",
         (401, true) => "HF_TOKEN was refused: check that it is valid and not expired",
         _ => "HF_TOKEN's account has no access: accept the model's terms on its Hub page, or ask its owners for access",

@@ -260,8 +260,24 @@ fn a_gated_repository_needs_the_token_which_stays_on_the_hub() {
     let entry = pull(&server, config, home.path(), reference).unwrap();
     assert_eq!(entry.sha256, sha_hex(&gemma));
     assert_eq!(entry.architecture, "gemma3");
+    // A pasted URL of another host (`localhost` is not the configured
+    // 127.0.0.1) never gets the token.
+    let mut config = server.config();
+    config.token = Some(HubToken::new(FAKE_TOKEN.to_string()));
+    let port = server.endpoint().rsplit(':').next().unwrap().to_string();
+    let url = format!(
+        "http://localhost:{port}/google/gemma-3-270m-GGUF/resolve/main/gemma-3-270m-Q4_K_M.gguf"
+    );
+    let other_home = tempfile::tempdir().unwrap();
+    let err = pull(&server, config, other_home.path(), &url).unwrap_err();
+    assert_eq!(err.kind(), "hub_token_withheld", "{err}");
+    assert!(err.to_string().contains("HF_ENDPOINT"), "{err}");
+
     let log = server.log();
-    let resolve = log.iter().rfind(|l| l.path.contains("/resolve/")).unwrap();
+    let resolve = log
+        .iter()
+        .rfind(|l| l.path.contains("/resolve/") && l.authorization.is_some())
+        .unwrap();
     assert_eq!(resolve.authorization, Some(format!("Bearer {FAKE_TOKEN}")));
     // The CDN is another host: it never sees the token.
     assert!(server.cdn_log().iter().all(|l| l.authorization.is_none()));

@@ -60,8 +60,19 @@ fn pull_hub(
         None => hub::default_name(reference, &choice)?,
     };
     if let Some(existing) = store.get(&name)? {
-        println!("{name} is already here ({})", existing.path.display());
-        return Ok(ExitCode::SUCCESS);
+        let wanted = format!("{}/{}", reference.repo, choice.files[0].path);
+        if existing
+            .origin
+            .as_deref()
+            .is_some_and(|o| o.contains(&wanted))
+        {
+            println!("{name} is already here ({})", existing.path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        anyhow::bail!(
+            "the name {name} is taken by another model ({}); `--name` stores {reference} under another",
+            existing.origin.as_deref().unwrap_or(&existing.source)
+        );
     }
     let shown = if choice.files.len() > 1 {
         format!(

@@ -567,17 +567,25 @@ impl Hub {
         &self.config
     }
 
-    /// A GET with the token where it belongs: the request goes to the
-    /// reference's endpoint, and the agent keeps `Authorization` across
-    /// redirects to the same host only.
-    fn get(&self, reference: &HubRef, url: &str) -> ureq::Request {
+    /// A GET with the token where it belongs: only to the configured
+    /// endpoint (the Hub or the mirror `HF_ENDPOINT` names), never to the
+    /// host of a URL the user pasted, and the agent keeps `Authorization`
+    /// across redirects to the same host only.
+    fn get(&self, url: &str) -> ureq::Request {
         let request = self.agent.get(url);
         match &self.config.token {
-            Some(HubToken(t)) if url.starts_with(&reference.endpoint) => {
+            Some(HubToken(t)) if self.ours(url) => {
                 request.set("Authorization", &format!("Bearer {t}"))
             }
             _ => request,
         }
+    }
+
+    /// Whether `url` is on the configured endpoint (its whole origin: a
+    /// prefix such as `https://huggingface.co.example` is not).
+    fn ours(&self, url: &str) -> bool {
+        url.strip_prefix(&self.config.endpoint)
+            .is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// Every file of the repository at the reference's revision.
@@ -589,7 +597,7 @@ impl Hub {
         let mut files = Vec::new();
         for _ in 0..MAX_LISTING_PAGES {
             let response = self
-                .get(reference, &url)
+                .get(&url)
                 .call()
                 .map_err(|e| self.http_error(reference, &url, e))?;
             let next = response.header("Link").and_then(next_link);
@@ -622,7 +630,7 @@ impl Hub {
     ) -> Result<locara_gguf::GgufFile, StoreError> {
         let url = reference.resolve_url(&file.path);
         let response = self
-            .get(reference, &url)
+            .get(&url)
             .set("Range", "bytes=0-")
             .call()
             .map_err(|e| self.http_error(reference, &url, e))?;
@@ -712,7 +720,7 @@ impl Hub {
         out: &mut Resumable,
         progress: &mut dyn Progress,
     ) -> Result<(), StoreError> {
-        let mut request = self.get(reference, url);
+        let mut request = self.get(url);
         if out.written > 0 {
             request = request.set("Range", &format!("bytes={}-", out.written));
         }
@@ -792,7 +800,8 @@ impl Hub {
                 reference: reference.to_string(),
                 url: shown,
                 status,
-                token_sent: self.config.token.is_some(),
+                token_sent: self.config.token.is_some() && self.ours(url),
+                token_withheld: self.config.token.is_some() && !self.ours(url),
                 message: hub_message(response),
             },
             ureq::Error::Status(404, response) => StoreError::HubNotFound {
