@@ -4,10 +4,16 @@
 //! Layout under the data directory:
 //!
 //! ```text
-//! models/<name>/model.gguf   the model, verified
+//! models/<name>/model.gguf   the model, verified (for a model adopted from
+//!                            another tool: a hard link to its file, or absent
+//!                            when info.json records a reference to it)
 //! models/<name>/info.json    what `locara list` shows
 //! tmp/                       staging for pulls and imports, locks
+//! tmp/downloads/             Hub downloads in progress, continued by the next pull
 //! ```
+//!
+//! Pulls come from the catalog's wheels, or from the Hugging Face Hub
+//! ([`hub`]); [`adopt`] registers Ollama's and LM Studio's files in place.
 //!
 //! A model becomes visible only by one atomic rename of its finished,
 //! verified staging directory, so an interrupted pull or import leaves no
@@ -1491,6 +1497,17 @@ path = "/dev/null"
             .filter(|n| !n.ends_with(".lock"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_pull_that_would_fill_the_disk_is_refused_with_the_numbers() {
+        let path = Path::new("/store/tmp/downloads");
+        assert!(check_space(path, 1 << 30, (1 << 30) + DISK_MARGIN).is_ok());
+        let err = check_space(path, 1 << 30, 1 << 30).unwrap_err();
+        assert_eq!(err.kind(), "disk_full");
+        let text = err.to_string();
+        assert!(text.contains("/store/tmp/downloads"), "{text}");
+        assert!(text.contains("1.5 GiB more, 1.0 GiB is free"), "{text}");
     }
 
     #[test]
