@@ -1511,6 +1511,16 @@ path = "/dev/null"
     }
 
     #[test]
+    fn a_full_disk_while_writing_is_named_as_such() {
+        let path = Path::new("/store/tmp/downloads/x.part");
+        let err = write_error(path, io::Error::from(io::ErrorKind::StorageFull));
+        assert_eq!(err.kind(), "disk_full");
+        assert!(err.to_string().contains("x.part"), "{err}");
+        let err = write_error(path, io::Error::from(io::ErrorKind::PermissionDenied));
+        assert_eq!(err.kind(), "store_io");
+    }
+
+    #[test]
     fn removing_a_missing_model_says_so() {
         let home = tempfile::tempdir().unwrap();
         let store = Store::open(home.path()).unwrap();
