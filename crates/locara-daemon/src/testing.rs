@@ -2,6 +2,8 @@
 //! an engine whose workers answer at once, with no model and no process,
 //! and which a test can drive by hand ([`FakeWorker`]).
 
+pub mod hub;
+
 use crate::host::{Engine, WorkerLink};
 use locara_engine::protocol::{
     EmbedInput, ErrorKind, Event, FinishReason, GenerateRequest, GenerationStats, LoadedInfo,

@@ -253,6 +253,19 @@ pub enum GgufError {
         expected: u64,
     },
 
+    /// A part of a split model out of place: its number, the part count or
+    /// the tensor count differs from what the set of files says.
+    #[error("split model: metadata key \"{key}\" is {found}, expected {expected}")]
+    SplitPart {
+        key: String,
+        found: i128,
+        expected: u64,
+    },
+
+    /// A tensor in two parts of a split model.
+    #[error("split model: tensor \"{name}\" appears in two parts")]
+    SplitDuplicateTensor { name: String },
+
     /// A required metadata key is absent.
     #[error("metadata key \"{key}\" is missing")]
     MissingKey { key: String },
@@ -334,6 +347,8 @@ impl GgufError {
             GgufError::OverlappingTensors { .. } => "overlapping_tensors",
             GgufError::TensorLayout { .. } => "tensor_layout",
             GgufError::MissingKey { .. } => "missing_key",
+            GgufError::SplitPart { .. } => "split_part",
+            GgufError::SplitDuplicateTensor { .. } => "split_duplicate_tensor",
             GgufError::EmptyValue { .. } => "empty_value",
             GgufError::MetadataRange { .. } => "metadata_range",
             GgufError::MetadataArrayLength { .. } => "metadata_array_length",

@@ -257,6 +257,12 @@ impl TensorSummary {
 ///
 /// Errors from parsing do not repeat the path; callers add it.
 pub fn validate_file(path: &Path) -> Result<GgufFile, GgufError> {
+    let (reader, len) = open_checked(path)?;
+    validate_from(reader, len, Some(path))
+}
+
+/// Opens a regular file for the guard: its buffered reader and length.
+fn open_checked(path: &Path) -> Result<(BufReader<File>, u64), GgufError> {
     let io_err = |source| GgufError::Io {
         path: Some(path.to_path_buf()),
         source,
@@ -267,8 +273,102 @@ pub fn validate_file(path: &Path) -> Result<GgufFile, GgufError> {
     // The path may have been swapped between the check and the open.
     let metadata = file.metadata().map_err(io_err)?;
     ensure_regular(path, &metadata)?;
-    let reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
-    validate_from(reader, metadata.len(), Some(path))
+    Ok((
+        BufReader::with_capacity(READ_BUFFER_BYTES, file),
+        metadata.len(),
+    ))
+}
+
+/// Validates a split GGUF (`gguf-split`'s `-00001-of-0000N.gguf` files):
+/// every part's layout as [`validate_file`] checks it, their numbering
+/// (`split.no` 0..N-1 in order, `split.count` N in each), no tensor in two
+/// parts, `split.tensors.count` equal to the tensors found, and the model's
+/// metadata (from the first part) over all of them. The result is the first
+/// part's header with every part's tensors, and the parts' total length as
+/// `file_size`. An error says which part (its index in `paths`) failed.
+pub fn validate_split(paths: &[std::path::PathBuf]) -> Result<GgufFile, (usize, GgufError)> {
+    let count = paths.len() as u64;
+    let mut first: Option<parse::Parsed> = None;
+    let mut tensors = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    let mut total_size = 0u64;
+    for (i, path) in paths.iter().enumerate() {
+        let fail = |e| (i, e);
+        let (reader, len) = open_checked(path).map_err(fail)?;
+        let mut reader = reader::Reader::new(reader, len, Some(path));
+        let parsed = parse::parse(&mut reader).map_err(fail)?;
+        let integer = |key: &str| {
+            parsed
+                .metadata
+                .iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| v.as_integer())
+        };
+        for (key, expected) in [("split.no", i as u64), ("split.count", count)] {
+            match integer(key) {
+                Some(found) if found == i128::from(expected) => {}
+                Some(found) => {
+                    return Err(fail(GgufError::SplitPart {
+                        key: key.to_owned(),
+                        found,
+                        expected,
+                    }))
+                }
+                None => {
+                    return Err(fail(GgufError::MissingKey {
+                        key: key.to_owned(),
+                    }))
+                }
+            }
+        }
+        for t in &parsed.tensors {
+            if !names.insert(t.name.clone()) {
+                return Err(fail(GgufError::SplitDuplicateTensor {
+                    name: t.name.clone(),
+                }));
+            }
+        }
+        total_size = total_size.saturating_add(len);
+        tensors.extend(parsed.tensors.iter().cloned());
+        if i == 0 {
+            first = Some(parsed);
+        }
+    }
+    let Some(first) = first else {
+        return Err((
+            0,
+            GgufError::MissingKey {
+                key: "split.count".to_owned(),
+            },
+        ));
+    };
+    let declared = first
+        .metadata
+        .iter()
+        .find(|(k, _)| k == "split.tensors.count")
+        .and_then(|(_, v)| v.as_integer());
+    if let Some(declared) = declared {
+        if declared != tensors.len() as i128 {
+            return Err((
+                0,
+                GgufError::SplitPart {
+                    key: "split.tensors.count".to_owned(),
+                    found: declared,
+                    expected: tensors.len() as u64,
+                },
+            ));
+        }
+    }
+    let model = model::derive(&first.metadata, &tensors).map_err(|e| (0, e))?;
+    Ok(GgufFile {
+        version: first.version,
+        alignment: first.alignment,
+        data_offset: first.data_offset,
+        file_size: total_size,
+        metadata: first.metadata,
+        tensors,
+        model,
+    })
 }
 
 /// Validates a GGUF file held in memory.

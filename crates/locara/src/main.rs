@@ -42,18 +42,69 @@ enum Command {
     /// a prompt can also come on stdin. Ctrl-C stops a generation in a chat;
     /// Ctrl-D or /bye leaves it.
     Run(run::RunArgs),
-    /// Download a model from the catalog, verify its sha256, and store it.
+    /// Download a model (the catalog, or the Hugging Face Hub), verify its
+    /// sha256, and store it.
+    ///
+    /// From the Hub: `hf.co/ORG/REPO` takes the Q4_K_M file (else the
+    /// smallest of four bits or more), `hf.co/ORG/REPO:Q8_0` another
+    /// quantisation, and `https://huggingface.co/ORG/REPO/resolve/main/F.gguf`
+    /// one file. Before downloading it prints `locara plan`'s verdict for this
+    /// machine; an interrupted download continues where it stopped on the
+    /// next pull. HF_TOKEN is sent for gated repositories (never printed);
+    /// HF_ENDPOINT names a mirror.
+    #[command(
+        after_help = "Examples:\n  locara pull smollm2:135m\n  locara pull qwen2.5:7b\n  \
+locara pull hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF\n  \
+locara pull hf.co/unsloth/gemma-3-4b-it-GGUF:Q8_0 --name gemma3:4b-q8"
+    )]
     Pull {
-        /// A catalog name, e.g. smollm2:135m or gemma3:270m.
+        /// A catalog name or alias (smollm2:135m, qwen2.5:7b), hf.co/ORG/REPO[:QUANT],
+        /// or the URL of a .gguf file on the Hub.
         name: String,
+        /// Name to store a Hub model under (default: the repository's name
+        /// and the quantisation, e.g. llama-3.2-3b-instruct:q4_k_m).
+        #[arg(long = "name", value_name = "NAME")]
+        store_as: Option<String>,
+        /// Download even when no context of the model fits this machine's
+        /// budget.
+        #[arg(long)]
+        force: bool,
     },
-    /// Copy a local GGUF file into the store (it is validated first).
+    /// Copy a local GGUF file into the store, or adopt the models Ollama or
+    /// LM Studio downloaded (in place, no copy).
+    ///
+    /// `--from ollama` reads Ollama's manifests ($OLLAMA_MODELS or
+    /// ~/.ollama/models); `--from lmstudio` LM Studio's models directory
+    /// (~/.lmstudio/models, or the older ~/.cache/lm-studio/models). Each
+    /// model passes the GGUF guard and is hashed once; the store then holds
+    /// a hard link to the file where the file system allows one, else a
+    /// reference to it whose size and sha256 are checked before each load.
+    /// `locara rm` of an adopted model never deletes the other tool's file.
+    #[command(
+        after_help = "Examples:\n  locara import ./model.gguf --name my-model\n  \
+locara import --from ollama\n  locara import --from ollama llama3.2:3b\n  \
+locara import --from lmstudio bartowski/Llama-3.2-1B-Instruct-GGUF"
+    )]
     Import {
-        /// The .gguf file.
-        file: PathBuf,
-        /// Name to store it under (default: from the file name).
+        /// The .gguf file; with --from, the model to adopt (default: all):
+        /// an Ollama NAME or NAME:TAG, an LM Studio REPO, PUBLISHER/REPO or
+        /// file name.
+        #[arg(value_name = "FILE|MODEL")]
+        what: Option<String>,
+        /// Name to store it under (default: from the file or the tool's name).
         #[arg(long)]
         name: Option<String>,
+        /// Adopt from another tool's models instead of copying a file.
+        #[arg(long, value_parser = ["ollama", "lmstudio"])]
+        from: Option<String>,
+        /// The tool's models directory, where it is not in the usual place.
+        #[arg(long, value_name = "DIR", requires = "from")]
+        dir: Option<PathBuf>,
+        /// Record a reference even where a hard link is possible (a hard
+        /// link keeps the disk space in use after the other tool deletes
+        /// its copy; a reference does not).
+        #[arg(long, requires = "from")]
+        reference: bool,
     },
     /// List stored models.
     #[command(alias = "ls")]
@@ -237,8 +288,30 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Engine => engine(),
         Command::Run(args) => run::run(args),
-        Command::Pull { name } => models::pull(&name),
-        Command::Import { file, name } => models::import(&file, name.as_deref()),
+        Command::Pull {
+            name,
+            store_as,
+            force,
+        } => models::pull(&name, store_as.as_deref(), force),
+        Command::Import {
+            what,
+            name,
+            from,
+            dir,
+            reference,
+        } => match from.as_deref() {
+            Some(tool) => models::adopt(
+                tool,
+                what.as_deref(),
+                name.as_deref(),
+                dir.as_deref(),
+                reference,
+            ),
+            None => match what {
+                Some(file) => models::import(std::path::Path::new(&file), name.as_deref()),
+                None => anyhow::bail!("name a .gguf file to import, or --from ollama|lmstudio"),
+            },
+        },
         Command::List { json } => models::list(json),
         Command::Rm { name } => models::rm(&name),
         Command::Inspect { model, json } => inspect::inspect(&model, json),

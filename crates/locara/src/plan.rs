@@ -46,8 +46,13 @@ pub struct PlanArgs {
 
 pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     let path = crate::inspect::locate(&args.model)?;
-    let file = locara_gguf::validate_file(&path)
-        .with_context(|| format!("{} is not a valid GGUF model", path.display()))?;
+    let file = match stored(&args.model, &path)? {
+        // A stored model: every part of a split one, and an adopted file
+        // checked as a load checks it.
+        Some((store, entry)) => store.check_for_load(&entry)?,
+        None => locara_gguf::validate_file(&path)
+            .with_context(|| format!("{} is not a valid GGUF model", path.display()))?,
+    };
     let shape = file.shape();
     let backend = locara_platform::estimate_backend();
     let asked = args.ctx.unwrap_or(LoadDefaults::default().context);
@@ -136,6 +141,84 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// The store entry `model` names, when it is a stored name rather than a
+/// file (`path` is what `inspect::locate` made of it).
+fn stored(
+    model: &str,
+    path: &Path,
+) -> Result<
+    Option<(
+        locara_daemon::store::Store,
+        locara_daemon::store::ModelEntry,
+    )>,
+> {
+    if Path::new(model) == path {
+        return Ok(None);
+    }
+    let Ok(name) = model.parse::<locara_daemon::store::ModelName>() else {
+        return Ok(None);
+    };
+    let store = Config::load(false)?.store()?;
+    Ok(store.get(&name)?.map(|entry| (store, entry)))
+}
+
+/// `locara plan`'s verdict for a model not downloaded yet (its header read
+/// from the Hub): one line, and whether any context fits this machine's
+/// budget at all.
+pub(crate) struct QuickVerdict {
+    pub line: String,
+    pub fits_some_context: bool,
+}
+
+/// The verdict `locara plan MODEL` would give with the default context and
+/// K/V type, for `shape` (`weights_bytes` set to what all files hold).
+pub(crate) fn quick_verdict(shape: &ModelShape) -> Result<QuickVerdict> {
+    let backend = locara_platform::estimate_backend();
+    let options = EstimateOptions {
+        context: LoadDefaults::default().context,
+        kv_type: backend.default_kv_type(),
+        parallel: 1,
+        backend: backend.clone(),
+        full_window_cache: estimate::ENGINE_FULL_WINDOW_CACHE,
+        pool: None,
+    };
+    let est = estimate::estimate(shape, &options).context("cannot estimate the model")?;
+    let budget = machine_budget()?;
+    let mut largest = Vec::new();
+    for kv_type in KvType::ALL {
+        let up_to_trained = EstimateOptions {
+            context: u32::MAX,
+            kv_type,
+            ..options.clone()
+        };
+        largest.push((
+            kv_type,
+            estimate::max_context_fitting(shape, &up_to_trained, budget.bytes)?,
+        ));
+    }
+    let fits_some_context = largest.iter().any(|(_, n)| n.is_some());
+    let line = if est.total() <= budget.bytes {
+        format!(
+            "fits: estimate {} at context {} with {} K/V, budget {} ({} to spare)",
+            Bytes(est.total()),
+            est.context,
+            est.kv_type,
+            Bytes(budget.bytes),
+            Bytes(budget.bytes - est.total())
+        )
+    } else {
+        format!(
+            "does not fit at context {}: {}",
+            est.context,
+            not_fitting(&est, budget.bytes, &largest)
+        )
+    };
+    Ok(QuickVerdict {
+        line,
+        fits_some_context,
     })
 }
 

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use locara_daemon::testing::hub::{sha_hex, FakeHub, TOKEN as FAKE_TOKEN};
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -228,6 +229,132 @@ fn pull_with_a_wrong_sha256_fails_and_leaves_no_model() {
         .filter(|e| !e.file_name().to_string_lossy().ends_with(".lock"))
         .collect();
     assert!(tmp.is_empty(), "staging left behind: {tmp:?}");
+}
+
+/// `locara` with a fresh data directory, the fake Hub as `HF_ENDPOINT` and
+/// no token or Ollama directory from the environment.
+fn locara_with_hub(home: &std::path::Path, hub: &FakeHub) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_locara"));
+    c.env("LOCARA_HOME", home)
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env_remove("HF_TOKEN")
+        .env_remove("OLLAMA_MODELS");
+    c
+}
+
+#[test]
+fn pull_from_the_hub_says_which_file_and_the_plan_before_downloading() {
+    let smol = std::sync::Arc::new(std::fs::read(model(SMOLLM2)).unwrap());
+    let hub = FakeHub::start();
+    hub.add_repo(
+        "test/SmolLM2-135M-Instruct-GGUF",
+        false,
+        vec![
+            ("README.md", std::sync::Arc::new(b"readme".to_vec())),
+            (
+                "SmolLM2-135M-Instruct-Q8_0.gguf",
+                std::sync::Arc::new(b"other".to_vec()),
+            ),
+            ("SmolLM2-135M-Instruct-Q4_K_M.gguf", smol.clone()),
+        ],
+    );
+    let home = fresh_home();
+    let out = run_ok(
+        locara_with_hub(home.path(), &hub).args(["pull", "hf.co/test/SmolLM2-135M-Instruct-GGUF"]),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("SmolLM2-135M-Instruct-Q4_K_M.gguf") && lines[0].contains("the default"),
+        "{out}"
+    );
+    let plan = lines
+        .iter()
+        .position(|l| l.starts_with("plan: fits"))
+        .expect(&out);
+    let stored = lines
+        .iter()
+        .position(|l| l.contains("smollm2-135m-instruct:q4_k_m") && l.contains("sha256 verified"))
+        .expect(&out);
+    assert!(plan < stored, "{out}");
+    let list = run_ok(locara_with_hub(home.path(), &hub).args(["list"]));
+    assert!(
+        list.contains("smollm2-135m-instruct:q4_k_m") && list.contains(" hf "),
+        "{list}"
+    );
+    let again = run_ok(
+        locara_with_hub(home.path(), &hub).args(["pull", "hf.co/test/SmolLM2-135M-Instruct-GGUF"]),
+    );
+    assert!(again.contains("already here"), "{again}");
+}
+
+#[test]
+fn a_gated_pull_asks_for_hf_token_and_never_prints_it() {
+    let smol = std::sync::Arc::new(std::fs::read(model(SMOLLM2)).unwrap());
+    let hub = FakeHub::start();
+    hub.add_repo("meta/gated-GGUF", true, vec![("gated-Q4_K_M.gguf", smol)]);
+    let home = fresh_home();
+    let out = locara_with_hub(home.path(), &hub)
+        .args(["pull", "hf.co/meta/gated-GGUF"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") && err.contains("set HF_TOKEN"), "{err}");
+    let out = locara_with_hub(home.path(), &hub)
+        .args(["pull", "hf.co/meta/gated-GGUF", "--name", "gated"])
+        .env("HF_TOKEN", FAKE_TOKEN)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("gated ("), "{all}");
+    assert!(!all.contains(FAKE_TOKEN), "the token was printed: {all}");
+}
+
+#[test]
+fn import_from_ollama_adopts_in_place_and_rm_keeps_ollamas_file() {
+    let source = std::fs::canonicalize(model(SMOLLM2)).unwrap();
+    let dir = fresh_home();
+    let ollama = dir.path().join("ollama");
+    let sha = sha_hex(&std::fs::read(&source).unwrap());
+    let blob = ollama.join(format!("blobs/sha256-{sha}"));
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    if std::fs::hard_link(&source, &blob).is_err() {
+        std::fs::copy(&source, &blob).unwrap();
+    }
+    let manifest = ollama.join("manifests/registry.ollama.ai/library/smollm2/135m");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"{{"schemaVersion":2,"layers":[{{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:{sha}","size":1}}]}}"#
+        ),
+    )
+    .unwrap();
+    let home = dir.path().join("locara");
+    let locara = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_locara"));
+        c.env("LOCARA_HOME", &home).env("OLLAMA_MODELS", &ollama);
+        c
+    };
+    let out = run_ok(locara().args(["import", "--from", "ollama"]));
+    assert!(
+        out.contains("adopted Ollama smollm2:135m as smollm2:135m"),
+        "{out}"
+    );
+    let list = run_ok(locara().args(["list"]));
+    assert!(
+        list.contains("smollm2:135m") && list.contains(&blob.display().to_string()),
+        "{list}"
+    );
+    let out = run_ok(locara().args(["import", "--from", "ollama", "smollm2:135m"]));
+    assert!(out.contains("already here"), "{out}");
+    run_ok(locara().args(["rm", "smollm2:135m"]));
+    assert!(blob.exists(), "locara rm deleted Ollama's blob");
 }
 
 #[test]

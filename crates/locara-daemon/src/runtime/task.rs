@@ -1166,10 +1166,15 @@ fn shape(settings: &Settings, model: &str) -> Result<Shape, RuntimeError> {
             model: model.to_string(),
             reason: format!("it is not in the store; run `locara pull {model}` or `locara import`"),
         })?;
-    let file = locara_gguf::validate_file(&entry.path).map_err(|e| RuntimeError::InvalidModel {
-        model: model.to_string(),
-        message: e.to_string(),
-    })?;
+    // An adopted model's file is checked to be the one hashed; a split
+    // model is validated over all its parts.
+    let file = settings
+        .store
+        .check_for_load(&entry)
+        .map_err(|e| RuntimeError::InvalidModel {
+            model: model.to_string(),
+            message: e.to_string(),
+        })?;
     Ok((entry.path, file.shape()))
 }
 
