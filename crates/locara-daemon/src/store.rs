@@ -238,6 +238,42 @@ impl fmt::Display for ModelName {
     }
 }
 
+/// One part of a store name made from another tool's or a file's name:
+/// lower case, anything but letters, digits, `.`, `-` and `_` becomes `-`,
+/// no `..`, no leading `.`, `-` or `_` (`My Model (v2)` → `my-model--v2-`).
+pub fn name_part(s: &str) -> String {
+    let mut out: String = s
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while out.contains("..") {
+        out = out.replace("..", ".");
+    }
+    out.trim_start_matches(['.', '-', '_']).to_string()
+}
+
+/// A store name from another tool's name and tag, each through
+/// [`name_part`], the base shortened so that the whole fits
+/// [`MAX_NAME_LEN`]; no `:` when the tag comes out empty.
+pub fn tagged_name(base: &str, tag: &str) -> Result<ModelName, StoreError> {
+    let tag = name_part(tag);
+    let mut base = name_part(base);
+    base.truncate(MAX_NAME_LEN.saturating_sub(tag.len() + 1));
+    let name = if tag.is_empty() {
+        base
+    } else {
+        format!("{base}:{tag}")
+    };
+    name.parse()
+}
+
 impl FromStr for ModelName {
     type Err = StoreError;
 

@@ -259,18 +259,7 @@ fn name_from_file(file: &Path) -> Result<ModelName> {
         .file_stem()
         .map(|s| s.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let cleaned: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim_start_matches(['.', '-', '_']).to_string();
-    let mut cleaned = cleaned.replace("..", ".");
+    let mut cleaned = locara_daemon::store::name_part(&stem);
     cleaned.truncate(locara_daemon::store::MAX_NAME_LEN);
     cleaned
         .parse()

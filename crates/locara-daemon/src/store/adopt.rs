@@ -152,36 +152,9 @@ pub(super) fn stamp(meta: &fs::Metadata) -> (u128, u64) {
     (modified, inode)
 }
 
-/// Turns another tool's name into a store name: lower case, anything but
-/// letters, digits, `.`, `-` and `_` becomes `-`, one `:` before the tag.
+/// Turns another tool's name into a store name ([`super::tagged_name`]).
 pub fn store_name(base: &str, tag: &str) -> Result<ModelName, StoreError> {
-    let clean = |s: &str| -> String {
-        let mapped: String = s
-            .to_ascii_lowercase()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let mut out = mapped;
-        while out.contains("..") {
-            out = out.replace("..", ".");
-        }
-        out.trim_start_matches(['.', '-', '_']).to_string()
-    };
-    let tag = clean(tag);
-    let mut base = clean(base);
-    base.truncate(super::MAX_NAME_LEN.saturating_sub(tag.len() + 1));
-    let name = if tag.is_empty() {
-        base
-    } else {
-        format!("{base}:{tag}")
-    };
-    name.parse()
+    super::tagged_name(base, tag)
 }
 
 /// The models of an Ollama directory, all of them or those named `only`

@@ -522,33 +522,7 @@ pub fn default_name(
         .iter()
         .find_map(|s| lower.strip_suffix(s))
         .unwrap_or(&lower);
-    let clean = |s: &str| -> String {
-        let mapped: String = s
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let mut out = mapped.replace("..", ".");
-        while out.starts_with(['.', '-', '_']) {
-            out.remove(0);
-        }
-        out
-    };
-    let tag = clean(
-        &choice
-            .quant
-            .as_deref()
-            .unwrap_or("latest")
-            .to_ascii_lowercase(),
-    );
-    let mut base = clean(base);
-    base.truncate(super::MAX_NAME_LEN.saturating_sub(tag.len() + 1));
-    format!("{base}:{tag}").parse()
+    super::tagged_name(base, choice.quant.as_deref().unwrap_or("latest"))
 }
 
 /// Talks to one Hub endpoint.
