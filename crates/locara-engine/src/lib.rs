@@ -26,7 +26,7 @@
 //!     parallel: 1, threads: 4, gpu_layers: None,
 //!     // The whole pool up front: no `PoolFull` to answer.
 //!     pool: None, pool_max: None, ram_cache_bytes: 0,
-//!     disk_cache_dir: None, disk_cache_bytes: 0, model_sha256: None,
+//!     disk_cache_dir: None, disk_cache_bytes: 0, model_sha256: None, draft: None,
 //! })?;
 //! worker.send(&Request::Generate(GenerateRequest {
 //!     id: 1,
