@@ -166,9 +166,12 @@ fn new_pool(threads: i32) -> Option<Pool> {
 /// Makes `ctx` compute on the pool in `slot`, of exactly `threads` threads
 /// (the worker's share of the cores, so no thread of it waits unused): made
 /// on first use, and made again when the share changes, the old pool freed
-/// once the context is on the new one (the worker has one such context).
-/// A context whose address cannot be reached keeps ggml's pool per graph:
-/// slower, never wrong.
+/// once this context is on the new one. The worker's other such context (a
+/// draft model's, `drafter.rs`) may still name the freed pool, but ggml
+/// reads a context's pool only while it computes a graph, and every decode
+/// comes through here first and attaches the pool in force. A context
+/// whose address cannot be reached keeps ggml's pool per graph: slower,
+/// never wrong.
 fn attach(ctx: &mut LlamaContext<'_>, slot: &Mutex<Option<Pool>>, threads: i32) {
     let Ok(raw_ctx) = context_address(ctx) else {
         return;
