@@ -365,6 +365,36 @@ fn a_split_model_is_pulled_and_validated_as_one() {
     let whole = validate_parts(&files).unwrap();
     assert_eq!(whole.tensors.len(), 5);
     assert_eq!(std::fs::read(&files[1]).unwrap(), b);
+
+    // An app's install-time fit check counts every part's weights.
+    let manifest = locara_daemon::manifest::parse_manifest(
+        &format!(
+            "id = \"com.example.split\"\nname = \"Split\"\nversion = \"1.0.0\"\n\
+             [[models]]\nref = \"{}\"\n",
+            entry.name
+        ),
+        "split.toml",
+    )
+    .unwrap();
+    let store = Store::open(home.path()).unwrap();
+    // f16: the synthetic model's heads (16) are narrower than a q8_0 block.
+    let defaults = locara_core::LoadDefaults {
+        context: 2048,
+        kv_type: locara_core::KvType::F16,
+    };
+    let backend = locara_core::Backend::Gpu;
+    let costs = locara_daemon::apps::model_costs(&manifest, &store, &backend, &defaults).unwrap();
+    let options = locara_core::estimate::EstimateOptions {
+        context: defaults.context,
+        kv_type: defaults.kv_type,
+        parallel: manifest.max_concurrency,
+        backend,
+        full_window_cache: locara_core::estimate::ENGINE_FULL_WINDOW_CACHE,
+        pool: None,
+    };
+    let all_parts = locara_core::estimate::estimate(&whole.shape(), &options).unwrap();
+    assert_eq!(costs[0].estimate, all_parts.total());
+    assert_eq!(all_parts.mapped_weights, whole.model.tensor_data_bytes);
 }
 
 #[test]

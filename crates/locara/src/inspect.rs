@@ -4,13 +4,11 @@ use crate::config::Config;
 use anyhow::{Context, Result};
 use locara_core::Bytes;
 use locara_daemon::store::ModelName;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub fn inspect(model: &str, json: bool) -> Result<ExitCode> {
-    let path = locate(model)?;
-    let file = locara_gguf::validate_file(&path)
-        .with_context(|| format!("{} is not a valid GGUF model", path.display()))?;
+    let (path, file) = validated(model)?;
     let m = &file.model;
     let summary = file.tensor_summary();
     if json {
@@ -69,6 +67,41 @@ pub fn inspect(model: &str, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A stored model's name, or a path to a file, through the GGUF guard: a
+/// stored model as a load checks it (every part of a split one; an adopted
+/// file still the one hashed), a file by itself. With the (first) file's
+/// path.
+pub fn validated(model: &str) -> Result<(PathBuf, locara_gguf::GgufFile)> {
+    let path = locate(model)?;
+    let file = match stored(model, &path)? {
+        Some((store, entry)) => store.check_for_load(&entry)?,
+        None => locara_gguf::validate_file(&path)
+            .with_context(|| format!("{} is not a valid GGUF model", path.display()))?,
+    };
+    Ok((path, file))
+}
+
+/// The store entry `model` names, when it is a stored name rather than a
+/// file (`path` is what [`locate`] made of it).
+fn stored(
+    model: &str,
+    path: &Path,
+) -> Result<
+    Option<(
+        locara_daemon::store::Store,
+        locara_daemon::store::ModelEntry,
+    )>,
+> {
+    if Path::new(model) == path {
+        return Ok(None);
+    }
+    let Ok(name) = model.parse::<locara_daemon::store::ModelName>() else {
+        return Ok(None);
+    };
+    let store = Config::load(false)?.store()?;
+    Ok(store.get(&name)?.map(|entry| (store, entry)))
 }
 
 /// A stored model's name, or a path to a file.

@@ -45,14 +45,7 @@ pub struct PlanArgs {
 }
 
 pub fn plan(args: PlanArgs) -> Result<ExitCode> {
-    let path = crate::inspect::locate(&args.model)?;
-    let file = match stored(&args.model, &path)? {
-        // A stored model: every part of a split one, and an adopted file
-        // checked as a load checks it.
-        Some((store, entry)) => store.check_for_load(&entry)?,
-        None => locara_gguf::validate_file(&path)
-            .with_context(|| format!("{} is not a valid GGUF model", path.display()))?,
-    };
+    let (path, file) = crate::inspect::validated(&args.model)?;
     let shape = file.shape();
     let backend = locara_platform::estimate_backend();
     let asked = args.ctx.unwrap_or(LoadDefaults::default().context);
@@ -142,27 +135,6 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// The store entry `model` names, when it is a stored name rather than a
-/// file (`path` is what `inspect::locate` made of it).
-fn stored(
-    model: &str,
-    path: &Path,
-) -> Result<
-    Option<(
-        locara_daemon::store::Store,
-        locara_daemon::store::ModelEntry,
-    )>,
-> {
-    if Path::new(model) == path {
-        return Ok(None);
-    }
-    let Ok(name) = model.parse::<locara_daemon::store::ModelName>() else {
-        return Ok(None);
-    };
-    let store = Config::load(false)?.store()?;
-    Ok(store.get(&name)?.map(|entry| (store, entry)))
 }
 
 /// `locara plan`'s verdict for a model not downloaded yet (its header read

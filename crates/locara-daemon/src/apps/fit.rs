@@ -2,12 +2,12 @@
 //! store and its GGUF file, held to the machine's limits by core's pure
 //! half (`locara_core::fit`).
 
-use crate::store::{ModelName, Store, StoreError};
+use crate::store::{validate_parts, ModelName, Store, StoreError};
 use locara_core::estimate::{self, Backend, EstimateError, EstimateOptions};
 use locara_core::fit::{check_requirement, judge_fit, Fit, LimitError, MachineLimits, ModelCost};
 use locara_core::manifest::{AppId, Manifest, ModelDecl, Role};
 use locara_core::LoadDefaults;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why an app cannot be installed on this machine.
 #[derive(Debug, thiserror::Error)]
@@ -124,13 +124,17 @@ pub fn model_costs(
     }
     let mut files = Vec::with_capacity(entries.len());
     for (decl, name, entry) in entries {
-        let file =
-            locara_gguf::validate_file(&entry.path).map_err(|source| FitError::InvalidModel {
+        // Every part of a split model: its weights are all of theirs.
+        let paths: Vec<PathBuf> = entry.files().into_iter().map(Path::to_path_buf).collect();
+        let file = validate_parts(&paths).map_err(|e| match e {
+            StoreError::InvalidModel { path, source } => FitError::InvalidModel {
                 app: manifest.id.clone(),
                 model: name.clone(),
-                path: entry.path.clone(),
+                path,
                 source: Box::new(source),
-            })?;
+            },
+            other => FitError::Store(other),
+        })?;
         files.push((decl, name, file));
     }
     // A speculative pair: the draft's tokens go to the target as they are.
