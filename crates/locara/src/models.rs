@@ -5,7 +5,7 @@ use crate::progress::Bar;
 use anyhow::{Context, Result};
 use locara_core::Bytes;
 use locara_daemon::store::adopt::{self, Held, Tool};
-use locara_daemon::store::hub::{self, Hub, HubConfig, HubRef};
+use locara_daemon::store::hub::{HubConfig, HubRef, PlannedPull};
 use locara_daemon::store::{Alias, ModelEntry, ModelName, Store, StoreError};
 use std::path::Path;
 use std::process::ExitCode;
@@ -49,16 +49,10 @@ fn pull_hub(
     alias: Option<&Alias>,
     force: bool,
 ) -> Result<ExitCode> {
-    let hub = Hub::new(config)?;
-    let files = hub.list(reference)?;
-    let mut choice = hub::choose(reference, &files)?;
-    if let Some(pinned) = alias.and_then(|a| a.sha256.as_ref()) {
-        choice.pin(reference, pinned)?;
-    }
-    let name = match store_as {
-        Some(n) => n,
-        None => hub::default_name(reference, &choice)?,
-    };
+    let pinned = alias.and_then(|a| a.sha256.as_deref());
+    let PlannedPull {
+        hub, choice, name, ..
+    } = PlannedPull::new(config, reference.clone(), store_as, pinned)?;
     if let Some(existing) = store.get(&name)? {
         let wanted = format!("{}/{}", reference.repo, choice.files[0].path);
         if existing

@@ -561,3 +561,50 @@ fn run_without_a_daemon_reacts_to_simulated_pressure() {
         "the run's own daemon left its daemon.json behind"
     );
 }
+
+/// Ollama's `POST /api/pull` takes a Hugging Face reference as `locara
+/// pull` does (the file for the quantisation, checked against the sha256
+/// the Hub publishes), and `/api/tags` lists the model after; a repository
+/// the Hub does not have ends the stream with an error line.
+#[test]
+fn ollama_api_pull_takes_a_hub_reference() {
+    let smol = std::sync::Arc::new(std::fs::read(model(SMOLLM2)).unwrap());
+    let hub = FakeHub::start();
+    hub.add_repo(
+        "test/SmolLM2-135M-Instruct-GGUF",
+        false,
+        vec![("SmolLM2-135M-Instruct-Q4_K_M.gguf", smol)],
+    );
+    let endpoint = hub.endpoint().to_string();
+    let d =
+        daemon::Daemon::start_with_env(&[], &[("HF_ENDPOINT", std::path::Path::new(&endpoint))]);
+    let pulled: serde_json::Value = d
+        .post(
+            "/api/pull",
+            &serde_json::json!({
+                "model": "hf.co/test/SmolLM2-135M-Instruct-GGUF:Q4_K_M",
+                "stream": false,
+            }),
+        )
+        .unwrap_or_else(|e| panic!("{}", daemon::describe(e)))
+        .into_json()
+        .unwrap();
+    assert_eq!(pulled["status"], "success", "{pulled}");
+    let tags: serde_json::Value = d.get("/api/tags").into_json().unwrap();
+    assert!(
+        tags["models"].as_array().unwrap().iter().any(|m| m["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("smollm2-135m-instruct:q4_k_m"))),
+        "{tags}"
+    );
+    let missing = d
+        .post(
+            "/api/pull",
+            &serde_json::json!({"model": "hf.co/test/missing-GGUF"}),
+        )
+        .unwrap_or_else(|e| panic!("{}", daemon::describe(e)))
+        .into_string()
+        .unwrap();
+    let last = missing.lines().last().unwrap_or_default();
+    assert!(last.contains("\"error\""), "{missing}");
+}

@@ -11,7 +11,7 @@
 //! | `GET /api/ps` | the loaded models |
 //! | `POST /api/show` | a model's details, template and metadata |
 //! | `GET /api/version` | the Ollama API version these routes follow |
-//! | `POST /api/pull` | fetch a catalog model into the store, progress as NDJSON |
+//! | `POST /api/pull` | fetch a catalog model, an alias or a Hugging Face reference into the store, progress as NDJSON |
 //! | `DELETE /api/delete` | remove a stored model (unloading it first) |
 //!
 //! Everything goes through the daemon's own paths: the same admission,

@@ -10,6 +10,7 @@ use crate::server::{
     add_keep_alive_note, app_terms, serve_embeddings, start_generation, AppState, AppTerms, Caller,
     Endpoint, Run,
 };
+use crate::store::hub::{HubConfig, HubRef, PlannedPull};
 use crate::store::{ModelEntry, ModelName, Progress, StoreError};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -679,8 +680,9 @@ impl PullProgress {
     }
 }
 
-/// `POST /api/pull`: a model of the catalog (`locara pull`'s), fetched,
-/// checked (sha256, the GGUF guard) and stored; a model already stored is
+/// `POST /api/pull`: a model of the catalog, a catalog alias or a Hugging
+/// Face reference (`hf.co/ORG/REPO[:QUANT]`, as `locara pull` takes them),
+/// fetched, checked (sha256, the GGUF guard) and stored; a model already stored is
 /// a success at once. Progress as Ollama's lines: `pulling manifest`,
 /// `pulling <digest>` with `total` and `completed`, `verifying sha256
 /// digest`, `writing manifest`, `success`; a failure is a last `error` line
@@ -703,37 +705,75 @@ pub(super) async fn pull(
                 .iter()
                 .map(|m| m.name.as_str().to_owned())
                 .collect();
-            let name = resolve_name(&known, &asked);
-            let entry = name
-                .parse::<ModelName>()
-                .ok()
-                .and_then(|n| state.catalog.find(&n).cloned())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorType::NotFound,
-                        format!(
-                            "model '{asked}' is not in Locara's catalog; it knows {}",
-                            known.join(", ")
-                        ),
-                    )
-                    .with_status(404)
-                    .with_param("model")
-                    .with_code("model_not_found")
-                })?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let _ = tx.send(json!({"status": "pulling manifest"}));
             let store = state.store.clone();
-            let digest = entry.sha256.clone();
-            let work = tokio::task::spawn_blocking(move || {
-                let mut progress = PullProgress {
-                    tx,
-                    digest,
-                    total: entry.size,
-                    completed: 0,
-                    shown: 0,
-                };
-                store.pull(&entry, &mut progress)
-            });
+            // A Hugging Face reference, or a catalog alias of one: the
+            // Hub pull `locara pull` makes (the listing, the file for the
+            // quantisation, its sha256).
+            let alias = asked
+                .parse::<ModelName>()
+                .ok()
+                .and_then(|n| state.catalog.alias(&n).cloned());
+            let work = if HubRef::looks_like(&asked) || alias.is_some() {
+                tokio::task::spawn_blocking(move || {
+                    let config = HubConfig::from_env()?;
+                    let reference = match &alias {
+                        Some(a) => a.reference(&config)?,
+                        None => HubRef::parse(&asked, &config)?,
+                    };
+                    let planned = PlannedPull::new(
+                        config,
+                        reference,
+                        alias.as_ref().map(|a| a.name.clone()),
+                        alias.as_ref().and_then(|a| a.sha256.as_deref()),
+                    )?;
+                    let mut progress = PullProgress {
+                        tx,
+                        digest: planned.choice.files[0].sha256.clone().unwrap_or_default(),
+                        total: Some(planned.choice.size()),
+                        completed: 0,
+                        shown: 0,
+                    };
+                    store.pull_hub(
+                        &planned.hub,
+                        &planned.reference,
+                        &planned.choice,
+                        &planned.name,
+                        &mut progress,
+                    )
+                })
+            } else {
+                let name = resolve_name(&known, &asked);
+                let entry = name
+                    .parse::<ModelName>()
+                    .ok()
+                    .and_then(|n| state.catalog.find(&n).cloned())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ErrorType::NotFound,
+                            format!(
+                                "model '{asked}' is not in Locara's catalog; it knows {}, \
+                                 its aliases and Hugging Face references (hf.co/ORG/REPO[:QUANT])",
+                                known.join(", ")
+                            ),
+                        )
+                        .with_status(404)
+                        .with_param("model")
+                        .with_code("model_not_found")
+                    })?;
+                let digest = entry.sha256.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut progress = PullProgress {
+                        tx,
+                        digest,
+                        total: entry.size,
+                        completed: 0,
+                        shown: 0,
+                    };
+                    store.pull(&entry, &mut progress)
+                })
+            };
             let finish = async move {
                 match work.await {
                     Ok(result) => result.map_err(ApiError::from),

@@ -525,6 +525,46 @@ pub fn default_name(
     super::tagged_name(base, choice.quant.as_deref().unwrap_or("latest"))
 }
 
+/// What a pull from the Hub will fetch, before anything is downloaded: the
+/// repository's listing read, the file (or parts) chosen, a catalog
+/// alias's pin held to the listing, and the store name. `locara pull` and
+/// Ollama's `POST /api/pull` both start here, then call
+/// [`Store::pull_hub`](super::Store::pull_hub).
+pub struct PlannedPull {
+    pub hub: Hub,
+    pub reference: HubRef,
+    pub choice: HubChoice,
+    pub name: super::ModelName,
+}
+
+impl PlannedPull {
+    /// Reads `reference`'s listing and chooses; `store_as` names the model
+    /// (else [`default_name`]); `pinned` is an alias's sha256.
+    pub fn new(
+        config: HubConfig,
+        reference: HubRef,
+        store_as: Option<super::ModelName>,
+        pinned: Option<&str>,
+    ) -> Result<PlannedPull, StoreError> {
+        let hub = Hub::new(config)?;
+        let files = hub.list(&reference)?;
+        let mut choice = choose(&reference, &files)?;
+        if let Some(sha256) = pinned {
+            choice.pin(&reference, sha256)?;
+        }
+        let name = match store_as {
+            Some(n) => n,
+            None => default_name(&reference, &choice)?,
+        };
+        Ok(PlannedPull {
+            hub,
+            reference,
+            choice,
+            name,
+        })
+    }
+}
+
 /// Talks to one Hub endpoint.
 pub struct Hub {
     config: HubConfig,
