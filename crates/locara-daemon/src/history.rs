@@ -114,10 +114,7 @@ impl HistoryLog {
                 let pool = m.pool.as_ref();
                 ModelSample {
                     name: m.name.clone(),
-                    state: serde_json::to_value(m.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    state: m.state.as_str().to_string(),
                     footprint: m.footprint,
                     mapped_weights: m.mapped_weights,
                     kv_cells: pool.map_or(0, |p| p.cells),

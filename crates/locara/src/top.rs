@@ -162,10 +162,7 @@ impl TopData {
                 let sampled = last.and_then(|l| l.models.iter().find(|x| x.name == m.name));
                 ModelRow {
                     name: m.name.clone(),
-                    state: serde_json::to_value(m.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    state: m.state.as_str().to_string(),
                     footprint: m.footprint,
                     mapped_weights: m.mapped_weights,
                     kv: m.pool.as_ref().map(|p| (p.used_cells, p.cells)),
