@@ -737,13 +737,7 @@ impl Store {
             shas.push(hub.download(reference, file, partial, &label, progress)?);
         }
         let staging = Staging::new(&self.root, "pull", name)?;
-        let names: Vec<String> = if count == 1 {
-            vec!["model.gguf".to_string()]
-        } else {
-            (1..=count)
-                .map(|i| format!("model-{i:05}-of-{count:05}.gguf"))
-                .collect()
-        };
+        let names = part_file_names(count);
         for (partial, file_name) in partials.iter().zip(&names) {
             let staged = staging.dir.join(file_name);
             fs::rename(partial, &staged).map_err(io_err("staging", partial))?;
@@ -919,13 +913,7 @@ impl Store {
             }
         }
         let staging = Staging::new(&self.root, "adopt", name)?;
-        let names: Vec<String> = if count == 1 {
-            vec!["model.gguf".to_string()]
-        } else {
-            (1..=count)
-                .map(|i| format!("model-{i:05}-of-{count:05}.gguf"))
-                .collect()
-        };
+        let names = part_file_names(count);
         let linked = !reference_only
             && files
                 .iter()
@@ -1074,6 +1062,19 @@ fn check_space(path: &Path, missing: u64, available: u64) -> Result<(), StoreErr
         });
     }
     Ok(())
+}
+
+/// The file names of a stored model of `count` files in its directory:
+/// `model.gguf`, or the parts as llama.cpp finds them
+/// (`model-00001-of-00002.gguf`, ...).
+fn part_file_names(count: usize) -> Vec<String> {
+    if count == 1 {
+        vec!["model.gguf".to_string()]
+    } else {
+        (1..=count)
+            .map(|i| format!("model-{i:05}-of-{count:05}.gguf"))
+            .collect()
+    }
 }
 
 /// The GGUF guard over a model's files: one file, or the parts of a split
