@@ -526,19 +526,9 @@ mod tests {
         let host = WorkerHost::start(
             &*engine,
             LoadRequest {
-                path: "model.gguf".into(),
                 context: Some(2048),
-                kv_type: Default::default(),
                 parallel: 2,
-                threads: 1,
-                gpu_layers: None,
-                pool: None,
-                pool_max: None,
-                ram_cache_bytes: 0,
-                disk_cache_dir: None,
-                disk_cache_bytes: 0,
-                model_sha256: None,
-                draft: None,
+                ..LoadRequest::new("model.gguf".into(), 1)
             },
             on_exit,
             Box::new(move |news| {

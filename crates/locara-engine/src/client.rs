@@ -370,19 +370,8 @@ mod tests {
 
     fn load_request() -> LoadRequest {
         LoadRequest {
-            path: "model.gguf".into(),
             context: Some(2048),
-            kv_type: Default::default(),
-            parallel: 1,
-            threads: 1,
-            gpu_layers: None,
-            pool: None,
-            pool_max: None,
-            ram_cache_bytes: 0,
-            disk_cache_dir: None,
-            disk_cache_bytes: 0,
-            model_sha256: None,
-            draft: None,
+            ..LoadRequest::new("model.gguf".into(), 1)
         }
     }
 

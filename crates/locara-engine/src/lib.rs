@@ -21,13 +21,9 @@
 //! use locara_engine::protocol::*;
 //!
 //! let worker = Worker::spawn(&WorkerCommand::current_exe()?)?;
-//! let info = worker.load(LoadRequest {
-//!     path: "model.gguf".into(), context: None, kv_type: Default::default(),
-//!     parallel: 1, threads: 4, gpu_layers: None,
-//!     // The whole pool up front: no `PoolFull` to answer.
-//!     pool: None, pool_max: None, ram_cache_bytes: 0,
-//!     disk_cache_dir: None, disk_cache_bytes: 0, model_sha256: None, draft: None,
-//! })?;
+//! // One sequence, the whole pool up front (no `PoolFull` to answer), no
+//! // cache tiers, no draft model.
+//! let info = worker.load(LoadRequest::new("model.gguf".into(), 4))?;
 //! worker.send(&Request::Generate(GenerateRequest {
 //!     id: 1,
 //!     prompt: Prompt::Raw { text: "Once upon a time".into() },

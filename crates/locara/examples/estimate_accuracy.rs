@@ -267,22 +267,14 @@ fn spawn(program: &Path) -> Result<Worker> {
 
 fn load(worker: &Worker, point: &Point, threads: u32) -> Result<LoadedInfo> {
     Ok(worker.load(LoadRequest {
-        path: point.path.to_path_buf(),
         context: Some(point.options.context),
         kv_type: point.options.kv_type,
         parallel: point.options.parallel,
-        threads,
-        gpu_layers: None,
         // The pool the daemon would start with; fills stay within it, so
         // the worker never asks to grow it (a cap of the pool itself would
         // lower the context to it).
         pool: point.options.pool,
-        pool_max: None,
-        ram_cache_bytes: 0,
-        disk_cache_dir: None,
-        disk_cache_bytes: 0,
-        model_sha256: None,
-        draft: None,
+        ..LoadRequest::new(point.path.to_path_buf(), threads)
     })?)
 }
 

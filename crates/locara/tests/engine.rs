@@ -273,23 +273,7 @@ fn a_file_the_guard_rejects_never_reaches_llama_cpp() {
     bytes.extend_from_slice(&0u64.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
     let worker = spawn_worker();
-    let err = worker
-        .load(LoadRequest {
-            path,
-            context: None,
-            kv_type: KvType::Q8_0,
-            parallel: 1,
-            threads: 1,
-            gpu_layers: None,
-            pool: None,
-            pool_max: None,
-            ram_cache_bytes: 0,
-            disk_cache_dir: None,
-            disk_cache_bytes: 0,
-            model_sha256: None,
-            draft: None,
-        })
-        .unwrap_err();
+    let err = worker.load(LoadRequest::new(path, 1)).unwrap_err();
     match err {
         EngineError::Worker { kind, message } => {
             assert_eq!(kind, ErrorKind::InvalidModel);
@@ -364,19 +348,10 @@ fn load_pool(
 ) -> LoadedInfo {
     worker
         .load(LoadRequest {
-            path: model(name),
             context: Some(context),
-            kv_type: KvType::Q8_0,
             parallel,
-            threads: TEST_THREADS,
-            gpu_layers: None,
             pool,
-            pool_max: None,
-            ram_cache_bytes: 0,
-            disk_cache_dir: None,
-            disk_cache_bytes: 0,
-            model_sha256: None,
-            draft: None,
+            ..LoadRequest::new(model(name), TEST_THREADS)
         })
         .expect("loading the model")
 }
@@ -957,19 +932,10 @@ fn a_conversation_moved_to_the_ram_tier_comes_back_with_the_same_answer() {
         let load = |worker: &Worker, tier: u64| {
             worker
                 .load(LoadRequest {
-                    path: model(name),
                     context: Some(2048),
                     kv_type: KvType::F16,
-                    parallel: 1,
-                    threads: TEST_THREADS,
-                    gpu_layers: None,
-                    pool: None,
-                    pool_max: None,
                     ram_cache_bytes: tier,
-                    disk_cache_dir: None,
-                    disk_cache_bytes: 0,
-                    model_sha256: None,
-                    draft: None,
+                    ..LoadRequest::new(model(name), TEST_THREADS)
                 })
                 .expect("loading the model")
         };
@@ -1129,19 +1095,14 @@ impl Tiers {
 fn load_tiers(worker: &Worker, name: &str, tiers: &Tiers) -> LoadedInfo {
     worker
         .load(LoadRequest {
-            path: model(name),
             context: Some(2048),
             kv_type: tiers.kv,
-            parallel: 1,
-            threads: TEST_THREADS,
-            gpu_layers: None,
             pool: tiers.pool,
-            pool_max: None,
             ram_cache_bytes: tiers.ram,
             disk_cache_dir: (tiers.disk > 0).then(|| tiers.dir.clone()),
             disk_cache_bytes: tiers.disk,
             model_sha256: Some(tiers.sha256.clone()),
-            draft: None,
+            ..LoadRequest::new(model(name), TEST_THREADS)
         })
         .expect("loading the model")
 }

@@ -130,19 +130,12 @@ impl Setup<'_> {
         let worker = Worker::spawn(&cmd).context("starting an engine worker")?;
         worker
             .load(LoadRequest {
-                path: self.model.to_path_buf(),
                 context: Some(self.cli.context),
                 kv_type: self.cli.kv,
-                parallel: 1,
-                threads: self.cli.threads,
-                gpu_layers: None,
-                pool: None,
-                pool_max: None,
-                ram_cache_bytes: 0,
                 disk_cache_dir: dir.map(Path::to_path_buf),
                 disk_cache_bytes: if dir.is_some() { 8 << 30 } else { 0 },
                 model_sha256: Some(self.sha256.to_string()),
-                draft: None,
+                ..LoadRequest::new(self.model.to_path_buf(), self.cli.threads)
             })
             .with_context(|| format!("loading {}", self.model.display()))?;
         Ok(worker)
