@@ -22,6 +22,7 @@
 //! a wider target decode for nothing.
 
 use crate::cpu;
+use crate::worker::argmax;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -78,13 +79,7 @@ impl<'m> Drafter<'m> {
         params: LlamaContextParams,
         cells: u32,
     ) -> Result<Drafter<'m>, DrafterError> {
-        let ctx =
-            model
-                .new_context(backend, params.clone())
-                .map_err(|e| DrafterError::Context {
-                    cells,
-                    message: e.to_string(),
-                })?;
+        let ctx = make_context(backend, model, &params, cells)?;
         let batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
         Ok(Drafter {
             model,
@@ -135,14 +130,7 @@ impl<'m> Drafter<'m> {
         // positions after the history.
         let want = want.min(cells - history.len() + 1);
         if self.ctx.is_none() {
-            self.ctx = Some(
-                self.model
-                    .new_context(backend, self.params.clone())
-                    .map_err(|e| DrafterError::Context {
-                        cells: self.cells,
-                        message: e.to_string(),
-                    })?,
-            );
+            self.ctx = Some(make_context(backend, self.model, &self.params, self.cells)?);
             self.tokens.clear();
         }
         let ctx = self.ctx.as_mut().expect("made above");
@@ -204,23 +192,32 @@ impl<'m> Drafter<'m> {
     }
 }
 
+/// The draft model's context of `cells` cells with `params`.
+fn make_context<'m>(
+    backend: &LlamaBackend,
+    model: &'m LlamaModel,
+    params: &LlamaContextParams,
+    cells: u32,
+) -> Result<LlamaContext<'m>, DrafterError> {
+    model
+        .new_context(backend, params.clone())
+        .map_err(|e| DrafterError::Context {
+            cells,
+            message: e.to_string(),
+        })
+}
+
 /// Length of the common prefix of `a` and `b`.
 fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// The most likely token of `logits` and its probability (softmax). The
-/// first of equal logits wins, as the target's greedy pick does; NaNs never
-/// win.
+/// The most likely token of `logits` ([`argmax`]: the first of equal
+/// logits wins, as the target's greedy pick does; NaNs never win) and its
+/// probability (softmax); probability 0 when no logit is finite.
 fn top_token(logits: &[f32]) -> (LlamaToken, f32) {
-    let mut best = 0usize;
-    let mut max = f32::NEG_INFINITY;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > max {
-            best = i;
-            max = v;
-        }
-    }
+    let best = argmax(logits);
+    let max = logits.get(best as usize).copied().unwrap_or(f32::NAN);
     if !max.is_finite() {
         return (LlamaToken(0), 0.0);
     }
@@ -229,7 +226,7 @@ fn top_token(logits: &[f32]) -> (LlamaToken, f32) {
         .filter(|v| !v.is_nan())
         .map(|&v| (v - max).exp())
         .sum();
-    (LlamaToken(best as i32), 1.0 / sum)
+    (LlamaToken(best), 1.0 / sum)
 }
 
 #[cfg(test)]

@@ -2381,8 +2381,9 @@ impl Picker {
 }
 
 /// Index of the largest value, the first of equals; NaNs never win. 0 for
-/// an empty or all-NaN slice.
-fn argmax(values: &[f32]) -> i32 {
+/// an empty or all-NaN slice. A draft model's proposals take it too
+/// (`drafter.rs`), so they are the greedy pick a target would make.
+pub(crate) fn argmax(values: &[f32]) -> i32 {
     let mut best = 0;
     let mut best_value = f32::NEG_INFINITY;
     for (i, &v) in values.iter().enumerate() {
