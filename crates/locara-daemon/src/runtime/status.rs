@@ -175,6 +175,7 @@ pub(super) fn build(s: Sources<'_>, now: Instant) -> Status {
                 .filter(|(i, _)| *i == m.instance)
                 .map(|(_, h)| h);
             let meta = s.loads.get(&m.instance);
+            let share = s.controller.threads(m.instance);
             ModelStatus {
                 name: name.to_string(),
                 state: m.phase,
@@ -199,8 +200,8 @@ pub(super) fn build(s: Sources<'_>, now: Instant) -> Status {
                 pid: host.map(|h| h.pid()),
                 engine: host.map(|h| h.engine().to_string()),
                 pool: s.controller.pool(m.instance).cloned(),
-                threads: s.controller.threads(m.instance).map_or(0, |t| t.threads),
-                thread_class: s.controller.threads(m.instance).map(|t| t.class),
+                threads: share.map_or(0, |t| t.threads),
+                thread_class: share.map(|t| t.class),
                 draft: locara_core::load::draft_of(name).map(str::to_string),
             }
         })
