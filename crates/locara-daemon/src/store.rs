@@ -844,10 +844,7 @@ impl Store {
             parts: staged.parts,
             adopted: None,
         };
-        let info = staging.dir.join("info.json");
-        let json = serde_json::to_vec_pretty(&entry).expect("a model entry serializes");
-        fs::write(&info, json).map_err(io_err("writing", &info))?;
-        staging.commit(&final_dir)?;
+        staging.commit_entry(&entry, &final_dir)?;
         Ok(entry)
     }
 
@@ -966,10 +963,7 @@ impl Store {
                 files: adopted_files,
             }),
         };
-        let info = staging.dir.join("info.json");
-        let json = serde_json::to_vec_pretty(&entry).expect("a model entry serializes");
-        fs::write(&info, json).map_err(io_err("writing", &info))?;
-        staging.commit(&final_dir)?;
+        staging.commit_entry(&entry, &final_dir)?;
         Ok(entry)
     }
 
@@ -1113,6 +1107,14 @@ impl Staging {
             dir,
             committed: false,
         })
+    }
+
+    /// Writes `entry` as the model's `info.json`, then [`Staging::commit`]s.
+    fn commit_entry(self, entry: &ModelEntry, final_dir: &Path) -> Result<(), StoreError> {
+        let info = self.dir.join("info.json");
+        let json = serde_json::to_vec_pretty(entry).expect("a model entry serializes");
+        fs::write(&info, json).map_err(io_err("writing", &info))?;
+        self.commit(final_dir)
     }
 
     fn commit(mut self, final_dir: &Path) -> Result<(), StoreError> {
