@@ -84,16 +84,7 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
         None => machine_budget()?,
     };
     let fits = est.total() <= budget.bytes;
-    let mut largest = Vec::new();
-    for kv_type in KvType::ALL {
-        let up_to_trained = EstimateOptions {
-            context: u32::MAX,
-            kv_type,
-            ..options.clone()
-        };
-        let n = estimate::max_context_fitting(&shape, &up_to_trained, budget.bytes)?;
-        largest.push((kv_type, n));
-    }
+    let largest = largest_contexts(&shape, &options, budget.bytes)?;
 
     if args.json {
         let out = serde_json::json!({
@@ -159,18 +150,7 @@ pub(crate) fn quick_verdict(shape: &ModelShape) -> Result<QuickVerdict> {
     };
     let est = estimate::estimate(shape, &options).context("cannot estimate the model")?;
     let budget = machine_budget()?;
-    let mut largest = Vec::new();
-    for kv_type in KvType::ALL {
-        let up_to_trained = EstimateOptions {
-            context: u32::MAX,
-            kv_type,
-            ..options.clone()
-        };
-        largest.push((
-            kv_type,
-            estimate::max_context_fitting(shape, &up_to_trained, budget.bytes)?,
-        ));
-    }
+    let largest = largest_contexts(shape, &options, budget.bytes)?;
     let fits_some_context = largest.iter().any(|(_, n)| n.is_some());
     let line = if est.total() <= budget.bytes {
         format!(
@@ -192,6 +172,30 @@ pub(crate) fn quick_verdict(shape: &ModelShape) -> Result<QuickVerdict> {
         line,
         fits_some_context,
     })
+}
+
+/// For each K/V type, the longest context (up to the trained one) whose
+/// estimate with `options` otherwise fits `budget` bytes; `None` where not
+/// even the smallest does.
+fn largest_contexts(
+    shape: &ModelShape,
+    options: &EstimateOptions,
+    budget: u64,
+) -> Result<Vec<(KvType, Option<u32>)>> {
+    KvType::ALL
+        .into_iter()
+        .map(|kv_type| {
+            let up_to_trained = EstimateOptions {
+                context: u32::MAX,
+                kv_type,
+                ..options.clone()
+            };
+            Ok((
+                kv_type,
+                estimate::max_context_fitting(shape, &up_to_trained, budget)?,
+            ))
+        })
+        .collect()
 }
 
 /// Whether the load fits the budget, and the longest contexts that do.
