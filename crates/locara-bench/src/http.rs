@@ -113,6 +113,27 @@ pub fn get(base: &BaseUrl, path: &str, timeout: Duration) -> Result<(u16, String
     Ok((status, text))
 }
 
+/// `POST path` with a JSON `body`: the status and the body as text.
+/// `timeout` bounds the connection and each read.
+pub fn post_json(
+    base: &BaseUrl,
+    path: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    let response = response(
+        base.request("POST", path, timeout)
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string()),
+    )
+    .with_context(|| format!("POST {base}{path}"))?;
+    let status = response.status();
+    let text = response
+        .into_string()
+        .with_context(|| format!("reading the body of POST {base}{path}"))?;
+    Ok((status, text))
+}
+
 /// Sends a streamed chat completion request (`body` is its JSON) and reads
 /// the events to the end of the stream, timing every token. `timeout`
 /// bounds the connection and every read (the wait for the first token

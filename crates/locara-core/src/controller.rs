@@ -963,7 +963,10 @@ impl Controller {
                 }
             }
             Event::PoolStats { instance, figures } => {
+                let mut more_idle = false;
                 if let Some(p) = self.pools.get_mut(&instance) {
+                    more_idle = figures.cached_sequences + figures.ram_cached_sequences
+                        > p.cached_sequences + p.ram_cached_sequences;
                     p.cells = figures.cells;
                     p.used_cells = figures.used_cells;
                     p.cached_sequences = figures.cached_sequences;
@@ -974,6 +977,12 @@ impl Controller {
                     p.disk_cached_sequences = figures.disk_cached_sequences;
                     p.disk_cache_bytes = figures.disk_cache_bytes;
                     p.disk_restores = figures.disk_restores;
+                }
+                // A finished answer's conversation is reported cached after
+                // its release: under pressure the ladder sees it now, or it
+                // would wait for the next level report to drop it.
+                if more_idle && self.ladder.level() != PressureLevel::Normal {
+                    self.pressure_step(ladder::Event::Tick, now, &mut out);
                 }
             }
             Event::OsPressure(level) => {
@@ -2414,6 +2423,63 @@ mod tests {
             })),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn under_warn_a_conversation_reported_cached_after_its_release_is_dropped() {
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let t0 = Instant::now();
+        let l = load_of(&c.handle(request(1, "a", GB, None), t0)).instance;
+        c.handle(loaded("a", l), t0);
+        let stats = |cached_sequences| Event::PoolStats {
+            instance: l,
+            figures: PoolFigures {
+                cells: 2048,
+                used_cells: 400,
+                cached_sequences,
+                ..PoolFigures::default()
+            },
+        };
+        c.handle(stats(0), t0);
+        c.handle(Event::OsPressure(PressureLevel::Warn), t0);
+        // The answer ends under warn; the worker's figures come after the
+        // release, as they do from a real worker.
+        let released = c.handle(
+            Event::Release {
+                model: "a".into(),
+                instance: l,
+                priority: Priority::Interactive,
+            },
+            t0 + Duration::from_millis(100),
+        );
+        let resize = Effect::Resize {
+            model: "a".into(),
+            instance: l,
+            cells: 0,
+            evict: Vec::new(),
+        };
+        assert!(!released.contains(&resize), "{released:?}");
+        let e = c.handle(stats(1), t0 + Duration::from_millis(110));
+        assert!(e.contains(&resize), "{e:?}");
+        // The same figures again order nothing more.
+        let again = c.handle(stats(1), t0 + Duration::from_millis(120));
+        assert!(!again.contains(&resize), "{again:?}");
+        // At normal, a cached conversation is only counted.
+        let mut calm = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let l = load_of(&calm.handle(request(1, "a", GB, None), t0)).instance;
+        calm.handle(loaded("a", l), t0);
+        let e = calm.handle(
+            Event::PoolStats {
+                instance: l,
+                figures: PoolFigures {
+                    cells: 2048,
+                    cached_sequences: 1,
+                    ..PoolFigures::default()
+                },
+            },
+            t0,
+        );
+        assert!(!e.iter().any(|e| matches!(e, Effect::Resize { .. })), "{e:?}");
     }
 
     #[test]
