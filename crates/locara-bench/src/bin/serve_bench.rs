@@ -58,8 +58,8 @@
 //!
 //! ```text
 //! cargo build --release -p locara-bench -p locara
-//! target/release/locara-serve-bench --threads 2 --reps 5
-//! target/release/locara-serve-bench --only chat8 --threads 2 --reps 3
+//! target/release/locara-serve-bench --threads 2 --reps 6
+//! target/release/locara-serve-bench --only chat8 --threads 2 --reps 4
 //! ```
 
 #![forbid(unsafe_code)]
@@ -216,8 +216,9 @@ struct Cli {
     max_tokens: u32,
 
     /// Measured repetitions per side and scenario, after one warm-up each
-    /// (in chat8: measured conversations, after one untimed one).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// (in chat8: measured conversations, after one untimed one). An odd
+    /// number is rounded up: each side goes first in half of them.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
     reps: u32,
 
     /// Run one comparison only: `equal` (1 stream and concurrent streams at
@@ -377,7 +378,7 @@ impl Config {
             parallel: args.parallel,
             context: args.context,
             max_tokens: args.max_tokens,
-            reps: args.reps,
+            reps: even_reps(args.reps),
             only: args.only,
             llama_server,
             locara,
@@ -786,6 +787,32 @@ struct RepFigures {
     multi_ttft_ms: f64,
 }
 
+/// `reps` rounded up to an even number.
+fn even_reps(reps: u32) -> u32 {
+    let even = reps + reps % 2;
+    if even != reps {
+        progress(&format!(
+            "--reps {reps} rounded up to {even}, so that each side goes first in half of the reps"
+        ));
+    }
+    even
+}
+
+/// The order of the two sides (0 llama-server, 1 Locara) in the rep after
+/// `measured` measured ones: alternating, by measured reps rather than
+/// attempts, so that with an even number of reps each side goes first
+/// equally often. The side that goes second can be slower by more than the
+/// difference measured: on this kind of machine, the first request after a
+/// pause (the first turn of a new conversation) ran about 100 ms faster
+/// for whichever side went first.
+fn first_goes(measured: u32) -> [usize; 2] {
+    if measured.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
+}
+
 /// The measured reps, alternating which side goes first. A rep that other
 /// processes disturbed is discarded and run again (within
 /// [`ATTEMPTS_PER_REP`]).
@@ -805,8 +832,9 @@ fn measure(
         attempt += 1;
         let rep_started = cpu_snapshot(sides);
         // Alternate which side goes first, so a steady drift (a machine
-        // warming up, a build finishing) favours neither.
-        let order = if attempt % 2 == 1 { [0, 1] } else { [1, 0] };
+        // warming up, a build finishing) favours neither; a discarded rep's
+        // order is run again, so each side goes first in half of the reps.
+        let order = first_goes(measured);
         let mut singles: [Option<StreamResult>; 2] = [None, None];
         let mut multis: [Option<Concurrent>; 2] = [None, None];
         for &i in &order {
@@ -1101,8 +1129,9 @@ fn measure_conversations(
         attempt += 1;
         *conversation += 1;
         let rep_started = cpu_snapshot(sides);
-        // Alternate which side goes first, so a steady drift favours neither.
-        let order = if attempt % 2 == 1 { [0, 1] } else { [1, 0] };
+        // Alternate which side goes first, so a steady drift favours
+        // neither (see first_goes).
+        let order = first_goes(measured);
         let streams = converse(config, sides, *conversation, order)?;
         let others = others_since(rep_started);
         let disturbed = others.is_some_and(|share| share > config.max_others);
@@ -1295,7 +1324,12 @@ mod tests {
     #[test]
     fn defaults_match_the_issue() {
         let a = Cli::try_parse_from(["locara-serve-bench"]).unwrap();
-        assert_eq!((a.threads, a.kv, a.reps), (2, KvType::Q8_0, 5));
+        assert_eq!((a.threads, a.kv, a.reps), (2, KvType::Q8_0, 6));
+        assert_eq!((even_reps(5), even_reps(6), even_reps(1)), (6, 6, 2));
+        assert_eq!(
+            (first_goes(0), first_goes(1), first_goes(2)),
+            ([0, 1], [1, 0], [0, 1])
+        );
         assert_eq!((a.parallel, a.context, a.max_tokens), (4, 4096, 128));
         assert_eq!(a.llama_cpp_python, LLAMA_CPP_PYTHON_VERSION);
         assert_eq!(a.locara_model, "smollm2:135m");
