@@ -2479,7 +2479,10 @@ mod tests {
             },
             t0,
         );
-        assert!(!e.iter().any(|e| matches!(e, Effect::Resize { .. })), "{e:?}");
+        assert!(
+            !e.iter().any(|e| matches!(e, Effect::Resize { .. })),
+            "{e:?}"
+        );
     }
 
     #[test]
