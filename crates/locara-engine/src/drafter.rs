@@ -70,6 +70,14 @@ pub(crate) struct Drafter<'m> {
     pub(crate) caught_up: u64,
 }
 
+/// A [`Drafter`] without its model: its context's parameters and size, and
+/// its count of tokens caught up.
+pub(crate) struct ParkedDrafter {
+    params: LlamaContextParams,
+    cells: u32,
+    caught_up: u64,
+}
+
 impl<'m> Drafter<'m> {
     /// A drafter of `model` with a context of `cells` cells, with the K/V
     /// cache types and threads of `params` (the target's).
@@ -91,6 +99,32 @@ impl<'m> Drafter<'m> {
             owner: None,
             caught_up: 0,
         })
+    }
+
+    /// A drafter of `model` whose context is made at its first proposal:
+    /// one taken apart by [`Drafter::park`] and put together again over the
+    /// model loaded anew.
+    pub(crate) fn unpark(model: &'m LlamaModel, parked: ParkedDrafter) -> Drafter<'m> {
+        Drafter {
+            model,
+            batch: LlamaBatch::new(parked.params.n_batch().max(1) as usize, 1),
+            params: parked.params,
+            cells: parked.cells,
+            ctx: None,
+            tokens: Vec::new(),
+            owner: None,
+            caught_up: parked.caught_up,
+        }
+    }
+
+    /// What outlives the draft model while the worker has set its models
+    /// aside ([`Drafter::unpark`] takes it back).
+    pub(crate) fn park(self) -> ParkedDrafter {
+        ParkedDrafter {
+            params: self.params,
+            cells: self.cells,
+            caught_up: self.caught_up,
+        }
     }
 
     /// Frees the context (its K/V and compute buffers) until the next

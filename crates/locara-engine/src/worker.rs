@@ -22,7 +22,7 @@
 
 use crate::disk::{self, DiskTier};
 use crate::draft::{self, DraftCounts, DraftLength};
-use crate::drafter::Drafter;
+use crate::drafter::{Drafter, ParkedDrafter};
 use crate::embed::{EmbedShape, Embedder};
 use crate::pool::{self, Candidate, Held};
 use crate::protocol::{
@@ -312,6 +312,23 @@ fn serve_model(
             }
         },
     };
+    // The files as loaded: a model set aside is loaded again only from
+    // these (serve_parked).
+    let mut files = Vec::new();
+    for path in std::iter::once(&load.path).chain(load.draft.as_ref()) {
+        match FileIdentity::of(path) {
+            Ok(identity) => files.push((path.clone(), identity)),
+            Err(e) => {
+                error(
+                    out,
+                    None,
+                    ErrorKind::LoadFailed,
+                    format!("{}: {e}", path.display()),
+                )?;
+                return Ok(());
+            }
+        }
+    }
     let trained = model.n_ctx_train();
     let requested_context = LoadDefaults::default().context_for(load.context, trained);
     let pool_max = pool::round_cells(
@@ -429,6 +446,7 @@ fn serve_model(
         tier: pool::RamTier::new(load.ram_cache_bytes),
         ram_restores: 0,
         asleep: None,
+        sleep_report: None,
         disk: None,
         disk_restores: 0,
         disk_rejected: 0,
@@ -445,9 +463,122 @@ fn serve_model(
     };
     engine.open_disk_tier(&load, out)?;
     let served = engine.serve(rx, out);
-    // Unloading (Exit, or the parent gone): the conversations go to disk.
-    engine.write_disk_tier(out);
-    served
+    if !matches!(served, Ok(Served::Asleep)) {
+        // Unloading (Exit, or the parent gone): the conversations go to disk.
+        engine.write_disk_tier(out);
+        return served.map(|_| ());
+    }
+    // The pool was freed and nothing waits: the models are set aside too,
+    // until a request needs them.
+    let mut parked = engine.park();
+    drop(draft_model);
+    drop(model);
+    give_back_freed_memory();
+    parked.report_sleep(out)?;
+    serve_parked(backend, &load, &model_params, files, parked, rx, out)
+}
+
+/// Serves with the models set aside: the pool was freed (memory pressure)
+/// and the llama.cpp models went with it, their vocabularies and any
+/// repacked weights too, while the files stay where they were. What needs
+/// no model is answered from `parked` ([`Parked::wait`]); the first request
+/// that needs one loads the model (and its draft) again, mapped from the
+/// same files, from the page cache where the OS kept them. Each time the
+/// pool is freed again, they are set aside again.
+///
+/// A file that changed since the first load ([`FileIdentity`]) is not
+/// loaded again: the waiting request gets `load_failed` and the worker
+/// ends, so that the daemon loads the model anew, through the guard.
+fn serve_parked(
+    backend: &LlamaBackend,
+    load: &LoadRequest,
+    params: &LlamaModelParams,
+    files: Vec<(std::path::PathBuf, FileIdentity)>,
+    mut parked: Parked,
+    rx: &Receiver<Request>,
+    out: &mut impl Write,
+) -> Result<(), WorkerError> {
+    loop {
+        let Some(first) = parked.wait(rx, out)? else {
+            return Ok(());
+        };
+        let (model, draft) = match load_again(backend, load, params, &files) {
+            Ok(models) => models,
+            Err(message) => {
+                let id = match &first {
+                    Request::Generate(g) => Some(g.id),
+                    Request::Embed(e) => Some(e.id),
+                    _ => None,
+                };
+                error(out, id, ErrorKind::LoadFailed, message)?;
+                return Ok(());
+            }
+        };
+        let mut engine = Engine::unpark(backend, &model, draft.as_ref(), parked);
+        let served = match engine.handle(first, out) {
+            Ok(Control::Continue) => engine.serve(rx, out),
+            Ok(Control::Exit) => Ok(Served::Exit),
+            Err(e) => Err(e),
+        };
+        if !matches!(served, Ok(Served::Asleep)) {
+            engine.write_disk_tier(out);
+            return served.map(|_| ());
+        }
+        parked = engine.park();
+        drop(draft);
+        drop(model);
+        give_back_freed_memory();
+        parked.report_sleep(out)?;
+    }
+}
+
+/// What tells a model file apart from one put in its place: device, inode,
+/// size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileIdentity {
+    fn of(path: &std::path::Path) -> std::io::Result<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(FileIdentity {
+            device: m.dev(),
+            inode: m.ino(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+}
+
+/// The model and its draft loaded again for [`serve_parked`], each file
+/// checked to be the one loaded first; the message says what failed.
+fn load_again(
+    backend: &LlamaBackend,
+    load: &LoadRequest,
+    params: &LlamaModelParams,
+    files: &[(std::path::PathBuf, FileIdentity)],
+) -> Result<(LlamaModel, Option<LlamaModel>), String> {
+    for (path, first) in files {
+        let now = FileIdentity::of(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if now != *first {
+            return Err(format!(
+                "{} changed since this worker loaded it; the model is loaded anew in a new worker",
+                path.display()
+            ));
+        }
+    }
+    let again = |path: &std::path::Path| {
+        LlamaModel::load_from_file(backend, path, params)
+            .map_err(|e| format!("llama.cpp could not load {} again: {e}", path.display()))
+    };
+    let model = again(&load.path)?;
+    let draft = load.draft.as_deref().map(again).transpose()?;
+    Ok((model, draft))
 }
 
 /// The draft model at `path` for the model of `target`: the guard, the
@@ -708,6 +839,10 @@ struct Engine<'m> {
     /// The pool was freed (`Resize { cells: 0 }`): the size to make it
     /// again at the next request.
     asleep: Option<u32>,
+    /// The freed pool's report, written once the models are set aside too
+    /// (so that the footprint the daemon measures on it shows them gone),
+    /// or before the pool is made again or resized, whichever comes first.
+    sleep_report: Option<SleepReport>,
     /// Conversations kept on disk across workers.
     disk: Option<DiskTier>,
     disk_restores: u64,
@@ -733,32 +868,336 @@ enum Control {
     Exit,
 }
 
+/// How [`Engine::serve`] ended.
+enum Served {
+    /// Exit, or the parent is gone.
+    Exit,
+    /// The pool is freed and nothing waits: the models may be set aside
+    /// ([`Engine::park`]).
+    Asleep,
+}
+
+/// An engine without its models: the pool was freed ([`Engine::sleep`]),
+/// nothing runs or waits, and the worker set the llama.cpp models aside
+/// ([`serve_parked`]). What it keeps here is what no model is needed for:
+/// the settings the model and the load gave, the counters, the RAM and disk
+/// tiers, the daemon's share of the cores.
+struct Parked {
+    chat_template: ChatTemplate,
+    context: u32,
+    parallel: usize,
+    shape: PoolShape,
+    pool_max: u32,
+    window: Option<u32>,
+    can_shift: bool,
+    can_draft: bool,
+    draft_cap: usize,
+    seqs: Vec<Sequence>,
+    clock: u64,
+    generated_total: u64,
+    resizes: u64,
+    reused_total: u64,
+    shifted_total: u64,
+    tier: pool::RamTier<LlamaToken, Vec<u8>>,
+    ram_restores: u64,
+    /// The pool's size at the next request.
+    cells: u32,
+    sleep_report: Option<SleepReport>,
+    disk: Option<DiskTier>,
+    disk_restores: u64,
+    disk_rejected: u64,
+    class: ThreadClass,
+    paused: bool,
+    embedder: Embedder,
+    drafter: Option<ParkedDrafter>,
+}
+
+/// What the report of a freed pool says: the cells it had, the sequences
+/// it dropped, and when the freeing began.
+#[derive(Debug, Clone, Copy)]
+struct SleepReport {
+    previous: u32,
+    dropped: u32,
+    started: Instant,
+}
+
+impl SleepReport {
+    fn write(self, out: &mut impl Write) -> Result<(), WorkerError> {
+        resized_in_place(out, 0, self.previous, self.dropped, self.started)
+    }
+}
+
+impl Parked {
+    /// Writes the freed pool's report, now that the models are gone too.
+    fn report_sleep(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
+        match self.sleep_report.take() {
+            Some(r) => r.write(out),
+            None => Ok(()),
+        }
+    }
+
+    /// Answers what needs no model, as the engine would while its pool is
+    /// freed; returns the first request that needs the model (a generation
+    /// or an embedding), or `None` at Exit or when the parent is gone.
+    fn wait(
+        &mut self,
+        rx: &Receiver<Request>,
+        out: &mut impl Write,
+    ) -> Result<Option<Request>, WorkerError> {
+        loop {
+            let Ok(req) = rx.recv() else { return Ok(None) };
+            match req {
+                Request::Generate(_) | Request::Embed(_) => return Ok(Some(req)),
+                Request::Exit => return Ok(None),
+                Request::Stats => write_frame(out, &Event::Stats(self.stats()))?,
+                Request::Sequences => write_frame(
+                    out,
+                    &Event::Sequences {
+                        sequences: self.sequence_infos(),
+                    },
+                )?,
+                Request::Resize { cells } => {
+                    // As an engine asleep: the next request makes the pool
+                    // at this size.
+                    if cells > 0 {
+                        self.cells = cells;
+                    }
+                    resized_in_place(out, 0, 0, 0, Instant::now())?;
+                }
+                Request::DropTier { .. } => {
+                    // Its conversations went to the disk tier, where there
+                    // is one, when the pool was freed.
+                    self.tier = pool::RamTier::new(self.tier.budget());
+                    give_back_freed_memory();
+                    write_frame(out, &Event::Stats(self.stats()))?;
+                }
+                Request::SetThreads { threads, class } => {
+                    self.class = class;
+                    self.paused = threads == 0;
+                    if !self.paused {
+                        self.shape.threads = i32::try_from(threads).unwrap_or(i32::MAX);
+                    }
+                }
+                // Nothing runs, waits or grows.
+                Request::Cancel { .. } | Request::DenyGrowth => {}
+                Request::Load(_) => error(
+                    out,
+                    None,
+                    ErrorKind::BadRequest,
+                    "a model is already loaded; a worker holds one model",
+                )?,
+            }
+        }
+    }
+
+    fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            loaded: true,
+            active: 0,
+            queued: 0,
+            generated_total: self.generated_total,
+            pool_cells: 0,
+            pool_used_cells: 0,
+            pool_max_cells: self.pool_max,
+            cached_sequences: 0,
+            resizes: self.resizes,
+            reused_tokens_total: self.reused_total,
+            shifted_tokens_total: self.shifted_total,
+            growth_pending: false,
+            ram_cached_sequences: self.tier.len() as u32,
+            ram_cache_bytes: self.tier.bytes(),
+            ram_restores_total: self.ram_restores,
+            disk_cached_sequences: self.disk.as_ref().map_or(0, |d| d.entries().len() as u32),
+            disk_cache_bytes: self.disk.as_ref().map_or(0, |d| d.bytes()),
+            disk_restores_total: self.disk_restores,
+            disk_rejected_total: self.disk_rejected,
+            threads: if self.paused {
+                0
+            } else {
+                u32::try_from(self.shape.threads).unwrap_or(0)
+            },
+            thread_class: self.class,
+            draft_cells: 0,
+        }
+    }
+
+    fn sequence_infos(&self) -> Vec<SequenceInfo> {
+        self.seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SequenceInfo {
+                seq: i as u32,
+                id: None,
+                tokens: Vec::new(),
+                exact: 0,
+                pos_min: -1,
+                pos_max: -1,
+                last_used: s.last_used,
+            })
+            .collect()
+    }
+}
+
 impl<'m> Engine<'m> {
+    /// Takes an engine whose pool is freed and that has nothing running
+    /// or waiting apart from its models ([`Served::Asleep`]).
+    fn park(self) -> Parked {
+        let Engine {
+            backend: _,
+            model: _,
+            ctx,
+            chat_template,
+            context,
+            parallel,
+            shape,
+            pool_cells: _,
+            pool_max,
+            window,
+            can_shift,
+            can_draft,
+            draft_cap,
+            seqs,
+            slots,
+            queue,
+            batch: _,
+            clock,
+            growth_pending: _,
+            stalled: _,
+            generated_total,
+            resizes,
+            reused_total,
+            shifted_total,
+            tier,
+            ram_restores,
+            asleep,
+            sleep_report,
+            disk,
+            disk_restores,
+            disk_rejected,
+            disk_growth: _,
+            class,
+            paused,
+            embedder,
+            drafter,
+        } = self;
+        debug_assert!(ctx.is_none() && slots.is_empty() && queue.is_empty());
+        Parked {
+            chat_template,
+            context,
+            parallel,
+            shape,
+            pool_max,
+            window,
+            can_shift,
+            can_draft,
+            draft_cap,
+            seqs,
+            clock,
+            generated_total,
+            resizes,
+            reused_total,
+            shifted_total,
+            tier,
+            ram_restores,
+            cells: asleep.unwrap_or(0),
+            sleep_report,
+            disk,
+            disk_restores,
+            disk_rejected,
+            class,
+            paused,
+            embedder,
+            drafter: drafter.map(Drafter::park),
+        }
+    }
+
+    /// The engine of [`Engine::park`] again, over the model (and draft)
+    /// loaded anew, asleep: the next request makes its pool.
+    fn unpark(
+        backend: &'m LlamaBackend,
+        model: &'m LlamaModel,
+        draft: Option<&'m LlamaModel>,
+        p: Parked,
+    ) -> Engine<'m> {
+        Engine {
+            backend,
+            model,
+            ctx: None,
+            chat_template: p.chat_template,
+            context: p.context,
+            parallel: p.parallel,
+            shape: p.shape,
+            pool_cells: 0,
+            pool_max: p.pool_max,
+            window: p.window,
+            can_shift: p.can_shift,
+            can_draft: p.can_draft,
+            draft_cap: p.draft_cap,
+            seqs: p.seqs,
+            slots: Vec::new(),
+            queue: VecDeque::new(),
+            // Made with the pool, at its batch size.
+            batch: LlamaBatch::new(1, 1),
+            clock: p.clock,
+            growth_pending: false,
+            stalled: false,
+            generated_total: p.generated_total,
+            resizes: p.resizes,
+            reused_total: p.reused_total,
+            shifted_total: p.shifted_total,
+            tier: p.tier,
+            ram_restores: p.ram_restores,
+            asleep: Some(p.cells),
+            sleep_report: p.sleep_report,
+            disk: p.disk,
+            disk_restores: p.disk_restores,
+            disk_rejected: p.disk_rejected,
+            disk_growth: None,
+            class: p.class,
+            paused: p.paused,
+            embedder: p.embedder,
+            drafter: p
+                .drafter
+                .zip(draft)
+                .map(|(d, model)| Drafter::unpark(model, d)),
+        }
+    }
+
     fn ctx(&mut self) -> &mut LlamaContext<'m> {
         self.ctx.as_mut().expect("the pool exists outside a resize")
     }
 
-    fn serve(&mut self, rx: &Receiver<Request>, out: &mut impl Write) -> Result<(), WorkerError> {
+    fn serve(
+        &mut self,
+        rx: &Receiver<Request>,
+        out: &mut impl Write,
+    ) -> Result<Served, WorkerError> {
         loop {
+            let idle = self.slots.is_empty() && self.queue.is_empty();
+            if idle && self.asleep.is_some() {
+                return Ok(Served::Asleep);
+            }
             // Idle, waiting for the parent (a PoolFull answer, a cancel), or
             // paused (background work while interactive work runs): block
             // for a message. Busy: take what has arrived, then step.
-            if (self.slots.is_empty() && self.queue.is_empty()) || self.stalled || self.paused {
-                let Ok(req) = rx.recv() else { return Ok(()) };
+            if idle || self.stalled || self.paused {
+                let Ok(req) = rx.recv() else {
+                    return Ok(Served::Exit);
+                };
                 self.stalled = false;
                 if let Control::Exit = self.handle(req, out)? {
-                    return Ok(());
+                    return Ok(Served::Exit);
                 }
             }
             loop {
                 match rx.try_recv() {
                     Ok(req) => {
                         if let Control::Exit = self.handle(req, out)? {
-                            return Ok(());
+                            return Ok(Served::Exit);
                         }
                     }
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return Ok(()),
+                    Err(TryRecvError::Disconnected) => return Ok(Served::Exit),
                 }
             }
             if self.paused {
@@ -2077,7 +2516,9 @@ impl<'m> Engine<'m> {
         Ok(())
     }
 
-    /// Frees the whole pool of an idle worker; the model stays mapped.
+    /// Frees the whole pool of an idle worker. Its report waits
+    /// ([`Engine::report_sleep`]): where nothing else comes first, the
+    /// worker sets the models aside too ([`serve_parked`]) and reports then.
     fn sleep(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
         let started = Instant::now();
         // The cached conversations go to the disk tier first, where there
@@ -2096,7 +2537,20 @@ impl<'m> Engine<'m> {
         give_back_freed_memory();
         self.asleep = Some(previous);
         self.pool_cells = 0;
-        resized_in_place(out, 0, previous, dropped, started)
+        self.sleep_report = Some(SleepReport {
+            previous,
+            dropped,
+            started,
+        });
+        Ok(())
+    }
+
+    /// Writes the report of [`Engine::sleep`] if it is still to be written.
+    fn report_sleep(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
+        match self.sleep_report.take() {
+            Some(r) => r.write(out),
+            None => Ok(()),
+        }
     }
 
     /// Makes the pool again after [`Engine::sleep`], at the size it had.
@@ -2106,6 +2560,7 @@ impl<'m> Engine<'m> {
         let Some(cells) = self.asleep else {
             return Ok(true);
         };
+        self.report_sleep(out)?;
         let started = Instant::now();
         match self
             .model
@@ -2139,6 +2594,7 @@ impl<'m> Engine<'m> {
     /// live sequence and the cached ones that fit move into a new context.
     /// 0 frees an idle pool ([`Engine::sleep`]).
     fn resize(&mut self, requested: u32, out: &mut impl Write) -> Result<(), WorkerError> {
+        self.report_sleep(out)?;
         if requested == 0 {
             // Only an idle pool is freed; a busy one stays as it is.
             return if self.slots.is_empty() && self.asleep.is_none() {

@@ -1022,14 +1022,20 @@ fn a_freed_pool_gives_its_memory_back_and_the_next_request_answers_as_before() {
             100.0 * freed.footprint as f64 / loaded.footprint as f64,
             freed.mapped_weights >> 10
         );
-        // The pool and the compute buffers (tens of MiB here) come back;
-        // what stays is the process, the vocabulary and any weights
-        // llama.cpp repacked into anonymous memory.
+        // The pool and the compute buffers come back, and so do the
+        // model's own objects (its vocabulary, any weights llama.cpp
+        // repacked into anonymous memory): the worker set the model aside
+        // before it reported the pool freed. What stays is the process.
+        // (locara-idle-bench holds the goal, at most 10 % at the daemon's
+        // defaults; this bound leaves room for other machines.)
         assert!(
-            freed.footprint + (16 << 20) < loaded.footprint,
+            freed.footprint * 5 < loaded.footprint,
             "{name}: {freed:?} vs {loaded:?}"
         );
-        assert_eq!(worker_stats(&worker).pool_cells, 0, "{name}");
+        let stats = worker_stats(&worker);
+        assert_eq!(stats.pool_cells, 0, "{name}");
+        let generated_before = stats.generated_total;
+        assert!(generated_before > 0, "{name}: {stats:?}");
         // The next request: the pool comes back at its size first.
         worker.send(&Request::Generate(ask(2))).unwrap();
         match worker.recv().unwrap() {
@@ -1040,9 +1046,53 @@ fn a_freed_pool_gives_its_memory_back_and_the_next_request_answers_as_before() {
             } => assert_eq!(cells, info.pool_cells, "{name}"),
             other => panic!("{name}: expected the pool back first, got {other:?}"),
         }
-        let (text, _, finish, _) = collect(&worker, 2);
+        let (text, _, finish, stats) = collect(&worker, 2);
         assert_eq!((text, Ok(finish)), (before.text, before.finish), "{name}");
+        // The model loaded again carries on the worker's counters.
+        assert_eq!(
+            worker_stats(&worker).generated_total,
+            generated_before + u64::from(stats.generated_tokens),
+            "{name}"
+        );
     }
+}
+
+/// A model file put in the place of the one a worker loaded, while the
+/// worker had set its model aside, is not loaded in its stead: the request
+/// gets `load_failed` and the worker ends, for the daemon to load the new
+/// file through the guard.
+#[test]
+fn a_model_file_replaced_while_set_aside_is_not_loaded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    std::fs::copy(model(SMOLLM2), &path).unwrap();
+    let worker = spawn_worker();
+    worker
+        .load(LoadRequest {
+            context: Some(2048),
+            parallel: 1,
+            ..LoadRequest::new(path.clone(), TEST_THREADS)
+        })
+        .expect("loading the copy");
+    let ask = |id| request(id, messages(&[("user", "Say hello.")]), 4);
+    run_one(&worker, ask(1), Growth::Deny);
+    let (cells, ..) = resize(&worker, 0);
+    assert_eq!(cells, 0);
+    // Another file under the same name: a new inode, as a pull's rename
+    // makes.
+    let other = dir.path().join("other.gguf");
+    std::fs::copy(model(GEMMA3), &other).unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    worker.send(&Request::Generate(ask(2))).unwrap();
+    match worker.recv().unwrap() {
+        Event::Error {
+            id: Some(2),
+            kind: ErrorKind::LoadFailed,
+            message,
+        } => assert!(message.contains("changed since"), "{message}"),
+        other => panic!("expected load_failed, got {other:?}"),
+    }
+    assert!(worker.recv().is_err(), "the worker should have ended");
 }
 
 // --- The disk tier: conversations kept across workers ---
