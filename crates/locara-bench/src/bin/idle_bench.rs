@@ -7,11 +7,12 @@
 //! One `locara serve` of its own (the `locara` binary next to this one)
 //! holds the models (SmolLM2 and Gemma 3 270M by default) at its defaults,
 //! except three settings that make the warn rung the thing measured:
-//! `pressure_idle_grace` is long (the models stay loaded through a warn, so
+//! `pressure_idle_grace` is long (the models are not unloaded at a warn, so
 //! the rung's K/V steps act alone: spill cached conversations to disk,
-//! drop the RAM tier, shrink idle pools), `pressure_quiet_period` is short
-//! (the level is back at normal a moment after the simulation ends), and
-//! `keep_alive` is long (no idle unload during the run).
+//! drop the RAM tier, free idle pools and set their models aside),
+//! `pressure_quiet_period` is short (the level is back at normal a moment
+//! after the simulation ends), and `keep_alive` is long (no idle unload
+//! during the run).
 //!
 //! Each repetition, for each model:
 //!
@@ -22,12 +23,13 @@
 //! 2. **after warn**: `POST /locara/v1/pressure/simulate {"level": "warn"}`;
 //!    once the status shows the model's pool at zero cells (or after
 //!    [`SHRINK_DEADLINE`]), the same worker's footprint again, and a check
-//!    that it is the same process (the model stayed loaded, its weights
-//!    mapped). The figure is after warn / loaded (the goal: at most
-//!    0.10);
+//!    that it is the same process (the model was not unloaded: its worker
+//!    freed the pool and set the llama.cpp model aside, to load it again
+//!    from the same file at the next request). The figure is after warn /
+//!    loaded (the goal: at most 0.10);
 //! 3. **next turn**: the simulation ends (`normal`); the conversation's
-//!    turn 2 is timed to its first token (its K/V comes back from the disk
-//!    tier into a pool made again) against turn 2 of a second conversation
+//!    turn 2 is timed to its first token (the model loads again, and its
+//!    K/V comes back from the disk tier into a pool made again) against turn 2 of a second conversation
 //!    on the same model that saw no warn. The two conversations alternate
 //!    which goes first from rep to rep.
 //!
@@ -431,7 +433,7 @@ fn ratio(r: &Rep) -> f64 {
 
 /// Prints the table; true when every model's median ratio meets the goal.
 fn report(results: &[(&Model, Vec<Rep>)], locara: &str) -> Result<bool> {
-    println!("locara-idle-bench: footprint of a loaded, idle model after the warn rung (models stay loaded: idle grace 60m)");
+    println!("locara-idle-bench: footprint of an idle model's worker after the warn rung (its worker stays: idle grace 60m)");
     println!("  locara: {locara}");
     let mut pass = true;
     for (m, reps) in results {
@@ -467,13 +469,13 @@ fn report(results: &[(&Model, Vec<Rep>)], locara: &str) -> Result<bool> {
             if ok { "ok" } else { "ABOVE" }
         );
         println!(
-            "    mapped weights          {:>8.1} MiB   after warn {:>8.1} MiB (file-backed, reclaimable)",
+            "    resident file pages     {:>8.1} MiB   after warn {:>8.1} MiB (loaded: the mapped weights; after: the program's own)",
             mapped_loaded.median, mapped_after.median
         );
         let estimated =
             |b: Option<u64>| b.map_or("?".to_string(), |b| format!("{:.1} MiB", mib(b)));
         println!(
-            "    estimate of what stays  repacked weights {}, overhead (vocabulary, merges, runtime) {}",
+            "    model's own (estimate)  repacked weights {}, overhead (vocabulary, merges, runtime) {}: set aside with the model",
             estimated(m.repacked),
             estimated(m.overhead)
         );
