@@ -463,19 +463,33 @@ fn serve_model(
     };
     engine.open_disk_tier(&load, out)?;
     let served = engine.serve(rx, out);
-    if !matches!(served, Ok(Served::Asleep)) {
-        // Unloading (Exit, or the parent gone): the conversations go to disk.
-        engine.write_disk_tier(out);
-        return served.map(|_| ());
-    }
+    let Some(mut parked) = park_or_end(engine, served, out)? else {
+        return Ok(());
+    };
     // The pool was freed and nothing waits: the models are set aside too,
     // until a request needs them.
-    let mut parked = engine.park();
     drop(draft_model);
     drop(model);
-    give_back_freed_memory();
-    parked.report_sleep(out)?;
+    parked.settle(out)?;
     serve_parked(backend, &load, &model_params, files, parked, rx, out)
+}
+
+/// After [`Engine::serve`]: the engine taken apart ([`Engine::park`]) when
+/// it went to sleep; otherwise (Exit, the parent gone, an error) `None` or
+/// the error, once its conversations are written to the disk tier.
+fn park_or_end(
+    mut engine: Engine<'_>,
+    served: Result<Served, WorkerError>,
+    out: &mut impl Write,
+) -> Result<Option<Parked>, WorkerError> {
+    match served {
+        Ok(Served::Asleep) => Ok(Some(engine.park())),
+        ended => {
+            // Unloading: the conversations go to disk.
+            engine.write_disk_tier(out);
+            ended.map(|_| None)
+        }
+    }
 }
 
 /// Serves with the models set aside: the pool was freed (memory pressure)
@@ -520,15 +534,13 @@ fn serve_parked(
             Ok(Control::Exit) => Ok(Served::Exit),
             Err(e) => Err(e),
         };
-        if !matches!(served, Ok(Served::Asleep)) {
-            engine.write_disk_tier(out);
-            return served.map(|_| ());
-        }
-        parked = engine.park();
+        let Some(again) = park_or_end(engine, served, out)? else {
+            return Ok(());
+        };
+        parked = again;
         drop(draft);
         drop(model);
-        give_back_freed_memory();
-        parked.report_sleep(out)?;
+        parked.settle(out)?;
     }
 }
 
@@ -928,8 +940,10 @@ impl SleepReport {
 }
 
 impl Parked {
-    /// Writes the freed pool's report, now that the models are gone too.
-    fn report_sleep(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
+    /// Once the models are dropped: gives the freed heap back to the OS,
+    /// then writes the freed pool's report, if it is still to be written.
+    fn settle(&mut self, out: &mut impl Write) -> Result<(), WorkerError> {
+        give_back_freed_memory();
         match self.sleep_report.take() {
             Some(r) => r.write(out),
             None => Ok(()),
