@@ -123,9 +123,9 @@ struct Model {
     path: PathBuf,
     /// Its name in the daemon's store.
     name: String,
-    /// What `locara plan --json` estimates stays while the model is
-    /// loaded with no pool: repacked weights and overhead (vocabulary,
-    /// merges, runtime), bytes.
+    /// The model's own memory besides its pool, as `locara plan --json`
+    /// estimates it: repacked weights and overhead (vocabulary, merges,
+    /// runtime), bytes.
     repacked: Option<u64>,
     overhead: Option<u64>,
 }
@@ -155,7 +155,7 @@ fn run(args: Args) -> Result<bool> {
     let mut home = None;
     for m in &mut models {
         let h = locara.prepare_home(&work.path, &m.path, &m.name)?;
-        (m.repacked, m.overhead) = planned_floor(&locara.path, &h, &m.name)?;
+        (m.repacked, m.overhead) = model_own_memory(&locara.path, &h, &m.name)?;
         home = Some(h);
     }
     let home = home.context("no model to measure")?;
@@ -177,23 +177,20 @@ fn run(args: Args) -> Result<bool> {
             let warned = conversation + 1;
             let plain = conversation + 2;
             conversation += 2;
-            let r = if rep % 2 == 0 {
+            // Which conversation goes first alternates from rep to rep.
+            let (r, plain_ms) = if rep % 2 == 0 {
                 let r = measure_warn(base, &m.name, warned)?;
-                let plain_ms = plain_next_turn(base, &m.name, plain)?;
-                Rep {
-                    next_plain_ms: plain_ms,
-                    ..r
-                }
+                (r, plain_next_turn(base, &m.name, plain)?)
             } else {
                 let plain_ms = plain_next_turn(base, &m.name, plain)?;
-                let r = measure_warn(base, &m.name, warned)?;
-                Rep {
-                    next_plain_ms: plain_ms,
-                    ..r
-                }
+                (measure_warn(base, &m.name, warned)?, plain_ms)
+            };
+            let r = Rep {
+                next_plain_ms: plain_ms,
+                ..r
             };
             progress(&format!(
-                "{} rep {}/{}: footprint loaded {:.1} MiB, after warn {:.1} MiB ({:.3}); mapped weights {:.1} -> {:.1} MiB; shrink {:.0} ms; next turn's first token {:.0} ms after warn, {:.0} ms without",
+                "{} rep {}/{}: footprint loaded {:.1} MiB, after warn {:.1} MiB ({:.3}); resident file pages {:.1} -> {:.1} MiB; shrink {:.0} ms; next turn's first token {:.0} ms after warn, {:.0} ms without",
                 m.name,
                 rep + 1,
                 args.reps,
@@ -247,7 +244,7 @@ fn models(given: Vec<PathBuf>) -> Result<Vec<Model>> {
 
 /// The estimate's repacked weights and overhead for `model`, from
 /// `locara plan MODEL --json` on the data directory `home`.
-fn planned_floor(locara: &Path, home: &Path, model: &str) -> Result<(Option<u64>, Option<u64>)> {
+fn model_own_memory(locara: &Path, home: &Path, model: &str) -> Result<(Option<u64>, Option<u64>)> {
     let out = Command::new(locara)
         .args(["plan", model, "--json"])
         .env("LOCARA_HOME", home)
