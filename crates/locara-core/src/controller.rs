@@ -607,6 +607,10 @@ pub struct Controller {
     /// Idle K/V dropped under pressure, waiting for the worker's next
     /// measurement: when, the level, and its footprint before.
     pending_frees: HashMap<u64, (Instant, PressureLevel, u64)>,
+    /// Of those, the ones whose pool was ordered freed and has not reported
+    /// back yet: a measurement before the report would miss what the
+    /// worker gives back with it (the model it sets aside).
+    frees_resizing: HashSet<u64>,
     /// The apps with a budget, as their latest requests described them: a
     /// pool's growth is held to the budgets of the apps that declare its
     /// model.
@@ -648,6 +652,7 @@ impl Controller {
             pressure_unloads: HashMap::new(),
             over_budget: BTreeSet::new(),
             pending_frees: HashMap::new(),
+            frees_resizing: HashSet::new(),
             apps: BTreeMap::new(),
             cpu: CpuBudget::new(config.cores),
             power_config: config.power,
@@ -915,6 +920,9 @@ impl Controller {
             Event::Measured(figures) => {
                 for (instance, m) in figures {
                     self.governor.measured(instance, m);
+                    if self.frees_resizing.contains(&instance) {
+                        continue;
+                    }
                     if let Some((at, level, before)) = self.pending_frees.remove(&instance) {
                         let model = self
                             .governor
@@ -956,6 +964,8 @@ impl Controller {
                     p.cells = cells;
                     p.resizes += 1;
                 }
+                // The answer to a pressure's freeing: measure it now.
+                self.frees_resizing.remove(&instance);
                 // The estimate follows the pool: a grown one was admitted
                 // at its new size already; a smaller one counts less now.
                 if let (true, Some(estimate)) = (cells < previous_cells, estimate) {
@@ -1319,6 +1329,7 @@ impl Controller {
         self.draining.remove(&instance);
         self.cpu.forget(instance);
         self.pending_frees.remove(&instance);
+        self.frees_resizing.remove(&instance);
         self.pools.remove(&instance);
         self.shrunk.remove(&instance);
         if let Some((at, level, bytes)) = self.pressure_unloads.remove(&instance) {
@@ -1627,6 +1638,7 @@ impl Controller {
                 evict: Vec::new(),
             });
             self.shrunk.insert(instance, m.last_used);
+            self.frees_resizing.insert(instance);
             acted = true;
         }
         if pool.ram_cached_sequences > 0 {
@@ -1646,7 +1658,7 @@ impl Controller {
     /// (idle K/V was dropped): the daemon measures it as soon as the worker
     /// says it is done.
     pub fn awaits_measure(&self, instance: u64) -> bool {
-        self.pending_frees.contains_key(&instance)
+        self.pending_frees.contains_key(&instance) && !self.frees_resizing.contains(&instance)
     }
 
     /// Pools grown past their start whose model has been idle the pool
@@ -2546,6 +2558,26 @@ mod tests {
                 spill: true,
             }),
             "{e:?}"
+        );
+        // The tier's reply (or a periodic measure) before the pool's report
+        // is too early: the worker gives its model back with the report.
+        assert!(!c.awaits_measure(l));
+        let early = c.handle(measured(250 << 20), t0 + Duration::from_millis(1100));
+        assert!(
+            !early
+                .iter()
+                .any(|e| matches!(e, Effect::Publish(AppEvent::Freed { .. }))),
+            "{early:?}"
+        );
+        c.handle(
+            Event::PoolResized {
+                model: "a".into(),
+                instance: l,
+                cells: 0,
+                previous_cells: 2048,
+                estimate: None,
+            },
+            t0 + Duration::from_millis(1200),
         );
         assert!(c.awaits_measure(l));
         // The worker is measured once done: 220 MiB came back.

@@ -692,6 +692,62 @@ fn simulated_warn_drops_idle_kv_within_the_grace_and_publishes_the_bytes() {
     d.chat(chat_body(SMOLLM2, "Hi", 2, false));
 }
 
+/// Under warn, a model whose answer just ended gives its pool back and is
+/// set aside again, though the worker reports the conversation cached only
+/// after the answer's release (the ladder steps on the worker's figures
+/// too, not only on the next level report).
+#[test]
+fn an_answer_that_ends_under_warn_has_its_pool_freed_and_its_model_set_aside() {
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(
+        &mut config,
+        b"pressure_idle_grace = \"10m\"\npressure_quiet_period = \"1s\"\n",
+    )
+    .unwrap();
+    let path = config.path().to_str().unwrap().to_string();
+    let d = Daemon::start(&["--context", "2048", "--parallel", "2", "--config", &path]);
+    let events = event_log(&d);
+    d.chat(chat_body(SMOLLM2, "Name three colours.", 8, false));
+    let pid = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
+    let loaded = locara_platform::process_footprint(pid).unwrap().footprint;
+    simulate(&d, "warn");
+    let freed = |n: usize| {
+        eventually(Duration::from_secs(10), || {
+            events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e["type"] == "freed" && e["model"] == SMOLLM2)
+                .count()
+                >= n
+        })
+    };
+    assert!(freed(1), "no freed event: {:?}", events.lock().unwrap());
+    // The same worker, its pool freed and its model set aside: what stays
+    // is the process, a small part of what the loaded model held.
+    let aside = locara_platform::process_footprint(pid).unwrap().footprint;
+    assert!(aside * 4 < loaded, "{aside} of {loaded} bytes stayed");
+    // An answer under warn loads the model again in the same worker...
+    d.chat(chat_body(SMOLLM2, "Name three animals.", 8, false));
+    assert_eq!(
+        d.model_status(SMOLLM2).unwrap()["pid"].as_u64(),
+        Some(u64::from(pid))
+    );
+    // ...and once it ends, the pool and the model go again, with no new
+    // level report.
+    assert!(
+        freed(2),
+        "no second freed event: {:?}",
+        events.lock().unwrap()
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        d.model_status(SMOLLM2)
+            .is_some_and(|m| m["pool"]["cells"] == 0)
+    }));
+    simulate(&d, "normal");
+    d.chat(chat_body(SMOLLM2, "Hi", 2, false));
+}
+
 #[test]
 fn simulated_critical_caps_a_stream_in_flight_then_unloads_and_refuses_loads() {
     let (d, _config) = pressure_daemon();
