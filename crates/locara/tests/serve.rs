@@ -565,17 +565,39 @@ fn locara_run_uses_a_running_daemon() {
     );
 }
 
+/// A daemon of 2048-token contexts and `parallel` sequences, with
+/// `config` as its configuration file (the file lives as long as the
+/// returned handle).
+fn configured_daemon(config: &str, parallel: &str) -> (Daemon, tempfile::NamedTempFile) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    let d = Daemon::start(&[
+        "--context",
+        "2048",
+        "--parallel",
+        parallel,
+        "--config",
+        &path,
+    ]);
+    (d, file)
+}
+
 /// A daemon whose pressure ladder acts within a second or two.
 fn pressure_daemon() -> (Daemon, tempfile::NamedTempFile) {
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(
-        &mut config,
-        b"pressure_idle_grace = \"1s\"\npressure_quiet_period = \"1s\"\npressure_remaining_tokens = 5\n",
+    configured_daemon(
+        "pressure_idle_grace = \"1s\"\npressure_quiet_period = \"1s\"\npressure_remaining_tokens = 5\n",
+        "1",
     )
-    .unwrap();
-    let path = config.path().to_str().unwrap().to_string();
-    let d = Daemon::start(&["--context", "2048", "--parallel", "1", "--config", &path]);
-    (d, config)
+}
+
+/// A daemon whose warn frees idle K/V but unloads nothing: the idle grace
+/// outlasts the test.
+fn warn_daemon() -> (Daemon, tempfile::NamedTempFile) {
+    configured_daemon(
+        "pressure_idle_grace = \"10m\"\npressure_quiet_period = \"1s\"\n",
+        "2",
+    )
 }
 
 fn simulate(d: &Daemon, level: &str) {
@@ -644,15 +666,7 @@ fn simulated_warn_unloads_an_idle_model_tells_apps_and_lifts_after_normal() {
 
 #[test]
 fn simulated_warn_drops_idle_kv_within_the_grace_and_publishes_the_bytes() {
-    // A grace long enough that nothing unloads during the test.
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(
-        &mut config,
-        b"pressure_idle_grace = \"10m\"\npressure_quiet_period = \"1s\"\n",
-    )
-    .unwrap();
-    let path = config.path().to_str().unwrap().to_string();
-    let d = Daemon::start(&["--context", "2048", "--parallel", "2", "--config", &path]);
+    let (d, _config) = warn_daemon();
     let events = event_log(&d);
     d.chat(chat_body(SMOLLM2, "Name three colours.", 8, false));
     // The finished conversation stays cached in the pool.
@@ -698,14 +712,7 @@ fn simulated_warn_drops_idle_kv_within_the_grace_and_publishes_the_bytes() {
 /// too, not only on the next level report).
 #[test]
 fn an_answer_that_ends_under_warn_has_its_pool_freed_and_its_model_set_aside() {
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(
-        &mut config,
-        b"pressure_idle_grace = \"10m\"\npressure_quiet_period = \"1s\"\n",
-    )
-    .unwrap();
-    let path = config.path().to_str().unwrap().to_string();
-    let d = Daemon::start(&["--context", "2048", "--parallel", "2", "--config", &path]);
+    let (d, _config) = warn_daemon();
     let events = event_log(&d);
     d.chat(chat_body(SMOLLM2, "Name three colours.", 8, false));
     let pid = d.model_status(SMOLLM2).unwrap()["pid"].as_u64().unwrap() as u32;
