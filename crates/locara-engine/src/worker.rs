@@ -443,20 +443,22 @@ fn serve_model(
         clock: 0,
         growth_pending: false,
         stalled: false,
-        generated_total: 0,
-        resizes: 0,
-        reused_total: 0,
-        shifted_total: 0,
-        tier: pool::RamTier::new(load.ram_cache_bytes),
-        ram_restores: 0,
+        kept: Kept {
+            generated_total: 0,
+            resizes: 0,
+            reused_total: 0,
+            shifted_total: 0,
+            tier: pool::RamTier::new(load.ram_cache_bytes),
+            ram_restores: 0,
+            disk: None,
+            disk_restores: 0,
+            disk_rejected: 0,
+            class: ThreadClass::Interactive,
+            paused: false,
+        },
         asleep: None,
         sleep_report: None,
-        disk: None,
-        disk_restores: 0,
-        disk_rejected: 0,
         disk_growth: None,
-        class: ThreadClass::Interactive,
-        paused: false,
         embedder: Embedder {
             shape: EmbedShape::of(&gguf),
             kv_type: kv_cache_type(load.kv_type),
@@ -726,13 +728,8 @@ struct Engine<'m> {
     growth_pending: bool,
     /// The last step could do nothing: wait for a message before the next.
     stalled: bool,
-    generated_total: u64,
-    resizes: u64,
-    reused_total: u64,
-    shifted_total: u64,
-    /// Finished conversations kept outside the pool, as saved state.
-    tier: pool::RamTier<LlamaToken, Vec<u8>>,
-    ram_restores: u64,
+    /// Its counters, tiers and share of the cores.
+    kept: Kept,
     /// The pool was freed (`Resize { cells: 0 }`): the size to make it
     /// again at the next request.
     asleep: Option<u32>,
@@ -740,19 +737,9 @@ struct Engine<'m> {
     /// (so that the footprint the daemon measures on it shows them gone),
     /// or before the pool is made again or resized, whichever comes first.
     sleep_report: Option<SleepReport>,
-    /// Conversations kept on disk across workers.
-    disk: Option<DiskTier>,
-    disk_restores: u64,
-    /// Disk-tier files skipped and deleted.
-    disk_rejected: u64,
     /// The request waiting for the pool to grow so that a stored
     /// conversation it continues can be restored from the disk tier.
     disk_growth: Option<u64>,
-    /// The CPU priority decodes run at (the daemon's `SetThreads`); the
-    /// thread count is `shape.threads`.
-    class: ThreadClass,
-    /// Told 0 threads: nothing decodes until a share with threads comes.
-    paused: bool,
     /// Embedding requests, each in a context of its own ([`crate::embed`]).
     embedder: Embedder,
     /// The draft model's proposals ([`crate::drafter`]), when the load has
@@ -763,6 +750,65 @@ struct Engine<'m> {
 enum Control {
     Continue,
     Exit,
+}
+
+/// What a worker keeps whether it holds its model or has set it aside
+/// ([`Engine`], [`Parked`]): its counters, its RAM and disk tiers, and the
+/// daemon's share of the cores.
+struct Kept {
+    generated_total: u64,
+    resizes: u64,
+    reused_total: u64,
+    shifted_total: u64,
+    /// Finished conversations kept outside the pool, as saved state.
+    tier: pool::RamTier<LlamaToken, Vec<u8>>,
+    ram_restores: u64,
+    /// Conversations kept on disk across workers.
+    disk: Option<DiskTier>,
+    disk_restores: u64,
+    /// Disk-tier files skipped and deleted.
+    disk_rejected: u64,
+    /// The CPU priority decodes run at (the daemon's `SetThreads`); the
+    /// thread count is `PoolShape::threads`.
+    class: ThreadClass,
+    /// Told 0 threads: nothing decodes until a share with threads comes.
+    paused: bool,
+}
+
+impl Kept {
+    /// The worker's stats as far as these figures, its pool's cap and its
+    /// thread count say: those of a worker with no pool, nothing running or
+    /// waiting ([`Engine::stats`] fills in the rest).
+    fn stats(&self, pool_max: u32, threads: i32) -> WorkerStats {
+        WorkerStats {
+            loaded: true,
+            active: 0,
+            queued: 0,
+            generated_total: self.generated_total,
+            pool_cells: 0,
+            pool_used_cells: 0,
+            pool_max_cells: pool_max,
+            cached_sequences: 0,
+            resizes: self.resizes,
+            reused_tokens_total: self.reused_total,
+            shifted_tokens_total: self.shifted_total,
+            growth_pending: false,
+            ram_cached_sequences: self.tier.len() as u32,
+            ram_cache_bytes: self.tier.bytes(),
+            ram_restores_total: self.ram_restores,
+            disk_cached_sequences: self.disk.as_ref().map_or(0, |d| d.entries().len() as u32),
+            disk_cache_bytes: self.disk.as_ref().map_or(0, |d| d.bytes()),
+            disk_restores_total: self.disk_restores,
+            disk_rejected_total: self.disk_rejected,
+            threads: if self.paused {
+                0
+            } else {
+                u32::try_from(threads).unwrap_or(0)
+            },
+            thread_class: self.class,
+            draft_cells: 0,
+        }
+    }
 }
 
 /// How [`Engine::serve`] ended.
@@ -792,7 +838,7 @@ impl<'m> Engine<'m> {
             // Idle, waiting for the parent (a PoolFull answer, a cancel), or
             // paused (background work while interactive work runs): block
             // for a message. Busy: take what has arrived, then step.
-            if idle || self.stalled || self.paused {
+            if idle || self.stalled || self.kept.paused {
                 let Ok(req) = rx.recv() else {
                     return Ok(Served::Exit);
                 };
@@ -812,7 +858,7 @@ impl<'m> Engine<'m> {
                     Err(TryRecvError::Disconnected) => return Ok(Served::Exit),
                 }
             }
-            if self.paused {
+            if self.kept.paused {
                 continue;
             }
             self.admit(out)?;
@@ -869,7 +915,7 @@ impl<'m> Engine<'m> {
                 if spill {
                     self.write_disk_tier(out);
                 }
-                self.tier = pool::RamTier::new(self.tier.budget());
+                self.kept.tier = pool::RamTier::new(self.kept.tier.budget());
                 give_back_freed_memory();
                 write_frame(out, &Event::Stats(self.stats()))?
             }
@@ -896,36 +942,18 @@ impl<'m> Engine<'m> {
 
     fn stats(&self) -> WorkerStats {
         WorkerStats {
-            loaded: true,
             active: self.slots.len() as u32,
             queued: self.queue.len() as u32,
-            generated_total: self.generated_total,
             pool_cells: self.pool_cells,
             pool_used_cells: self.used_cells() as u32,
-            pool_max_cells: self.pool_max,
             cached_sequences: self
                 .seqs
                 .iter()
                 .filter(|s| s.live.is_none() && !s.tokens.is_empty())
                 .count() as u32,
-            resizes: self.resizes,
-            reused_tokens_total: self.reused_total,
-            shifted_tokens_total: self.shifted_total,
             growth_pending: self.growth_pending,
-            ram_cached_sequences: self.tier.len() as u32,
-            ram_cache_bytes: self.tier.bytes(),
-            ram_restores_total: self.ram_restores,
-            disk_cached_sequences: self.disk.as_ref().map_or(0, |d| d.entries().len() as u32),
-            disk_cache_bytes: self.disk.as_ref().map_or(0, |d| d.bytes()),
-            disk_restores_total: self.disk_restores,
-            disk_rejected_total: self.disk_rejected,
-            threads: if self.paused {
-                0
-            } else {
-                u32::try_from(self.shape.threads).unwrap_or(0)
-            },
-            thread_class: self.class,
             draft_cells: self.drafter.as_ref().map_or(0, Drafter::cells),
+            ..self.kept.stats(self.pool_max, self.shape.threads)
         }
     }
 
@@ -938,9 +966,9 @@ impl<'m> Engine<'m> {
         class: ThreadClass,
         out: &mut impl Write,
     ) -> Result<(), WorkerError> {
-        self.class = class;
-        self.paused = threads == 0;
-        if self.paused {
+        self.kept.class = class;
+        self.kept.paused = threads == 0;
+        if self.kept.paused {
             return Ok(());
         }
         let threads = i32::try_from(threads).unwrap_or(i32::MAX);
@@ -1035,7 +1063,7 @@ impl<'m> Engine<'m> {
             };
             let id = req.id;
             // Kept only while a restore from disk may have to wait for room.
-            let original = self.disk.is_some().then(|| req.clone());
+            let original = self.kept.disk.is_some().then(|| req.clone());
             match self.prepare(req) {
                 Ok(mut slot) => {
                     let mut choice = self.choose(&slot.prompt, slot.cache_prompt);
@@ -1107,7 +1135,7 @@ impl<'m> Engine<'m> {
     /// Copies cached sequence `seq` into the RAM tier, leaving it in the
     /// pool.
     fn save(&mut self, seq: usize) {
-        if self.tier.budget() == 0 || self.seqs[seq].tokens.is_empty() {
+        if self.kept.tier.budget() == 0 || self.seqs[seq].tokens.is_empty() {
             return;
         }
         let pos_min = self.ctx().kv_cache_seq_pos_min(seq as i32);
@@ -1115,7 +1143,7 @@ impl<'m> Engine<'m> {
             return;
         };
         let s = &self.seqs[seq];
-        self.tier.put(pool::Spilled {
+        self.kept.tier.put(pool::Spilled {
             tokens: s.tokens.clone(),
             exact: s.exact,
             pos_min,
@@ -1143,7 +1171,7 @@ impl<'m> Engine<'m> {
         // Without a tier, moving them out would lose them: they stay.
         for other in 0..self.seqs.len() {
             let s = &self.seqs[other];
-            if self.tier.budget() > 0
+            if self.kept.tier.budget() > 0
                 && other != choice.seq
                 && s.live.is_none()
                 && !s.tokens.is_empty()
@@ -1160,7 +1188,8 @@ impl<'m> Engine<'m> {
         if let Some(taken) = self.restore_from_disk(choice, prompt, out)? {
             return Ok(taken);
         }
-        let Some((entry, restored)) = self.tier.take_best(prompt, self.window, choice.reuse) else {
+        let Some((entry, restored)) = self.kept.tier.take_best(prompt, self.window, choice.reuse)
+        else {
             return Ok(choice);
         };
         let seq = choice.seq;
@@ -1171,7 +1200,7 @@ impl<'m> Engine<'m> {
             let _ = self.ctx().clear_kv_cache_seq(Some(seq as u32), None, None);
             return Ok(pool::Choice { seq, reuse: 0 });
         }
-        self.ram_restores += 1;
+        self.kept.ram_restores += 1;
         let s = &mut self.seqs[seq];
         s.tokens = entry.tokens;
         s.exact = entry.exact;
@@ -1202,7 +1231,7 @@ impl<'m> Engine<'m> {
         };
         match DiskTier::open(dir, load.disk_cache_bytes, expected) {
             Ok((tier, rejected)) => {
-                self.disk = Some(tier);
+                self.kept.disk = Some(tier);
                 self.report_rejected(rejected, out)
             }
             Err(e) => error(
@@ -1223,7 +1252,7 @@ impl<'m> Engine<'m> {
         out: &mut impl Write,
     ) -> Result<(), WorkerError> {
         for r in rejected {
-            self.disk_rejected += 1;
+            self.kept.disk_rejected += 1;
             error(out, None, ErrorKind::DiskCache, r.to_string())?;
         }
         Ok(())
@@ -1239,17 +1268,18 @@ impl<'m> Engine<'m> {
         prompt: &[LlamaToken],
         out: &mut impl Write,
     ) -> Result<Option<(usize, usize, usize)>, WorkerError> {
-        let Some(disk) = self.disk.as_mut() else {
+        let Some(disk) = self.kept.disk.as_mut() else {
             return Ok(None);
         };
         let rejected = disk.rescan();
         self.report_rejected(rejected, out)?;
         let ram = self
+            .kept
             .tier
             .best_reuse(prompt, self.window, choice.reuse)
             .unwrap_or(0);
         let ids: Vec<i32> = prompt.iter().map(|t| t.0).collect();
-        let disk = self.disk.as_ref().expect("checked above");
+        let disk = self.kept.disk.as_ref().expect("checked above");
         Ok(disk
             .best(&ids, self.window, choice.reuse.max(ram))
             .map(|(i, reuse)| (i, reuse, disk.entries()[i].tokens.len())))
@@ -1335,7 +1365,7 @@ impl<'m> Engine<'m> {
         if tokens > (self.pool_cells as usize).saturating_sub(self.live_cells()) {
             return Ok(None);
         }
-        let disk = self.disk.as_mut().expect("a candidate came from it");
+        let disk = self.kept.disk.as_mut().expect("a candidate came from it");
         let (entry, state) = match disk.read(i) {
             Ok(read) => read,
             Err(rejected) => {
@@ -1348,10 +1378,10 @@ impl<'m> Engine<'m> {
         self.make_room(tokens);
         if self.free_cells() < tokens || !set_seq_state(self.ctx(), &state, seq) {
             let _ = self.ctx().clear_kv_cache_seq(Some(seq as u32), None, None);
-            if let Some(disk) = self.disk.as_mut() {
+            if let Some(disk) = self.kept.disk.as_mut() {
                 disk.forget(&entry.path);
             }
-            self.disk_rejected += 1;
+            self.kept.disk_rejected += 1;
             error(
                 out,
                 None,
@@ -1363,7 +1393,7 @@ impl<'m> Engine<'m> {
             )?;
             return Ok(Some(pool::Choice { seq, reuse: 0 }));
         }
-        self.disk_restores += 1;
+        self.kept.disk_restores += 1;
         let s = &mut self.seqs[seq];
         s.tokens = entry.tokens.into_iter().map(LlamaToken).collect();
         s.exact = entry.exact;
@@ -1375,11 +1405,11 @@ impl<'m> Engine<'m> {
     /// worker mid-way loses the oldest): on the way out, and before memory
     /// pressure drops them. Failures are reported; none stops the exit.
     fn write_disk_tier(&mut self, out: &mut impl Write) {
-        let Some(mut disk) = self.disk.take() else {
+        let Some(mut disk) = self.kept.disk.take() else {
             return;
         };
         self.write_to_disk(&mut disk, out);
-        self.disk = Some(disk);
+        self.kept.disk = Some(disk);
     }
 
     fn write_to_disk(&mut self, disk: &mut DiskTier, out: &mut impl Write) {
@@ -1392,7 +1422,8 @@ impl<'m> Engine<'m> {
             .into_iter()
             .map(|h| (h.last_used, Held::Pool(h.seq)))
             .chain(
-                self.tier
+                self.kept
+                    .tier
                     .entries()
                     .iter()
                     .enumerate()
@@ -1427,7 +1458,7 @@ impl<'m> Engine<'m> {
                     (&s.tokens, s.exact, pos_min, &pool_state)
                 }
                 Held::Ram(i) => {
-                    let e = &self.tier.entries()[i];
+                    let e = &self.kept.tier.entries()[i];
                     (&e.tokens, e.exact, e.pos_min, &e.state)
                 }
             };
@@ -1499,7 +1530,7 @@ impl<'m> Engine<'m> {
         slot.seq = seq;
         slot.prompt_done = reuse;
         slot.cached = reuse as u32;
-        self.reused_total += reuse as u64;
+        self.kept.reused_total += reuse as u64;
     }
 
     fn render(
@@ -1713,7 +1744,7 @@ impl<'m> Engine<'m> {
         s.tokens.drain(keep..keep + discard);
         s.exact = s.exact.min(keep);
         self.slots[i].shifted += discard as u32;
-        self.shifted_total += discard as u64;
+        self.kept.shifted_total += discard as u64;
         Some(discard)
     }
 
@@ -1804,7 +1835,7 @@ impl<'m> Engine<'m> {
         let decoded = crate::cpu::decode(
             self.ctx.as_mut().expect("the pool exists outside a resize"),
             &mut self.batch,
-            self.class,
+            self.kept.class,
             self.shape.threads,
         );
         if let Err(e) = decoded {
@@ -1896,7 +1927,7 @@ impl<'m> Engine<'m> {
         let now = Instant::now();
         slot.first_token.get_or_insert(now);
         slot.generated += 1;
-        self.generated_total += 1;
+        self.kept.generated_total += 1;
         let vocab = self.model.vocab();
         if let (Some(top), false) = (slot.logprobs, vocab.is_eog(token)) {
             let ctx = self.ctx.as_ref().expect("the pool exists outside a resize");
@@ -1993,7 +2024,7 @@ impl<'m> Engine<'m> {
                     self.backend,
                     &seq.tokens,
                     want,
-                    self.class,
+                    self.kept.class,
                     self.shape.threads,
                 ) {
                     Ok(proposed) => slot.drafts = proposed,
@@ -2271,7 +2302,7 @@ impl<'m> Engine<'m> {
                     self.batch = LlamaBatch::new(ctx.n_batch() as usize, self.parallel as i32);
                     self.ctx = Some(ctx);
                     moved = self.restore(states, out)?;
-                    self.resizes += 1;
+                    self.kept.resizes += 1;
                 }
                 Err(e) => {
                     // Put the old pool back: the generations go on as before,

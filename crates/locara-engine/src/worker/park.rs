@@ -5,9 +5,8 @@
 
 use super::{
     error, give_back_freed_memory, resized_in_place, write_frame, ChatTemplate, Control, Engine,
-    PoolShape, Sequence, Served, WorkerError,
+    Kept, PoolShape, Sequence, Served, WorkerError,
 };
-use crate::disk::DiskTier;
 use crate::drafter::{Drafter, ParkedDrafter};
 use crate::embed::Embedder;
 use crate::pool;
@@ -16,8 +15,6 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
-use locara_core::threads::ThreadClass;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -160,20 +157,10 @@ pub(super) struct Parked {
     draft_cap: usize,
     seqs: Vec<Sequence>,
     clock: u64,
-    generated_total: u64,
-    resizes: u64,
-    reused_total: u64,
-    shifted_total: u64,
-    tier: pool::RamTier<LlamaToken, Vec<u8>>,
-    ram_restores: u64,
+    kept: Kept,
     /// The pool's size at the next request.
     cells: u32,
     sleep_report: Option<SleepReport>,
-    disk: Option<DiskTier>,
-    disk_restores: u64,
-    disk_rejected: u64,
-    class: ThreadClass,
-    paused: bool,
     embedder: Embedder,
     drafter: Option<ParkedDrafter>,
 }
@@ -235,14 +222,14 @@ impl Parked {
                 Request::DropTier { .. } => {
                     // Its conversations went to the disk tier, where there
                     // is one, when the pool was freed.
-                    self.tier = pool::RamTier::new(self.tier.budget());
+                    self.kept.tier = pool::RamTier::new(self.kept.tier.budget());
                     give_back_freed_memory();
                     write_frame(out, &Event::Stats(self.stats()))?;
                 }
                 Request::SetThreads { threads, class } => {
-                    self.class = class;
-                    self.paused = threads == 0;
-                    if !self.paused {
+                    self.kept.class = class;
+                    self.kept.paused = threads == 0;
+                    if !self.kept.paused {
                         self.shape.threads = i32::try_from(threads).unwrap_or(i32::MAX);
                     }
                 }
@@ -259,34 +246,7 @@ impl Parked {
     }
 
     fn stats(&self) -> WorkerStats {
-        WorkerStats {
-            loaded: true,
-            active: 0,
-            queued: 0,
-            generated_total: self.generated_total,
-            pool_cells: 0,
-            pool_used_cells: 0,
-            pool_max_cells: self.pool_max,
-            cached_sequences: 0,
-            resizes: self.resizes,
-            reused_tokens_total: self.reused_total,
-            shifted_tokens_total: self.shifted_total,
-            growth_pending: false,
-            ram_cached_sequences: self.tier.len() as u32,
-            ram_cache_bytes: self.tier.bytes(),
-            ram_restores_total: self.ram_restores,
-            disk_cached_sequences: self.disk.as_ref().map_or(0, |d| d.entries().len() as u32),
-            disk_cache_bytes: self.disk.as_ref().map_or(0, |d| d.bytes()),
-            disk_restores_total: self.disk_restores,
-            disk_rejected_total: self.disk_rejected,
-            threads: if self.paused {
-                0
-            } else {
-                u32::try_from(self.shape.threads).unwrap_or(0)
-            },
-            thread_class: self.class,
-            draft_cells: 0,
-        }
+        self.kept.stats(self.pool_max, self.shape.threads)
     }
 
     fn sequence_infos(&self) -> Vec<SequenceInfo> {
@@ -331,20 +291,10 @@ impl<'m> Engine<'m> {
             clock,
             growth_pending: _,
             stalled: _,
-            generated_total,
-            resizes,
-            reused_total,
-            shifted_total,
-            tier,
-            ram_restores,
+            kept,
             asleep,
             sleep_report,
-            disk,
-            disk_restores,
-            disk_rejected,
             disk_growth: _,
-            class,
-            paused,
             embedder,
             drafter,
         } = self;
@@ -361,19 +311,9 @@ impl<'m> Engine<'m> {
             draft_cap,
             seqs,
             clock,
-            generated_total,
-            resizes,
-            reused_total,
-            shifted_total,
-            tier,
-            ram_restores,
+            kept,
             cells: asleep.unwrap_or(0),
             sleep_report,
-            disk,
-            disk_restores,
-            disk_rejected,
-            class,
-            paused,
             embedder,
             drafter: drafter.map(Drafter::park),
         }
@@ -409,20 +349,10 @@ impl<'m> Engine<'m> {
             clock: p.clock,
             growth_pending: false,
             stalled: false,
-            generated_total: p.generated_total,
-            resizes: p.resizes,
-            reused_total: p.reused_total,
-            shifted_total: p.shifted_total,
-            tier: p.tier,
-            ram_restores: p.ram_restores,
+            kept: p.kept,
             asleep: Some(p.cells),
             sleep_report: p.sleep_report,
-            disk: p.disk,
-            disk_restores: p.disk_restores,
-            disk_rejected: p.disk_rejected,
             disk_growth: None,
-            class: p.class,
-            paused: p.paused,
             embedder: p.embedder,
             drafter: p
                 .drafter
