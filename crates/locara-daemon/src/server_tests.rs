@@ -83,6 +83,20 @@ impl Daemon {
     async fn send(&self, request: Request<Body>) -> Response {
         self.router.clone().oneshot(request).await.unwrap()
     }
+
+    /// Loads each model through the admin's load route; each must answer
+    /// 200.
+    async fn load_as_admin(&self, models: &[&str]) {
+        let admin = self.admin();
+        for model in models {
+            let load = post(
+                &format!("/locara/v1/models/{model}/load"),
+                Some(&admin),
+                json!({}),
+            );
+            assert_eq!(self.send(load).await.status(), StatusCode::OK, "{model}");
+        }
+    }
 }
 
 /// A request to `path` with this daemon's Host, `token` as a bearer token
@@ -460,14 +474,7 @@ async fn an_app_hears_the_state_first_then_the_level_and_its_own_models_only() {
     let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
     let app = d.install(&manifest("com.example.notes", ""));
     let admin = d.admin();
-    for model in ["m:1", "n:1"] {
-        let load = post(
-            &format!("/locara/v1/models/{model}/load"),
-            Some(&admin),
-            json!({}),
-        );
-        assert_eq!(d.send(load).await.status(), StatusCode::OK, "{model}");
-    }
+    d.load_as_admin(&["m:1", "n:1"]).await;
     let subscribe = |token: &str| d.send(get("/locara/v1/events", Some(token)));
     let mut app_events = subscribe(app.as_str()).await.into_body().into_data_stream();
     let mut all_events = subscribe(&admin).await.into_body().into_data_stream();
@@ -1098,14 +1105,7 @@ async fn history_keeps_samples_and_events_and_an_app_sees_its_own_models_only() 
     let d = Daemon::new(FakeEngine::new(2), false, RawServeConfig::default());
     let app = d.install(&manifest("com.example.notes", ""));
     let admin = d.admin();
-    for model in ["m:1", "n:1"] {
-        let load = post(
-            &format!("/locara/v1/models/{model}/load"),
-            Some(&admin),
-            json!({}),
-        );
-        assert_eq!(d.send(load).await.status(), StatusCode::OK, "{model}");
-    }
+    d.load_as_admin(&["m:1", "n:1"]).await;
     // One sample a second: wait for one that has both models.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let all = loop {
