@@ -81,6 +81,22 @@ pub fn reusable_prefix<T: PartialEq>(
     reuse
 }
 
+/// How many of `next`, the tokens a finished conversation's next prompt
+/// will have after those its sequence holds (its answer's end of turn and
+/// the next user turn's opening: `<|im_end|> \n <|im_start|> user \n` on
+/// ChatML), may be decoded into the sequence ahead of that prompt: those up
+/// to and including the last control token (`<|im_start|>`,
+/// `<start_of_turn>`). A tokenizer splits text at control tokens first, so
+/// those come out the same whatever the user writes; the rest (`user \n`)
+/// could merge with the user's first characters, and a token that does not
+/// match costs more than it saves (on a sliding-window model, the whole
+/// cache).
+pub fn follow_up_len<T: Copy>(next: &[T], is_control: impl Fn(T) -> bool) -> usize {
+    next.iter()
+        .rposition(|&t| is_control(t))
+        .map_or(0, |i| i + 1)
+}
+
 /// A sequence that is free (no generation runs on it), as a candidate for
 /// a new request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,6 +385,18 @@ impl<T: PartialEq, S> RamTier<T, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_follow_up_ends_at_the_last_control_token() {
+        // 1 and 3 are control tokens: `<|im_end|> \n <|im_start|> user \n`.
+        let control = |t: u32| t == 1 || t == 3;
+        assert_eq!(follow_up_len(&[1, 2, 3, 4, 5], control), 3);
+        assert_eq!(follow_up_len(&[1], control), 1);
+        assert_eq!(follow_up_len(&[2, 3, 4], control), 2);
+        // Without a control token nothing is certain to come.
+        assert_eq!(follow_up_len(&[2, 4], control), 0);
+        assert_eq!(follow_up_len::<u32>(&[], control), 0);
+    }
 
     fn cand(seq: usize, cached: usize, reusable: usize, last_used: u64) -> Candidate {
         Candidate {

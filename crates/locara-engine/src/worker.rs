@@ -585,9 +585,46 @@ struct Sequence {
     last_used: u64,
     /// The generation running on it; `None` = cached (or empty).
     live: Option<u64>,
+    /// Tokens to decode into it while it waits for its conversation's next
+    /// turn ([`Engine::place_follow_ups`]).
+    follow_up: Option<FollowUp>,
+}
+
+/// The opening of a finished conversation's next turn, decoded into its
+/// sequence while the user writes that turn, so the next prompt finds it
+/// cached: `<|im_end|>\n<|im_start|>` on ChatML ([`pool::follow_up_len`]).
+#[derive(Debug)]
+struct FollowUp {
+    /// The sequence's length when its answer ended: anything else since
+    /// (a new request on it, a spill, a resize) makes the follow-up stale.
+    after: usize,
+    tokens: Vec<LlamaToken>,
 }
 
 impl Sequence {
+    /// Empties it.
+    fn forget(&mut self) {
+        self.hold(Vec::new(), 0);
+    }
+
+    /// Makes it hold `tokens` (restored into its cells), `exact` of them
+    /// exact; a follow-up of what it held before goes.
+    fn hold(&mut self, tokens: Vec<LlamaToken>, exact: usize) {
+        self.tokens = tokens;
+        self.exact = exact;
+        self.follow_up = None;
+    }
+
+    /// Whether it has a follow-up still to decode: no request took it
+    /// since its answer ended, and nothing changed its tokens.
+    fn follow_up_due(&self) -> bool {
+        self.live.is_none()
+            && self
+                .follow_up
+                .as_ref()
+                .is_some_and(|f| f.after == self.tokens.len())
+    }
+
     /// Records a token placed in the next batch. It is exact only if all
     /// before it are: after a shift nothing new is as a fresh prefill.
     fn push(&mut self, token: LlamaToken) {
@@ -646,6 +683,11 @@ struct Slot {
     /// it.
     draft_base: usize,
     counts: DraftCounts,
+    /// A chat's messages as rendered, and the answer's text so far: the
+    /// conversation's next prompt, where a [`FollowUp`] is looked for.
+    /// `None` for raw prompts and recurrent models (whose state cannot
+    /// take back a token the next prompt turns out not to have).
+    conversation: Option<(Vec<ChatMessage>, String)>,
 }
 
 /// Which chat template renders chat prompts.
@@ -910,8 +952,12 @@ impl<'m> Engine<'m> {
                 let sequences = self.sequence_infos();
                 write_frame(out, &Event::Sequences { sequences })?
             }
-            Request::Resize { cells } => self.resize(cells, out)?,
+            Request::Resize { cells } => {
+                self.drop_follow_ups();
+                self.resize(cells, out)?
+            }
             Request::DropTier { spill } => {
+                self.drop_follow_ups();
                 if spill {
                     self.write_disk_tier(out);
                 }
@@ -1019,9 +1065,7 @@ impl<'m> Engine<'m> {
     /// Empties sequence `seq`'s cells.
     fn clear_sequence(&mut self, seq: usize) {
         let _ = self.ctx().clear_kv_cache_seq(Some(seq as u32), None, None);
-        let s = &mut self.seqs[seq];
-        s.tokens.clear();
-        s.exact = 0;
+        self.seqs[seq].forget();
     }
 
     /// Cached sequences, as the pool's bookkeeping sees them.
@@ -1201,9 +1245,7 @@ impl<'m> Engine<'m> {
             return Ok(pool::Choice { seq, reuse: 0 });
         }
         self.kept.ram_restores += 1;
-        let s = &mut self.seqs[seq];
-        s.tokens = entry.tokens;
-        s.exact = entry.exact;
+        self.seqs[seq].hold(entry.tokens, entry.exact);
         Ok(pool::Choice {
             seq,
             reuse: restored,
@@ -1394,9 +1436,10 @@ impl<'m> Engine<'m> {
             return Ok(Some(pool::Choice { seq, reuse: 0 }));
         }
         self.kept.disk_restores += 1;
-        let s = &mut self.seqs[seq];
-        s.tokens = entry.tokens.into_iter().map(LlamaToken).collect();
-        s.exact = entry.exact;
+        self.seqs[seq].hold(
+            entry.tokens.into_iter().map(LlamaToken).collect(),
+            entry.exact,
+        );
         Ok(Some(pool::Choice { seq, reuse }))
     }
 
@@ -1525,6 +1568,7 @@ impl<'m> Engine<'m> {
         let s = &mut self.seqs[seq];
         s.tokens.truncate(reuse);
         s.exact = s.exact.min(reuse);
+        s.follow_up = None;
         s.live = Some(slot.id);
         s.last_used = now;
         slot.seq = seq;
@@ -1619,8 +1663,8 @@ impl<'m> Engine<'m> {
         // The system prefix matters only to a shift; finding it renders the
         // template twice more, so only where a shift may happen.
         let shifts = req.truncate && self.can_shift;
-        let (prompt, system, dropped) = match &req.prompt {
-            Prompt::Raw { text } => (self.tokenize(text), 0, 0),
+        let (prompt, system, dropped, conversation) = match &req.prompt {
+            Prompt::Raw { text } => (self.tokenize(text), 0, 0, None),
             Prompt::Chat { messages } => {
                 let n_sys = messages.iter().take_while(|m| m.role == "system").count();
                 let mut messages = messages.clone();
@@ -1649,7 +1693,8 @@ impl<'m> Engine<'m> {
                 } else {
                     0
                 };
-                (prompt, system, dropped)
+                let conversation = self.can_draft.then(|| (messages, String::new()));
+                (prompt, system, dropped, conversation)
             }
         };
         if prompt.is_empty() {
@@ -1716,7 +1761,42 @@ impl<'m> Engine<'m> {
             draft_at: Vec::new(),
             draft_base: 0,
             counts: DraftCounts::default(),
+            conversation,
         })
+    }
+
+    /// The tokens a finished chat's next prompt will have after `held`,
+    /// the tokens its sequence holds, that may be decoded ahead
+    /// ([`FollowUp`], [`pool::follow_up_len`]): its conversation with the
+    /// answer and a next user message is rendered and tokenized up to that
+    /// message's text. None unless `held` is how that starts (a template
+    /// that trims or rewrites the answer, or a tokenizer that splits it
+    /// otherwise, leaves nothing certain to decode).
+    fn follow_up(
+        &self,
+        mut messages: Vec<ChatMessage>,
+        answer: String,
+        held: &[LlamaToken],
+    ) -> Vec<LlamaToken> {
+        for (role, content) in [("assistant", answer), ("user", CONTENT_MARKER.to_string())] {
+            messages.push(ChatMessage {
+                role: role.into(),
+                content,
+            });
+        }
+        let Ok(rendered) = self.render(&messages, false) else {
+            return Vec::new();
+        };
+        let Some(at) = rendered.find(CONTENT_MARKER) else {
+            return Vec::new();
+        };
+        let tokens = self.tokenize(&rendered[..at]);
+        if tokens.len() <= held.len() || !tokens.starts_with(held) {
+            return Vec::new();
+        }
+        let next = &tokens[held.len()..];
+        let vocab = self.model.vocab();
+        next[..pool::follow_up_len(next, |t| vocab.is_control(t))].to_vec()
     }
 
     /// Shifts slot `i`'s sequence: its first `n_keep` tokens stay, the
@@ -1824,6 +1904,7 @@ impl<'m> Engine<'m> {
             free -= n;
         }
         self.place_drafts(capacity, free);
+        let followed = self.place_follow_ups(capacity);
         if self.batch.n_tokens() == 0 {
             // Nothing fits: everything waits for room.
             return if short > 0 {
@@ -1839,6 +1920,9 @@ impl<'m> Engine<'m> {
             self.shape.threads,
         );
         if let Err(e) = decoded {
+            for seq in followed {
+                self.clear_sequence(seq);
+            }
             // Every generation in the batch is lost; tell each of them.
             let lost: Vec<(u64, usize)> = self.slots.drain(..).map(|s| (s.id, s.seq)).collect();
             for &(id, seq) in &lost {
@@ -1909,6 +1993,12 @@ impl<'m> Engine<'m> {
         if short > 0 {
             self.pool_full(short, out)?;
         }
+        // The last answer has ended: its follow-up is decoded now, before
+        // the next message is read (while others run, it joins their next
+        // batch instead).
+        if self.slots.is_empty() && self.follow_ups_due() {
+            self.step(out)?;
+        }
         Ok(true)
     }
 
@@ -1955,6 +2045,9 @@ impl<'m> Engine<'m> {
             match slot.stop.push(&piece) {
                 StopStep::Emit(text) => {
                     if !text.is_empty() {
+                        if let Some((_, answer)) = slot.conversation.as_mut() {
+                            answer.push_str(&text);
+                        }
                         write_frame(out, &Event::Token { id: slot.id, text })?;
                     }
                 }
@@ -2053,6 +2146,64 @@ impl<'m> Engine<'m> {
             free -= slot.drafts.len();
             budget -= slot.drafts.len();
         }
+    }
+
+    /// Whether a finished conversation's follow-up may be decoded now: one
+    /// is due, the pool exists, and no request waits for a sequence
+    /// (requests come first).
+    fn follow_ups_due(&self) -> bool {
+        self.queue.is_empty()
+            && self.ctx.is_some()
+            && self.asleep.is_none()
+            && self.seqs.iter().any(Sequence::follow_up_due)
+    }
+
+    /// Forgets the follow-ups not decoded yet: a resize or a dropped tier
+    /// means memory is short (or the pool is being made again), and a
+    /// follow-up decoded after its conversation was written to the disk
+    /// tier would leave that file behind the pool.
+    fn drop_follow_ups(&mut self) {
+        for s in &mut self.seqs {
+            s.follow_up = None;
+        }
+    }
+
+    /// Places the due follow-ups ([`FollowUp`]) in what the batch and the
+    /// free cells have left, without logits: nothing is sampled after
+    /// them. A follow-up never makes room for itself by dropping a cached
+    /// sequence; one the free cells (or an empty batch) cannot take is
+    /// dropped, one the batch has no room for this step waits for the
+    /// next. Returns the sequences that got theirs.
+    fn place_follow_ups(&mut self, capacity: usize) -> Vec<usize> {
+        let mut placed = Vec::new();
+        if !self.queue.is_empty() {
+            return placed;
+        }
+        let mut free = self.free_cells();
+        for (i, seq) in self.seqs.iter_mut().enumerate() {
+            if !seq.follow_up_due() {
+                seq.follow_up = None;
+                continue;
+            }
+            let room = capacity.saturating_sub(self.batch.n_tokens() as usize);
+            let f = seq.follow_up.take().expect("a due follow-up is there");
+            if f.tokens.len() > free.min(capacity) {
+                continue;
+            }
+            if f.tokens.len() > room {
+                seq.follow_up = Some(f);
+                continue;
+            }
+            for &tok in &f.tokens {
+                self.batch
+                    .add(tok, seq.tokens.len() as i32, &[i as i32], false)
+                    .expect("the follow-up fits the room left in the batch");
+                seq.push(tok);
+            }
+            free -= f.tokens.len();
+            placed.push(i);
+        }
+        placed
     }
 
     /// After slot `i`'s step: its first `accepted` drafts were the model's
@@ -2170,8 +2321,7 @@ impl<'m> Engine<'m> {
         let previous = self.pool_cells;
         let dropped = self.seqs.iter().filter(|s| !s.tokens.is_empty()).count() as u32;
         for s in &mut self.seqs {
-            s.tokens.clear();
-            s.exact = 0;
+            s.forget();
         }
         drop(self.ctx.take());
         if let Some(d) = self.drafter.as_mut() {
@@ -2371,8 +2521,7 @@ impl<'m> Engine<'m> {
             let _ = self.ctx().clear_kv_cache_seq(Some(seq as u32), None, None);
         }
         let s = &mut self.seqs[seq];
-        s.tokens.clear();
-        s.exact = 0;
+        s.forget();
         if let Some(id) = s.live.take() {
             if let Some(i) = self.slots.iter().position(|slot| slot.id == id) {
                 self.slots.swap_remove(i);
@@ -2401,6 +2550,9 @@ impl<'m> Engine<'m> {
                 let _ = slot.utf8.decode_to_string(&[], &mut rest, true);
             }
             if !rest.is_empty() {
+                if let Some((_, answer)) = slot.conversation.as_mut() {
+                    answer.push_str(&rest);
+                }
                 write_frame(
                     out,
                     &Event::Token {
@@ -2438,6 +2590,21 @@ impl<'m> Engine<'m> {
                 stats,
             },
         )?;
+        // Then it takes the next turn's opening ahead, while the user
+        // writes that turn (a cancelled answer has no next turn); only
+        // where every token it holds is exact (reuse stops at the first one
+        // that is not).
+        let next_turn = reason != FinishReason::Cancelled;
+        if let (true, Some((messages, answer))) = (next_turn, slot.conversation.take()) {
+            let held = &self.seqs[slot.seq].tokens;
+            if self.seqs[slot.seq].exact == held.len() {
+                let tokens = self.follow_up(messages, answer, held);
+                if !tokens.is_empty() && held.len() + tokens.len() < self.context as usize {
+                    let after = held.len();
+                    self.seqs[slot.seq].follow_up = Some(FollowUp { after, tokens });
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -582,6 +582,87 @@ fn a_next_turn_reuses_the_cache_and_answers_as_a_fresh_worker() {
     assert_eq!(second.finish, expected.finish);
 }
 
+/// The tokens sequence `seq` holds, once the worker has had `within` to
+/// decode more than `held` into it (what a finished answer's follow-up
+/// adds while nothing else runs); what it holds then, more or not.
+fn held_after(worker: &Worker, seq: usize, held: usize, within: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        let tokens = sequences(worker).swap_remove(seq).tokens;
+        if tokens.len() > held || Instant::now() > deadline {
+            return tokens;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A finished answer takes the next turn's opening ahead while the user
+/// writes it (`<|im_end|> \n <|im_start|>` on SmolLM2's ChatML,
+/// `<end_of_turn> \n <start_of_turn>` on Gemma 3's), and an answer cut at
+/// `max_tokens` its last token too: the next turn finds all of it cached
+/// and answers as a fresh worker does.
+#[test]
+fn a_finished_answer_decodes_the_next_turns_opening_ahead() {
+    // SmolLM2 ends its answer with its end token; the Gemma 3 test model
+    // is a base model, cut at max_tokens.
+    for (name, max_tokens, finish) in [
+        (SMOLLM2, 64, FinishReason::Stop),
+        (GEMMA3, 12, FinishReason::Length),
+    ] {
+        let worker = spawn_worker();
+        load_pool(&worker, name, 2048, 1, None);
+        let turn1 = [("user", "Say hello to me in one short sentence.")];
+        let (first, _) = run_one(
+            &worker,
+            request(1, messages(&turn1), max_tokens),
+            Growth::Deny,
+        );
+        assert_eq!(first.finish, Ok(finish), "{name}: {first:?}");
+        // The prompt and the answer's tokens but the last one drawn (an
+        // end token, or the one at max_tokens), which was not decoded.
+        let answered = (first.stats.prompt_tokens + first.stats.generated_tokens - 1) as usize;
+        let ahead = match finish {
+            FinishReason::Length => 4,
+            _ => 3,
+        };
+        let held = held_after(&worker, 0, answered, Duration::from_secs(30));
+        assert_eq!(held.len(), answered + ahead, "{name}: {first:?}");
+        let turn2 = [
+            turn1[0],
+            ("assistant", first.text.as_str()),
+            ("user", "Now say goodbye."),
+        ];
+        let (second, _) = run_one(&worker, request(2, messages(&turn2), 32), Growth::Deny);
+        eprintln!(
+            "{name}: turn 1 left {} tokens; turn 2: {:?}",
+            held.len(),
+            second.stats
+        );
+        assert_eq!(
+            second.stats.prompt_cached_tokens as usize,
+            held.len(),
+            "{name}: {:?}",
+            second.stats
+        );
+
+        let fresh = spawn_worker();
+        load_pool(&fresh, name, 2048, 1, None);
+        let (want, _) = run_one(&fresh, request(2, messages(&turn2), 32), Growth::Deny);
+        assert_eq!(want.stats.prompt_cached_tokens, 0);
+        assert_eq!(want.stats.prompt_tokens, second.stats.prompt_tokens);
+        assert_eq!(second.text, want.text, "{name}");
+
+        // A raw prompt's answer takes nothing ahead: there is no next turn.
+        let raw = Prompt::Raw {
+            text: "The capital of France is".into(),
+        };
+        let (third, _) = run_one(&worker, request(3, raw, 4), Growth::Deny);
+        let answered = (third.stats.prompt_tokens + third.stats.generated_tokens - 1) as usize;
+        let held = held_after(&worker, 0, answered, Duration::from_millis(300));
+        assert_eq!(held.len(), answered, "{name}");
+    }
+}
+
 /// A system prompt of about 120 tokens: four conversations with it need
 /// more than one 256-cell step of pool before they answer.
 const LONG_SYSTEM: &str = "You are a helpful assistant for a small team of gardeners. \

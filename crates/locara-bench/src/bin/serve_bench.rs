@@ -51,8 +51,10 @@
 //! with words of its own, so no cache from an earlier rep matches), run on
 //! both sides turn by turn, alternating which side goes first from rep to
 //! rep, after one untimed conversation (the one the footprint is taken
-//! after). Medians, ranges, and the ratios Locara / llama-server; see
-//! `locara-bench` for why.
+//! after), with a pause of 150 ms before every turn on either side (so what
+//! one server does after its answer, such as Locara decoding the opening of
+//! the next turn, never overlaps the other's timed turn). Medians, ranges,
+//! and the ratios Locara / llama-server; see `locara-bench` for why.
 //!
 //! # Example
 //!
@@ -119,6 +121,13 @@ const READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// A side's generated tokens are called far fewer when under this share of
 /// the other side's.
 const FEWER_TOKENS_SHARE: f64 = 0.9;
+
+/// The pause before each turn of the conversation, on both sides: what a
+/// server does once its answer is sent (Locara decodes the opening of the
+/// conversation's next turn, taking a few milliseconds of the cores) is
+/// over before the other side's turn is timed, as it would be before a
+/// person's next message.
+const TURN_GAP: Duration = Duration::from_millis(150);
 
 /// Decode speed and time to first token of Locara's HTTP API against
 /// llama-server: at equal settings, one stream and several concurrent
@@ -1095,6 +1104,7 @@ fn converse(
             &[],
         );
         for &i in &order {
+            std::thread::sleep(TURN_GAP);
             let side = &mut sides[i];
             let stream =
                 scenario::one_stream(&side.base, &body, READ_TIMEOUT).with_context(|| {
