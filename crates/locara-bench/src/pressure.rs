@@ -1,8 +1,9 @@
 //! The pressure benchmark's pieces (`locara-pressure-bench`): the probe, a
 //! process that wakes on a fixed period and touches its own memory, whose
-//! lateness says what a machine short of memory costs its neighbours; and
-//! the report that sets a daemon whose governor answers the pressure against
-//! one that ignores it.
+//! lateness says what a machine short of memory costs its neighbours; the
+//! hog's size and the swap it needs ([`hog_wants`], [`swap_needed`]); the
+//! kernel's swap counters ([`SwapCounts`]); and the report that sets a
+//! daemon whose governor answers the pressure against one that ignores it.
 
 use crate::stats::Summary;
 use locara_core::Bytes;
@@ -14,6 +15,117 @@ use std::time::{Duration, Instant};
 
 /// One write per this many bytes touches every page.
 const PAGE: usize = 4096;
+
+const GIB: u64 = 1 << 30;
+
+/// Free swap beyond the daemon's footprint the benchmark asks for, bytes:
+/// without the governor the kernel must swap out about the footprint less
+/// the guard, and the hog's floor counts free swap as room.
+pub const SWAP_SLACK: u64 = GIB;
+
+/// The guard's default: the larger of 1 GiB and this share of usable
+/// memory is left available once the hog holds its bytes and the governor
+/// gave the daemon's back.
+pub const GUARD_FRACTION: f64 = 0.04;
+
+/// The guard's default on a machine with `usable` bytes of usable memory:
+/// max(1 GiB, [`GUARD_FRACTION`]).
+pub fn default_guard(usable: u64) -> u64 {
+    GIB.max((usable as f64 * GUARD_FRACTION) as u64)
+}
+
+/// The bytes the hog takes, `W = A0 - G + D`: all that was available at
+/// calm (`available`, A0) less the guard (G), plus what the daemon holds
+/// (`footprint`, D). With the governor, the daemon gives D back at warn and
+/// G stays available; without it, the kernel must find about D - G bytes
+/// by swapping. `None` when A0 is not above G.
+pub fn hog_wants(available: u64, guard: u64, footprint: u64) -> Option<u64> {
+    available
+        .checked_sub(guard)
+        .filter(|w| *w > 0)
+        .map(|w| w + footprint)
+}
+
+/// The free swap a run needs with the daemon holding `footprint` bytes:
+/// the footprint and [`SWAP_SLACK`].
+pub fn swap_needed(footprint: u64) -> u64 {
+    footprint + SWAP_SLACK
+}
+
+/// Why the benchmark cannot run on this swap, and how to add it: `total`
+/// and `free` swap now, `need` bytes free wanted; `estimated` when `need`
+/// is reckoned from the model files' sizes before the daemon held them.
+pub fn swap_advice(total: u64, free: u64, need: u64, estimated: bool) -> String {
+    let size_gib = need.div_ceil(GIB) + 1;
+    let need = if estimated {
+        format!(
+            "about {} (the daemon's footprint D, measured once it holds the models and about \
+             the model files' size for Q4_0 models on x86, plus {})",
+            Bytes(need),
+            Bytes(SWAP_SLACK)
+        )
+    } else {
+        format!(
+            "{} (the daemon's footprint D, measured, plus {})",
+            Bytes(need),
+            Bytes(SWAP_SLACK)
+        )
+    };
+    format!(
+        "this benchmark needs swap: SwapTotal is {} ({} free), and it needs {need} free. \
+         Without the governor, the hog's memory fits only when the kernel swaps out what the \
+         daemon holds. Add a swap file, as root:\n\
+         \n    fallocate -l {size_gib}G /swapfile\
+         \n    chmod 600 /swapfile\
+         \n    mkswap /swapfile\
+         \n    swapon /swapfile\
+         \n\n\
+         (where swapon refuses a file made by fallocate, make it with \
+         `dd if=/dev/zero of=/swapfile bs=1M count={}` instead), and remove it afterwards with \
+         `swapoff /swapfile && rm /swapfile`.",
+        Bytes(total),
+        Bytes(free),
+        size_gib * 1024
+    )
+}
+
+/// Pages the kernel swapped in and out since boot (`/proc/vmstat`
+/// `pswpin`, `pswpout`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwapCounts {
+    pub pages_in: u64,
+    pub pages_out: u64,
+}
+
+impl SwapCounts {
+    /// The counters in the text of `/proc/vmstat`; `None` without them.
+    pub fn parse(vmstat: &str) -> Option<SwapCounts> {
+        let get = |name: &str| {
+            vmstat.lines().find_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                (key == name).then(|| value.trim().parse().ok()).flatten()
+            })
+        };
+        Some(SwapCounts {
+            pages_in: get("pswpin")?,
+            pages_out: get("pswpout")?,
+        })
+    }
+
+    /// The counters now; `None` where `/proc/vmstat` cannot be read.
+    pub fn read() -> Option<SwapCounts> {
+        SwapCounts::parse(&std::fs::read_to_string("/proc/vmstat").ok()?)
+    }
+
+    /// Bytes swapped (in, out) from `self` to `later`, with pages of
+    /// `page_size` bytes.
+    pub fn bytes_until(&self, later: &SwapCounts, page_size: u64) -> (u64, u64) {
+        (
+            later.pages_in.saturating_sub(self.pages_in) * page_size,
+            later.pages_out.saturating_sub(self.pages_out) * page_size,
+        )
+    }
+}
 
 /// What the probe measured, in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -171,30 +283,53 @@ impl Mode {
 }
 
 /// One run of the scenario: a daemon holding the models, the probe, and the
-/// hog pressing available memory below warn.
+/// hog taking `hog_wants` bytes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Run {
     pub mode: Mode,
     pub probe: ProbeResult,
+    /// Available memory at calm, just before the hog started (A0), bytes.
+    pub available_at_calm: u64,
+    /// The daemon's footprint at calm: its workers' measured footprints
+    /// together (D), bytes.
+    pub daemon_footprint: u64,
+    /// The bytes the hog was to take (W = A0 - G + D, from the first run
+    /// of the pair).
+    pub hog_wants: u64,
+    /// Bytes the kernel swapped out and in from the hog's start to its exit
+    /// (`/proc/vmstat` `pswpout`, `pswpin`).
+    pub swapped_out: u64,
+    pub swapped_in: u64,
     /// Growth of PSI memory `some` and `full` totals from the hog's start
     /// to its exit, milliseconds.
     pub psi_some_ms: f64,
     pub psi_full_ms: f64,
     /// From the hog's start to its exit, seconds.
     pub window_s: f64,
-    /// The hog reached its target; how long it took, seconds; the most it
-    /// held, bytes.
+    /// The hog took all it wanted; how long that took, seconds; the most
+    /// it held, bytes.
     pub hog_reached: bool,
     pub hog_reach_s: f64,
     pub hog_peak: u64,
+    /// The hog stopped short: its next step would have taken available
+    /// memory plus free swap below its floor.
+    pub hog_stopped_short: bool,
+    /// How long the hog's steps took (allocating and writing 256 MiB: the
+    /// stall of an app that grows), median and longest, microseconds.
+    pub hog_step_p50_us: u64,
+    pub hog_step_max_us: u64,
     /// The least available memory the hog read, bytes.
     pub lowest_available: u64,
     /// The highest level the daemon read from the OS (with `ignore`, which
     /// reads none, the one-reading level of the machine the benchmark read).
     pub top_level: PressureLevel,
-    /// Bytes the daemon held before the hog and the least while it held.
+    /// Bytes the daemon held (the governor's count, estimates included)
+    /// before the hog and the least while it ran.
     pub held_before: u64,
     pub held_least: u64,
+    /// The least the daemon's workers' footprints came to together while
+    /// the hog ran, bytes (models unloaded count 0).
+    pub footprint_least: u64,
     /// Models loaded when the hog exited.
     pub models_after: usize,
 }
@@ -208,9 +343,17 @@ pub struct PressureReport {
     pub machine: String,
     pub probe_bytes: u64,
     pub probe_period_ms: u64,
-    /// The hog's target and floor, and warn's threshold, bytes of
-    /// available memory; how long it held, seconds.
-    pub hog_target: u64,
+    /// The guard G: what stays available once the hog holds its bytes and
+    /// the daemon gave its footprint back, bytes.
+    pub guard: u64,
+    /// Swap configured, bytes.
+    pub swap_total: u64,
+    /// The hog's step, bytes, and its pace (the least time from one
+    /// step's start to the next's), milliseconds.
+    pub hog_step: u64,
+    pub hog_pace_ms: u64,
+    /// The hog's floor (on available memory plus free swap) and warn's
+    /// threshold (available memory), bytes; how long the hog held, seconds.
     pub hog_floor: u64,
     pub warn_below: u64,
     pub hold_s: u64,
@@ -260,7 +403,7 @@ type Figure = fn(&Run) -> f64;
 
 impl PressureReport {
     /// The rows of the table: a name and the figure.
-    fn rows() -> [(&'static str, Figure); 9] {
+    fn rows() -> [(&'static str, Figure); 15] {
         fn ms(us: u64) -> f64 {
             us as f64 / 1000.0
         }
@@ -271,6 +414,14 @@ impl PressureReport {
             ("probe touch p99, ms", |r: &Run| ms(r.probe.touch_p99_us)),
             ("PSI memory some, ms", |r: &Run| r.psi_some_ms),
             ("PSI memory full, ms", |r: &Run| r.psi_full_ms),
+            ("swapped out, MiB", |r: &Run| r.swapped_out as f64 / MIB),
+            ("swapped in, MiB", |r: &Run| r.swapped_in as f64 / MIB),
+            ("hog step p50, ms", |r: &Run| ms(r.hog_step_p50_us)),
+            ("hog step max, ms", |r: &Run| ms(r.hog_step_max_us)),
+            ("hog took its bytes in, s", |r: &Run| r.hog_reach_s),
+            ("daemon footprint, least, MiB", |r: &Run| {
+                r.footprint_least as f64 / MIB
+            }),
             ("daemon held, least, MiB", |r: &Run| {
                 r.held_least as f64 / MIB
             }),
@@ -319,31 +470,53 @@ impl PressureReport {
         );
         let _ = writeln!(
             s,
-            "hog           takes available memory down to {} (warn below {}, floor {}), holds {} s",
-            Bytes(self.hog_target),
-            Bytes(self.warn_below),
-            Bytes(self.hog_floor),
-            self.hold_s
+            "hog           takes W = A0 - G + D (A0: available memory at calm, D: the daemon's \
+             footprint at calm, G: guard {}; W from the first run of each pair, used by both)",
+            Bytes(self.guard)
+        );
+        let _ = writeln!(
+            s,
+            "              in {} steps, one at most every {} ms, holds {} s; never lets available \
+             memory plus free swap fall below {}",
+            Bytes(self.hog_step),
+            self.hog_pace_ms,
+            self.hold_s,
+            Bytes(self.hog_floor)
+        );
+        let _ = writeln!(
+            s,
+            "swap          {}; warn below {} available",
+            Bytes(self.swap_total),
+            Bytes(self.warn_below)
         );
         let reps = self.runs.len() / 2;
         let _ = writeln!(s, "reps          {reps}, alternating which side runs first");
         for (i, r) in self.runs.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "  run {:<2} {:<18} hog {} in {:.0} s (held {}), level {}, daemon held {} -> {}, \
+                "  run {:<2} {:<18} A0 {}, D {}, W {}: hog {} in {:.0} s (steps p50 {:.0} ms, \
+                 max {:.0} ms)\n{:28}level {}, daemon footprint {} -> {}, swapped out {}, \
                  p99 {:.2} ms, PSI some {:.0} ms",
                 i + 1,
                 r.mode.name(),
+                Bytes(r.available_at_calm),
+                Bytes(r.daemon_footprint),
+                Bytes(r.hog_wants),
                 if r.hog_reached {
-                    "reached its target"
+                    "took it all".to_string()
+                } else if r.hog_stopped_short {
+                    format!("STOPPED SHORT at {} (its floor)", Bytes(r.hog_peak))
                 } else {
-                    "did NOT reach its target"
+                    format!("did NOT take it all (held {})", Bytes(r.hog_peak))
                 },
                 r.hog_reach_s,
-                Bytes(r.hog_peak),
+                r.hog_step_p50_us as f64 / 1000.0,
+                r.hog_step_max_us as f64 / 1000.0,
+                "",
                 r.top_level,
-                Bytes(r.held_before),
-                Bytes(r.held_least),
+                Bytes(r.daemon_footprint),
+                Bytes(r.footprint_least),
+                Bytes(r.swapped_out),
                 r.probe.late_p99_us as f64 / 1000.0,
                 r.psi_some_ms
             );
@@ -430,18 +603,78 @@ mod tests {
                 late_p99_us: p99_us,
                 ..ProbeResult::default()
             },
+            available_at_calm: 20 << 30,
+            daemon_footprint: 3 << 30,
+            hog_wants: 22 << 30,
+            swapped_out: 0,
+            swapped_in: 0,
             psi_some_ms: 0.0,
             psi_full_ms: 0.0,
             window_s: 60.0,
             hog_reached: true,
             hog_reach_s: 30.0,
-            hog_peak: 20 << 30,
+            hog_peak: 22 << 30,
+            hog_stopped_short: false,
+            hog_step_p50_us: 400_000,
+            hog_step_max_us: 900_000,
             lowest_available: 1 << 30,
             top_level: PressureLevel::Warn,
             held_before: 500 << 20,
             held_least: 0,
+            footprint_least: 0,
             models_after: 0,
         }
+    }
+
+    #[test]
+    fn the_hog_wants_what_was_available_less_the_guard_plus_the_footprint() {
+        let gib = 1u64 << 30;
+        assert_eq!(hog_wants(20 * gib, gib, 3 * gib), Some(22 * gib));
+        assert_eq!(hog_wants(gib, gib, 3 * gib), None);
+        assert_eq!(hog_wants(gib / 2, gib, 3 * gib), None);
+        assert_eq!(default_guard(24 * gib), gib, "4 % of 24 GiB is below 1 GiB");
+        assert_eq!(default_guard(100 * gib), 4 * gib);
+        assert_eq!(swap_needed(3 * gib), 4 * gib);
+    }
+
+    #[test]
+    fn the_swap_advice_names_what_is_there_what_is_needed_and_the_commands() {
+        let text = swap_advice(0, 0, (3 << 30) + (1 << 30), true);
+        for part in [
+            "SwapTotal is 0 B",
+            "about 4.0 GiB",
+            "fallocate -l 5G /swapfile",
+            "mkswap /swapfile",
+            "swapon /swapfile",
+            "swapoff /swapfile",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
+        let measured = swap_advice(2 << 30, 1 << 30, 5 << 30, false);
+        assert!(
+            measured.contains("SwapTotal is 2.0 GiB (1.0 GiB free)"),
+            "{measured}"
+        );
+        assert!(measured.contains("needs 5.0 GiB"), "{measured}");
+    }
+
+    #[test]
+    fn swap_counts_read_from_vmstat() {
+        let before = SwapCounts::parse("pgpgout 9\npswpin 10\npswpout 100\npgfault 5\n").unwrap();
+        assert_eq!(
+            before,
+            SwapCounts {
+                pages_in: 10,
+                pages_out: 100
+            }
+        );
+        let after = SwapCounts {
+            pages_in: 12,
+            pages_out: 356,
+        };
+        assert_eq!(before.bytes_until(&after, 4096), (2 * 4096, 256 * 4096));
+        // `pswpin` is not `pswpin_foo`, and both must be there.
+        assert_eq!(SwapCounts::parse("pswpin_foo 1\npswpout 2\n"), None);
     }
 
     #[test]
@@ -452,7 +685,10 @@ mod tests {
             machine: "2 CPUs".into(),
             probe_bytes: 256 << 20,
             probe_period_ms: 10,
-            hog_target: 1 << 30,
+            guard: 1 << 30,
+            swap_total: 8 << 30,
+            hog_step: 256 << 20,
+            hog_pace_ms: 500,
             hog_floor: 1 << 29,
             warn_below: 2 << 30,
             hold_s: 20,
@@ -474,5 +710,14 @@ mod tests {
         let table = report.table();
         assert!(table.contains("PASS: p99 lateness"), "{table}");
         assert!(table.contains("probe lateness p99, ms"), "{table}");
+        assert!(table.contains("swapped out, MiB"), "{table}");
+        assert!(
+            table.contains("A0 20.0 GiB, D 3.0 GiB, W 22.0 GiB"),
+            "{table}"
+        );
+        report.runs[1].hog_reached = false;
+        report.runs[1].hog_stopped_short = true;
+        let table = report.table();
+        assert!(table.contains("STOPPED SHORT"), "{table}");
     }
 }

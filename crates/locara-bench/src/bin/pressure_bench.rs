@@ -1,7 +1,7 @@
 //! `locara-pressure-bench`: what a Locara daemon holding models costs a
-//! neighbouring process when the machine runs short of memory, with its
-//! governor answering the OS's pressure and with the daemon ignoring it
-//! (`locara serve --pressure ignore`).
+//! neighbouring process when an app on the machine wants more memory than is
+//! free, with the daemon's governor answering the OS's pressure and with the
+//! daemon ignoring it (`locara serve --pressure ignore`).
 //!
 //! # What it measures
 //!
@@ -9,7 +9,10 @@
 //! write every page of it once: its **lateness** (when it woke less when it
 //! was due: p50, p99, max) is what a neighbour feels. The **PSI** memory
 //! `some` and `full` totals (`/proc/pressure/memory`) grow by the time tasks
-//! stalled on memory. Both are taken from the hog's start to its exit.
+//! stalled on memory; `/proc/vmstat`'s `pswpout` and `pswpin` say how much
+//! the kernel **swapped**; the **hog's steps** (allocating and writing 256
+//! MiB each) stall when the kernel has to reclaim to hand memory out. All
+//! are taken from the hog's start to its exit.
 //!
 //! # How
 //!
@@ -17,27 +20,48 @@
 //! the models, chats once with each (they stay loaded, idle, each with a
 //! cached conversation), waits until the machine is calm (its one-reading
 //! pressure level normal and PSI `some` avg10 under 1 %), starts the probe,
-//! then a **hog** (this program again) that takes anonymous memory in steps
-//! until available memory is halfway between the daemon's warn threshold
-//! (10 % of usable memory) and a floor of max(1 GiB, 3 %), holds it, and
-//! exits; it never lets available memory fall below the floor (see
-//! `locara_platform::testing::hog`). The hog takes what it needs at the
-//! start and no more: what the governor gives back stays free for the
-//! others. A repetition runs the scenario with the governor and without it,
-//! alternating which goes first; the table shows medians, ranges, and the
-//! median of the pairs' ratios (governor / ignoring). The daemon runs at
-//! its defaults (idle models unload at warn after 30 s idle), with
+//! reads available memory (A0, `MemAvailable`, the probe's memory taken)
+//! and the daemon's footprint (D: its workers' measured footprints in
+//! `/locara/v1/status`, together), then starts a **hog** (this program
+//! again) that takes a fixed **W = A0 - G + D** bytes, G being a guard
+//! (`--guard`, default max(1 GiB, 4 % of usable memory)), in 256 MiB steps
+//! at most one every 500 ms (so the daemon, which reads the level once a
+//! second, has time to answer), holds them, and exits. With the governor, the daemon gives D back at warn (its idle
+//! models' pools and weights) and W fits with G to spare; ignoring
+//! pressure, the kernel must find about D - G bytes by swapping. W is
+//! measured in the first run of each pair and used by both. The hog never
+//! lets available memory plus free swap fall below max(1 GiB, 3 %); where
+//! its next step would, it stops short, holds what it took, and the run is
+//! marked (see `locara_platform::testing::hog`). A repetition runs the
+//! scenario with the governor and without it, alternating which goes first;
+//! the table shows medians, ranges, and the median of the pairs' ratios
+//! (governor / ignoring). The daemon runs at its defaults, with
 //! `keep_alive` long enough to outlast a run.
 //!
-//! Linux only (PSI, `MemAvailable`). Exit status: 0 when the p99 lateness
-//! ratio is at most 0.25 (the issue's goal) and every hog reached its
-//! target, 2 when not, 1 on an error.
+//! # What it needs
+//!
+//! * **Swap**: at least D + 1 GiB free. Without it the benchmark exits
+//!   with status 1 and says how to add a swap file (as root: `fallocate -l
+//!   6G /swapfile; chmod 600 /swapfile; mkswap /swapfile; swapon
+//!   /swapfile`; afterwards `swapoff /swapfile; rm /swapfile`).
+//! * **A model that holds a large share of memory**, so that D matters:
+//!   the two test models hold about 545 MiB together. `scripts/bench-model.py`
+//!   writes a memory fixture: a llama model with random Q4_0 weights (its
+//!   answers are noise), which llama.cpp repacks into anonymous memory on
+//!   x86, so its worker's footprint is about the file's size. Make one and
+//!   pass it with `--model PATH`.
+//!
+//! Linux only (PSI, `MemAvailable`, `/proc/vmstat`). Exit status: 0 when
+//! the p99 lateness ratio is at most 0.25 (the issue's goal) and every hog
+//! took all it wanted, 2 when not, 1 on an error (no swap included).
 //!
 //! # Example
 //!
 //! ```text
 //! cargo build --release -p locara-bench -p locara
-//! target/release/locara-pressure-bench --reps 3
+//! python3 scripts/bench-model.py --size 3GiB     # prints the file's path
+//! target/release/locara-pressure-bench --reps 3 \
+//!     --model ~/.cache/locara-bench-model/bench-q4_0-3GiB.gguf
 //! ```
 
 #![forbid(unsafe_code)]
@@ -48,11 +72,15 @@ use locara_bench::dirs::{data_dir, WorkDir};
 use locara_bench::http::{self, BaseUrl};
 use locara_bench::locara_server::Locara;
 use locara_bench::noise::CpuSnapshot;
-use locara_bench::pressure::{run_probe, Mode, PressureReport, ProbeResult, Run};
+use locara_bench::pressure::{
+    default_guard, hog_wants, run_probe, swap_advice, swap_needed, Mode, PressureReport,
+    ProbeResult, Run, SwapCounts, SWAP_SLACK,
+};
 use locara_bench::progress;
 use locara_bench::scenario;
-use locara_platform::testing::hog::{Hog, HogNews, HogPlan};
-use locara_platform::{MemoryProbe, PressureLevel, SystemProbe, Thresholds};
+use locara_core::Bytes;
+use locara_platform::testing::hog::{Hog, HogNews, HogPlan, Reading, FIXED_PACE, STEP};
+use locara_platform::{HardwareProbe, MemoryProbe, PressureLevel, SystemProbe, Thresholds};
 use serde_json::Value;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -85,9 +113,17 @@ const CALM_WITHIN: Duration = Duration::from_secs(120);
 /// PSI `some` avg10 (percent) under which the machine counts as calm.
 const CALM_SOME_AVG10: f64 = 1.0;
 
-/// The hog's hard limit besides its hold: taking ~20 GiB, writing every
-/// page, was measured at 35-50 s on a 2-core VM.
+/// The least time the hog gets to take its bytes: taking ~20 GiB, writing
+/// every page, was measured at 35-50 s on a 2-core VM.
 const HOG_TAKING_LIMIT: Duration = Duration::from_secs(150);
+
+/// The hog gets this many times its steps at its pace to take its bytes,
+/// for steps slowed by swapping.
+const HOG_SLOWDOWN: u32 = 3;
+
+/// A daemon footprint below this share of usable memory is too small for
+/// its giving back to show (the two test models hold about 2 % of 24 GiB).
+const SMALL_FOOTPRINT: f64 = 0.05;
 
 /// How often the daemon's status is read while the hog runs.
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
@@ -99,18 +135,26 @@ const DEFAULT_MODELS: [(&str, &str); 2] = [
     ("gemma3+270m", "gemma3:270m"),
 ];
 
-/// What a daemon holding models under real memory pressure costs a
-/// neighbouring process, with its governor on and with the OS's pressure
-/// ignored (`locara serve --pressure ignore`).
+/// What a daemon holding models costs a neighbouring process when an app
+/// wants more memory than is free, with its governor on and with the OS's
+/// pressure ignored (`locara serve --pressure ignore`).
 ///
 /// Each run starts `locara serve` holding the models (each idle after one
 /// chat), a probe process that writes every page of its own 256 MiB every
-/// 10 ms, and a hog that takes available memory below the daemon's warn
-/// threshold (never below max(1 GiB, 3 %)), holds it and exits. The probe's
-/// lateness (p50, p99, max) and the PSI memory totals' growth are compared,
-/// governor against ignoring, in alternating pairs; goal: p99 lateness
-/// with the governor at most 0.25 of it without. Linux only. Exit status:
-/// 0 when the goal is met, 2 when not, 1 on an error.
+/// 10 ms, and a hog that takes W = A0 - G + D bytes in 256 MiB steps (A0:
+/// available memory at calm, D: the daemon's footprint at calm, G: the
+/// guard), holds them and exits. With the governor the daemon gives D back
+/// and W fits; ignoring pressure, the kernel swaps about D - G. The probe's
+/// lateness (p50, p99, max), the PSI memory totals, the bytes swapped and
+/// the hog's step times are compared, governor against ignoring, in
+/// alternating pairs; goal: p99 lateness with the governor at most 0.25 of
+/// it without.
+///
+/// Needs swap (at least D + 1 GiB free) and a model that holds a large
+/// share of memory: make one with `python3 scripts/bench-model.py --size
+/// 3GiB` (a memory fixture with random weights; it prints its path) and
+/// pass it with `--model PATH`. Linux only. Exit status: 0 when the goal is
+/// met, 2 when not, 1 on an error (no swap included).
 #[derive(Parser, Debug)]
 #[command(name = "locara-pressure-bench", version, about, long_about)]
 struct Cli {
@@ -119,7 +163,8 @@ struct Cli {
     locara: Option<PathBuf>,
 
     /// A GGUF model for the daemon to hold; repeat for more [default: the
-    /// two test models in the data directory, smollm2+135m and gemma3+270m]
+    /// two test models in the data directory, smollm2+135m and gemma3+270m,
+    /// too small to matter: make a large one with scripts/bench-model.py]
     #[arg(long = "model", value_name = "PATH")]
     models: Vec<PathBuf>,
 
@@ -127,9 +172,15 @@ struct Cli {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     reps: u32,
 
-    /// Seconds the hog holds once available memory is below warn.
+    /// Seconds the hog holds once it took its bytes.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
     hold: u64,
+
+    /// The guard G: what stays available once the hog holds W = A0 - G + D
+    /// and the daemon gave its footprint back (4GiB, 512MiB, or bytes)
+    /// [default: the larger of 1 GiB and 4 % of usable memory]
+    #[arg(long, value_name = "SIZE", value_parser = parse_guard)]
+    guard: Option<u64>,
 
     /// The daemon's `pressure_idle_grace` (default: its own, 30s).
     #[arg(long, value_name = "DURATION")]
@@ -161,6 +212,10 @@ struct Cli {
     as_probe: bool,
 }
 
+fn parse_guard(text: &str) -> Result<u64, String> {
+    locara_core::bytes::parse_size(text).map_err(|e| format!("--guard: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = if let Some(settings) = &cli.as_hog {
@@ -182,8 +237,8 @@ fn main() -> ExitCode {
 fn as_hog(settings: &str) -> Result<()> {
     let hog = Hog::from_arg(settings).with_context(|| format!("{settings:?} is not a hog"))?;
     let probe = SystemProbe::default();
-    hog.run(
-        || probe.snapshot().ok().map(|s| s.available),
+    hog.run_with_swap(
+        || probe.snapshot().ok().map(|s| Reading::of(&s)),
         |news| println!("{news}"),
     );
     Ok(())
@@ -259,7 +314,14 @@ struct Setup {
     home: PathBuf,
     /// The models' names in the daemon's store.
     names: Vec<String>,
-    hog: Hog,
+    /// Usable memory, bytes (the hog's floor is a share of it).
+    usable: u64,
+    /// The guard G, bytes.
+    guard: u64,
+    /// How long the hog holds its bytes.
+    hold: Duration,
+    /// Bytes per page, for `/proc/vmstat`'s page counts.
+    page_size: u64,
     probe_args: Vec<String>,
     idle_grace: Option<String>,
 }
@@ -267,14 +329,8 @@ struct Setup {
 fn run(cli: &Cli) -> Result<ExitCode> {
     ensure!(
         cfg!(target_os = "linux"),
-        "this benchmark reads PSI and MemAvailable: Linux only"
+        "this benchmark reads PSI, MemAvailable and /proc/vmstat: Linux only"
     );
-    let locara = Locara::locate(cli.locara.clone())?;
-    progress(&format!(
-        "Locara: {} ({})",
-        locara.describe(),
-        locara.path.display()
-    ));
     let models: Vec<(PathBuf, String)> = if cli.models.is_empty() {
         let store = data_dir()?.join("models");
         DEFAULT_MODELS
@@ -288,20 +344,44 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             .map(|(i, p)| (p.clone(), format!("bench-{}", i + 1)))
             .collect()
     };
+    let mut files = 0u64;
     for (path, name) in &models {
-        ensure!(
-            path.is_file(),
-            "{name}: no model at {} (pull it with `locara pull {name}`, or pass --model PATH)",
-            path.display()
-        );
+        let meta = fs::metadata(path).ok().filter(|m| m.is_file());
+        let Some(meta) = meta else {
+            bail!(
+                "{name}: no model at {} (pull it with `locara pull {name}`, or make a large one \
+                 with `python3 scripts/bench-model.py --size 3GiB` and pass it with --model PATH)",
+                path.display()
+            );
+        };
+        files += meta.len();
     }
 
     let probe = SystemProbe::default();
     let machine = probe.snapshot().context("reading the machine's memory")?;
+    // No swap at all: no daemon footprint fits, so say so before loading
+    // anything; the exact need is checked once the daemon holds the models.
+    let swap = Reading::of(&machine);
+    if machine.swap_total < SWAP_SLACK {
+        bail!(
+            "{}",
+            swap_advice(machine.swap_total, swap.swap_free, swap_needed(files), true)
+        );
+    }
+    let locara = Locara::locate(cli.locara.clone())?;
+    progress(&format!(
+        "Locara: {} ({})",
+        locara.describe(),
+        locara.path.display()
+    ));
     let warn_fraction = Thresholds::default().warn_available_fraction;
     let usable = machine.usable();
-    let plan = HogPlan::below_warn(usable, warn_fraction).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let hold = Duration::from_secs(cli.hold);
+    let guard = cli.guard.unwrap_or_else(|| default_guard(usable));
+    let floor = HogPlan::fixed(0, usable).floor;
+    let page_size = probe
+        .hardware_profile()
+        .context("reading the page size")?
+        .page_size;
 
     let mut work = WorkDir::create("locara-pressure-bench", "daemon logs", cli.keep_work_dir)?;
     let mut home = work.path.clone();
@@ -312,11 +392,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         locara,
         home,
         names: models.iter().map(|(_, n)| n.clone()).collect(),
-        hog: Hog {
-            plan,
-            hold,
-            limit: HOG_TAKING_LIMIT + hold,
-        },
+        usable,
+        guard,
+        hold: Duration::from_secs(cli.hold),
+        page_size,
         probe_args: vec![
             "--as-probe".into(),
             "--probe-mib".into(),
@@ -336,12 +415,15 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             } else {
                 [Mode::Ignore, Mode::Governor]
             };
+            // The first run of the pair measures W; the second takes the same.
+            let mut wants = None;
             for mode in order {
                 let n = runs.len() + 1;
                 progress(&format!("run {n} of {}: {}", cli.reps * 2, mode.name()));
                 let dir = work.path.join(format!("run-{n}"));
                 fs::create_dir_all(&dir)?;
-                let (run, share) = run_once(&setup, mode, &dir)?;
+                let (run, share) = run_once(&setup, mode, &dir, wants)?;
+                wants = Some(run.hog_wants);
                 others.extend(share.map(|s| (s, run.window_s)));
                 runs.push(run);
             }
@@ -360,8 +442,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         machine: describe_machine(usable, machine.swap_total),
         probe_bytes: cli.probe_mib << 20,
         probe_period_ms: cli.period_ms,
-        hog_target: plan.target,
-        hog_floor: plan.floor,
+        guard,
+        swap_total: machine.swap_total,
+        hog_step: STEP,
+        hog_pace_ms: FIXED_PACE.as_millis() as u64,
+        hog_floor: floor,
         warn_below: (usable as f64 * warn_fraction) as u64,
         hold_s: cli.hold,
         others_cpu_share: (seconds > 0.0)
@@ -391,12 +476,9 @@ fn describe_machine(usable: u64, swap: u64) -> String {
     let swap = if swap == 0 {
         "no swap".to_string()
     } else {
-        format!("{} of swap", locara_core::Bytes(swap))
+        format!("{} of swap", Bytes(swap))
     };
-    format!(
-        "{cpus} CPUs, {} usable, {swap}, {kernel}",
-        locara_core::Bytes(usable)
-    )
+    format!("{cpus} CPUs, {} usable, {swap}, {kernel}", Bytes(usable))
 }
 
 /// Waits until the machine is calm: its one-reading level normal and PSI
@@ -439,13 +521,34 @@ fn held(status: &Value) -> u64 {
     status["held"].as_u64().unwrap_or(0)
 }
 
+/// The daemon's footprint: its workers' measured footprints together
+/// (a model not yet measured counts 0).
+fn footprint(status: &Value) -> u64 {
+    status["models"].as_array().map_or(0, |models| {
+        models.iter().filter_map(|m| m["footprint"].as_u64()).sum()
+    })
+}
+
 fn models_loaded(status: &Value) -> usize {
     status["models"].as_array().map_or(0, Vec::len)
 }
 
-/// Runs the scenario once with the daemon in `mode`; the run and the share
-/// of the CPU other processes took.
-fn run_once(setup: &Setup, mode: Mode, dir: &Path) -> Result<(Run, Option<f64>)> {
+/// The hog's time limit for taking `bytes` (its steps at its pace, slowed
+/// by swapping, at least [`HOG_TAKING_LIMIT`]) and holding them.
+fn hog_limit(bytes: u64, hold: Duration) -> Duration {
+    let steps = u32::try_from(bytes.div_ceil(STEP)).unwrap_or(u32::MAX);
+    HOG_TAKING_LIMIT.max(FIXED_PACE.saturating_mul(steps.saturating_mul(HOG_SLOWDOWN))) + hold
+}
+
+/// Runs the scenario once with the daemon in `mode`, the hog taking `wants`
+/// bytes (`None`: W = A0 - G + D, measured in this run); the run and the
+/// share of the CPU other processes took.
+fn run_once(
+    setup: &Setup,
+    mode: Mode,
+    dir: &Path,
+    wants: Option<u64>,
+) -> Result<(Run, Option<f64>)> {
     let probe = SystemProbe::default();
     let mut config = String::from("# Written by locara-pressure-bench.\nkeep_alive = \"30m\"\n");
     if mode == Mode::Ignore {
@@ -474,10 +577,10 @@ fn run_once(setup: &Setup, mode: Mode, dir: &Path) -> Result<(Run, Option<f64>)>
         })
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    let before = loop {
+    loop {
         daemon.check_alive()?;
-        if let Some(s) = status(&base).filter(|s| measured(s)) {
-            break s;
+        if status(&base).is_some_and(|s| measured(&s)) {
+            break;
         }
         ensure!(
             Instant::now() < deadline,
@@ -485,7 +588,7 @@ fn run_once(setup: &Setup, mode: Mode, dir: &Path) -> Result<(Run, Option<f64>)>
             status(&base)
         );
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
     wait_calm(&probe)?;
 
     let probe_child = Helper::start(&setup.probe_args)?;
@@ -493,24 +596,88 @@ fn run_once(setup: &Setup, mode: Mode, dir: &Path) -> Result<(Run, Option<f64>)>
         Ok(line) if line == "ready" => {}
         other => bail!("the probe did not start: {other:?}"),
     }
+    // Available memory and the daemon's footprint at calm, with the probe's
+    // memory already taken: the guard is what stays beside it.
+    let calm = probe.snapshot()?;
+    let before = status(&base).filter(|s| measured(s)).with_context(|| {
+        format!(
+            "the daemon's status did not show every model measured: {:?}",
+            status(&base)
+        )
+    })?;
+    let (a0, d) = (calm.available, footprint(&before));
+    let swap = Reading::of(&calm);
+    if swap.swap_free < swap_needed(d) {
+        bail!(
+            "{}",
+            swap_advice(calm.swap_total, swap.swap_free, swap_needed(d), false)
+        );
+    }
+    if (d as f64) < setup.usable as f64 * SMALL_FOOTPRINT {
+        progress(&format!(
+            "the daemon holds only {} of {} usable: what the governor gives back can hardly \
+             matter; make a large model with `python3 scripts/bench-model.py --size 3GiB` and \
+             pass it with --model PATH",
+            Bytes(d),
+            Bytes(setup.usable)
+        ));
+    }
+    let w = match wants {
+        Some(w) => w,
+        None => hog_wants(a0, setup.guard, d).with_context(|| {
+            format!(
+                "available memory at calm ({}) is not above the guard ({}): nothing to take",
+                Bytes(a0),
+                Bytes(setup.guard)
+            )
+        })?,
+    };
+    progress(&format!(
+        "A0 {} available at calm, D {} the daemon's footprint, G {}: the hog takes W {}{}",
+        Bytes(a0),
+        Bytes(d),
+        Bytes(setup.guard),
+        Bytes(w),
+        if wants.is_some() {
+            " (the pair's first run's)"
+        } else {
+            ""
+        }
+    ));
+    let hog_setup = Hog {
+        plan: HogPlan::fixed(w, setup.usable),
+        hold: setup.hold,
+        limit: hog_limit(w, setup.hold),
+    };
+
     // The daemon and the probe; the hog is counted as a reaped child. The
     // engine workers, idle throughout and gone once unloaded, count as
     // others'.
     let ours = [daemon.pid(), probe_child.pid()];
     let cpu_before = CpuSnapshot::take_of(&ours);
     let psi_before = probe.snapshot()?.psi;
+    let swap_before = SwapCounts::read();
     let started = Instant::now();
-    let mut hog = Helper::start(&["--as-hog".into(), setup.hog.to_arg()])?;
+    let mut hog = Helper::start(&["--as-hog".into(), hog_setup.to_arg()])?;
 
     let (mut reached_at, mut summary) = (None, None);
     let (mut top_level, mut held_least) = (PressureLevel::Normal, held(&before));
-    let hog_deadline = setup.hog.limit + Duration::from_secs(30);
+    let mut footprint_least = d;
+    let hog_deadline = hog_setup.limit + Duration::from_secs(30);
     loop {
         while let Ok(line) = hog.lines.try_recv() {
             match line.parse::<HogNews>() {
                 Ok(HogNews::Reached { .. }) => reached_at = Some(started.elapsed()),
                 Ok(HogNews::Done(s)) => summary = Some(s),
-                Ok(news) => progress(&format!("hog: {news}")),
+                Ok(news @ HogNews::Blocked { .. }) => {
+                    reached_at = Some(started.elapsed());
+                    progress(&format!(
+                        "{news}: the hog stopped short of {} (its floor: available memory plus \
+                         free swap)",
+                        Bytes(w)
+                    ));
+                }
+                Ok(news) => progress(&format!("{news}")),
                 Err(_) => {}
             }
         }
@@ -521,20 +688,19 @@ fn run_once(setup: &Setup, mode: Mode, dir: &Path) -> Result<(Run, Option<f64>)>
             started.elapsed() < hog_deadline,
             "the hog ran past its time limit"
         );
+        let now = status(&base);
+        if let Some(s) = &now {
+            held_least = held_least.min(held(s));
+            footprint_least = footprint_least.min(footprint(s));
+        }
         let level = match mode {
-            Mode::Governor => status(&base).map(|s| {
-                held_least = held_least.min(held(&s));
+            Mode::Governor => now.map(|s| {
                 s["pressure"]["os_level"]
                     .as_str()
                     .and_then(|l| l.parse().ok())
                     .unwrap_or(PressureLevel::Normal)
             }),
-            Mode::Ignore => {
-                if let Some(s) = status(&base) {
-                    held_least = held_least.min(held(&s));
-                }
-                probe.snapshot().ok().map(|s| s.pressure)
-            }
+            Mode::Ignore => probe.snapshot().ok().map(|s| s.pressure),
         };
         top_level = top_level.max(level.unwrap_or(PressureLevel::Normal));
         std::thread::sleep(SAMPLE_EVERY);
@@ -543,6 +709,7 @@ fn run_once(setup: &Setup, mode: Mode, dir: &Path) -> Result<(Run, Option<f64>)>
     let hog_status = hog.child.wait()?;
     ensure!(hog_status.success(), "the hog failed: {hog_status}");
     let psi_after = probe.snapshot()?.psi;
+    let swap_after = SwapCounts::read();
     let models_after = status(&base).map_or(0, |s| models_loaded(&s));
     let cpu_after = CpuSnapshot::take_of(&ours);
 
@@ -572,29 +739,46 @@ fn run_once(setup: &Setup, mode: Mode, dir: &Path) -> Result<(Run, Option<f64>)>
             a as f64 / 1000.0
         })
     };
+    let (swapped_in, swapped_out) = match (swap_before, swap_after) {
+        (Some(a), Some(b)) => a.bytes_until(&b, setup.page_size),
+        _ => (0, 0),
+    };
     let run = Run {
         mode,
         probe: result,
+        available_at_calm: a0,
+        daemon_footprint: d,
+        hog_wants: w,
+        swapped_out,
+        swapped_in,
         psi_some_ms: total_ms(psi_after, false) - total_ms(psi_before, false),
         psi_full_ms: total_ms(psi_after, true) - total_ms(psi_before, true),
         window_s: window.as_secs_f64(),
         hog_reached: summary.reached,
         hog_reach_s: reached_at.unwrap_or(window).as_secs_f64(),
         hog_peak: summary.peak,
+        hog_stopped_short: summary.blocked,
+        hog_step_p50_us: summary.step_p50_us,
+        hog_step_max_us: summary.step_max_us,
         lowest_available: summary.lowest_available,
         top_level,
         held_before: held(&before),
         held_least,
+        footprint_least,
         models_after,
     };
     progress(&format!(
-        "{}: p99 lateness {:.2} ms, PSI some {:.0} ms, level {}, daemon held {} -> {}",
+        "{}: p99 lateness {:.2} ms, PSI some {:.0} ms, swapped out {}, hog steps p50 {:.0} ms \
+         max {:.0} ms, level {}, daemon footprint {} -> {}",
         mode.name(),
         run.probe.late_p99_us as f64 / 1000.0,
         run.psi_some_ms,
+        Bytes(run.swapped_out),
+        run.hog_step_p50_us as f64 / 1000.0,
+        run.hog_step_max_us as f64 / 1000.0,
         run.top_level,
-        locara_core::Bytes(run.held_before),
-        locara_core::Bytes(run.held_least)
+        Bytes(run.daemon_footprint),
+        Bytes(run.footprint_least)
     ));
     let share = match (cpu_before, cpu_after) {
         (Some(a), Some(b)) => Some(a.others_share(&b)),
