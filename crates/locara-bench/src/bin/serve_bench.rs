@@ -51,9 +51,10 @@
 //! with words of its own, so no cache from an earlier rep matches), run on
 //! both sides turn by turn, alternating which side goes first from rep to
 //! rep, after one untimed conversation (the one the footprint is taken
-//! after), with a pause of 150 ms before every turn on either side (so what
-//! one server does after its answer, such as Locara decoding the opening of
-//! the next turn, never overlaps the other's timed turn). Medians, ranges,
+//! after), with a pause of 150 ms (`--turn-gap-ms`) before every turn on
+//! either side (so what one server does after its answer, such as Locara
+//! decoding the opening of the next turn, never overlaps the other's timed
+//! turn). Medians, ranges,
 //! and the ratios Locara / llama-server; see `locara-bench` for why.
 //!
 //! # Example
@@ -121,13 +122,6 @@ const READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// A side's generated tokens are called far fewer when under this share of
 /// the other side's.
 const FEWER_TOKENS_SHARE: f64 = 0.9;
-
-/// The pause before each turn of the conversation, on both sides: what a
-/// server does once its answer is sent (Locara decodes the opening of the
-/// conversation's next turn, taking a few milliseconds of the cores) is
-/// over before the other side's turn is timed, as it would be before a
-/// person's next message.
-const TURN_GAP: Duration = Duration::from_millis(150);
 
 /// Decode speed and time to first token of Locara's HTTP API against
 /// llama-server: at equal settings, one stream and several concurrent
@@ -281,6 +275,14 @@ struct Cli {
     #[arg(long, value_name = "PERCENT", default_value_t = 5.0, value_parser = parse_percent)]
     max_others: f64,
 
+    /// The pause before each turn of the conversation, on both sides, in
+    /// milliseconds: what a server does once its answer is sent (Locara
+    /// decodes the opening of the conversation's next turn) is over before
+    /// the other side's turn is timed, as it would be before a person's next
+    /// message. 0 sends each turn as soon as the last one ended.
+    #[arg(long, value_name = "MS", default_value_t = 150)]
+    turn_gap_ms: u64,
+
     /// Locate or build llama-server and locara, print both llama.cpp
     /// versions, and exit without measuring.
     #[arg(long)]
@@ -333,6 +335,8 @@ struct Config {
     /// Share of the CPU (0 to 1) other processes may take during a rep
     /// before it is discarded.
     max_others: f64,
+    /// The pause before each turn of the conversation, on both sides.
+    turn_gap: Duration,
     prepare_only: bool,
     json: bool,
     keep_work_dir: bool,
@@ -393,6 +397,7 @@ impl Config {
             locara,
             locara_model: args.locara_model,
             max_others: args.max_others / 100.0,
+            turn_gap: Duration::from_millis(args.turn_gap_ms),
             prepare_only: args.prepare_only,
             json: args.json,
             keep_work_dir: args.keep_work_dir,
@@ -1032,6 +1037,10 @@ fn measure_chat(
         });
     }
     chat_notes(&turns, &mut notes);
+    notes.push(format!(
+        "each turn was sent {} ms after the one before it ended, on either side (--turn-gap-ms)",
+        config.turn_gap.as_millis()
+    ));
     let footprint_goal = FootprintGoal::new(&after_one_chat, Target::AtMost(CHAT_FOOTPRINT_GOAL));
     let pass = chat_report::all_pass(&turns, &footprint_goal);
     let [llama_side, locara_side] = sides;
@@ -1104,7 +1113,7 @@ fn converse(
             &[],
         );
         for &i in &order {
-            std::thread::sleep(TURN_GAP);
+            std::thread::sleep(config.turn_gap);
             let side = &mut sides[i];
             let stream =
                 scenario::one_stream(&side.base, &body, READ_TIMEOUT).with_context(|| {
