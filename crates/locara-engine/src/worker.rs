@@ -595,8 +595,9 @@ struct Sequence {
 /// cached: `<|im_end|>\n<|im_start|>` on ChatML ([`pool::follow_up_len`]).
 #[derive(Debug)]
 struct FollowUp {
-    /// The sequence's length when its answer ended: anything else since
-    /// (a new request on it, a spill, a resize) makes the follow-up stale.
+    /// The sequence's length when its answer ended: a change to its
+    /// tokens since (a new request on it, a spill, a shift) makes the
+    /// follow-up stale.
     after: usize,
     tokens: Vec<LlamaToken>,
 }
