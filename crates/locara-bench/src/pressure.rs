@@ -263,6 +263,34 @@ pub fn run_probe(
     ProbeResult::of(late, touches, missed)
 }
 
+/// The idle neighbour: an app in the background. It writes every page of
+/// `bytes` of its own once, calls `ready`, and waits until `wait` returns
+/// (`false`: it is not asked to touch them, and it ends); then it writes
+/// every page again and returns how long that took, as a user switching
+/// back to it waits for it. Pages the kernel swapped out meanwhile come
+/// back in that time.
+pub fn touch_idle(
+    bytes: usize,
+    ready: impl FnOnce(),
+    wait: impl FnOnce() -> bool,
+) -> Option<Duration> {
+    let mut memory = vec![0u8; bytes];
+    let touch = |memory: &mut Vec<u8>, round: u8| {
+        for i in (0..memory.len()).step_by(PAGE) {
+            memory[i] = round;
+        }
+        std::hint::black_box(&mut *memory);
+    };
+    touch(&mut memory, 1);
+    ready();
+    if !wait() {
+        return None;
+    }
+    let started = Instant::now();
+    touch(&mut memory, 2);
+    Some(started.elapsed())
+}
+
 /// Which daemon a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -318,6 +346,9 @@ pub struct Run {
     /// stall of an app that grows), median and longest, microseconds.
     pub hog_step_p50_us: u64,
     pub hog_step_max_us: u64,
+    /// How long the idle neighbour took to write its pages again halfway
+    /// through the hog's hold ([`touch_idle`]), microseconds; 0 without one.
+    pub idle_touch_us: u64,
     /// The least available memory the hog read, bytes.
     pub lowest_available: u64,
     /// The highest level the daemon read from the OS (with `ignore`, which
@@ -343,6 +374,8 @@ pub struct PressureReport {
     pub machine: String,
     pub probe_bytes: u64,
     pub probe_period_ms: u64,
+    /// The idle neighbour's memory, bytes (0: none).
+    pub idle_bytes: u64,
     /// The guard G: what stays available once the hog holds its bytes and
     /// the daemon gave its footprint back, bytes.
     pub guard: u64,
@@ -403,7 +436,7 @@ type Figure = fn(&Run) -> f64;
 
 impl PressureReport {
     /// The rows of the table: a name and the figure.
-    fn rows() -> [(&'static str, Figure); 15] {
+    fn rows() -> [(&'static str, Figure); 16] {
         fn ms(us: u64) -> f64 {
             us as f64 / 1000.0
         }
@@ -412,6 +445,7 @@ impl PressureReport {
             ("probe lateness p99, ms", |r: &Run| ms(r.probe.late_p99_us)),
             ("probe lateness max, ms", |r: &Run| ms(r.probe.late_max_us)),
             ("probe touch p99, ms", |r: &Run| ms(r.probe.touch_p99_us)),
+            ("idle neighbour's touch, ms", |r: &Run| ms(r.idle_touch_us)),
             ("PSI memory some, ms", |r: &Run| r.psi_some_ms),
             ("PSI memory full, ms", |r: &Run| r.psi_full_ms),
             ("swapped out, MiB", |r: &Run| r.swapped_out as f64 / MIB),
@@ -468,6 +502,13 @@ impl PressureReport {
             Bytes(self.probe_bytes),
             self.probe_period_ms
         );
+        if self.idle_bytes > 0 {
+            let _ = writeln!(
+                s,
+                "idle app      {} of its own, every page written at its start and again halfway                  through the hog's hold (a user switching back to it)",
+                Bytes(self.idle_bytes)
+            );
+        }
         let _ = writeln!(
             s,
             "hog           takes W = A0 - G + D (A0: available memory at calm, D: the daemon's \
@@ -617,6 +658,7 @@ mod tests {
             hog_stopped_short: false,
             hog_step_p50_us: 400_000,
             hog_step_max_us: 900_000,
+            idle_touch_us: 0,
             lowest_available: 1 << 30,
             top_level: PressureLevel::Warn,
             held_before: 500 << 20,
@@ -685,6 +727,7 @@ mod tests {
             machine: "2 CPUs".into(),
             probe_bytes: 256 << 20,
             probe_period_ms: 10,
+            idle_bytes: 0,
             guard: 1 << 30,
             swap_total: 8 << 30,
             hog_step: 256 << 20,

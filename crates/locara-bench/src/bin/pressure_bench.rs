@@ -12,7 +12,11 @@
 //! stalled on memory; `/proc/vmstat`'s `pswpout` and `pswpin` say how much
 //! the kernel **swapped**; the **hog's steps** (allocating and writing 256
 //! MiB each) stall when the kernel has to reclaim to hand memory out. All
-//! are taken from the hog's start to its exit.
+//! are taken from the hog's start to its exit. An **idle neighbour**, an
+//! app in the background (`--idle-mib`, default 1 GiB), writes every page
+//! of its own once before the hog starts and again halfway through the
+//! hog's hold: how long that takes is what a user switching back to it
+//! waits, pages the kernel swapped out coming back in.
 //!
 //! # How
 //!
@@ -73,8 +77,8 @@ use locara_bench::http::{self, BaseUrl};
 use locara_bench::locara_server::Locara;
 use locara_bench::noise::CpuSnapshot;
 use locara_bench::pressure::{
-    default_guard, hog_wants, run_probe, swap_advice, swap_needed, Mode, PressureReport,
-    ProbeResult, Run, SwapCounts, SWAP_SLACK,
+    default_guard, hog_wants, run_probe, swap_advice, swap_needed, touch_idle, Mode,
+    PressureReport, ProbeResult, Run, SwapCounts, SWAP_SLACK,
 };
 use locara_bench::progress;
 use locara_bench::scenario;
@@ -190,6 +194,12 @@ struct Cli {
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=16384))]
     probe_mib: u64,
 
+    /// MiB of the idle neighbour, an app in the background that writes its
+    /// pages once at its start and again halfway through the hog's hold (a
+    /// user switching back to it); 0: none.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=16384))]
+    idle_mib: u64,
+
     /// The probe's period, milliseconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     period_ms: u64,
@@ -210,6 +220,11 @@ struct Cli {
     /// Run as the probe, until stdin closes; then print its result.
     #[arg(long, hide = true)]
     as_probe: bool,
+
+    /// Run as the idle neighbour: write its pages, print "ready", wait for
+    /// a line on stdin, write them again and print "touched MICROSECONDS".
+    #[arg(long, hide = true)]
+    as_idle: bool,
 }
 
 fn parse_guard(text: &str) -> Result<u64, String> {
@@ -222,6 +237,8 @@ fn main() -> ExitCode {
         as_hog(settings).map(|()| ExitCode::SUCCESS)
     } else if cli.as_probe {
         as_probe(&cli).map(|()| ExitCode::SUCCESS)
+    } else if cli.as_idle {
+        as_idle(&cli).map(|()| ExitCode::SUCCESS)
     } else {
         run(&cli)
     };
@@ -262,6 +279,24 @@ fn as_probe(cli: &Cli) -> Result<()> {
         || stop.load(Ordering::Relaxed),
     );
     println!("{result}");
+    Ok(())
+}
+
+fn as_idle(cli: &Cli) -> Result<()> {
+    let touched = touch_idle(
+        usize::try_from(cli.idle_mib << 20)?,
+        || {
+            println!("ready");
+            let _ = std::io::stdout().flush();
+        },
+        || {
+            let mut line = String::new();
+            matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0)
+        },
+    );
+    if let Some(took) = touched {
+        println!("touched {}", took.as_micros());
+    }
     Ok(())
 }
 
@@ -323,6 +358,8 @@ struct Setup {
     /// Bytes per page, for `/proc/vmstat`'s page counts.
     page_size: u64,
     probe_args: Vec<String>,
+    /// The idle neighbour's arguments; `None`: none.
+    idle_args: Option<Vec<String>>,
     idle_grace: Option<String>,
 }
 
@@ -403,6 +440,13 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             "--period-ms".into(),
             cli.period_ms.to_string(),
         ],
+        idle_args: (cli.idle_mib > 0).then(|| {
+            vec![
+                "--as-idle".into(),
+                "--idle-mib".into(),
+                cli.idle_mib.to_string(),
+            ]
+        }),
         idle_grace: cli.idle_grace.clone(),
     };
 
@@ -442,6 +486,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         machine: describe_machine(usable, machine.swap_total),
         probe_bytes: cli.probe_mib << 20,
         probe_period_ms: cli.period_ms,
+        idle_bytes: cli.idle_mib << 20,
         guard,
         swap_total: machine.swap_total,
         hog_step: STEP,
@@ -521,6 +566,35 @@ fn held(status: &Value) -> u64 {
     status["held"].as_u64().unwrap_or(0)
 }
 
+/// Asks the idle neighbour to write its pages again.
+fn ask_to_touch(idle: &mut Helper) -> Result<()> {
+    let stdin = idle
+        .child
+        .stdin
+        .as_mut()
+        .context("the idle neighbour's stdin is gone")?;
+    stdin
+        .write_all(b"touch\n")
+        .and_then(|()| stdin.flush())
+        .context("asking the idle neighbour to touch its pages")
+}
+
+/// How long the idle neighbour took to write its pages again,
+/// microseconds (pages swapped out come back in meanwhile: up to minutes).
+fn idle_touched(idle: &Helper) -> Result<u64> {
+    loop {
+        let line = idle
+            .lines
+            .recv_timeout(Duration::from_secs(300))
+            .context("the idle neighbour did not say how long its touch took")?;
+        if let Some(us) = line.strip_prefix("touched ") {
+            return us
+                .parse()
+                .with_context(|| format!("the idle neighbour said {line:?}"));
+        }
+    }
+}
+
 /// The daemon's footprint: its workers' measured footprints together
 /// (a model not yet measured counts 0).
 fn footprint(status: &Value) -> u64 {
@@ -596,6 +670,19 @@ fn run_once(
         Ok(line) if line == "ready" => {}
         other => bail!("the probe did not start: {other:?}"),
     }
+    // The idle neighbour's pages are written before the calm reading, so
+    // they count in A0, and they sit idle from then on.
+    let mut idle = match &setup.idle_args {
+        Some(args) => {
+            let idle = Helper::start(args)?;
+            match idle.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line == "ready" => {}
+                other => bail!("the idle neighbour did not start: {other:?}"),
+            }
+            Some(idle)
+        }
+        None => None,
+    };
     // Available memory and the daemon's footprint at calm, with the probe's
     // memory already taken: the guard is what stays beside it.
     let calm = probe.snapshot()?;
@@ -661,6 +748,9 @@ fn run_once(
     let mut hog = Helper::start(&["--as-hog".into(), hog_setup.to_arg()])?;
 
     let (mut reached_at, mut summary) = (None, None);
+    // The idle neighbour is asked to touch its pages halfway through the
+    // hog's hold, while memory is shortest.
+    let mut idle_asked = false;
     let (mut top_level, mut held_least) = (PressureLevel::Normal, held(&before));
     let mut footprint_least = d;
     let hog_deadline = hog_setup.limit + Duration::from_secs(30);
@@ -679,6 +769,13 @@ fn run_once(
                 }
                 Ok(news) => progress(&format!("{news}")),
                 Err(_) => {}
+            }
+        }
+        let halfway = reached_at.is_some_and(|at| started.elapsed() >= at + setup.hold / 2);
+        if !idle_asked && (halfway || summary.is_some()) {
+            idle_asked = true;
+            if let Some(idle) = idle.as_mut() {
+                ask_to_touch(idle)?;
             }
         }
         if hog.child.try_wait()?.is_some() && summary.is_some() {
@@ -726,6 +823,11 @@ fn run_once(
             Err(e) => bail!("the probe gave no result ({e})"),
         }
     };
+    let idle_touch_us = match idle.as_ref() {
+        Some(idle) => idle_touched(idle)?,
+        None => 0,
+    };
+    drop(idle);
     daemon.stop();
 
     let summary = summary.expect("the loop ends on the hog's summary");
@@ -760,6 +862,7 @@ fn run_once(
         hog_stopped_short: summary.blocked,
         hog_step_p50_us: summary.step_p50_us,
         hog_step_max_us: summary.step_max_us,
+        idle_touch_us,
         lowest_available: summary.lowest_available,
         top_level,
         held_before: held(&before),
@@ -768,10 +871,11 @@ fn run_once(
         models_after,
     };
     progress(&format!(
-        "{}: p99 lateness {:.2} ms, PSI some {:.0} ms, swapped out {}, hog steps p50 {:.0} ms \
-         max {:.0} ms, level {}, daemon footprint {} -> {}",
+        "{}: p99 lateness {:.2} ms, idle neighbour's touch {:.0} ms, PSI some {:.0} ms, \
+         swapped out {}, hog steps p50 {:.0} ms max {:.0} ms, level {}, daemon footprint {} -> {}",
         mode.name(),
         run.probe.late_p99_us as f64 / 1000.0,
+        run.idle_touch_us as f64 / 1000.0,
         run.psi_some_ms,
         Bytes(run.swapped_out),
         run.hog_step_p50_us as f64 / 1000.0,
