@@ -221,6 +221,15 @@ impl ProbeResult {
     }
 }
 
+/// Writes `round` into every page of `memory`, so the kernel must have
+/// each page resident (faulting it in, or back in from swap).
+fn write_every_page(memory: &mut [u8], round: u8) {
+    for i in (0..memory.len()).step_by(PAGE) {
+        memory[i] = round;
+    }
+    std::hint::black_box(memory);
+}
+
 /// The probe: takes `bytes` of memory and writes every page of it, calls
 /// `ready`, then every `period` wakes and writes every page again, until
 /// `stop` says so. A wake more than a period late skips the periods it
@@ -232,13 +241,7 @@ pub fn run_probe(
     stop: impl Fn() -> bool,
 ) -> ProbeResult {
     let mut memory = vec![0u8; bytes];
-    let touch = |memory: &mut Vec<u8>, round: u8| {
-        for i in (0..memory.len()).step_by(PAGE) {
-            memory[i] = round;
-        }
-        std::hint::black_box(&mut *memory);
-    };
-    touch(&mut memory, 1);
+    write_every_page(&mut memory, 1);
     ready();
     let (mut late, mut touches, mut missed) = (Vec::new(), Vec::new(), 0u64);
     let mut due = Instant::now() + period;
@@ -251,7 +254,7 @@ pub fn run_probe(
         let woke = Instant::now();
         late.push((woke - due).as_micros() as u64);
         round = round.wrapping_add(1);
-        touch(&mut memory, round);
+        write_every_page(&mut memory, round);
         touches.push(woke.elapsed().as_micros() as u64);
         due += period;
         let now = Instant::now();
@@ -275,19 +278,13 @@ pub fn touch_idle(
     wait: impl FnOnce() -> bool,
 ) -> Option<Duration> {
     let mut memory = vec![0u8; bytes];
-    let touch = |memory: &mut Vec<u8>, round: u8| {
-        for i in (0..memory.len()).step_by(PAGE) {
-            memory[i] = round;
-        }
-        std::hint::black_box(&mut *memory);
-    };
-    touch(&mut memory, 1);
+    write_every_page(&mut memory, 1);
     ready();
     if !wait() {
         return None;
     }
     let started = Instant::now();
-    touch(&mut memory, 2);
+    write_every_page(&mut memory, 2);
     Some(started.elapsed())
 }
 
