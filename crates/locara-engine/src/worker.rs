@@ -421,20 +421,22 @@ fn serve_model(
     let mut engine = Engine {
         backend,
         model: &model,
-        chat_template,
-        context,
-        parallel,
-        shape,
-        pool_cells: ctx.n_ctx(),
-        pool_max,
-        window,
-        can_shift,
-        can_draft: !model.is_recurrent() && !model.is_hybrid(),
-        draft_cap: if locara_platform::estimate_backend().repacks(&gguf.shape()) {
-            draft::EXACT_BATCH_DRAFTS
-        } else {
-            draft::MAX_DRAFT
+        settings: Settings {
+            chat_template,
+            context,
+            parallel,
+            shape,
+            pool_max,
+            window,
+            can_shift,
+            can_draft: !model.is_recurrent() && !model.is_hybrid(),
+            draft_cap: if locara_platform::estimate_backend().repacks(&gguf.shape()) {
+                draft::EXACT_BATCH_DRAFTS
+            } else {
+                draft::MAX_DRAFT
+            },
         },
+        pool_cells: ctx.n_ctx(),
         batch: LlamaBatch::new(ctx.n_batch() as usize, load.parallel as i32),
         ctx: Some(ctx),
         seqs: (0..parallel).map(|_| Sequence::default()).collect(),
@@ -741,26 +743,9 @@ struct Engine<'m> {
     /// The pool. `None` only inside a resize, between dropping the old
     /// context and creating the new one.
     ctx: Option<LlamaContext<'m>>,
-    chat_template: ChatTemplate,
-    /// Context per sequence, tokens.
-    context: u32,
-    parallel: usize,
-    shape: PoolShape,
+    settings: Settings,
     /// The pool's size now, cells (what llama.cpp allocated).
     pool_cells: u32,
-    /// The most the pool may grow to, cells.
-    pool_max: u32,
-    /// The window of sliding-window layers, tokens.
-    window: Option<u32>,
-    can_shift: bool,
-    /// Whether generations may draft tokens: rejected drafts are taken back
-    /// out of the K/V, which a recurrent model's state (Mamba, RWKV, and
-    /// the hybrids) cannot undo.
-    can_draft: bool,
-    /// Most tokens a generation drafts at one step: [`draft::MAX_DRAFT`],
-    /// or [`draft::EXACT_BATCH_DRAFTS`] where the CPU backend repacks the
-    /// model's weights.
-    draft_cap: usize,
     seqs: Vec<Sequence>,
     slots: Vec<Slot>,
     queue: VecDeque<GenerateRequest>,
@@ -788,6 +773,29 @@ struct Engine<'m> {
     /// The draft model's proposals ([`crate::drafter`]), when the load has
     /// one; `None` also after it failed (prompt lookup goes on).
     drafter: Option<Drafter<'m>>,
+}
+
+/// What the model and the load settled for a worker, kept whether it holds
+/// its model or has set it aside ([`Engine`], [`Parked`]).
+struct Settings {
+    chat_template: ChatTemplate,
+    /// Context per sequence, tokens.
+    context: u32,
+    parallel: usize,
+    shape: PoolShape,
+    /// The most the pool may grow to, cells.
+    pool_max: u32,
+    /// The window of sliding-window layers, tokens.
+    window: Option<u32>,
+    can_shift: bool,
+    /// Whether generations may draft tokens: rejected drafts are taken back
+    /// out of the K/V, which a recurrent model's state (Mamba, RWKV, and
+    /// the hybrids) cannot undo.
+    can_draft: bool,
+    /// Most tokens a generation drafts at one step: [`draft::MAX_DRAFT`],
+    /// or [`draft::EXACT_BATCH_DRAFTS`] where the CPU backend repacks the
+    /// model's weights.
+    draft_cap: usize,
 }
 
 enum Control {
@@ -1000,7 +1008,9 @@ impl<'m> Engine<'m> {
                 .count() as u32,
             growth_pending: self.growth_pending,
             draft_cells: self.drafter.as_ref().map_or(0, Drafter::cells),
-            ..self.kept.stats(self.pool_max, self.shape.threads)
+            ..self
+                .kept
+                .stats(self.settings.pool_max, self.settings.shape.threads)
         }
     }
 
@@ -1019,7 +1029,7 @@ impl<'m> Engine<'m> {
             return Ok(());
         }
         let threads = i32::try_from(threads).unwrap_or(i32::MAX);
-        self.shape.threads = threads;
+        self.settings.shape.threads = threads;
         if let Some(ctx) = self.ctx.as_mut() {
             if let Err(e) = crate::cpu::set_threads(ctx, threads) {
                 error(out, None, ErrorKind::BadRequest, e.to_string())?;
@@ -1102,7 +1112,7 @@ impl<'m> Engine<'m> {
         if self.asleep.is_some() && (self.queue.is_empty() || !self.wake(out)?) {
             return Ok(());
         }
-        while self.slots.len() < self.parallel {
+        while self.slots.len() < self.settings.parallel {
             let Some(req) = self.queue.pop_front() else {
                 break;
             };
@@ -1143,7 +1153,7 @@ impl<'m> Engine<'m> {
 
     /// The free sequence for a prompt, and how much of its cache to reuse.
     fn choose(&mut self, prompt: &[LlamaToken], reuse: bool) -> pool::Choice {
-        let window = self.window;
+        let window = self.settings.window;
         let mut candidates = Vec::new();
         for i in 0..self.seqs.len() {
             if self.seqs[i].live.is_some() {
@@ -1233,7 +1243,10 @@ impl<'m> Engine<'m> {
         if let Some(taken) = self.restore_from_disk(choice, prompt, out)? {
             return Ok(taken);
         }
-        let Some((entry, restored)) = self.kept.tier.take_best(prompt, self.window, choice.reuse)
+        let Some((entry, restored)) =
+            self.kept
+                .tier
+                .take_best(prompt, self.settings.window, choice.reuse)
         else {
             return Ok(choice);
         };
@@ -1319,12 +1332,12 @@ impl<'m> Engine<'m> {
         let ram = self
             .kept
             .tier
-            .best_reuse(prompt, self.window, choice.reuse)
+            .best_reuse(prompt, self.settings.window, choice.reuse)
             .unwrap_or(0);
         let ids: Vec<i32> = prompt.iter().map(|t| t.0).collect();
         let disk = self.kept.disk.as_ref().expect("checked above");
         Ok(disk
-            .best(&ids, self.window, choice.reuse.max(ram))
+            .best(&ids, self.settings.window, choice.reuse.max(ram))
             .map(|(i, reuse)| (i, reuse, disk.entries()[i].tokens.len())))
     }
 
@@ -1353,7 +1366,7 @@ impl<'m> Engine<'m> {
             // there is.
             return Ok(self.growth_pending);
         }
-        if self.growth_pending || self.pool_cells >= self.pool_max {
+        if self.growth_pending || self.pool_cells >= self.settings.pool_max {
             return Ok(false);
         }
         let Some((_, _, tokens)) = self.disk_candidate(choice, prompt, out)? else {
@@ -1361,7 +1374,7 @@ impl<'m> Engine<'m> {
         };
         let live = self.live_cells();
         let room = (self.pool_cells as usize).saturating_sub(live);
-        if tokens <= room || live + tokens > self.pool_max as usize {
+        if tokens <= room || live + tokens > self.settings.pool_max as usize {
             return Ok(false);
         }
         // `needed` is beyond the `room` the pool can free; as the pool's
@@ -1377,12 +1390,12 @@ impl<'m> Engine<'m> {
                 needed_cells: needed,
                 pool_cells: self.pool_cells,
                 used_cells: live,
-                pool_max_cells: self.pool_max,
+                pool_max_cells: self.settings.pool_max,
                 suggested_cells: pool::suggest_growth(
                     self.pool_cells,
                     self.pool_cells,
                     needed,
-                    self.pool_max,
+                    self.settings.pool_max,
                 ),
                 waiting: 1,
             },
@@ -1512,8 +1525,8 @@ impl<'m> Engine<'m> {
                 engine: expected.engine.clone(),
                 kv_type: expected.kv_type,
                 layout: expected.layout,
-                context: self.context,
-                parallel: self.parallel as u32,
+                context: self.settings.context,
+                parallel: self.settings.parallel as u32,
                 tokens: tokens.iter().map(|t| t.0).collect(),
                 exact: exact as u32,
                 pos_min,
@@ -1583,7 +1596,7 @@ impl<'m> Engine<'m> {
         messages: &[ChatMessage],
         add_ass: bool,
     ) -> Result<String, (ErrorKind, String)> {
-        let template = match &self.chat_template {
+        let template = match &self.settings.chat_template {
             ChatTemplate::Model => self.model.chat_template(None).map_err(|e| {
                 (
                     ErrorKind::ChatTemplate,
@@ -1655,7 +1668,7 @@ impl<'m> Engine<'m> {
     /// Tokenizes a request into a slot (not yet on a sequence).
     fn prepare(&self, req: GenerateRequest) -> Result<Slot, (ErrorKind, String)> {
         let started = Instant::now();
-        let context = self.context as usize;
+        let context = self.settings.context as usize;
         // Room a too-long chat keeps for the answer when it drops messages:
         // max_tokens, at most a quarter of the context.
         let answer_room = (req.max_tokens.unwrap_or(u32::MAX) as usize)
@@ -1663,7 +1676,7 @@ impl<'m> Engine<'m> {
             .max(1);
         // The system prefix matters only to a shift; finding it renders the
         // template twice more, so only where a shift may happen.
-        let shifts = req.truncate && self.can_shift;
+        let shifts = req.truncate && self.settings.can_shift;
         let (prompt, system, dropped, conversation) = match &req.prompt {
             Prompt::Raw { text } => (self.tokenize(text), 0, 0, None),
             Prompt::Chat { messages } => {
@@ -1694,7 +1707,7 @@ impl<'m> Engine<'m> {
                 } else {
                     0
                 };
-                let conversation = self.can_draft.then(|| (messages, String::new()));
+                let conversation = self.settings.can_draft.then(|| (messages, String::new()));
                 (prompt, system, dropped, conversation)
             }
         };
@@ -1707,7 +1720,7 @@ impl<'m> Engine<'m> {
                 format!(
                     "the prompt is {} tokens; the context holds {} (and the answer needs room){}",
                     prompt.len(),
-                    self.context,
+                    self.settings.context,
                     if dropped > 0 {
                         format!(" even after leaving out its {dropped} oldest messages")
                     } else {
@@ -1723,7 +1736,7 @@ impl<'m> Engine<'m> {
             .map_or(system, |k| k as usize)
             .max(bos)
             .min(prompt.len());
-        let room = self.context - prompt.len() as u32;
+        let room = self.settings.context - prompt.len() as u32;
         // Without shifts a sequence ends at its context; with them only
         // max_tokens ends it ("None" still means: until the context is full).
         let max_tokens = match req.max_tokens {
@@ -1732,8 +1745,13 @@ impl<'m> Engine<'m> {
             None => room,
         };
         // The frequency and presence penalties count the whole answer.
-        let picker = Picker::new(self.model, &req.sampling, max_tokens.min(self.context))?;
-        let speculative = req.speculative && self.can_draft && matches!(picker, Picker::Greedy);
+        let picker = Picker::new(
+            self.model,
+            &req.sampling,
+            max_tokens.min(self.settings.context),
+        )?;
+        let speculative =
+            req.speculative && self.settings.can_draft && matches!(picker, Picker::Greedy);
         Ok(Slot {
             id: req.id,
             seq: 0,
@@ -1804,7 +1822,7 @@ impl<'m> Engine<'m> {
     /// oldest half of the rest goes, later positions move back. Returns the
     /// tokens discarded, `None` if it cannot shift.
     fn shift(&mut self, i: usize) -> Option<usize> {
-        if !(self.can_shift && self.slots[i].truncate) {
+        if !(self.settings.can_shift && self.slots[i].truncate) {
             return None;
         }
         let seq = self.slots[i].seq;
@@ -1918,7 +1936,7 @@ impl<'m> Engine<'m> {
             self.ctx.as_mut().expect("the pool exists outside a resize"),
             &mut self.batch,
             self.kept.class,
-            self.shape.threads,
+            self.settings.shape.threads,
         );
         if let Err(e) = decoded {
             for seq in followed {
@@ -1977,7 +1995,7 @@ impl<'m> Engine<'m> {
                 slot.next = Some(token);
                 // The next token needs a position inside the sequence's
                 // context: shift to make one, or end there.
-                if self.seqs[slot.seq].tokens.len() >= self.context as usize
+                if self.seqs[slot.seq].tokens.len() >= self.settings.context as usize
                     && self.shift(i).is_none()
                 {
                     finish = Some(FinishReason::Length);
@@ -2095,13 +2113,13 @@ impl<'m> Engine<'m> {
             let seq = &mut self.seqs[slot.seq];
             // Tokens the answer may still have after `next`'s successor.
             let answer_left = slot.max_tokens.saturating_sub(slot.generated + 1) as usize;
-            let context_left = (self.context as usize).saturating_sub(seq.tokens.len());
+            let context_left = (self.settings.context as usize).saturating_sub(seq.tokens.len());
             let most = room
                 .min(free)
                 .min(budget)
                 .min(answer_left)
                 .min(context_left)
-                .min(self.draft_cap);
+                .min(self.settings.draft_cap);
             if most == 0 || slot.draft_length.paused() {
                 // A paused generation's step still counts down.
                 slot.draft_length.want();
@@ -2119,7 +2137,7 @@ impl<'m> Engine<'m> {
                     &seq.tokens,
                     want,
                     self.kept.class,
-                    self.shape.threads,
+                    self.settings.shape.threads,
                 ) {
                     Ok(proposed) => slot.drafts = proposed,
                     Err(e) => {
@@ -2246,7 +2264,7 @@ impl<'m> Engine<'m> {
     /// parent for growth (once per shortage), or, at the cap, acts as if it
     /// were refused. Returns whether anything changed.
     fn pool_full(&mut self, short: usize, out: &mut impl Write) -> Result<bool, WorkerError> {
-        if self.pool_cells >= self.pool_max {
+        if self.pool_cells >= self.settings.pool_max {
             self.deny_growth(out)?;
             return Ok(true);
         }
@@ -2262,8 +2280,13 @@ impl<'m> Engine<'m> {
                 needed_cells: needed,
                 pool_cells: self.pool_cells,
                 used_cells: used,
-                pool_max_cells: self.pool_max,
-                suggested_cells: pool::suggest_growth(self.pool_cells, used, needed, self.pool_max),
+                pool_max_cells: self.settings.pool_max,
+                suggested_cells: pool::suggest_growth(
+                    self.pool_cells,
+                    used,
+                    needed,
+                    self.settings.pool_max,
+                ),
                 waiting: self.slots.iter().filter(|s| s.held).count() as u32,
             },
         )?;
@@ -2283,7 +2306,7 @@ impl<'m> Engine<'m> {
                 self.slots[i].held = false;
                 continue;
             }
-            let why = if !self.can_shift {
+            let why = if !self.settings.can_shift {
                 "this model cannot shift its context (sliding-window or recurrent layers)"
             } else if !self.slots[i].truncate {
                 "the request does not allow truncation"
@@ -2295,8 +2318,8 @@ impl<'m> Engine<'m> {
                 self.used_cells(),
                 self.pool_cells,
                 self.slots.len(),
-                if self.pool_cells >= self.pool_max {
-                    format!(" past its cap of {} cells", self.pool_max)
+                if self.pool_cells >= self.settings.pool_max {
+                    format!(" past its cap of {} cells", self.settings.pool_max)
                 } else {
                     String::new()
                 },
@@ -2358,11 +2381,11 @@ impl<'m> Engine<'m> {
         let started = Instant::now();
         match self
             .model
-            .new_context(self.backend, self.shape.params(cells))
+            .new_context(self.backend, self.settings.shape.params(cells))
         {
             Ok(ctx) => {
                 self.pool_cells = ctx.n_ctx();
-                self.batch = LlamaBatch::new(ctx.n_batch() as usize, self.parallel as i32);
+                self.batch = LlamaBatch::new(ctx.n_batch() as usize, self.settings.parallel as i32);
                 self.ctx = Some(ctx);
                 self.asleep = None;
                 resized_in_place(out, self.pool_cells, 0, 0, started)?;
@@ -2415,7 +2438,7 @@ impl<'m> Engine<'m> {
                 last_used: s.last_used,
             })
             .collect();
-        let plan = pool::plan_resize(requested, self.pool_max, &live, &self.cached());
+        let plan = pool::plan_resize(requested, self.settings.pool_max, &live, &self.cached());
         for &seq in &plan.drop {
             self.spill(seq);
         }
@@ -2446,11 +2469,12 @@ impl<'m> Engine<'m> {
             drop(self.ctx.take());
             match self
                 .model
-                .new_context(self.backend, self.shape.params(plan.cells))
+                .new_context(self.backend, self.settings.shape.params(plan.cells))
             {
                 Ok(ctx) => {
                     self.pool_cells = ctx.n_ctx();
-                    self.batch = LlamaBatch::new(ctx.n_batch() as usize, self.parallel as i32);
+                    self.batch =
+                        LlamaBatch::new(ctx.n_batch() as usize, self.settings.parallel as i32);
                     self.ctx = Some(ctx);
                     moved = self.restore(states, out)?;
                     self.kept.resizes += 1;
@@ -2461,7 +2485,7 @@ impl<'m> Engine<'m> {
                     // again would fail again).
                     let ctx = self
                         .model
-                        .new_context(self.backend, self.shape.params(previous))
+                        .new_context(self.backend, self.settings.shape.params(previous))
                         .map_err(|e2| {
                             WorkerError::Backend(format!(
                                 "a resize to {} cells failed ({e}) and the pool of {previous} cells could not be made again ({e2})",
@@ -2600,7 +2624,8 @@ impl<'m> Engine<'m> {
             let held = &self.seqs[slot.seq].tokens;
             if self.seqs[slot.seq].exact == held.len() {
                 let tokens = self.follow_up(messages, answer, held);
-                if !tokens.is_empty() && held.len() + tokens.len() < self.context as usize {
+                if !tokens.is_empty() && held.len() + tokens.len() < self.settings.context as usize
+                {
                     let after = held.len();
                     self.seqs[slot.seq].follow_up = Some(FollowUp { after, tokens });
                 }

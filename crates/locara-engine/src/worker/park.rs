@@ -4,8 +4,8 @@
 //! again from the same file ([`serve_parked`]).
 
 use super::{
-    error, give_back_freed_memory, resized_in_place, write_frame, ChatTemplate, Control, Engine,
-    Kept, PoolShape, Sequence, Served, WorkerError,
+    error, give_back_freed_memory, resized_in_place, write_frame, Control, Engine, Kept, Sequence,
+    Served, Settings, WorkerError,
 };
 use crate::drafter::{Drafter, ParkedDrafter};
 use crate::embed::Embedder;
@@ -146,15 +146,7 @@ fn load_again(
 /// the settings the model and the load gave, the counters, the RAM and disk
 /// tiers, the daemon's share of the cores.
 pub(super) struct Parked {
-    chat_template: ChatTemplate,
-    context: u32,
-    parallel: usize,
-    shape: PoolShape,
-    pool_max: u32,
-    window: Option<u32>,
-    can_shift: bool,
-    can_draft: bool,
-    draft_cap: usize,
+    settings: Settings,
     seqs: Vec<Sequence>,
     clock: u64,
     kept: Kept,
@@ -230,7 +222,7 @@ impl Parked {
                     self.kept.class = class;
                     self.kept.paused = threads == 0;
                     if !self.kept.paused {
-                        self.shape.threads = i32::try_from(threads).unwrap_or(i32::MAX);
+                        self.settings.shape.threads = i32::try_from(threads).unwrap_or(i32::MAX);
                     }
                 }
                 // Nothing runs, waits or grows.
@@ -246,7 +238,8 @@ impl Parked {
     }
 
     fn stats(&self) -> WorkerStats {
-        self.kept.stats(self.pool_max, self.shape.threads)
+        self.kept
+            .stats(self.settings.pool_max, self.settings.shape.threads)
     }
 
     fn sequence_infos(&self) -> Vec<SequenceInfo> {
@@ -274,16 +267,8 @@ impl<'m> Engine<'m> {
             backend: _,
             model: _,
             ctx,
-            chat_template,
-            context,
-            parallel,
-            shape,
+            settings,
             pool_cells: _,
-            pool_max,
-            window,
-            can_shift,
-            can_draft,
-            draft_cap,
             seqs,
             slots,
             queue,
@@ -300,15 +285,7 @@ impl<'m> Engine<'m> {
         } = self;
         debug_assert!(ctx.is_none() && slots.is_empty() && queue.is_empty());
         Parked {
-            chat_template,
-            context,
-            parallel,
-            shape,
-            pool_max,
-            window,
-            can_shift,
-            can_draft,
-            draft_cap,
+            settings,
             seqs,
             clock,
             kept,
@@ -331,16 +308,8 @@ impl<'m> Engine<'m> {
             backend,
             model,
             ctx: None,
-            chat_template: p.chat_template,
-            context: p.context,
-            parallel: p.parallel,
-            shape: p.shape,
+            settings: p.settings,
             pool_cells: 0,
-            pool_max: p.pool_max,
-            window: p.window,
-            can_shift: p.can_shift,
-            can_draft: p.can_draft,
-            draft_cap: p.draft_cap,
             seqs: p.seqs,
             slots: Vec::new(),
             queue: VecDeque::new(),
