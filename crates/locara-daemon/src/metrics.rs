@@ -743,7 +743,7 @@ impl Collector for Snapshot {
         gauges(
             e,
             "model_footprint_bytes",
-            "Measured footprint in bytes of the model's engine worker (macOS phys_footprint; Linux Anonymous + Swap from smaps_rollup).",
+            "Measured footprint in bytes of the model's engine worker (macOS phys_footprint; Linux RssAnon + VmSwap from /proc/<pid>/status).",
             models.iter().filter_map(|m| Some((model(m), m.footprint_bytes?))),
         )?;
         gauges(

@@ -11,8 +11,8 @@ pub use locara_core::ladder::{ParsePressureLevelError, PressureLevel};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessFootprint {
     /// Memory the OS charges the process and can only get back by swapping
-    /// or ending it: macOS `phys_footprint`; Linux `Anonymous + Swap` from
-    /// `/proc/<pid>/smaps_rollup`.
+    /// or ending it: macOS `phys_footprint`; Linux `RssAnon + VmSwap` from
+    /// `/proc/<pid>/status`.
     pub footprint: u64,
     /// Resident file-backed pages (the mmap'd weights): reclaimable without
     /// swap, never counted as used. On macOS, resident pages not charged to

@@ -10,7 +10,7 @@
 //! worker (`target/<profile>/locara engine`), loads the model, fills the
 //! context, measures the worker's footprint by pid from the parent (as the
 //! daemon will) and prints it next to the estimate. Memory figures come from
-//! the OS: Linux `Anonymous + Swap` of `/proc/<pid>/smaps_rollup` for the
+//! the OS: Linux `RssAnon + VmSwap` of `/proc/<pid>/status` for the
 //! footprint and the resident pages of the model file's mapping for the
 //! mapped weights; macOS `phys_footprint`.
 //!
