@@ -415,7 +415,8 @@ impl Versus {
         let ratios: Vec<f64> = g
             .iter()
             .zip(&i)
-            .filter(|(_, i)| **i > 0.0)
+            // A ratio to what the table shows as 0.00 says nothing.
+            .filter(|(_, i)| **i >= SHOWN)
             .map(|(g, i)| g / i)
             .collect();
         Some(Versus {
@@ -427,6 +428,9 @@ impl Versus {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The least figure the table shows as more than 0.00.
+const SHOWN: f64 = 0.005;
 
 /// One figure of a run, as the table shows it.
 type Figure = fn(&Run) -> f64;
@@ -502,8 +506,10 @@ impl PressureReport {
         if self.idle_bytes > 0 {
             let _ = writeln!(
                 s,
-                "idle app      {} of its own, every page written at its start and again halfway                  through the hog's hold (a user switching back to it)",
-                Bytes(self.idle_bytes)
+                "idle app      {} of its own, every page written at its start and again halfway\n\
+                 {:14}through the hog's hold (a user switching back to it)",
+                Bytes(self.idle_bytes),
+                ""
             );
         }
         let _ = writeln!(
@@ -759,5 +765,18 @@ mod tests {
         report.runs[1].hog_stopped_short = true;
         let table = report.table();
         assert!(table.contains("STOPPED SHORT"), "{table}");
+    }
+
+    #[test]
+    fn no_ratio_is_taken_to_a_figure_shown_as_zero() {
+        // Lowest available memory ignoring pressure: 4 KiB, shown as 0.00 MiB.
+        let mut runs = vec![run(Mode::Governor, 0), run(Mode::Ignore, 0)];
+        runs[1].lowest_available = 4 << 10;
+        let lowest = |r: &Run| r.lowest_available as f64 / MIB;
+        let v = Versus::of(&runs, lowest).unwrap();
+        assert_eq!(v.ratio, None, "{v:?}");
+        runs[1].lowest_available = 64 << 20;
+        let v = Versus::of(&runs, lowest).unwrap();
+        assert_eq!(v.ratio, Some(16.0), "{v:?}");
     }
 }
