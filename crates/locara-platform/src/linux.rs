@@ -66,8 +66,11 @@ pub(crate) fn process_footprint(pid: u32) -> Result<ProcessFootprint, PlatformEr
 /// memory lock: about 90 ms of kernel time for a worker holding 3 GiB of
 /// repacked weights and 3 GiB mapped, every time the daemon measures (every
 /// 2 s), which made the apps beside it wait for a CPU. The counters agree
-/// with `smaps_rollup`'s `Anonymous + Swap` to within the kernel's per-CPU
-/// batching (a few pages per CPU; this crate's test compares the two).
+/// with `smaps_rollup`'s `Anonymous + Swap` to within the kernel's
+/// batching of its counter updates: up to 64 pages per thread before Linux
+/// 6.2, and since then up to a batch per CPU (32 pages on a machine of up
+/// to 16 CPUs, 2 MiB in all), against gigabytes of model. This crate's test
+/// compares the two.
 ///
 /// Not `Private_Dirty + Swap` (smaps): it counts a file page as dirty while
 /// the page cache has not written it back yet, so a model file written
