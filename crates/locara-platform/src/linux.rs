@@ -69,8 +69,8 @@ pub(crate) fn process_footprint(pid: u32) -> Result<ProcessFootprint, PlatformEr
 /// with `smaps_rollup`'s `Anonymous + Swap` to within the kernel's
 /// batching of its counter updates: up to 64 pages per thread before Linux
 /// 6.2, and since then up to a batch per CPU (32 pages on a machine of up
-/// to 16 CPUs, 2 MiB in all), against gigabytes of model. This crate's test
-/// compares the two.
+/// to 16 CPUs, 2 MiB in all), against gigabytes of model. This crate's
+/// `linux_probes` test compares the two.
 ///
 /// Not `Private_Dirty + Swap` (smaps): it counts a file page as dirty while
 /// the page cache has not written it back yet, so a model file written
@@ -1180,83 +1180,6 @@ Hugepagesize:       2048 kB
         assert_eq!(fp.rss, 6347700 * 1024);
         assert!(parse_status("VmRSS:\t1 kB\n").is_none());
         assert!(parse_status("RssAnon:\t1 kB\n").is_none());
-    }
-
-    /// `Anonymous + Swap` and `Rss` of `smaps_rollup`, which walks the page
-    /// tables, in bytes.
-    fn smaps_rollup(pid: u32) -> (u64, u64) {
-        let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
-        let line = |key: &str| -> u64 {
-            kb_lines(&text)
-                .find(|(k, _)| *k == key)
-                .map(|(_, kb)| kb * 1024)
-                .unwrap()
-        };
-        (line("Anonymous") + line("Swap"), line("Rss"))
-    }
-
-    #[test]
-    fn the_status_counters_agree_with_the_page_table_walk() {
-        // This process, holding 64 MiB it wrote and a 16 MiB file it read
-        // through a mapping: the counters the footprint is read from match
-        // what walking every page finds, to within the kernel's per-CPU
-        // batching.
-        let mut dirty = vec![0u8; 64 << 20];
-        for i in (0..dirty.len()).step_by(4096) {
-            dirty[i] = 1;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("weights.gguf");
-        fs::write(&path, vec![7u8; 16 << 20]).unwrap();
-        let file = File::open(&path).unwrap();
-        let len = 16usize << 20;
-        // SAFETY: a fresh read-only private mapping of a file this test
-        // owns, unmapped below; it is only read through volatile loads.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED);
-        let mut sum = 0u64;
-        for i in (0..len).step_by(4096) {
-            // SAFETY: `i` is inside the mapping of `len` bytes.
-            sum += u64::from(unsafe { std::ptr::read_volatile(map.cast::<u8>().add(i)) });
-        }
-        assert_eq!(sum, 7 * (len as u64 / 4096));
-
-        // Other tests run in this process meanwhile: the walk is compared
-        // with the counters read just before and just after it.
-        let me = std::process::id();
-        let before = process_footprint(me).unwrap();
-        let (walked_footprint, walked_rss) = smaps_rollup(me);
-        let after = process_footprint(me).unwrap();
-        // SAFETY: the mapping made above, not used after this.
-        assert_eq!(unsafe { libc::munmap(map, len) }, 0);
-        std::hint::black_box(&dirty);
-
-        let slack = 8u64 << 20;
-        let between =
-            |walked: u64, a: u64, b: u64| walked + slack >= a.min(b) && walked <= a.max(b) + slack;
-        assert!(
-            between(walked_footprint, before.footprint, after.footprint),
-            "status says {} then {} of footprint, smaps_rollup {walked_footprint}",
-            before.footprint,
-            after.footprint
-        );
-        assert!(
-            between(walked_rss, before.rss, after.rss),
-            "status says {} then {} resident, smaps_rollup {walked_rss}",
-            before.rss,
-            after.rss
-        );
-        assert!(before.footprint >= 64 << 20, "{before:?}");
-        assert!(before.mapped_weights >= 16 << 20, "{before:?}");
     }
 
     #[test]

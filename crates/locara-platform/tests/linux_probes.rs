@@ -156,17 +156,37 @@ impl TestChild {
     /// Footprint before and after the child does its work.
     fn measure(role: &str) -> (ProcessFootprint, ProcessFootprint) {
         let probe = SystemProbe::default();
+        TestChild::read(role, |pid| probe.process_footprint(pid).unwrap())
+    }
+
+    /// What `read` finds of the child's pid before and after it does its
+    /// work.
+    fn read<T>(role: &str, read: impl Fn(u32) -> T) -> (T, T) {
         let mut child = TestChild::start(role);
         child.expect("child:ready");
-        let before = probe.process_footprint(child.pid()).unwrap();
+        let before = read(child.pid());
         child.send("go");
         child.expect("child:done");
-        let after = probe.process_footprint(child.pid()).unwrap();
+        let after = read(child.pid());
         drop(child.stdin.take());
         let status = child.child.wait().unwrap();
         assert!(status.success(), "child failed: {status}");
         (before, after)
     }
+}
+
+/// `Anonymous + Swap` and `Rss` of a process's `smaps_rollup`, which walks
+/// its page tables, in bytes.
+fn walked(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let kb = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in smaps_rollup:\n{text}"))
+            * 1024
+    };
+    (kb("Anonymous") + kb("Swap"), kb("Rss"))
 }
 
 fn within(actual: u64, expected: u64, percent: u64) -> bool {
@@ -216,4 +236,38 @@ fn a_child_that_maps_a_file_shows_mapped_weights_not_footprint() {
         after.rss - before.rss >= n * 95 / 100,
         "RSS counts mapped weights too"
     );
+}
+
+#[test]
+fn the_footprint_counters_agree_with_the_page_table_walk() {
+    // The footprint is read from the kernel's page counters; walking every
+    // page (`smaps_rollup`) finds the same, to within the kernel's batching
+    // of counter updates, for dirtied memory and for a mapped file alike.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weights.gguf");
+    std::fs::write(&path, vec![7u8; 16 * MIB as usize]).unwrap();
+    let probe = SystemProbe::default();
+    let slack = 8 * MIB;
+    for role in ["dirty:64".to_string(), format!("map:{}", path.display())] {
+        let (_, (counters, (footprint, rss))) = TestChild::read(&role, |pid| {
+            (probe.process_footprint(pid).unwrap(), walked(pid))
+        });
+        eprintln!("{role}: counters {counters:?}, walk footprint {footprint} rss {rss}");
+        assert!(
+            counters.footprint.abs_diff(footprint) <= slack,
+            "{role}: the counters say {} of footprint, the walk {footprint}",
+            counters.footprint
+        );
+        assert!(
+            counters.rss.abs_diff(rss) <= slack,
+            "{role}: the counters say {} resident, the walk {rss}",
+            counters.rss
+        );
+        let (held, what) = if role.starts_with("dirty:") {
+            (counters.footprint, "footprint")
+        } else {
+            (counters.mapped_weights, "mapped weights")
+        };
+        assert!(held >= 16 * MIB, "{role}: only {held} bytes of {what}");
+    }
 }
