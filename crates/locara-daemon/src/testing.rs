@@ -489,6 +489,7 @@ pub fn synthetic_settings(
         )),
         ladder: locara_core::ladder::LadderConfig::default(),
         holds_file: Some(home.join("holds.json")),
+        held_mapped: locara_platform::HeldMapped::default(),
     }
 }
 
@@ -526,7 +527,7 @@ pub fn app_state(
 /// pids: [`FakeEngine`] counts from 1 000 000) have footprints: 96 MiB plus
 /// 16 MiB per worker started before, with 100 MiB of mapped weights, so
 /// views of a fake daemon show figures.
-fn fake_probe() -> locara_platform::SimulatedProbe {
+pub(crate) fn fake_probe() -> locara_platform::SimulatedProbe {
     let probe = locara_platform::SimulatedProbe::new(locara_platform::simulated::linux_profile(16));
     for i in 0..64u32 {
         let footprint = (96 + 16 * u64::from(i)) << 20;

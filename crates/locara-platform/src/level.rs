@@ -50,7 +50,9 @@ pub struct Thresholds {
     pub warn_full_avg10: f64,
     /// `critical` when PSI `full` avg10 reaches this (percent). Default 20.
     pub critical_full_avg10: f64,
-    /// `warn` when available memory falls below this fraction. Default 0.10.
+    /// `warn` when available memory, less the loaded models' mapped
+    /// weights ([`PressureSample::held_mapped`]), falls below this fraction.
+    /// Default 0.10.
     pub warn_available_fraction: f64,
     /// `critical` when available memory falls below this fraction. Default 0.05.
     pub critical_available_fraction: f64,
@@ -228,6 +230,15 @@ pub struct PressureSample {
     pub psi_trigger_fired: bool,
     /// Available memory in bytes (cgroup-aware).
     pub available: u64,
+    /// Bytes of `available` that are this runtime's own: file pages of the
+    /// loaded models' weights, mapped by their workers and resident (Linux
+    /// counts them in `MemAvailable`). Other processes get them only once
+    /// the kernel unmaps them, which is slow: with 3.6 GiB "available", 3 GiB
+    /// of it a loaded model's weights, reclaim stalled every process for
+    /// seconds before available memory reached the warn threshold. So warn
+    /// judges `available - held_mapped`; critical judges `available`, so a
+    /// model that fills the machine is never refused for its own weights.
+    pub held_mapped: u64,
     /// The memory `available` is a share of: usable memory in bytes. 0 when
     /// unknown (then available memory is not judged).
     pub total: u64,
@@ -320,20 +331,30 @@ pub fn assess(
         });
     }
     if sample.total > 0 {
-        let fraction = sample.available as f64 / sample.total as f64;
-        let msg = |limit: f64| {
-            format!(
-                "available {} is below {:.0} % of {}",
-                Bytes(sample.available),
-                limit * 100.0,
-                Bytes(sample.total)
-            )
-        };
-        if fraction < thresholds.critical_available_fraction {
-            consider(Critical, &|| msg(thresholds.critical_available_fraction));
+        let share = |bytes: u64| bytes as f64 / sample.total as f64;
+        let below = |limit: f64| format!("below {:.0} % of {}", limit * 100.0, Bytes(sample.total));
+        if share(sample.available) < thresholds.critical_available_fraction {
+            consider(Critical, &|| {
+                let limit = below(thresholds.critical_available_fraction);
+                format!("available {} is {limit}", Bytes(sample.available))
+            });
         }
-        if fraction < thresholds.warn_available_fraction {
-            consider(Warn, &|| msg(thresholds.warn_available_fraction));
+        let others = sample.available.saturating_sub(sample.held_mapped);
+        if share(others) < thresholds.warn_available_fraction {
+            consider(Warn, &|| {
+                let limit = below(thresholds.warn_available_fraction);
+                if sample.held_mapped == 0 {
+                    format!("available {} is {limit}", Bytes(sample.available))
+                } else {
+                    format!(
+                        "available to other processes {} ({} less {} of model weights \
+                         mapped by this runtime) is {limit}",
+                        Bytes(others),
+                        Bytes(sample.available),
+                        Bytes(sample.held_mapped)
+                    )
+                }
+            });
         }
     }
     if let (Some(now), Some(before)) = (&sample.cgroup_events, previous_events) {
@@ -568,6 +589,33 @@ mod tests {
         // Unknown total: not judged.
         let unknown = [(0, PressureSample::from_memory(0, 0))];
         assert_eq!(run(PressureConfig::default(), &unknown), [Normal]);
+    }
+
+    #[test]
+    fn warn_counts_the_models_mapped_weights_as_not_available_and_critical_does_not() {
+        let total = 16 * GIB;
+        let held = |available: u64, held_mapped: u64| PressureSample {
+            held_mapped,
+            ..PressureSample::from_memory(available, total)
+        };
+        let t = Thresholds::default();
+        // 5 GiB available, 4 GiB of it a loaded model's weights: 1 GiB
+        // (6 %) is left to others.
+        let a = assess(&held(5 * GIB, 4 * GIB), &t, None);
+        assert_eq!(a.level, Warn);
+        assert_eq!(
+            a.reason,
+            "available to other processes 1.0 GiB (5.0 GiB less 4.0 GiB of model weights \
+             mapped by this runtime) is below 10 % of 16.0 GiB"
+        );
+        // The same figures with no model loaded: normal.
+        assert_eq!(assess(&held(5 * GIB, 0), &t, None).level, Normal);
+        // Held bytes beyond what is available leave nothing, not less.
+        assert_eq!(assess(&held(GIB, 4 * GIB), &t, None).level, Warn);
+        // 0.5 GiB (3 %) available is critical whatever is held; 1 GiB
+        // (6 %) with all of it the model's weights is warn, not critical.
+        assert_eq!(assess(&held(GIB / 2, 0), &t, None).level, Critical);
+        assert_eq!(assess(&held(GIB, GIB), &t, None).level, Warn);
     }
 
     #[test]

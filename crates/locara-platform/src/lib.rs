@@ -77,6 +77,8 @@ pub use snapshot::{
 pub use watch::{PressureEvent, PressureWatch, WatchEnded};
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Errors of the probes.
 #[derive(Debug, thiserror::Error)]
@@ -142,17 +144,44 @@ pub trait HardwareProbe: Send + Sync {
     fn power_state(&self) -> PowerState;
 }
 
+/// Bytes of file pages that the runtime's own processes map and keep
+/// resident: the loaded models' weights, as the governor last measured
+/// them. The governor sets it; the pressure level reads it with each sample
+/// ([`PressureSample::held_mapped`]). Clones share one figure.
+#[derive(Debug, Clone, Default)]
+pub struct HeldMapped(Arc<AtomicU64>);
+
+impl HeldMapped {
+    pub fn set(&self, bytes: u64) {
+        self.0.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The probes of the OS this runs on.
 #[derive(Debug, Clone, Default)]
 pub struct SystemProbe {
     config: PressureConfig,
+    held: HeldMapped,
 }
 
 impl SystemProbe {
     /// Probes whose pressure watch uses `config` (checked first).
     pub fn new(config: PressureConfig) -> Result<Self, PlatformError> {
         config.validate()?;
-        Ok(SystemProbe { config })
+        Ok(SystemProbe {
+            config,
+            held: HeldMapped::default(),
+        })
+    }
+
+    /// The same probes, judging pressure with `held` as the runtime's own
+    /// mapped weights (Linux; macOS reports its own level).
+    pub fn with_held_mapped(self, held: HeldMapped) -> Self {
+        SystemProbe { held, ..self }
     }
 
     pub fn config(&self) -> &PressureConfig {
@@ -162,7 +191,7 @@ impl SystemProbe {
 
 impl MemoryProbe for SystemProbe {
     fn snapshot(&self) -> Result<SystemSnapshot, PlatformError> {
-        os::snapshot(&self.config.thresholds)
+        os::snapshot(&self.config.thresholds, self.held.get())
     }
 
     fn process_footprint(&self, pid: u32) -> Result<ProcessFootprint, PlatformError> {
@@ -172,7 +201,7 @@ impl MemoryProbe for SystemProbe {
 
 impl PressureSource for SystemProbe {
     fn watch(&self) -> Result<PressureWatch, PlatformError> {
-        os::watch(&self.config)
+        os::watch(&self.config, self.held.clone())
     }
 }
 

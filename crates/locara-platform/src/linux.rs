@@ -8,10 +8,10 @@
 
 pub(crate) use crate::unix::disk_space;
 use crate::{
-    assess, time::unix_now_ms, CgroupEvents, CgroupMemory, HardwareProfile, LevelDeriver,
-    PlatformError, PowerState, PressureConfig, PressureEvent, PressureSample, PressureWatch,
-    ProcessFootprint, ProgramProcess, Psi, PsiAverages, PsiTriggerSpec, SystemSnapshot,
-    ThermalState, Thresholds,
+    assess, time::unix_now_ms, CgroupEvents, CgroupMemory, HardwareProfile, HeldMapped,
+    LevelDeriver, PlatformError, PowerState, PressureConfig, PressureEvent, PressureSample,
+    PressureWatch, ProcessFootprint, ProgramProcess, Psi, PsiAverages, PsiTriggerSpec,
+    SystemSnapshot, ThermalState, Thresholds,
 };
 use locara_core::threads::ThreadClass;
 use std::collections::{BTreeSet, HashSet, VecDeque};
@@ -384,8 +384,12 @@ pub(crate) fn physical_memory() -> Result<u64, PlatformError> {
 }
 
 /// One reading for the level derivation; `trigger_fired` says the PSI
-/// trigger woke us.
-fn pressure_sample(trigger_fired: bool) -> Result<(PressureSample, SystemSnapshot), PlatformError> {
+/// trigger woke us, and `held_mapped` is the runtime's own mapped weights
+/// (counted only up to the page cache they live in).
+fn pressure_sample(
+    trigger_fired: bool,
+    held_mapped: u64,
+) -> Result<(PressureSample, SystemSnapshot), PlatformError> {
     let mi = read_meminfo()?;
     let cgroup = own_cgroup_memory(mi.total);
     let psi = read_psi();
@@ -397,6 +401,7 @@ fn pressure_sample(trigger_fired: bool) -> Result<(PressureSample, SystemSnapsho
         psi,
         psi_trigger_fired: trigger_fired,
         available,
+        held_mapped: held_mapped.min(mi.cached_files()),
         total: usable,
         cgroup_events: cgroup.as_ref().map(|c| c.events),
         os_level: None,
@@ -418,8 +423,11 @@ fn pressure_sample(trigger_fired: bool) -> Result<(PressureSample, SystemSnapsho
     Ok((sample, snapshot))
 }
 
-pub(crate) fn snapshot(thresholds: &Thresholds) -> Result<SystemSnapshot, PlatformError> {
-    let (sample, mut snapshot) = pressure_sample(false)?;
+pub(crate) fn snapshot(
+    thresholds: &Thresholds,
+    held_mapped: u64,
+) -> Result<SystemSnapshot, PlatformError> {
+    let (sample, mut snapshot) = pressure_sample(false, held_mapped)?;
     snapshot.pressure = assess(&sample, thresholds, None).level;
     Ok(snapshot)
 }
@@ -586,10 +594,13 @@ fn wait(
     Ok(Wake::Tick)
 }
 
-pub(crate) fn watch(config: &PressureConfig) -> Result<PressureWatch, PlatformError> {
+pub(crate) fn watch(
+    config: &PressureConfig,
+    held: HeldMapped,
+) -> Result<PressureWatch, PlatformError> {
     let start = Instant::now();
     let mut deriver = LevelDeriver::new(*config);
-    let (first, _) = pressure_sample(false)?;
+    let (first, _) = pressure_sample(false, held.get())?;
     deriver.observe(&first, Duration::ZERO);
     let initial = deriver.level();
 
@@ -618,7 +629,16 @@ pub(crate) fn watch(config: &PressureConfig) -> Result<PressureWatch, PlatformEr
     let (tx, rx) = channel();
     let thread = std::thread::Builder::new()
         .name("locara-pressure".into())
-        .spawn(move || watch_loop(deriver, start, trigger.ok(), stalls, stop_rx, interval, tx))
+        .spawn(move || {
+            let watching = Watching {
+                deriver,
+                start,
+                trigger: trigger.ok(),
+                stalls,
+                held,
+            };
+            watching.run(stop_rx, interval, tx)
+        })
         .map_err(io_error("starting the pressure thread"))?;
     // Closing the pipe's writing end wakes the thread's poll() with POLLHUP.
     let stop = Box::new(move || drop(stop_tx));
@@ -631,38 +651,41 @@ pub(crate) fn watch(config: &PressureConfig) -> Result<PressureWatch, PlatformEr
     ))
 }
 
-fn watch_loop(
-    mut deriver: LevelDeriver,
+/// The watch thread's state.
+struct Watching {
+    deriver: LevelDeriver,
     start: Instant,
-    mut trigger: Option<PsiTrigger>,
-    mut stalls: Option<StallWindow>,
-    stop: PipeReader,
-    interval: Duration,
-    events: Sender<PressureEvent>,
-) {
-    loop {
-        let fired = match wait(trigger.as_ref(), &stop, interval) {
-            Ok(Wake::Stop) | Err(_) => return,
-            Ok(Wake::Fired) => true,
-            Ok(Wake::Tick) => false,
-            Ok(Wake::TriggerGone) => {
-                trigger = None;
-                false
+    trigger: Option<PsiTrigger>,
+    stalls: Option<StallWindow>,
+    held: HeldMapped,
+}
+
+impl Watching {
+    fn run(mut self, stop: PipeReader, interval: Duration, events: Sender<PressureEvent>) {
+        loop {
+            let fired = match wait(self.trigger.as_ref(), &stop, interval) {
+                Ok(Wake::Stop) | Err(_) => return,
+                Ok(Wake::Fired) => true,
+                Ok(Wake::Tick) => false,
+                Ok(Wake::TriggerGone) => {
+                    self.trigger = None;
+                    false
+                }
+            };
+            // A failed read (a cgroup file vanishing mid-read) is skipped;
+            // the next interval reads again.
+            let Ok((mut sample, _)) = pressure_sample(fired, self.held.get()) else {
+                continue;
+            };
+            let now = self.start.elapsed();
+            if let (Some(stalls), Some(psi)) = (self.stalls.as_mut(), sample.psi) {
+                sample.psi_trigger_fired &= stalls.confirms(now, psi.some.total_us);
             }
-        };
-        // A failed read (a cgroup file vanishing mid-read) is skipped; the
-        // next interval reads again.
-        let Ok((mut sample, _)) = pressure_sample(fired) else {
-            continue;
-        };
-        let now = start.elapsed();
-        if let (Some(stalls), Some(psi)) = (stalls.as_mut(), sample.psi) {
-            sample.psi_trigger_fired &= stalls.confirms(now, psi.some.total_us);
-        }
-        if let Some(change) = deriver.observe(&sample, now) {
-            let event = PressureEvent::seen_now(change);
-            if events.send(event).is_err() {
-                return;
+            if let Some(change) = self.deriver.observe(&sample, now) {
+                let event = PressureEvent::seen_now(change);
+                if events.send(event).is_err() {
+                    return;
+                }
             }
         }
     }
@@ -1453,7 +1476,7 @@ Hugepagesize:       2048 kB
         assert!(hw.default_budget > 0 && hw.default_budget < hw.usable_memory());
         assert!(hw.page_size >= 4096 && hw.page_size.is_power_of_two());
         assert!(physical_memory().unwrap() <= hw.physical_ram);
-        let s = snapshot(&Thresholds::default()).unwrap();
+        let s = snapshot(&Thresholds::default(), 0).unwrap();
         assert_eq!(s.total, hw.physical_ram);
         assert!(s.available <= s.total && s.free <= s.total && s.cached_files <= s.total);
         let _ = power_state();

@@ -10,9 +10,10 @@ use crate::macos_parse::{
 };
 pub(crate) use crate::unix::disk_space;
 use crate::{
-    time::unix_now_ms, BudgetBasis, GpuInfo, HardwareProfile, LevelDeriver, PlatformError,
-    PowerState, PressureConfig, PressureEvent, PressureLevel, PressureSample, PressureWatch,
-    ProcessFootprint, ProgramProcess, SystemSnapshot, ThermalState, Thresholds, Tier,
+    time::unix_now_ms, BudgetBasis, GpuInfo, HardwareProfile, HeldMapped, LevelDeriver,
+    PlatformError, PowerState, PressureConfig, PressureEvent, PressureLevel, PressureSample,
+    PressureWatch, ProcessFootprint, ProgramProcess, SystemSnapshot, ThermalState, Thresholds,
+    Tier,
 };
 use dispatch2::{
     dispatch_source_memorypressure_flags_t as Flags, DispatchObject, DispatchQoS, DispatchQueue,
@@ -213,8 +214,12 @@ fn page_size() -> u64 {
     sysctl_u64("hw.pagesize").unwrap_or(16384)
 }
 
-/// macOS reports its own pressure level; the Linux thresholds do not apply.
-pub(crate) fn snapshot(_thresholds: &Thresholds) -> Result<SystemSnapshot, PlatformError> {
+/// macOS reports its own pressure level; the Linux thresholds, and the
+/// runtime's own mapped weights they take into account, do not apply.
+pub(crate) fn snapshot(
+    _thresholds: &Thresholds,
+    _held_mapped: u64,
+) -> Result<SystemSnapshot, PlatformError> {
     let total = physical_memory()?;
     let figures = vm_pages()?.figures(page_size(), total);
     let (swap_used, swap_total) = swap_usage();
@@ -277,7 +282,10 @@ fn memory_pressure_source(wake: Sender<Wake>) -> DispatchRetained<DispatchSource
     source
 }
 
-pub(crate) fn watch(config: &PressureConfig) -> Result<PressureWatch, PlatformError> {
+pub(crate) fn watch(
+    config: &PressureConfig,
+    _held: HeldMapped,
+) -> Result<PressureWatch, PlatformError> {
     let start = Instant::now();
     let mut deriver = LevelDeriver::new(*config);
     let os_level = kernel_pressure_level().ok_or(PlatformError::Unsupported(

@@ -1,8 +1,8 @@
 //! Platforms with no probes: every probe says so.
 
 use crate::{
-    HardwareProfile, PlatformError, PowerState, PressureConfig, PressureWatch, ProcessFootprint,
-    ProgramProcess, SystemSnapshot, Thresholds,
+    HardwareProfile, HeldMapped, PlatformError, PowerState, PressureConfig, PressureWatch,
+    ProcessFootprint, ProgramProcess, SystemSnapshot, Thresholds,
 };
 use std::path::Path;
 
@@ -18,11 +18,17 @@ pub(crate) fn physical_memory() -> Result<u64, PlatformError> {
     Err(PlatformError::Unsupported("physical memory"))
 }
 
-pub(crate) fn snapshot(_thresholds: &Thresholds) -> Result<SystemSnapshot, PlatformError> {
+pub(crate) fn snapshot(
+    _thresholds: &Thresholds,
+    _held_mapped: u64,
+) -> Result<SystemSnapshot, PlatformError> {
     Err(PlatformError::Unsupported("memory snapshot"))
 }
 
-pub(crate) fn watch(_config: &PressureConfig) -> Result<PressureWatch, PlatformError> {
+pub(crate) fn watch(
+    _config: &PressureConfig,
+    _held: HeldMapped,
+) -> Result<PressureWatch, PlatformError> {
     Err(PlatformError::Unsupported("pressure events"))
 }
 

@@ -12,7 +12,7 @@ use locara_daemon::metrics::Metrics;
 use locara_daemon::runtime::{ModelStatus, Runtime, Settings, Status, TokioClock};
 use locara_daemon::server::{self, AppState, Auth, DaemonInfo, DAEMON_FILE, HOLDS_FILE};
 use locara_platform::fs::{write_atomic, Access};
-use locara_platform::SystemProbe;
+use locara_platform::{HeldMapped, SystemProbe};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -161,6 +161,7 @@ async fn run_daemon(
         }
     };
     let store = base.store()?;
+    let held_mapped = HeldMapped::default();
     let settings = Settings {
         config: config.clone(),
         budget,
@@ -171,9 +172,10 @@ async fn run_daemon(
             .threads
             .unwrap_or_else(locara_platform::performance_cores),
         backend: locara_platform::estimate_backend(),
-        probe: Arc::new(SystemProbe::default()),
+        probe: Arc::new(SystemProbe::default().with_held_mapped(held_mapped.clone())),
         ladder: config.ladder,
         holds_file: Some(base.home.join(HOLDS_FILE)),
+        held_mapped: held_mapped.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -215,7 +217,7 @@ async fn run_daemon(
         );
     }
     match config.os_pressure {
-        OsPressure::Watch => watch_pressure(runtime.clone()),
+        OsPressure::Watch => watch_pressure(runtime.clone(), held_mapped),
         OsPressure::Ignore => tracing::warn!(
             "pressure = ignore: the OS's memory pressure is not watched; only `locara pressure simulate` moves the ladder"
         ),
@@ -312,8 +314,9 @@ impl Drop for OwnDaemon {
 }
 
 /// Feeds the OS's pressure reports to the governor from a thread of their
-/// own (the platform's watch is a blocking channel).
-fn watch_pressure(runtime: Runtime) {
+/// own (the platform's watch is a blocking channel). `held_mapped` is where
+/// the governor publishes the loaded models' mapped weights.
+fn watch_pressure(runtime: Runtime, held_mapped: HeldMapped) {
     // The OS level as the readings say it, with no hysteresis of its own:
     // the ladder keeps the one quiet period (`pressure_quiet_period`). With
     // both holding 30 s, loads stayed refused about 60 s after a real hog
@@ -323,7 +326,7 @@ fn watch_pressure(runtime: Runtime) {
         ..Default::default()
     };
     let probe = match SystemProbe::new(raw) {
-        Ok(p) => p,
+        Ok(p) => p.with_held_mapped(held_mapped),
         Err(e) => {
             tracing::warn!("no OS pressure reports ({e}); `locara pressure simulate` still works");
             return;

@@ -57,6 +57,10 @@ pub struct Settings {
     /// Where the models held unloaded are remembered across restarts;
     /// `None`: not remembered.
     pub holds_file: Option<std::path::PathBuf>,
+    /// Where the governor publishes the loaded models' mapped weights, as
+    /// last measured, for the OS pressure watch (which counts them as not
+    /// available to other processes when it judges warn).
+    pub held_mapped: locara_platform::HeldMapped,
 }
 
 /// Where the governor task gets the time: all its decisions take `now`

@@ -158,6 +158,7 @@ impl Task {
                         _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
                             self.tick();
                             self.keep_awake();
+                            self.publish_held_mapped();
                             continue;
                         }
                     }
@@ -167,7 +168,23 @@ impl Task {
             let Some(command) = command else { return };
             self.command(command);
             self.keep_awake();
+            self.publish_held_mapped();
         }
+    }
+
+    /// Tells the OS pressure watch how much of the page cache the loaded
+    /// models' workers map: their mapped weights as last measured. A model
+    /// the governor let go of counts no more, though its worker may take a
+    /// moment to exit.
+    fn publish_held_mapped(&self) {
+        let held = self
+            .controller
+            .governor()
+            .models()
+            .filter_map(|(_, m)| m.measured)
+            .map(|m| m.mapped_weights)
+            .fold(0u64, u64::saturating_add);
+        self.settings.held_mapped.set(held);
     }
 
     /// Takes the activity guard while any model loads or serves a request,

@@ -379,3 +379,39 @@ async fn workers_are_told_their_share_of_the_cores_as_they_become_busy_or_idle()
     assert_eq!(thread_orders(&engine, 0).last(), Some(&(2, Interactive)));
     drop(again);
 }
+
+/// The OS pressure watch counts the loaded models' mapped weights as not
+/// available to other processes; the governor publishes them as measured,
+/// and a model it lets go of counts no more.
+#[tokio::test(start_paused = true)]
+async fn the_loaded_models_mapped_weights_are_published_for_the_pressure_watch() {
+    let home = tempfile::tempdir().unwrap();
+    let mut settings = crate::testing::synthetic_settings(
+        home.path(),
+        &["a:1", "b:1"],
+        FakeEngine::new(3),
+        RawServeConfig::default(),
+        1 << 40,
+    );
+    // Each fake worker maps 100 MiB of weights.
+    settings.probe = Arc::new(crate::testing::fake_probe());
+    let held = settings.held_mapped.clone();
+    let rt = Runtime::start(settings, Arc::new(Metrics::new()));
+    assert_eq!(held.get(), 0);
+    drop(rt.acquire(wish("a:1")).await.unwrap());
+    drop(rt.acquire(wish("b:1")).await.unwrap());
+    let mut waited = 0;
+    while held.get() != 200 << 20 && waited < 10 {
+        tokio::time::sleep(task::MEASURE_EVERY).await;
+        rt.status().await.unwrap();
+        waited += 1;
+    }
+    assert_eq!(held.get(), 200 << 20, "both workers' weights, measured");
+    assert!(rt.unload("a:1", false).await.unwrap());
+    rt.status().await.unwrap();
+    assert_eq!(
+        held.get(),
+        100 << 20,
+        "the unloaded model's weights count no more"
+    );
+}
