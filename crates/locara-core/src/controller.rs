@@ -457,6 +457,15 @@ pub enum Effect {
     /// The model is unloaded: count it and stop its worker (if it is still
     /// loading, stop it when the load finishes).
     Unloaded(Unload),
+    /// Give the page cache of these models' files back to the OS: a
+    /// worker unloaded under pressure has exited and no other load uses
+    /// them. Unmapped weights are cache the kernel would reclaim anyway,
+    /// but only once it is short, scanning and stalling every process
+    /// meanwhile; a load after the pressure reads them from disk again.
+    DropFileCache {
+        level: PressureLevel,
+        models: Vec<String>,
+    },
     /// Stop this worker; nothing else to count (it was unloaded while it
     /// loaded).
     StopWorker {
@@ -1332,7 +1341,8 @@ impl Controller {
         self.frees_resizing.remove(&instance);
         self.pools.remove(&instance);
         self.shrunk.remove(&instance);
-        if let Some((at, level, bytes)) = self.pressure_unloads.remove(&instance) {
+        let pressure_unload = self.pressure_unloads.remove(&instance);
+        if let Some((at, level, bytes)) = pressure_unload {
             let ms = now.saturating_duration_since(at).as_millis() as u64;
             out.push(Effect::Record(Record::Freed {
                 level,
@@ -1351,6 +1361,31 @@ impl Controller {
             self.governor.worker_exited(instance);
         } else if let Some(u) = self.governor.worker_died(instance) {
             out.push(Effect::Record(Record::WorkerDied(u)));
+        }
+        if let Some((_, level, _)) = pressure_unload {
+            let in_use: HashSet<&str> = self
+                .governor
+                .models()
+                .flat_map(|(name, _)| {
+                    [
+                        Some(crate::load::model_of(name)),
+                        crate::load::draft_of(name),
+                    ]
+                })
+                .flatten()
+                .collect();
+            let models: Vec<String> = [
+                Some(crate::load::model_of(&model)),
+                crate::load::draft_of(&model),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|m| !in_use.contains(m))
+            .map(str::to_string)
+            .collect();
+            if !models.is_empty() {
+                out.push(Effect::DropFileCache { level, models });
+            }
         }
     }
 
@@ -2434,6 +2469,73 @@ mod tests {
                 ms: 500,
             })),
             "{e:?}"
+        );
+        // Its file's page cache goes back too: no other load uses it.
+        assert!(
+            e.contains(&Effect::DropFileCache {
+                level: PressureLevel::Warn,
+                models: vec!["a".into()],
+            }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_model_files_cache_is_dropped_only_after_a_pressure_unload_and_while_no_load_uses_it() {
+        let t0 = Instant::now();
+        let exited = |model: &str, instance| Event::WorkerExited {
+            model: model.into(),
+            instance,
+            expected: true,
+        };
+        let drops = |e: &[Effect]| {
+            e.iter()
+                .filter(|e| matches!(e, Effect::DropFileCache { .. }))
+                .count()
+        };
+        let release = |model: &str, instance| Event::Release {
+            model: model.into(),
+            instance,
+            priority: Priority::Interactive,
+        };
+
+        // Unloaded for idleness (no pressure): the cache stays for the
+        // next load.
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let a = load_of(&c.handle(request(1, "a", GB, None), t0)).instance;
+        c.handle(loaded("a", a), t0);
+        c.handle(release("a", a), t0);
+        let e = c.handle(Event::Tick, t0 + Duration::from_secs(3600));
+        assert!(
+            e.iter()
+                .any(|e| matches!(e, Effect::Unloaded(u) if u.instance == a)),
+            "{e:?}"
+        );
+        assert_eq!(
+            drops(&c.handle(exited("a", a), t0 + Duration::from_secs(3601))),
+            0
+        );
+
+        // Unloaded at warn while another load of the same file (another
+        // K/V type) is busy: that load maps the file, so nothing is dropped.
+        let mut c = Controller::new(ControllerConfig::new(100 * GB)).unwrap();
+        let a = load_of(&c.handle(request(1, "a", GB, None), t0)).instance;
+        c.handle(loaded("a", a), t0);
+        c.handle(release("a", a), t0);
+        let f16 = load_of(&c.handle(request(2, "a@f16", GB, None), t0)).instance;
+        c.handle(loaded("a@f16", f16), t0);
+        let e = c.handle(
+            Event::OsPressure(PressureLevel::Warn),
+            t0 + Duration::from_secs(31),
+        );
+        assert!(
+            e.iter()
+                .any(|e| matches!(e, Effect::Unloaded(u) if u.instance == a)),
+            "{e:?}"
+        );
+        assert_eq!(
+            drops(&c.handle(exited("a", a), t0 + Duration::from_secs(32))),
+            0
         );
     }
 

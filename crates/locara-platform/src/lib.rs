@@ -227,6 +227,17 @@ pub fn process_footprint(pid: u32) -> Result<ProcessFootprint, PlatformError> {
     os::process_footprint(pid)
 }
 
+/// Gives the page cache of the file at `path` back to the OS, the pages no
+/// process maps; returns the bytes of it that were resident and are no
+/// more. After a model is unloaded under pressure its weights stay cached
+/// (on Linux, often on the kernel's active list, as a load reads them
+/// twice), and a kernel short of memory scans and stalls before it gets
+/// them back. Linux only: macOS manages its file cache under its own
+/// pressure levels (`Unsupported` there).
+pub fn drop_file_cache(path: &Path) -> Result<u64, PlatformError> {
+    os::drop_file_cache(path)
+}
+
 /// CPU threads an engine should use: the performance cores (macOS
 /// `hw.perflevel0.physicalcpu`) or physical cores (Linux, less the
 /// efficiency cores of a hybrid CPU), never "all" logical CPUs, and never

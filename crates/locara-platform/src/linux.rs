@@ -107,6 +107,69 @@ fn kb_lines(text: &str) -> impl Iterator<Item = (&str, u64)> {
     })
 }
 
+// ---------------------------------------------------------------- file cache
+
+/// Drops the page cache of `path` that no process maps
+/// (`POSIX_FADV_DONTNEED`); the bytes of it resident before and not after,
+/// counted with `mincore`.
+pub(crate) fn drop_file_cache(path: &Path) -> Result<u64, PlatformError> {
+    let what = || path.display().to_string();
+    let file = File::open(path).map_err(io_error(what()))?;
+    let len = file.metadata().map_err(io_error(what()))?.len();
+    let resident = |when: &str| {
+        resident_bytes(&file, len).map_err(io_error(format!("{} (mincore, {when})", what())))
+    };
+    let before = resident("before")?;
+    // SAFETY: posix_fadvise takes the open file's descriptor and a range
+    // (0, 0: the whole file); it reads and writes no memory of ours.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(PlatformError::Io {
+            what: format!("{} (posix_fadvise DONTNEED)", what()),
+            source: std::io::Error::from_raw_os_error(rc),
+        });
+    }
+    Ok(before.saturating_sub(resident("after")?))
+}
+
+/// Bytes of `file` (`len` bytes long) in the page cache: `mincore` over a
+/// mapping of it that touches no page.
+fn resident_bytes(file: &File, len: u64) -> std::io::Result<u64> {
+    let Ok(len) = usize::try_from(len) else {
+        return Err(std::io::Error::other("larger than the address space"));
+    };
+    if len == 0 {
+        return Ok(0);
+    }
+    let page = page_size() as usize;
+    // SAFETY: a new read-only shared mapping of an open file, at an address
+    // the kernel picks; nothing reads through it, and it is unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut pages = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `addr..addr + len` is the mapping made above, and `pages` has
+    // one byte for each of its pages, as mincore writes.
+    let rc = unsafe { libc::mincore(addr, len, pages.as_mut_ptr()) };
+    let failed = (rc != 0).then(std::io::Error::last_os_error);
+    // SAFETY: unmaps exactly the mapping made above, which nothing uses.
+    unsafe { libc::munmap(addr, len) };
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(pages.iter().filter(|&&b| b & 1 != 0).count() as u64 * page as u64)
+}
+
 // ---------------------------------------------------------------- meminfo
 
 /// The `/proc/meminfo` figures a snapshot needs, in bytes.

@@ -123,6 +123,12 @@ pub(crate) fn process_footprint(pid: u32) -> Result<ProcessFootprint, PlatformEr
     })
 }
 
+/// macOS has no `posix_fadvise`; its file cache is the OS's to manage
+/// under its own pressure levels.
+pub(crate) fn drop_file_cache(_path: &Path) -> Result<u64, PlatformError> {
+    Err(PlatformError::Unsupported("dropping a file's page cache"))
+}
+
 pub(crate) fn performance_cores() -> Option<u32> {
     sysctl_u64("hw.perflevel0.physicalcpu")
         .or_else(|| sysctl_u64("hw.physicalcpu"))

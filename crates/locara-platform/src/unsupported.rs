@@ -10,6 +10,10 @@ pub(crate) fn process_footprint(_pid: u32) -> Result<ProcessFootprint, PlatformE
     Err(PlatformError::Unsupported("process footprint"))
 }
 
+pub(crate) fn drop_file_cache(_path: &Path) -> Result<u64, PlatformError> {
+    Err(PlatformError::Unsupported("dropping a file's page cache"))
+}
+
 pub(crate) fn performance_cores() -> Option<u32> {
     None
 }

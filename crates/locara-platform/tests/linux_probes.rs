@@ -271,3 +271,39 @@ fn the_footprint_counters_agree_with_the_page_table_walk() {
         assert!(held >= 16 * MIB, "{role}: only {held} bytes of {what}");
     }
 }
+
+#[test]
+fn a_files_page_cache_is_dropped_except_the_pages_a_process_maps() {
+    let n = 32 * MIB;
+    // Under the target directory: a disk's file system, not a tmpfs /tmp,
+    // whose pages are memory and cannot be dropped.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("weights.gguf");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&vec![7u8; n as usize]).unwrap();
+    // Written back: clean pages, as a model file's are.
+    file.sync_all().unwrap();
+    drop(file);
+    // Before the child maps the file, its cached pages go; once it maps
+    // them (reading every page back), they stay.
+    let (unmapped, mapped) = TestChild::read(&format!("map:{}", path.display()), |_| {
+        locara_platform::drop_file_cache(&path).unwrap()
+    });
+    eprintln!("dropped {unmapped} bytes of {n} cached, {mapped} while a process mapped them");
+    assert!(
+        within(unmapped, n, 10),
+        "dropped {unmapped} bytes of a {n}-byte file just written"
+    );
+    assert!(
+        mapped < n / 20,
+        "dropped {mapped} bytes of a file a process maps"
+    );
+    // The child has exited: the pages it read back can go now, and then
+    // nothing is left to drop.
+    let after_exit = locara_platform::drop_file_cache(&path).unwrap();
+    assert!(
+        within(after_exit, n, 10),
+        "dropped {after_exit} bytes once the process that mapped them exited"
+    );
+    assert_eq!(locara_platform::drop_file_cache(&path).unwrap(), 0);
+}

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::profile;
 use anyhow::{Context, Result};
 use locara_core::Bytes;
-use locara_platform::{MemoryProbe, ProcessFootprint, SystemProbe, SystemSnapshot};
+use locara_platform::{HeldMapped, MemoryProbe, ProcessFootprint, SystemProbe, SystemSnapshot};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -22,15 +22,24 @@ struct RuntimeProcess {
 pub fn mem(json: bool, watch: bool) -> Result<ExitCode> {
     locara_platform::check_supported()?;
     let config = Config::load(false)?;
-    let probe = SystemProbe::default();
+    // The level shown judges warn as the daemon does: with the workers'
+    // mapped weights not available to other processes.
+    let held_mapped = HeldMapped::default();
+    let probe = SystemProbe::default().with_held_mapped(held_mapped.clone());
     let (profile, _) = profile::load_or_probe(&probe, &config.home, false)?;
     let budget = profile.hardware.default_budget;
     let basis = profile.hardware.budget_basis;
     let exe = std::env::current_exe().context("locating the locara binary")?;
     let clear = watch && !json && std::io::stdout().is_terminal();
     loop {
-        let snapshot = probe.snapshot().context("reading the memory snapshot")?;
         let processes = runtime_processes(&probe, &exe);
+        held_mapped.set(
+            processes
+                .iter()
+                .map(|p| p.footprint.mapped_weights)
+                .fold(0, u64::saturating_add),
+        );
+        let snapshot = probe.snapshot().context("reading the memory snapshot")?;
         let held: u64 = processes
             .iter()
             .filter(|p| p.pid != std::process::id())

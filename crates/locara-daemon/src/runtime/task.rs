@@ -475,6 +475,7 @@ impl Task {
                     self.stop_worker(&u.model, u.instance);
                 }
                 Effect::StopWorker { model, instance } => self.stop_worker(&model, instance),
+                Effect::DropFileCache { level, models } => self.drop_file_cache(level, models),
                 Effect::Resize {
                     model,
                     instance,
@@ -1134,6 +1135,40 @@ impl Task {
             tracing::debug!(%model, threads = share.threads, class = %share.class, "CPU share");
             host.set_threads(share);
         }
+    }
+
+    /// Gives the page cache of the files of models unloaded under pressure
+    /// back to the OS, off the task, and logs the bytes that came back
+    /// (nothing on macOS, whose file cache is the OS's to manage).
+    fn drop_file_cache(&self, level: PressureLevel, models: Vec<String>) {
+        let files: Vec<(String, PathBuf)> = models
+            .into_iter()
+            .filter_map(|m| {
+                let path = self.shapes.get(&m)?.0.clone();
+                Some((m, path))
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            for (model, path) in files {
+                let started = Instant::now();
+                match locara_platform::drop_file_cache(&path) {
+                    Ok(bytes) => tracing::info!(
+                        %level,
+                        %model,
+                        freed_bytes = bytes,
+                        freed = %Bytes(bytes),
+                        ms = started.elapsed().as_millis() as u64,
+                        "pressure unload: the model file's page cache back to the OS"
+                    ),
+                    Err(locara_platform::PlatformError::Unsupported(_)) => {}
+                    Err(e) => tracing::warn!(
+                        %model,
+                        error = %e,
+                        "the model file's page cache could not be dropped"
+                    ),
+                }
+            }
+        });
     }
 
     /// Takes this load's worker out of the loaded set and stops it, off the
