@@ -460,8 +460,9 @@ pub enum Effect {
     /// Give the page cache of these models' files back to the OS: a
     /// worker unloaded under pressure has exited and no other load uses
     /// them. Unmapped weights are cache the kernel would reclaim anyway,
-    /// but only once it is short, scanning and stalling every process
-    /// meanwhile; a load after the pressure reads them from disk again.
+    /// but only once it is short, scanning while the processes that ask
+    /// for memory wait; a load after the pressure reads them from disk
+    /// again.
     DropFileCache {
         level: PressureLevel,
         models: Vec<String>,

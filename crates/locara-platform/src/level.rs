@@ -234,7 +234,7 @@ pub struct PressureSample {
     /// loaded models' weights, mapped by their workers and resident (Linux
     /// counts them in `MemAvailable`). Other processes get them only once
     /// the kernel unmaps them, which is slow: with 3.6 GiB "available", 3 GiB
-    /// of it a loaded model's weights, reclaim stalled every process for
+    /// of it a loaded model's weights, reclaim stalled processes for
     /// seconds before available memory reached the warn threshold. So warn
     /// judges `available - held_mapped`; critical judges `available`, so a
     /// model that fills the machine is never refused for its own weights.

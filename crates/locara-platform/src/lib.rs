@@ -230,9 +230,8 @@ pub fn process_footprint(pid: u32) -> Result<ProcessFootprint, PlatformError> {
 /// Gives the page cache of the file at `path` back to the OS, the pages no
 /// process maps; returns the bytes of it that were resident and are no
 /// more. After a model is unloaded under pressure its weights stay cached
-/// (on Linux, often on the kernel's active list, as a load reads them
-/// twice), and a kernel short of memory scans and stalls before it gets
-/// them back. Linux only: macOS manages its file cache under its own
+/// (on Linux, seen on the kernel's active list after a load), and a kernel
+/// short of memory scans and stalls before it gets them back. Linux only: macOS manages its file cache under its own
 /// pressure levels (`Unsupported` there).
 pub fn drop_file_cache(path: &Path) -> Result<u64, PlatformError> {
     os::drop_file_cache(path)

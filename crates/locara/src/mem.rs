@@ -36,6 +36,7 @@ pub fn mem(json: bool, watch: bool) -> Result<ExitCode> {
         held_mapped.set(
             processes
                 .iter()
+                .filter(|p| p.role == "engine worker")
                 .map(|p| p.footprint.mapped_weights)
                 .fold(0, u64::saturating_add),
         );
