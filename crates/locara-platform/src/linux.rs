@@ -3,8 +3,9 @@
 //! The parsers are pure functions over the files' text, tested on recorded
 //! samples; the readers around them are thin. The `unsafe` calls are
 //! `sched_getaffinity`/`sysconf`, the `poll()` of the pressure thread,
-//! `statvfs` (free disk space) and a thread's scheduling policy and nice
-//! value (`sched_setscheduler`, `setpriority`).
+//! `statvfs` (free disk space), a thread's scheduling policy and nice
+//! value (`sched_setscheduler`, `setpriority`), and dropping a file's page
+//! cache (`posix_fadvise`, with `mmap`/`mincore`/`munmap` to count it).
 
 pub(crate) use crate::unix::disk_space;
 use crate::{
