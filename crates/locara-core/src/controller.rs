@@ -1367,23 +1367,12 @@ impl Controller {
             let in_use: HashSet<&str> = self
                 .governor
                 .models()
-                .flat_map(|(name, _)| {
-                    [
-                        Some(crate::load::model_of(name)),
-                        crate::load::draft_of(name),
-                    ]
-                })
-                .flatten()
+                .flat_map(|(name, _)| crate::load::models_of(name))
                 .collect();
-            let models: Vec<String> = [
-                Some(crate::load::model_of(&model)),
-                crate::load::draft_of(&model),
-            ]
-            .into_iter()
-            .flatten()
-            .filter(|m| !in_use.contains(m))
-            .map(str::to_string)
-            .collect();
+            let models: Vec<String> = crate::load::models_of(&model)
+                .filter(|m| !in_use.contains(m))
+                .map(str::to_string)
+                .collect();
             if !models.is_empty() {
                 out.push(Effect::DropFileCache { level, models });
             }

@@ -131,6 +131,19 @@ pub fn draft_of(load: &str) -> Option<&str> {
     load.split_once('+').map(|(_, draft)| draft)
 }
 
+/// The models whose files a load maps: its model, then its draft if it has
+/// one.
+///
+/// ```
+/// use locara_core::load::models_of;
+/// let models: Vec<&str> = models_of("smollm2:1.7b@f16+smollm2:135m").collect();
+/// assert_eq!(models, ["smollm2:1.7b", "smollm2:135m"]);
+/// assert_eq!(models_of("smollm2:1.7b").collect::<Vec<_>>(), ["smollm2:1.7b"]);
+/// ```
+pub fn models_of(load: &str) -> impl Iterator<Item = &str> {
+    std::iter::once(model_of(load)).chain(draft_of(load))
+}
+
 /// The load defaults of docs/ARCHITECTURE.md, in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadDefaults {
